@@ -1,0 +1,3 @@
+//! The node configuration.
+pub mod model;
+pub use model::*;

@@ -1,0 +1,300 @@
+//! The node configuration: Patroni's YAML schema, as Rust types.
+//!
+//! The local file (plus `SPILO_*`/`PATRONI_*` environment overrides) gives a [`Config`]. The
+//! *dynamic* settings ([`DynamicConfig`]) come from `bootstrap.dcs` until the cluster's `config`
+//! key exists in the DCS; from then on the DCS value wins, as in Patroni.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Default DCS namespace.
+pub const DEFAULT_NAMESPACE: &str = "/service";
+
+/// The whole local configuration of one node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Config {
+    /// Cluster name.
+    pub scope: String,
+    /// DCS namespace (default `/service`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// This member's name, unique in the cluster.
+    pub name: String,
+    /// The REST API.
+    pub restapi: RestApi,
+    /// The etcd v3 section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd3: Option<Etcd3>,
+    /// Bootstrap settings, used once by the node that initialises the cluster.
+    #[serde(default)]
+    pub bootstrap: Bootstrap,
+    /// The local PostgreSQL.
+    pub postgresql: Postgresql,
+    /// Member tags (`nofailover`, `failover_priority`, custom ones).
+    #[serde(default)]
+    pub tags: BTreeMap<String, Value>,
+}
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_string()
+}
+
+/// `restapi:`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RestApi {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// `host:port` other nodes and clients use to reach us.
+    pub connect_address: String,
+    /// Basic auth for mutating endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<BasicAuth>,
+}
+
+/// A username and password pair.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BasicAuth {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// A list of `host:port` given as a YAML list or a comma-separated string.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum HostList {
+    /// `[h1:2379, h2:2379]`
+    List(Vec<String>),
+    /// `"h1:2379,h2:2379"`
+    Csv(String),
+}
+
+impl HostList {
+    /// The hosts, trimmed, empty entries dropped.
+    pub fn hosts(&self) -> Vec<String> {
+        match self {
+            HostList::List(v) => v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            HostList::Csv(s) => s.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        }
+    }
+}
+
+/// `etcd3:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Etcd3 {
+    /// Several endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<HostList>,
+    /// One endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `http` (default) or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// CA certificate file for https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Client key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// etcd user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// etcd password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl Etcd3 {
+    /// Every configured endpoint as `host:port`.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut out = self.hosts.as_ref().map(HostList::hosts).unwrap_or_default();
+        if let Some(h) = &self.host {
+            if !h.trim().is_empty() && !out.contains(&h.trim().to_string()) {
+                out.push(h.trim().to_string());
+            }
+        }
+        out
+    }
+}
+
+/// `bootstrap:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Bootstrap {
+    /// Initial dynamic configuration, written to the DCS `config` key by the bootstrap node.
+    #[serde(default)]
+    pub dcs: DynamicConfig,
+    /// initdb options: `data-checksums` or `{encoding: UTF8}`.
+    #[serde(default)]
+    pub initdb: Vec<Value>,
+    /// Lines added to `pg_hba.conf` at bootstrap.
+    #[serde(default)]
+    pub pg_hba: Vec<String>,
+}
+
+/// `postgresql:` (local).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Postgresql {
+    /// `host:port` (host may be a comma list) PostgreSQL listens on.
+    pub listen: String,
+    /// `host:port` other nodes use to reach this PostgreSQL.
+    pub connect_address: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Directory of `postgres`, `pg_ctl`, `initdb`…; found on `PATH` or in the Debian location
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<PathBuf>,
+    /// The passfile spilo writes for replication and rewind connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgpass: Option<PathBuf>,
+    /// Roles spilo uses.
+    pub authentication: Authentication,
+    /// GUCs (local values override the DCS ones).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Value>,
+    /// `pg_hba.conf` lines (local; when empty the DCS `postgresql.pg_hba` applies).
+    #[serde(default)]
+    pub pg_hba: Vec<String>,
+    /// Use `pg_rewind` to bring a former primary back (local override of the DCS value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_pg_rewind: Option<bool>,
+    /// Wipe the data directory and copy it again when `pg_rewind` fails.
+    #[serde(default)]
+    pub remove_data_directory_on_rewind_failure: bool,
+    /// Seconds to wait for `pg_ctl` start/stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_ctl_timeout: Option<u64>,
+}
+
+/// `postgresql.authentication`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Authentication {
+    /// The superuser (created by initdb).
+    pub superuser: Credentials,
+    /// The replication role.
+    pub replication: Credentials,
+    /// The role pg_rewind connects as (the superuser when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind: Option<Credentials>,
+}
+
+/// One role's name and password.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Credentials {
+    /// Role name.
+    pub username: String,
+    /// Password (written only to the passfile, never inline in a connection string).
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// The dynamic (cluster-wide) configuration kept in the DCS `config` key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DynamicConfig {
+    /// Session/leader-key time-to-live, seconds.
+    #[serde(default = "d_ttl")]
+    pub ttl: u64,
+    /// Seconds between HA cycles.
+    #[serde(default = "d_loop_wait")]
+    pub loop_wait: u64,
+    /// DCS and PostgreSQL operation deadline, seconds.
+    #[serde(default = "d_retry_timeout")]
+    pub retry_timeout: u64,
+    /// A replica further behind `status.optime` than this many bytes does not race for leader.
+    #[serde(default = "d_max_lag")]
+    pub maximum_lag_on_failover: u64,
+    /// Seconds a crashed primary holding the lease may take to start again before failing over.
+    #[serde(default = "d_primary_start_timeout", alias = "master_start_timeout")]
+    pub primary_start_timeout: u64,
+    /// Refuse to promote a node whose timeline is behind the cluster's.
+    #[serde(default)]
+    pub check_timeline: bool,
+    /// Maintenance mode.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pause: bool,
+    /// PostgreSQL settings shared by all nodes.
+    #[serde(default)]
+    pub postgresql: DynamicPostgresql,
+    /// Every other key, kept as is so that a round trip through spilo loses nothing.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn d_ttl() -> u64 {
+    30
+}
+fn d_loop_wait() -> u64 {
+    10
+}
+fn d_retry_timeout() -> u64 {
+    10
+}
+fn d_max_lag() -> u64 {
+    1_048_576
+}
+fn d_primary_start_timeout() -> u64 {
+    300
+}
+
+impl Default for DynamicConfig {
+    fn default() -> Self {
+        DynamicConfig {
+            ttl: d_ttl(),
+            loop_wait: d_loop_wait(),
+            retry_timeout: d_retry_timeout(),
+            maximum_lag_on_failover: d_max_lag(),
+            primary_start_timeout: d_primary_start_timeout(),
+            check_timeline: false,
+            pause: false,
+            postgresql: DynamicPostgresql::default(),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// `postgresql:` inside the dynamic configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DynamicPostgresql {
+    /// Use pg_rewind for former primaries.
+    #[serde(default)]
+    pub use_pg_rewind: bool,
+    /// One physical slot per member on the primary.
+    #[serde(default = "d_true")]
+    pub use_slots: bool,
+    /// GUCs.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, Value>,
+    /// `pg_hba.conf` lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pg_hba: Vec<String>,
+    /// Every other key, kept as is.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+fn d_true() -> bool {
+    true
+}
+
+impl Default for DynamicPostgresql {
+    fn default() -> Self {
+        DynamicPostgresql {
+            use_pg_rewind: false,
+            use_slots: true,
+            parameters: BTreeMap::new(),
+            pg_hba: Vec::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+}

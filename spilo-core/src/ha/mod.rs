@@ -1,0 +1,2 @@
+//! The HA core.
+pub mod state;

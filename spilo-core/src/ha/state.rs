@@ -1,0 +1,165 @@
+//! What the HA loop publishes after every cycle. The REST API, `/metrics` and the state file
+//! read only this; they never wait on PostgreSQL or the DCS.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::DynamicConfig;
+use crate::dcs::Cluster;
+
+/// The local PostgreSQL as last observed.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PgStatus {
+    /// Patroni state string: `running`, `stopped`, `starting`, `crashed`, `creating replica`,
+    /// `initializing new cluster`, `stopping`, `restarting`, `start failed`, …
+    pub state: String,
+    /// `primary`, `replica`, `uninitialized`, `demoted`, `promoted`.
+    pub role: String,
+    /// True when the postmaster runs and answers queries.
+    pub running: bool,
+    /// `server_version_num`.
+    pub server_version: Option<i64>,
+    /// `pg_postmaster_start_time()` as text.
+    pub postmaster_start_time: Option<String>,
+    /// Current timeline.
+    pub timeline: Option<u64>,
+    /// Primary: `pg_current_wal_flush_lsn()` in bytes.
+    pub wal_flush: Option<u64>,
+    /// Replica: `pg_last_wal_receive_lsn()`.
+    pub received: Option<u64>,
+    /// Replica: `pg_last_wal_replay_lsn()`.
+    pub replayed: Option<u64>,
+    /// Replica: `pg_last_xact_replay_timestamp()` as text.
+    pub replayed_timestamp: Option<String>,
+    /// Replica: replay paused.
+    pub replay_paused: bool,
+    /// Replica: `streaming` or `in archive recovery`.
+    pub replication_state: Option<String>,
+    /// Replica: the wal receiver's `latest_end_lsn`.
+    pub latest_end_lsn: Option<u64>,
+    /// Primary: rows of `pg_stat_replication`.
+    pub replication: Vec<ReplicationRow>,
+    /// Database system identifier.
+    pub sysid: Option<String>,
+}
+
+impl PgStatus {
+    /// The WAL position Patroni compares in the leader race: flush on a primary,
+    /// max(received, replayed) on a replica.
+    pub fn wal_position(&self) -> Option<u64> {
+        if self.role == "primary" {
+            self.wal_flush
+        } else {
+            match (self.received, self.replayed) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            }
+        }
+    }
+}
+
+/// One row of `pg_stat_replication`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ReplicationRow {
+    /// Role name.
+    pub usename: String,
+    /// Standby's member name.
+    pub application_name: String,
+    /// Standby address.
+    pub client_addr: Option<String>,
+    /// `streaming`, `catchup`…
+    pub state: String,
+    /// `async`, `sync`, `potential`, `quorum`.
+    pub sync_state: String,
+    /// Sync priority.
+    pub sync_priority: i64,
+    /// Flush position the standby reported.
+    #[serde(skip)]
+    pub flush_lsn: Option<u64>,
+}
+
+/// The last decision, for logs, `GET /patroni` and `spiloctl`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct DecisionReport {
+    /// The actions, in words.
+    pub actions: Vec<String>,
+    /// Why.
+    pub reasons: Vec<String>,
+    /// RFC 3339 time of the decision.
+    pub at: String,
+}
+
+/// Everything the daemon publishes after a cycle.
+#[derive(Clone, Debug)]
+pub struct NodeState {
+    /// Member name.
+    pub name: String,
+    /// Cluster name.
+    pub scope: String,
+    /// `http://…/patroni` of this node.
+    pub api_url: String,
+    /// The local PostgreSQL.
+    pub pg: PgStatus,
+    /// When this node last renewed the leader key successfully (it holds the lock while this is
+    /// within `ttl`).
+    pub leader_renewed_at: Option<Instant>,
+    /// The last DCS view (None until the first successful read).
+    pub cluster: Option<Arc<Cluster>>,
+    /// Unix time of the last successful DCS read.
+    pub dcs_last_seen: Option<i64>,
+    /// When the last HA cycle finished.
+    pub last_cycle: Instant,
+    /// This node's tags.
+    pub tags: BTreeMap<String, Value>,
+    /// The effective dynamic configuration.
+    pub dynamic: DynamicConfig,
+    /// The last decision.
+    pub decision: DecisionReport,
+    /// The local config's REST auth, if any (for mutating endpoints).
+    pub rest_auth: Option<crate::config::BasicAuth>,
+}
+
+impl NodeState {
+    /// An empty state before the first cycle.
+    pub fn new(name: &str, scope: &str, api_url: &str) -> NodeState {
+        NodeState {
+            name: name.to_string(),
+            scope: scope.to_string(),
+            api_url: api_url.to_string(),
+            pg: PgStatus {
+                state: "stopped".into(),
+                role: "uninitialized".into(),
+                ..PgStatus::default()
+            },
+            leader_renewed_at: None,
+            cluster: None,
+            dcs_last_seen: None,
+            last_cycle: Instant::now(),
+            tags: BTreeMap::new(),
+            dynamic: DynamicConfig::default(),
+            decision: DecisionReport::default(),
+            rest_auth: None,
+        }
+    }
+
+    /// True while this node holds the leader lock: renewed within `ttl`.
+    pub fn holds_lock(&self, now: Instant) -> bool {
+        self.leader_renewed_at
+            .map(|t| now.saturating_duration_since(t).as_secs_f64() < self.dynamic.ttl as f64)
+            .unwrap_or(false)
+    }
+
+    /// True when this node is paused.
+    pub fn paused(&self) -> bool {
+        self.dynamic.pause
+    }
+}
+
+/// The channel the loop publishes through.
+pub type StateTx = tokio::sync::watch::Sender<Arc<NodeState>>;
+/// The receiving end, cloned into the REST API.
+pub type StateRx = tokio::sync::watch::Receiver<Arc<NodeState>>;
