@@ -1,1 +1,24 @@
-//! Test harness.
+//! Test harness for spilo's integration tests: real etcd, real PostgreSQL 15 and the spilo
+//! daemons running as the `postgres` OS user.
+//!
+//! - [`bins`]: finds the built `spilo`/`spiloctl` and copies them where postgres can run them;
+//! - [`etcd`]: a single-member etcd on free loopback ports;
+//! - [`node`]: one daemon, its config, log, signals, REST API and SQL;
+//! - [`cluster`]: etcd plus n nodes, waits on cluster-wide conditions, cleanup on drop;
+//! - [`http`], [`pg`], [`util`]: a tiny HTTP client, SQL helpers, ports/polling/processes.
+//!
+//! Every wait is a polling loop with a generous timeout and a panic message naming what was
+//! awaited and the last thing seen.
+
+pub mod bins;
+pub mod cluster;
+pub mod etcd;
+pub mod http;
+pub mod node;
+pub mod pg;
+pub mod util;
+
+pub use cluster::{ClusterOpts, TestCluster};
+pub use etcd::Etcd;
+pub use node::{Node, NodeConfig, NodeOpts, REPLICATION_PASSWORD, SUPERUSER_PASSWORD};
+pub use util::{note, poll, wait_for, TempRoot};

@@ -1,1 +1,27 @@
-//! Integration tests.
+//! Integration tests: real etcd 3.4, real PostgreSQL 15 and the spilo daemons running as the
+//! `postgres` OS user. They need root (to switch to postgres), the packages from
+//! scripts/install-deps.sh and the binaries built (`cargo build -p spilo-core`, or
+//! `SPILO_BIN_DIR`). Run them one at a time: `cargo test -p spilo-tests -- --test-threads=1`.
+//!
+//! Timing defaults: ttl 10, loop_wait 2, retry_timeout 3. Timeouts are generous bounds, never
+//! benchmarks.
+
+mod bootstrap;
+mod config_errors;
+mod crash_in_place;
+mod dcs_loss;
+mod duplicate_name;
+mod failover;
+mod handover;
+mod harness_selftest;
+mod rest_api;
+mod spiloctl;
+
+use std::time::Duration;
+
+/// A fresh cluster (initdb, then base backups) on a busy 2-core machine with debug builds.
+pub const BOOTSTRAP: Duration = Duration::from_secs(180);
+/// A committed row reaching a streaming replica.
+pub const REPLICATION: Duration = Duration::from_secs(60);
+/// A node coming back (restart, pg_rewind or a new base backup) and streaming again.
+pub const REJOIN: Duration = Duration::from_secs(180);

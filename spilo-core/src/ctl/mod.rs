@@ -1,1 +1,2 @@
-//! spiloctl.
+//! `spiloctl`: reads the DCS directly, like `patronictl`.
+pub mod list;

@@ -244,3 +244,167 @@ pub fn slot_name(member: &str) -> String {
     out.truncate(63);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spilo_sdk::Entry;
+
+    fn entry(key: &str, value: &str) -> Entry {
+        Entry {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            version: 5,
+            owned_by_us: false,
+        }
+    }
+
+    // The example keyspace of a 2-node Patroni 4 cluster (compat reference §1.2).
+    const MEMBER0: &str = r#"{"conn_url":"postgres://10.0.0.1:5432/postgres","api_url":"http://10.0.0.1:8008/patroni","state":"running","role":"primary","version":"4.1.4","xlog_location":50331856,"timeline":2}"#;
+    const MEMBER1: &str = r#"{"conn_url":"postgres://127.0.0.1:5433/postgres","api_url":"http://127.0.0.1:8009/patroni","state":"running","role":"replica","version":"4.1.4","xlog_location":67393608,"replay_lsn":67393608,"receive_lsn":67393608,"replication_state":"streaming","timeline":1}"#;
+    const CONFIG: &str = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"maximum_lag_on_failover":1048576,"synchronous_mode":true,"failsafe_mode":true,"postgresql":{"use_pg_rewind":true}}"#;
+    const STATUS: &str = r#"{"optime":50331856,"slots":{"postgresql0":50331856,"postgresql1":50331856},"retain_slots":["postgresql0","postgresql1"]}"#;
+    const SYNC: &str = r#"{"leader":"postgresql0","quorum":0,"sync_standby":"postgresql1"}"#;
+    const HISTORY: &str = r#"[[1,25623960,"no recovery target specified","2019-09-24T09:35:52+02:00","postgresql0"]]"#;
+
+    #[test]
+    fn prefix_collapses_slashes() {
+        assert_eq!(cluster_prefix("/service", "batman"), "/service/batman/");
+        assert_eq!(cluster_prefix("service", "batman"), "/service/batman/");
+        assert_eq!(cluster_prefix("/service/", "batman"), "/service/batman/");
+    }
+
+    #[test]
+    fn decodes_the_reference_keyspace() {
+        let snap = Snapshot {
+            revision: 42,
+            entries: vec![
+                entry("config", CONFIG),
+                entry("initialize", "7268616322854375442"),
+                entry("leader", "postgresql0"),
+                entry("members/postgresql0", MEMBER0),
+                entry("members/postgresql1", MEMBER1),
+                entry("status", STATUS),
+                entry("sync", SYNC),
+                entry("history", HISTORY),
+                entry("failover", "{}"),
+            ],
+        };
+        let c = decode_cluster(&snap);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.sysid(), Some("7268616322854375442"));
+        assert_eq!(c.leader.as_ref().unwrap().name, "postgresql0");
+        assert_eq!(c.members.len(), 2);
+        assert_eq!(c.members[1].data.replication_state.as_deref(), Some("streaming"));
+        assert_eq!(c.optime(), Some(50331856));
+        assert_eq!(c.timeline(), 2);
+        assert!(c.failover.is_none());
+        let cfg = &c.config.as_ref().unwrap().value;
+        assert_eq!(cfg.ttl, 30);
+        assert!(cfg.postgresql.use_pg_rewind);
+        assert_eq!(cfg.extra.get("synchronous_mode"), Some(&Value::Bool(true)));
+        assert_eq!(c.sync.as_ref().unwrap().value.sync_standby.as_deref(), Some("postgresql1"));
+        assert_eq!(c.member("postgresql0").unwrap().host_port(), Some(("10.0.0.1".into(), 5432)));
+    }
+
+    #[test]
+    fn member_round_trips_byte_for_byte() {
+        for text in [MEMBER0, MEMBER1] {
+            let m = decode_member(text).unwrap();
+            assert_eq!(String::from_utf8(to_compact_json(&m)).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn status_sync_history_config_round_trip() {
+        let s = decode_status(STATUS).unwrap();
+        assert_eq!(String::from_utf8(to_compact_json(&s)).unwrap(), STATUS);
+        let y: SyncState = serde_json::from_str(SYNC).unwrap();
+        assert_eq!(String::from_utf8(to_compact_json(&y)).unwrap(), SYNC);
+        let h = decode_history(HISTORY).unwrap();
+        assert_eq!(String::from_utf8(encode_history(&h)).unwrap(), HISTORY);
+        let c: crate::config::DynamicConfig = serde_json::from_str(CONFIG).unwrap();
+        let back: Value = serde_json::from_slice(&to_compact_json(&c)).unwrap();
+        let orig: Value = serde_json::from_str(CONFIG).unwrap();
+        for k in ["ttl", "loop_wait", "retry_timeout", "synchronous_mode", "failsafe_mode"] {
+            assert_eq!(back[k], orig[k], "{k}");
+        }
+        assert_eq!(back["postgresql"]["use_pg_rewind"], Value::Bool(true));
+    }
+
+    #[test]
+    fn failover_forms() {
+        let f = decode_failover(r#"{"leader":"a","member":"b","scheduled_at":"2024-01-01T00:00:00+00:00"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.member.as_deref(), Some("b"));
+        assert_eq!(
+            String::from_utf8(to_compact_json(&f)).unwrap(),
+            r#"{"leader":"a","member":"b","scheduled_at":"2024-01-01T00:00:00+00:00"}"#
+        );
+        assert_eq!(decode_failover("{}").unwrap(), None);
+        assert_eq!(decode_failover("").unwrap(), None);
+        let legacy = decode_failover("a:b").unwrap().unwrap();
+        assert_eq!((legacy.leader.as_deref(), legacy.member.as_deref()), (Some("a"), Some("b")));
+    }
+
+    #[test]
+    fn legacy_values_decode() {
+        assert_eq!(decode_status("12345").unwrap().optime, Some(12345));
+        let m = decode_member("postgres://u:p@10.0.0.1:5432/postgres?application_name=http://10.0.0.1:8008/patroni").unwrap();
+        assert_eq!(m.api_url, "http://10.0.0.1:8008/patroni");
+        let master: MemberData = decode_member(r#"{"role":"master","state":"running"}"#).unwrap();
+        assert_eq!(master.normalized_role(), "primary");
+        let snap = Snapshot {
+            revision: 1,
+            entries: vec![entry("optime/leader", "777")],
+        };
+        assert_eq!(decode_cluster(&snap).optime(), Some(777));
+    }
+
+    #[test]
+    fn garbage_values_are_skipped_with_a_warning() {
+        let snap = Snapshot {
+            revision: 1,
+            entries: vec![
+                entry("members/bad", "{not json"),
+                entry("members/ok", MEMBER1),
+                entry("config", "[1,2]"),
+                entry("status", "\"x\""),
+                entry("history", "{}"),
+                entry("failover", "nonsense"),
+                entry("sync", "7"),
+                Entry {
+                    key: "leader".into(),
+                    value: vec![0xff, 0xfe],
+                    version: 1,
+                    owned_by_us: false,
+                },
+            ],
+        };
+        let c = decode_cluster(&snap);
+        assert_eq!(c.members.len(), 1);
+        assert!(c.config.is_none() && c.status.is_none() && c.history.is_none() && c.leader.is_none());
+        assert_eq!(c.warnings.len(), 7, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn history_timelines() {
+        let mut c = Cluster::default();
+        assert_eq!(c.timeline(), 0);
+        c.history = Some(vec![]);
+        assert_eq!(c.timeline(), 1);
+        c.history = Some(decode_history(r#"[[1,100,"r"],[2,200,"r","t"]]"#).unwrap());
+        assert_eq!(c.timeline(), 3);
+    }
+
+    #[test]
+    fn lsn_and_slot_names() {
+        assert_eq!(format_lsn(0x1_0000_00A0), "1/A0");
+        assert_eq!(parse_lsn("1/A0"), Some(0x1_0000_00A0));
+        assert_eq!(parse_lsn("zz"), None);
+        assert_eq!(slot_name("Node-1.a"), "node_1_a");
+        assert_eq!(slot_name("né"), "nu0233");
+        assert_eq!(slot_name(&"x".repeat(80)).len(), 63);
+    }
+}

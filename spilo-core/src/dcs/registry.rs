@@ -1,1 +1,46 @@
-//! Built-in backends.
+//! Built-in DCS backends, chosen by the config section present.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spilo_dcs_etcd::{EtcdDcs, EtcdSettings};
+
+use crate::config::Config;
+use crate::dcs::{cluster_prefix, Dcs, DcsError};
+
+/// How the backend will be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The daemon: a session and a watch.
+    Daemon,
+    /// The CLI: plain reads and writes.
+    Cli,
+}
+
+/// Connect to the DCS named in the config.
+pub async fn connect(cfg: &Config, ttl: Duration, retry_timeout: Duration, role: Role) -> Result<Arc<dyn Dcs>, DcsError> {
+    let prefix = cluster_prefix(&cfg.namespace, &cfg.scope);
+    if let Some(e) = &cfg.etcd3 {
+        let https = e.protocol.as_deref().map(|p| p.eq_ignore_ascii_case("https")).unwrap_or(false);
+        let settings = EtcdSettings {
+            endpoints: e.endpoints(),
+            https,
+            cacert: e.cacert.clone(),
+            cert: e.cert.clone(),
+            key: e.key.clone(),
+            username: e.username.clone(),
+            password: e.password.clone(),
+            prefix,
+            member: cfg.name.clone(),
+            ttl,
+            retry_timeout,
+            watch: role == Role::Daemon,
+            session: role == Role::Daemon,
+        };
+        return Ok(Arc::new(EtcdDcs::connect(settings).await?));
+    }
+    Err(DcsError::Refused {
+        op: "connect",
+        message: "no DCS section in the configuration (etcd3)".into(),
+    })
+}

@@ -1,2 +1,8 @@
-//! The HA core.
+//! The HA core: the pure decision, the loop around it, and the daemon's start-up.
+pub mod daemon;
+pub mod decide;
+pub mod member;
+pub mod runner;
 pub mod state;
+
+pub use decide::{decide, Action, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy, Reason};

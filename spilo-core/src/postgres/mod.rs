@@ -1,1 +1,10 @@
-//! The local PostgreSQL.
+//! The local PostgreSQL: files, processes and queries.
+//!
+//! This is the only module that spawns processes. Every call has a deadline; none panics on
+//! what PostgreSQL or the filesystem return.
+
+pub mod conf;
+pub mod ctl;
+pub mod query;
+
+pub use ctl::{PgError, Postgres, PgSettings, StopMode};

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The whole check: deps, formatting, clippy, build, unit tests, integration tests.
+# Exits non-zero if any step fails; prints a summary at the end.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+if [ -d "$HOME/.cargo/bin" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+LOGDIR=$(mktemp -d /tmp/spilo-test-logs-XXXXXX)
+trap 'rm -rf "$LOGDIR"' EXIT
+
+declare -a STEPS=()
+declare -A RESULT=()
+failed=0
+
+# run NAME CMD...: runs a step, tees its output to $LOGDIR/NAME.log, records ok/FAIL.
+run() {
+  local name=$1; shift
+  STEPS+=("$name")
+  echo
+  echo "===== [$name] $* ====="
+  local start=$SECONDS
+  if "$@" 2>&1 | tee "$LOGDIR/$name.log"; then
+    RESULT[$name]="ok"
+  else
+    RESULT[$name]="FAIL"
+    failed=1
+  fi
+  echo "===== [$name] ${RESULT[$name]} in $((SECONDS - start)) s ====="
+}
+
+skip() {
+  STEPS+=("$1")
+  RESULT[$1]="skipped"
+}
+
+run deps ./scripts/install-deps.sh
+run fmt cargo fmt --all -- --check
+run clippy cargo clippy --workspace --all-targets -- -D warnings
+run build cargo build --workspace --all-targets
+if [ "${RESULT[build]}" = "ok" ]; then
+  # Unit tests and every test target but the integration suite.
+  run unit-tests cargo test --workspace --exclude spilo-tests
+  # The integration suite drives real etcd/PostgreSQL clusters: one test at a time.
+  run integration-tests cargo test -p spilo-tests -- --test-threads=1
+else
+  skip unit-tests
+  skip integration-tests
+fi
+
+# Add up cargo's "test result:" lines.
+passed=0; tfailed=0; ignored=0
+for f in "$LOGDIR"/unit-tests.log "$LOGDIR"/integration-tests.log; do
+  [ -f "$f" ] || continue
+  while read -r p fl ig; do
+    passed=$((passed + p)); tfailed=$((tfailed + fl)); ignored=$((ignored + ig))
+  done < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$f")
+done
+
+echo
+line="steps:"
+for s in "${STEPS[@]}"; do line+=" $s=${RESULT[$s]}"; done
+echo "$line"
+if [ "$failed" -eq 0 ]; then
+  echo "test.sh: all steps passed ($passed tests passed, $ignored ignored)"
+else
+  echo "test.sh: FAILED"
+fi
+echo "tests: $passed passed, $tfailed failed"
+exit "$failed"

@@ -1,0 +1,286 @@
+//! The status body: what `GET /patroni` and every health check answer with.
+//!
+//! Peers parse this body during the leader race (`xlog`, `role`, `tags`, `timeline`), so the
+//! shape of those fields follows Patroni exactly; spilo's own details live under `"spilo"`.
+
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use crate::ha::state::NodeState;
+
+/// True for the role a primary reports (`master` is Patroni < 4's word for it).
+pub(crate) fn is_primary_role(role: &str) -> bool {
+    matches!(role, "primary" | "master")
+}
+
+/// The leader's WAL position as the health checks see it:
+/// `max(status.optime, latest_end_lsn of the WAL receiver)`, `None` when neither is known.
+pub fn leader_optime(s: &NodeState) -> Option<u64> {
+    let optime = s.cluster.as_ref().and_then(|c| c.optime());
+    match (optime, s.pg.latest_end_lsn) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// True when the last DCS view has no leader key, or when there is no view yet.
+pub fn cluster_unlocked(s: &NodeState) -> bool {
+    s.cluster.as_ref().is_none_or(|c| c.leader.is_none())
+}
+
+/// The `xlog` object: `{location}` on a primary, the receive/replay positions on a replica.
+fn xlog(s: &NodeState) -> Value {
+    let pg = &s.pg;
+    let mut x = Map::new();
+    if is_primary_role(&pg.role) {
+        if let Some(l) = pg.wal_flush {
+            x.insert("location".into(), l.into());
+        }
+    } else {
+        if let Some(r) = pg.received {
+            x.insert("received_location".into(), r.into());
+        }
+        if let Some(r) = pg.replayed {
+            x.insert("replayed_location".into(), r.into());
+        }
+        x.insert(
+            "replayed_timestamp".into(),
+            pg.replayed_timestamp.clone().into(),
+        );
+        x.insert("paused".into(), pg.replay_paused.into());
+    }
+    Value::Object(x)
+}
+
+/// The status body for `s` (Patroni's `GET /patroni` body plus a `"spilo"` object).
+///
+/// While PostgreSQL is not running the body holds only `state` and `role`, plus `pause`,
+/// `cluster_unlocked`, `dcs_last_seen` and `spilo`.
+pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
+    let pg = &s.pg;
+    let mut m = Map::new();
+    let state = if pg.state.is_empty() {
+        "unknown"
+    } else {
+        pg.state.as_str()
+    };
+    m.insert("state".into(), state.into());
+    m.insert("role".into(), pg.role.clone().into());
+    if pg.running {
+        if let Some(t) = &pg.postmaster_start_time {
+            m.insert("postmaster_start_time".into(), t.clone().into());
+        }
+        if let Some(v) = pg.server_version {
+            m.insert("server_version".into(), v.into());
+        }
+        m.insert("xlog".into(), xlog(s));
+        if let Some(t) = pg.timeline {
+            m.insert("timeline".into(), t.into());
+        }
+        if let Some(r) = &pg.replication_state {
+            m.insert("replication_state".into(), r.clone().into());
+        }
+        if is_primary_role(&pg.role) && !pg.replication.is_empty() {
+            m.insert("replication".into(), json!(pg.replication));
+        }
+    }
+    if s.paused() {
+        m.insert("pause".into(), true.into());
+    }
+    if cluster_unlocked(s) {
+        m.insert("cluster_unlocked".into(), true.into());
+    }
+    m.insert("dcs_last_seen".into(), s.dcs_last_seen.unwrap_or(0).into());
+    if pg.running {
+        let tags = crate::dcs::tags::published(&s.tags);
+        if !tags.is_empty() {
+            m.insert("tags".into(), json!(tags));
+        }
+        if let Some(id) = &pg.sysid {
+            m.insert("database_system_identifier".into(), id.clone().into());
+        }
+        m.insert(
+            "patroni".into(),
+            json!({
+                "version": crate::PATRONI_COMPAT_VERSION,
+                "scope": s.scope,
+                "name": s.name,
+            }),
+        );
+    }
+    m.insert(
+        "spilo".into(),
+        json!({
+            "version": crate::VERSION,
+            "last_decision": s.decision,
+            "holds_lock": s.holds_lock(now),
+        }),
+    );
+    Value::Object(m)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::dcs::{Cluster, Leader, Status};
+    use crate::ha::state::{PgStatus, ReplicationRow};
+
+    /// A cluster view with `leader` holding the lock (if any) and `status.optime`.
+    pub(crate) fn cluster(leader: Option<&str>, optime: Option<u64>) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            leader: leader.map(|n| Leader {
+                name: n.into(),
+                version: 1,
+                owned_by_us: false,
+            }),
+            status: Some(Status {
+                optime,
+                ..Status::default()
+            }),
+            ..Cluster::default()
+        })
+    }
+
+    /// A running primary `pg0` holding the lock at `now`.
+    pub(crate) fn primary(now: Instant) -> NodeState {
+        let mut s = NodeState::new("pg0", "demo", "http://10.0.0.1:8008/patroni");
+        s.pg = PgStatus {
+            state: "running".into(),
+            role: "primary".into(),
+            running: true,
+            server_version: Some(160004),
+            postmaster_start_time: Some("2024-08-28 19:39:26.352526+00:00".into()),
+            timeline: Some(3),
+            wal_flush: Some(0x0500_0000),
+            replication: vec![ReplicationRow {
+                usename: "replicator".into(),
+                application_name: "pg1".into(),
+                client_addr: Some("10.0.0.2".into()),
+                state: "streaming".into(),
+                sync_state: "async".into(),
+                sync_priority: 0,
+                flush_lsn: Some(0x0500_0000),
+            }],
+            sysid: Some("7300000000000000001".into()),
+            ..PgStatus::default()
+        };
+        s.leader_renewed_at = Some(now);
+        s.cluster = Some(cluster(Some("pg0"), Some(0x0500_0000)));
+        s.dcs_last_seen = Some(1_700_000_000);
+        s.last_cycle = now;
+        s
+    }
+
+    /// A running streaming replica `pg1`, replayed up to `replayed`, leader optime 0x0500_0000.
+    pub(crate) fn replica(now: Instant, replayed: u64) -> NodeState {
+        let mut s = NodeState::new("pg1", "demo", "http://10.0.0.2:8008/patroni");
+        s.pg = PgStatus {
+            state: "running".into(),
+            role: "replica".into(),
+            running: true,
+            server_version: Some(160004),
+            timeline: Some(3),
+            received: Some(replayed),
+            replayed: Some(replayed),
+            replication_state: Some("streaming".into()),
+            sysid: Some("7300000000000000001".into()),
+            ..PgStatus::default()
+        };
+        s.cluster = Some(cluster(Some("pg0"), Some(0x0500_0000)));
+        s.dcs_last_seen = Some(1_700_000_000);
+        s.last_cycle = now;
+        s
+    }
+
+    #[test]
+    fn primary_body() {
+        let now = Instant::now();
+        let mut s = primary(now);
+        s.tags = BTreeMap::from([
+            ("nofailover".to_string(), Value::Bool(false)),
+            ("zone".to_string(), Value::from("a")),
+        ]);
+        let v = patroni_status(&s, now);
+        assert_eq!(v["state"], "running");
+        assert_eq!(v["role"], "primary");
+        assert_eq!(v["server_version"], 160004);
+        assert_eq!(v["xlog"], json!({"location": 0x0500_0000u64}));
+        assert_eq!(v["timeline"], 3);
+        assert_eq!(v["replication"][0]["application_name"], "pg1");
+        assert!(v["replication"][0].get("flush_lsn").is_none());
+        assert!(v.get("cluster_unlocked").is_none());
+        assert!(v.get("pause").is_none());
+        assert_eq!(v["dcs_last_seen"], 1_700_000_000);
+        assert_eq!(v["tags"], json!({"zone": "a"}));
+        assert_eq!(v["database_system_identifier"], "7300000000000000001");
+        assert_eq!(v["patroni"]["version"], crate::PATRONI_COMPAT_VERSION);
+        assert_eq!(v["patroni"]["scope"], "demo");
+        assert_eq!(v["patroni"]["name"], "pg0");
+        assert_eq!(v["spilo"]["version"], crate::VERSION);
+        assert_eq!(v["spilo"]["holds_lock"], true);
+        assert!(v["spilo"].get("last_decision").is_some());
+    }
+
+    #[test]
+    fn replica_body() {
+        let now = Instant::now();
+        let mut s = replica(now, 0x0400_0000);
+        s.pg.received = Some(0x0480_0000);
+        s.pg.replayed_timestamp = Some("2024-08-28 19:40:00+00:00".into());
+        let v = patroni_status(&s, now);
+        assert_eq!(v["role"], "replica");
+        assert_eq!(
+            v["xlog"],
+            json!({
+                "received_location": 0x0480_0000u64,
+                "replayed_location": 0x0400_0000u64,
+                "replayed_timestamp": "2024-08-28 19:40:00+00:00",
+                "paused": false,
+            })
+        );
+        assert_eq!(v["replication_state"], "streaming");
+        assert!(v.get("replication").is_none());
+        assert_eq!(v["spilo"]["holds_lock"], false);
+    }
+
+    #[test]
+    fn stopped_body_is_minimal() {
+        let now = Instant::now();
+        let mut s = NodeState::new("pg2", "demo", "http://10.0.0.3:8008/patroni");
+        s.dynamic.pause = true;
+        let v = patroni_status(&s, now);
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "cluster_unlocked",
+                "dcs_last_seen",
+                "pause",
+                "role",
+                "spilo",
+                "state"
+            ]
+        );
+        assert_eq!(v["state"], "stopped");
+        assert_eq!(v["role"], "uninitialized");
+        assert_eq!(v["cluster_unlocked"], true);
+    }
+
+    #[test]
+    fn leader_optime_takes_the_max() {
+        let now = Instant::now();
+        let mut s = replica(now, 0);
+        assert_eq!(leader_optime(&s), Some(0x0500_0000));
+        s.pg.latest_end_lsn = Some(0x0600_0000);
+        assert_eq!(leader_optime(&s), Some(0x0600_0000));
+        s.cluster = None;
+        assert_eq!(leader_optime(&s), Some(0x0600_0000));
+        s.pg.latest_end_lsn = None;
+        assert_eq!(leader_optime(&s), None);
+    }
+}

@@ -1,0 +1,175 @@
+//! Start-up of the daemon: connect to the DCS (with logged back-off), refuse a duplicate name,
+//! serve the REST API, run the loop, hand over on SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{self, Config};
+use crate::dcs::{self, registry, Dcs};
+use crate::ha::runner::{Exit, Node};
+use crate::ha::state::NodeState;
+use crate::postgres::conf::split_host_port;
+use crate::postgres::{PgSettings, Postgres};
+
+/// A start-up failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another daemon with this name runs.
+    #[error("Can't start; there is already a node named '{0}' running")]
+    DuplicateName(String),
+    /// The REST API could not listen.
+    #[error("restapi.listen {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The loop stopped on a fatal condition.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Directory of the PostgreSQL binaries: configured, else Debian's for PostgreSQL 15, else
+/// the directory of `pg_ctl` on PATH.
+pub fn bin_dir(cfg: &Config) -> PathBuf {
+    if let Some(d) = &cfg.postgresql.bin_dir {
+        return d.clone();
+    }
+    let debian = PathBuf::from("/usr/lib/postgresql/15/bin");
+    if debian.join("pg_ctl").exists() {
+        return debian;
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in path.split(':') {
+            let p = PathBuf::from(dir);
+            if p.join("pg_ctl").exists() {
+                return p;
+            }
+        }
+    }
+    debian
+}
+
+/// The local PostgreSQL handle from the config.
+pub fn postgres_from(cfg: &Config) -> Result<Postgres, StartError> {
+    let (host, port) = split_host_port(&cfg.postgresql.listen)
+        .ok_or_else(|| StartError::Config(format!("postgresql.listen: invalid address '{}'", cfg.postgresql.listen)))?;
+    let socket_dir = cfg
+        .postgresql
+        .parameters
+        .get("unix_socket_directories")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.split(',').next())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "/tmp".into());
+    let a = &cfg.postgresql.authentication;
+    Ok(Postgres::new(PgSettings {
+        name: cfg.name.clone(),
+        scope: cfg.scope.clone(),
+        data_dir: cfg.postgresql.data_dir.clone(),
+        bin_dir: bin_dir(cfg),
+        listen_addresses: host,
+        port,
+        socket_dir,
+        pgpass: cfg.pgpass_path(),
+        superuser: (a.superuser.username.clone(), a.superuser.password.clone()),
+        replication: (a.replication.username.clone(), a.replication.password.clone()),
+        rewind: a.rewind.as_ref().map(|r| (r.username.clone(), r.password.clone())),
+        ctl_timeout: Duration::from_secs(cfg.postgresql.pg_ctl_timeout.unwrap_or(60)),
+    }))
+}
+
+/// Connect to the DCS, retrying with a logged, growing back-off until it answers.
+async fn connect_dcs(cfg: &Config, ttl: Duration, retry: Duration) -> Arc<dyn Dcs> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match registry::connect(cfg, ttl, retry, registry::Role::Daemon).await {
+            Ok(d) => match d.snapshot().await {
+                Ok(_) => return d,
+                Err(e) => tracing::warn!(error = %e, "waiting for the DCS; retrying in {backoff:?}"),
+            },
+            Err(e) => tracing::warn!(error = %e, "waiting for the DCS; retrying in {backoff:?}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `true` when a daemon answers at the member's REST API.
+async fn someone_answers(api_url: &str) -> bool {
+    let url = match api_url.rsplit_once("/patroni") {
+        Some((base, _)) => format!("{base}/liveness"),
+        None => format!("{}/liveness", api_url.trim_end_matches('/')),
+    };
+    crate::api::client::get_json(&url, Duration::from_secs(3)).await.is_ok()
+}
+
+/// Run the daemon until SIGTERM/SIGINT or a fatal condition.
+pub async fn run(cfg: Config) -> Result<(), StartError> {
+    let (dynamic, warnings) = config::effective_dynamic(None, &cfg);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let dcs = connect_dcs(&cfg, Duration::from_secs(dynamic.ttl), Duration::from_secs(dynamic.retry_timeout)).await;
+
+    // A second daemon with the same name must not start.
+    if let Ok(snap) = dcs.snapshot().await {
+        let c = dcs::decode_cluster(&snap);
+        if let Some(m) = c.member(&cfg.name) {
+            if !m.owned_by_us && someone_answers(&m.data.api_url).await {
+                return Err(StartError::DuplicateName(cfg.name.clone()));
+            }
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.restapi.listen.clone(),
+            source,
+        })?;
+
+    let pg = Arc::new(postgres_from(&cfg)?);
+    let mut initial = NodeState::new(&cfg.name, &cfg.scope, &cfg.api_url());
+    initial.tags = cfg.tags.clone();
+    initial.dynamic = dynamic.clone();
+    initial.rest_auth = cfg.restapi.authentication.clone();
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
+
+    let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(crate::api::serve(listener, rx, async move {
+        let _ = stop_api_rx.await;
+    }));
+
+    let node = Node::new(cfg.clone(), dcs, pg, tx, dynamic);
+    let exit = node.run(shutdown_signal()).await;
+    let _ = stop_api_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    match exit {
+        Exit::Shutdown => Ok(()),
+        Exit::Fatal(m) => Err(StartError::Fatal(m)),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! The pure HA decision: `(cluster view, local view, policy, now) -> Decision`.
+//!
+//! No DCS, no PostgreSQL, no clock and no randomness in here: everything arrives as a value, and
+//! the answer is a list of actions *with the reasons for them*. Failover, recovery and bootstrap
+//! are not separate routines: they are what this function returns when the observed state is
+//! not what it should be. Each cycle is idempotent; the next cycle is the retry.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::api::client::PeerStatus;
+use crate::dcs::Cluster;
+
+/// Settings that shape decisions.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// This member's name.
+    pub name: String,
+    /// Session/leader TTL.
+    pub ttl: Duration,
+    /// Time between cycles.
+    pub loop_wait: Duration,
+    /// DCS/PostgreSQL deadline.
+    pub retry_timeout: Duration,
+    /// Leader-race lag limit in bytes.
+    pub maximum_lag_on_failover: u64,
+    /// How long a crashed primary holding the lease may take to come back before failing over.
+    pub primary_start_timeout: Duration,
+    /// Refuse to promote with a timeline behind the cluster's.
+    pub check_timeline: bool,
+    /// pg_rewind former primaries.
+    pub use_pg_rewind: bool,
+    /// Re-copy when rewind fails.
+    pub remove_data_directory_on_rewind_failure: bool,
+    /// This node's effective failover priority (0 = never promote).
+    pub failover_priority: i64,
+    /// Maintenance mode.
+    pub paused: bool,
+}
+
+/// What is in the data directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataDir {
+    /// Missing or empty.
+    Empty,
+    /// A cluster exists.
+    Initialized {
+        /// Its system identifier, when known.
+        sysid: Option<String>,
+        /// pg_control says it last ran as a primary (`in production` or `shut down`).
+        was_primary: bool,
+        /// pg_control says it did not shut down cleanly (`in production`, `in crash recovery`).
+        crashed: bool,
+        /// The timeline in pg_control.
+        timeline: Option<u64>,
+    },
+}
+
+/// The local PostgreSQL as observed at the start of the cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pg {
+    /// Not running.
+    Stopped,
+    /// The postmaster runs but does not answer queries (starting, or stuck).
+    Unresponsive,
+    /// Running and answering.
+    Running {
+        /// `pg_is_in_recovery()` is false.
+        primary: bool,
+        /// Current timeline.
+        timeline: Option<u64>,
+        /// WAL position (flush on primary, max(receive, replay) on a replica).
+        wal_position: Option<u64>,
+        /// A replica's wal receiver is streaming.
+        streaming: bool,
+    },
+}
+
+/// A long action running in the background while the loop goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    /// initdb, start, roles.
+    Bootstrap,
+    /// pg_basebackup then start as a replica.
+    Clone,
+    /// pg_rewind (after single-user crash recovery) then start as a replica.
+    Rewind,
+    /// pg_ctl start.
+    Start,
+    /// pg_ctl promote.
+    Promote,
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            JobKind::Bootstrap => "bootstrap",
+            JobKind::Clone => "replica creation",
+            JobKind::Rewind => "rewind",
+            JobKind::Start => "start",
+            JobKind::Promote => "promote",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Everything the node knows about itself this cycle.
+#[derive(Clone, Debug)]
+pub struct LocalView {
+    /// The session keep-alive of this cycle succeeded.
+    pub session_ok: bool,
+    /// The data directory.
+    pub data: DataDir,
+    /// PostgreSQL.
+    pub pg: Pg,
+    /// The background job, if one runs.
+    pub job: Option<JobKind>,
+    /// Whom PostgreSQL is configured to follow: `None` unknown, `Some(None)` nobody,
+    /// `Some(Some(name))` that member.
+    pub upstream: Option<Option<String>>,
+    /// A rewind/re-copy is required before this node can follow anyone (it ran as primary on a
+    /// timeline the leader does not share).
+    pub needs_rewind: bool,
+    /// A rewind failed and re-copying is not allowed: wait for the operator.
+    pub rewind_failed: bool,
+    /// Since when PostgreSQL has been down while we hold the lease (for primary_start_timeout).
+    pub down_since: Option<Duration>,
+    /// Peers' answers to `GET /patroni` (fetched only when the cluster has no leader).
+    pub peers: Vec<PeerStatus>,
+    /// When we last renewed the lease while holding the leader key (monotonic, as a duration
+    /// since the daemon started), None when we do not hold it.
+    pub lease_renewed_at: Option<Duration>,
+}
+
+/// Why the node does what it does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The DCS could not be read or the session not renewed.
+    DcsUnreachable,
+    /// This node holds the leader key and renewed it.
+    LeaderLockHeld,
+    /// Another member holds the leader key.
+    FollowingLeader(String),
+    /// The cluster has no leader and this node is the healthiest candidate.
+    HealthiestAfterLeaderExpired,
+    /// The cluster has no leader, and this node is not the one to take it.
+    NotHealthiest(String),
+    /// Nobody has initialised the cluster yet.
+    ClusterUninitialized,
+    /// The bootstrap race was lost or is in progress elsewhere.
+    WaitingForBootstrap,
+    /// This node has no data and the leader exists.
+    NoDataDirectory,
+    /// A job runs.
+    JobInProgress(JobKind),
+    /// PostgreSQL is down while this node holds the lease.
+    CrashedWhileLeader,
+    /// PostgreSQL stayed down past primary_start_timeout.
+    PrimaryStartTimeout,
+    /// PostgreSQL runs as primary but another member holds the key.
+    PrimaryWithoutLock(String),
+    /// PostgreSQL runs as a replica while we hold the key.
+    PromotionPending,
+    /// The timeline of this former primary diverged from the leader's.
+    TimelineDiverged,
+    /// The data directory belongs to another cluster.
+    SystemIdMismatch {
+        /// Ours.
+        local: String,
+        /// The cluster's.
+        cluster: String,
+    },
+    /// Maintenance mode.
+    Paused,
+    /// This member may not be promoted.
+    NoFailover,
+    /// The rewind failed and re-copying is not allowed.
+    RewindFailed,
+    /// The leader key holds our name under an older session (the daemon restarted).
+    LeaderKeyFromPreviousSession,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::DcsUnreachable => write!(f, "DCS is not accessible"),
+            Reason::LeaderLockHeld => write!(f, "I hold the leader lock"),
+            Reason::FollowingLeader(l) => write!(f, "following leader {l}"),
+            Reason::HealthiestAfterLeaderExpired => write!(f, "no leader and I am the healthiest member"),
+            Reason::NotHealthiest(why) => write!(f, "no leader, but I am not the healthiest member: {why}"),
+            Reason::ClusterUninitialized => write!(f, "cluster is not initialized"),
+            Reason::WaitingForBootstrap => write!(f, "waiting for the leader to bootstrap"),
+            Reason::NoDataDirectory => write!(f, "no data directory and a leader exists"),
+            Reason::JobInProgress(j) => write!(f, "{j} in progress"),
+            Reason::CrashedWhileLeader => write!(f, "PostgreSQL is down while I hold the leader lock"),
+            Reason::PrimaryStartTimeout => write!(f, "PostgreSQL did not start within primary_start_timeout"),
+            Reason::PrimaryWithoutLock(l) => write!(f, "running as primary but {l} holds the leader lock"),
+            Reason::PromotionPending => write!(f, "I hold the leader lock and PostgreSQL is still a replica"),
+            Reason::TimelineDiverged => write!(f, "my timeline diverged from the leader's"),
+            Reason::SystemIdMismatch { local, cluster } => {
+                write!(f, "data directory system id {local} differs from the cluster's {cluster}")
+            }
+            Reason::Paused => write!(f, "cluster is paused"),
+            Reason::NoFailover => write!(f, "I am not allowed to promote (nofailover)"),
+            Reason::RewindFailed => write!(f, "pg_rewind failed and re-copying is not allowed"),
+            Reason::LeaderKeyFromPreviousSession => write!(f, "the leader key holds my name from a previous session"),
+        }
+    }
+}
+
+/// How to demote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DemoteMode {
+    /// Immediate stop, keep nothing: another node holds the key or we lost it.
+    Immediate,
+    /// Immediate stop, then start read-only following nobody (DCS lost).
+    Offline,
+}
+
+/// One thing to do. Actions run in order; a failed one stops the rest of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create the leader key if absent; the plan stops if somebody else got it.
+    AcquireLeader,
+    /// Bind the leader key holding our name to our current session.
+    ReattachLeader,
+    /// Delete the leader key if it still holds our name.
+    ReleaseLeader,
+    /// Start the bootstrap job (initdb…), then write `initialize` and `config`.
+    StartBootstrap,
+    /// Start copying the data directory from this member.
+    StartClone(String),
+    /// Start rewinding from the leader (or re-copying when rewind is impossible).
+    StartRewind(String),
+    /// Start PostgreSQL as primary (restart in place, holding the lease).
+    StartPrimary,
+    /// Start PostgreSQL as a replica following this member (None: nobody).
+    StartReplica(Option<String>),
+    /// Point a running replica at this member (None: nobody) and reload.
+    Follow(Option<String>),
+    /// Promote the running replica.
+    Promote,
+    /// Stop PostgreSQL to stop accepting writes.
+    Demote(DemoteMode),
+    /// Write `initialize` with the local system identifier.
+    WriteInitialize(String),
+    /// Write the leader's bookkeeping: `status`, `history`, `config` if missing, slots.
+    LeaderHousekeeping,
+    /// Give up: the node must not run (wrong cluster).
+    Fatal(String),
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::AcquireLeader => write!(f, "acquire leader lock"),
+            Action::ReattachLeader => write!(f, "re-attach leader lock to my session"),
+            Action::ReleaseLeader => write!(f, "release leader lock"),
+            Action::StartBootstrap => write!(f, "bootstrap a new cluster"),
+            Action::StartClone(m) => write!(f, "create replica from {m}"),
+            Action::StartRewind(m) => write!(f, "rewind from {m}"),
+            Action::StartPrimary => write!(f, "start PostgreSQL as primary"),
+            Action::StartReplica(Some(m)) => write!(f, "start PostgreSQL as replica of {m}"),
+            Action::StartReplica(None) => write!(f, "start PostgreSQL as replica following nobody"),
+            Action::Follow(Some(m)) => write!(f, "follow {m}"),
+            Action::Follow(None) => write!(f, "follow nobody"),
+            Action::Promote => write!(f, "promote"),
+            Action::Demote(DemoteMode::Immediate) => write!(f, "demote (immediate stop)"),
+            Action::Demote(DemoteMode::Offline) => write!(f, "demote (read-only, following nobody)"),
+            Action::WriteInitialize(s) => write!(f, "write initialize={s}"),
+            Action::LeaderHousekeeping => write!(f, "update leader status"),
+            Action::Fatal(m) => write!(f, "exit: {m}"),
+        }
+    }
+}
+
+/// The answer of [`decide`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do, in order.
+    pub actions: Vec<Action>,
+    /// Why.
+    pub reasons: Vec<Reason>,
+}
+
+impl Decision {
+    fn act(mut self, a: Action) -> Self {
+        self.actions.push(a);
+        self
+    }
+    fn because(mut self, r: Reason) -> Self {
+        self.reasons.push(r);
+        self
+    }
+    /// One line for the log.
+    pub fn summary(&self) -> String {
+        let acts: Vec<String> = self.actions.iter().map(ToString::to_string).collect();
+        let why: Vec<String> = self.reasons.iter().map(ToString::to_string).collect();
+        let acts = if acts.is_empty() { "no action".to_string() } else { acts.join(", ") };
+        format!("{acts}: {}", why.join("; "))
+    }
+}
+
+/// Decide what to do this cycle. `now` is the monotonic time since the daemon started.
+pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now: Duration) -> Decision {
+    let d = Decision::default();
+    let me = policy.name.as_str();
+
+    // 1. Without the DCS nothing can be known: a primary stops accepting writes at once (it can
+    //    no longer prove it holds the lease); a replica keeps serving reads.
+    let cluster = match cluster {
+        Some(c) if local.session_ok => c,
+        _ => {
+            let primary = matches!(local.pg, Pg::Running { primary: true, .. });
+            if primary && !policy.paused {
+                return d.act(Action::Demote(DemoteMode::Offline)).because(Reason::DcsUnreachable);
+            }
+            return d.because(Reason::DcsUnreachable);
+        }
+    };
+
+    // 2. The lease was renewed by this cycle's keep-alive (`session_ok`), so a leader key bound to
+    //    our session stands for at least `ttl` from the moment the keep-alive was sent.
+    let leader_is_me = cluster.leader.as_ref().map(|l| l.name == me).unwrap_or(false);
+    let leader_owned = cluster.leader.as_ref().map(|l| l.name == me && l.owned_by_us).unwrap_or(false);
+
+    let mut d = d;
+    if leader_is_me && !leader_owned {
+        // The key holds our name under an older session (this daemon restarted before the
+        // old lease expired). We are that node: bind the key to our session.
+        d = d.act(Action::ReattachLeader).because(Reason::LeaderKeyFromPreviousSession);
+    }
+    let leader_name = cluster.leader.as_ref().map(|l| l.name.clone());
+    let other_leader = leader_name.clone().filter(|n| n != me);
+
+    // 3. A running job: keep the lock (the keep-alive did), do nothing else.
+    if let Some(job) = local.job {
+        if let (Some(l), Pg::Running { primary: true, .. }) = (&other_leader, &local.pg) {
+            if !policy.paused {
+                return d.act(Action::Demote(DemoteMode::Immediate)).because(Reason::PrimaryWithoutLock(l.clone()));
+            }
+        }
+        return d.because(Reason::JobInProgress(job));
+    }
+
+    // 4. The data directory.
+    let (sysid, was_primary, crashed, data_tl) = match &local.data {
+        DataDir::Empty => return uninitialized(d, cluster, policy, leader_is_me, other_leader),
+        DataDir::Initialized {
+            sysid,
+            was_primary,
+            crashed,
+            timeline,
+        } => (sysid.clone(), *was_primary, *crashed, *timeline),
+    };
+    let _ = crashed;
+    if let (Some(local_id), Some(cluster_id)) = (sysid.as_deref(), cluster.sysid()) {
+        if local_id != cluster_id {
+            let r = Reason::SystemIdMismatch {
+                local: local_id.to_string(),
+                cluster: cluster_id.to_string(),
+            };
+            if policy.paused {
+                return d.because(r);
+            }
+            return d
+                .act(Action::Fatal(format!(
+                    "the data directory belongs to another cluster (system id {local_id}, cluster has {cluster_id})"
+                )))
+                .because(r);
+        }
+    }
+    if cluster.initialize.as_deref().map(|s| s.is_empty()).unwrap_or(true) && (leader_is_me || other_leader.is_none()) {
+        if let Some(id) = &sysid {
+            d = d.act(Action::WriteInitialize(id.clone()));
+        }
+    }
+
+    // 5. PostgreSQL is down.
+    match &local.pg {
+        Pg::Stopped => {
+            if policy.paused {
+                if leader_is_me {
+                    return d.act(Action::ReleaseLeader).because(Reason::Paused);
+                }
+                return d.because(Reason::Paused);
+            }
+            if leader_is_me {
+                if was_primary {
+                    if let Some(down) = local.down_since {
+                        if now.saturating_sub(down) > policy.primary_start_timeout {
+                            return d.act(Action::ReleaseLeader).because(Reason::PrimaryStartTimeout);
+                        }
+                    }
+                    return d.act(Action::StartPrimary).because(Reason::CrashedWhileLeader);
+                }
+                // We hold the key but our data is a replica's: start it, then promote.
+                return d.act(Action::StartReplica(None)).because(Reason::PromotionPending);
+            }
+            if let Some(l) = other_leader {
+                if local.rewind_failed {
+                    return d.because(Reason::RewindFailed);
+                }
+                let leader_tl = cluster.leader_member().and_then(|m| m.data.timeline);
+                let diverged = local.needs_rewind
+                    || (was_primary && leader_tl.is_some() && data_tl.is_some() && leader_tl != data_tl);
+                if diverged {
+                    return d.act(Action::StartRewind(l.clone())).because(Reason::TimelineDiverged);
+                }
+                return d.act(Action::StartReplica(Some(l.clone()))).because(Reason::FollowingLeader(l));
+            }
+            // No leader: come up read-only so that we can report a position and race.
+            return d.act(Action::StartReplica(None)).because(Reason::NotHealthiest("PostgreSQL is not running".into()));
+        }
+        Pg::Unresponsive => {
+            if leader_is_me {
+                return d.because(Reason::LeaderLockHeld);
+            }
+            return d.because(Reason::NotHealthiest("PostgreSQL does not answer".into()));
+        }
+        Pg::Running { .. } => {}
+    }
+    let (primary, my_tl, my_pos) = match &local.pg {
+        Pg::Running {
+            primary,
+            timeline,
+            wal_position,
+            ..
+        } => (*primary, *timeline, *wal_position),
+        _ => (false, None, None),
+    };
+
+    // 6. Somebody else leads.
+    if let Some(l) = other_leader {
+        if primary {
+            if policy.paused {
+                return d.because(Reason::Paused);
+            }
+            return d.act(Action::Demote(DemoteMode::Immediate)).because(Reason::PrimaryWithoutLock(l));
+        }
+        if local.needs_rewind {
+            return d.act(Action::Demote(DemoteMode::Immediate)).because(Reason::TimelineDiverged);
+        }
+        if local.upstream.as_ref() != Some(&Some(l.clone())) {
+            return d.act(Action::Follow(Some(l.clone()))).because(Reason::FollowingLeader(l));
+        }
+        return d.because(Reason::FollowingLeader(l));
+    }
+
+    // 7. We lead.
+    if leader_is_me {
+        if primary {
+            return d.act(Action::LeaderHousekeeping).because(Reason::LeaderLockHeld);
+        }
+        if policy.paused {
+            return d.act(Action::ReleaseLeader).because(Reason::Paused);
+        }
+        return d.act(Action::Promote).because(Reason::PromotionPending);
+    }
+
+    // 8. Nobody leads: the leader race.
+    if policy.paused {
+        if primary {
+            return d.act(Action::AcquireLeader).act(Action::LeaderHousekeeping).because(Reason::Paused);
+        }
+        return d.because(Reason::Paused);
+    }
+    if primary {
+        // A primary left running (say, the daemon restarted and the lease expired meanwhile):
+        // it is the healthiest unless it is behind the cluster's timeline.
+        let cluster_tl = cluster.timeline();
+        if my_tl.map(|t| t < cluster_tl).unwrap_or(false) {
+            return d
+                .act(Action::Demote(DemoteMode::Offline))
+                .because(Reason::NotHealthiest(format!("my timeline is behind the cluster's ({cluster_tl})")));
+        }
+        return d
+            .act(Action::AcquireLeader)
+            .act(Action::LeaderHousekeeping)
+            .because(Reason::HealthiestAfterLeaderExpired);
+    }
+    match healthiest(cluster, policy, my_tl, my_pos, &local.peers) {
+        Ok(()) => d
+            .act(Action::AcquireLeader)
+            .act(Action::Promote)
+            .because(Reason::HealthiestAfterLeaderExpired),
+        Err(why) => {
+            if policy.failover_priority <= 0 {
+                d.because(Reason::NoFailover)
+            } else {
+                d.because(Reason::NotHealthiest(why))
+            }
+        }
+    }
+}
+
+fn uninitialized(
+    d: Decision,
+    cluster: &Cluster,
+    policy: &Policy,
+    leader_is_me: bool,
+    other_leader: Option<String>,
+) -> Decision {
+    if let Some(l) = other_leader {
+        if policy.paused {
+            return d.because(Reason::Paused);
+        }
+        let running = cluster
+            .leader_member()
+            .map(|m| m.data.state == "running")
+            .unwrap_or(false);
+        if !running || cluster.sysid().is_none() {
+            return d.because(Reason::WaitingForBootstrap);
+        }
+        return d.act(Action::StartClone(l)).because(Reason::NoDataDirectory);
+    }
+    if leader_is_me {
+        // We hold the key with no data: a bootstrap that died half-way, or data removed.
+        if cluster.sysid().is_none() {
+            return d.act(Action::StartBootstrap).because(Reason::ClusterUninitialized);
+        }
+        return d.act(Action::ReleaseLeader).because(Reason::NoDataDirectory);
+    }
+    if policy.paused {
+        return d.because(Reason::Paused);
+    }
+    if cluster.sysid().is_none() {
+        if policy.failover_priority <= 0 {
+            return d.because(Reason::NoFailover);
+        }
+        return d
+            .act(Action::AcquireLeader)
+            .act(Action::StartBootstrap)
+            .because(Reason::ClusterUninitialized);
+    }
+    d.because(Reason::WaitingForBootstrap)
+}
+
+/// The leader race rules: may this node take the leader key?
+fn healthiest(
+    cluster: &Cluster,
+    policy: &Policy,
+    my_tl: Option<u64>,
+    my_pos: Option<u64>,
+    peers: &[PeerStatus],
+) -> Result<(), String> {
+    if policy.failover_priority <= 0 {
+        return Err("nofailover".into());
+    }
+    if let Some(f) = &cluster.failover {
+        if let Some(candidate) = &f.value.member {
+            if candidate == &policy.name {
+                return Ok(());
+            }
+            if peers.iter().any(|p| &p.name == candidate && p.reachable && !p.nofailover) {
+                return Err(format!("manual failover to {candidate} requested"));
+            }
+        }
+    }
+    let my_pos = my_pos.unwrap_or(0);
+    if let Some(optime) = cluster.optime() {
+        if optime > my_pos && optime - my_pos > policy.maximum_lag_on_failover {
+            return Err(format!(
+                "my WAL position {my_pos} is {} bytes behind the last known leader position {optime}, more than maximum_lag_on_failover {}",
+                optime - my_pos,
+                policy.maximum_lag_on_failover
+            ));
+        }
+    }
+    if policy.check_timeline {
+        let ctl = cluster.timeline();
+        match my_tl {
+            Some(t) if t >= ctl => {}
+            _ => return Err(format!("my timeline {my_tl:?} is behind the cluster's {ctl}")),
+        }
+    }
+    for p in peers {
+        if p.name == policy.name || !p.reachable || p.nofailover {
+            continue;
+        }
+        if !p.in_recovery {
+            return Err(format!("primary {} is still alive", p.name));
+        }
+        let their = p.wal_position.unwrap_or(0);
+        if their > my_pos {
+            return Err(format!("{} is ahead of me ({their} > {my_pos})", p.name));
+        }
+        if their == my_pos && p.failover_priority > policy.failover_priority {
+            return Err(format!(
+                "{} has the same WAL position and a higher failover_priority ({} > {})",
+                p.name, p.failover_priority, policy.failover_priority
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

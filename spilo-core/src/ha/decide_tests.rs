@@ -1,0 +1,554 @@
+//! Scenario tables for `decide()`: given a cluster, a local state and a time, the expected
+//! actions and reasons.
+
+use std::time::Duration;
+
+use super::*;
+use crate::api::client::PeerStatus;
+use crate::config::DynamicConfig;
+use crate::dcs::{Cluster, Failover, Leader, Member, MemberData, Status, Versioned};
+
+const SYSID: &str = "7268616322854375442";
+
+fn policy(name: &str) -> Policy {
+    Policy {
+        name: name.into(),
+        ttl: Duration::from_secs(10),
+        loop_wait: Duration::from_secs(2),
+        retry_timeout: Duration::from_secs(3),
+        maximum_lag_on_failover: 1_048_576,
+        primary_start_timeout: Duration::from_secs(300),
+        check_timeline: false,
+        use_pg_rewind: true,
+        remove_data_directory_on_rewind_failure: false,
+        failover_priority: 1,
+        paused: false,
+    }
+}
+
+fn member(name: &str, role: &str, tl: u64) -> Member {
+    Member {
+        name: name.into(),
+        data: MemberData {
+            conn_url: format!("postgres://127.0.0.1:5{}/postgres", &name[1..]),
+            api_url: format!("http://127.0.0.1:8{}/patroni", &name[1..]),
+            state: "running".into(),
+            role: role.into(),
+            timeline: Some(tl),
+            ..MemberData::default()
+        },
+        version: 1,
+        owned_by_us: false,
+    }
+}
+
+/// A cluster of n1..n3, initialized, with `leader` holding the key (None: unlocked).
+fn cluster(leader: Option<&str>, me: &str) -> Cluster {
+    let mut c = Cluster {
+        initialize: Some(SYSID.into()),
+        config: Some(Versioned {
+            value: DynamicConfig::default(),
+            version: 1,
+        }),
+        status: Some(Status {
+            optime: Some(1000),
+            ..Status::default()
+        }),
+        history: None,
+        ..Cluster::default()
+    };
+    for n in ["n1", "n2", "n3"] {
+        let role = if Some(n) == leader { "primary" } else { "replica" };
+        c.members.push(member(n, role, 1));
+    }
+    if let Some(l) = leader {
+        c.leader = Some(Leader {
+            name: l.into(),
+            version: 7,
+            owned_by_us: l == me,
+        });
+    }
+    c
+}
+
+fn data() -> DataDir {
+    DataDir::Initialized {
+        sysid: Some(SYSID.into()),
+        was_primary: false,
+        crashed: false,
+        timeline: Some(1),
+    }
+}
+
+fn replica(pos: u64) -> Pg {
+    Pg::Running {
+        primary: false,
+        timeline: Some(1),
+        wal_position: Some(pos),
+        streaming: true,
+    }
+}
+
+fn primary(pos: u64) -> Pg {
+    Pg::Running {
+        primary: true,
+        timeline: Some(1),
+        wal_position: Some(pos),
+        streaming: false,
+    }
+}
+
+fn local(pg: Pg) -> LocalView {
+    LocalView {
+        session_ok: true,
+        data: data(),
+        pg,
+        job: None,
+        upstream: Some(None),
+        needs_rewind: false,
+        rewind_failed: false,
+        down_since: None,
+        peers: Vec::new(),
+        lease_renewed_at: None,
+    }
+}
+
+fn peer(name: &str, primary: bool, pos: u64) -> PeerStatus {
+    PeerStatus {
+        name: name.into(),
+        reachable: true,
+        role: Some(if primary { "primary" } else { "replica" }.into()),
+        in_recovery: !primary,
+        wal_position: Some(pos),
+        timeline: Some(1),
+        nofailover: false,
+        failover_priority: 1,
+    }
+}
+
+const NOW: Duration = Duration::from_secs(1000);
+
+fn run(c: Option<&Cluster>, l: &LocalView, p: &Policy) -> Decision {
+    decide(c, l, p, NOW)
+}
+
+// ---------------------------------------------------------------- bootstrap
+
+#[test]
+fn bootstrap_race_on_an_empty_cluster() {
+    let c = Cluster::default();
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Empty;
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::StartBootstrap]);
+    assert_eq!(d.reasons, vec![Reason::ClusterUninitialized]);
+}
+
+#[test]
+fn bootstrap_race_lost_clones_from_the_winner_once_it_runs() {
+    let mut c = cluster(Some("n1"), "n2");
+    c.members.retain(|m| m.name == "n1");
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Empty;
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(d.actions, vec![Action::StartClone("n1".into())]);
+    assert_eq!(d.reasons, vec![Reason::NoDataDirectory]);
+}
+
+#[test]
+fn bootstrap_in_progress_elsewhere_waits() {
+    let mut c = cluster(Some("n1"), "n2");
+    c.initialize = Some(String::new());
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Empty;
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reasons, vec![Reason::WaitingForBootstrap]);
+}
+
+#[test]
+fn nofailover_node_never_bootstraps() {
+    let c = Cluster::default();
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Empty;
+    let mut p = policy("n1");
+    p.failover_priority = 0;
+    let d = run(Some(&c), &l, &p);
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reasons, vec![Reason::NoFailover]);
+}
+
+#[test]
+fn initialized_cluster_without_leader_and_no_data_waits() {
+    let c = cluster(None, "n3");
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Empty;
+    let d = run(Some(&c), &l, &policy("n3"));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reasons, vec![Reason::WaitingForBootstrap]);
+}
+
+// ---------------------------------------------------------------- steady state
+
+#[test]
+fn leader_alive_primary_keeps_the_lock() {
+    let c = cluster(Some("n1"), "n1");
+    let d = run(Some(&c), &local(primary(1000)), &policy("n1"));
+    assert_eq!(d.actions, vec![Action::LeaderHousekeeping]);
+    assert_eq!(d.reasons, vec![Reason::LeaderLockHeld]);
+}
+
+#[test]
+fn leader_alive_replica_follows() {
+    let c = cluster(Some("n1"), "n2");
+    let mut l = local(replica(1000));
+    l.upstream = Some(Some("n1".into()));
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reasons, vec![Reason::FollowingLeader("n1".into())]);
+}
+
+#[test]
+fn replica_pointing_elsewhere_is_repointed_to_the_new_leader() {
+    let c = cluster(Some("n3"), "n2");
+    let mut l = local(replica(1000));
+    l.upstream = Some(Some("n1".into()));
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(d.actions, vec![Action::Follow(Some("n3".into()))]);
+}
+
+#[test]
+fn writes_initialize_when_missing() {
+    let mut c = cluster(Some("n1"), "n1");
+    c.initialize = None;
+    let d = run(Some(&c), &local(primary(1000)), &policy("n1"));
+    assert_eq!(d.actions, vec![Action::WriteInitialize(SYSID.into()), Action::LeaderHousekeeping]);
+}
+
+// ---------------------------------------------------------------- leader race
+
+#[test]
+fn leader_expired_and_this_node_is_ahead_promotes() {
+    let c = cluster(None, "n2");
+    let mut l = local(replica(1000));
+    l.peers = vec![peer("n3", false, 900)];
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
+    assert_eq!(d.reasons, vec![Reason::HealthiestAfterLeaderExpired]);
+}
+
+#[test]
+fn leader_expired_and_another_node_is_ahead_waits() {
+    let c = cluster(None, "n2");
+    let mut l = local(replica(900));
+    l.peers = vec![peer("n3", false, 1000)];
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("n3 is ahead")), "{d:?}");
+}
+
+#[test]
+fn leader_expired_but_lagging_past_the_limit_does_not_race() {
+    let mut c = cluster(None, "n2");
+    c.status = Some(Status {
+        optime: Some(10_000_000),
+        ..Status::default()
+    });
+    let d = run(Some(&c), &local(replica(1000)), &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("maximum_lag_on_failover")));
+}
+
+#[test]
+fn leader_expired_lag_within_the_limit_races() {
+    let mut c = cluster(None, "n2");
+    c.status = Some(Status {
+        optime: Some(1000 + 1_048_576),
+        ..Status::default()
+    });
+    let d = run(Some(&c), &local(replica(1000)), &policy("n2"));
+    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn leader_expired_nofailover_node_does_not_race() {
+    let c = cluster(None, "n2");
+    let mut p = policy("n2");
+    p.failover_priority = 0;
+    let d = run(Some(&c), &local(replica(5000)), &p);
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reasons, vec![Reason::NoFailover]);
+}
+
+#[test]
+fn equal_position_and_lower_failover_priority_yields() {
+    let c = cluster(None, "n2");
+    let mut l = local(replica(1000));
+    let mut other = peer("n3", false, 1000);
+    other.failover_priority = 5;
+    l.peers = vec![other];
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("failover_priority")));
+}
+
+#[test]
+fn equal_position_and_equal_priority_both_race() {
+    let c = cluster(None, "n2");
+    let mut l = local(replica(1000));
+    l.peers = vec![peer("n3", false, 1000)];
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn timeline_behind_with_check_timeline_does_not_race() {
+    let mut c = cluster(None, "n2");
+    c.history = Some(vec![crate::dcs::HistoryLine {
+        timeline: 1,
+        lsn: 100,
+        reason: "x".into(),
+        timestamp: None,
+        new_leader: None,
+    }]);
+    let mut p = policy("n2");
+    p.check_timeline = true;
+    let d = run(Some(&c), &local(replica(1000)), &p);
+    assert!(d.actions.is_empty());
+    assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("timeline")));
+}
+
+#[test]
+fn a_live_primary_peer_blocks_the_race() {
+    let c = cluster(None, "n2");
+    let mut l = local(replica(1000));
+    l.peers = vec![peer("n1", true, 1000)];
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("still alive")));
+}
+
+#[test]
+fn unreachable_and_nofailover_peers_are_ignored() {
+    let c = cluster(None, "n2");
+    let mut l = local(replica(1000));
+    let mut dead = peer("n1", true, 5000);
+    dead.reachable = false;
+    let mut nf = peer("n3", false, 5000);
+    nf.nofailover = true;
+    l.peers = vec![dead, nf];
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn manual_failover_candidate_races_even_when_behind() {
+    let mut c = cluster(None, "n2");
+    c.failover = Some(Versioned {
+        value: Failover {
+            leader: None,
+            member: Some("n2".into()),
+            scheduled_at: None,
+        },
+        version: 3,
+    });
+    let mut l = local(replica(900));
+    l.peers = vec![peer("n3", false, 1000)];
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn primary_left_running_without_a_leader_takes_the_lock() {
+    let c = cluster(None, "n1");
+    let d = run(Some(&c), &local(primary(1000)), &policy("n1"));
+    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::LeaderHousekeeping]);
+}
+
+// ---------------------------------------------------------------- fencing
+
+#[test]
+fn dcs_unreachable_as_primary_demotes_at_once() {
+    let d = run(None, &local(primary(1000)), &policy("n1"));
+    assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Offline)]);
+    assert_eq!(d.reasons, vec![Reason::DcsUnreachable]);
+}
+
+#[test]
+fn lease_not_renewed_as_primary_demotes_even_if_a_stale_view_says_leader() {
+    let c = cluster(Some("n1"), "n1");
+    let mut l = local(primary(1000));
+    l.session_ok = false;
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Offline)]);
+}
+
+#[test]
+fn dcs_unreachable_as_replica_keeps_serving() {
+    let d = run(None, &local(replica(1000)), &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reasons, vec![Reason::DcsUnreachable]);
+}
+
+#[test]
+fn dcs_unreachable_while_paused_leaves_the_primary_alone() {
+    let mut p = policy("n1");
+    p.paused = true;
+    let d = run(None, &local(primary(1000)), &p);
+    assert!(d.actions.is_empty());
+}
+
+#[test]
+fn another_holder_demotes_a_running_primary() {
+    let c = cluster(Some("n2"), "n1");
+    let d = run(Some(&c), &local(primary(1000)), &policy("n1"));
+    assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Immediate)]);
+    assert_eq!(d.reasons, vec![Reason::PrimaryWithoutLock("n2".into())]);
+}
+
+#[test]
+fn primary_during_a_job_with_another_holder_still_demotes() {
+    let c = cluster(Some("n2"), "n1");
+    let mut l = local(primary(1000));
+    l.job = Some(JobKind::Promote);
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Immediate)]);
+}
+
+// ---------------------------------------------------------------- crashes and rejoin
+
+#[test]
+fn postgres_crashed_while_holding_the_lease_restarts_in_place() {
+    let c = cluster(Some("n1"), "n1");
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Initialized {
+        sysid: Some(SYSID.into()),
+        was_primary: true,
+        crashed: true,
+        timeline: Some(1),
+    };
+    l.down_since = Some(NOW - Duration::from_secs(5));
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::StartPrimary]);
+    assert_eq!(d.reasons, vec![Reason::CrashedWhileLeader]);
+}
+
+#[test]
+fn postgres_down_past_primary_start_timeout_releases_the_lock() {
+    let c = cluster(Some("n1"), "n1");
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Initialized {
+        sysid: Some(SYSID.into()),
+        was_primary: true,
+        crashed: true,
+        timeline: Some(1),
+    };
+    l.down_since = Some(NOW - Duration::from_secs(301));
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::ReleaseLeader]);
+    assert_eq!(d.reasons, vec![Reason::PrimaryStartTimeout]);
+}
+
+#[test]
+fn former_primary_on_an_old_timeline_rewinds() {
+    let mut c = cluster(Some("n2"), "n1");
+    c.members[1].data.timeline = Some(2);
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Initialized {
+        sysid: Some(SYSID.into()),
+        was_primary: true,
+        crashed: true,
+        timeline: Some(1),
+    };
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::StartRewind("n2".into())]);
+    assert_eq!(d.reasons, vec![Reason::TimelineDiverged]);
+}
+
+#[test]
+fn demoted_node_marked_for_rewind_rewinds_even_on_the_same_timeline() {
+    let c = cluster(Some("n2"), "n1");
+    let mut l = local(Pg::Stopped);
+    l.needs_rewind = true;
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::StartRewind("n2".into())]);
+}
+
+#[test]
+fn stopped_replica_starts_following_the_leader() {
+    let c = cluster(Some("n1"), "n2");
+    let d = run(Some(&c), &local(Pg::Stopped), &policy("n2"));
+    assert_eq!(d.actions, vec![Action::StartReplica(Some("n1".into()))]);
+}
+
+#[test]
+fn stopped_node_without_a_leader_starts_read_only_to_race() {
+    let c = cluster(None, "n2");
+    let d = run(Some(&c), &local(Pg::Stopped), &policy("n2"));
+    assert_eq!(d.actions, vec![Action::StartReplica(None)]);
+}
+
+#[test]
+fn failed_rewind_waits_for_the_operator() {
+    let c = cluster(Some("n2"), "n1");
+    let mut l = local(Pg::Stopped);
+    l.needs_rewind = true;
+    l.rewind_failed = true;
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reasons, vec![Reason::RewindFailed]);
+}
+
+#[test]
+fn a_leader_holding_the_key_with_a_replica_promotes() {
+    let c = cluster(Some("n2"), "n2");
+    let d = run(Some(&c), &local(replica(1000)), &policy("n2"));
+    assert_eq!(d.actions, vec![Action::Promote]);
+    assert_eq!(d.reasons, vec![Reason::PromotionPending]);
+}
+
+// ---------------------------------------------------------------- identity
+
+#[test]
+fn system_id_mismatch_is_fatal() {
+    let mut c = cluster(Some("n1"), "n2");
+    c.initialize = Some("1111111111111111111".into());
+    let d = run(Some(&c), &local(replica(1000)), &policy("n2"));
+    assert!(matches!(&d.actions[0], Action::Fatal(m) if m.contains("another cluster")));
+}
+
+#[test]
+fn leader_key_from_a_previous_session_is_reattached() {
+    let mut c = cluster(Some("n1"), "n1");
+    c.leader.as_mut().unwrap().owned_by_us = false;
+    let d = run(Some(&c), &local(primary(1000)), &policy("n1"));
+    assert_eq!(d.actions, vec![Action::ReattachLeader, Action::LeaderHousekeeping]);
+    assert_eq!(d.reasons[0], Reason::LeaderKeyFromPreviousSession);
+}
+
+#[test]
+fn running_job_blocks_other_actions() {
+    let c = cluster(Some("n1"), "n2");
+    let mut l = local(Pg::Stopped);
+    l.job = Some(JobKind::Clone);
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reasons, vec![Reason::JobInProgress(JobKind::Clone)]);
+}
+
+#[test]
+fn paused_cluster_does_not_start_or_race() {
+    let c = cluster(None, "n2");
+    let mut p = policy("n2");
+    p.paused = true;
+    assert!(run(Some(&c), &local(Pg::Stopped), &p).actions.is_empty());
+    assert!(run(Some(&c), &local(replica(5000)), &p).actions.is_empty());
+}
+
+#[test]
+fn decision_summary_names_actions_and_reasons() {
+    let c = cluster(None, "n2");
+    let d = run(Some(&c), &local(replica(1000)), &policy("n2"));
+    let s = d.summary();
+    assert!(s.contains("acquire leader lock") && s.contains("healthiest"), "{s}");
+}

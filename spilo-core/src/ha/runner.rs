@@ -1,0 +1,852 @@
+//! The HA loop: snapshot → decide → act → wait on one `select!`.
+//!
+//! The loop records the phase it is in (visible in logs when a phase is slow). Long actions
+//! (bootstrap, replica creation, rewind, start, promote) run as a background job so that the
+//! loop keeps renewing the lease while they run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::api::client;
+use crate::config::{self, Config, DynamicConfig};
+use crate::dcs::{self, decode_cluster, Cas, Cluster, Dcs, HistoryLine, Status};
+use crate::ha::decide::{self, Action, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy};
+use crate::ha::member;
+use crate::ha::state::{DecisionReport, PgStatus, StateTx};
+use crate::postgres::conf::Upstream;
+use crate::postgres::query::{quote_ident, quote_literal};
+use crate::postgres::{Postgres, StopMode};
+
+/// Why the loop ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// Shut down on a signal.
+    Shutdown,
+    /// A condition that must stop the daemon.
+    Fatal(String),
+}
+
+struct Job {
+    kind: JobKind,
+    handle: JoinHandle<Result<JobDone, String>>,
+}
+
+/// What a finished job leaves behind.
+#[derive(Debug)]
+struct JobDone {
+    upstream: Option<Option<String>>,
+}
+
+/// The loop's state between cycles.
+pub struct Node {
+    cfg: Config,
+    dcs: Arc<dyn Dcs>,
+    pg: Arc<Postgres>,
+    state: StateTx,
+    started: Instant,
+    dynamic: DynamicConfig,
+    job: Option<Job>,
+    wake: Arc<Notify>,
+    upstream: Option<Option<String>>,
+    needs_rewind: bool,
+    rewind_failed: bool,
+    down_since: Option<Duration>,
+    lease_renewed_at: Option<Instant>,
+    last_member: Option<Vec<u8>>,
+    last_status: Option<Vec<u8>>,
+    slots_done_for: Vec<String>,
+    history_written_for: Option<u64>,
+    pg_label: Option<&'static str>,
+    last_summary: String,
+    phase: &'static str,
+}
+
+impl Node {
+    /// A node ready to run.
+    pub fn new(cfg: Config, dcs: Arc<dyn Dcs>, pg: Arc<Postgres>, state: StateTx, dynamic: DynamicConfig) -> Node {
+        Node {
+            cfg,
+            dcs,
+            pg,
+            state,
+            started: Instant::now(),
+            dynamic,
+            job: None,
+            wake: Arc::new(Notify::new()),
+            upstream: None,
+            needs_rewind: false,
+            rewind_failed: false,
+            down_since: None,
+            lease_renewed_at: None,
+            last_member: None,
+            last_status: None,
+            slots_done_for: Vec::new(),
+            history_written_for: None,
+            pg_label: None,
+            last_summary: String::new(),
+            phase: "start",
+        }
+    }
+
+    /// A handle that wakes the loop early (REST actions use it).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    fn retry(&self) -> Duration {
+        Duration::from_secs(self.dynamic.retry_timeout.max(1))
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            name: self.cfg.name.clone(),
+            ttl: Duration::from_secs(self.dynamic.ttl),
+            loop_wait: Duration::from_secs(self.dynamic.loop_wait),
+            retry_timeout: self.retry(),
+            maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
+            primary_start_timeout: Duration::from_secs(self.dynamic.primary_start_timeout),
+            check_timeline: self.dynamic.check_timeline,
+            use_pg_rewind: self.dynamic.postgresql.use_pg_rewind,
+            remove_data_directory_on_rewind_failure: self.cfg.postgresql.remove_data_directory_on_rewind_failure,
+            failover_priority: dcs::tags::failover_priority(&self.cfg.tags),
+            paused: self.dynamic.pause,
+        }
+    }
+
+    /// Run until shutdown. `shutdown` resolves on SIGTERM/SIGINT.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Exit {
+        tokio::pin!(shutdown);
+        let mut changes = self.dcs.changes();
+        loop {
+            let cycle_start = Instant::now();
+            let exit = self.cycle().await;
+            if let Some(exit) = exit {
+                self.abort_job();
+                return exit;
+            }
+            self.phase = "wait";
+            let wait = Duration::from_secs(self.dynamic.loop_wait).saturating_sub(cycle_start.elapsed());
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutdown requested");
+                    return self.shutdown().await;
+                }
+                _ = tokio::time::sleep(wait) => {}
+                r = changes.changed() => {
+                    if r.is_err() {
+                        // The watch task ended; fall back to the timer.
+                        changes = self.dcs.changes();
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                // A finished job notifies too.
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    fn abort_job(&mut self) {
+        if let Some(j) = self.job.take() {
+            j.handle.abort();
+        }
+    }
+
+    /// One cycle. Returns Some when the loop must end.
+    async fn cycle(&mut self) -> Option<Exit> {
+        let now = self.started.elapsed();
+        // ---- observe
+        self.phase = "keepalive";
+        let keep_sent = Instant::now();
+        let session = self.dcs.keepalive().await;
+        let mut session_ok = match &session {
+            Ok(info) => {
+                if info.new_session {
+                    self.last_member = None;
+                    tracing::info!(session = info.id, "new DCS session");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "DCS keep-alive failed");
+                false
+            }
+        };
+        self.phase = "read DCS";
+        let cluster = if session_ok {
+            match self.dcs.snapshot().await {
+                Ok(s) => {
+                    let c = decode_cluster(&s);
+                    for (k, w) in &c.warnings {
+                        tracing::warn!(key = %k, "ignoring DCS value: {w}");
+                    }
+                    Some(c)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "DCS read failed");
+                    session_ok = false;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(c) = &cluster {
+            self.apply_dynamic(c);
+        }
+        let holds = cluster
+            .as_ref()
+            .and_then(|c| c.leader.as_ref())
+            .map(|l| l.name == self.cfg.name && l.owned_by_us)
+            .unwrap_or(false);
+        if session_ok && holds {
+            self.lease_renewed_at = Some(keep_sent);
+        } else if !session_ok || !holds {
+            if !holds && cluster.is_some() {
+                self.lease_renewed_at = None;
+            }
+            if !session_ok {
+                self.lease_renewed_at = None;
+            }
+        }
+
+        self.phase = "reap job";
+        self.reap_job().await;
+
+        self.phase = "observe PostgreSQL";
+        let (pg_view, mut pgstat, data) = self.observe_pg().await;
+        if matches!(pg_view, Pg::Stopped) && holds {
+            self.down_since.get_or_insert(now);
+        } else {
+            self.down_since = None;
+        }
+
+        self.phase = "query peers";
+        let peers = match (&cluster, &pg_view) {
+            (Some(c), Pg::Running { primary: false, .. }) if c.leader.is_none() && self.job.is_none() => {
+                let others: Vec<(String, String)> = c
+                    .members
+                    .iter()
+                    .filter(|m| m.name != self.cfg.name && !m.data.api_url.is_empty())
+                    .map(|m| (m.name.clone(), m.data.api_url.clone()))
+                    .collect();
+                client::fetch_peers(&others, self.retry().min(Duration::from_secs(2))).await
+            }
+            _ => Vec::new(),
+        };
+
+        // ---- decide
+        let local = LocalView {
+            session_ok,
+            data,
+            pg: pg_view,
+            job: self.job.as_ref().map(|j| j.kind),
+            upstream: self.upstream.clone(),
+            needs_rewind: self.needs_rewind,
+            rewind_failed: self.rewind_failed,
+            down_since: self.down_since,
+            peers,
+            lease_renewed_at: self.lease_renewed_at.map(|t| t.duration_since(self.started)),
+        };
+        let decision = decide::decide(cluster.as_ref(), &local, &self.policy(), now);
+        let summary = decision.summary();
+        if summary != self.last_summary {
+            tracing::info!("{}{summary}", if self.dynamic.pause { "PAUSE: " } else { "" });
+            self.last_summary = summary;
+        } else {
+            tracing::debug!("{summary}");
+        }
+
+        // ---- act
+        self.phase = "act";
+        let fatal = self.execute(&decision, cluster.as_ref(), &local, keep_sent).await;
+
+        // Refresh PostgreSQL's view if the actions changed it, so the member key is current.
+        if !decision.actions.is_empty() {
+            let (_, st, _) = self.observe_pg().await;
+            pgstat = st;
+        }
+
+        // ---- publish
+        self.phase = "publish";
+        if session_ok {
+            let m = member::member_data(&self.cfg, &pgstat, self.dynamic.pause);
+            let bytes = member::encode(&m);
+            if self.last_member.as_deref() != Some(&bytes[..]) {
+                match self.dcs.put_member(&bytes).await {
+                    Ok(()) => self.last_member = Some(bytes),
+                    Err(e) => tracing::warn!(error = %e, "could not write the member key"),
+                }
+            }
+        }
+        let cluster_arc = cluster.map(Arc::new);
+        let dynamic = self.dynamic.clone();
+        let leader_renewed_at = self.lease_renewed_at;
+        let report = DecisionReport {
+            actions: decision.actions.iter().map(ToString::to_string).collect(),
+            reasons: decision.reasons.iter().map(ToString::to_string).collect(),
+            at: chrono::Utc::now().to_rfc3339(),
+        };
+        let tags = self.cfg.tags.clone();
+        self.state.send_modify(|s| {
+            let s = Arc::make_mut(s);
+            s.pg = pgstat;
+            s.leader_renewed_at = leader_renewed_at;
+            if let Some(c) = cluster_arc {
+                s.cluster = Some(c);
+                s.dcs_last_seen = Some(chrono::Utc::now().timestamp());
+            }
+            s.last_cycle = Instant::now();
+            s.dynamic = dynamic;
+            s.decision = report;
+            s.tags = tags;
+        });
+        fatal.map(Exit::Fatal)
+    }
+
+    fn apply_dynamic(&mut self, c: &Cluster) {
+        let (dynamic, warnings) = config::effective_dynamic(c.config.as_ref().map(|v| &v.value), &self.cfg);
+        if dynamic != self.dynamic {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            if dynamic.ttl != self.dynamic.ttl {
+                self.dcs.set_ttl(Duration::from_secs(dynamic.ttl));
+            }
+            self.dynamic = dynamic;
+        }
+    }
+
+    async fn reap_job(&mut self) {
+        let finished = self.job.as_ref().map(|j| j.handle.is_finished()).unwrap_or(false);
+        if !finished {
+            return;
+        }
+        let Some(job) = self.job.take() else { return };
+        self.pg_label = None;
+        match job.handle.await {
+            Ok(Ok(done)) => {
+                tracing::info!("{} finished", job.kind);
+                if done.upstream.is_some() {
+                    self.upstream = done.upstream;
+                }
+                if job.kind == JobKind::Rewind {
+                    self.needs_rewind = false;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!("{} failed: {e}", job.kind);
+                if job.kind == JobKind::Rewind {
+                    if self.cfg.postgresql.remove_data_directory_on_rewind_failure {
+                        tracing::warn!("removing the data directory to copy it again (remove_data_directory_on_rewind_failure)");
+                        if let Err(e) = self.pg.remove_data_dir() {
+                            tracing::error!(error = %e, "could not remove the data directory");
+                        }
+                        self.needs_rewind = false;
+                    } else {
+                        self.rewind_failed = true;
+                    }
+                }
+            }
+            Err(e) => tracing::error!("{} job ended abnormally: {e}", job.kind),
+        }
+    }
+
+    /// Observe the local PostgreSQL: the decision's view, the published status, the data dir.
+    async fn observe_pg(&mut self) -> (Pg, PgStatus, DataDir) {
+        let running = self.pg.postmaster_pid().is_some();
+        let initialized = self.pg.data_dir_initialized();
+        let mut st = PgStatus::default();
+        let mut view = Pg::Stopped;
+        let mut data = if initialized {
+            DataDir::Initialized {
+                sysid: None,
+                was_primary: false,
+                crashed: false,
+                timeline: None,
+            }
+        } else {
+            DataDir::Empty
+        };
+        if running {
+            match self.pg.query_status(self.retry()).await {
+                Ok(q) => {
+                    view = Pg::Running {
+                        primary: q.role == "primary",
+                        timeline: q.timeline,
+                        wal_position: q.wal_position(),
+                        streaming: q.replication_state.as_deref() == Some("streaming"),
+                    };
+                    data = DataDir::Initialized {
+                        sysid: q.sysid.clone(),
+                        was_primary: q.role == "primary",
+                        crashed: false,
+                        timeline: q.timeline,
+                    };
+                    st = q;
+                    st.state = "running".into();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "PostgreSQL does not answer");
+                    view = Pg::Unresponsive;
+                    st.state = "starting".into();
+                    st.role = "replica".into();
+                }
+            }
+        } else if initialized && self.job.is_none() {
+            match self.pg.controldata().await {
+                Ok(cd) => {
+                    let state = cd.get("Database cluster state").cloned().unwrap_or_default();
+                    data = DataDir::Initialized {
+                        sysid: cd.get("Database system identifier").cloned(),
+                        was_primary: state == "in production" || state == "shut down",
+                        crashed: state == "in production" || state.contains("crash"),
+                        timeline: cd.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()),
+                    };
+                }
+                Err(e) => tracing::warn!(error = %e, "pg_controldata failed"),
+            }
+            st.state = "stopped".into();
+        } else {
+            st.state = "stopped".into();
+        }
+        if let Some(label) = self.pg_label {
+            st.state = label.into();
+        }
+        if st.role.is_empty() {
+            st.role = match &data {
+                DataDir::Empty => "uninitialized".into(),
+                DataDir::Initialized { was_primary: true, .. } if !running => "demoted".into(),
+                _ => "replica".into(),
+            };
+        }
+        (view, st, data)
+    }
+
+    /// Execute the plan. Returns a fatal message when the daemon must stop.
+    async fn execute(&mut self, d: &Decision, cluster: Option<&Cluster>, local: &LocalView, keep_sent: Instant) -> Option<String> {
+        for a in &d.actions {
+            let ok = match a {
+                Action::AcquireLeader => match self.dcs.acquire_leader().await {
+                    Ok(true) => {
+                        tracing::info!("acquired the leader lock");
+                        self.lease_renewed_at = Some(keep_sent);
+                        self.needs_rewind = false;
+                        self.rewind_failed = false;
+                        true
+                    }
+                    Ok(false) => {
+                        tracing::info!("another member acquired the leader lock first");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not acquire the leader lock");
+                        false
+                    }
+                },
+                Action::ReattachLeader => match self.dcs.reattach_leader().await {
+                    Ok(true) => {
+                        self.lease_renewed_at = Some(keep_sent);
+                        true
+                    }
+                    Ok(false) => false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not re-attach the leader lock");
+                        false
+                    }
+                },
+                Action::ReleaseLeader => {
+                    self.lease_renewed_at = None;
+                    match self.dcs.release_leader().await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not release the leader lock");
+                            false
+                        }
+                    }
+                }
+                Action::StartBootstrap => {
+                    self.spawn_bootstrap();
+                    true
+                }
+                Action::StartClone(m) => self.spawn_clone(cluster, m),
+                Action::StartRewind(l) => self.spawn_rewind(cluster, l, local),
+                Action::StartPrimary => {
+                    self.spawn_start(None, false);
+                    true
+                }
+                Action::StartReplica(up) => {
+                    self.spawn_start(Some(up.clone()), true);
+                    true
+                }
+                Action::Follow(up) => self.follow(cluster, up.clone()).await,
+                Action::Promote => {
+                    self.spawn_promote();
+                    true
+                }
+                Action::Demote(mode) => self.demote(*mode).await,
+                Action::WriteInitialize(id) => match self.dcs.put("initialize", id.as_bytes(), Cas::Any).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not write initialize");
+                        false
+                    }
+                },
+                Action::LeaderHousekeeping => {
+                    self.leader_housekeeping(cluster).await;
+                    true
+                }
+                Action::Fatal(msg) => return Some(msg.clone()),
+            };
+            if !ok {
+                break;
+            }
+        }
+        None
+    }
+
+    fn upstream_for(&self, cluster: Option<&Cluster>, name: &Option<String>) -> Option<Upstream> {
+        let name = name.as_ref()?;
+        let m = cluster?.member(name)?;
+        let (host, port) = m.host_port()?;
+        Some(Upstream {
+            host,
+            port,
+            user: self.cfg.postgresql.authentication.replication.username.clone(),
+            slot: self
+                .dynamic
+                .postgresql
+                .use_slots
+                .then(|| dcs::codec::slot_name(&self.cfg.name)),
+        })
+    }
+
+    fn hba(&self) -> Vec<String> {
+        let mut lines = self.cfg.bootstrap.pg_hba.clone();
+        let extra = if self.cfg.postgresql.pg_hba.is_empty() {
+            &self.dynamic.postgresql.pg_hba
+        } else {
+            &self.cfg.postgresql.pg_hba
+        };
+        if !extra.is_empty() {
+            lines = extra.clone();
+        }
+        lines
+    }
+
+    fn write_conf(&self, standby: bool, upstream: Option<&Upstream>) -> Result<(), String> {
+        self.pg
+            .write_config(&self.dynamic.postgresql.parameters, &self.hba(), standby, upstream)
+            .map_err(|e| e.to_string())
+    }
+
+    fn spawn_job<F>(&mut self, kind: JobKind, label: &'static str, fut: F)
+    where
+        F: std::future::Future<Output = Result<JobDone, String>> + Send + 'static,
+    {
+        let wake = self.wake.clone();
+        self.pg_label = Some(label);
+        let handle = tokio::spawn(async move {
+            let r = fut.await;
+            wake.notify_one();
+            r
+        });
+        self.job = Some(Job { kind, handle });
+    }
+
+    fn spawn_bootstrap(&mut self) {
+        let pg = self.pg.clone();
+        let args = match crate::postgres::conf::initdb_args(&self.cfg.bootstrap.initdb) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        let params = self.dynamic.postgresql.parameters.clone();
+        let hba = self.hba();
+        let repl = self.cfg.postgresql.authentication.replication.clone();
+        let rewind = self.cfg.postgresql.authentication.rewind.clone();
+        let su = self.cfg.postgresql.authentication.superuser.username.clone();
+        let timeout = self.retry() * 3;
+        self.spawn_job(JobKind::Bootstrap, "initializing new cluster", async move {
+            if !pg.data_dir_empty() {
+                return Err("the data directory is not empty".into());
+            }
+            pg.initdb(&args).await.map_err(|e| e.to_string())?;
+            pg.write_config(&params, &hba, false, None).map_err(|e| e.to_string())?;
+            pg.start().await.map_err(|e| e.to_string())?;
+            let mut sql = format!(
+                "SET synchronous_commit = 'local'; CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {};",
+                quote_ident(&repl.username),
+                quote_literal(repl.password.as_deref().unwrap_or(""))
+            );
+            if let Some(r) = rewind.filter(|r| r.username != su) {
+                sql.push_str(&format!(
+                    "CREATE ROLE {u} WITH LOGIN PASSWORD {p}; \
+                     GRANT EXECUTE ON function pg_catalog.pg_ls_dir(text, boolean, boolean) TO {u}; \
+                     GRANT EXECUTE ON function pg_catalog.pg_stat_file(text, boolean) TO {u}; \
+                     GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text) TO {u}; \
+                     GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {u};",
+                    u = quote_ident(&r.username),
+                    p = quote_literal(r.password.as_deref().unwrap_or(""))
+                ));
+            }
+            pg.execute(&sql, timeout).await.map_err(|e| e.to_string())?;
+            Ok(JobDone { upstream: Some(None) })
+        });
+    }
+
+    fn spawn_clone(&mut self, cluster: Option<&Cluster>, from: &str) -> bool {
+        let Some(up) = self.upstream_for(cluster, &Some(from.to_string())) else {
+            tracing::warn!("cannot clone from {from}: its connection address is unknown");
+            return false;
+        };
+        let pg = self.pg.clone();
+        let params = self.dynamic.postgresql.parameters.clone();
+        let hba = self.hba();
+        let from = from.to_string();
+        self.spawn_job(JobKind::Clone, "creating replica", async move {
+            pg.basebackup(&up.host, up.port).await.map_err(|e| e.to_string())?;
+            pg.write_config(&params, &hba, true, Some(&up)).map_err(|e| e.to_string())?;
+            pg.start().await.map_err(|e| e.to_string())?;
+            Ok(JobDone {
+                upstream: Some(Some(from)),
+            })
+        });
+        true
+    }
+
+    fn spawn_rewind(&mut self, cluster: Option<&Cluster>, leader: &str, local: &LocalView) -> bool {
+        let Some(up) = self.upstream_for(cluster, &Some(leader.to_string())) else {
+            tracing::warn!("cannot rewind from {leader}: its connection address is unknown");
+            return false;
+        };
+        let crashed = matches!(local.data, DataDir::Initialized { crashed: true, .. });
+        let use_rewind = self.dynamic.postgresql.use_pg_rewind;
+        let recopy = self.cfg.postgresql.remove_data_directory_on_rewind_failure;
+        let pg = self.pg.clone();
+        let params = self.dynamic.postgresql.parameters.clone();
+        let hba = self.hba();
+        let leader = leader.to_string();
+        self.spawn_job(JobKind::Rewind, "starting", async move {
+            if use_rewind {
+                pg.write_config(&params, &hba, false, None).map_err(|e| e.to_string())?;
+                if crashed {
+                    tracing::info!("running crash recovery in single-user mode before pg_rewind");
+                    pg.single_user_recovery().await.map_err(|e| e.to_string())?;
+                }
+                let out = pg.rewind(&up.host, up.port).await.map_err(|e| e.to_string())?;
+                tracing::info!("pg_rewind: {}", out.lines().last().unwrap_or("done"));
+            } else if recopy {
+                tracing::warn!("use_pg_rewind is off: copying the data directory again");
+                pg.basebackup(&up.host, up.port).await.map_err(|e| e.to_string())?;
+            } else {
+                tracing::warn!("use_pg_rewind is off: starting as a replica without rewinding");
+            }
+            pg.write_config(&params, &hba, true, Some(&up)).map_err(|e| e.to_string())?;
+            pg.start().await.map_err(|e| e.to_string())?;
+            Ok(JobDone {
+                upstream: Some(Some(leader)),
+            })
+        });
+        true
+    }
+
+    fn spawn_start(&mut self, replica_of: Option<Option<String>>, standby: bool) {
+        let cluster = self.state.borrow().cluster.clone();
+        let up = replica_of
+            .as_ref()
+            .and_then(|n| self.upstream_for(cluster.as_deref(), n));
+        if let Err(e) = self.write_conf(standby, up.as_ref()) {
+            tracing::error!("cannot write the PostgreSQL configuration: {e}");
+            return;
+        }
+        let pg = self.pg.clone();
+        self.spawn_job(JobKind::Start, "starting", async move {
+            pg.start().await.map_err(|e| e.to_string())?;
+            Ok(JobDone { upstream: replica_of.or(Some(None)) })
+        });
+    }
+
+    fn spawn_promote(&mut self) {
+        let pg = self.pg.clone();
+        let params = self.dynamic.postgresql.parameters.clone();
+        let hba = self.hba();
+        self.spawn_job(JobKind::Promote, "running", async move {
+            pg.promote().await.map_err(|e| e.to_string())?;
+            // Drop primary_conninfo from the files so a later restart comes up as primary.
+            pg.write_config(&params, &hba, false, None).map_err(|e| e.to_string())?;
+            Ok(JobDone { upstream: Some(None) })
+        });
+    }
+
+    async fn follow(&mut self, cluster: Option<&Cluster>, name: Option<String>) -> bool {
+        let up = self.upstream_for(cluster, &name);
+        if name.is_some() && up.is_none() {
+            tracing::warn!("cannot follow {name:?}: its connection address is unknown");
+            return false;
+        }
+        if let Err(e) = self.write_conf(true, up.as_ref()) {
+            tracing::error!("cannot write the PostgreSQL configuration: {e}");
+            return false;
+        }
+        match self.pg.execute("SELECT pg_reload_conf()", self.retry()).await {
+            Ok(()) => {
+                tracing::info!("following {}", name.as_deref().unwrap_or("nobody"));
+                self.upstream = Some(name);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reload failed");
+                false
+            }
+        }
+    }
+
+    async fn demote(&mut self, mode: DemoteMode) -> bool {
+        self.lease_renewed_at = None;
+        tracing::warn!("demoting: stopping PostgreSQL immediately");
+        if let Err(e) = self.pg.stop(StopMode::Immediate).await {
+            tracing::error!(error = %e, "immediate stop failed; killing the postmaster");
+            self.pg.kill_postmaster();
+        }
+        self.needs_rewind = true;
+        self.upstream = None;
+        if mode == DemoteMode::Offline {
+            self.spawn_start(Some(None), true);
+        }
+        true
+    }
+
+    async fn leader_housekeeping(&mut self, cluster: Option<&Cluster>) {
+        let Some(c) = cluster else { return };
+        if c.config.is_none() && c.config_raw.is_none() {
+            let bytes = dcs::codec::to_compact_json(&self.dynamic);
+            if let Err(e) = self.dcs.put("config", &bytes, Cas::Absent).await {
+                tracing::warn!(error = %e, "could not write config");
+            }
+        }
+        let st = self.state.borrow().pg.clone();
+        let (_, fresh, _) = self.observe_pg().await;
+        let pgs = if fresh.running { fresh } else { st };
+        let status = Status {
+            optime: pgs.wal_flush,
+            ..Status::default()
+        };
+        let bytes = dcs::codec::to_compact_json(&status);
+        if self.last_status.as_deref() != Some(&bytes[..]) && status.optime.is_some() {
+            match self.dcs.put("status", &bytes, Cas::Any).await {
+                Ok(_) => self.last_status = Some(bytes),
+                Err(e) => tracing::warn!(error = %e, "could not write status"),
+            }
+        }
+        if let Some(tl) = pgs.timeline {
+            if tl > 1 && self.history_written_for != Some(tl) && c.timeline() != tl {
+                match self.read_history(tl) {
+                    Ok(h) => match self.dcs.put("history", &dcs::codec::encode_history(&h), Cas::Any).await {
+                        Ok(_) => self.history_written_for = Some(tl),
+                        Err(e) => tracing::warn!(error = %e, "could not write history"),
+                    },
+                    Err(e) => tracing::warn!("could not read the timeline history: {e}"),
+                }
+            } else if c.timeline() == tl {
+                self.history_written_for = Some(tl);
+            }
+        }
+        if self.dynamic.postgresql.use_slots {
+            let wanted: Vec<String> = c
+                .members
+                .iter()
+                .filter(|m| m.name != self.cfg.name)
+                .map(|m| dcs::codec::slot_name(&m.name))
+                .collect();
+            if wanted != self.slots_done_for {
+                match self.pg.physical_slots(self.retry()).await {
+                    Ok(existing) => {
+                        let mut ok = true;
+                        for s in wanted.iter().filter(|s| !existing.contains(s)) {
+                            let sql = format!("SELECT pg_create_physical_replication_slot({})", quote_literal(s));
+                            if let Err(e) = self.pg.execute(&sql, self.retry()).await {
+                                tracing::warn!(error = %e, slot = %s, "could not create slot");
+                                ok = false;
+                            }
+                        }
+                        if ok {
+                            self.slots_done_for = wanted;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not list slots"),
+                }
+            }
+        }
+    }
+
+    /// The `history` key from `pg_wal/<tl>.history`.
+    fn read_history(&self, tl: u64) -> Result<Vec<HistoryLine>, String> {
+        let path = self.pg.s.data_dir.join("pg_wal").join(format!("{tl:08X}.history"));
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mtime = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map(|t| chrono::DateTime::<chrono::Local>::from(t).to_rfc3339())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let mut parts = line.split('\t');
+            let (Some(t), Some(lsn)) = (parts.next(), parts.next()) else { continue };
+            let (Ok(t), Some(lsn)) = (t.trim().parse::<u64>(), dcs::codec::parse_lsn(lsn)) else { continue };
+            out.push(HistoryLine {
+                timeline: t,
+                lsn,
+                reason: parts.next().unwrap_or("").trim().to_string(),
+                timestamp: None,
+                new_leader: None,
+            });
+        }
+        if let Some(last) = out.last_mut() {
+            last.timestamp = Some(mtime);
+            last.new_leader = Some(self.cfg.name.clone());
+        }
+        Ok(out)
+    }
+
+    /// SIGTERM/SIGINT: a leader hands over (fast stop with a shutdown checkpoint, which
+    /// PostgreSQL sends to connected standbys before it exits, then the session ends so both
+    /// keys vanish at once); a replica stops cleanly. Paused: PostgreSQL is left alone.
+    async fn shutdown(mut self) -> Exit {
+        self.abort_job();
+        if self.dynamic.pause {
+            tracing::info!("paused: leaving PostgreSQL running");
+            return Exit::Shutdown;
+        }
+        let was_leader = self.lease_renewed_at.is_some();
+        let st = self.state.borrow().pg.clone();
+        if let Err(e) = self.pg.stop(StopMode::Fast).await {
+            tracing::error!(error = %e, "fast stop failed; stopping immediately");
+            let _ = self.pg.stop(StopMode::Immediate).await;
+        }
+        if was_leader {
+            if let Ok(cd) = self.pg.controldata().await {
+                let lsn = cd.get("Latest checkpoint location").and_then(|s| dcs::codec::parse_lsn(s));
+                if let Some(lsn) = lsn {
+                    let status = Status {
+                        optime: Some(lsn),
+                        ..Status::default()
+                    };
+                    let _ = self.dcs.put("status", &dcs::codec::to_compact_json(&status), Cas::Any).await;
+                }
+            }
+            let streaming = st.replication.iter().filter(|r| r.state == "streaming").count();
+            tracing::info!(streaming_replicas = streaming, "releasing the leader lock after the shutdown checkpoint");
+            let _ = self.dcs.release_leader().await;
+        }
+        if let Err(e) = self.dcs.close().await {
+            tracing::warn!(error = %e, "could not end the DCS session");
+        }
+        tracing::info!("stopped");
+        Exit::Shutdown
+    }
+}
+

@@ -1,0 +1,271 @@
+//! Pure rendering of the files spilo owns in the data directory: `postgresql.conf`,
+//! `pg_hba.conf`, the passfile, and connection strings. No IO here.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Parameters spilo always sets, and their defaults (the DCS/local values override the
+/// defaults, except where a value would break replication).
+const DEFAULTS: &[(&str, &str)] = &[
+    ("wal_level", "replica"),
+    ("hot_standby", "on"),
+    ("max_wal_senders", "10"),
+    ("max_replication_slots", "10"),
+    ("wal_log_hints", "on"),
+    ("wal_keep_size", "128MB"),
+];
+
+/// Keys the daemon manages itself; values for them from the config are ignored.
+const MANAGED: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "primary_conninfo",
+    "primary_slot_name",
+    "recovery_target_timeline",
+    "hba_file",
+    "ident_file",
+    "data_directory",
+    "config_file",
+];
+
+/// Quote a value for `postgresql.conf`.
+pub fn quote_conf(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Render a JSON config value as a GUC value.
+pub fn guc_value(v: &Value) -> String {
+    match v {
+        Value::Bool(true) => "on".into(),
+        Value::Bool(false) => "off".into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => quote_conf(s),
+        other => quote_conf(&other.to_string()),
+    }
+}
+
+/// Quote one value of a libpq connection string.
+pub fn quote_conninfo(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Where a replica streams from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// Host of the upstream PostgreSQL.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// Replication role.
+    pub user: String,
+    /// Our slot on the upstream, if slots are used.
+    pub slot: Option<String>,
+}
+
+/// A libpq connection string without any password (the passfile supplies it).
+pub fn conninfo(host: &str, port: u16, user: &str, dbname: Option<&str>, passfile: &Path, application_name: &str) -> String {
+    let mut s = format!(
+        "host={} port={} user={} passfile={} application_name={} connect_timeout=3",
+        quote_conninfo(host),
+        port,
+        quote_conninfo(user),
+        quote_conninfo(&passfile.display().to_string()),
+        quote_conninfo(application_name)
+    );
+    if let Some(db) = dbname {
+        s.push_str(&format!(" dbname={}", quote_conninfo(db)));
+    }
+    s
+}
+
+/// Everything needed to render `postgresql.conf`.
+pub struct ConfInput<'a> {
+    /// `listen_addresses`.
+    pub listen_addresses: &'a str,
+    /// `port`.
+    pub port: u16,
+    /// `cluster_name`.
+    pub cluster_name: &'a str,
+    /// Effective parameters (DCS, overridden by local).
+    pub parameters: &'a BTreeMap<String, Value>,
+    /// Replica: where to stream from (None on a primary, or a replica following nobody).
+    pub upstream: Option<&'a Upstream>,
+    /// The passfile.
+    pub passfile: &'a Path,
+    /// Member name (`application_name`).
+    pub member: &'a str,
+    /// Unix socket directory.
+    pub socket_dir: &'a str,
+}
+
+/// Render `postgresql.conf`. It includes `postgresql.base.conf` (what initdb wrote).
+pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
+    let mut out = String::from(
+        "# Written by spilo at every start; edits here are lost. Set parameters in the spilo\n\
+         # configuration (postgresql.parameters) or the DCS (spiloctl / PATCH /config).\n\
+         include_if_exists 'postgresql.base.conf'\n",
+    );
+    let mut params: BTreeMap<String, String> = DEFAULTS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    for (k, v) in i.parameters {
+        if MANAGED.contains(&k.as_str()) {
+            continue;
+        }
+        params.insert(k.clone(), guc_value(v));
+    }
+    // A replica needs hot_standby for reads and replica-level WAL for everything spilo does.
+    if params.get("wal_level").map(|v| v.trim_matches('\'') == "minimal").unwrap_or(false) {
+        params.insert("wal_level".into(), "replica".into());
+    }
+    params.entry("cluster_name".into()).or_insert_with(|| quote_conf(i.cluster_name));
+    params
+        .entry("unix_socket_directories".into())
+        .or_insert_with(|| quote_conf(i.socket_dir));
+    params.insert("listen_addresses".into(), quote_conf(i.listen_addresses));
+    params.insert("port".into(), i.port.to_string());
+    if let Some(up) = i.upstream {
+        params.insert(
+            "primary_conninfo".into(),
+            quote_conf(&conninfo(&up.host, up.port, &up.user, None, i.passfile, i.member)),
+        );
+        if let Some(slot) = &up.slot {
+            params.insert("primary_slot_name".into(), quote_conf(slot));
+        }
+    }
+    params.insert("recovery_target_timeline".into(), quote_conf("latest"));
+    for (k, v) in params {
+        // Values that are already quoted (from DEFAULTS or guc_value) are written as they are;
+        // bare defaults like `replica` are written unquoted, which PostgreSQL accepts.
+        out.push_str(&format!("{k} = {v}\n"));
+    }
+    out
+}
+
+/// Render `pg_hba.conf` from the configured lines, adding local replication and superuser
+/// access over the unix socket when the configuration has no `local` line of its own.
+pub fn render_pg_hba(lines: &[String]) -> String {
+    let mut out = String::from("# Written by spilo; edits here are lost. Configure postgresql.pg_hba instead.\n");
+    for l in lines {
+        out.push_str(l.trim());
+        out.push('\n');
+    }
+    if lines.is_empty() {
+        out.push_str("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n");
+    }
+    out
+}
+
+/// Escape one field of a passfile line.
+fn pgpass_field(s: &str) -> String {
+    s.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// Render the passfile: one wildcard line per role with a password.
+pub fn render_pgpass(roles: &[(&str, Option<&str>)]) -> String {
+    let mut out = String::new();
+    for (user, pw) in roles {
+        if let Some(pw) = pw {
+            out.push_str(&format!("*:*:*:{}:{}\n", pgpass_field(user), pgpass_field(pw)));
+        }
+    }
+    out
+}
+
+/// Split `host:port` (host may be `*`, a comma list, or `[v6]`).
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (h, p) = s.trim().rsplit_once(':')?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    Some((h.to_string(), p.parse().ok()?))
+}
+
+/// initdb arguments from `bootstrap.initdb` (`data-checksums` or `{encoding: UTF8}`);
+/// options spilo sets itself are refused.
+pub fn initdb_args(opts: &[Value]) -> Result<Vec<String>, String> {
+    const FORBIDDEN: &[&str] = &["pgdata", "nosync", "pwfile", "sync-only", "version", "username", "D", "U"];
+    let mut args = Vec::new();
+    for o in opts {
+        match o {
+            Value::String(flag) => {
+                if FORBIDDEN.contains(&flag.as_str()) {
+                    return Err(format!("bootstrap.initdb: option '{flag}' is set by spilo"));
+                }
+                args.push(format!("--{flag}"));
+            }
+            Value::Object(m) => {
+                for (k, v) in m {
+                    if FORBIDDEN.contains(&k.as_str()) {
+                        return Err(format!("bootstrap.initdb: option '{k}' is set by spilo"));
+                    }
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    args.push(format!("--{k}={v}"));
+                }
+            }
+            other => return Err(format!("bootstrap.initdb: unsupported entry {other}")),
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_quotes_and_manages_keys() {
+        let mut p = BTreeMap::new();
+        p.insert("shared_buffers".into(), Value::from("32MB"));
+        p.insert("max_connections".into(), Value::from(50));
+        p.insert("port".into(), Value::from(1));
+        p.insert("fsync".into(), Value::Bool(false));
+        let up = Upstream {
+            host: "10.0.0.1".into(),
+            port: 5433,
+            user: "rep'l".into(),
+            slot: Some("node1".into()),
+        };
+        let conf = render_postgresql_conf(&ConfInput {
+            listen_addresses: "127.0.0.1",
+            port: 5432,
+            cluster_name: "demo",
+            parameters: &p,
+            upstream: Some(&up),
+            passfile: Path::new("/tmp/pgpass"),
+            member: "node2",
+            socket_dir: "/tmp",
+        });
+        assert!(conf.contains("port = 5432\n"), "{conf}");
+        assert!(!conf.contains("port = 1\n"));
+        assert!(conf.contains("shared_buffers = '32MB'"));
+        assert!(conf.contains("max_connections = 50"));
+        assert!(conf.contains("fsync = off"));
+        assert!(conf.contains("primary_slot_name = 'node1'"));
+        assert!(conf.contains("user=''rep\\\\''l''"), "{conf}");
+        assert!(conf.contains("application_name=''node2''"));
+        assert!(!conf.contains("password"));
+    }
+
+    #[test]
+    fn pgpass_escapes() {
+        let s = render_pgpass(&[("rep", Some("a:b\\c")), ("nopw", None)]);
+        assert_eq!(s, "*:*:*:rep:a\\:b\\\\c\n");
+    }
+
+    #[test]
+    fn initdb_options() {
+        let v: Vec<Value> = serde_json::from_str(r#"["data-checksums", {"encoding": "UTF8"}]"#).unwrap();
+        assert_eq!(initdb_args(&v).unwrap(), vec!["--data-checksums", "--encoding=UTF8"]);
+        let bad: Vec<Value> = serde_json::from_str(r#"["pwfile"]"#).unwrap();
+        assert!(initdb_args(&bad).unwrap_err().contains("pwfile"));
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("127.0.0.1:5432"), Some(("127.0.0.1".into(), 5432)));
+        assert_eq!(split_host_port("[::1]:5432"), Some(("::1".into(), 5432)));
+        assert_eq!(split_host_port("nope"), None);
+    }
+}

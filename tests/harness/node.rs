@@ -1,0 +1,526 @@
+//! One spilo daemon and its PostgreSQL, run as the `postgres` OS user.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::bins::{bins, PG_BIN_DIR};
+use crate::http;
+use crate::pg::{self, ident, literal, PgTarget, Row};
+use crate::util::{
+    chmod, chown_postgres, free_port, kill_processes_mentioning, note, pid_alive, poll,
+    postgres_command, send_signal, tail, wait_pid_gone,
+};
+
+/// The superuser's password in every test config.
+pub const SUPERUSER_PASSWORD: &str = "postgres-secret";
+/// The replication role's password in every test config.
+pub const REPLICATION_PASSWORD: &str = "rep-secret";
+
+/// Settings of one node that tests vary.
+#[derive(Clone, Debug)]
+pub struct NodeOpts {
+    /// `bootstrap.dcs.ttl`.
+    pub ttl: u64,
+    /// `bootstrap.dcs.loop_wait`.
+    pub loop_wait: u64,
+    /// `bootstrap.dcs.retry_timeout`.
+    pub retry_timeout: u64,
+    /// Extra tags: (key, YAML value), e.g. `("nofailover", "true")`.
+    pub tags: Vec<(String, String)>,
+}
+
+impl Default for NodeOpts {
+    fn default() -> Self {
+        NodeOpts {
+            ttl: 10,
+            loop_wait: 2,
+            retry_timeout: 3,
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// Everything that goes into one node's YAML file.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// `scope`.
+    pub scope: String,
+    /// `name`.
+    pub name: String,
+    /// REST API port on 127.0.0.1.
+    pub api_port: u16,
+    /// PostgreSQL port on 127.0.0.1.
+    pub pg_port: u16,
+    /// `etcd3.hosts` (`host:port[,host:port…]`).
+    pub etcd_hosts: String,
+    /// `postgresql.data_dir`.
+    pub data_dir: PathBuf,
+    /// `postgresql.pgpass`.
+    pub pgpass: PathBuf,
+    /// The varying part.
+    pub opts: NodeOpts,
+}
+
+impl NodeConfig {
+    /// The YAML text (Patroni's schema, the same shape as examples/node.yml).
+    pub fn render(&self) -> String {
+        let o = &self.opts;
+        let mut tags = String::from("  nofailover: false\n");
+        for (k, v) in &o.tags {
+            if k != "nofailover" {
+                tags.push_str(&format!("  {k}: {v}\n"));
+            } else {
+                tags = tags.replace("nofailover: false", &format!("nofailover: {v}"));
+            }
+        }
+        format!(
+            r#"scope: {scope}
+namespace: /service
+name: {name}
+restapi:
+  listen: 127.0.0.1:{api}
+  connect_address: 127.0.0.1:{api}
+etcd3:
+  hosts: {etcd}
+bootstrap:
+  dcs:
+    ttl: {ttl}
+    loop_wait: {loop_wait}
+    retry_timeout: {retry}
+    maximum_lag_on_failover: 1048576
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+        wal_level: replica
+        hot_standby: "on"
+        max_wal_senders: 10
+        max_replication_slots: 10
+        wal_log_hints: "on"
+  initdb:
+  - encoding: UTF8
+  - data-checksums
+  pg_hba:
+  - local all all trust
+  - host replication replicator 127.0.0.1/32 scram-sha-256
+  - host all all 127.0.0.1/32 scram-sha-256
+postgresql:
+  listen: 127.0.0.1:{pg}
+  connect_address: 127.0.0.1:{pg}
+  data_dir: {data}
+  bin_dir: {bin}
+  pgpass: {pgpass}
+  authentication:
+    superuser: {{username: postgres, password: {su}}}
+    replication: {{username: replicator, password: {rep}}}
+  parameters:
+    shared_buffers: 32MB
+    max_connections: 50
+tags:
+{tags}"#,
+            scope = self.scope,
+            name = self.name,
+            api = self.api_port,
+            etcd = self.etcd_hosts,
+            ttl = o.ttl,
+            loop_wait = o.loop_wait,
+            retry = o.retry_timeout,
+            pg = self.pg_port,
+            data = self.data_dir.display(),
+            bin = PG_BIN_DIR,
+            pgpass = self.pgpass.display(),
+            su = SUPERUSER_PASSWORD,
+            rep = REPLICATION_PASSWORD,
+            tags = tags,
+        )
+    }
+}
+
+/// One node: its directory (config, log, pgpass, data dir), ports and daemon process.
+pub struct Node {
+    /// Member name.
+    pub name: String,
+    /// Cluster name.
+    pub scope: String,
+    /// The node's private directory (owned by postgres).
+    pub dir: PathBuf,
+    /// `postgresql.data_dir`.
+    pub data_dir: PathBuf,
+    /// The YAML file the daemon reads.
+    pub config_path: PathBuf,
+    /// The daemon's stdout and stderr, across restarts.
+    pub log_path: PathBuf,
+    /// REST API port.
+    pub api_port: u16,
+    /// PostgreSQL port.
+    pub pg_port: u16,
+    /// The config written.
+    pub config: NodeConfig,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Node {
+    /// Creates `<parent>/<dir_name>/` (owned by postgres) and writes the config; does not start
+    /// anything.
+    pub fn create(
+        parent: &Path,
+        dir_name: &str,
+        scope: &str,
+        name: &str,
+        etcd_hosts: &str,
+        opts: NodeOpts,
+    ) -> Node {
+        let dir = parent.join(dir_name);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        chown_postgres(&dir);
+        chmod(&dir, 0o755);
+        let config = NodeConfig {
+            scope: scope.to_string(),
+            name: name.to_string(),
+            api_port: free_port(),
+            pg_port: free_port(),
+            etcd_hosts: etcd_hosts.to_string(),
+            data_dir: dir.join("data"),
+            pgpass: dir.join("pgpass"),
+            opts,
+        };
+        let config_path = dir.join("spilo.yml");
+        fs::write(&config_path, config.render())
+            .unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
+        chmod(&config_path, 0o644);
+        Node {
+            name: name.to_string(),
+            scope: scope.to_string(),
+            data_dir: config.data_dir.clone(),
+            log_path: dir.join("spilo.log"),
+            api_port: config.api_port,
+            pg_port: config.pg_port,
+            config_path,
+            dir,
+            config,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// Starts `spilo CONFIG` as postgres, output appended to the log file.
+    pub fn start(&mut self) {
+        assert!(
+            !self.daemon_running(),
+            "{}: daemon already running",
+            self.name
+        );
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
+        let _ = writeln!(
+            log,
+            "==== [harness] start #{} of spilo {} ====",
+            self.starts,
+            self.config_path.display()
+        );
+        let log2 = log.try_clone().expect("clone log file handle");
+        let mut cmd = postgres_command(&bins().spilo);
+        cmd.arg(&self.config_path)
+            .current_dir(&self.dir)
+            .env("HOME", &self.dir)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: spawn spilo: {e}", self.name));
+        note(format!(
+            "{}: started spilo (pid {}), api {}, pg {}",
+            self.name,
+            child.id(),
+            self.api_port,
+            self.pg_port
+        ));
+        self.child = Some(child);
+    }
+
+    /// The daemon's pid, if one was started and has not been reaped.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// True while the daemon process runs.
+    pub fn daemon_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Sends `sig` to the daemon (no wait).
+    pub fn kill_daemon(&mut self, sig: i32) {
+        let pid = self
+            .daemon_pid()
+            .unwrap_or_else(|| panic!("{}: no daemon to signal", self.name));
+        note(format!("{}: signal {sig} to daemon pid {pid}", self.name));
+        send_signal(pid, sig);
+    }
+
+    /// Waits up to `timeout` for the daemon to exit; its exit status, or `None` if it still runs.
+    pub fn wait_daemon_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let r = poll(timeout, Duration::from_millis(100), || {
+            match child.try_wait() {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => Err("still running".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        r.ok().map(|(s, _)| s)
+    }
+
+    /// Kills the daemon (SIGKILL) if it still runs, reaps it, then starts it again.
+    pub fn restart_daemon(&mut self) {
+        self.kill_daemon_now();
+        self.start();
+    }
+
+    /// SIGKILL the daemon and reap it (no-op when none runs).
+    pub fn kill_daemon_now(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The postmaster's pid: the first line of DATA/postmaster.pid.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Sends `sig` to the postmaster; returns its pid. Panics when there is none.
+    pub fn kill_postmaster(&self, sig: i32) -> i32 {
+        let pid = self.postmaster_pid().unwrap_or_else(|| {
+            panic!(
+                "{}: no postmaster.pid in {}",
+                self.name,
+                self.data_dir.display()
+            )
+        });
+        note(format!(
+            "{}: signal {sig} to postmaster pid {pid}",
+            self.name
+        ));
+        assert!(
+            send_signal(pid, sig),
+            "{}: kill({pid}, {sig}) failed",
+            self.name
+        );
+        pid
+    }
+
+    /// `GET path` on the REST API.
+    pub fn api_get(&self, path: &str) -> Result<(u16, Value), String> {
+        http::get(self.api_port, path)
+    }
+
+    /// `GET /patroni` (any status, as long as the body is a JSON object).
+    pub fn patroni(&self) -> Result<Value, String> {
+        match self.api_get("/patroni")? {
+            (_, v @ Value::Object(_)) => Ok(v),
+            (s, v) => Err(format!("{}: GET /patroni: {s} {v}", self.name)),
+        }
+    }
+
+    /// `role` from `/patroni` (`primary`, `replica`, …).
+    pub fn role(&self) -> Option<String> {
+        self.patroni()
+            .ok()?
+            .get("role")?
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// `timeline` from `/patroni`.
+    pub fn timeline(&self) -> Option<u64> {
+        self.patroni().ok()?.get("timeline")?.as_u64()
+    }
+
+    /// Connection settings for the superuser over TCP.
+    pub fn pg_target(&self) -> PgTarget {
+        PgTarget {
+            port: self.pg_port,
+            user: "postgres".into(),
+            password: SUPERUSER_PASSWORD.into(),
+            dbname: "postgres".into(),
+        }
+    }
+
+    /// Runs SQL as the superuser (10 s bound); rows as text.
+    pub fn sql(&self, query: &str) -> Result<Vec<Row>, String> {
+        pg::simple_query(&self.pg_target(), query, Duration::from_secs(10))
+            .map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// The first column of the first row (`None` for no row or NULL).
+    pub fn sql_value(&self, query: &str) -> Result<Option<String>, String> {
+        Ok(self
+            .sql(query)?
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next().flatten()))
+    }
+
+    /// `pg_is_in_recovery()`.
+    pub fn in_recovery(&self) -> Result<bool, String> {
+        Ok(self.sql_value("SELECT pg_is_in_recovery()")?.as_deref() == Some("t"))
+    }
+
+    /// Creates `table` if needed and inserts `value`; bounded by `timeout`.
+    pub fn write_value_within(
+        &self,
+        table: &str,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let t = ident(table);
+        let q = format!(
+            "CREATE TABLE IF NOT EXISTS {t} (id bigserial PRIMARY KEY, v text NOT NULL, at timestamptz NOT NULL DEFAULT now()); \
+             INSERT INTO {t} (v) VALUES ({})",
+            literal(value)
+        );
+        pg::simple_query(&self.pg_target(), &q, timeout)
+            .map(|_| ())
+            .map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// [`Node::write_value_within`] with 10 s.
+    pub fn write_value(&self, table: &str, value: &str) -> Result<(), String> {
+        self.write_value_within(table, value, Duration::from_secs(10))
+    }
+
+    /// Whether an INSERT into `table` is acknowledged within 3 s.
+    pub fn try_write(&self, table: &str) -> bool {
+        self.write_value_within(
+            table,
+            &format!("probe from harness on {}", self.name),
+            Duration::from_secs(3),
+        )
+        .is_ok()
+    }
+
+    /// Whether `table` holds a row with `v = value`.
+    pub fn has_value(&self, table: &str, value: &str) -> Result<bool, String> {
+        let q = format!(
+            "SELECT count(*) FROM {} WHERE v = {}",
+            ident(table),
+            literal(value)
+        );
+        Ok(self.sql_value(&q)?.map(|n| n != "0").unwrap_or(false))
+    }
+
+    /// The daemon log, whole.
+    pub fn log_text(&self) -> String {
+        fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The last `n` lines of the daemon log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log_path, n)
+    }
+
+    /// `pg_ctl -D DATA stop -m immediate` as postgres if a postmaster.pid exists; SIGKILL the
+    /// postmaster if it still lives afterwards.
+    pub fn stop_postgres_immediate(&self) {
+        let Some(pid) = self.postmaster_pid() else {
+            return;
+        };
+        if !pid_alive(pid) {
+            return;
+        }
+        let status = postgres_command(&Path::new(PG_BIN_DIR).join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["stop", "-m", "immediate", "-w", "-t", "20"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !matches!(status, Ok(s) if s.success()) && pid_alive(pid) {
+            send_signal(pid, libc::SIGKILL);
+            wait_pid_gone(pid, Duration::from_secs(5));
+        }
+    }
+
+    /// Kills the daemon, stops PostgreSQL, then SIGKILLs anything still mentioning the node's
+    /// directory (an initdb, pg_basebackup or pg_rewind the daemon started).
+    pub fn cleanup(&mut self) {
+        self.kill_daemon_now();
+        self.stop_postgres_immediate();
+        let left = kill_processes_mentioning(&format!("{}/", self.dir.display()));
+        if !left.is_empty() {
+            note(format!("{}: killed leftover processes {left:?}", self.name));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_the_varying_parts() {
+        let c = NodeConfig {
+            scope: "s1".into(),
+            name: "n1".into(),
+            api_port: 1234,
+            pg_port: 2345,
+            etcd_hosts: "127.0.0.1:3456".into(),
+            data_dir: "/tmp/x/data".into(),
+            pgpass: "/tmp/x/pgpass".into(),
+            opts: NodeOpts {
+                ttl: 30,
+                tags: vec![
+                    ("nofailover".into(), "true".into()),
+                    ("zone".into(), "a".into()),
+                ],
+                ..NodeOpts::default()
+            },
+        };
+        let y = c.render();
+        for needle in [
+            "scope: s1\n",
+            "name: n1\n",
+            "listen: 127.0.0.1:1234",
+            "hosts: 127.0.0.1:3456",
+            "ttl: 30\n",
+            "loop_wait: 2\n",
+            "listen: 127.0.0.1:2345",
+            "data_dir: /tmp/x/data\n",
+            "nofailover: true\n",
+            "zone: a\n",
+            "superuser: {username: postgres, password: postgres-secret}",
+        ] {
+            assert!(y.contains(needle), "missing {needle:?} in\n{y}");
+        }
+        assert!(!y.contains("nofailover: false"));
+    }
+}
