@@ -46,9 +46,7 @@ pub(crate) fn classify(error: &etcd_client::Error) -> Failure {
             }
         }
         E::GRpcStatus(status) => match status.code() as i32 {
-            NOT_FOUND if status.message().contains("lease not found") => {
-                Failure::LeaseGone(text)
-            }
+            NOT_FOUND if status.message().contains("lease not found") => Failure::LeaseGone(text),
             // Unavailable covers connection failures as well as etcd's "no leader",
             // "request timed out" and "leader changed": all worth another endpoint.
             UNAVAILABLE | DEADLINE_EXCEEDED | CANCELLED | UNKNOWN => Failure::Transport(text),

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp, TxnOpResponse,
+    Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions,
+    Txn, TxnOp, TxnOpResponse,
 };
 use spilo_sdk::{Cas, Dcs, DcsError, Entry, SessionInfo, Snapshot};
 use tokio::sync::oneshot;

@@ -181,7 +181,8 @@ impl Shared {
                 }
             }
             failures += 1;
-            if failures % self.conn.len().max(1) == 0 {
+            if failures >= self.conn.len() {
+                failures = 0;
                 tokio::time::sleep_until(deadline.min(Instant::now() + ROUND_PAUSE)).await;
             }
         }
@@ -338,7 +339,10 @@ impl Shared {
             match self.renew(&mut session, op, deadline).await? {
                 Renewal::Alive => {}
                 Renewal::Expired => {
-                    tracing::warn!(lease = session.lease, "etcd lease expired, granting a new one");
+                    tracing::warn!(
+                        lease = session.lease,
+                        "etcd lease expired, granting a new one"
+                    );
                     self.drop_lease(&mut session);
                     self.grant(&mut session, op, deadline).await?;
                 }

@@ -15,6 +15,8 @@ struct Etcd {
     port: u16,
     peer: u16,
     dir: tempfile::TempDir,
+    /// Serve clients over TLS, requiring client certificates.
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -24,14 +26,35 @@ fn free_port() -> u16 {
 
 impl Etcd {
     async fn start() -> Etcd {
+        Etcd::start_with(false).await
+    }
+
+    async fn start_with(tls: bool) -> Etcd {
         let mut etcd = Etcd {
             child: None,
             port: free_port(),
             peer: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
+            tls,
         };
+        if tls {
+            make_certs(etcd.dir.path());
+        }
         etcd.spawn().await;
         etcd
+    }
+
+    /// Client settings for this etcd, with the TLS files when it serves TLS.
+    fn settings(&self, member: &str, ttl: Duration, watch: bool) -> EtcdSettings {
+        let mut settings = settings(&[self.endpoint()], member, ttl, watch);
+        if self.tls {
+            let dir = self.dir.path();
+            settings.https = true;
+            settings.cacert = Some(dir.join("ca.crt"));
+            settings.cert = Some(dir.join("client.crt"));
+            settings.key = Some(dir.join("client.key"));
+        }
+        settings
     }
 
     /// Starts (or restarts, keeping the data) the etcd process and waits until it answers.
@@ -42,9 +65,22 @@ impl Etcd {
             .open(self.dir.path().join("etcd.log"))
             .expect("log file");
         let log2 = log.try_clone().expect("log file");
-        let client_url = format!("http://127.0.0.1:{}", self.port);
+        let scheme = if self.tls { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", self.port);
         let peer_url = format!("http://127.0.0.1:{}", self.peer);
-        let child = Command::new(ETCD)
+        let mut command = Command::new(ETCD);
+        if self.tls {
+            let dir = self.dir.path();
+            command
+                .arg("--cert-file")
+                .arg(dir.join("server.crt"))
+                .arg("--key-file")
+                .arg(dir.join("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(dir.join("ca.crt"))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "t", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client_url])
@@ -66,15 +102,17 @@ impl Etcd {
     }
 
     async fn wait_ready(&self) {
-        let probe = client(&[self.endpoint()], "probe", Duration::from_secs(10), false).await;
+        let probe = EtcdDcs::connect(self.settings("probe", Duration::from_secs(10), false))
+            .await
+            .expect("connect");
         let started = Instant::now();
         loop {
             if probe.snapshot().await.is_ok() {
                 return;
             }
             if started.elapsed() > Duration::from_secs(30) {
-                let log = std::fs::read_to_string(self.dir.path().join("etcd.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
                 panic!("etcd did not come up within 30 s; log:\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -102,11 +140,85 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        if let Some(child) = &self.child {
-            // A stopped process must be continued to die promptly on SIGKILL's reaping.
-            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
-        }
         self.stop();
+    }
+}
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).expect("write ext file");
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let subject = format!("/CN={name}");
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        openssl(dir, &req);
+        let ext = format!("{name}.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
     }
 }
 
@@ -158,8 +270,12 @@ async fn leader_lock_keepalive_and_release() {
         assert!(!again.new_session);
     }
 
-    a.put_member(b"{\"role\":\"primary\"}").await.expect("put_member");
-    b.put_member(b"{\"role\":\"replica\"}").await.expect("put_member");
+    a.put_member(b"{\"role\":\"primary\"}")
+        .await
+        .expect("put_member");
+    b.put_member(b"{\"role\":\"replica\"}")
+        .await
+        .expect("put_member");
     assert!(a.acquire_leader().await.expect("acquire a"));
     assert!(!b.acquire_leader().await.expect("acquire b"));
 
@@ -252,10 +368,25 @@ async fn compare_and_set() {
     let c = client(&eps, "cli", Duration::from_secs(10), false).await;
 
     assert!(c.put("config", b"{}", Cas::Absent).await.expect("put"));
-    assert!(!c.put("config", b"{\"x\":1}", Cas::Absent).await.expect("put"));
-    let v1 = c.snapshot().await.expect("snapshot").get("config").expect("config").version;
-    assert!(!c.put("config", b"{\"x\":1}", Cas::Version(v1 + 100)).await.expect("put"));
-    assert!(c.put("config", b"{\"x\":1}", Cas::Version(v1)).await.expect("put"));
+    assert!(!c
+        .put("config", b"{\"x\":1}", Cas::Absent)
+        .await
+        .expect("put"));
+    let v1 = c
+        .snapshot()
+        .await
+        .expect("snapshot")
+        .get("config")
+        .expect("config")
+        .version;
+    assert!(!c
+        .put("config", b"{\"x\":1}", Cas::Version(v1 + 100))
+        .await
+        .expect("put"));
+    assert!(c
+        .put("config", b"{\"x\":1}", Cas::Version(v1))
+        .await
+        .expect("put"));
     let snapshot = c.snapshot().await.expect("snapshot");
     let entry = snapshot.get("config").expect("config");
     assert_eq!(entry.value, b"{\"x\":1}");
@@ -265,12 +396,20 @@ async fn compare_and_set() {
 
     assert!(!c.delete("config", Cas::Version(v1)).await.expect("delete"));
     assert!(c.delete("config", Cas::Version(v2)).await.expect("delete"));
-    assert!(c.snapshot().await.expect("snapshot").get("config").is_none());
+    assert!(c
+        .snapshot()
+        .await
+        .expect("snapshot")
+        .get("config")
+        .is_none());
 
     assert!(c.put("initialize", b"123", Cas::Any).await.expect("put"));
     assert!(c.put("initialize", b"456", Cas::Any).await.expect("put"));
     assert!(c.delete("initialize", Cas::Any).await.expect("delete"));
-    assert!(c.delete("initialize", Cas::Any).await.expect("delete absent"));
+    assert!(c
+        .delete("initialize", Cas::Any)
+        .await
+        .expect("delete absent"));
     assert!(c.snapshot().await.expect("snapshot").entries.is_empty());
 }
 
@@ -338,15 +477,21 @@ async fn set_ttl_makes_a_new_session() {
     assert!(second.new_session);
     assert_ne!(second.id, first.id);
     // The old lease was revoked, taking the member key with it.
-    assert!(a.snapshot().await.expect("snapshot").get("members/a").is_none());
-    a.put_member(b"a").await.expect("put_member");
     assert!(a
         .snapshot()
         .await
         .expect("snapshot")
         .get("members/a")
-        .expect("member")
-        .owned_by_us);
+        .is_none());
+    a.put_member(b"a").await.expect("put_member");
+    assert!(
+        a.snapshot()
+            .await
+            .expect("snapshot")
+            .get("members/a")
+            .expect("member")
+            .owned_by_us
+    );
     assert!(!a.keepalive().await.expect("keepalive").new_session);
 }
 
@@ -367,7 +512,10 @@ async fn fails_over_to_a_live_endpoint() {
 fn assert_bounded(started: Instant, what: &str, result: Result<impl std::fmt::Debug, DcsError>) {
     let elapsed = started.elapsed();
     eprintln!("{what}: {elapsed:?} {result:?}");
-    assert!(result.is_err(), "{what} succeeded against a dead etcd: {result:?}");
+    assert!(
+        result.is_err(),
+        "{what} succeeded against a dead etcd: {result:?}"
+    );
     assert!(
         elapsed < Duration::from_secs(3),
         "{what} took {elapsed:?} to fail (retry_timeout is 2 s)"
@@ -407,7 +555,10 @@ async fn stopped_etcd_fails_within_retry_timeout() {
     let fresh = client(&eps, "b", Duration::from_secs(10), false).await;
     let result = fresh.snapshot().await;
     let elapsed = t.elapsed();
-    assert!(elapsed < Duration::from_secs(3), "fresh snapshot took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "fresh snapshot took {elapsed:?}"
+    );
     let message = result.expect_err("snapshot of a dead etcd").to_string();
     assert!(message.contains(&etcd.endpoint()), "{message}");
 }
@@ -468,10 +619,48 @@ async fn frozen_etcd_fails_within_retry_timeout() {
     let t = Instant::now();
     assert_bounded(t, "acquire_leader", a.acquire_leader().await);
     let t = Instant::now();
-    assert_bounded(t, "close", a.close().await);
+    assert_bounded(t, "put", a.put("config", b"{}", Cas::Any).await);
     etcd.signal("CONT");
 
     let info = a.keepalive().await.expect("keepalive after thaw");
     assert!(!info.new_session);
-    assert!(a.snapshot().await.expect("snapshot").get("leader").expect("leader").owned_by_us);
+    assert!(
+        a.snapshot()
+            .await
+            .expect("snapshot")
+            .get("leader")
+            .expect("leader")
+            .owned_by_us
+    );
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates() {
+    let etcd = Etcd::start_with(true).await;
+    let a = EtcdDcs::connect(etcd.settings("a", Duration::from_secs(10), true))
+        .await
+        .expect("connect");
+    let mut changes = a.changes();
+    a.keepalive().await.expect("keepalive");
+    a.put_member(b"a").await.expect("put_member");
+    assert!(a.acquire_leader().await.expect("acquire"));
+    assert_eq!(leader(&a).await.as_deref(), Some("a"));
+    tokio::time::timeout(Duration::from_secs(3), changes.changed())
+        .await
+        .expect("watch over TLS saw nothing")
+        .expect("watch sender alive");
+
+    // Without a client certificate the server refuses us, within the deadline.
+    let mut anonymous = etcd.settings("b", Duration::from_secs(10), false);
+    anonymous.cert = None;
+    anonymous.key = None;
+    let b = EtcdDcs::connect(anonymous).await.expect("connect");
+    let t = Instant::now();
+    assert_bounded(t, "snapshot without client cert", b.snapshot().await);
+
+    // A missing CA file is reported at connect.
+    let mut broken = etcd.settings("c", Duration::from_secs(10), false);
+    broken.cacert = Some(etcd.dir.path().join("missing.crt"));
+    let error = EtcdDcs::connect(broken).await.expect_err("connect");
+    assert!(error.to_string().contains("missing.crt"), "{error}");
 }

@@ -152,7 +152,11 @@ pub fn health_check(path: &str, q: &Params, s: &NodeState, now: Instant) -> u16 
 /// `ttl`, even though its lock has expired by the time of the request.
 pub fn liveness(s: &NodeState, now: Instant) -> u16 {
     let ttl = s.dynamic.ttl as f64;
-    let limit = if s.holds_lock(s.last_cycle) { ttl } else { 2.0 * ttl };
+    let limit = if s.holds_lock(s.last_cycle) {
+        ttl
+    } else {
+        2.0 * ttl
+    };
     let age = now.saturating_duration_since(s.last_cycle).as_secs_f64();
     if s.paused() || age < limit {
         200

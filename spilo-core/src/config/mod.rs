@@ -1,5 +1,5 @@
 //! The node configuration: Patroni's YAML schema ([`model`]), loading with environment
-//! overrides ([`load`]), validation and the dynamic-configuration rules ([`validate`]).
+//! overrides ([`load`]), validation and the dynamic-configuration rules ([`mod@validate`]).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), spilo_core::config::ConfigError> {

@@ -527,7 +527,8 @@ mod tests {
 
     #[test]
     fn validate_rejects_bad_values_naming_the_key() {
-        let cases: Vec<(fn(&mut Config), &str)> = vec![
+        type Case = (fn(&mut Config), &'static str);
+        let cases: Vec<Case> = vec![
             (|c| c.scope = " ".into(), "c.yml: scope: must not be empty"),
             (|c| c.name = String::new(), "c.yml: name: must not be empty"),
             (|c| c.name = PLACEHOLDER_NAME.into(), "c.yml: name: '__patroni_strict_sync_replica_placeholder__' is reserved by Patroni"),
@@ -558,9 +559,10 @@ mod tests {
             .insert("max_connections".into(), json!(500));
         c.bootstrap.dcs = dynamic(10, 10, 10);
         let w = validate(&c, "c.yml").unwrap();
-        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].starts_with("c.yml: postgresql.parameters.max_connections: ignored"));
         assert!(w[1].starts_with("c.yml: bootstrap.dcs: loop_wait lowered from 10 to 1"));
+        assert!(w[2].starts_with("c.yml: bootstrap.dcs: retry_timeout lowered from 10 to 4"));
     }
 
     #[test]

@@ -550,7 +550,10 @@ impl Node {
         self.pg_label = Some(label);
         let handle = tokio::spawn(async move {
             let r = fut.await;
-            wake.notify_one();
+            // Success wakes the loop at once; a failure is retried on the next regular cycle.
+            if r.is_ok() {
+                wake.notify_one();
+            }
             r
         });
         self.job = Some(Job { kind, handle });

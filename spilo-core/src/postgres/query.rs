@@ -21,7 +21,8 @@ const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), \
     (SELECT received_tli::bigint FROM pg_stat_wal_receiver LIMIT 1), \
     (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
     (SELECT (latest_end_lsn - '0/0')::bigint FROM pg_stat_wal_receiver LIMIT 1), \
-    (SELECT timeline_id::bigint FROM pg_control_checkpoint()), \
+    GREATEST((SELECT timeline_id::bigint FROM pg_control_checkpoint()), \
+             (SELECT min_recovery_end_timeline::bigint FROM pg_control_recovery())), \
     (SELECT system_identifier::text FROM pg_control_system())";
 
 const REPLICATION_SQL: &str = "SELECT usename::text, application_name, client_addr::text, state, sync_state, \
