@@ -128,7 +128,11 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
+    let listen = match cfg.restapi.listen.strip_prefix("*:") {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => cfg.restapi.listen.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|source| StartError::Listen {
             addr: cfg.restapi.listen.clone(),
@@ -147,10 +151,12 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
         let _ = stop_api_rx.await;
     }));
 
+    let guard = tokio::spawn(crate::ha::fence::guard(tx.subscribe(), pg.clone()));
     let node = Node::new(cfg.clone(), dcs, pg, tx, dynamic);
     let exit = node.run(shutdown_signal()).await;
     let _ = stop_api_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    guard.abort();
     match exit {
         Exit::Shutdown => Ok(()),
         Exit::Fatal(m) => Err(StartError::Fatal(m)),

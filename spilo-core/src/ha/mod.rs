@@ -1,6 +1,7 @@
 //! The HA core: the pure decision, the loop around it, and the daemon's start-up.
 pub mod daemon;
 pub mod decide;
+pub mod fence;
 pub mod member;
 pub mod runner;
 pub mod state;

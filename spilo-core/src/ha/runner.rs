@@ -166,6 +166,11 @@ impl Node {
                 if info.new_session {
                     self.last_member = None;
                     tracing::info!(session = info.id, "new DCS session");
+                } else if self.lease_renewed_at.is_some() {
+                    // The same lease, renewed: the leader key bound to it stands. Tell the
+                    // lease guard now rather than at the end of the cycle.
+                    self.lease_renewed_at = Some(keep_sent);
+                    self.state.send_modify(|s| Arc::make_mut(s).leader_renewed_at = Some(keep_sent));
                 }
                 true
             }
