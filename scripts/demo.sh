@@ -176,6 +176,7 @@ bootstrap:
         max_wal_senders: 10
         max_replication_slots: 10
         wal_log_hints: "on"
+        max_connections: 50
   initdb:
   - encoding: UTF8
   - data-checksums
@@ -194,7 +195,6 @@ postgresql:
     replication: {username: replicator, password: rep-secret}
   parameters:
     shared_buffers: 32MB
-    max_connections: 50
 tags:
   nofailover: false
 YAML

@@ -102,6 +102,7 @@ bootstrap:
         max_wal_senders: 10
         max_replication_slots: 10
         wal_log_hints: "on"
+        max_connections: 50
   initdb:
   - encoding: UTF8
   - data-checksums
@@ -120,7 +121,6 @@ postgresql:
     replication: {{username: replicator, password: {rep}}}
   parameters:
     shared_buffers: 32MB
-    max_connections: 50
 tags:
 {tags}"#,
             scope = self.scope,
@@ -234,6 +234,8 @@ impl Node {
             .current_dir(&self.dir)
             .env("HOME", &self.dir)
             .env("RUST_BACKTRACE", "1")
+            // Plain text in the log file (tracing-subscriber honours NO_COLOR).
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);

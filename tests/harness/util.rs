@@ -263,7 +263,8 @@ pub fn tail(path: &Path, n: usize) -> String {
 }
 
 /// A directory under /tmp, world-traversable (0755). It is removed when dropped, unless the
-/// thread is panicking (a failed test), in which case it is kept and its path printed.
+/// thread is panicking (a failed test) or `SPILO_TEST_KEEP` is set, in which case it is kept
+/// and its path printed.
 pub struct TempRoot {
     path: PathBuf,
 }
@@ -290,6 +291,11 @@ impl Drop for TempRoot {
     fn drop(&mut self) {
         if thread::panicking() {
             eprintln!("[harness] test failed: keeping {}", self.path.display());
+        } else if std::env::var_os("SPILO_TEST_KEEP").is_some() {
+            eprintln!(
+                "[harness] SPILO_TEST_KEEP set: keeping {}",
+                self.path.display()
+            );
         } else if let Err(e) = fs::remove_dir_all(&self.path) {
             eprintln!("[harness] could not remove {}: {e}", self.path.display());
         }

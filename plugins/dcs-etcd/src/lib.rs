@@ -33,7 +33,9 @@ use crate::shared::{lease_gone, Shared};
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How to reach etcd and which cluster to manage.
-#[derive(Clone, Debug)]
+///
+/// `Debug` output hides the password.
+#[derive(Clone)]
 pub struct EtcdSettings {
     /// The endpoints, `host:port` without scheme (a scheme given anyway is kept).
     pub endpoints: Vec<String>,
@@ -64,6 +66,26 @@ pub struct EtcdSettings {
     /// (`keepalive`, `put_member`, `acquire_leader`, `reattach_leader`) does, so a client
     /// made with `false` simply never gets one as long as it does not call them.
     pub session: bool,
+}
+
+impl std::fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("endpoints", &self.endpoints)
+            .field("https", &self.https)
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("prefix", &self.prefix)
+            .field("member", &self.member)
+            .field("ttl", &self.ttl)
+            .field("retry_timeout", &self.retry_timeout)
+            .field("watch", &self.watch)
+            .field("session", &self.session)
+            .finish()
+    }
 }
 
 /// The etcd v3 implementation of [`Dcs`].

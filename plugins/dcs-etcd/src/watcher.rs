@@ -65,12 +65,25 @@ async fn watch_once(shared: &Shared, recovering: bool) -> String {
                 if response.canceled() {
                     return format!("watch cancelled: {}", response.cancel_reason());
                 }
-                if !response.events().is_empty() {
+                if response.events().iter().any(|e| wakes_the_loop(&shared.prefix, e)) {
                     shared.bump();
                 }
             }
             Ok(None) => return "watch stream ended".to_string(),
             Err(error) => return crate::conn::describe(&error),
         }
+    }
+}
+
+/// Keys whose change must wake the HA loop early: the leader key (fast failover), the
+/// configuration, a failover request and the bootstrap marker. Member keys change with every
+/// WAL position and would make every daemon cycle continuously.
+const WAKE_KEYS: [&str; 4] = ["leader", "config", "failover", "initialize"];
+
+fn wakes_the_loop(prefix: &str, event: &etcd_client::Event) -> bool {
+    let Some(kv) = event.kv() else { return true };
+    match kv.key().strip_prefix(prefix.as_bytes()) {
+        Some(rel) => WAKE_KEYS.iter().any(|k| k.as_bytes() == rel),
+        None => false,
     }
 }

@@ -135,6 +135,28 @@ impl Etcd {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{signal} {pid} failed");
+        if signal == "STOP" {
+            // Wait until every thread is stopped: /proc/<pid>/task/*/stat show state `T`.
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) {
+                let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|dir| dir.flatten().map(|t| t.path()).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                let stopped = tasks.iter().all(|task| {
+                    std::fs::read_to_string(task.join("stat"))
+                        .ok()
+                        .and_then(|stat| {
+                            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+                            Some(state == 'T' || state == 't')
+                        })
+                        .unwrap_or(true)
+                });
+                if stopped && !tasks.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 

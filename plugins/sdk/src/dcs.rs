@@ -127,8 +127,9 @@ pub trait Dcs: Send + Sync + 'static {
     /// Delete a key. `Ok(false)` when the compare-and-set condition failed.
     async fn delete(&self, key: &str, cas: Cas) -> Result<bool, DcsError>;
 
-    /// A counter bumped by the backend whenever a key under the prefix changes; the HA loop
-    /// waits on it to wake early.
+    /// A counter bumped by the backend whenever the `leader`, `config`, `failover` or
+    /// `initialize` key changes (and once after a broken watch is restored); the HA loop waits
+    /// on it to wake early. Member keys do not bump it: they change with every WAL position.
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// Change the session time-to-live; the next keep-alive makes a session with the new one.
