@@ -1,1 +1,197 @@
-fn main() {}
+//! `spilo-bench`: starts etcd and a 3-node spilo cluster and prints figures (not a test):
+//! unplanned failover over N rounds, SIGTERM hand-over, daemon RSS, idle CPU per daemon and
+//! `wrk` requests/s on `GET /primary`.
+//!
+//! Run it through `scripts/bench.sh` (release build; `SPILO_BIN_DIR` points the harness at it).
+//! Options: `--rounds N` (default 5), `--ttl S` (default 5, the lowest the config accepts),
+//! `--loop-wait S` (default 2), `--idle-secs S` (default 20), `--wrk-secs S` (default 10).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use spilo_tests::{ClusterOpts, TestCluster};
+
+struct Opts {
+    rounds: usize,
+    ttl: u64,
+    loop_wait: u64,
+    idle_secs: u64,
+    wrk_secs: u64,
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let mut o = Opts {
+        rounds: 5,
+        ttl: 5,
+        loop_wait: 2,
+        idle_secs: 20,
+        wrk_secs: 10,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let val = args.get(i + 1).ok_or_else(|| format!("{} needs a value", args[i]))?;
+        let num: u64 = val.parse().map_err(|_| format!("{}: '{val}' is not a number", args[i]))?;
+        match args[i].as_str() {
+            "--rounds" => o.rounds = num as usize,
+            "--ttl" => o.ttl = num,
+            "--loop-wait" => o.loop_wait = num,
+            "--idle-secs" => o.idle_secs = num,
+            "--wrk-secs" => o.wrk_secs = num,
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+        i += 2;
+    }
+    Ok(o)
+}
+
+/// The first node (other than `exclude`) to acknowledge an INSERT, and when.
+fn first_writer(c: &TestCluster, exclude: &str, start: Instant, limit: Duration) -> Option<(String, Duration)> {
+    while start.elapsed() < limit {
+        for n in c.nodes.iter().filter(|n| n.name != exclude) {
+            if n.write_value_within("bench_probe", "x", Duration::from_millis(500)).is_ok() {
+                return Some((n.name.clone(), start.elapsed()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn rss_kb(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn stats(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "no data".into();
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let mean = s.iter().sum::<f64>() / s.len() as f64;
+    format!(
+        "min {:.2} s, median {:.2} s, mean {:.2} s, max {:.2} s ({} rounds)",
+        s[0],
+        s[s.len() / 2],
+        mean,
+        s[s.len() - 1],
+        s.len()
+    )
+}
+
+fn main() {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("spilo-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let retry = ((o.ttl.saturating_sub(o.loop_wait)) / 2).max(1);
+    println!(
+        "spilo-bench: 3 nodes, ttl {} s, loop_wait {} s, retry_timeout {} s, {} failover rounds",
+        o.ttl, o.loop_wait, retry, o.rounds
+    );
+    let mut c = TestCluster::start(3, ClusterOpts::named("bench").timing(o.ttl, o.loop_wait, retry));
+    let primary = c.wait_for_replicas_streaming(Duration::from_secs(120));
+    println!("cluster up, primary {primary}");
+
+    // Unplanned failover: SIGKILL daemon + postmaster of the primary.
+    let mut failovers = Vec::new();
+    for round in 1..=o.rounds {
+        let primary = c.wait_for_replicas_streaming(Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(300 + 500 * (round as u64 % 3)));
+        let start = Instant::now();
+        c.node_mut(&primary).kill_daemon(libc::SIGKILL);
+        c.node(&primary).kill_postmaster(libc::SIGKILL);
+        match first_writer(&c, &primary, start, Duration::from_secs(o.ttl * 6 + 30)) {
+            Some((who, took)) => {
+                println!("failover round {round}: {primary} killed, {who} accepted a write after {:.2} s", took.as_secs_f64());
+                failovers.push(took.as_secs_f64());
+            }
+            None => println!("failover round {round}: no node accepted a write"),
+        }
+        c.node_mut(&primary).restart_daemon();
+    }
+
+    // Hand-over: SIGTERM of the leader's daemon.
+    let mut handovers = Vec::new();
+    for round in 1..=3 {
+        let primary = c.wait_for_replicas_streaming(Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(500));
+        let start = Instant::now();
+        c.node_mut(&primary).kill_daemon(libc::SIGTERM);
+        match first_writer(&c, &primary, start, Duration::from_secs(o.ttl * 6 + 30)) {
+            Some((who, took)) => {
+                println!("hand-over round {round}: {primary} got SIGTERM, {who} accepted a write after {:.2} s", took.as_secs_f64());
+                handovers.push(took.as_secs_f64());
+            }
+            None => println!("hand-over round {round}: no node accepted a write"),
+        }
+        c.node_mut(&primary).wait_daemon_exit(Duration::from_secs(30));
+        c.node_mut(&primary).restart_daemon();
+    }
+
+    let primary = c.wait_for_replicas_streaming(Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(3));
+    // Memory and idle CPU.
+    let pids: Vec<(String, i32)> = c.nodes.iter().filter_map(|n| n.daemon_pid().map(|p| (n.name.clone(), p))).collect();
+    let before: Vec<Option<u64>> = pids.iter().map(|(_, p)| cpu_ticks(*p)).collect();
+    std::thread::sleep(Duration::from_secs(o.idle_secs));
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut rss = Vec::new();
+    for ((name, pid), b) in pids.iter().zip(before) {
+        let r = rss_kb(*pid).unwrap_or(0);
+        rss.push(r);
+        let cpu = match (b, cpu_ticks(*pid)) {
+            (Some(b), Some(a)) => format!("{:.2} %", (a - b) as f64 / hz / o.idle_secs as f64 * 100.0),
+            _ => "unknown".into(),
+        };
+        println!("daemon {name} (pid {pid}): RSS {:.1} MB, idle CPU {cpu} over {} s", r as f64 / 1024.0, o.idle_secs);
+    }
+
+    // REST throughput on the leader's GET /primary.
+    let port = c.node(&primary).api_port;
+    let wrk = Command::new("wrk")
+        .args([
+            "-t1",
+            "-c16",
+            &format!("-d{}s", o.wrk_secs),
+            &format!("http://127.0.0.1:{port}/primary"),
+        ])
+        .output();
+    let rps = match wrk {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("Requests/sec:"))
+            .map(|l| l.trim_start_matches("Requests/sec:").trim().to_string())
+            .unwrap_or_else(|| "unknown (no Requests/sec line)".into()),
+        Err(e) => format!("unknown (wrk: {e})"),
+    };
+
+    println!();
+    println!("== spilo-bench summary (ttl {} s, loop_wait {} s, retry_timeout {} s) ==", o.ttl, o.loop_wait, retry);
+    println!("unplanned failover (SIGKILL daemon+postmaster -> first write elsewhere): {}", stats(&failovers));
+    println!("SIGTERM hand-over (-> first write elsewhere): {}", stats(&handovers));
+    println!(
+        "daemon RSS: max {:.1} MB",
+        rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0
+    );
+    println!("GET /primary on the leader (wrk -t1 -c16 -d{}s): {rps} requests/s", o.wrk_secs);
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Benchmarks that print figures (not tests): builds in release mode and runs bench/ against a
+# real etcd and a 3-node cluster. Extra arguments go to spilo-bench (--rounds N, --ttl S, …).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -d "$HOME/.cargo/bin" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
+./scripts/install-deps.sh
+cargo build --release -p spilo-core -p spilo-bench
+SPILO_BIN_DIR="$PWD/target/release" exec ./target/release/spilo-bench "$@"
