@@ -216,7 +216,8 @@ start_node() {
   info "$n: spilo pid $(daemon_pid "$n"), REST 127.0.0.1:${API[$n]}, PostgreSQL 127.0.0.1:${PG[$n]}, log ${DIR[$n]}/spilo.log"
 }
 
-patroni() { curl -fsS --max-time 3 "http://127.0.0.1:${API[$1]}/patroni" 2>/dev/null || curl -sS --max-time 3 "http://127.0.0.1:${API[$1]}/patroni" 2>/dev/null || true; }
+# /patroni's JSON (also sent with 503 when PostgreSQL is down).
+patroni() { curl -sS --max-time 3 "http://127.0.0.1:${API[$1]}/patroni" 2>/dev/null || true; }
 field() { patroni "$1" | jq -r ".$2 // empty" 2>/dev/null || true; }
 is_role() { [ "$(field "$1" role)" = "$2" ] && [ "$(field "$1" state)" = "running" ]; }
 psql_on() { local n=$1; shift; PGPASSWORD=$SU_PASS PGCONNECT_TIMEOUT=5 psql -X -q -h 127.0.0.1 -p "${PG[$n]}" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }

@@ -30,8 +30,12 @@ fn parse_args() -> Result<Opts, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
-        let val = args.get(i + 1).ok_or_else(|| format!("{} needs a value", args[i]))?;
-        let num: u64 = val.parse().map_err(|_| format!("{}: '{val}' is not a number", args[i]))?;
+        let val = args
+            .get(i + 1)
+            .ok_or_else(|| format!("{} needs a value", args[i]))?;
+        let num: u64 = val
+            .parse()
+            .map_err(|_| format!("{}: '{val}' is not a number", args[i]))?;
         match args[i].as_str() {
             "--rounds" => o.rounds = num as usize,
             "--ttl" => o.ttl = num,
@@ -50,10 +54,17 @@ fn parse_args() -> Result<Opts, String> {
 }
 
 /// The first node (other than `exclude`) to acknowledge an INSERT, and when.
-fn first_writer(c: &TestCluster, exclude: &str, start: Instant, limit: Duration) -> Option<(String, Duration)> {
+fn first_writer(
+    c: &TestCluster,
+    exclude: &str,
+    start: Instant,
+    limit: Duration,
+) -> Option<(String, Duration)> {
     while start.elapsed() < limit {
         for n in c.nodes.iter().filter(|n| n.name != exclude) {
-            if n.write_value_within("bench_probe", "x", Duration::from_millis(500)).is_ok() {
+            if n.write_value_within("bench_probe", "x", Duration::from_millis(500))
+                .is_ok()
+            {
                 return Some((n.name.clone(), start.elapsed()));
             }
         }
@@ -107,7 +118,10 @@ fn main() {
         "spilo-bench: 3 nodes, ttl {} s, loop_wait {} s, retry_timeout {} s, {} failover rounds",
         o.ttl, o.loop_wait, retry, o.rounds
     );
-    let mut c = TestCluster::start(3, ClusterOpts::named("bench").timing(o.ttl, o.loop_wait, retry));
+    let mut c = TestCluster::start(
+        3,
+        ClusterOpts::named("bench").timing(o.ttl, o.loop_wait, retry),
+    );
     let primary = c.wait_for_replicas_streaming(Duration::from_secs(120));
     println!("cluster up, primary {primary}");
 
@@ -143,14 +157,19 @@ fn main() {
             }
             None => println!("hand-over round {round}: no node accepted a write"),
         }
-        c.node_mut(&primary).wait_daemon_exit(Duration::from_secs(30));
+        c.node_mut(&primary)
+            .wait_daemon_exit(Duration::from_secs(30));
         c.node_mut(&primary).restart_daemon();
     }
 
     let primary = c.wait_for_replicas_streaming(Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(3));
     // Memory and idle CPU.
-    let pids: Vec<(String, i32)> = c.nodes.iter().filter_map(|n| n.daemon_pid().map(|p| (n.name.clone(), p))).collect();
+    let pids: Vec<(String, i32)> = c
+        .nodes
+        .iter()
+        .filter_map(|n| n.daemon_pid().map(|p| (n.name.clone(), p)))
+        .collect();
     let before: Vec<Option<u64>> = pids.iter().map(|(_, p)| cpu_ticks(*p)).collect();
     std::thread::sleep(Duration::from_secs(o.idle_secs));
     // SAFETY: sysconf has no preconditions.
@@ -160,10 +179,16 @@ fn main() {
         let r = rss_kb(*pid).unwrap_or(0);
         rss.push(r);
         let cpu = match (b, cpu_ticks(*pid)) {
-            (Some(b), Some(a)) => format!("{:.2} %", (a - b) as f64 / hz / o.idle_secs as f64 * 100.0),
+            (Some(b), Some(a)) => {
+                format!("{:.2} %", (a - b) as f64 / hz / o.idle_secs as f64 * 100.0)
+            }
             _ => "unknown".into(),
         };
-        println!("daemon {name} (pid {pid}): RSS {:.1} MB, idle CPU {cpu} over {} s", r as f64 / 1024.0, o.idle_secs);
+        println!(
+            "daemon {name} (pid {pid}): RSS {:.1} MB, idle CPU {cpu} over {} s",
+            r as f64 / 1024.0,
+            o.idle_secs
+        );
     }
 
     // REST throughput on the leader's GET /primary.
@@ -186,12 +211,24 @@ fn main() {
     };
 
     println!();
-    println!("== spilo-bench summary (ttl {} s, loop_wait {} s, retry_timeout {} s) ==", o.ttl, o.loop_wait, retry);
-    println!("unplanned failover (SIGKILL daemon+postmaster -> first write elsewhere): {}", stats(&failovers));
-    println!("SIGTERM hand-over (-> first write elsewhere): {}", stats(&handovers));
+    println!(
+        "== spilo-bench summary (ttl {} s, loop_wait {} s, retry_timeout {} s) ==",
+        o.ttl, o.loop_wait, retry
+    );
+    println!(
+        "unplanned failover (SIGKILL daemon+postmaster -> first write elsewhere): {}",
+        stats(&failovers)
+    );
+    println!(
+        "SIGTERM hand-over (-> first write elsewhere): {}",
+        stats(&handovers)
+    );
     println!(
         "daemon RSS: max {:.1} MB",
         rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0
     );
-    println!("GET /primary on the leader (wrk -t1 -c16 -d{}s): {rps} requests/s", o.wrk_secs);
+    println!(
+        "GET /primary on the leader (wrk -t1 -c16 -d{}s): {rps} requests/s",
+        o.wrk_secs
+    );
 }

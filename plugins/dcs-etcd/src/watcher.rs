@@ -65,7 +65,11 @@ async fn watch_once(shared: &Shared, recovering: bool) -> String {
                 if response.canceled() {
                     return format!("watch cancelled: {}", response.cancel_reason());
                 }
-                if response.events().iter().any(|e| wakes_the_loop(&shared.prefix, e)) {
+                if response
+                    .events()
+                    .iter()
+                    .any(|e| wakes_the_loop(&shared.prefix, e))
+                {
                     shared.bump();
                 }
             }

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "spilo", version, about = "High-availability PostgreSQL daemon (Patroni-compatible)")]
+#[command(
+    name = "spilo",
+    version,
+    about = "High-availability PostgreSQL daemon (Patroni-compatible)"
+)]
 struct Args {
     /// Check the configuration file and exit: 0 when valid, 2 otherwise.
     #[arg(long)]
@@ -42,14 +46,18 @@ fn main() -> ExitCode {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPILO_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("SPILO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
         .init();
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("spilo: cannot start the runtime: {e}");

@@ -7,7 +7,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "spiloctl", version, about = "Control a spilo (or Patroni) cluster")]
+#[command(
+    name = "spiloctl",
+    version,
+    about = "Control a spilo (or Patroni) cluster"
+)]
 struct Args {
     /// The node configuration file (for the DCS section and scope).
     #[arg(short = 'c', long = "config-file", env = "PATRONICTL_CONFIG_FILE")]
@@ -42,7 +46,10 @@ fn main() -> ExitCode {
         }
     };
     let cfg = loaded.config;
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("spiloctl: {e}");

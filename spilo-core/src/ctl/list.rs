@@ -20,7 +20,11 @@ pub fn rows(scope: &str, c: &Cluster) -> Vec<Value> {
             let state = if is_leader {
                 m.data.state.clone()
             } else {
-                m.data.replication_state.clone().filter(|_| m.data.state == "running").unwrap_or_else(|| m.data.state.clone())
+                m.data
+                    .replication_state
+                    .clone()
+                    .filter(|_| m.data.state == "running")
+                    .unwrap_or_else(|| m.data.state.clone())
             };
             let mut row = json!({
                 "Cluster": scope,
@@ -56,7 +60,14 @@ pub fn table(scope: &str, c: &Cluster) -> String {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Object(o)) => o
                 .iter()
-                .map(|(k, v)| format!("{k}: {}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                .map(|(k, v)| {
+                    format!(
+                        "{k}: {}",
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
             Some(v) => v.to_string(),
@@ -69,10 +80,21 @@ pub fn table(scope: &str, c: &Cluster) -> String {
         }
     }
     let line = |cells: Vec<String>| -> String {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!(" {:<w$} ", c, w = widths[i])).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(" {:<w$} ", c, w = widths[i]))
+            .collect();
         format!("|{}|\n", parts.join("|"))
     };
-    let sep = format!("+{}+\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
+    let sep = format!(
+        "+{}+\n",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("+")
+    );
     let mut out = format!("+ Cluster: {scope} ");
     if let Some(id) = c.sysid() {
         out.push_str(&format!("({id}) "));

@@ -32,7 +32,8 @@ pub fn decode_cluster(snap: &Snapshot) -> Cluster {
         let text = match std::str::from_utf8(&e.value) {
             Ok(t) => t,
             Err(_) => {
-                c.warnings.push((e.key.clone(), "value is not UTF-8".into()));
+                c.warnings
+                    .push((e.key.clone(), "value is not UTF-8".into()));
                 continue;
             }
         };
@@ -59,15 +60,21 @@ pub fn decode_cluster(snap: &Snapshot) -> Cluster {
                                 version: e.version,
                             })
                         }
-                        Err(err) => c.warnings.push((e.key.clone(), format!("invalid config: {err}"))),
+                        Err(err) => c
+                            .warnings
+                            .push((e.key.clone(), format!("invalid config: {err}"))),
                     }
                     c.config_raw = Some(Versioned {
                         value: raw,
                         version: e.version,
                     });
                 }
-                Ok(_) => c.warnings.push((e.key.clone(), "config is not a JSON object".into())),
-                Err(err) => c.warnings.push((e.key.clone(), format!("invalid JSON: {err}"))),
+                Ok(_) => c
+                    .warnings
+                    .push((e.key.clone(), "config is not a JSON object".into())),
+                Err(err) => c
+                    .warnings
+                    .push((e.key.clone(), format!("invalid JSON: {err}"))),
             },
             "status" => match decode_status(text) {
                 Ok(s) => c.status = Some(s),
@@ -94,7 +101,9 @@ pub fn decode_cluster(snap: &Snapshot) -> Cluster {
                 Err(err) if text.trim() == "{}" || text.trim().is_empty() => {
                     let _ = err;
                 }
-                Err(err) => c.warnings.push((e.key.clone(), format!("invalid sync: {err}"))),
+                Err(err) => c
+                    .warnings
+                    .push((e.key.clone(), format!("invalid sync: {err}"))),
             },
             "history" => match decode_history(text) {
                 Ok(h) => c.history = Some(h),
@@ -157,7 +166,8 @@ pub fn decode_member(text: &str) -> Result<MemberData, String> {
 
 /// Decode `status` (an object, or a bare integer meaning `optime`).
 pub fn decode_status(text: &str) -> Result<Status, String> {
-    let v: Value = serde_json::from_str(text.trim()).map_err(|e| format!("invalid status JSON: {e}"))?;
+    let v: Value =
+        serde_json::from_str(text.trim()).map_err(|e| format!("invalid status JSON: {e}"))?;
     match v {
         Value::Number(n) => Ok(Status {
             optime: n.as_u64(),
@@ -191,13 +201,22 @@ pub fn decode_failover(text: &str) -> Result<Option<Failover>, String> {
 
 /// Decode `history` (array of 3–5 element arrays).
 pub fn decode_history(text: &str) -> Result<Vec<HistoryLine>, String> {
-    let v: Value = serde_json::from_str(text.trim()).map_err(|e| format!("invalid history JSON: {e}"))?;
+    let v: Value =
+        serde_json::from_str(text.trim()).map_err(|e| format!("invalid history JSON: {e}"))?;
     let arr = v.as_array().ok_or("history is not an array")?;
     let mut out = Vec::with_capacity(arr.len());
     for (i, line) in arr.iter().enumerate() {
-        let l = line.as_array().ok_or_else(|| format!("history line {i} is not an array"))?;
-        let tl = l.first().and_then(Value::as_u64).ok_or_else(|| format!("history line {i}: bad timeline"))?;
-        let lsn = l.get(1).and_then(Value::as_u64).ok_or_else(|| format!("history line {i}: bad lsn"))?;
+        let l = line
+            .as_array()
+            .ok_or_else(|| format!("history line {i} is not an array"))?;
+        let tl = l
+            .first()
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("history line {i}: bad timeline"))?;
+        let lsn = l
+            .get(1)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("history line {i}: bad lsn"))?;
         out.push(HistoryLine {
             timeline: tl,
             lsn,
@@ -295,7 +314,10 @@ mod tests {
         assert_eq!(c.sysid(), Some("7268616322854375442"));
         assert_eq!(c.leader.as_ref().unwrap().name, "postgresql0");
         assert_eq!(c.members.len(), 2);
-        assert_eq!(c.members[1].data.replication_state.as_deref(), Some("streaming"));
+        assert_eq!(
+            c.members[1].data.replication_state.as_deref(),
+            Some("streaming")
+        );
         assert_eq!(c.optime(), Some(50331856));
         assert_eq!(c.timeline(), 2);
         assert!(c.failover.is_none());
@@ -303,8 +325,14 @@ mod tests {
         assert_eq!(cfg.ttl, 30);
         assert!(cfg.postgresql.use_pg_rewind);
         assert_eq!(cfg.extra.get("synchronous_mode"), Some(&Value::Bool(true)));
-        assert_eq!(c.sync.as_ref().unwrap().value.sync_standby.as_deref(), Some("postgresql1"));
-        assert_eq!(c.member("postgresql0").unwrap().host_port(), Some(("10.0.0.1".into(), 5432)));
+        assert_eq!(
+            c.sync.as_ref().unwrap().value.sync_standby.as_deref(),
+            Some("postgresql1")
+        );
+        assert_eq!(
+            c.member("postgresql0").unwrap().host_port(),
+            Some(("10.0.0.1".into(), 5432))
+        );
     }
 
     #[test]
@@ -326,7 +354,13 @@ mod tests {
         let c: crate::config::DynamicConfig = serde_json::from_str(CONFIG).unwrap();
         let back: Value = serde_json::from_slice(&to_compact_json(&c)).unwrap();
         let orig: Value = serde_json::from_str(CONFIG).unwrap();
-        for k in ["ttl", "loop_wait", "retry_timeout", "synchronous_mode", "failsafe_mode"] {
+        for k in [
+            "ttl",
+            "loop_wait",
+            "retry_timeout",
+            "synchronous_mode",
+            "failsafe_mode",
+        ] {
             assert_eq!(back[k], orig[k], "{k}");
         }
         assert_eq!(back["postgresql"]["use_pg_rewind"], Value::Bool(true));
@@ -334,9 +368,11 @@ mod tests {
 
     #[test]
     fn failover_forms() {
-        let f = decode_failover(r#"{"leader":"a","member":"b","scheduled_at":"2024-01-01T00:00:00+00:00"}"#)
-            .unwrap()
-            .unwrap();
+        let f = decode_failover(
+            r#"{"leader":"a","member":"b","scheduled_at":"2024-01-01T00:00:00+00:00"}"#,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(f.member.as_deref(), Some("b"));
         assert_eq!(
             String::from_utf8(to_compact_json(&f)).unwrap(),
@@ -345,13 +381,19 @@ mod tests {
         assert_eq!(decode_failover("{}").unwrap(), None);
         assert_eq!(decode_failover("").unwrap(), None);
         let legacy = decode_failover("a:b").unwrap().unwrap();
-        assert_eq!((legacy.leader.as_deref(), legacy.member.as_deref()), (Some("a"), Some("b")));
+        assert_eq!(
+            (legacy.leader.as_deref(), legacy.member.as_deref()),
+            (Some("a"), Some("b"))
+        );
     }
 
     #[test]
     fn legacy_values_decode() {
         assert_eq!(decode_status("12345").unwrap().optime, Some(12345));
-        let m = decode_member("postgres://u:p@10.0.0.1:5432/postgres?application_name=http://10.0.0.1:8008/patroni").unwrap();
+        let m = decode_member(
+            "postgres://u:p@10.0.0.1:5432/postgres?application_name=http://10.0.0.1:8008/patroni",
+        )
+        .unwrap();
         assert_eq!(m.api_url, "http://10.0.0.1:8008/patroni");
         let master: MemberData = decode_member(r#"{"role":"master","state":"running"}"#).unwrap();
         assert_eq!(master.normalized_role(), "primary");
@@ -384,7 +426,9 @@ mod tests {
         };
         let c = decode_cluster(&snap);
         assert_eq!(c.members.len(), 1);
-        assert!(c.config.is_none() && c.status.is_none() && c.history.is_none() && c.leader.is_none());
+        assert!(
+            c.config.is_none() && c.status.is_none() && c.history.is_none() && c.leader.is_none()
+        );
         assert_eq!(c.warnings.len(), 7, "{:?}", c.warnings);
     }
 

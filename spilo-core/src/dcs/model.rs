@@ -119,7 +119,9 @@ impl Member {
 
 /// `host:port` out of `postgres://[user@]host:port/db`.
 pub fn parse_conn_url(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
     let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
     let hostport = rest.split(['/', '?']).next()?;
     let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
@@ -201,7 +203,11 @@ pub struct HistoryLine {
 impl HistoryLine {
     /// As the JSON array Patroni writes.
     pub fn to_json(&self) -> Value {
-        let mut v = vec![Value::from(self.timeline), Value::from(self.lsn), Value::from(self.reason.clone())];
+        let mut v = vec![
+            Value::from(self.timeline),
+            Value::from(self.lsn),
+            Value::from(self.reason.clone()),
+        ];
         if let Some(t) = &self.timestamp {
             v.push(Value::from(t.clone()));
             if let Some(n) = &self.new_leader {

@@ -18,10 +18,19 @@ pub enum Role {
 }
 
 /// Connect to the DCS named in the config.
-pub async fn connect(cfg: &Config, ttl: Duration, retry_timeout: Duration, role: Role) -> Result<Arc<dyn Dcs>, DcsError> {
+pub async fn connect(
+    cfg: &Config,
+    ttl: Duration,
+    retry_timeout: Duration,
+    role: Role,
+) -> Result<Arc<dyn Dcs>, DcsError> {
     let prefix = cluster_prefix(&cfg.namespace, &cfg.scope);
     if let Some(e) = &cfg.etcd3 {
-        let https = e.protocol.as_deref().map(|p| p.eq_ignore_ascii_case("https")).unwrap_or(false);
+        let https = e
+            .protocol
+            .as_deref()
+            .map(|p| p.eq_ignore_ascii_case("https"))
+            .unwrap_or(false);
         let settings = EtcdSettings {
             endpoints: e.endpoints(),
             https,

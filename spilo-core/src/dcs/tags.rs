@@ -9,7 +9,9 @@ pub fn tag_bool(tags: &BTreeMap<String, Value>, tag: &str) -> bool {
     match tags.get(tag) {
         Some(Value::Bool(b)) => *b,
         Some(Value::Number(n)) => n.as_i64().map(|x| x != 0).unwrap_or(false),
-        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1"),
+        Some(Value::String(s)) => {
+            matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")
+        }
         _ => false,
     }
 }
@@ -51,7 +53,10 @@ pub fn published(tags: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
         }
     }
     if tags.contains_key("failover_priority") && !out.contains_key("nofailover") {
-        out.insert("nofailover".into(), Value::Bool(tag_bool(tags, "nofailover")));
+        out.insert(
+            "nofailover".into(),
+            Value::Bool(tag_bool(tags, "nofailover")),
+        );
     }
     out
 }

@@ -58,8 +58,12 @@ pub fn bin_dir(cfg: &Config) -> PathBuf {
 
 /// The local PostgreSQL handle from the config.
 pub fn postgres_from(cfg: &Config) -> Result<Postgres, StartError> {
-    let (host, port) = split_host_port(&cfg.postgresql.listen)
-        .ok_or_else(|| StartError::Config(format!("postgresql.listen: invalid address '{}'", cfg.postgresql.listen)))?;
+    let (host, port) = split_host_port(&cfg.postgresql.listen).ok_or_else(|| {
+        StartError::Config(format!(
+            "postgresql.listen: invalid address '{}'",
+            cfg.postgresql.listen
+        ))
+    })?;
     let socket_dir = cfg
         .postgresql
         .parameters
@@ -79,8 +83,14 @@ pub fn postgres_from(cfg: &Config) -> Result<Postgres, StartError> {
         socket_dir,
         pgpass: cfg.pgpass_path(),
         superuser: (a.superuser.username.clone(), a.superuser.password.clone()),
-        replication: (a.replication.username.clone(), a.replication.password.clone()),
-        rewind: a.rewind.as_ref().map(|r| (r.username.clone(), r.password.clone())),
+        replication: (
+            a.replication.username.clone(),
+            a.replication.password.clone(),
+        ),
+        rewind: a
+            .rewind
+            .as_ref()
+            .map(|r| (r.username.clone(), r.password.clone())),
         ctl_timeout: Duration::from_secs(cfg.postgresql.pg_ctl_timeout.unwrap_or(60)),
     }))
 }
@@ -92,7 +102,9 @@ async fn connect_dcs(cfg: &Config, ttl: Duration, retry: Duration) -> Arc<dyn Dc
         match registry::connect(cfg, ttl, retry, registry::Role::Daemon).await {
             Ok(d) => match d.snapshot().await {
                 Ok(_) => return d,
-                Err(e) => tracing::warn!(error = %e, "waiting for the DCS; retrying in {backoff:?}"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for the DCS; retrying in {backoff:?}")
+                }
             },
             Err(e) => tracing::warn!(error = %e, "waiting for the DCS; retrying in {backoff:?}"),
         }
@@ -107,7 +119,9 @@ async fn someone_answers(api_url: &str) -> bool {
         Some((base, _)) => format!("{base}/liveness"),
         None => format!("{}/liveness", api_url.trim_end_matches('/')),
     };
-    crate::api::client::get_json(&url, Duration::from_secs(3)).await.is_ok()
+    crate::api::client::get_json(&url, Duration::from_secs(3))
+        .await
+        .is_ok()
 }
 
 /// Run the daemon until SIGTERM/SIGINT or a fatal condition.
@@ -116,7 +130,12 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     for w in warnings {
         tracing::warn!("{w}");
     }
-    let dcs = connect_dcs(&cfg, Duration::from_secs(dynamic.ttl), Duration::from_secs(dynamic.retry_timeout)).await;
+    let dcs = connect_dcs(
+        &cfg,
+        Duration::from_secs(dynamic.ttl),
+        Duration::from_secs(dynamic.retry_timeout),
+    )
+    .await;
 
     // A second daemon with the same name must not start.
     if let Ok(snap) = dcs.snapshot().await {

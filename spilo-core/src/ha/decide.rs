@@ -163,6 +163,9 @@ pub enum Reason {
     PromotionPending,
     /// The timeline of this former primary diverged from the leader's.
     TimelineDiverged,
+    /// A former primary waits for the new leader to finish its promotion (post-promote
+    /// checkpoint, new timeline published) before rewinding from it.
+    WaitingForLeaderTimeline(String),
     /// The data directory belongs to another cluster.
     SystemIdMismatch {
         /// Ours.
@@ -186,24 +189,48 @@ impl fmt::Display for Reason {
             Reason::DcsUnreachable => write!(f, "DCS is not accessible"),
             Reason::LeaderLockHeld => write!(f, "I hold the leader lock"),
             Reason::FollowingLeader(l) => write!(f, "following leader {l}"),
-            Reason::HealthiestAfterLeaderExpired => write!(f, "no leader and I am the healthiest member"),
-            Reason::NotHealthiest(why) => write!(f, "no leader, but I am not the healthiest member: {why}"),
+            Reason::HealthiestAfterLeaderExpired => {
+                write!(f, "no leader and I am the healthiest member")
+            }
+            Reason::NotHealthiest(why) => {
+                write!(f, "no leader, but I am not the healthiest member: {why}")
+            }
             Reason::ClusterUninitialized => write!(f, "cluster is not initialized"),
             Reason::WaitingForBootstrap => write!(f, "waiting for the leader to bootstrap"),
             Reason::NoDataDirectory => write!(f, "no data directory and a leader exists"),
             Reason::JobInProgress(j) => write!(f, "{j} in progress"),
-            Reason::CrashedWhileLeader => write!(f, "PostgreSQL is down while I hold the leader lock"),
-            Reason::PrimaryStartTimeout => write!(f, "PostgreSQL did not start within primary_start_timeout"),
-            Reason::PrimaryWithoutLock(l) => write!(f, "running as primary but {l} holds the leader lock"),
-            Reason::PromotionPending => write!(f, "I hold the leader lock and PostgreSQL is still a replica"),
+            Reason::CrashedWhileLeader => {
+                write!(f, "PostgreSQL is down while I hold the leader lock")
+            }
+            Reason::PrimaryStartTimeout => {
+                write!(f, "PostgreSQL did not start within primary_start_timeout")
+            }
+            Reason::PrimaryWithoutLock(l) => {
+                write!(f, "running as primary but {l} holds the leader lock")
+            }
+            Reason::PromotionPending => write!(
+                f,
+                "I hold the leader lock and PostgreSQL is still a replica"
+            ),
             Reason::TimelineDiverged => write!(f, "my timeline diverged from the leader's"),
+            Reason::WaitingForLeaderTimeline(l) => {
+                write!(
+                    f,
+                    "former primary waiting for leader {l} to finish promotion before rewinding"
+                )
+            }
             Reason::SystemIdMismatch { local, cluster } => {
-                write!(f, "data directory system id {local} differs from the cluster's {cluster}")
+                write!(
+                    f,
+                    "data directory system id {local} differs from the cluster's {cluster}"
+                )
             }
             Reason::Paused => write!(f, "cluster is paused"),
             Reason::NoFailover => write!(f, "I am not allowed to promote (nofailover)"),
             Reason::RewindFailed => write!(f, "pg_rewind failed and re-copying is not allowed"),
-            Reason::LeaderKeyFromPreviousSession => write!(f, "the leader key holds my name from a previous session"),
+            Reason::LeaderKeyFromPreviousSession => {
+                write!(f, "the leader key holds my name from a previous session")
+            }
         }
     }
 }
@@ -266,7 +293,9 @@ impl fmt::Display for Action {
             Action::Follow(None) => write!(f, "follow nobody"),
             Action::Promote => write!(f, "promote"),
             Action::Demote(DemoteMode::Immediate) => write!(f, "demote (immediate stop)"),
-            Action::Demote(DemoteMode::Offline) => write!(f, "demote (read-only, following nobody)"),
+            Action::Demote(DemoteMode::Offline) => {
+                write!(f, "demote (read-only, following nobody)")
+            }
             Action::WriteInitialize(s) => write!(f, "write initialize={s}"),
             Action::LeaderHousekeeping => write!(f, "update leader status"),
             Action::Fatal(m) => write!(f, "exit: {m}"),
@@ -296,13 +325,22 @@ impl Decision {
     pub fn summary(&self) -> String {
         let acts: Vec<String> = self.actions.iter().map(ToString::to_string).collect();
         let why: Vec<String> = self.reasons.iter().map(ToString::to_string).collect();
-        let acts = if acts.is_empty() { "no action".to_string() } else { acts.join(", ") };
+        let acts = if acts.is_empty() {
+            "no action".to_string()
+        } else {
+            acts.join(", ")
+        };
         format!("{acts}: {}", why.join("; "))
     }
 }
 
 /// Decide what to do this cycle. `now` is the monotonic time since the daemon started.
-pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now: Duration) -> Decision {
+pub fn decide(
+    cluster: Option<&Cluster>,
+    local: &LocalView,
+    policy: &Policy,
+    now: Duration,
+) -> Decision {
     let d = Decision::default();
     let me = policy.name.as_str();
 
@@ -313,7 +351,9 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now
         _ => {
             let primary = matches!(local.pg, Pg::Running { primary: true, .. });
             if primary && !policy.paused {
-                return d.act(Action::Demote(DemoteMode::Offline)).because(Reason::DcsUnreachable);
+                return d
+                    .act(Action::Demote(DemoteMode::Offline))
+                    .because(Reason::DcsUnreachable);
             }
             return d.because(Reason::DcsUnreachable);
         }
@@ -321,14 +361,24 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now
 
     // 2. The lease was renewed by this cycle's keep-alive (`session_ok`), so a leader key bound to
     //    our session stands for at least `ttl` from the moment the keep-alive was sent.
-    let leader_is_me = cluster.leader.as_ref().map(|l| l.name == me).unwrap_or(false);
-    let leader_owned = cluster.leader.as_ref().map(|l| l.name == me && l.owned_by_us).unwrap_or(false);
+    let leader_is_me = cluster
+        .leader
+        .as_ref()
+        .map(|l| l.name == me)
+        .unwrap_or(false);
+    let leader_owned = cluster
+        .leader
+        .as_ref()
+        .map(|l| l.name == me && l.owned_by_us)
+        .unwrap_or(false);
 
     let mut d = d;
     if leader_is_me && !leader_owned {
         // The key holds our name under an older session (this daemon restarted before the
         // old lease expired). We are that node: bind the key to our session.
-        d = d.act(Action::ReattachLeader).because(Reason::LeaderKeyFromPreviousSession);
+        d = d
+            .act(Action::ReattachLeader)
+            .because(Reason::LeaderKeyFromPreviousSession);
     }
     let leader_name = cluster.leader.as_ref().map(|l| l.name.clone());
     let other_leader = leader_name.clone().filter(|n| n != me);
@@ -337,7 +387,9 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now
     if let Some(job) = local.job {
         if let (Some(l), Pg::Running { primary: true, .. }) = (&other_leader, &local.pg) {
             if !policy.paused {
-                return d.act(Action::Demote(DemoteMode::Immediate)).because(Reason::PrimaryWithoutLock(l.clone()));
+                return d
+                    .act(Action::Demote(DemoteMode::Immediate))
+                    .because(Reason::PrimaryWithoutLock(l.clone()));
             }
         }
         return d.because(Reason::JobInProgress(job));
@@ -370,7 +422,13 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now
                 .because(r);
         }
     }
-    if cluster.initialize.as_deref().map(|s| s.is_empty()).unwrap_or(true) && (leader_is_me || other_leader.is_none()) {
+    if cluster
+        .initialize
+        .as_deref()
+        .map(|s| s.is_empty())
+        .unwrap_or(true)
+        && (leader_is_me || other_leader.is_none())
+    {
         if let Some(id) = &sysid {
             d = d.act(Action::WriteInitialize(id.clone()));
         }
@@ -389,28 +447,56 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now
                 if was_primary {
                     if let Some(down) = local.down_since {
                         if now.saturating_sub(down) > policy.primary_start_timeout {
-                            return d.act(Action::ReleaseLeader).because(Reason::PrimaryStartTimeout);
+                            return d
+                                .act(Action::ReleaseLeader)
+                                .because(Reason::PrimaryStartTimeout);
                         }
                     }
-                    return d.act(Action::StartPrimary).because(Reason::CrashedWhileLeader);
+                    return d
+                        .act(Action::StartPrimary)
+                        .because(Reason::CrashedWhileLeader);
                 }
                 // We hold the key but our data is a replica's: start it, then promote.
-                return d.act(Action::StartReplica(None)).because(Reason::PromotionPending);
+                return d
+                    .act(Action::StartReplica(None))
+                    .because(Reason::PromotionPending);
             }
             if let Some(l) = other_leader {
                 if local.rewind_failed {
                     return d.because(Reason::RewindFailed);
                 }
-                let leader_tl = cluster.leader_member().and_then(|m| m.data.timeline);
-                let diverged = local.needs_rewind
-                    || (was_primary && leader_tl.is_some() && data_tl.is_some() && leader_tl != data_tl);
-                if diverged {
-                    return d.act(Action::StartRewind(l.clone())).because(Reason::TimelineDiverged);
+                if was_primary || local.needs_rewind {
+                    // A former primary may hold WAL the new leader never had. Rewind only once
+                    // the leader has finished its post-promote checkpoint and published a
+                    // timeline beyond ours: before that, pg_rewind would read the old timeline
+                    // from the leader's pg_control and wrongly find nothing to do.
+                    let leader = cluster.leader_member();
+                    let ready = leader
+                        .map(|m| {
+                            m.data.state == "running"
+                                && m.data.normalized_role() == "primary"
+                                && !m.data.extra.contains_key("checkpoint_after_promote")
+                        })
+                        .unwrap_or(false);
+                    let leader_tl = leader.and_then(|m| m.data.timeline);
+                    return match (ready, leader_tl, data_tl) {
+                        (true, Some(lt), Some(dt)) if lt > dt => d
+                            .act(Action::StartRewind(l.clone()))
+                            .because(Reason::TimelineDiverged),
+                        (true, Some(_), None) => d
+                            .act(Action::StartRewind(l.clone()))
+                            .because(Reason::TimelineDiverged),
+                        _ => d.because(Reason::WaitingForLeaderTimeline(l.clone())),
+                    };
                 }
-                return d.act(Action::StartReplica(Some(l.clone()))).because(Reason::FollowingLeader(l));
+                return d
+                    .act(Action::StartReplica(Some(l.clone())))
+                    .because(Reason::FollowingLeader(l));
             }
             // No leader: come up read-only so that we can report a position and race.
-            return d.act(Action::StartReplica(None)).because(Reason::NotHealthiest("PostgreSQL is not running".into()));
+            return d
+                .act(Action::StartReplica(None))
+                .because(Reason::NotHealthiest("PostgreSQL is not running".into()));
         }
         Pg::Unresponsive => {
             if leader_is_me {
@@ -436,13 +522,19 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now
             if policy.paused {
                 return d.because(Reason::Paused);
             }
-            return d.act(Action::Demote(DemoteMode::Immediate)).because(Reason::PrimaryWithoutLock(l));
+            return d
+                .act(Action::Demote(DemoteMode::Immediate))
+                .because(Reason::PrimaryWithoutLock(l));
         }
         if local.needs_rewind {
-            return d.act(Action::Demote(DemoteMode::Immediate)).because(Reason::TimelineDiverged);
+            return d
+                .act(Action::Demote(DemoteMode::Immediate))
+                .because(Reason::TimelineDiverged);
         }
         if local.upstream.as_ref() != Some(&Some(l.clone())) {
-            return d.act(Action::Follow(Some(l.clone()))).because(Reason::FollowingLeader(l));
+            return d
+                .act(Action::Follow(Some(l.clone())))
+                .because(Reason::FollowingLeader(l));
         }
         return d.because(Reason::FollowingLeader(l));
     }
@@ -450,7 +542,9 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now
     // 7. We lead.
     if leader_is_me {
         if primary {
-            return d.act(Action::LeaderHousekeeping).because(Reason::LeaderLockHeld);
+            return d
+                .act(Action::LeaderHousekeeping)
+                .because(Reason::LeaderLockHeld);
         }
         if policy.paused {
             return d.act(Action::ReleaseLeader).because(Reason::Paused);
@@ -461,7 +555,10 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now
     // 8. Nobody leads: the leader race.
     if policy.paused {
         if primary {
-            return d.act(Action::AcquireLeader).act(Action::LeaderHousekeeping).because(Reason::Paused);
+            return d
+                .act(Action::AcquireLeader)
+                .act(Action::LeaderHousekeeping)
+                .because(Reason::Paused);
         }
         return d.because(Reason::Paused);
     }
@@ -472,7 +569,9 @@ pub fn decide(cluster: Option<&Cluster>, local: &LocalView, policy: &Policy, now
         if my_tl.map(|t| t < cluster_tl).unwrap_or(false) {
             return d
                 .act(Action::Demote(DemoteMode::Offline))
-                .because(Reason::NotHealthiest(format!("my timeline is behind the cluster's ({cluster_tl})")));
+                .because(Reason::NotHealthiest(format!(
+                    "my timeline is behind the cluster's ({cluster_tl})"
+                )));
         }
         return d
             .act(Action::AcquireLeader)
@@ -512,14 +611,20 @@ fn uninitialized(
         if !running || cluster.sysid().is_none() {
             return d.because(Reason::WaitingForBootstrap);
         }
-        return d.act(Action::StartClone(l)).because(Reason::NoDataDirectory);
+        return d
+            .act(Action::StartClone(l))
+            .because(Reason::NoDataDirectory);
     }
     if leader_is_me {
         // We hold the key with no data: a bootstrap that died half-way, or data removed.
         if cluster.sysid().is_none() {
-            return d.act(Action::StartBootstrap).because(Reason::ClusterUninitialized);
+            return d
+                .act(Action::StartBootstrap)
+                .because(Reason::ClusterUninitialized);
         }
-        return d.act(Action::ReleaseLeader).because(Reason::NoDataDirectory);
+        return d
+            .act(Action::ReleaseLeader)
+            .because(Reason::NoDataDirectory);
     }
     if policy.paused {
         return d.because(Reason::Paused);
@@ -552,7 +657,10 @@ fn healthiest(
             if candidate == &policy.name {
                 return Ok(());
             }
-            if peers.iter().any(|p| &p.name == candidate && p.reachable && !p.nofailover) {
+            if peers
+                .iter()
+                .any(|p| &p.name == candidate && p.reachable && !p.nofailover)
+            {
                 return Err(format!("manual failover to {candidate} requested"));
             }
         }
@@ -571,7 +679,11 @@ fn healthiest(
         let ctl = cluster.timeline();
         match my_tl {
             Some(t) if t >= ctl => {}
-            _ => return Err(format!("my timeline {my_tl:?} is behind the cluster's {ctl}")),
+            _ => {
+                return Err(format!(
+                    "my timeline {my_tl:?} is behind the cluster's {ctl}"
+                ))
+            }
         }
     }
     for p in peers {

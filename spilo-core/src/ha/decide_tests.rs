@@ -58,7 +58,11 @@ fn cluster(leader: Option<&str>, me: &str) -> Cluster {
         ..Cluster::default()
     };
     for n in ["n1", "n2", "n3"] {
-        let role = if Some(n) == leader { "primary" } else { "replica" };
+        let role = if Some(n) == leader {
+            "primary"
+        } else {
+            "replica"
+        };
         c.members.push(member(n, role, 1));
     }
     if let Some(l) = leader {
@@ -140,7 +144,10 @@ fn bootstrap_race_on_an_empty_cluster() {
     let mut l = local(Pg::Stopped);
     l.data = DataDir::Empty;
     let d = run(Some(&c), &l, &policy("n1"));
-    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::StartBootstrap]);
+    assert_eq!(
+        d.actions,
+        vec![Action::AcquireLeader, Action::StartBootstrap]
+    );
     assert_eq!(d.reasons, vec![Reason::ClusterUninitialized]);
 }
 
@@ -222,7 +229,13 @@ fn writes_initialize_when_missing() {
     let mut c = cluster(Some("n1"), "n1");
     c.initialize = None;
     let d = run(Some(&c), &local(primary(1000)), &policy("n1"));
-    assert_eq!(d.actions, vec![Action::WriteInitialize(SYSID.into()), Action::LeaderHousekeeping]);
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::WriteInitialize(SYSID.into()),
+            Action::LeaderHousekeeping
+        ]
+    );
 }
 
 // ---------------------------------------------------------------- leader race
@@ -244,7 +257,10 @@ fn leader_expired_and_another_node_is_ahead_waits() {
     l.peers = vec![peer("n3", false, 1000)];
     let d = run(Some(&c), &l, &policy("n2"));
     assert!(d.actions.is_empty());
-    assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("n3 is ahead")), "{d:?}");
+    assert!(
+        matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("n3 is ahead")),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -256,7 +272,9 @@ fn leader_expired_but_lagging_past_the_limit_does_not_race() {
     });
     let d = run(Some(&c), &local(replica(1000)), &policy("n2"));
     assert!(d.actions.is_empty());
-    assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("maximum_lag_on_failover")));
+    assert!(
+        matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("maximum_lag_on_failover"))
+    );
 }
 
 #[test]
@@ -362,7 +380,10 @@ fn manual_failover_candidate_races_even_when_behind() {
 fn primary_left_running_without_a_leader_takes_the_lock() {
     let c = cluster(None, "n1");
     let d = run(Some(&c), &local(primary(1000)), &policy("n1"));
-    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::LeaderHousekeeping]);
+    assert_eq!(
+        d.actions,
+        vec![Action::AcquireLeader, Action::LeaderHousekeeping]
+    );
 }
 
 // ---------------------------------------------------------------- fencing
@@ -466,12 +487,47 @@ fn former_primary_on_an_old_timeline_rewinds() {
 }
 
 #[test]
-fn demoted_node_marked_for_rewind_rewinds_even_on_the_same_timeline() {
-    let c = cluster(Some("n2"), "n1");
+fn demoted_node_marked_for_rewind_rewinds_once_the_leader_is_on_a_new_timeline() {
+    let mut c = cluster(Some("n2"), "n1");
+    c.members[1].data.timeline = Some(2);
     let mut l = local(Pg::Stopped);
     l.needs_rewind = true;
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(d.actions, vec![Action::StartRewind("n2".into())]);
+}
+
+#[test]
+fn former_primary_waits_while_the_new_leader_still_reports_the_old_timeline() {
+    // The new leader promoted a moment ago and has not published its new timeline yet:
+    // starting as its replica now would follow a forked history.
+    let c = cluster(Some("n2"), "n1");
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Initialized {
+        sysid: Some(SYSID.into()),
+        was_primary: true,
+        crashed: true,
+        timeline: Some(1),
+    };
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert!(d.actions.is_empty(), "{d:?}");
+    assert_eq!(
+        d.reasons,
+        vec![Reason::WaitingForLeaderTimeline("n2".into())]
+    );
+}
+
+#[test]
+fn former_primary_waits_for_the_post_promote_checkpoint() {
+    let mut c = cluster(Some("n2"), "n1");
+    c.members[1].data.timeline = Some(2);
+    c.members[1].data.extra.insert(
+        "checkpoint_after_promote".into(),
+        serde_json::Value::Bool(false),
+    );
+    let mut l = local(Pg::Stopped);
+    l.needs_rewind = true;
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert!(d.actions.is_empty(), "{d:?}");
 }
 
 #[test]
@@ -522,7 +578,10 @@ fn leader_key_from_a_previous_session_is_reattached() {
     let mut c = cluster(Some("n1"), "n1");
     c.leader.as_mut().unwrap().owned_by_us = false;
     let d = run(Some(&c), &local(primary(1000)), &policy("n1"));
-    assert_eq!(d.actions, vec![Action::ReattachLeader, Action::LeaderHousekeeping]);
+    assert_eq!(
+        d.actions,
+        vec![Action::ReattachLeader, Action::LeaderHousekeeping]
+    );
     assert_eq!(d.reasons[0], Reason::LeaderKeyFromPreviousSession);
 }
 
@@ -550,5 +609,8 @@ fn decision_summary_names_actions_and_reasons() {
     let c = cluster(None, "n2");
     let d = run(Some(&c), &local(replica(1000)), &policy("n2"));
     let s = d.summary();
-    assert!(s.contains("acquire leader lock") && s.contains("healthiest"), "{s}");
+    assert!(
+        s.contains("acquire leader lock") && s.contains("healthiest"),
+        "{s}"
+    );
 }

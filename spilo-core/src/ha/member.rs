@@ -5,7 +5,9 @@ use crate::dcs::{codec, tags, MemberData};
 use crate::ha::state::PgStatus;
 
 /// Build the member value from the local config and the observed PostgreSQL.
-pub fn member_data(cfg: &Config, pg: &PgStatus, paused: bool) -> MemberData {
+/// `promoting` adds Patroni's `checkpoint_after_promote: false`, which tells former primaries
+/// not to rewind from us yet.
+pub fn member_data(cfg: &Config, pg: &PgStatus, paused: bool, promoting: bool) -> MemberData {
     let running = pg.running;
     let mut m = MemberData {
         conn_url: format!("postgres://{}/postgres", cfg.postgresql.connect_address),
@@ -17,6 +19,12 @@ pub fn member_data(cfg: &Config, pg: &PgStatus, paused: bool) -> MemberData {
         pause: paused.then_some(true),
         ..MemberData::default()
     };
+    if promoting {
+        m.extra.insert(
+            "checkpoint_after_promote".into(),
+            serde_json::Value::Bool(false),
+        );
+    }
     if running {
         m.timeline = pg.timeline;
         if pg.role == "primary" {

@@ -6,4 +6,6 @@ pub mod member;
 pub mod runner;
 pub mod state;
 
-pub use decide::{decide, Action, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy, Reason};
+pub use decide::{
+    decide, Action, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy, Reason,
+};

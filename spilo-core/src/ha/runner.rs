@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 use crate::api::client;
 use crate::config::{self, Config, DynamicConfig};
 use crate::dcs::{self, decode_cluster, Cas, Cluster, Dcs, HistoryLine, Status};
-use crate::ha::decide::{self, Action, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy};
+use crate::ha::decide::{
+    self, Action, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy,
+};
 use crate::ha::member;
 use crate::ha::state::{DecisionReport, PgStatus, StateTx};
 use crate::postgres::conf::Upstream;
@@ -66,7 +68,13 @@ pub struct Node {
 
 impl Node {
     /// A node ready to run.
-    pub fn new(cfg: Config, dcs: Arc<dyn Dcs>, pg: Arc<Postgres>, state: StateTx, dynamic: DynamicConfig) -> Node {
+    pub fn new(
+        cfg: Config,
+        dcs: Arc<dyn Dcs>,
+        pg: Arc<Postgres>,
+        state: StateTx,
+        dynamic: DynamicConfig,
+    ) -> Node {
         Node {
             cfg,
             dcs,
@@ -110,7 +118,10 @@ impl Node {
             primary_start_timeout: Duration::from_secs(self.dynamic.primary_start_timeout),
             check_timeline: self.dynamic.check_timeline,
             use_pg_rewind: self.dynamic.postgresql.use_pg_rewind,
-            remove_data_directory_on_rewind_failure: self.cfg.postgresql.remove_data_directory_on_rewind_failure,
+            remove_data_directory_on_rewind_failure: self
+                .cfg
+                .postgresql
+                .remove_data_directory_on_rewind_failure,
             failover_priority: dcs::tags::failover_priority(&self.cfg.tags),
             paused: self.dynamic.pause,
         }
@@ -128,7 +139,8 @@ impl Node {
                 return exit;
             }
             self.phase = "wait";
-            let wait = Duration::from_secs(self.dynamic.loop_wait).saturating_sub(cycle_start.elapsed());
+            let wait =
+                Duration::from_secs(self.dynamic.loop_wait).saturating_sub(cycle_start.elapsed());
             tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutdown requested");
@@ -170,7 +182,8 @@ impl Node {
                     // The same lease, renewed: the leader key bound to it stands. Tell the
                     // lease guard now rather than at the end of the cycle.
                     self.lease_renewed_at = Some(keep_sent);
-                    self.state.send_modify(|s| Arc::make_mut(s).leader_renewed_at = Some(keep_sent));
+                    self.state
+                        .send_modify(|s| Arc::make_mut(s).leader_renewed_at = Some(keep_sent));
                 }
                 true
             }
@@ -230,7 +243,9 @@ impl Node {
 
         self.phase = "query peers";
         let peers = match (&cluster, &pg_view) {
-            (Some(c), Pg::Running { primary: false, .. }) if c.leader.is_none() && self.job.is_none() => {
+            (Some(c), Pg::Running { primary: false, .. })
+                if c.leader.is_none() && self.job.is_none() =>
+            {
                 let others: Vec<(String, String)> = c
                     .members
                     .iter()
@@ -253,12 +268,17 @@ impl Node {
             rewind_failed: self.rewind_failed,
             down_since: self.down_since,
             peers,
-            lease_renewed_at: self.lease_renewed_at.map(|t| t.duration_since(self.started)),
+            lease_renewed_at: self
+                .lease_renewed_at
+                .map(|t| t.duration_since(self.started)),
         };
         let decision = decide::decide(cluster.as_ref(), &local, &self.policy(), now);
         let summary = decision.summary();
         if summary != self.last_summary {
-            tracing::info!("{}{summary}", if self.dynamic.pause { "PAUSE: " } else { "" });
+            tracing::info!(
+                "{}{summary}",
+                if self.dynamic.pause { "PAUSE: " } else { "" }
+            );
             self.last_summary = summary;
         } else {
             tracing::debug!("{summary}");
@@ -266,7 +286,9 @@ impl Node {
 
         // ---- act
         self.phase = "act";
-        let fatal = self.execute(&decision, cluster.as_ref(), &local, keep_sent).await;
+        let fatal = self
+            .execute(&decision, cluster.as_ref(), &local, keep_sent)
+            .await;
 
         // Refresh PostgreSQL's view if the actions changed it, so the member key is current.
         if !decision.actions.is_empty() {
@@ -277,7 +299,12 @@ impl Node {
         // ---- publish
         self.phase = "publish";
         if session_ok {
-            let m = member::member_data(&self.cfg, &pgstat, self.dynamic.pause);
+            let promoting = self
+                .job
+                .as_ref()
+                .map(|j| j.kind == JobKind::Promote)
+                .unwrap_or(false);
+            let m = member::member_data(&self.cfg, &pgstat, self.dynamic.pause, promoting);
             let bytes = member::encode(&m);
             if self.last_member.as_deref() != Some(&bytes[..]) {
                 match self.dcs.put_member(&bytes).await {
@@ -312,7 +339,8 @@ impl Node {
     }
 
     fn apply_dynamic(&mut self, c: &Cluster) {
-        let (dynamic, warnings) = config::effective_dynamic(c.config.as_ref().map(|v| &v.value), &self.cfg);
+        let (dynamic, warnings) =
+            config::effective_dynamic(c.config.as_ref().map(|v| &v.value), &self.cfg);
         if dynamic != self.dynamic {
             for w in warnings {
                 tracing::warn!("{w}");
@@ -325,7 +353,11 @@ impl Node {
     }
 
     async fn reap_job(&mut self) {
-        let finished = self.job.as_ref().map(|j| j.handle.is_finished()).unwrap_or(false);
+        let finished = self
+            .job
+            .as_ref()
+            .map(|j| j.handle.is_finished())
+            .unwrap_or(false);
         if !finished {
             return;
         }
@@ -403,12 +435,17 @@ impl Node {
         } else if initialized && self.job.is_none() {
             match self.pg.controldata().await {
                 Ok(cd) => {
-                    let state = cd.get("Database cluster state").cloned().unwrap_or_default();
+                    let state = cd
+                        .get("Database cluster state")
+                        .cloned()
+                        .unwrap_or_default();
                     data = DataDir::Initialized {
                         sysid: cd.get("Database system identifier").cloned(),
                         was_primary: state == "in production" || state == "shut down",
                         crashed: state == "in production" || state.contains("crash"),
-                        timeline: cd.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()),
+                        timeline: cd
+                            .get("Latest checkpoint's TimeLineID")
+                            .and_then(|t| t.parse().ok()),
                     };
                 }
                 Err(e) => tracing::warn!(error = %e, "pg_controldata failed"),
@@ -423,7 +460,9 @@ impl Node {
         if st.role.is_empty() {
             st.role = match &data {
                 DataDir::Empty => "uninitialized".into(),
-                DataDir::Initialized { was_primary: true, .. } if !running => "demoted".into(),
+                DataDir::Initialized {
+                    was_primary: true, ..
+                } if !running => "demoted".into(),
                 _ => "replica".into(),
             };
         }
@@ -431,7 +470,13 @@ impl Node {
     }
 
     /// Execute the plan. Returns a fatal message when the daemon must stop.
-    async fn execute(&mut self, d: &Decision, cluster: Option<&Cluster>, local: &LocalView, keep_sent: Instant) -> Option<String> {
+    async fn execute(
+        &mut self,
+        d: &Decision,
+        cluster: Option<&Cluster>,
+        local: &LocalView,
+        keep_sent: Instant,
+    ) -> Option<String> {
         for a in &d.actions {
             let ok = match a {
                 Action::AcquireLeader => match self.dcs.acquire_leader().await {
@@ -492,13 +537,15 @@ impl Node {
                     true
                 }
                 Action::Demote(mode) => self.demote(*mode).await,
-                Action::WriteInitialize(id) => match self.dcs.put("initialize", id.as_bytes(), Cas::Any).await {
-                    Ok(_) => true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not write initialize");
-                        false
+                Action::WriteInitialize(id) => {
+                    match self.dcs.put("initialize", id.as_bytes(), Cas::Any).await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not write initialize");
+                            false
+                        }
                     }
-                },
+                }
                 Action::LeaderHousekeeping => {
                     self.leader_housekeeping(cluster).await;
                     true
@@ -519,7 +566,13 @@ impl Node {
         Some(Upstream {
             host,
             port,
-            user: self.cfg.postgresql.authentication.replication.username.clone(),
+            user: self
+                .cfg
+                .postgresql
+                .authentication
+                .replication
+                .username
+                .clone(),
             slot: self
                 .dynamic
                 .postgresql
@@ -543,7 +596,12 @@ impl Node {
 
     fn write_conf(&self, standby: bool, upstream: Option<&Upstream>) -> Result<(), String> {
         self.pg
-            .write_config(&self.dynamic.postgresql.parameters, &self.hba(), standby, upstream)
+            .write_config(
+                &self.dynamic.postgresql.parameters,
+                &self.hba(),
+                standby,
+                upstream,
+            )
             .map_err(|e| e.to_string())
     }
 
@@ -577,7 +635,13 @@ impl Node {
         let hba = self.hba();
         let repl = self.cfg.postgresql.authentication.replication.clone();
         let rewind = self.cfg.postgresql.authentication.rewind.clone();
-        let su = self.cfg.postgresql.authentication.superuser.username.clone();
+        let su = self
+            .cfg
+            .postgresql
+            .authentication
+            .superuser
+            .username
+            .clone();
         let timeout = self.retry() * 3;
         self.spawn_job(JobKind::Bootstrap, "initializing new cluster", async move {
             if !pg.data_dir_empty() {
@@ -617,8 +681,11 @@ impl Node {
         let hba = self.hba();
         let from = from.to_string();
         self.spawn_job(JobKind::Clone, "creating replica", async move {
-            pg.basebackup(&up.host, up.port).await.map_err(|e| e.to_string())?;
-            pg.write_config(&params, &hba, true, Some(&up)).map_err(|e| e.to_string())?;
+            pg.basebackup(&up.host, up.port)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.write_config(&params, &hba, true, Some(&up))
+                .map_err(|e| e.to_string())?;
             pg.start().await.map_err(|e| e.to_string())?;
             Ok(JobDone {
                 upstream: Some(Some(from)),
@@ -641,20 +708,27 @@ impl Node {
         let leader = leader.to_string();
         self.spawn_job(JobKind::Rewind, "starting", async move {
             if use_rewind {
-                pg.write_config(&params, &hba, false, None).map_err(|e| e.to_string())?;
+                pg.write_config(&params, &hba, false, None)
+                    .map_err(|e| e.to_string())?;
                 if crashed {
                     tracing::info!("running crash recovery in single-user mode before pg_rewind");
                     pg.single_user_recovery().await.map_err(|e| e.to_string())?;
                 }
-                let out = pg.rewind(&up.host, up.port).await.map_err(|e| e.to_string())?;
+                let out = pg
+                    .rewind(&up.host, up.port)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tracing::info!("pg_rewind: {}", out.lines().last().unwrap_or("done"));
             } else if recopy {
                 tracing::warn!("use_pg_rewind is off: copying the data directory again");
-                pg.basebackup(&up.host, up.port).await.map_err(|e| e.to_string())?;
+                pg.basebackup(&up.host, up.port)
+                    .await
+                    .map_err(|e| e.to_string())?;
             } else {
                 tracing::warn!("use_pg_rewind is off: starting as a replica without rewinding");
             }
-            pg.write_config(&params, &hba, true, Some(&up)).map_err(|e| e.to_string())?;
+            pg.write_config(&params, &hba, true, Some(&up))
+                .map_err(|e| e.to_string())?;
             pg.start().await.map_err(|e| e.to_string())?;
             Ok(JobDone {
                 upstream: Some(Some(leader)),
@@ -675,7 +749,9 @@ impl Node {
         let pg = self.pg.clone();
         self.spawn_job(JobKind::Start, "starting", async move {
             pg.start().await.map_err(|e| e.to_string())?;
-            Ok(JobDone { upstream: replica_of.or(Some(None)) })
+            Ok(JobDone {
+                upstream: replica_of.or(Some(None)),
+            })
         });
     }
 
@@ -683,11 +759,20 @@ impl Node {
         let pg = self.pg.clone();
         let params = self.dynamic.postgresql.parameters.clone();
         let hba = self.hba();
+        let timeout = self.pg.s.ctl_timeout;
         self.spawn_job(JobKind::Promote, "running", async move {
             pg.promote().await.map_err(|e| e.to_string())?;
+            // Until this checkpoint, pg_control still names the old timeline, and a former
+            // primary rewinding from us would find nothing to rewind.
+            pg.execute("CHECKPOINT", timeout)
+                .await
+                .map_err(|e| e.to_string())?;
             // Drop primary_conninfo from the files so a later restart comes up as primary.
-            pg.write_config(&params, &hba, false, None).map_err(|e| e.to_string())?;
-            Ok(JobDone { upstream: Some(None) })
+            pg.write_config(&params, &hba, false, None)
+                .map_err(|e| e.to_string())?;
+            Ok(JobDone {
+                upstream: Some(None),
+            })
         });
     }
 
@@ -701,7 +786,11 @@ impl Node {
             tracing::error!("cannot write the PostgreSQL configuration: {e}");
             return false;
         }
-        match self.pg.execute("SELECT pg_reload_conf()", self.retry()).await {
+        match self
+            .pg
+            .execute("SELECT pg_reload_conf()", self.retry())
+            .await
+        {
             Ok(()) => {
                 tracing::info!("following {}", name.as_deref().unwrap_or("nobody"));
                 self.upstream = Some(name);
@@ -754,7 +843,11 @@ impl Node {
         if let Some(tl) = pgs.timeline {
             if tl > 1 && self.history_written_for != Some(tl) && c.timeline() != tl {
                 match self.read_history(tl) {
-                    Ok(h) => match self.dcs.put("history", &dcs::codec::encode_history(&h), Cas::Any).await {
+                    Ok(h) => match self
+                        .dcs
+                        .put("history", &dcs::codec::encode_history(&h), Cas::Any)
+                        .await
+                    {
                         Ok(_) => self.history_written_for = Some(tl),
                         Err(e) => tracing::warn!(error = %e, "could not write history"),
                     },
@@ -776,7 +869,10 @@ impl Node {
                     Ok(existing) => {
                         let mut ok = true;
                         for s in wanted.iter().filter(|s| !existing.contains(s)) {
-                            let sql = format!("SELECT pg_create_physical_replication_slot({})", quote_literal(s));
+                            let sql = format!(
+                                "SELECT pg_create_physical_replication_slot({})",
+                                quote_literal(s)
+                            );
                             if let Err(e) = self.pg.execute(&sql, self.retry()).await {
                                 tracing::warn!(error = %e, slot = %s, "could not create slot");
                                 ok = false;
@@ -794,8 +890,14 @@ impl Node {
 
     /// The `history` key from `pg_wal/<tl>.history`.
     fn read_history(&self, tl: u64) -> Result<Vec<HistoryLine>, String> {
-        let path = self.pg.s.data_dir.join("pg_wal").join(format!("{tl:08X}.history"));
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let path = self
+            .pg
+            .s
+            .data_dir
+            .join("pg_wal")
+            .join(format!("{tl:08X}.history"));
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mtime = std::fs::metadata(&path)
             .and_then(|m| m.modified())
             .map(|t| chrono::DateTime::<chrono::Local>::from(t).to_rfc3339())
@@ -803,8 +905,12 @@ impl Node {
         let mut out = Vec::new();
         for line in text.lines() {
             let mut parts = line.split('\t');
-            let (Some(t), Some(lsn)) = (parts.next(), parts.next()) else { continue };
-            let (Ok(t), Some(lsn)) = (t.trim().parse::<u64>(), dcs::codec::parse_lsn(lsn)) else { continue };
+            let (Some(t), Some(lsn)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let (Ok(t), Some(lsn)) = (t.trim().parse::<u64>(), dcs::codec::parse_lsn(lsn)) else {
+                continue;
+            };
             out.push(HistoryLine {
                 timeline: t,
                 lsn,
@@ -837,17 +943,29 @@ impl Node {
         }
         if was_leader {
             if let Ok(cd) = self.pg.controldata().await {
-                let lsn = cd.get("Latest checkpoint location").and_then(|s| dcs::codec::parse_lsn(s));
+                let lsn = cd
+                    .get("Latest checkpoint location")
+                    .and_then(|s| dcs::codec::parse_lsn(s));
                 if let Some(lsn) = lsn {
                     let status = Status {
                         optime: Some(lsn),
                         ..Status::default()
                     };
-                    let _ = self.dcs.put("status", &dcs::codec::to_compact_json(&status), Cas::Any).await;
+                    let _ = self
+                        .dcs
+                        .put("status", &dcs::codec::to_compact_json(&status), Cas::Any)
+                        .await;
                 }
             }
-            let streaming = st.replication.iter().filter(|r| r.state == "streaming").count();
-            tracing::info!(streaming_replicas = streaming, "releasing the leader lock after the shutdown checkpoint");
+            let streaming = st
+                .replication
+                .iter()
+                .filter(|r| r.state == "streaming")
+                .count();
+            tracing::info!(
+                streaming_replicas = streaming,
+                "releasing the leader lock after the shutdown checkpoint"
+            );
             let _ = self.dcs.release_leader().await;
         }
         if let Err(e) = self.dcs.close().await {
@@ -857,4 +975,3 @@ impl Node {
         Exit::Shutdown
     }
 }
-

@@ -65,7 +65,14 @@ pub struct Upstream {
 }
 
 /// A libpq connection string without any password (the passfile supplies it).
-pub fn conninfo(host: &str, port: u16, user: &str, dbname: Option<&str>, passfile: &Path, application_name: &str) -> String {
+pub fn conninfo(
+    host: &str,
+    port: u16,
+    user: &str,
+    dbname: Option<&str>,
+    passfile: &Path,
+    application_name: &str,
+) -> String {
     let mut s = format!(
         "host={} port={} user={} passfile={} application_name={} connect_timeout=3",
         quote_conninfo(host),
@@ -107,7 +114,10 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
          # configuration (postgresql.parameters) or the DCS (spiloctl / PATCH /config).\n\
          include_if_exists 'postgresql.base.conf'\n",
     );
-    let mut params: BTreeMap<String, String> = DEFAULTS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut params: BTreeMap<String, String> = DEFAULTS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     for (k, v) in i.parameters {
         if MANAGED.contains(&k.as_str()) {
             continue;
@@ -115,10 +125,16 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
         params.insert(k.clone(), guc_value(v));
     }
     // A replica needs hot_standby for reads and replica-level WAL for everything spilo does.
-    if params.get("wal_level").map(|v| v.trim_matches('\'') == "minimal").unwrap_or(false) {
+    if params
+        .get("wal_level")
+        .map(|v| v.trim_matches('\'') == "minimal")
+        .unwrap_or(false)
+    {
         params.insert("wal_level".into(), "replica".into());
     }
-    params.entry("cluster_name".into()).or_insert_with(|| quote_conf(i.cluster_name));
+    params
+        .entry("cluster_name".into())
+        .or_insert_with(|| quote_conf(i.cluster_name));
     params
         .entry("unix_socket_directories".into())
         .or_insert_with(|| quote_conf(i.socket_dir));
@@ -127,7 +143,9 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
     if let Some(up) = i.upstream {
         params.insert(
             "primary_conninfo".into(),
-            quote_conf(&conninfo(&up.host, up.port, &up.user, None, i.passfile, i.member)),
+            quote_conf(&conninfo(
+                &up.host, up.port, &up.user, None, i.passfile, i.member,
+            )),
         );
         if let Some(slot) = &up.slot {
             params.insert("primary_slot_name".into(), quote_conf(slot));
@@ -145,7 +163,9 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
 /// Render `pg_hba.conf` from the configured lines, adding local replication and superuser
 /// access over the unix socket when the configuration has no `local` line of its own.
 pub fn render_pg_hba(lines: &[String]) -> String {
-    let mut out = String::from("# Written by spilo; edits here are lost. Configure postgresql.pg_hba instead.\n");
+    let mut out = String::from(
+        "# Written by spilo; edits here are lost. Configure postgresql.pg_hba instead.\n",
+    );
     for l in lines {
         out.push_str(l.trim());
         out.push('\n');
@@ -166,7 +186,11 @@ pub fn render_pgpass(roles: &[(&str, Option<&str>)]) -> String {
     let mut out = String::new();
     for (user, pw) in roles {
         if let Some(pw) = pw {
-            out.push_str(&format!("*:*:*:{}:{}\n", pgpass_field(user), pgpass_field(pw)));
+            out.push_str(&format!(
+                "*:*:*:{}:{}\n",
+                pgpass_field(user),
+                pgpass_field(pw)
+            ));
         }
     }
     out
@@ -182,7 +206,16 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
 /// initdb arguments from `bootstrap.initdb` (`data-checksums` or `{encoding: UTF8}`);
 /// options spilo sets itself are refused.
 pub fn initdb_args(opts: &[Value]) -> Result<Vec<String>, String> {
-    const FORBIDDEN: &[&str] = &["pgdata", "nosync", "pwfile", "sync-only", "version", "username", "D", "U"];
+    const FORBIDDEN: &[&str] = &[
+        "pgdata",
+        "nosync",
+        "pwfile",
+        "sync-only",
+        "version",
+        "username",
+        "D",
+        "U",
+    ];
     let mut args = Vec::new();
     for o in opts {
         match o {
@@ -256,15 +289,22 @@ mod tests {
 
     #[test]
     fn initdb_options() {
-        let v: Vec<Value> = serde_json::from_str(r#"["data-checksums", {"encoding": "UTF8"}]"#).unwrap();
-        assert_eq!(initdb_args(&v).unwrap(), vec!["--data-checksums", "--encoding=UTF8"]);
+        let v: Vec<Value> =
+            serde_json::from_str(r#"["data-checksums", {"encoding": "UTF8"}]"#).unwrap();
+        assert_eq!(
+            initdb_args(&v).unwrap(),
+            vec!["--data-checksums", "--encoding=UTF8"]
+        );
         let bad: Vec<Value> = serde_json::from_str(r#"["pwfile"]"#).unwrap();
         assert!(initdb_args(&bad).unwrap_err().contains("pwfile"));
     }
 
     #[test]
     fn host_port() {
-        assert_eq!(split_host_port("127.0.0.1:5432"), Some(("127.0.0.1".into(), 5432)));
+        assert_eq!(
+            split_host_port("127.0.0.1:5432"),
+            Some(("127.0.0.1".into(), 5432))
+        );
         assert_eq!(split_host_port("[::1]:5432"), Some(("::1".into(), 5432)));
         assert_eq!(split_host_port("nope"), None);
     }

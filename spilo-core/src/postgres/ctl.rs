@@ -110,7 +110,8 @@ impl Postgres {
 
     /// True when the data directory holds a cluster (`PG_VERSION` exists).
     pub fn data_dir_initialized(&self) -> bool {
-        self.s.data_dir.join("PG_VERSION").exists() && self.s.data_dir.join("global/pg_control").exists()
+        self.s.data_dir.join("PG_VERSION").exists()
+            && self.s.data_dir.join("global/pg_control").exists()
     }
 
     /// True when the data directory is missing or empty.
@@ -129,7 +130,8 @@ impl Postgres {
             return None;
         }
         // SAFETY: kill with signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !alive {
             return None;
         }
@@ -143,7 +145,13 @@ impl Postgres {
     }
 
     /// Run a program with a deadline, capturing its output.
-    async fn run(&self, prog: &str, args: &[String], timeout: Duration, stdin_null: bool) -> Result<String, PgError> {
+    async fn run(
+        &self,
+        prog: &str,
+        args: &[String],
+        timeout: Duration,
+        stdin_null: bool,
+    ) -> Result<String, PgError> {
         let mut cmd = Command::new(self.bin(prog));
         cmd.args(args)
             .env("PGPASSFILE", &self.s.pgpass)
@@ -173,7 +181,11 @@ impl Postgres {
                 })
             }
         };
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if out.status.success() {
             Ok(text)
         } else {
@@ -207,7 +219,10 @@ impl Postgres {
     pub fn write_pgpass(&self) -> Result<(), PgError> {
         let mut roles = vec![
             (self.s.superuser.0.as_str(), self.s.superuser.1.as_deref()),
-            (self.s.replication.0.as_str(), self.s.replication.1.as_deref()),
+            (
+                self.s.replication.0.as_str(),
+                self.s.replication.1.as_deref(),
+            ),
         ];
         if let Some(r) = &self.s.rewind {
             roles.push((r.0.as_str(), r.1.as_deref()));
@@ -262,7 +277,10 @@ impl Postgres {
     /// `initdb` with the superuser password from a temporary `--pwfile`.
     pub async fn initdb(&self, extra: &[String]) -> Result<(), PgError> {
         let pwfile = self.s.data_dir.with_extension("pwfile");
-        write_private(&pwfile, self.s.superuser.1.clone().unwrap_or_default().as_bytes())?;
+        write_private(
+            &pwfile,
+            self.s.superuser.1.clone().unwrap_or_default().as_bytes(),
+        )?;
         let mut args = vec![
             "-D".to_string(),
             self.s.data_dir.display().to_string(),
@@ -270,7 +288,9 @@ impl Postgres {
             format!("--pwfile={}", pwfile.display()),
         ];
         args.extend_from_slice(extra);
-        let res = self.run("initdb", &args, Duration::from_secs(300), true).await;
+        let res = self
+            .run("initdb", &args, Duration::from_secs(300), true)
+            .await;
         let _ = std::fs::remove_file(&pwfile);
         res.map(|_| ())
     }
@@ -292,9 +312,14 @@ impl Postgres {
             "-l".into(),
             self.log_file().display().to_string(),
         ];
-        self.run("pg_ctl", &args, self.s.ctl_timeout + Duration::from_secs(5), true)
-            .await
-            .map(|_| ())
+        self.run(
+            "pg_ctl",
+            &args,
+            self.s.ctl_timeout + Duration::from_secs(5),
+            true,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// `pg_ctl stop`.
@@ -317,7 +342,15 @@ impl Postgres {
             "-D".into(),
             self.s.data_dir.display().to_string(),
         ];
-        match self.run("pg_ctl", &args, self.s.ctl_timeout + Duration::from_secs(5), true).await {
+        match self
+            .run(
+                "pg_ctl",
+                &args,
+                self.s.ctl_timeout + Duration::from_secs(5),
+                true,
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if self.postmaster_pid().is_none() => {
                 tracing::debug!(error = %e, "pg_ctl stop reported an error but PostgreSQL is down");
@@ -347,9 +380,14 @@ impl Postgres {
             "-D".into(),
             self.s.data_dir.display().to_string(),
         ];
-        self.run("pg_ctl", &args, self.s.ctl_timeout + Duration::from_secs(5), true)
-            .await
-            .map(|_| ())
+        self.run(
+            "pg_ctl",
+            &args,
+            self.s.ctl_timeout + Duration::from_secs(5),
+            true,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Remove the data directory (after moving nothing aside: callers decide).
@@ -366,7 +404,14 @@ impl Postgres {
         if !self.data_dir_empty() {
             self.remove_data_dir()?;
         }
-        let conninfo = conf::conninfo(host, port, &self.s.replication.0, None, &self.s.pgpass, &self.s.name);
+        let conninfo = conf::conninfo(
+            host,
+            port,
+            &self.s.replication.0,
+            None,
+            &self.s.pgpass,
+            &self.s.name,
+        );
         self.write_pgpass()?;
         let args = vec![
             "-D".into(),
@@ -379,7 +424,9 @@ impl Postgres {
             "-d".into(),
             conninfo,
         ];
-        let res = self.run("pg_basebackup", &args, Duration::from_secs(3600), true).await;
+        let res = self
+            .run("pg_basebackup", &args, Duration::from_secs(3600), true)
+            .await;
         if res.is_err() {
             let _ = self.remove_data_dir();
         }
@@ -398,21 +445,35 @@ impl Postgres {
             "hot_standby=off".into(),
             "postgres".into(),
         ];
-        self.run("postgres", &args, Duration::from_secs(600), true).await.map(|_| ())
+        self.run("postgres", &args, Duration::from_secs(600), true)
+            .await
+            .map(|_| ())
     }
 
     /// `pg_rewind` against the upstream.
     pub async fn rewind(&self, host: &str, port: u16) -> Result<String, PgError> {
-        let (user, _) = self.s.rewind.clone().unwrap_or_else(|| self.s.superuser.clone());
+        let (user, _) = self
+            .s
+            .rewind
+            .clone()
+            .unwrap_or_else(|| self.s.superuser.clone());
         self.write_pgpass()?;
-        let conninfo = conf::conninfo(host, port, &user, Some("postgres"), &self.s.pgpass, &self.s.name);
+        let conninfo = conf::conninfo(
+            host,
+            port,
+            &user,
+            Some("postgres"),
+            &self.s.pgpass,
+            &self.s.name,
+        );
         let args = vec![
             "-D".into(),
             self.s.data_dir.display().to_string(),
             format!("--source-server={conninfo}"),
             "--no-sync".into(),
         ];
-        self.run("pg_rewind", &args, Duration::from_secs(3600), true).await
+        self.run("pg_rewind", &args, Duration::from_secs(3600), true)
+            .await
     }
 }
 

@@ -7,4 +7,4 @@ pub mod conf;
 pub mod ctl;
 pub mod query;
 
-pub use ctl::{PgError, Postgres, PgSettings, StopMode};
+pub use ctl::{PgError, PgSettings, Postgres, StopMode};

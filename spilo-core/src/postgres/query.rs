@@ -25,7 +25,8 @@ const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), \
              (SELECT min_recovery_end_timeline::bigint FROM pg_control_recovery())), \
     (SELECT system_identifier::text FROM pg_control_system())";
 
-const REPLICATION_SQL: &str = "SELECT usename::text, application_name, client_addr::text, state, sync_state, \
+const REPLICATION_SQL: &str =
+    "SELECT usename::text, application_name, client_addr::text, state, sync_state, \
     sync_priority::bigint, (flush_lsn - '0/0')::bigint FROM pg_stat_replication";
 
 fn qerr(e: impl std::fmt::Display) -> PgError {
@@ -33,7 +34,10 @@ fn qerr(e: impl std::fmt::Display) -> PgError {
 }
 
 impl Postgres {
-    async fn client(&self, timeout: Duration) -> Result<tokio::sync::MutexGuard<'_, Option<tokio_postgres::Client>>, PgError> {
+    async fn client(
+        &self,
+        timeout: Duration,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<tokio_postgres::Client>>, PgError> {
         let mut guard = self.client.lock().await;
         let usable = guard.as_ref().map(|c| !c.is_closed()).unwrap_or(false);
         if !usable {
@@ -66,13 +70,24 @@ impl Postgres {
     pub async fn query_status(&self, timeout: Duration) -> Result<PgStatus, PgError> {
         let fut = async {
             let guard = self.client(timeout).await?;
-            let c = guard.as_ref().ok_or_else(|| PgError::Query("no connection".into()))?;
+            let c = guard
+                .as_ref()
+                .ok_or_else(|| PgError::Query("no connection".into()))?;
             let r = c.query_one(STATUS_SQL, &[]).await.map_err(qerr)?;
             let in_recovery: bool = r.try_get(0).map_err(qerr)?;
-            let u = |i: usize| -> Option<u64> { r.try_get::<_, Option<i64>>(i).ok().flatten().map(|v| v as u64) };
+            let u = |i: usize| -> Option<u64> {
+                r.try_get::<_, Option<i64>>(i)
+                    .ok()
+                    .flatten()
+                    .map(|v| v as u64)
+            };
             let mut st = PgStatus {
                 running: true,
-                role: if in_recovery { "replica".into() } else { "primary".into() },
+                role: if in_recovery {
+                    "replica".into()
+                } else {
+                    "primary".into()
+                },
                 server_version: r.try_get::<_, Option<i32>>(1).ok().flatten().map(i64::from),
                 postmaster_start_time: r.try_get(2).ok().flatten(),
                 wal_flush: u(3),
@@ -98,13 +113,33 @@ impl Postgres {
                 st.replication = rows
                     .iter()
                     .map(|row| ReplicationRow {
-                        usename: row.try_get::<_, Option<String>>(0).ok().flatten().unwrap_or_default(),
-                        application_name: row.try_get::<_, Option<String>>(1).ok().flatten().unwrap_or_default(),
+                        usename: row
+                            .try_get::<_, Option<String>>(0)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
+                        application_name: row
+                            .try_get::<_, Option<String>>(1)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
                         client_addr: row.try_get(2).ok().flatten(),
-                        state: row.try_get::<_, Option<String>>(3).ok().flatten().unwrap_or_default(),
-                        sync_state: row.try_get::<_, Option<String>>(4).ok().flatten().unwrap_or_default(),
+                        state: row
+                            .try_get::<_, Option<String>>(3)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
+                        sync_state: row
+                            .try_get::<_, Option<String>>(4)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
                         sync_priority: row.try_get::<_, Option<i64>>(5).ok().flatten().unwrap_or(0),
-                        flush_lsn: row.try_get::<_, Option<i64>>(6).ok().flatten().map(|v| v as u64),
+                        flush_lsn: row
+                            .try_get::<_, Option<i64>>(6)
+                            .ok()
+                            .flatten()
+                            .map(|v| v as u64),
                     })
                     .collect();
             }
@@ -118,7 +153,9 @@ impl Postgres {
             }
             Err(_) => {
                 *self.client.lock().await = None;
-                Err(PgError::Query(format!("status query timed out after {timeout:?}")))
+                Err(PgError::Query(format!(
+                    "status query timed out after {timeout:?}"
+                )))
             }
         }
     }
@@ -127,7 +164,9 @@ impl Postgres {
     pub async fn execute(&self, sql: &str, timeout: Duration) -> Result<(), PgError> {
         let fut = async {
             let guard = self.client(timeout).await?;
-            let c = guard.as_ref().ok_or_else(|| PgError::Query("no connection".into()))?;
+            let c = guard
+                .as_ref()
+                .ok_or_else(|| PgError::Query("no connection".into()))?;
             c.batch_execute(sql).await.map_err(qerr)
         };
         tokio::time::timeout(timeout, fut)
@@ -139,12 +178,21 @@ impl Postgres {
     pub async fn physical_slots(&self, timeout: Duration) -> Result<Vec<String>, PgError> {
         let fut = async {
             let guard = self.client(timeout).await?;
-            let c = guard.as_ref().ok_or_else(|| PgError::Query("no connection".into()))?;
+            let c = guard
+                .as_ref()
+                .ok_or_else(|| PgError::Query("no connection".into()))?;
             let rows = c
-                .query("SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
+                .query(
+                    "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'",
+                    &[],
+                )
                 .await
                 .map_err(qerr)?;
-            Ok::<_, PgError>(rows.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).collect())
+            Ok::<_, PgError>(
+                rows.iter()
+                    .filter_map(|r| r.try_get::<_, String>(0).ok())
+                    .collect(),
+            )
         };
         tokio::time::timeout(timeout, fut)
             .await
