@@ -139,12 +139,12 @@ trap cleanup EXIT
 say "etcd on 127.0.0.1:$ETCD_PORT"
 # sh writes its pid, then execs etcd: the pid file holds etcd's pid.
 # shellcheck disable=SC2016
-setsid sh -c 'echo $$ > "$0/etcd.pid"; exec "$@"' "$WORK" /usr/bin/etcd \
+setsid -f sh -c 'echo $$ > "$0/etcd.pid"; exec "$@"' "$WORK" /usr/bin/etcd \
   --name demo --data-dir "$WORK/etcd" \
   --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
   --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
   --initial-cluster "demo=http://127.0.0.1:$ETCD_PEER" --logger zap --log-outputs stderr \
-  >"$WORK/etcd.log" 2>&1 < /dev/null &
+  >"$WORK/etcd.log" 2>&1 < /dev/null
 wait_until 10 "etcd's pid file" test -s "$WORK/etcd.pid"
 ETCD_PID=$(cat "$WORK/etcd.pid")
 wait_until 30 "etcd to be healthy" curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
@@ -209,9 +209,9 @@ start_node() {
   chown postgres:postgres "${DIR[$n]}/spilo.log"
   rm -f "${DIR[$n]}/spilo.pid"
   # shellcheck disable=SC2016
-  (cd "${DIR[$n]}" && HOME="${DIR[$n]}" setsid setpriv --reuid=postgres --regid=postgres --init-groups \
+  (cd "${DIR[$n]}" && HOME="${DIR[$n]}" NO_COLOR=1 setsid -f setpriv --reuid=postgres --regid=postgres --init-groups \
     sh -c 'echo $$ > "$0/spilo.pid"; exec "$@"' "${DIR[$n]}" "$BIN/spilo" "${DIR[$n]}/spilo.yml" \
-    >>"${DIR[$n]}/spilo.log" 2>&1 < /dev/null &)
+    >>"${DIR[$n]}/spilo.log" 2>&1 < /dev/null)
   wait_until 10 "$n's pid file" test -s "${DIR[$n]}/spilo.pid"
   info "$n: spilo pid $(daemon_pid "$n"), REST 127.0.0.1:${API[$n]}, PostgreSQL 127.0.0.1:${PG[$n]}, log ${DIR[$n]}/spilo.log"
 }
@@ -278,9 +278,22 @@ psql_on "$NEW" -c "INSERT INTO demo (msg) VALUES ('written on $NEW after the fai
 
 say "Restarting $OLD"
 start_node "$OLD"
-rejoined() { is_role "$OLD" replica && [ "$(field "$OLD" timeline)" = "$NEW_TL" ]; }
-wait_until 180 "$OLD back as a replica on timeline $NEW_TL" rejoined
-info "$OLD is a replica on timeline $NEW_TL"
+rejoined() {
+  is_role "$OLD" replica && [ "$(field "$OLD" timeline)" = "$NEW_TL" ] &&
+    [ "$(psql_on "$OLD" -tAc "SELECT status FROM pg_stat_wal_receiver")" = "streaming" ]
+}
+wait_until 180 "$OLD back as a replica streaming on timeline $NEW_TL" rejoined
+has_rows() { [ "$(psql_on "$1" -tAc "SELECT count(*) FROM demo" 2>/dev/null)" -ge "$2" ] 2>/dev/null; }
+wait_until 60 "the new row on $OLD" has_rows "$OLD" 2
+info "$OLD streams from $NEW on timeline $NEW_TL; its copy of the table:"
+psql_on "$OLD" -c "SELECT * FROM demo ORDER BY id"
+# The member keys in the DCS catch up within an HA cycle or two.
+listed_streaming() {
+  [ "$(ctl list --format json | jq -r --arg m "$OLD" '.[] | select(.Member == $m) | .State')" = "streaming" ]
+}
+deadline=$((SECONDS + 30))
+until listed_streaming 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; do sleep 1; done
+listed_streaming 2>/dev/null || info "(note: spiloctl does not show $OLD as streaming yet)"
 ctl list
 
 if [ "$KEEP" -eq 1 ]; then

@@ -10,9 +10,37 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago and that this process has not handed
-/// out before (the kernel picks it: bind to port 0, read it, close).
+/// out before. Ports come from 10000–29999, below Linux's ephemeral range (32768+), so that an
+/// outgoing connection cannot take one between this call and the server's bind.
 pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    static STATE: Mutex<u64> = Mutex::new(0);
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = {
+            let mut x = STATE.lock().unwrap_or_else(|e| e.into_inner());
+            if *x == 0 {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1);
+                *x = t ^ (u64::from(std::process::id()) << 32) | 1;
+            }
+            // xorshift64
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            10_000 + (*x % 20_000) as u16
+        };
+        if handed.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.insert(port);
+            return port;
+        }
+    }
+    // Fall back to a kernel-chosen port.
     loop {
         let listener =
             TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to pick a free port");
@@ -20,15 +48,7 @@ pub fn free_port() -> u16 {
             .local_addr()
             .expect("local_addr of a bound listener")
             .port();
-        drop(listener);
-        if port == 5432 {
-            continue;
-        }
-        if HANDED_OUT
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(port)
-        {
+        if handed.insert(port) {
             return port;
         }
     }
@@ -307,10 +327,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn free_ports_are_distinct() {
-        let a = free_port();
-        let b = free_port();
-        assert_ne!(a, b);
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let ports: BTreeSet<u16> = (0..50).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 50);
+        assert!(
+            ports.iter().all(|p| (10_000..30_000).contains(p)),
+            "{ports:?}"
+        );
     }
 
     #[test]
