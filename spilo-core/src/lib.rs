@@ -5,7 +5,7 @@
 //! - [`ha`]: the pure decision ([`ha::decide`]) and the loop that observes, decides, acts, waits;
 //! - [`postgres`]: the local PostgreSQL;
 //! - [`api`]: the Patroni-compatible REST API;
-//! - [`ctl`]: `spiloctl`.
+//! - [`ctl`]: the `spiloctl` commands.
 
 pub mod api;
 pub mod config;

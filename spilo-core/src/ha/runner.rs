@@ -219,16 +219,8 @@ impl Node {
             .and_then(|c| c.leader.as_ref())
             .map(|l| l.name == self.cfg.name && l.owned_by_us)
             .unwrap_or(false);
-        if session_ok && holds {
-            self.lease_renewed_at = Some(keep_sent);
-        } else if !session_ok || !holds {
-            if !holds && cluster.is_some() {
-                self.lease_renewed_at = None;
-            }
-            if !session_ok {
-                self.lease_renewed_at = None;
-            }
-        }
+        // The lock is held only while this cycle renewed the session and the key is bound to it.
+        self.lease_renewed_at = (session_ok && holds).then_some(keep_sent);
 
         self.phase = "reap job";
         self.reap_job().await;
@@ -287,7 +279,7 @@ impl Node {
         // ---- act
         self.phase = "act";
         let fatal = self
-            .execute(&decision, cluster.as_ref(), &local, keep_sent)
+            .execute(&decision, cluster.as_ref(), &local, &pgstat, keep_sent)
             .await;
 
         // Refresh PostgreSQL's view if the actions changed it, so the member key is current.
@@ -475,6 +467,7 @@ impl Node {
         d: &Decision,
         cluster: Option<&Cluster>,
         local: &LocalView,
+        pgstat: &PgStatus,
         keep_sent: Instant,
     ) -> Option<String> {
         for a in &d.actions {
@@ -547,7 +540,7 @@ impl Node {
                     }
                 }
                 Action::LeaderHousekeeping => {
-                    self.leader_housekeeping(cluster).await;
+                    self.leader_housekeeping(cluster, pgstat).await;
                     true
                 }
                 Action::Fatal(msg) => return Some(msg.clone()),
@@ -818,7 +811,7 @@ impl Node {
         true
     }
 
-    async fn leader_housekeeping(&mut self, cluster: Option<&Cluster>) {
+    async fn leader_housekeeping(&mut self, cluster: Option<&Cluster>, pgs: &PgStatus) {
         let Some(c) = cluster else { return };
         if c.config.is_none() && c.config_raw.is_none() {
             let bytes = dcs::codec::to_compact_json(&self.dynamic);
@@ -826,9 +819,6 @@ impl Node {
                 tracing::warn!(error = %e, "could not write config");
             }
         }
-        let st = self.state.borrow().pg.clone();
-        let (_, fresh, _) = self.observe_pg().await;
-        let pgs = if fresh.running { fresh } else { st };
         let status = Status {
             optime: pgs.wal_flush,
             ..Status::default()
