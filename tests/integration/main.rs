@@ -14,6 +14,7 @@ mod duplicate_name;
 mod failover;
 mod handover;
 mod harness_selftest;
+mod low_ttl;
 mod rest_api;
 mod spiloctl;
 
