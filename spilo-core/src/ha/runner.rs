@@ -814,7 +814,11 @@ impl Node {
     async fn leader_housekeeping(&mut self, cluster: Option<&Cluster>, pgs: &PgStatus) {
         let Some(c) = cluster else { return };
         if c.config.is_none() && c.config_raw.is_none() {
-            let bytes = dcs::codec::to_compact_json(&self.dynamic);
+            // `bootstrap.dcs` as written, with only the timeouts adjusted: local overrides
+            // (postgresql.parameters of this node) stay local.
+            let mut initial = self.cfg.bootstrap.dcs.clone();
+            config::adjust_timeouts(&mut initial);
+            let bytes = dcs::codec::to_compact_json(&initial);
             if let Err(e) = self.dcs.put("config", &bytes, Cas::Absent).await {
                 tracing::warn!(error = %e, "could not write config");
             }
