@@ -52,6 +52,17 @@ pub struct RestApi {
     /// Basic auth for mutating endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<BasicAuth>,
+    /// Hosts, addresses or CIDRs allowed to call mutating endpoints (empty: anyone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowlist: Vec<String>,
+    /// Also allow the hosts of the members' `api_url`s.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allowlist_include_members: bool,
+    /// Parameters that run a command or load code (`archive_command`, `*_command`,
+    /// `shared_preload_libraries`, …) which `PATCH`/`PUT /config` may set on this node's
+    /// say-so. Any other such parameter in a config change is refused with 403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_command_parameters: Vec<String>,
 }
 
 /// A username and password pair.

@@ -45,6 +45,8 @@ pub struct PgStatus {
     pub replication: Vec<ReplicationRow>,
     /// Database system identifier.
     pub sysid: Option<String>,
+    /// Settings changed that need a restart (`pg_settings.pending_restart`).
+    pub pending_restart: bool,
 }
 
 impl PgStatus {
@@ -121,6 +123,39 @@ pub struct NodeState {
     pub decision: DecisionReport,
     /// The local config's REST auth, if any (for mutating endpoints).
     pub rest_auth: Option<crate::config::BasicAuth>,
+    /// A scheduled restart (the `POST /restart` body plus `schedule`), if any.
+    pub scheduled_restart: Option<Value>,
+    /// Loop and DCS timings for `/metrics`.
+    pub stats: LoopStats,
+}
+
+/// Upper bounds (seconds) of the loop-duration histogram buckets.
+pub const LOOP_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Counters the loop keeps for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoopStats {
+    /// Cycles run.
+    pub cycles: u64,
+    /// Cycles whose duration was at most `LOOP_BUCKETS[i]` (not cumulative).
+    pub buckets: [u64; 10],
+    /// Sum of cycle durations, seconds.
+    pub sum_secs: f64,
+    /// Duration of the last DCS keep-alive + read, seconds.
+    pub dcs_rtt_secs: Option<f64>,
+    /// DCS operations that failed.
+    pub dcs_errors: u64,
+}
+
+impl LoopStats {
+    /// Record one cycle.
+    pub fn observe(&mut self, secs: f64) {
+        self.cycles += 1;
+        self.sum_secs += secs;
+        if let Some(i) = LOOP_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+    }
 }
 
 impl NodeState {
@@ -143,6 +178,8 @@ impl NodeState {
             dynamic: DynamicConfig::default(),
             decision: DecisionReport::default(),
             rest_auth: None,
+            scheduled_restart: None,
+            stats: LoopStats::default(),
         }
     }
 
