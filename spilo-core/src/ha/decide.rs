@@ -36,6 +36,8 @@ pub struct Policy {
     pub failover_priority: i64,
     /// Maintenance mode.
     pub paused: bool,
+    /// The `replicatefrom` tag: stream from this member instead of the leader (cascading).
+    pub replicatefrom: Option<String>,
 }
 
 /// What is in the data directory.
@@ -130,6 +132,11 @@ pub struct LocalView {
     /// When we last renewed the lease while holding the leader key (monotonic, as a duration
     /// since the daemon started), None when we do not hold it.
     pub lease_renewed_at: Option<Duration>,
+    /// Wall-clock time (Unix seconds), for scheduled switchovers.
+    pub unix_now: i64,
+    /// A replica copy must come from the leader, not from a `clonefrom` member
+    /// (`reinitialize` with `from_leader`).
+    pub clone_from_leader: bool,
 }
 
 /// Why the node does what it does.
@@ -181,6 +188,17 @@ pub enum Reason {
     RewindFailed,
     /// The leader key holds our name under an older session (the daemon restarted).
     LeaderKeyFromPreviousSession,
+    /// Streaming from this member (`replicatefrom`), not from the leader.
+    ReplicatingFrom(String),
+    /// A switchover or failover was requested and a healthy candidate exists.
+    ManualFailover {
+        /// The named candidate, if any.
+        candidate: Option<String>,
+    },
+    /// A scheduled switchover is not due yet.
+    ScheduledSwitchover(String),
+    /// A failover request that cannot or need not be carried out was cleared.
+    FailoverRequestCleared(String),
 }
 
 impl fmt::Display for Reason {
@@ -231,6 +249,13 @@ impl fmt::Display for Reason {
             Reason::LeaderKeyFromPreviousSession => {
                 write!(f, "the leader key holds my name from a previous session")
             }
+            Reason::ReplicatingFrom(m) => write!(f, "replicating from {m} (replicatefrom)"),
+            Reason::ManualFailover { candidate: Some(c) } => {
+                write!(f, "manual switchover to {c} requested")
+            }
+            Reason::ManualFailover { candidate: None } => write!(f, "manual switchover requested"),
+            Reason::ScheduledSwitchover(at) => write!(f, "switchover scheduled at {at}"),
+            Reason::FailoverRequestCleared(why) => write!(f, "failover request cleared: {why}"),
         }
     }
 }
@@ -242,6 +267,9 @@ pub enum DemoteMode {
     Immediate,
     /// Immediate stop, then start read-only following nobody (DCS lost).
     Offline,
+    /// Switchover: checkpoint, fast stop (standbys receive the shutdown checkpoint), record
+    /// it in `status`, release the leader key.
+    Graceful,
 }
 
 /// One thing to do. Actions run in order; a failed one stops the rest of the plan.
@@ -273,6 +301,8 @@ pub enum Action {
     WriteInitialize(String),
     /// Write the leader's bookkeeping: `status`, `history`, `config` if missing, slots.
     LeaderHousekeeping,
+    /// Write `{}` to the `failover` key if it still has this version.
+    ClearFailover(i64),
     /// Give up: the node must not run (wrong cluster).
     Fatal(String),
 }
@@ -296,6 +326,8 @@ impl fmt::Display for Action {
             Action::Demote(DemoteMode::Offline) => {
                 write!(f, "demote (read-only, following nobody)")
             }
+            Action::Demote(DemoteMode::Graceful) => write!(f, "demote gracefully and hand over"),
+            Action::ClearFailover(_) => write!(f, "clear the failover request"),
             Action::WriteInitialize(s) => write!(f, "write initialize={s}"),
             Action::LeaderHousekeeping => write!(f, "update leader status"),
             Action::Fatal(m) => write!(f, "exit: {m}"),
@@ -397,7 +429,9 @@ pub fn decide(
 
     // 4. The data directory.
     let (sysid, was_primary, crashed, data_tl) = match &local.data {
-        DataDir::Empty => return uninitialized(d, cluster, policy, leader_is_me, other_leader),
+        DataDir::Empty => {
+            return uninitialized(d, cluster, local, policy, leader_is_me, other_leader)
+        }
         DataDir::Initialized {
             sysid,
             was_primary,
@@ -489,9 +523,8 @@ pub fn decide(
                         _ => d.because(Reason::WaitingForLeaderTimeline(l.clone())),
                     };
                 }
-                return d
-                    .act(Action::StartReplica(Some(l.clone())))
-                    .because(Reason::FollowingLeader(l));
+                let (target, why) = upstream_target(cluster, policy, &l);
+                return d.act(Action::StartReplica(Some(target))).because(why);
             }
             // No leader: come up read-only so that we can report a position and race.
             return d
@@ -531,17 +564,34 @@ pub fn decide(
                 .act(Action::Demote(DemoteMode::Immediate))
                 .because(Reason::TimelineDiverged);
         }
-        if local.upstream.as_ref() != Some(&Some(l.clone())) {
-            return d
-                .act(Action::Follow(Some(l.clone())))
-                .because(Reason::FollowingLeader(l));
+        let (target, why) = upstream_target(cluster, policy, &l);
+        if local.upstream.as_ref() != Some(&Some(target.clone())) {
+            return d.act(Action::Follow(Some(target))).because(why);
         }
-        return d.because(Reason::FollowingLeader(l));
+        return d.because(why);
     }
 
     // 7. We lead.
     if leader_is_me {
         if primary {
+            if let Some(f) = &cluster.failover {
+                return match manual_failover_from_leader(cluster, local, policy, &f.value, my_pos) {
+                    FailoverStep::Go => d.act(Action::Demote(DemoteMode::Graceful)).because(
+                        Reason::ManualFailover {
+                            candidate: f.value.member.clone(),
+                        },
+                    ),
+                    FailoverStep::Wait(at) => d
+                        .act(Action::LeaderHousekeeping)
+                        .because(Reason::LeaderLockHeld)
+                        .because(Reason::ScheduledSwitchover(at)),
+                    FailoverStep::Clear(why) => d
+                        .act(Action::ClearFailover(f.version))
+                        .act(Action::LeaderHousekeeping)
+                        .because(Reason::LeaderLockHeld)
+                        .because(Reason::FailoverRequestCleared(why)),
+                };
+            }
             return d
                 .act(Action::LeaderHousekeeping)
                 .because(Reason::LeaderLockHeld);
@@ -579,10 +629,15 @@ pub fn decide(
             .because(Reason::HealthiestAfterLeaderExpired);
     }
     match healthiest(cluster, policy, my_tl, my_pos, &local.peers) {
-        Ok(()) => d
-            .act(Action::AcquireLeader)
-            .act(Action::Promote)
-            .because(Reason::HealthiestAfterLeaderExpired),
+        Ok(()) => {
+            let d = d.act(Action::AcquireLeader);
+            let d = match &cluster.failover {
+                Some(f) => d.act(Action::ClearFailover(f.version)),
+                None => d,
+            };
+            d.act(Action::Promote)
+                .because(Reason::HealthiestAfterLeaderExpired)
+        }
         Err(why) => {
             if policy.failover_priority <= 0 {
                 d.because(Reason::NoFailover)
@@ -596,6 +651,7 @@ pub fn decide(
 fn uninitialized(
     d: Decision,
     cluster: &Cluster,
+    local: &LocalView,
     policy: &Policy,
     leader_is_me: bool,
     other_leader: Option<String>,
@@ -611,8 +667,20 @@ fn uninitialized(
         if !running || cluster.sysid().is_none() {
             return d.because(Reason::WaitingForBootstrap);
         }
+        // A running replica tagged `clonefrom` spares the leader the copy.
+        let source = cluster
+            .members
+            .iter()
+            .filter(|m| !local.clone_from_leader && m.name != policy.name && m.name != l)
+            .find(|m| {
+                m.tag_bool("clonefrom")
+                    && m.data.state == "running"
+                    && m.data.normalized_role() == "replica"
+            })
+            .map(|m| m.name.clone())
+            .unwrap_or(l);
         return d
-            .act(Action::StartClone(l))
+            .act(Action::StartClone(source))
             .because(Reason::NoDataDirectory);
     }
     if leader_is_me {
@@ -639,6 +707,86 @@ fn uninitialized(
             .because(Reason::ClusterUninitialized);
     }
     d.because(Reason::WaitingForBootstrap)
+}
+
+/// Whom a replica streams from: its `replicatefrom` member while that one runs, else the
+/// leader.
+fn upstream_target(cluster: &Cluster, policy: &Policy, leader: &str) -> (String, Reason) {
+    if let Some(m) = &policy.replicatefrom {
+        let usable = m != &policy.name
+            && cluster
+                .member(m)
+                .map(|x| x.data.state == "running")
+                .unwrap_or(false);
+        if usable {
+            return (m.clone(), Reason::ReplicatingFrom(m.clone()));
+        }
+    }
+    (
+        leader.to_string(),
+        Reason::FollowingLeader(leader.to_string()),
+    )
+}
+
+/// What the leader does about a `failover` key.
+enum FailoverStep {
+    /// Hand over now.
+    Go,
+    /// Scheduled for later (the time, as written).
+    Wait(String),
+    /// Clear the key, for this reason.
+    Clear(String),
+}
+
+fn manual_failover_from_leader(
+    cluster: &Cluster,
+    local: &LocalView,
+    policy: &Policy,
+    f: &crate::dcs::Failover,
+    my_pos: Option<u64>,
+) -> FailoverStep {
+    if let Some(l) = &f.leader {
+        if l != &policy.name {
+            return FailoverStep::Clear(format!("it names {l} as the leader"));
+        }
+    }
+    if f.member.as_deref() == Some(policy.name.as_str()) {
+        return FailoverStep::Clear("I am the candidate and already the leader".into());
+    }
+    if let Some(at) = &f.scheduled_at {
+        match chrono::DateTime::parse_from_rfc3339(at) {
+            Ok(t) if t.timestamp() > local.unix_now => return FailoverStep::Wait(at.clone()),
+            Ok(_) => {}
+            Err(_) => {
+                return FailoverStep::Clear(format!("scheduled_at '{at}' is not an RFC 3339 time"))
+            }
+        }
+    }
+    if policy.paused && f.member.is_none() {
+        return FailoverStep::Clear("a switchover in a paused cluster needs a candidate".into());
+    }
+    if let Some(c) = &f.member {
+        if cluster.member(c).is_none() {
+            return FailoverStep::Clear(format!("candidate {c} is not a member"));
+        }
+    }
+    let my_pos = my_pos.unwrap_or(0);
+    let healthy = local.peers.iter().any(|p| {
+        p.name != policy.name
+            && f.member.as_ref().map(|c| c == &p.name).unwrap_or(true)
+            && p.reachable
+            && p.in_recovery
+            && !p.nofailover
+            && p.wal_position
+                .unwrap_or(0)
+                .saturating_add(policy.maximum_lag_on_failover)
+                >= my_pos
+    });
+    if healthy {
+        FailoverStep::Go
+    } else {
+        FailoverStep::Clear("no healthy candidate found".into())
+    }
 }
 
 /// The leader race rules: may this node take the leader key?

@@ -23,6 +23,7 @@ fn policy(name: &str) -> Policy {
         remove_data_directory_on_rewind_failure: false,
         failover_priority: 1,
         paused: false,
+        replicatefrom: None,
     }
 }
 
@@ -114,6 +115,8 @@ fn local(pg: Pg) -> LocalView {
         down_since: None,
         peers: Vec::new(),
         lease_renewed_at: None,
+        unix_now: 1_700_000_000,
+        clone_from_leader: false,
     }
 }
 
@@ -373,7 +376,14 @@ fn manual_failover_candidate_races_even_when_behind() {
     let mut l = local(replica(900));
     l.peers = vec![peer("n3", false, 1000)];
     let d = run(Some(&c), &l, &policy("n2"));
-    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::AcquireLeader,
+            Action::ClearFailover(3),
+            Action::Promote
+        ]
+    );
 }
 
 #[test]
@@ -612,5 +622,186 @@ fn decision_summary_names_actions_and_reasons() {
     assert!(
         s.contains("acquire leader lock") && s.contains("healthiest"),
         "{s}"
+    );
+}
+
+// ---------------------------------------------------------------- switchover and failover
+
+fn with_failover(
+    mut c: Cluster,
+    leader: Option<&str>,
+    member: Option<&str>,
+    at: Option<&str>,
+) -> Cluster {
+    c.failover = Some(Versioned {
+        value: Failover {
+            leader: leader.map(str::to_string),
+            member: member.map(str::to_string),
+            scheduled_at: at.map(str::to_string),
+        },
+        version: 9,
+    });
+    c
+}
+
+#[test]
+fn switchover_to_a_healthy_candidate_hands_over_gracefully() {
+    let c = with_failover(cluster(Some("n1"), "n1"), Some("n1"), Some("n2"), None);
+    let mut l = local(primary(1000));
+    l.peers = vec![peer("n2", false, 1000), peer("n3", false, 1000)];
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Graceful)]);
+    assert_eq!(
+        d.reasons,
+        vec![Reason::ManualFailover {
+            candidate: Some("n2".into())
+        }]
+    );
+}
+
+#[test]
+fn switchover_without_candidate_needs_any_healthy_replica() {
+    let c = with_failover(cluster(Some("n1"), "n1"), Some("n1"), None, None);
+    let mut l = local(primary(1000));
+    l.peers = vec![peer("n3", false, 1000)];
+    assert_eq!(
+        run(Some(&c), &l, &policy("n1")).actions,
+        vec![Action::Demote(DemoteMode::Graceful)]
+    );
+    l.peers.clear();
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(
+        d.actions,
+        vec![Action::ClearFailover(9), Action::LeaderHousekeeping]
+    );
+}
+
+#[test]
+fn switchover_to_an_unreachable_or_nofailover_candidate_is_cleared() {
+    let c = with_failover(cluster(Some("n1"), "n1"), Some("n1"), Some("n2"), None);
+    let mut l = local(primary(1000));
+    let mut dead = peer("n2", false, 1000);
+    dead.reachable = false;
+    l.peers = vec![dead, peer("n3", false, 1000)];
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(
+        d.actions,
+        vec![Action::ClearFailover(9), Action::LeaderHousekeeping]
+    );
+    let mut nf = peer("n2", false, 1000);
+    nf.nofailover = true;
+    l.peers = vec![nf];
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions[0], Action::ClearFailover(9));
+}
+
+#[test]
+fn switchover_to_a_lagging_candidate_is_cleared() {
+    let c = with_failover(cluster(Some("n1"), "n1"), Some("n1"), Some("n2"), None);
+    let mut l = local(primary(50_000_000));
+    l.peers = vec![peer("n2", false, 1000)];
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions[0], Action::ClearFailover(9));
+}
+
+#[test]
+fn scheduled_switchover_waits_until_due_then_runs() {
+    let c = with_failover(
+        cluster(Some("n1"), "n1"),
+        Some("n1"),
+        Some("n2"),
+        Some("2023-11-14T22:13:30+00:00"),
+    );
+    let mut l = local(primary(1000));
+    l.peers = vec![peer("n2", false, 1000)];
+    l.unix_now = 1_700_000_000; // 2023-11-14T22:13:20Z: ten seconds early
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::LeaderHousekeeping]);
+    assert!(matches!(d.reasons[1], Reason::ScheduledSwitchover(_)));
+    l.unix_now = 1_700_000_011;
+    assert_eq!(
+        run(Some(&c), &l, &policy("n1")).actions,
+        vec![Action::Demote(DemoteMode::Graceful)]
+    );
+}
+
+#[test]
+fn failover_key_naming_another_leader_is_cleared() {
+    let c = with_failover(cluster(Some("n1"), "n1"), Some("n3"), Some("n2"), None);
+    let d = run(Some(&c), &local(primary(1000)), &policy("n1"));
+    assert_eq!(
+        d.actions,
+        vec![Action::ClearFailover(9), Action::LeaderHousekeeping]
+    );
+}
+
+#[test]
+fn the_new_leader_clears_the_failover_key_after_taking_the_lock() {
+    let c = with_failover(cluster(None, "n2"), Some("n1"), Some("n2"), None);
+    let d = run(Some(&c), &local(replica(1000)), &policy("n2"));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::AcquireLeader,
+            Action::ClearFailover(9),
+            Action::Promote
+        ]
+    );
+}
+
+#[test]
+fn a_replica_that_is_not_the_candidate_lets_the_candidate_win() {
+    let c = with_failover(cluster(None, "n3"), Some("n1"), Some("n2"), None);
+    let mut l = local(replica(5000));
+    l.peers = vec![peer("n2", false, 1000)];
+    let d = run(Some(&c), &l, &policy("n3"));
+    assert!(d.actions.is_empty());
+    assert!(
+        matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("manual failover to n2"))
+    );
+}
+
+// ---------------------------------------------------------------- tags
+
+#[test]
+fn replicatefrom_streams_from_the_named_member() {
+    let c = cluster(Some("n1"), "n3");
+    let mut p = policy("n3");
+    p.replicatefrom = Some("n2".into());
+    let mut l = local(replica(1000));
+    l.upstream = Some(Some("n1".into()));
+    let d = run(Some(&c), &l, &p);
+    assert_eq!(d.actions, vec![Action::Follow(Some("n2".into()))]);
+    assert_eq!(d.reasons, vec![Reason::ReplicatingFrom("n2".into())]);
+}
+
+#[test]
+fn replicatefrom_a_member_that_is_down_falls_back_to_the_leader() {
+    let mut c = cluster(Some("n1"), "n3");
+    c.members[1].data.state = "stopped".into();
+    let mut p = policy("n3");
+    p.replicatefrom = Some("n2".into());
+    let d = run(Some(&c), &local(Pg::Stopped), &p);
+    assert_eq!(d.actions, vec![Action::StartReplica(Some("n1".into()))]);
+}
+
+#[test]
+fn clonefrom_member_is_the_copy_source_unless_from_leader() {
+    let mut c = cluster(Some("n1"), "n3");
+    c.members[1]
+        .data
+        .tags
+        .insert("clonefrom".into(), serde_json::Value::Bool(true));
+    c.members.retain(|m| m.name != "n3");
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Empty;
+    assert_eq!(
+        run(Some(&c), &l, &policy("n3")).actions,
+        vec![Action::StartClone("n2".into())]
+    );
+    l.clone_from_leader = true;
+    assert_eq!(
+        run(Some(&c), &l, &policy("n3")).actions,
+        vec![Action::StartClone("n1".into())]
     );
 }

@@ -1,6 +1,6 @@
 //! The HA core: the pure decision, the loop around it, and the daemon's start-up.
-pub mod daemon;
 pub mod command;
+pub mod daemon;
 pub mod decide;
 pub mod fence;
 pub mod member;

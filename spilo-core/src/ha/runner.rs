@@ -62,6 +62,7 @@ pub struct Node {
     slots_done_for: Vec<String>,
     history_written_for: Option<u64>,
     pg_label: Option<&'static str>,
+    clone_from_leader: bool,
     last_summary: String,
     phase: &'static str,
 }
@@ -94,6 +95,7 @@ impl Node {
             slots_done_for: Vec::new(),
             history_written_for: None,
             pg_label: None,
+            clone_from_leader: false,
             last_summary: String::new(),
             phase: "start",
         }
@@ -124,6 +126,12 @@ impl Node {
                 .remove_data_directory_on_rewind_failure,
             failover_priority: dcs::tags::failover_priority(&self.cfg.tags),
             paused: self.dynamic.pause,
+            replicatefrom: self
+                .cfg
+                .tags
+                .get("replicatefrom")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
         }
     }
 
@@ -234,9 +242,18 @@ impl Node {
         }
 
         self.phase = "query peers";
+        // Peers matter only in a leader race, or to a leader asked to hand over.
+        let me = self.cfg.name.as_str();
         let peers = match (&cluster, &pg_view) {
-            (Some(c), Pg::Running { primary: false, .. })
-                if c.leader.is_none() && self.job.is_none() =>
+            (Some(c), Pg::Running { primary, .. })
+                if self.job.is_none()
+                    && ((!primary
+                        && c.leader.is_none()
+                        && c.failover.as_ref().and_then(|f| f.value.member.as_deref())
+                            != Some(me))
+                        || (*primary
+                            && c.failover.is_some()
+                            && c.leader.as_ref().map(|l| l.name == me).unwrap_or(false))) =>
             {
                 let others: Vec<(String, String)> = c
                     .members
@@ -263,6 +280,8 @@ impl Node {
             lease_renewed_at: self
                 .lease_renewed_at
                 .map(|t| t.duration_since(self.started)),
+            unix_now: chrono::Utc::now().timestamp(),
+            clone_from_leader: self.clone_from_leader,
         };
         let decision = decide::decide(cluster.as_ref(), &local, &self.policy(), now);
         let summary = decision.summary();
@@ -543,6 +562,19 @@ impl Node {
                     self.leader_housekeeping(cluster, pgstat).await;
                     true
                 }
+                Action::ClearFailover(version) => {
+                    match self
+                        .dcs
+                        .put("failover", b"{}", Cas::Version(*version))
+                        .await
+                    {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not clear the failover key");
+                            true
+                        }
+                    }
+                }
                 Action::Fatal(msg) => return Some(msg.clone()),
             };
             if !ok {
@@ -797,6 +829,11 @@ impl Node {
     }
 
     async fn demote(&mut self, mode: DemoteMode) -> bool {
+        if mode == DemoteMode::Graceful {
+            tracing::info!("switchover: checkpoint, fast stop, then release the leader lock");
+            self.hand_over(true).await;
+            return true;
+        }
         self.lease_renewed_at = None;
         tracing::warn!("demoting: stopping PostgreSQL immediately");
         if let Err(e) = self.pg.stop(StopMode::Immediate).await {
@@ -809,6 +846,57 @@ impl Node {
             self.spawn_start(Some(None), true);
         }
         true
+    }
+
+    /// Stop a primary so that a replica can take over at once: optionally a CHECKPOINT while
+    /// still primary (so the shutdown checkpoint has little to write), a fast stop (PostgreSQL
+    /// sends the shutdown checkpoint to connected standbys before it exits), the checkpoint's
+    /// position in `status.optime`, then the leader key released.
+    async fn hand_over(&mut self, checkpoint_first: bool) {
+        let streaming = self
+            .state
+            .borrow()
+            .pg
+            .replication
+            .iter()
+            .filter(|r| r.state == "streaming")
+            .count();
+        if checkpoint_first {
+            if let Err(e) = self.pg.execute("CHECKPOINT", self.pg.s.ctl_timeout).await {
+                tracing::warn!(error = %e, "CHECKPOINT before the switchover failed");
+            }
+        }
+        if let Err(e) = self.pg.stop(StopMode::Fast).await {
+            tracing::error!(error = %e, "fast stop failed; stopping immediately");
+            let _ = self.pg.stop(StopMode::Immediate).await;
+        }
+        self.needs_rewind = true;
+        self.upstream = None;
+        if self.lease_renewed_at.take().is_none() {
+            return;
+        }
+        if let Ok(cd) = self.pg.controldata().await {
+            let lsn = cd
+                .get("Latest checkpoint location")
+                .and_then(|s| dcs::codec::parse_lsn(s));
+            if let Some(lsn) = lsn {
+                let status = Status {
+                    optime: Some(lsn),
+                    ..Status::default()
+                };
+                let _ = self
+                    .dcs
+                    .put("status", &dcs::codec::to_compact_json(&status), Cas::Any)
+                    .await;
+            }
+        }
+        tracing::info!(
+            streaming_replicas = streaming,
+            "releasing the leader lock after the shutdown checkpoint"
+        );
+        if let Err(e) = self.dcs.release_leader().await {
+            tracing::warn!(error = %e, "could not release the leader lock");
+        }
     }
 
     async fn leader_housekeeping(&mut self, cluster: Option<&Cluster>, pgs: &PgStatus) {
@@ -929,39 +1017,7 @@ impl Node {
             tracing::info!("paused: leaving PostgreSQL running");
             return Exit::Shutdown;
         }
-        let was_leader = self.lease_renewed_at.is_some();
-        let st = self.state.borrow().pg.clone();
-        if let Err(e) = self.pg.stop(StopMode::Fast).await {
-            tracing::error!(error = %e, "fast stop failed; stopping immediately");
-            let _ = self.pg.stop(StopMode::Immediate).await;
-        }
-        if was_leader {
-            if let Ok(cd) = self.pg.controldata().await {
-                let lsn = cd
-                    .get("Latest checkpoint location")
-                    .and_then(|s| dcs::codec::parse_lsn(s));
-                if let Some(lsn) = lsn {
-                    let status = Status {
-                        optime: Some(lsn),
-                        ..Status::default()
-                    };
-                    let _ = self
-                        .dcs
-                        .put("status", &dcs::codec::to_compact_json(&status), Cas::Any)
-                        .await;
-                }
-            }
-            let streaming = st
-                .replication
-                .iter()
-                .filter(|r| r.state == "streaming")
-                .count();
-            tracing::info!(
-                streaming_replicas = streaming,
-                "releasing the leader lock after the shutdown checkpoint"
-            );
-            let _ = self.dcs.release_leader().await;
-        }
+        self.hand_over(false).await;
         if let Err(e) = self.dcs.close().await {
             tracing::warn!(error = %e, "could not end the DCS session");
         }
