@@ -1,30 +1,68 @@
-//! The Patroni-compatible REST API (read-only part) and a small client for peers' APIs.
+//! The Patroni-compatible REST API and a small client for peers' APIs.
 //!
-//! Every answer comes from the last [`NodeState`] the HA loop published; no handler touches
-//! PostgreSQL or the DCS.
+//! Read-only answers (`GET`, `HEAD`, `OPTIONS`) come from the last [`NodeState`] the HA loop
+//! published; those handlers never touch PostgreSQL or the DCS. The mutating endpoints
+//! (`PATCH`/`PUT /config`, `POST /switchover`, …) pass [`access`] control first, then either
+//! write to the DCS themselves (config, failover key) or hand a [`Command`] to the HA loop and
+//! relay its answer (restart, reinitialize, reload).
 //!
 //! - [`status`]: the `GET /patroni` body;
 //! - [`health`]: the health checks (`/primary`, `/replica`, …, `/liveness`, `/readiness`);
 //! - [`cluster`]: `GET /cluster`, `/history`, `/config`;
+//! - [`metrics`]: `GET /metrics` (Prometheus text format);
+//! - [`access`]: the allowlist and Basic auth of the mutating endpoints;
+//! - [`config_edit`]: `PATCH`/`PUT /config`;
+//! - [`switchover`]: `POST /switchover`, `POST /failover`, `DELETE /switchover`;
+//! - [`commands`]: `POST`/`DELETE /restart`, `POST /reinitialize`, `POST /reload`;
 //! - [`client`]: `GET` a peer's JSON and read its status.
+//!
+//! [`Command`]: crate::ha::command::Command
 
+pub mod access;
 pub mod client;
 pub mod cluster;
+pub mod commands;
+pub mod config_edit;
 pub mod health;
+pub mod metrics;
+mod mutate;
 pub mod status;
+pub mod switchover;
+#[cfg(test)]
+mod testutil;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderValue, Method, Response, StatusCode, Uri};
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
 use axum::Router;
 use serde_json::Value;
 
 pub use client::{fetch_peers, get_json, parse_peer_status, ClientError, PeerStatus};
+pub use mutate::MAX_BODY;
 pub use status::patroni_status;
 
 use crate::ha::state::{NodeState, StateRx};
+use mutate::Tuning;
+
+/// What the API needs besides the published state.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// The state the HA loop publishes after every cycle.
+    pub state: StateRx,
+    /// The DCS the mutating endpoints write to (`None` in unit tests without a DCS).
+    pub dcs: Option<Arc<dyn crate::dcs::Dcs>>,
+    /// Where restart, reinitialize and reload requests go (`None`: answered with 503).
+    pub commands: Option<crate::ha::command::CommandTx>,
+    /// `notify_one()` wakes the HA loop (after a config change or a failover request).
+    pub wake: Arc<tokio::sync::Notify>,
+    /// The local `restapi` section: authentication, allowlist, allowed command parameters.
+    pub restapi: crate::config::RestApi,
+}
 
 /// The body of a [`Reply`].
 #[derive(Clone, Debug, PartialEq)]
@@ -35,6 +73,10 @@ pub enum ReplyBody {
     Json(Value),
     /// `text/html` (error pages).
     Html(String),
+    /// A plain message, sent as `text/html` the way Patroni sends its messages.
+    Text(String),
+    /// The Prometheus text exposition format.
+    Metrics(String),
 }
 
 /// An answer before it becomes an HTTP response.
@@ -44,6 +86,8 @@ pub struct Reply {
     pub status: u16,
     /// What to send after the headers.
     pub body: ReplyBody,
+    /// Extra response headers (name, value).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -51,6 +95,7 @@ impl Reply {
         Reply {
             status,
             body: ReplyBody::Json(v),
+            headers: Vec::new(),
         }
     }
 
@@ -58,6 +103,15 @@ impl Reply {
         Reply {
             status,
             body: ReplyBody::Empty,
+            headers: Vec::new(),
+        }
+    }
+
+    fn text(status: u16, message: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            body: ReplyBody::Text(message.into()),
+            headers: Vec::new(),
         }
     }
 
@@ -72,6 +126,20 @@ impl Reply {
                 "<html><head><title>{status} {reason}</title></head>\
                  <body><h1>{status} {reason}</h1><p>{message}</p></body></html>\n"
             )),
+            headers: Vec::new(),
+        }
+    }
+
+    fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The message of a text or HTML reply (for logs and tests).
+    pub fn message(&self) -> &str {
+        match &self.body {
+            ReplyBody::Text(t) | ReplyBody::Html(t) | ReplyBody::Metrics(t) => t,
+            ReplyBody::Empty | ReplyBody::Json(_) => "",
         }
     }
 
@@ -82,6 +150,8 @@ impl Reply {
             ReplyBody::Empty => (None, Body::empty()),
             ReplyBody::Json(v) => (Some("application/json"), Body::from(v.to_string())),
             ReplyBody::Html(h) => (Some("text/html"), Body::from(h)),
+            ReplyBody::Text(t) => (Some("text/html; charset=utf-8"), Body::from(t)),
+            ReplyBody::Metrics(m) => (Some(metrics::CONTENT_TYPE), Body::from(m)),
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
@@ -90,6 +160,11 @@ impl Reply {
         if let Some(ct) = content_type {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
         }
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.append(HeaderName::from_static(name), v);
+            }
+        }
         resp
     }
 }
@@ -97,14 +172,20 @@ impl Reply {
 /// The `Server` header.
 const SERVER: &str = concat!("spilo/", env!("CARGO_PKG_VERSION"));
 
-/// Answer `method uri` from the state `s` at time `now`.
+/// True for the methods answered from the published state alone (never access-controlled).
+fn is_read_method(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS
+}
+
+/// Answer a read-only request `method uri` from the state `s` at time `now`.
 ///
 /// GET dispatches on the first path segment (`patroni`, `cluster`, `history`, `config`,
-/// `liveness`, `readiness`); any other path is a health check (503 when unknown). HEAD and
-/// OPTIONS run the GET logic and drop the body. Every other method answers 501.
+/// `metrics`, `liveness`, `readiness`); any other path is a health check (503 when unknown).
+/// HEAD and OPTIONS run the GET logic and drop the body. Every other method answers 501 here
+/// (the server routes them to the mutating endpoints first).
 pub fn handle(method: &Method, uri: &Uri, s: &NodeState, now: Instant) -> Reply {
     let status_only = *method == Method::HEAD || *method == Method::OPTIONS;
-    if *method != Method::GET && !status_only {
+    if !is_read_method(method) {
         return Reply::error(501, &format!("Unsupported method ({:?})", method.as_str()));
     }
     let path = uri.path();
@@ -121,6 +202,11 @@ pub fn handle(method: &Method, uri: &Uri, s: &NodeState, now: Instant) -> Reply 
             Some(v) => Reply::json(200, v),
             None => Reply::error(502, "No valid configuration in the DCS"),
         },
+        "metrics" => Reply {
+            status: 200,
+            body: ReplyBody::Metrics(metrics::render(s, now)),
+            headers: Vec::new(),
+        },
         "liveness" => Reply::empty(health::liveness(s, now)),
         "readiness" => Reply::empty(health::readiness(s, &query, now)),
         _ => Reply::json(
@@ -135,26 +221,64 @@ pub fn handle(method: &Method, uri: &Uri, s: &NodeState, now: Instant) -> Reply 
     }
 }
 
-async fn dispatch(State(rx): State<StateRx>, method: Method, uri: Uri) -> Response<Body> {
-    let s = rx.borrow().clone();
-    handle(&method, &uri, &s, Instant::now()).into_response()
+/// The router's shared state.
+struct Server {
+    ctx: ApiContext,
+    tuning: Tuning,
 }
 
-/// The API's router: every method and path goes to [`handle`]. Routes added later take
-/// precedence over this fallback.
-pub fn router(state: StateRx) -> Router {
-    Router::new().fallback(dispatch).with_state(state)
+async fn dispatch(State(server): State<Arc<Server>>, req: Request) -> Response<Body> {
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (parts, body) = req.into_parts();
+    let reply = if is_read_method(&parts.method) {
+        let s = server.ctx.state.borrow().clone();
+        handle(&parts.method, &parts.uri, &s, Instant::now())
+    } else {
+        mutate::mutate(
+            &server.ctx,
+            &server.tuning,
+            mutate::Incoming {
+                method: &parts.method,
+                uri: &parts.uri,
+                headers: &parts.headers,
+                client,
+            },
+            body,
+        )
+        .await
+    };
+    reply.into_response()
+}
+
+fn router_with(ctx: ApiContext, tuning: Tuning) -> Router {
+    Router::new()
+        .fallback(dispatch)
+        .with_state(Arc::new(Server { ctx, tuning }))
+}
+
+/// The API's router: every method and path goes to one dispatcher (read-only requests to
+/// [`handle`], the others to the mutating endpoints). Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so that the allowlist sees the client
+/// address; without it a configured allowlist denies every mutating request.
+pub fn router(ctx: ApiContext) -> Router {
+    router_with(ctx, Tuning::default())
 }
 
 /// Serve the API on `listener` until `shutdown` completes, then finish the requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: StateRx,
+    ctx: ApiContext,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(ctx).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 #[cfg(test)]

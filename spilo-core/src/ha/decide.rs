@@ -91,6 +91,8 @@ pub enum JobKind {
     Start,
     /// pg_ctl promote.
     Promote,
+    /// A requested restart (stop, start in the same role).
+    Restart,
 }
 
 impl fmt::Display for JobKind {
@@ -101,6 +103,7 @@ impl fmt::Display for JobKind {
             JobKind::Rewind => "rewind",
             JobKind::Start => "start",
             JobKind::Promote => "promote",
+            JobKind::Restart => "restart",
         };
         f.write_str(s)
     }

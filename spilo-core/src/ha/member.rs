@@ -26,6 +26,7 @@ pub fn member_data(cfg: &Config, pg: &PgStatus, paused: bool, promoting: bool) -
         );
     }
     if running {
+        m.pending_restart = pg.pending_restart.then_some(true);
         m.timeline = pg.timeline;
         if pg.role == "primary" {
             m.xlog_location = pg.wal_flush;

@@ -22,6 +22,9 @@ use crate::postgres::conf::Upstream;
 use crate::postgres::query::{quote_ident, quote_literal};
 use crate::postgres::{Postgres, StopMode};
 
+#[path = "runner_commands.rs"]
+mod commands;
+
 /// Why the loop ended.
 #[derive(Debug)]
 pub enum Exit {
@@ -63,6 +66,9 @@ pub struct Node {
     history_written_for: Option<u64>,
     pg_label: Option<&'static str>,
     clone_from_leader: bool,
+    commands: Option<crate::ha::command::CommandRx>,
+    config_path: Option<std::path::PathBuf>,
+    scheduled_restart: Option<crate::ha::command::RestartRequest>,
     last_summary: String,
     phase: &'static str,
 }
@@ -96,9 +102,20 @@ impl Node {
             history_written_for: None,
             pg_label: None,
             clone_from_leader: false,
+            commands: None,
+            config_path: None,
+            scheduled_restart: None,
             last_summary: String::new(),
             phase: "start",
         }
+    }
+
+    /// Take commands from the REST API on this channel, and reload this file on SIGHUP and
+    /// `POST /reload`.
+    pub fn with_commands(mut self, rx: crate::ha::command::CommandRx, config_path: std::path::PathBuf) -> Node {
+        self.commands = Some(rx);
+        self.config_path = Some(config_path);
+        self
     }
 
     /// A handle that wakes the loop early (REST actions use it).
@@ -139,9 +156,14 @@ impl Node {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Exit {
         tokio::pin!(shutdown);
         let mut changes = self.dcs.changes();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut commands = self.commands.take();
         loop {
             let cycle_start = Instant::now();
+            self.scheduled_restart_due();
             let exit = self.cycle().await;
+            let took = cycle_start.elapsed().as_secs_f64();
+            self.state.send_modify(|s| Arc::make_mut(s).stats.observe(took));
             if let Some(exit) = exit {
                 self.abort_job();
                 return exit;
@@ -164,6 +186,16 @@ impl Node {
                 }
                 // A finished job notifies too.
                 _ = self.wake.notified() => {}
+                cmd = recv_command(&mut commands) => {
+                    match cmd {
+                        Some(cmd) => self.handle_command(cmd).await,
+                        None => commands = None,
+                    }
+                }
+                _ = recv_hup(&mut hup) => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    self.reload(None).await;
+                }
             }
         }
     }
@@ -180,6 +212,7 @@ impl Node {
         // ---- observe
         self.phase = "keepalive";
         let keep_sent = Instant::now();
+        let mut dcs_failed = false;
         let session = self.dcs.keepalive().await;
         let mut session_ok = match &session {
             Ok(info) => {
@@ -197,6 +230,7 @@ impl Node {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "DCS keep-alive failed");
+                dcs_failed = true;
                 false
             }
         };
@@ -213,12 +247,19 @@ impl Node {
                 Err(e) => {
                     tracing::warn!(error = %e, "DCS read failed");
                     session_ok = false;
+                    dcs_failed = true;
                     None
                 }
             }
         } else {
             None
         };
+        let rtt = keep_sent.elapsed().as_secs_f64();
+        self.state.send_modify(|s| {
+            let st = &mut Arc::make_mut(s).stats;
+            st.dcs_rtt_secs = Some(rtt);
+            st.dcs_errors += u64::from(dcs_failed);
+        });
         if let Some(c) = &cluster {
             self.apply_dynamic(c);
         }
@@ -315,7 +356,10 @@ impl Node {
                 .as_ref()
                 .map(|j| j.kind == JobKind::Promote)
                 .unwrap_or(false);
-            let m = member::member_data(&self.cfg, &pgstat, self.dynamic.pause, promoting);
+            let mut m = member::member_data(&self.cfg, &pgstat, self.dynamic.pause, promoting);
+            if let Some(v) = self.state.borrow().scheduled_restart.clone() {
+                m.extra.insert("scheduled_restart".into(), v);
+            }
             let bytes = member::encode(&m);
             if self.last_member.as_deref() != Some(&bytes[..]) {
                 match self.dcs.put_member(&bytes).await {
@@ -382,6 +426,9 @@ impl Node {
                 }
                 if job.kind == JobKind::Rewind {
                     self.needs_rewind = false;
+                }
+                if job.kind == JobKind::Clone {
+                    self.clone_from_leader = false;
                 }
             }
             Ok(Err(e)) => {
@@ -1023,5 +1070,21 @@ impl Node {
         }
         tracing::info!("stopped");
         Exit::Shutdown
+    }
+}
+
+async fn recv_command(rx: &mut Option<crate::ha::command::CommandRx>) -> Option<crate::ha::command::Command> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_hup(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }

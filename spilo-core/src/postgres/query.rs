@@ -23,7 +23,8 @@ const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), \
     (SELECT (latest_end_lsn - '0/0')::bigint FROM pg_stat_wal_receiver LIMIT 1), \
     GREATEST((SELECT timeline_id::bigint FROM pg_control_checkpoint()), \
              (SELECT min_recovery_end_timeline::bigint FROM pg_control_recovery())), \
-    (SELECT system_identifier::text FROM pg_control_system())";
+    (SELECT system_identifier::text FROM pg_control_system()), \
+    (SELECT count(*) > 0 FROM pg_settings WHERE pending_restart)";
 
 const REPLICATION_SQL: &str =
     "SELECT usename::text, application_name, client_addr::text, state, sync_state, \
@@ -97,6 +98,7 @@ impl Postgres {
                 replay_paused: r.try_get(8).unwrap_or(false),
                 latest_end_lsn: u(11),
                 sysid: r.try_get(13).ok().flatten(),
+                pending_restart: r.try_get::<_, Option<bool>>(14).ok().flatten().unwrap_or(false),
                 ..PgStatus::default()
             };
             if in_recovery {

@@ -1,0 +1,410 @@
+//! What every command shares: the context (config, DCS, REST credentials), the error type,
+//! confirmations and prompts, member selection and time parsing.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
+
+use crate::config::{BasicAuth, Config};
+use crate::dcs::{decode_cluster, Cluster, Dcs, Member};
+
+/// A failed command. The message is printed as `spiloctl: <message>` and the exit code is 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtlError(pub String);
+
+impl std::fmt::Display for CtlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CtlError {}
+
+impl From<String> for CtlError {
+    fn from(s: String) -> Self {
+        CtlError(s)
+    }
+}
+
+impl From<&str> for CtlError {
+    fn from(s: &str) -> Self {
+        CtlError(s.to_string())
+    }
+}
+
+/// A command's result.
+pub type CtlResult<T = ()> = Result<T, CtlError>;
+
+/// Shorthand for an error result.
+pub fn fail<T>(msg: impl Into<String>) -> CtlResult<T> {
+    Err(CtlError(msg.into()))
+}
+
+/// Questions to the user. Without a terminal on stdin nothing is asked: confirmations count
+/// as "no" (unless forced) and prompts take their default.
+#[derive(Clone, Copy, Debug)]
+pub struct Console {
+    /// stdin is a terminal.
+    pub interactive: bool,
+}
+
+impl Console {
+    /// Asks only when stdin is a terminal.
+    pub fn detect() -> Console {
+        Console {
+            interactive: std::io::stdin().is_terminal(),
+        }
+    }
+
+    fn read_line(&self, prompt: &str) -> CtlResult<Option<String>> {
+        if !self.interactive {
+            return Ok(None);
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "{prompt}");
+        let _ = out.flush();
+        let mut line = String::new();
+        match std::io::stdin().lock().read_line(&mut line) {
+            Ok(0) => Ok(None),
+            Ok(_) => Ok(Some(line.trim().to_string())),
+            Err(e) => fail(format!("cannot read the answer from stdin: {e}")),
+        }
+    }
+
+    /// `question [y/N]`; `Ok(())` when forced or answered yes, else an "Aborted" error.
+    pub fn confirm(&self, question: &str, force: bool) -> CtlResult {
+        if force {
+            return Ok(());
+        }
+        if !self.interactive {
+            return fail(format!(
+                "{question}: not confirmed (stdin is not a terminal; use --force)"
+            ));
+        }
+        match self.read_line(&format!("{question} [y/N]: "))? {
+            Some(a) if is_yes(&a) => Ok(()),
+            _ => fail("Aborted"),
+        }
+    }
+
+    /// `question [default]: `; the answer, or `default` when empty or not interactive.
+    pub fn ask(&self, question: &str, default: &str) -> CtlResult<String> {
+        match self.read_line(&format!("{question} [{default}]: "))? {
+            Some(a) if !a.is_empty() => Ok(a),
+            _ => Ok(default.to_string()),
+        }
+    }
+}
+
+/// `y`/`yes` in any case.
+pub fn is_yes(answer: &str) -> bool {
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+/// Everything a command needs.
+pub struct Ctx {
+    /// The node configuration file's contents.
+    pub cfg: Config,
+    /// The cluster's keys.
+    pub dcs: Arc<dyn Dcs>,
+    /// Basic auth for mutating REST calls.
+    pub auth: Option<BasicAuth>,
+    /// The user.
+    pub console: Console,
+}
+
+impl Ctx {
+    /// A fresh read of the cluster.
+    pub async fn cluster(&self) -> CtlResult<Cluster> {
+        let snap = self
+            .dcs
+            .snapshot()
+            .await
+            .map_err(|e| CtlError(format!("cannot read the cluster from the DCS: {e}")))?;
+        Ok(decode_cluster(&snap))
+    }
+
+    /// The cluster's name.
+    pub fn scope(&self) -> &str {
+        &self.cfg.scope
+    }
+}
+
+/// REST credentials: `ctl.authentication` from the raw file, else `restapi.authentication`.
+pub fn rest_auth(raw_yaml: &str, cfg: &Config) -> Option<BasicAuth> {
+    ctl_auth(raw_yaml).or_else(|| cfg.restapi.authentication.clone())
+}
+
+/// `ctl.authentication.{username,password}` of a YAML document, if both are strings.
+pub fn ctl_auth(raw_yaml: &str) -> Option<BasicAuth> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(raw_yaml).ok()?;
+    let a = doc.get("ctl")?.get("authentication")?;
+    Some(BasicAuth {
+        username: a.get("username")?.as_str()?.to_string(),
+        password: a.get("password")?.as_str()?.to_string(),
+    })
+}
+
+/// Read the raw configuration file for [`rest_auth`] (an unreadable file yields "").
+pub fn read_raw(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Which members a command acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleFilter {
+    /// The leader (primary or standby leader).
+    Leader,
+    /// The leader of a cluster that is not a standby cluster.
+    Primary,
+    /// The leader of a standby cluster.
+    StandbyLeader,
+    /// Every member but the leader.
+    Replica,
+    /// Every member but the leader (alias of replica).
+    Standby,
+    /// Every member.
+    Any,
+}
+
+impl RoleFilter {
+    /// The `role` filter for `POST /restart`, when the filter maps to one.
+    pub fn restart_role(self) -> Option<&'static str> {
+        match self {
+            RoleFilter::Primary => Some("primary"),
+            RoleFilter::StandbyLeader => Some("standby_leader"),
+            RoleFilter::Replica | RoleFilter::Standby => Some("replica"),
+            RoleFilter::Leader | RoleFilter::Any => None,
+        }
+    }
+}
+
+/// True when the `config` key says this is a standby cluster.
+pub fn is_standby_cluster(c: &Cluster) -> bool {
+    c.config_raw
+        .as_ref()
+        .and_then(|v| v.value.get("standby_cluster"))
+        .is_some_and(|s| s.as_object().is_some_and(|o| !o.is_empty()))
+}
+
+/// The members called `names` (all members when empty) that pass `role`, in the cluster's
+/// order. An unknown name is an error that lists the known ones.
+pub fn select_members<'a>(
+    c: &'a Cluster,
+    names: &[String],
+    role: RoleFilter,
+) -> CtlResult<Vec<&'a Member>> {
+    let unknown: Vec<&str> = names
+        .iter()
+        .filter(|n| c.member(n).is_none())
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = c.members.iter().map(|m| m.name.as_str()).collect();
+        return fail(format!(
+            "unknown member{} {}; the cluster's members are: {}",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join(", "),
+            if known.is_empty() {
+                "(none)".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    }
+    let leader = c.leader.as_ref().map(|l| l.name.as_str());
+    let standby = is_standby_cluster(c);
+    let picked: Vec<&Member> = c
+        .members
+        .iter()
+        .filter(|m| names.is_empty() || names.contains(&m.name))
+        .filter(|m| {
+            let is_leader = Some(m.name.as_str()) == leader;
+            match role {
+                RoleFilter::Any => true,
+                RoleFilter::Leader => is_leader,
+                RoleFilter::Primary => is_leader && !standby,
+                RoleFilter::StandbyLeader => is_leader && standby,
+                RoleFilter::Replica | RoleFilter::Standby => !is_leader,
+            }
+        })
+        .collect();
+    Ok(picked)
+}
+
+/// The names of `members`, comma-joined.
+pub fn names(members: &[&Member]) -> String {
+    members
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A time given on the command line (`2024-05-01T14:30`, `2024-05-01 14:30:00+02:00`, RFC 3339)
+/// as RFC 3339; `now` or empty means "not scheduled". A time without an offset is local time.
+/// The time must be after `now`.
+pub fn parse_schedule(s: &str, now: DateTime<FixedOffset>) -> CtlResult<Option<String>> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("now") {
+        return Ok(None);
+    }
+    let t = parse_time(s).ok_or_else(|| {
+        CtlError(format!(
+            "invalid time {s:?}: expected e.g. 2024-05-01T14:30 or 2024-05-01T14:30:00+02:00"
+        ))
+    })?;
+    if t <= now {
+        return fail(format!("the scheduled time {s} is in the past"));
+    }
+    Ok(Some(t.to_rfc3339()))
+}
+
+fn parse_time(s: &str) -> Option<DateTime<FixedOffset>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t);
+    }
+    let norm = s.replacen(' ', "T", 1);
+    for f in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z", "%Y-%m-%dT%H:%M:%S%z"] {
+        if let Ok(t) = DateTime::parse_from_str(&norm, f) {
+            return Some(t);
+        }
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(&norm, f) {
+            return Local
+                .from_local_datetime(&n)
+                .earliest()
+                .map(|t| t.fixed_offset());
+        }
+    }
+    None
+}
+
+/// Now, with the local offset.
+pub fn now() -> DateTime<FixedOffset> {
+    Local::now().fixed_offset()
+}
+
+/// The REST timeout for quick calls.
+pub const REST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The body of an answer as one line of text: a JSON string unquoted, else the trimmed text.
+pub fn answer_text(body: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => body.trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::dcs::{Leader, MemberData, Versioned};
+
+    /// A cluster with `names` as members and `leader` holding the lock.
+    pub(crate) fn cluster(names: &[&str], leader: Option<&str>) -> Cluster {
+        Cluster {
+            leader: leader.map(|l| Leader {
+                name: l.into(),
+                version: 7,
+                owned_by_us: false,
+            }),
+            members: names
+                .iter()
+                .map(|n| Member {
+                    name: n.to_string(),
+                    data: MemberData {
+                        api_url: format!("http://127.0.0.1:8008/{n}"),
+                        state: "running".into(),
+                        ..MemberData::default()
+                    },
+                    version: 1,
+                    owned_by_us: false,
+                })
+                .collect(),
+            ..Cluster::default()
+        }
+    }
+
+    #[test]
+    fn member_selection_and_roles() {
+        let c = cluster(&["a", "b", "c"], Some("b"));
+        let sel = |n: &[&str], r| {
+            let n: Vec<String> = n.iter().map(|s| s.to_string()).collect();
+            select_members(&c, &n, r).map(|v| names(&v))
+        };
+        assert_eq!(sel(&[], RoleFilter::Any).unwrap(), "a, b, c");
+        assert_eq!(sel(&[], RoleFilter::Leader).unwrap(), "b");
+        assert_eq!(sel(&[], RoleFilter::Primary).unwrap(), "b");
+        assert_eq!(sel(&[], RoleFilter::StandbyLeader).unwrap(), "");
+        assert_eq!(sel(&[], RoleFilter::Replica).unwrap(), "a, c");
+        assert_eq!(sel(&["c", "b"], RoleFilter::Standby).unwrap(), "c");
+        let err = sel(&["x", "a", "y"], RoleFilter::Any).unwrap_err();
+        assert_eq!(
+            err.0,
+            "unknown members x, y; the cluster's members are: a, b, c"
+        );
+
+        let mut standby = c.clone();
+        standby.config_raw = Some(Versioned {
+            value: json!({"standby_cluster": {"host": "h"}}),
+            version: 1,
+        });
+        let v = select_members(&standby, &[], RoleFilter::StandbyLeader).unwrap();
+        assert_eq!(names(&v), "b");
+        assert!(select_members(&standby, &[], RoleFilter::Primary)
+            .unwrap()
+            .is_empty());
+        assert_eq!(RoleFilter::Standby.restart_role(), Some("replica"));
+        assert_eq!(RoleFilter::Leader.restart_role(), None);
+    }
+
+    #[test]
+    fn schedules() {
+        let now = DateTime::parse_from_rfc3339("2024-05-01T12:00:00+00:00").unwrap();
+        assert_eq!(parse_schedule("now", now).unwrap(), None);
+        assert_eq!(parse_schedule("  ", now).unwrap(), None);
+        assert_eq!(
+            parse_schedule("2024-05-01T14:30:00+02:00", now).unwrap(),
+            Some("2024-05-01T14:30:00+02:00".into())
+        );
+        assert_eq!(
+            parse_schedule("2024-05-01 13:00+00:00", now).unwrap(),
+            Some("2024-05-01T13:00:00+00:00".into())
+        );
+        assert!(parse_schedule("2024-05-01T11:00:00Z", now)
+            .unwrap_err()
+            .0
+            .contains("in the past"));
+        assert!(parse_schedule("tomorrow", now)
+            .unwrap_err()
+            .0
+            .contains("invalid time"));
+        // Without an offset: local time, in the future relative to a far past "now".
+        let past = DateTime::parse_from_rfc3339("2000-01-01T00:00:00+00:00").unwrap();
+        let t = parse_schedule("2030-01-02T03:04", past).unwrap().unwrap();
+        assert!(t.starts_with("2030-01-02T03:04:00"), "{t}");
+    }
+
+    #[test]
+    fn answers_and_auth() {
+        assert!(is_yes("Y") && is_yes(" yes ") && !is_yes("") && !is_yes("n"));
+        assert_eq!(answer_text("\"quoted\"\n"), "quoted");
+        assert_eq!(answer_text(" plain text \n"), "plain text");
+        assert_eq!(answer_text("{\"a\":1}"), "{\"a\":1}");
+        let a = ctl_auth("ctl:\n  authentication:\n    username: u\n    password: p\n").unwrap();
+        assert_eq!((a.username.as_str(), a.password.as_str()), ("u", "p"));
+        assert!(ctl_auth("ctl: {}\n").is_none());
+        assert!(ctl_auth("not: [valid").is_none());
+        let c = Console { interactive: false };
+        assert!(c.confirm("Sure?", true).is_ok());
+        assert!(c.confirm("Sure?", false).unwrap_err().0.contains("--force"));
+        assert_eq!(c.ask("Q", "dflt").unwrap(), "dflt");
+    }
+}

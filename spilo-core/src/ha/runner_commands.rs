@@ -1,0 +1,281 @@
+//! Commands from the REST API and SIGHUP, executed by the loop between cycles: restart (now
+//! or scheduled), reinitialize, reload.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::{JobDone, Node};
+use crate::config;
+use crate::ha::command::{Command, CommandReply, RestartRequest};
+use crate::ha::decide::JobKind;
+use crate::postgres::StopMode;
+
+fn send(reply: oneshot::Sender<CommandReply>, status: u16, msg: impl Into<String>) {
+    let _ = reply.send(CommandReply::new(status, msg));
+}
+
+impl Node {
+    /// Execute one command.
+    pub(super) async fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Restart { request, reply } => self.restart_command(request, reply),
+            Command::CancelRestart { reply } => {
+                if self.scheduled_restart.take().is_some() {
+                    self.publish_scheduled_restart();
+                    send(reply, 200, "scheduled restart deleted");
+                } else {
+                    send(reply, 404, "no restarts are scheduled");
+                }
+            }
+            Command::Reinitialize {
+                force,
+                from_leader,
+                reply,
+            } => self.reinitialize(force, from_leader, reply).await,
+            Command::Reload { reply } => self.reload(reply).await,
+        }
+    }
+
+    fn restart_command(&mut self, request: RestartRequest, reply: oneshot::Sender<CommandReply>) {
+        if let Some(at) = request.schedule {
+            if self.dynamic.pause {
+                return send(reply, 500, "Can't schedule restart in the paused state");
+            }
+            if self.scheduled_restart.is_some() {
+                return send(reply, 409, "Another restart is already scheduled");
+            }
+            tracing::info!("restart scheduled at {at}");
+            self.scheduled_restart = Some(request);
+            self.publish_scheduled_restart();
+            return send(reply, 202, "Restart scheduled");
+        }
+        self.start_restart(request, Some(reply));
+    }
+
+    /// Restart now if the request's conditions hold; answer on `reply` when done.
+    pub(super) fn start_restart(&mut self, request: RestartRequest, reply: Option<oneshot::Sender<CommandReply>>) {
+        let answer = |reply: Option<oneshot::Sender<CommandReply>>, status: u16, msg: String| {
+            if let Some(r) = reply {
+                send(r, status, msg);
+            } else {
+                tracing::warn!("scheduled restart not done: {msg}");
+            }
+        };
+        if let Some(j) = &self.job {
+            return answer(reply, 503, format!("{} already in progress", j.kind));
+        }
+        let pg = self.state.borrow().pg.clone();
+        let role = if pg.role == "primary" { "primary" } else { "replica" };
+        if let Some(want) = &request.role {
+            let want = if want == "master" { "primary" } else { want.as_str() };
+            if want != role {
+                return answer(reply, 503, "restart conditions are not satisfied".into());
+            }
+        }
+        if let Some(v) = request.postgres_version {
+            if pg.server_version.map(|cur| cur >= v).unwrap_or(true) {
+                return answer(reply, 503, "restart conditions are not satisfied".into());
+            }
+        }
+        if request.restart_pending && !pg.pending_restart {
+            return answer(reply, 503, "restart conditions are not satisfied".into());
+        }
+        let standby = role != "primary";
+        let cluster = self.state.borrow().cluster.clone();
+        let upstream = if standby {
+            self.upstream
+                .clone()
+                .flatten()
+                .and_then(|n| self.upstream_for(cluster.as_deref(), &Some(n)))
+        } else {
+            None
+        };
+        if let Err(e) = self.write_conf(standby, upstream.as_ref()) {
+            return answer(reply, 503, format!("restart failed: {e}"));
+        }
+        let pg = self.pg.clone();
+        let timeout = request.timeout;
+        tracing::info!("restarting PostgreSQL on request");
+        self.spawn_job(JobKind::Restart, "restarting", async move {
+            let run = async {
+                pg.stop(StopMode::Fast).await?;
+                pg.start().await
+            };
+            let res = match timeout {
+                Some(t) => tokio::time::timeout(std::time::Duration::from_secs(t), run)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(crate::postgres::PgError::Query(format!(
+                            "PostgreSQL did not come back within {t} s"
+                        )))
+                    }),
+                None => run.await,
+            };
+            match res {
+                Ok(()) => {
+                    if let Some(r) = reply {
+                        send(r, 200, "restarted successfully");
+                    }
+                    Ok(JobDone { upstream: None })
+                }
+                Err(e) => {
+                    if let Some(r) = reply {
+                        send(r, 503, "restart failed");
+                    }
+                    Err(e.to_string())
+                }
+            }
+        });
+    }
+
+    /// Run a scheduled restart once it is due.
+    pub(super) fn scheduled_restart_due(&mut self) {
+        let due = self
+            .scheduled_restart
+            .as_ref()
+            .and_then(|r| r.schedule)
+            .map(|at| at.timestamp() <= chrono::Utc::now().timestamp())
+            .unwrap_or(false);
+        if due && self.job.is_none() {
+            if let Some(req) = self.scheduled_restart.take() {
+                tracing::info!("running the scheduled restart");
+                self.publish_scheduled_restart();
+                self.start_restart(req, None);
+            }
+        }
+    }
+
+    pub(super) fn publish_scheduled_restart(&mut self) {
+        let v = self.scheduled_restart.as_ref().map(|r| {
+            let mut o = json!({
+                "schedule": r.schedule.map(|t| t.to_rfc3339()),
+                "postmaster_start_time": self.state.borrow().pg.postmaster_start_time.clone(),
+            });
+            if let Some(role) = &r.role {
+                o["role"] = json!(role);
+            }
+            if let Some(v) = r.postgres_version {
+                o["postgres_version"] = json!(v);
+            }
+            if let Some(t) = r.timeout {
+                o["timeout"] = json!(t);
+            }
+            if r.restart_pending {
+                o["restart_pending"] = json!(true);
+            }
+            o
+        });
+        self.state.send_modify(|s| Arc::make_mut(s).scheduled_restart = v);
+        self.last_member = None;
+    }
+
+    async fn reinitialize(&mut self, force: bool, from_leader: bool, reply: oneshot::Sender<CommandReply>) {
+        let cluster = self.state.borrow().cluster.clone();
+        let leader = cluster.as_ref().and_then(|c| c.leader.as_ref()).map(|l| l.name.clone());
+        match leader {
+            None => return send(reply, 503, "Cluster has no leader, can not reinitialize"),
+            Some(l) if l == self.cfg.name => return send(reply, 503, "I am the leader, can not reinitialize"),
+            Some(_) => {}
+        }
+        if let Some(j) = &self.job {
+            if !force {
+                return send(reply, 503, format!("{} already in progress", j.kind));
+            }
+            tracing::warn!("reinitialize: cancelling the running {}", j.kind);
+            self.abort_job();
+        }
+        if let Err(e) = self.pg.stop(StopMode::Immediate).await {
+            tracing::warn!(error = %e, "immediate stop failed; killing the postmaster");
+            self.pg.kill_postmaster();
+        }
+        if let Err(e) = self.pg.remove_data_dir() {
+            return send(reply, 503, format!("reinitialize failed: {e}"));
+        }
+        tracing::info!(from_leader, "reinitialize: data directory removed, copying it again");
+        self.clone_from_leader = from_leader;
+        self.needs_rewind = false;
+        self.rewind_failed = false;
+        self.upstream = None;
+        self.wake.notify_one();
+        send(reply, 200, "reinitialize started");
+    }
+
+    /// Re-read the configuration file; apply what changed. Settings that cannot change while
+    /// running (name, scope, namespace, data directory, listen addresses) keep their old value
+    /// with a warning; PostgreSQL parameters that need a restart show up as `pending_restart`.
+    pub(super) async fn reload(&mut self, reply: Option<oneshot::Sender<CommandReply>>) {
+        let Some(path) = self.config_path.clone() else {
+            if let Some(r) = reply {
+                send(r, 503, "no configuration file to reload");
+            }
+            return;
+        };
+        let loaded = match config::load_file(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running configuration: {e}");
+                if let Some(r) = reply {
+                    send(r, 400, format!("reload failed: {e}; the running configuration is kept"));
+                }
+                return;
+            }
+        };
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let mut new = loaded.config;
+        let old = &self.cfg;
+        let fixed: [(&str, bool); 6] = [
+            ("name", new.name != old.name),
+            ("scope", new.scope != old.scope),
+            ("namespace", new.namespace != old.namespace),
+            ("postgresql.data_dir", new.postgresql.data_dir != old.postgresql.data_dir),
+            ("postgresql.listen", new.postgresql.listen != old.postgresql.listen),
+            ("restapi.listen", new.restapi.listen != old.restapi.listen),
+        ];
+        for (key, changed) in fixed {
+            if changed {
+                tracing::warn!("reload: {key} cannot change while running; restart the daemon to apply it");
+            }
+        }
+        new.name = old.name.clone();
+        new.scope = old.scope.clone();
+        new.namespace = old.namespace.clone();
+        new.postgresql.data_dir = old.postgresql.data_dir.clone();
+        new.postgresql.listen = old.postgresql.listen.clone();
+        new.restapi.listen = old.restapi.listen.clone();
+        self.cfg = new;
+        let cluster = self.state.borrow().cluster.clone();
+        let (dynamic, _) = config::effective_dynamic(
+            cluster.as_ref().and_then(|c| c.config.as_ref()).map(|v| &v.value),
+            &self.cfg,
+        );
+        self.dynamic = dynamic;
+        let tags = self.cfg.tags.clone();
+        self.state.send_modify(|s| Arc::make_mut(s).tags = tags);
+        self.last_member = None;
+        if self.pg.postmaster_pid().is_some() && self.job.is_none() {
+            let standby = self.state.borrow().pg.role != "primary";
+            let upstream = if standby {
+                self.upstream
+                    .clone()
+                    .flatten()
+                    .and_then(|n| self.upstream_for(cluster.as_deref(), &Some(n)))
+            } else {
+                None
+            };
+            if let Err(e) = self.write_conf(standby, upstream.as_ref()) {
+                tracing::error!("reload: cannot write the PostgreSQL configuration: {e}");
+            } else if let Err(e) = self.pg.execute("SELECT pg_reload_conf()", self.retry()).await {
+                tracing::warn!(error = %e, "reload: pg_reload_conf failed");
+            }
+        }
+        tracing::info!("configuration reloaded from {}", path.display());
+        if let Some(r) = reply {
+            send(r, 202, "reload scheduled");
+        }
+        self.wake.notify_one();
+    }
+}
