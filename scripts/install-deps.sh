@@ -14,6 +14,12 @@ PACKAGES=(
   curl
   jq
   ca-certificates
+  # Operations integration tests: a real load balancer, promtool (`prometheus`) for the
+  # metrics format, and Debian's python3 venv for an unmodified patronictl from PyPI.
+  haproxy
+  prometheus
+  python3
+  python3-venv
 )
 
 log() { printf '[install-deps] %s\n' "$*"; }
@@ -83,7 +89,34 @@ for tool in fmt clippy; do
   fi
 done
 
-for bin in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd /usr/bin/etcdctl; do
+# Debian's haproxy and prometheus packages start system services; the tests run their own
+# haproxy on free ports and only need promtool, so keep both stopped.
+if command -v systemctl >/dev/null 2>&1; then
+  for svc in haproxy prometheus; do
+    if systemctl is-active --quiet "$svc" 2>/dev/null; then
+      "${SUDO[@]}" systemctl stop "$svc" || true
+    fi
+  done
+fi
+
+# An unmodified patronictl (Patroni from PyPI) in a world-readable virtualenv for the
+# patronictl integration test (tests/harness/tools.rs looks for it here, or in
+# $SPILO_PATRONI_VENV). Debian's /usr/bin/python3, not whatever python3 is first on PATH.
+PATRONI_VENV="${SPILO_PATRONI_VENV:-/opt/spilo-test-venv}"
+PATRONI_SPEC="${SPILO_PATRONI_SPEC:-patroni[etcd3,psycopg3]>=4,<5}"
+if [ -x "$PATRONI_VENV/bin/patronictl" ] && "$PATRONI_VENV/bin/patronictl" version >/dev/null 2>&1; then
+  log "patronictl present in $PATRONI_VENV ($("$PATRONI_VENV/bin/patronictl" version 2>/dev/null | head -n1))"
+else
+  log "installing $PATRONI_SPEC into $PATRONI_VENV"
+  "${SUDO[@]}" rm -rf "$PATRONI_VENV"
+  "${SUDO[@]}" /usr/bin/python3 -m venv "$PATRONI_VENV"
+  "${SUDO[@]}" "$PATRONI_VENV/bin/pip" install --quiet --disable-pip-version-check "$PATRONI_SPEC"
+  "${SUDO[@]}" chmod -R a+rX "$PATRONI_VENV"
+  "$PATRONI_VENV/bin/patronictl" version >/dev/null
+fi
+
+for bin in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd /usr/bin/etcdctl \
+  /usr/sbin/haproxy /usr/bin/promtool "$PATRONI_VENV/bin/patronictl"; do
   [ -x "$bin" ] || { log "missing $bin after install"; exit 1; }
 done
 log "ok"

@@ -5,7 +5,8 @@
 //! - [`etcd`]: a single-member etcd on free loopback ports;
 //! - [`node`]: one daemon, its config, log, signals, REST API and SQL;
 //! - [`cluster`]: etcd plus n nodes, waits on cluster-wide conditions, cleanup on drop;
-//! - [`http`], [`pg`], [`util`]: a tiny HTTP client, SQL helpers, ports/polling/processes.
+//! - [`http`], [`pg`], [`util`]: a tiny HTTP client, SQL helpers, ports/polling/processes;
+//! - [`tools`]: the third-party tools of the operations tests (patronictl, promtool, HAProxy).
 //!
 //! Every wait is a polling loop with a generous timeout and a panic message naming what was
 //! awaited and the last thing seen.
@@ -16,6 +17,7 @@ pub mod etcd;
 pub mod http;
 pub mod node;
 pub mod pg;
+pub mod tools;
 pub mod util;
 
 pub use cluster::{ClusterOpts, TestCluster};

@@ -32,6 +32,8 @@ pub struct NodeOpts {
     pub retry_timeout: u64,
     /// Extra tags: (key, YAML value), e.g. `("nofailover", "true")`.
     pub tags: Vec<(String, String)>,
+    /// `restapi.authentication` (username, password): Basic auth on the mutating endpoints.
+    pub rest_auth: Option<(String, String)>,
 }
 
 impl Default for NodeOpts {
@@ -41,6 +43,7 @@ impl Default for NodeOpts {
             loop_wait: 2,
             retry_timeout: 3,
             tags: Vec::new(),
+            rest_auth: None,
         }
     }
 }
@@ -78,6 +81,10 @@ impl NodeConfig {
                 tags = tags.replace("nofailover: false", &format!("nofailover: {v}"));
             }
         }
+        let rest_auth = match &o.rest_auth {
+            Some((u, p)) => format!("  authentication: {{username: {u}, password: {p}}}\n"),
+            None => String::new(),
+        };
         format!(
             r#"scope: {scope}
 namespace: /service
@@ -85,7 +92,7 @@ name: {name}
 restapi:
   listen: 127.0.0.1:{api}
   connect_address: 127.0.0.1:{api}
-etcd3:
+{rest_auth}etcd3:
   hosts: {etcd}
 bootstrap:
   dcs:
@@ -137,6 +144,7 @@ tags:
             su = SUPERUSER_PASSWORD,
             rep = REPLICATION_PASSWORD,
             tags = tags,
+            rest_auth = rest_auth,
         )
     }
 }
@@ -431,6 +439,87 @@ impl Node {
         Ok(self.sql_value(&q)?.map(|n| n != "0").unwrap_or(false))
     }
 
+    /// `METHOD path` on the REST API with an optional JSON body, sending the node's own
+    /// `restapi.authentication` (if configured) as Basic auth; the whole response. 60 s bound:
+    /// `POST /switchover` answers only once the switchover is over.
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<http::Response, String> {
+        let auth = self
+            .config
+            .opts
+            .rest_auth
+            .as_ref()
+            .map(|(u, p)| http::Auth {
+                username: u,
+                password: p,
+            });
+        http::call(
+            self.api_port,
+            method,
+            path,
+            body,
+            auth,
+            Duration::from_secs(60),
+        )
+        .map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// [`Node::api`] with explicit credentials (`None`: no `Authorization` header).
+    pub fn api_with_auth(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        auth: Option<http::Auth<'_>>,
+    ) -> Result<http::Response, String> {
+        http::call(
+            self.api_port,
+            method,
+            path,
+            body,
+            auth,
+            Duration::from_secs(60),
+        )
+        .map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    /// `postmaster_start_time` from `/patroni` (as given; `None` while PostgreSQL is down).
+    pub fn postmaster_start_time(&self) -> Option<String> {
+        self.patroni()
+            .ok()?
+            .get("postmaster_start_time")?
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// Changes the node's settings and rewrites its YAML file (the daemon sees the change on
+    /// its next reload: `POST /reload` or SIGHUP, or on a restart).
+    pub fn rewrite_config(&mut self, change: impl FnOnce(&mut NodeOpts)) {
+        change(&mut self.config.opts);
+        let text = self.config.render();
+        // Write next to it and rename, so the daemon never reads half a file.
+        let tmp = self.config_path.with_extension("yml.new");
+        fs::write(&tmp, &text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+        chmod(&tmp, 0o644);
+        fs::rename(&tmp, &self.config_path)
+            .unwrap_or_else(|e| panic!("rename to {}: {e}", self.config_path.display()));
+        note(format!(
+            "{}: rewrote {}",
+            self.name,
+            self.config_path.display()
+        ));
+    }
+
+    /// Whether the postmaster recorded in DATA/postmaster.pid is alive (false without the
+    /// file).
+    pub fn postmaster_alive(&self) -> bool {
+        self.postmaster_pid().is_some_and(crate::util::pid_alive)
+    }
+
     /// The daemon log, whole.
     pub fn log_text(&self) -> String {
         fs::read(&self.log_path)
@@ -504,6 +593,7 @@ mod tests {
                     ("nofailover".into(), "true".into()),
                     ("zone".into(), "a".into()),
                 ],
+                rest_auth: Some(("admin".into(), "secret".into())),
                 ..NodeOpts::default()
             },
         };
@@ -520,9 +610,19 @@ mod tests {
             "nofailover: true\n",
             "zone: a\n",
             "superuser: {username: postgres, password: postgres-secret}",
+            "  connect_address: 127.0.0.1:1234\n  authentication: {username: admin, password: secret}\netcd3:\n",
         ] {
             assert!(y.contains(needle), "missing {needle:?} in\n{y}");
         }
         assert!(!y.contains("nofailover: false"));
+        let plain = NodeConfig {
+            opts: NodeOpts::default(),
+            ..c
+        }
+        .render();
+        assert!(
+            !plain.contains("authentication: {username: admin"),
+            "{plain}"
+        );
     }
 }

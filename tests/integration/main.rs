@@ -5,18 +5,33 @@
 //!
 //! Timing defaults: ttl 10, loop_wait 2, retry_timeout 3. Timeouts are generous bounds, never
 //! benchmarks.
+//!
+//! The operations tests (switchover, manual_failover, pause, config_api, restart_reinit_reload,
+//! metrics, patronictl, haproxy, switchover_under_load) also need HAProxy, promtool and the
+//! Patroni virtualenv with an unmodified patronictl, all from scripts/install-deps.sh.
 
 mod bootstrap;
+mod config_api;
 mod config_errors;
 mod crash_in_place;
 mod dcs_loss;
 mod duplicate_name;
 mod failover;
 mod handover;
+mod haproxy;
 mod harness_selftest;
 mod low_ttl;
+mod manual_failover;
+mod metrics;
+mod ops;
+mod patronictl;
+mod pause;
 mod rest_api;
+mod restart_reinit_reload;
 mod spiloctl;
+mod spiloctl_ops;
+mod switchover;
+mod switchover_under_load;
 
 use std::time::Duration;
 

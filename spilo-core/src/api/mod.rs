@@ -286,8 +286,36 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
     use super::status::tests::{primary, replica};
     use super::*;
+
+    /// `method url` with `body` (and optional Basic credentials) over real HTTP: status,
+    /// headers, body text.
+    async fn send(
+        method: &str,
+        url: &str,
+        body: &str,
+        auth: Option<&str>,
+    ) -> (u16, axum::http::HeaderMap, String) {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let mut req = hyper::Request::builder().method(method).uri(url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = client
+            .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&text).into_owned())
+    }
 
     fn get(path: &str, s: &NodeState, now: Instant) -> Reply {
         handle(&Method::GET, &path.parse().unwrap(), s, now)
@@ -297,7 +325,7 @@ mod tests {
     fn unknown_get_is_503_with_status_body() {
         let now = Instant::now();
         let s = primary(now);
-        for path in ["/nonsense", "/metrics", "/failsafe/x"] {
+        for path in ["/nonsense", "/failsafe/x"] {
             let r = get(path, &s, now);
             assert_eq!(r.status, 503, "{path}");
             match r.body {
@@ -371,14 +399,27 @@ mod tests {
         assert_eq!(get("/config", &s, now).status, 502);
     }
 
+    #[test]
+    fn metrics_get_and_head() {
+        let now = Instant::now();
+        let s = primary(now);
+        let r = get("/metrics", &s, now);
+        assert_eq!(r.status, 200);
+        assert!(matches!(r.body, ReplyBody::Metrics(ref t) if t.contains("patroni_primary{")));
+        assert_eq!(
+            handle(&Method::HEAD, &"/metrics".parse().unwrap(), &s, now),
+            Reply::empty(200)
+        );
+    }
+
     #[tokio::test]
     async fn serve_end_to_end() {
         let now = Instant::now();
-        let (tx, rx) = tokio::sync::watch::channel(Arc::new(primary(now)));
+        let (ctx, tx) = testutil::context(primary(now), None, testutil::restapi(None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, rx, async {
+        let server = tokio::spawn(serve(listener, ctx, async {
             let _ = stop_rx.await;
         }));
         let t = Duration::from_secs(5);
@@ -408,11 +449,78 @@ mod tests {
         let peers = fetch_peers(&[("pg1".into(), format!("{base}/patroni"))], t).await;
         assert!(peers[0].reachable && peers[0].in_recovery);
 
+        // /metrics over HTTP.
+        let (code, headers, text) = send("GET", &format!("{base}/metrics"), "", None).await;
+        assert_eq!(code, 200);
+        assert_eq!(headers["content-type"], metrics::CONTENT_TYPE);
+        assert!(
+            text.contains("patroni_replica{scope=\"demo\",name=\"pg1\"} 1"),
+            "{text}"
+        );
+
         stop_tx.send(()).unwrap();
         tokio::time::timeout(t, server)
             .await
             .unwrap()
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn mutating_requests_over_http_see_the_client_address() {
+        async fn start(
+            restapi: crate::config::RestApi,
+        ) -> (String, tokio::sync::oneshot::Sender<()>) {
+            let (ctx, tx) = testutil::context(primary(Instant::now()), None, restapi);
+            std::mem::forget(tx);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(serve(listener, ctx, async {
+                let _ = stop_rx.await;
+            }));
+            (format!("http://{addr}"), stop_tx)
+        }
+
+        let mut allowed = testutil::restapi(Some(("admin", "pw")));
+        allowed.allowlist = vec!["127.0.0.0/8".into()];
+        let (base, _stop) = start(allowed).await;
+        let (code, headers, text) = send("POST", &format!("{base}/reload"), "", None).await;
+        assert_eq!((code, text.as_str()), (401, "no auth header received"));
+        assert_eq!(headers["www-authenticate"], "Basic realm=\"Patroni\"");
+        // admin:pw; no command channel in this context, hence 503.
+        let (code, _, _) = send(
+            "POST",
+            &format!("{base}/reload"),
+            "",
+            Some("Basic YWRtaW46cHc="),
+        )
+        .await;
+        assert_eq!(code, 503);
+        let (code, _, text) = send(
+            "POST",
+            &format!("{base}/failover"),
+            "{}",
+            Some("Basic YWRtaW46cHc="),
+        )
+        .await;
+        assert_eq!(
+            (code, text.as_str()),
+            (
+                400,
+                "Failover could be performed only to a specific candidate"
+            )
+        );
+        let (code, _, _) = send("DELETE", &format!("{base}/nothing"), "", None).await;
+        assert_eq!(code, 501);
+
+        let mut denied = testutil::restapi(None);
+        denied.allowlist = vec!["10.0.0.0/8".into()];
+        let (base, _stop) = start(denied).await;
+        let (code, _, text) = send("POST", &format!("{base}/reload"), "", None).await;
+        assert_eq!((code, text.as_str()), (403, "Access is denied"));
+        // Reads are never access-controlled.
+        let (code, _, _) = send("GET", &format!("{base}/patroni"), "", None).await;
+        assert_eq!(code, 200);
     }
 }

@@ -68,7 +68,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(spilo_core::ha::daemon::run(loaded.config)) {
+    match rt.block_on(spilo_core::ha::daemon::run(
+        loaded.config,
+        args.config.clone(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("CRITICAL: {e}");

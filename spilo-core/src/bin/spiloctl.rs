@@ -1,29 +1,45 @@
-//! `spiloctl`: the command-line client.
+//! `spiloctl`: the command-line client. Argument parsing and dispatch only; the commands live
+//! in `spilo_core::ctl`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use spilo_core::ctl::common::{
+    default_config_path, load_config, read_raw, rest_auth, Console, CtlResult, Ctx, RoleFilter,
+};
+use spilo_core::ctl::output::Format;
+use spilo_core::ctl::{
+    edit_config, failover, flush, history, list, pause, reinit, reload, restart, show_config,
+    switchover, topology, version,
+};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "spiloctl",
     version,
-    about = "Control a spilo (or Patroni) cluster"
+    about = "Control a spilo (or Patroni) cluster",
+    after_help = "Confirmations are asked only on a terminal; elsewhere give --force."
 )]
 struct Args {
-    /// The node configuration file (for the DCS section and scope).
+    /// A node's configuration file, or a client-only one (scope, namespace, etcd3, ctl) as
+    /// patronictl takes. Default: ~/.config/patroni/patronictl.yaml.
     #[arg(short = 'c', long = "config-file", env = "PATRONICTL_CONFIG_FILE")]
-    config: PathBuf,
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Format {
-    Pretty,
-    Json,
+/// `-W` / `-w N`.
+#[derive(clap::Args, Debug)]
+struct Watch {
+    /// Refresh every 2 seconds until interrupted.
+    #[arg(short = 'W')]
+    watch: bool,
+    /// Refresh every SECS seconds until interrupted.
+    #[arg(short = 'w', long = "watch", value_name = "SECS")]
+    every: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -33,19 +49,237 @@ enum Cmd {
         /// Output format.
         #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
         format: Format,
+        #[command(flatten)]
+        watch: Watch,
     },
+    /// List the members as a replication tree (by the `replicatefrom` tag).
+    Topology {
+        #[command(flatten)]
+        watch: Watch,
+    },
+    /// Show the timeline history.
+    History {
+        /// Output format.
+        #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
+        format: Format,
+    },
+    /// Show the cluster-wide (dynamic) configuration as YAML.
+    ShowConfig,
+    /// Change the cluster-wide configuration (opens $EDITOR on a terminal without changes).
+    EditConfig {
+        /// Set KEY.PATH to VALUE (YAML; `null` deletes). Repeatable.
+        #[arg(short = 's', long = "set", value_name = "KEY.PATH=VALUE")]
+        set: Vec<String>,
+        /// Set the PostgreSQL parameter GUC (postgresql.parameters.GUC). Repeatable.
+        #[arg(short = 'p', long = "pg", value_name = "GUC=VALUE")]
+        pg: Vec<String>,
+        /// Merge a YAML file (`-` for stdin) into the configuration.
+        #[arg(long = "apply", value_name = "FILE")]
+        apply: Option<String>,
+        /// Replace the configuration with a YAML file (`-` for stdin).
+        #[arg(long = "replace", value_name = "FILE")]
+        replace: Option<String>,
+        /// Apply without asking.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put the cluster in maintenance mode (no automatic failover).
+    Pause {
+        /// Wait until every member has noticed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Leave maintenance mode.
+    Resume {
+        /// Wait until every member has noticed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Hand the leader role over to another member.
+    Switchover {
+        /// The current leader (asked when not given).
+        #[arg(long = "leader", visible_alias = "primary", value_name = "NAME")]
+        leader: Option<String>,
+        /// The member to promote (any healthy one when not given).
+        #[arg(long, value_name = "NAME")]
+        candidate: Option<String>,
+        /// When: ISO-8601 time (local time without an offset), or `now`.
+        #[arg(long, value_name = "TIME")]
+        scheduled: Option<String>,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Promote a member now, whether or not the leader is healthy.
+    Failover {
+        /// The member to promote.
+        #[arg(long, value_name = "NAME")]
+        candidate: Option<String>,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restart PostgreSQL on members (all by default).
+    Restart {
+        /// Members to restart.
+        #[arg(value_name = "MEMBER")]
+        members: Vec<String>,
+        /// Only members with this role.
+        #[arg(long, value_enum, default_value = "any")]
+        role: RoleFilter,
+        /// When: ISO-8601 time (local time without an offset), or `now`.
+        #[arg(long, value_name = "TIME")]
+        scheduled: Option<String>,
+        /// Only if the running PostgreSQL version is lower than this (e.g. 16.4).
+        #[arg(long = "pg-version", value_name = "VERSION")]
+        pg_version: Option<String>,
+        /// Only members with a pending restart.
+        #[arg(long)]
+        pending: bool,
+        /// Seconds PostgreSQL may take to start again.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// Do not ask; replace an existing scheduled restart.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rebuild replicas from scratch (a new base backup).
+    Reinit {
+        /// Members to reinitialize.
+        #[arg(value_name = "MEMBER", required = true)]
+        members: Vec<String>,
+        /// Take the base backup from the leader.
+        #[arg(long = "from-leader")]
+        from_leader: bool,
+        /// Wait until PostgreSQL runs again on each.
+        #[arg(long)]
+        wait: bool,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make members re-read their configuration file (all by default).
+    Reload {
+        /// Members to reload.
+        #[arg(value_name = "MEMBER")]
+        members: Vec<String>,
+        /// Only members with this role.
+        #[arg(long, value_enum, default_value = "any")]
+        role: RoleFilter,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Cancel scheduled restarts or a scheduled switchover.
+    Flush {
+        /// Members (optional), then what to flush: `restart` or `switchover`.
+        #[arg(value_name = "[MEMBER]... restart|switchover", required = true)]
+        args: Vec<String>,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show spiloctl's version and the members' (all by default).
+    Version {
+        /// Members to ask.
+        #[arg(value_name = "MEMBER")]
+        members: Vec<String>,
+    },
+}
+
+fn interval(w: &Watch) -> CtlResult<Option<Duration>> {
+    list::watch_interval(w.watch, w.every)
+}
+
+async fn dispatch(ctx: &Ctx, cmd: Cmd) -> CtlResult {
+    match cmd {
+        Cmd::List { format, watch } => list::run(ctx, format, interval(&watch)?).await,
+        Cmd::Topology { watch } => topology::run(ctx, interval(&watch)?).await,
+        Cmd::History { format } => history::run(ctx, format).await,
+        Cmd::ShowConfig => show_config::run(ctx).await,
+        Cmd::EditConfig {
+            set,
+            pg,
+            apply,
+            replace,
+            force,
+        } => {
+            let args = edit_config::EditArgs {
+                set,
+                pg,
+                apply,
+                replace,
+                force,
+            };
+            edit_config::run(ctx, &args).await
+        }
+        Cmd::Pause { wait } => pause::run(ctx, true, wait).await,
+        Cmd::Resume { wait } => pause::run(ctx, false, wait).await,
+        Cmd::Switchover {
+            leader,
+            candidate,
+            scheduled,
+            force,
+        } => {
+            let args = switchover::SwitchoverArgs {
+                leader,
+                candidate,
+                scheduled,
+                force,
+            };
+            switchover::run(ctx, &args).await
+        }
+        Cmd::Failover { candidate, force } => failover::run(ctx, candidate.as_deref(), force).await,
+        Cmd::Restart {
+            members,
+            role,
+            scheduled,
+            pg_version,
+            pending,
+            timeout,
+            force,
+        } => {
+            let args = restart::RestartArgs {
+                members,
+                role,
+                scheduled,
+                pg_version,
+                pending,
+                timeout,
+                force,
+            };
+            restart::run(ctx, &args).await
+        }
+        Cmd::Reinit {
+            members,
+            from_leader,
+            wait,
+            force,
+        } => reinit::run(ctx, &members, from_leader, wait, force).await,
+        Cmd::Reload {
+            members,
+            role,
+            force,
+        } => reload::run(ctx, &members, role, force).await,
+        Cmd::Flush { args, force } => flush::run(ctx, &args, force).await,
+        Cmd::Version { members } => version::run(ctx, &members).await,
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let loaded = match spilo_core::config::load_file(&args.config) {
-        Ok(l) => l,
+    let path = args.config.clone().unwrap_or_else(default_config_path);
+    let cfg = match load_config(&path) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("spiloctl: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    let cfg = loaded.config;
+    let auth = rest_auth(&read_raw(&path), &cfg);
+    if matches!(args.cmd, Cmd::Version { .. }) {
+        println!("{}", version::own_version());
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,24 +305,17 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        match args.cmd {
-            Cmd::List { format } => {
-                let snap = match dcs.snapshot().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("spiloctl: cannot read the cluster: {e}");
-                        return ExitCode::from(1);
-                    }
-                };
-                let c = spilo_core::dcs::decode_cluster(&snap);
-                match format {
-                    Format::Json => {
-                        let rows = spilo_core::ctl::list::rows(&cfg.scope, &c);
-                        println!("{}", serde_json::Value::Array(rows));
-                    }
-                    Format::Pretty => print!("{}", spilo_core::ctl::list::table(&cfg.scope, &c)),
-                }
-                ExitCode::SUCCESS
+        let ctx = Ctx {
+            cfg,
+            dcs,
+            auth,
+            console: Console::detect(),
+        };
+        match dispatch(&ctx, args.cmd).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("spiloctl: {e}");
+                ExitCode::from(1)
             }
         }
     })

@@ -2,12 +2,15 @@
 //! confirmations and prompts, member selection and time parsing.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 
+use hyper::Method;
+
+use super::http::{endpoint_url, request_json, HttpError, Response};
 use crate::config::{BasicAuth, Config};
 use crate::dcs::{decode_cluster, Cluster, Dcs, Member};
 
@@ -81,7 +84,8 @@ impl Console {
         }
         if !self.interactive {
             return fail(format!(
-                "{question}: not confirmed (stdin is not a terminal; use --force)"
+                "not confirmed (\"{question}\"): stdin is not a terminal; add --force to \
+                 proceed without asking"
             ));
         }
         match self.read_line(&format!("{question} [y/N]: "))? {
@@ -131,6 +135,19 @@ impl Ctx {
     pub fn scope(&self) -> &str {
         &self.cfg.scope
     }
+
+    /// `method <member's api_url with path /endpoint>` with `body`, Basic auth and `timeout`.
+    pub async fn rest(
+        &self,
+        member: &Member,
+        method: Method,
+        endpoint: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<Response, HttpError> {
+        let url = endpoint_url(&member.data.api_url, endpoint)?;
+        request_json(method, &url, body, self.auth.as_ref(), timeout).await
+    }
 }
 
 /// REST credentials: `ctl.authentication` from the raw file, else `restapi.authentication`.
@@ -151,6 +168,67 @@ pub fn ctl_auth(raw_yaml: &str) -> Option<BasicAuth> {
 /// Read the raw configuration file for [`rest_auth`] (an unreadable file yields "").
 pub fn read_raw(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The default configuration file: `~/.config/patroni/patronictl.yaml`, as patronictl.
+pub fn default_config_path() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    PathBuf::from(home).join(".config/patroni/patronictl.yaml")
+}
+
+/// The configuration for spiloctl: a node's full configuration file, or a client-only file
+/// as patronictl takes (`scope`, `namespace`, `etcd3`, `ctl`, optionally `restapi`), which
+/// gets placeholders for the node-only sections.
+pub fn load_config(path: &Path) -> Result<Config, String> {
+    let full = match crate::config::load_file(path) {
+        Ok(l) => return Ok(l.config),
+        Err(e) => e.to_string(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|_| full.clone())?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|_| full.clone())?;
+    if doc.get("postgresql").is_some() || !doc.is_mapping() {
+        // A node configuration with a mistake: its own error says what.
+        return Err(full);
+    }
+    client_config(&doc).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A [`Config`] from a client-only document (see [`load_config`]).
+pub fn client_config(doc: &serde_yaml::Value) -> Result<Config, String> {
+    let scope = doc
+        .get("scope")
+        .and_then(serde_yaml::Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or("scope: missing required key")?;
+    let etcd3 = doc
+        .get("etcd3")
+        .filter(|v| v.is_mapping())
+        .ok_or("etcd3: missing required section (the DCS to read)")?;
+    let to_json = |v: &serde_yaml::Value| serde_json::to_value(v).map_err(|e| e.to_string());
+    let mut restapi = serde_json::json!({
+        "listen": "127.0.0.1:8008",
+        "connect_address": "127.0.0.1:8008",
+    });
+    if let Some(a) = doc.get("restapi").and_then(|r| r.get("authentication")) {
+        restapi["authentication"] = to_json(a)?;
+    }
+    let mut cfg = serde_json::json!({
+        "scope": scope,
+        "name": doc.get("name").and_then(serde_yaml::Value::as_str).unwrap_or(scope),
+        "restapi": restapi,
+        "etcd3": to_json(etcd3)?,
+        "postgresql": {
+            "listen": "127.0.0.1:5432",
+            "connect_address": "127.0.0.1:5432",
+            "data_dir": "/nonexistent",
+            "authentication": {"superuser": {"username": "postgres"},
+                               "replication": {"username": "replicator"}},
+        },
+    });
+    if let Some(ns) = doc.get("namespace").and_then(serde_yaml::Value::as_str) {
+        cfg["namespace"] = ns.into();
+    }
+    serde_json::from_value(cfg).map_err(|e| e.to_string())
 }
 
 /// Which members a command acts on.
@@ -268,7 +346,11 @@ fn parse_time(s: &str) -> Option<DateTime<FixedOffset>> {
         return Some(t);
     }
     let norm = s.replacen(' ', "T", 1);
-    for f in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z", "%Y-%m-%dT%H:%M:%S%z"] {
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M%:z",
+        "%Y-%m-%dT%H:%M:%S%z",
+    ] {
         if let Ok(t) = DateTime::parse_from_str(&norm, f) {
             return Some(t);
         }
@@ -289,6 +371,11 @@ pub fn now() -> DateTime<FixedOffset> {
     Local::now().fixed_offset()
 }
 
+/// `loop_wait` of the dynamic configuration (10 without one).
+pub fn loop_wait(c: &Cluster) -> u64 {
+    c.config.as_ref().map(|v| v.value.loop_wait).unwrap_or(10)
+}
+
 /// The REST timeout for quick calls.
 pub const REST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -302,10 +389,137 @@ pub fn answer_text(body: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
     use serde_json::json;
 
     use super::*;
-    use crate::dcs::{Leader, MemberData, Versioned};
+    use crate::dcs::{Cas, DcsError, Entry, Leader, MemberData, SessionInfo, Snapshot, Versioned};
+
+    /// An in-memory DCS for the commands' tests: plain keys with versions; optionally bumps
+    /// one key's version right after each snapshot, as a concurrent writer would.
+    #[derive(Default)]
+    pub(crate) struct MemDcs {
+        keys: Mutex<BTreeMap<String, (Vec<u8>, i64)>>,
+        rev: Mutex<i64>,
+        pub(crate) bump_after_read: Mutex<Option<String>>,
+    }
+
+    impl MemDcs {
+        pub(crate) fn set(&self, key: &str, value: &str) {
+            let mut rev = self.rev.lock().unwrap();
+            *rev += 1;
+            self.keys
+                .lock()
+                .unwrap()
+                .insert(key.into(), (value.as_bytes().to_vec(), *rev));
+        }
+
+        pub(crate) fn get(&self, key: &str) -> Option<String> {
+            self.keys
+                .lock()
+                .unwrap()
+                .get(key)
+                .map(|(v, _)| String::from_utf8(v.clone()).unwrap())
+        }
+    }
+
+    #[async_trait]
+    impl Dcs for MemDcs {
+        fn backend(&self) -> &'static str {
+            "memory"
+        }
+        async fn snapshot(&self) -> Result<Snapshot, DcsError> {
+            let snap = Snapshot {
+                revision: *self.rev.lock().unwrap(),
+                entries: self
+                    .keys
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, (v, ver))| Entry {
+                        key: k.clone(),
+                        value: v.clone(),
+                        version: *ver,
+                        owned_by_us: false,
+                    })
+                    .collect(),
+            };
+            let bump = self.bump_after_read.lock().unwrap().clone();
+            if let Some(k) = bump {
+                if let Some(v) = self.get(&k) {
+                    self.set(&k, &v);
+                }
+            }
+            Ok(snap)
+        }
+        async fn keepalive(&self) -> Result<SessionInfo, DcsError> {
+            Ok(SessionInfo {
+                id: 1,
+                new_session: false,
+            })
+        }
+        async fn put_member(&self, _: &[u8]) -> Result<(), DcsError> {
+            Ok(())
+        }
+        async fn acquire_leader(&self) -> Result<bool, DcsError> {
+            Ok(false)
+        }
+        async fn reattach_leader(&self) -> Result<bool, DcsError> {
+            Ok(false)
+        }
+        async fn release_leader(&self) -> Result<bool, DcsError> {
+            Ok(false)
+        }
+        async fn put(&self, key: &str, value: &[u8], cas: Cas) -> Result<bool, DcsError> {
+            let current = self.keys.lock().unwrap().get(key).map(|(_, v)| *v);
+            let ok = match cas {
+                Cas::Any => true,
+                Cas::Absent => current.is_none(),
+                Cas::Version(v) => current == Some(v),
+            };
+            if ok {
+                self.set(key, std::str::from_utf8(value).unwrap());
+            }
+            Ok(ok)
+        }
+        async fn delete(&self, key: &str, _: Cas) -> Result<bool, DcsError> {
+            Ok(self.keys.lock().unwrap().remove(key).is_some())
+        }
+        fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+            tokio::sync::watch::channel(0).1
+        }
+        fn set_ttl(&self, _: Duration) {}
+        async fn close(&self) -> Result<(), DcsError> {
+            Ok(())
+        }
+    }
+
+    /// A non-interactive context over `dcs`.
+    pub(crate) fn ctx(dcs: Arc<MemDcs>) -> Ctx {
+        let cfg: Config = serde_yaml::from_str(
+            "scope: s\nname: n1\nrestapi: {listen: '127.0.0.1:8008', connect_address: '127.0.0.1:8008'}\n\
+             postgresql:\n  listen: '127.0.0.1:5432'\n  connect_address: '127.0.0.1:5432'\n  data_dir: /tmp/d\n\
+             \x20 authentication: {superuser: {username: postgres}, replication: {username: repl}}\n",
+        )
+        .unwrap();
+        Ctx {
+            cfg,
+            dcs,
+            auth: None,
+            console: Console { interactive: false },
+        }
+    }
+
+    /// An `http://` URL on which nothing listens.
+    pub(crate) fn dead_url() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("http://127.0.0.1:{port}/patroni")
+    }
 
     /// A cluster with `names` as members and `leader` holding the lock.
     pub(crate) fn cluster(names: &[&str], leader: Option<&str>) -> Cluster {
@@ -390,6 +604,32 @@ pub(crate) mod tests {
         let past = DateTime::parse_from_rfc3339("2000-01-01T00:00:00+00:00").unwrap();
         let t = parse_schedule("2030-01-02T03:04", past).unwrap().unwrap();
         assert!(t.starts_with("2030-01-02T03:04:00"), "{t}");
+    }
+
+    #[test]
+    fn client_only_configs() {
+        let doc: serde_yaml::Value = serde_yaml::from_str(
+            "scope: demo\nnamespace: /svc\netcd3: {hosts: '127.0.0.1:2379'}\n\
+             ctl: {authentication: {username: u, password: p}}\n",
+        )
+        .unwrap();
+        let c = client_config(&doc).unwrap();
+        assert_eq!((c.scope.as_str(), c.name.as_str()), ("demo", "demo"));
+        assert_eq!(c.namespace, "/svc");
+        assert_eq!(c.etcd3.unwrap().endpoints(), vec!["127.0.0.1:2379"]);
+        assert!(c.restapi.authentication.is_none());
+        let doc: serde_yaml::Value = serde_yaml::from_str(
+            "scope: demo\netcd3: {host: 'h:1'}\nrestapi: {authentication: {username: a, password: b}}\n",
+        )
+        .unwrap();
+        let c = client_config(&doc).unwrap();
+        assert_eq!(c.namespace, crate::config::DEFAULT_NAMESPACE);
+        assert_eq!(c.restapi.authentication.unwrap().username, "a");
+        let no_scope: serde_yaml::Value = serde_yaml::from_str("etcd3: {host: 'h:1'}").unwrap();
+        assert!(client_config(&no_scope).unwrap_err().contains("scope"));
+        let no_dcs: serde_yaml::Value = serde_yaml::from_str("scope: x").unwrap();
+        assert!(client_config(&no_dcs).unwrap_err().contains("etcd3"));
+        assert!(default_config_path().ends_with(".config/patroni/patronictl.yaml"));
     }
 
     #[test]

@@ -247,10 +247,9 @@ mod tests {
 
     #[tokio::test]
     async fn sends_method_body_and_auth() {
-        let (url, h) = serve_once(
-            "HTTP/1.0 202 Accepted\r\nContent-Type: text/html\r\n\r\nRestart scheduled",
-        )
-        .await;
+        let (url, h) =
+            serve_once("HTTP/1.0 202 Accepted\r\nContent-Type: text/html\r\n\r\nRestart scheduled")
+                .await;
         let auth = BasicAuth {
             username: "admin".into(),
             password: "secret".into(),
@@ -272,7 +271,10 @@ mod tests {
         let got = h.await.unwrap();
         assert!(got.starts_with("POST /restart HTTP/1.1\r\n"), "{got}");
         let lower = got.to_ascii_lowercase();
-        assert!(lower.contains("authorization: basic ywrtaw46c2vjcmv0"), "{got}");
+        assert!(
+            lower.contains("authorization: basic ywrtaw46c2vjcmv0"),
+            "{got}"
+        );
         assert!(lower.contains("content-type: application/json"), "{got}");
         assert!(got.ends_with(&body.to_string()), "{got}");
     }

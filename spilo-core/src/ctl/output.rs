@@ -129,7 +129,12 @@ pub fn cells(rows: &[Value], headers: &[&str], json_objects: bool) -> Vec<Vec<St
 }
 
 /// Render JSON rows in `format`. `headers` picks and orders the table and TSV columns.
-pub fn render_rows(format: Format, rows: &[Value], headers: &[&str], title: Option<&str>) -> String {
+pub fn render_rows(
+    format: Format,
+    rows: &[Value],
+    headers: &[&str],
+    title: Option<&str>,
+) -> String {
     match format {
         Format::Json => format!("{}\n", Value::Array(rows.to_vec())),
         Format::Yaml => to_yaml(&Value::Array(rows.to_vec())),
@@ -179,7 +184,8 @@ fn plain_ok(s: &str) -> bool {
     let numberish = first.is_ascii_digit() || first == '.';
     if numberish
         && s.chars().all(|c| {
-            c.is_ascii_hexdigit() || matches!(c, '+' | '-' | '.' | '_' | ':' | 'x' | 'X' | 'o' | 'O')
+            c.is_ascii_hexdigit()
+                || matches!(c, '+' | '-' | '.' | '_' | ':' | 'x' | 'X' | 'o' | 'O')
         })
     {
         return false;
@@ -316,15 +322,44 @@ mod tests {
     #[test]
     fn yaml_quotes_ambiguous_strings() {
         for s in [
-            "on", "yes", "No", "null", "~", "", " x", "x ", "10", "1.5", "0x1F", "1e3",
-            "2024-01-01", "12:30", ".inf", "a: b", "a #b", "-x", "*x", "[x]", "x,y", "'q'", "t:",
-            "line\nbreak", "\"", "#c",
+            "on",
+            "yes",
+            "No",
+            "null",
+            "~",
+            "",
+            " x",
+            "x ",
+            "10",
+            "1.5",
+            "0x1F",
+            "1e3",
+            "2024-01-01",
+            "12:30",
+            ".inf",
+            "a: b",
+            "a #b",
+            "-x",
+            "*x",
+            "[x]",
+            "x,y",
+            "'q'",
+            "t:",
+            "line\nbreak",
+            "\"",
+            "#c",
         ] {
             assert!(!plain_ok(s), "{s:?} should be quoted");
         }
         for s in [
-            "32MB", "replica", "local all all trust", "/var/lib/pg", "pg_stat_statements.track",
-            "on_off", "x-y", "a:b",
+            "32MB",
+            "replica",
+            "local all all trust",
+            "/var/lib/pg",
+            "pg_stat_statements.track",
+            "on_off",
+            "x-y",
+            "a:b",
         ] {
             assert!(plain_ok(s), "{s:?} should stay plain");
         }
@@ -356,7 +391,7 @@ mod tests {
         );
         assert_eq!(
             t,
-            "+ Cluster: c1 ---+\n\
+            "+ Cluster: c1 +\n\
              | Member | TL |\n\
              +--------+----+\n\
              | n1     | 1  |\n\

@@ -124,8 +124,9 @@ async fn someone_answers(api_url: &str) -> bool {
         .is_ok()
 }
 
-/// Run the daemon until SIGTERM/SIGINT or a fatal condition.
-pub async fn run(cfg: Config) -> Result<(), StartError> {
+/// Run the daemon until SIGTERM/SIGINT or a fatal condition. `config_path` is re-read on
+/// SIGHUP and `POST /reload`.
+pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
     let (dynamic, warnings) = config::effective_dynamic(None, &cfg);
     for w in warnings {
         tracing::warn!("{w}");
@@ -165,13 +166,23 @@ pub async fn run(cfg: Config) -> Result<(), StartError> {
     initial.rest_auth = cfg.restapi.authentication.clone();
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
 
+    let guard = tokio::spawn(crate::ha::fence::guard(tx.subscribe(), pg.clone()));
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
+    let node =
+        Node::new(cfg.clone(), dcs.clone(), pg, tx, dynamic).with_commands(cmd_rx, config_path);
+
+    let ctx = crate::api::ApiContext {
+        state: rx,
+        dcs: Some(dcs),
+        commands: Some(cmd_tx),
+        wake: node.waker(),
+        restapi: cfg.restapi.clone(),
+    };
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(crate::api::serve(listener, rx, async move {
+    let api = tokio::spawn(crate::api::serve(listener, ctx, async move {
         let _ = stop_api_rx.await;
     }));
 
-    let guard = tokio::spawn(crate::ha::fence::guard(tx.subscribe(), pg.clone()));
-    let node = Node::new(cfg.clone(), dcs, pg, tx, dynamic);
     let exit = node.run(shutdown_signal()).await;
     let _ = stop_api_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;

@@ -112,7 +112,11 @@ impl Node {
 
     /// Take commands from the REST API on this channel, and reload this file on SIGHUP and
     /// `POST /reload`.
-    pub fn with_commands(mut self, rx: crate::ha::command::CommandRx, config_path: std::path::PathBuf) -> Node {
+    pub fn with_commands(
+        mut self,
+        rx: crate::ha::command::CommandRx,
+        config_path: std::path::PathBuf,
+    ) -> Node {
         self.commands = Some(rx);
         self.config_path = Some(config_path);
         self
@@ -163,7 +167,8 @@ impl Node {
             self.scheduled_restart_due();
             let exit = self.cycle().await;
             let took = cycle_start.elapsed().as_secs_f64();
-            self.state.send_modify(|s| Arc::make_mut(s).stats.observe(took));
+            self.state
+                .send_modify(|s| Arc::make_mut(s).stats.observe(took));
             if let Some(exit) = exit {
                 self.abort_job();
                 return exit;
@@ -1073,7 +1078,9 @@ impl Node {
     }
 }
 
-async fn recv_command(rx: &mut Option<crate::ha::command::CommandRx>) -> Option<crate::ha::command::Command> {
+async fn recv_command(
+    rx: &mut Option<crate::ha::command::CommandRx>,
+) -> Option<crate::ha::command::Command> {
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,

@@ -55,7 +55,11 @@ impl Node {
     }
 
     /// Restart now if the request's conditions hold; answer on `reply` when done.
-    pub(super) fn start_restart(&mut self, request: RestartRequest, reply: Option<oneshot::Sender<CommandReply>>) {
+    pub(super) fn start_restart(
+        &mut self,
+        request: RestartRequest,
+        reply: Option<oneshot::Sender<CommandReply>>,
+    ) {
         let answer = |reply: Option<oneshot::Sender<CommandReply>>, status: u16, msg: String| {
             if let Some(r) = reply {
                 send(r, status, msg);
@@ -67,9 +71,17 @@ impl Node {
             return answer(reply, 503, format!("{} already in progress", j.kind));
         }
         let pg = self.state.borrow().pg.clone();
-        let role = if pg.role == "primary" { "primary" } else { "replica" };
+        let role = if pg.role == "primary" {
+            "primary"
+        } else {
+            "replica"
+        };
         if let Some(want) = &request.role {
-            let want = if want == "master" { "primary" } else { want.as_str() };
+            let want = if want == "master" {
+                "primary"
+            } else {
+                want.as_str()
+            };
             if want != role {
                 return answer(reply, 503, "restart conditions are not satisfied".into());
             }
@@ -167,16 +179,27 @@ impl Node {
             }
             o
         });
-        self.state.send_modify(|s| Arc::make_mut(s).scheduled_restart = v);
+        self.state
+            .send_modify(|s| Arc::make_mut(s).scheduled_restart = v);
         self.last_member = None;
     }
 
-    async fn reinitialize(&mut self, force: bool, from_leader: bool, reply: oneshot::Sender<CommandReply>) {
+    async fn reinitialize(
+        &mut self,
+        force: bool,
+        from_leader: bool,
+        reply: oneshot::Sender<CommandReply>,
+    ) {
         let cluster = self.state.borrow().cluster.clone();
-        let leader = cluster.as_ref().and_then(|c| c.leader.as_ref()).map(|l| l.name.clone());
+        let leader = cluster
+            .as_ref()
+            .and_then(|c| c.leader.as_ref())
+            .map(|l| l.name.clone());
         match leader {
             None => return send(reply, 503, "Cluster has no leader, can not reinitialize"),
-            Some(l) if l == self.cfg.name => return send(reply, 503, "I am the leader, can not reinitialize"),
+            Some(l) if l == self.cfg.name => {
+                return send(reply, 503, "I am the leader, can not reinitialize")
+            }
             Some(_) => {}
         }
         if let Some(j) = &self.job {
@@ -193,7 +216,10 @@ impl Node {
         if let Err(e) = self.pg.remove_data_dir() {
             return send(reply, 503, format!("reinitialize failed: {e}"));
         }
-        tracing::info!(from_leader, "reinitialize: data directory removed, copying it again");
+        tracing::info!(
+            from_leader,
+            "reinitialize: data directory removed, copying it again"
+        );
         self.clone_from_leader = from_leader;
         self.needs_rewind = false;
         self.rewind_failed = false;
@@ -217,7 +243,11 @@ impl Node {
             Err(e) => {
                 tracing::error!("reload refused, keeping the running configuration: {e}");
                 if let Some(r) = reply {
-                    send(r, 400, format!("reload failed: {e}; the running configuration is kept"));
+                    send(
+                        r,
+                        400,
+                        format!("reload failed: {e}; the running configuration is kept"),
+                    );
                 }
                 return;
             }
@@ -231,13 +261,21 @@ impl Node {
             ("name", new.name != old.name),
             ("scope", new.scope != old.scope),
             ("namespace", new.namespace != old.namespace),
-            ("postgresql.data_dir", new.postgresql.data_dir != old.postgresql.data_dir),
-            ("postgresql.listen", new.postgresql.listen != old.postgresql.listen),
+            (
+                "postgresql.data_dir",
+                new.postgresql.data_dir != old.postgresql.data_dir,
+            ),
+            (
+                "postgresql.listen",
+                new.postgresql.listen != old.postgresql.listen,
+            ),
             ("restapi.listen", new.restapi.listen != old.restapi.listen),
         ];
         for (key, changed) in fixed {
             if changed {
-                tracing::warn!("reload: {key} cannot change while running; restart the daemon to apply it");
+                tracing::warn!(
+                    "reload: {key} cannot change while running; restart the daemon to apply it"
+                );
             }
         }
         new.name = old.name.clone();
@@ -249,7 +287,10 @@ impl Node {
         self.cfg = new;
         let cluster = self.state.borrow().cluster.clone();
         let (dynamic, _) = config::effective_dynamic(
-            cluster.as_ref().and_then(|c| c.config.as_ref()).map(|v| &v.value),
+            cluster
+                .as_ref()
+                .and_then(|c| c.config.as_ref())
+                .map(|v| &v.value),
             &self.cfg,
         );
         self.dynamic = dynamic;
@@ -268,7 +309,11 @@ impl Node {
             };
             if let Err(e) = self.write_conf(standby, upstream.as_ref()) {
                 tracing::error!("reload: cannot write the PostgreSQL configuration: {e}");
-            } else if let Err(e) = self.pg.execute("SELECT pg_reload_conf()", self.retry()).await {
+            } else if let Err(e) = self
+                .pg
+                .execute("SELECT pg_reload_conf()", self.retry())
+                .await
+            {
                 tracing::warn!(error = %e, "reload: pg_reload_conf failed");
             }
         }

@@ -30,6 +30,17 @@ const MANAGED: &[&str] = &[
     "config_file",
 ];
 
+/// A setting name PostgreSQL accepts in `postgresql.conf`: letters, digits, `_` and `.`
+/// (for extension settings), not starting with a digit or a dot. Anything else could smuggle
+/// a second line into the file.
+pub fn valid_guc_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 63
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !k.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+}
+
 /// Quote a value for `postgresql.conf`.
 pub fn quote_conf(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
@@ -122,7 +133,16 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
         if MANAGED.contains(&k.as_str()) {
             continue;
         }
-        params.insert(k.clone(), guc_value(v));
+        if !valid_guc_name(k) {
+            tracing::warn!(parameter = %k, "ignoring a parameter whose name is not a valid setting name");
+            continue;
+        }
+        let value = guc_value(v);
+        if value.contains(['\n', '\r', '\0']) {
+            tracing::warn!(parameter = %k, "ignoring a parameter whose value contains a line break");
+            continue;
+        }
+        params.insert(k.clone(), value);
     }
     // A replica needs hot_standby for reads and replica-level WAL for everything spilo does.
     if params
@@ -279,6 +299,31 @@ mod tests {
         assert!(conf.contains("user=''rep\\\\''l''"), "{conf}");
         assert!(conf.contains("application_name=''node2''"));
         assert!(!conf.contains("password"));
+    }
+
+    #[test]
+    fn parameter_names_and_values_cannot_inject_lines() {
+        let mut p = BTreeMap::new();
+        p.insert(
+            "archive_command = 'rm -rf /'\nwork_mem".into(),
+            Value::from("1MB"),
+        );
+        p.insert("work_mem".into(), Value::from("4MB\narchive_command = 'x'"));
+        p.insert("auto_explain.log_min_duration".into(), Value::from(5));
+        let conf = render_postgresql_conf(&ConfInput {
+            listen_addresses: "*",
+            port: 5432,
+            cluster_name: "c",
+            parameters: &p,
+            upstream: None,
+            passfile: Path::new("/tmp/p"),
+            member: "n",
+            socket_dir: "/tmp",
+        });
+        assert!(!conf.contains("archive_command"), "{conf}");
+        assert!(!conf.contains("work_mem"), "{conf}");
+        assert!(conf.contains("auto_explain.log_min_duration = 5"));
+        assert!(!valid_guc_name("1abc") && !valid_guc_name("") && valid_guc_name("shared_buffers"));
     }
 
     #[test]

@@ -98,7 +98,11 @@ impl Postgres {
                 replay_paused: r.try_get(8).unwrap_or(false),
                 latest_end_lsn: u(11),
                 sysid: r.try_get(13).ok().flatten(),
-                pending_restart: r.try_get::<_, Option<bool>>(14).ok().flatten().unwrap_or(false),
+                pending_restart: r
+                    .try_get::<_, Option<bool>>(14)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false),
                 ..PgStatus::default()
             };
             if in_recovery {

@@ -1,0 +1,610 @@
+//! `GET /metrics`: the Prometheus text exposition format (version 0.0.4).
+//!
+//! Patroni's series keep Patroni's names so that existing dashboards work; every series carries
+//! `scope` and `name` labels. Patroni declares the WAL positions and the timeline as counters;
+//! here they are gauges, because a counter must end in `_total` to pass `promtool check metrics`
+//! and the names must not change (the type does not matter to PromQL). spilo's own series start
+//! with `spilo_`.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime};
+
+use super::status::{cluster_unlocked, is_primary_role};
+use crate::dcs::tags;
+use crate::ha::state::{NodeState, LOOP_BUCKETS};
+
+/// The `Content-Type` of the exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// PostgreSQL states in the order of `patroni_postgres_state`'s values.
+pub const POSTGRES_STATES: [&str; 15] = [
+    "initializing new cluster",
+    "initdb failed",
+    "running custom bootstrap script",
+    "custom bootstrap failed",
+    "creating replica",
+    "running",
+    "starting",
+    "starting after custom bootstrap",
+    "start failed",
+    "restarting",
+    "restart failed",
+    "stopping",
+    "stopped",
+    "stop failed",
+    "crashed",
+];
+
+/// `patroni_postgres_state`'s value for `state` (-1 when unknown).
+pub fn postgres_state_index(state: &str) -> i64 {
+    POSTGRES_STATES
+        .iter()
+        .position(|s| *s == state)
+        .map_or(-1, |i| i as i64)
+}
+
+/// Escape a label value: backslash, double quote and line feed.
+pub fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escape `# HELP` text: backslash and line feed.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// A Patroni-style version number: `4.1.4` → `040104` (two digits per component).
+pub fn zero_padded_version(v: &str) -> String {
+    let mut parts = v
+        .split('.')
+        .map(|p| {
+            p.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .chain(std::iter::repeat(0));
+    let (a, b, c) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    format!("{a:02}{b:02}{c:02}")
+}
+
+/// Seconds since the epoch of a PostgreSQL text timestamp
+/// (`2024-08-28 19:39:26.352526+00`, `…+00:00`, ISO-8601 with `T`); `None` when it does not
+/// parse.
+pub fn parse_pg_timestamp(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let parsed: Option<DateTime<FixedOffset>> =
+        DateTime::parse_from_rfc3339(t).ok().or_else(|| {
+            ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"]
+                .iter()
+                .find_map(|f| DateTime::parse_from_str(t, f).ok())
+        });
+    if let Some(ts) = parsed {
+        return Some(ts.timestamp() as f64 + f64::from(ts.timestamp_subsec_micros()) / 1e6);
+    }
+    // Without an offset: UTC.
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+        .map(|n| {
+            let u = n.and_utc();
+            u.timestamp() as f64 + f64::from(u.timestamp_subsec_micros()) / 1e6
+        })
+}
+
+/// Format a sample value the way Prometheus parses it.
+fn num(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Writes families with the common labels.
+struct Exposition {
+    out: String,
+    labels: String,
+}
+
+impl Exposition {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, extra_labels: &str, value: &str) {
+        let _ = writeln!(self.out, "{name}{{{}{extra_labels}}} {value}", self.labels);
+    }
+
+    /// A one-sample gauge.
+    fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.header(name, "gauge", help);
+        self.sample(name, "", &num(value));
+    }
+
+    fn flag(&mut self, name: &str, help: &str, on: bool) {
+        self.gauge(name, help, if on { 1.0 } else { 0.0 });
+    }
+}
+
+/// The `/metrics` body for `s` at `now`.
+pub fn render(s: &NodeState, now: Instant) -> String {
+    let pg = &s.pg;
+    let mut e = Exposition {
+        out: String::with_capacity(6 * 1024),
+        labels: format!(
+            "scope=\"{}\",name=\"{}\"",
+            escape_label(&s.scope),
+            escape_label(&s.name)
+        ),
+    };
+    let primary = is_primary_role(&pg.role);
+    let replica = pg.role == "replica";
+
+    e.header(
+        "patroni_version",
+        "gauge",
+        "Patroni version this node is compatible with, zero-padded (4.1.4 = 040104).",
+    );
+    e.sample(
+        "patroni_version",
+        "",
+        &zero_padded_version(crate::PATRONI_COMPAT_VERSION),
+    );
+    e.flag(
+        "patroni_postgres_running",
+        "1 if PostgreSQL is running, 0 otherwise.",
+        pg.running,
+    );
+    e.gauge(
+        "patroni_postmaster_start_time",
+        "Epoch seconds when PostgreSQL was started (0 when unknown).",
+        pg.postmaster_start_time
+            .as_deref()
+            .and_then(parse_pg_timestamp)
+            .unwrap_or(0.0),
+    );
+    e.flag(
+        "patroni_primary",
+        "1 if this node is the primary, 0 otherwise.",
+        primary,
+    );
+    e.flag(
+        "patroni_replica",
+        "1 if this node is a replica, 0 otherwise.",
+        replica,
+    );
+    e.flag(
+        "patroni_standby_leader",
+        "1 if this node is the standby leader, 0 otherwise.",
+        pg.role == "standby_leader",
+    );
+    let (sync, quorum) = sync_roles(s);
+    e.flag(
+        "patroni_sync_standby",
+        "1 if this node is a synchronous standby, 0 otherwise.",
+        sync,
+    );
+    e.flag(
+        "patroni_quorum_standby",
+        "1 if this node is a quorum standby, 0 otherwise.",
+        quorum,
+    );
+    let pos = |on: bool, v: Option<u64>| if on { v.unwrap_or(0) as f64 } else { 0.0 };
+    e.gauge(
+        "patroni_xlog_location",
+        "Current WAL location (flush LSN in bytes) on the primary, 0 elsewhere.",
+        pos(primary, pg.wal_flush),
+    );
+    e.gauge(
+        "patroni_xlog_received_location",
+        "Current WAL receive location (bytes) on a replica, 0 elsewhere.",
+        pos(!primary, pg.received),
+    );
+    e.gauge(
+        "patroni_xlog_replayed_location",
+        "Current WAL replay location (bytes) on a replica, 0 elsewhere.",
+        pos(!primary, pg.replayed),
+    );
+    e.gauge(
+        "patroni_xlog_replayed_timestamp",
+        "Epoch seconds of the last replayed transaction (0 when unknown).",
+        if primary {
+            0.0
+        } else {
+            pg.replayed_timestamp
+                .as_deref()
+                .and_then(parse_pg_timestamp)
+                .unwrap_or(0.0)
+        },
+    );
+    e.flag(
+        "patroni_xlog_paused",
+        "1 if WAL replay is paused, 0 otherwise.",
+        !primary && pg.replay_paused,
+    );
+    e.gauge(
+        "patroni_postgres_server_version",
+        "PostgreSQL server_version_num (0 when unknown).",
+        pg.server_version.unwrap_or(0) as f64,
+    );
+    e.flag(
+        "patroni_cluster_unlocked",
+        "1 if the cluster has no leader key, 0 otherwise.",
+        cluster_unlocked(s),
+    );
+    e.gauge(
+        "patroni_postgres_timeline",
+        "PostgreSQL timeline (0 when unknown).",
+        pg.timeline.unwrap_or(0) as f64,
+    );
+    e.gauge(
+        "patroni_dcs_last_seen",
+        "Epoch seconds of the last successful DCS read (0 before the first).",
+        s.dcs_last_seen.unwrap_or(0) as f64,
+    );
+    e.flag(
+        "patroni_pending_restart",
+        "1 if PostgreSQL must be restarted to apply settings, 0 otherwise.",
+        pg.pending_restart,
+    );
+    e.flag(
+        "patroni_is_paused",
+        "1 if the cluster is in maintenance mode (paused), 0 otherwise.",
+        s.paused(),
+    );
+    e.flag(
+        "patroni_postgres_streaming",
+        "1 if the replica streams WAL from its upstream, 0 otherwise.",
+        pg.replication_state.as_deref() == Some("streaming"),
+    );
+    e.flag(
+        "patroni_postgres_in_archive_recovery",
+        "1 if the replica replays WAL from the archive, 0 otherwise.",
+        pg.replication_state.as_deref() == Some("in archive recovery"),
+    );
+    e.flag(
+        "patroni_failsafe_mode_is_active",
+        "1 if failsafe mode is active, 0 otherwise (failsafe mode is not implemented).",
+        false,
+    );
+    e.header(
+        "patroni_postgres_state",
+        "gauge",
+        "PostgreSQL state as an index into the list of states (-1 when unknown).",
+    );
+    let values: Vec<String> = POSTGRES_STATES
+        .iter()
+        .enumerate()
+        .map(|(i, st)| format!("{i}={}", st.replace(' ', "_")))
+        .collect();
+    let _ = writeln!(e.out, "# Values: {}", values.join(", "));
+    e.sample(
+        "patroni_postgres_state",
+        "",
+        &postgres_state_index(&pg.state).to_string(),
+    );
+    e.gauge(
+        "patroni_failover_priority",
+        "Failover priority of this node (0 with nofailover).",
+        tags::failover_priority(&s.tags) as f64,
+    );
+
+    // spilo's own.
+    let st = &s.stats;
+    e.header(
+        "spilo_loop_duration_seconds",
+        "histogram",
+        "Duration of HA loop cycles.",
+    );
+    let mut cumulative = 0u64;
+    for (bound, count) in LOOP_BUCKETS.iter().zip(st.buckets.iter()) {
+        cumulative += count;
+        e.sample(
+            "spilo_loop_duration_seconds_bucket",
+            &format!(",le=\"{}\"", num(*bound)),
+            &cumulative.to_string(),
+        );
+    }
+    e.sample(
+        "spilo_loop_duration_seconds_bucket",
+        ",le=\"+Inf\"",
+        &st.cycles.to_string(),
+    );
+    e.sample("spilo_loop_duration_seconds_sum", "", &num(st.sum_secs));
+    e.sample(
+        "spilo_loop_duration_seconds_count",
+        "",
+        &st.cycles.to_string(),
+    );
+    e.header(
+        "spilo_dcs_round_trip_seconds",
+        "gauge",
+        "Duration of the last DCS keep-alive and read.",
+    );
+    if let Some(rtt) = st.dcs_rtt_secs {
+        e.sample("spilo_dcs_round_trip_seconds", "", &num(rtt));
+    }
+    e.header(
+        "spilo_dcs_errors_total",
+        "counter",
+        "DCS operations that failed.",
+    );
+    e.sample("spilo_dcs_errors_total", "", &st.dcs_errors.to_string());
+    let remaining = match s.leader_renewed_at {
+        Some(t) if s.holds_lock(now) => {
+            (s.dynamic.ttl as f64 - now.saturating_duration_since(t).as_secs_f64()).max(0.0)
+        }
+        _ => 0.0,
+    };
+    e.gauge(
+        "spilo_lease_remaining_seconds",
+        "Seconds left on the leader lease held by this node (0 when not holding it).",
+        remaining,
+    );
+    e.header(
+        "spilo_last_decision_info",
+        "gauge",
+        "The last decision of the HA loop, as labels.",
+    );
+    e.sample(
+        "spilo_last_decision_info",
+        &format!(
+            ",action=\"{}\",reason=\"{}\"",
+            escape_label(&s.decision.actions.join("; ")),
+            escape_label(&s.decision.reasons.join("; "))
+        ),
+        "1",
+    );
+    e.out
+}
+
+/// Whether this node is a synchronous / quorum standby according to the `sync` key while
+/// `synchronous_mode` is on (always false while spilo does not maintain that key).
+fn sync_roles(s: &NodeState) -> (bool, bool) {
+    let mode = s.dynamic.extra.get("synchronous_mode");
+    let quorum_mode = mode.and_then(|v| v.as_str()) == Some("quorum");
+    let on = quorum_mode
+        || match mode {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(t)) => {
+                matches!(t.to_ascii_lowercase().as_str(), "on" | "true" | "yes")
+            }
+            _ => false,
+        };
+    if !on || s.pg.role != "replica" {
+        return (false, false);
+    }
+    let listed = s
+        .cluster
+        .as_ref()
+        .and_then(|c| c.sync.as_ref())
+        .and_then(|v| v.value.sync_standby.as_deref())
+        .is_some_and(|list| {
+            list.split(',')
+                .any(|n| n.trim().eq_ignore_ascii_case(&s.name))
+        });
+    (listed && !quorum_mode, listed && quorum_mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::status::tests::{primary, replica};
+    use crate::ha::state::DecisionReport;
+
+    const PROMTOOL: &str = "/usr/bin/promtool";
+
+    /// Run `promtool check metrics` on `text`; `None` when promtool is not installed.
+    fn promtool(text: &str) -> Option<(bool, String)> {
+        if !std::path::Path::new(PROMTOOL).exists() {
+            eprintln!("{PROMTOOL} not installed; skipping the promtool check");
+            return None;
+        }
+        let mut child = Command::new(PROMTOOL)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let msg = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some((out.status.success(), msg))
+    }
+
+    fn value(text: &str, series: &str) -> String {
+        text.lines()
+            .find(|l| l.starts_with(series) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+            .to_string()
+    }
+
+    fn busy_primary() -> (NodeState, Instant) {
+        let now = Instant::now();
+        let mut s = primary(now);
+        s.leader_renewed_at = Some(now - Duration::from_secs(4));
+        s.pg.pending_restart = true;
+        s.stats.observe(0.003);
+        s.stats.observe(0.02);
+        s.stats.observe(7.0);
+        s.stats.dcs_rtt_secs = Some(0.0042);
+        s.stats.dcs_errors = 2;
+        s.decision = DecisionReport {
+            actions: vec!["renew the \"leader\" lock".into()],
+            reasons: vec!["I am the leader\\primary\nstill".into()],
+            at: "2024-01-01T00:00:00+00:00".into(),
+        };
+        s.scope = "de\"mo".into();
+        (s, now)
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(zero_padded_version("4.1.4"), "040104");
+        assert_eq!(zero_padded_version("3.0"), "030000");
+        assert_eq!(zero_padded_version("10.2.3rc1"), "100203");
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(postgres_state_index("running"), 5);
+        assert_eq!(postgres_state_index("crashed"), 14);
+        assert_eq!(postgres_state_index("weird"), -1);
+        let want = 1_724_873_966.352526;
+        for t in [
+            "2024-08-28 19:39:26.352526+00:00",
+            "2024-08-28 19:39:26.352526+00",
+            "2024-08-28T21:39:26.352526+02:00",
+            "2024-08-28 19:39:26.352526",
+        ] {
+            let got = parse_pg_timestamp(t).unwrap();
+            assert!((got - want).abs() < 1e-5, "{t}: {got}");
+        }
+        assert_eq!(
+            parse_pg_timestamp("2024-08-28 19:39:26+00"),
+            Some(1_724_873_966.0)
+        );
+        assert_eq!(parse_pg_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn primary_series() {
+        let (s, now) = busy_primary();
+        let text = render(&s, now);
+        let labels = "{scope=\"de\\\"mo\",name=\"pg0\"}";
+        assert!(
+            text.contains(&format!("patroni_version{labels} 040104\n")),
+            "{text}"
+        );
+        assert_eq!(value(&text, "patroni_primary{"), "1");
+        assert_eq!(value(&text, "patroni_replica{"), "0");
+        assert_eq!(value(&text, "patroni_postgres_running{"), "1");
+        assert_eq!(
+            value(&text, "patroni_xlog_location{"),
+            (0x0500_0000u64).to_string()
+        );
+        assert_eq!(value(&text, "patroni_xlog_replayed_location{"), "0");
+        assert_eq!(value(&text, "patroni_postgres_server_version{"), "160004");
+        assert_eq!(value(&text, "patroni_postgres_timeline{"), "3");
+        assert_eq!(value(&text, "patroni_cluster_unlocked{"), "0");
+        assert_eq!(value(&text, "patroni_pending_restart{"), "1");
+        assert_eq!(value(&text, "patroni_postgres_state{"), "5");
+        assert_eq!(value(&text, "patroni_failover_priority{"), "1");
+        assert_eq!(value(&text, "patroni_dcs_last_seen{"), "1700000000");
+        assert_eq!(
+            value(&text, "patroni_postmaster_start_time{"),
+            "1724873966.352526"
+        );
+        assert!(text.contains("# Values: 0=initializing_new_cluster, 1=initdb_failed"));
+        // Histogram: cumulative buckets, +Inf = count.
+        assert!(text.contains(
+            "spilo_loop_duration_seconds_bucket{scope=\"de\\\"mo\",name=\"pg0\",le=\"0.005\"} 1\n"
+        ));
+        assert!(text.contains(",le=\"0.025\"} 2\n"));
+        assert!(text.contains(",le=\"5\"} 2\n"));
+        assert!(text.contains(",le=\"+Inf\"} 3\n"));
+        assert_eq!(value(&text, "spilo_loop_duration_seconds_count{"), "3");
+        let sum: f64 = value(&text, "spilo_loop_duration_seconds_sum{")
+            .parse()
+            .unwrap();
+        assert!((sum - 7.023).abs() < 1e-9, "{sum}");
+        assert_eq!(value(&text, "spilo_dcs_round_trip_seconds{"), "0.0042");
+        assert_eq!(value(&text, "spilo_dcs_errors_total{"), "2");
+        let lease: f64 = value(&text, "spilo_lease_remaining_seconds{")
+            .parse()
+            .unwrap();
+        assert!((25.0..=26.1).contains(&lease), "{lease}");
+        assert!(text.contains(
+            "action=\"renew the \\\"leader\\\" lock\",reason=\"I am the leader\\\\primary\\nstill\"} 1\n"
+        ));
+        // Every family has HELP and TYPE.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split('{').next().unwrap();
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(text.contains(&format!("# HELP {family} ")), "{family}");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
+        }
+    }
+
+    #[test]
+    fn replica_series() {
+        let now = Instant::now();
+        let mut s = replica(now, 0x0400_0000);
+        s.pg.replayed_timestamp = Some("2024-08-28 19:40:00+00".into());
+        s.pg.replay_paused = true;
+        s.tags
+            .insert("nofailover".into(), serde_json::Value::Bool(true));
+        let text = render(&s, now);
+        assert_eq!(value(&text, "patroni_replica{"), "1");
+        assert_eq!(value(&text, "patroni_primary{"), "0");
+        assert_eq!(value(&text, "patroni_xlog_location{"), "0");
+        assert_eq!(
+            value(&text, "patroni_xlog_replayed_location{"),
+            (0x0400_0000u64).to_string()
+        );
+        assert_eq!(
+            value(&text, "patroni_xlog_replayed_timestamp{"),
+            "1724874000"
+        );
+        assert_eq!(value(&text, "patroni_xlog_paused{"), "1");
+        assert_eq!(value(&text, "patroni_postgres_streaming{"), "1");
+        assert_eq!(value(&text, "patroni_postgres_in_archive_recovery{"), "0");
+        assert_eq!(value(&text, "patroni_failover_priority{"), "0");
+        assert_eq!(value(&text, "spilo_lease_remaining_seconds{"), "0");
+        assert!(
+            !text.contains("spilo_dcs_round_trip_seconds{"),
+            "unknown RTT has no sample"
+        );
+    }
+
+    #[test]
+    fn output_passes_promtool() {
+        let (busy, now) = busy_primary();
+        let states = [busy, replica(now, 1), NodeState::new("fresh", "demo", "")];
+        // The check bites: a counter without `_total` fails it.
+        if let Some((ok, _)) = promtool("# HELP x_bytes X.\n# TYPE x_bytes counter\nx_bytes 1\n") {
+            assert!(!ok);
+        }
+        for s in &states {
+            let text = render(s, now);
+            if let Some((ok, msg)) = promtool(&text) {
+                assert!(ok, "promtool check metrics failed:\n{msg}\n---\n{text}");
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! `PATCH /config`: recursive merge, `null` deletes, validation (400), command-running
+//! settings refused (403), the change reaching PostgreSQL; Basic auth on the mutating
+//! endpoints only.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use spilo_tests::http::Auth;
+use spilo_tests::{wait_for, ClusterOpts, TestCluster};
+
+use crate::ops::{call, check, expect};
+use crate::BOOTSTRAP;
+
+/// `GET /config` on `node`, which must answer 200 with an object.
+fn get_config(c: &TestCluster, node: &str) -> Value {
+    match c.node(node).api_get("/config") {
+        Ok((200, v @ Value::Object(_))) => v,
+        other => panic!("GET /config on {node}: {other:?}"),
+    }
+}
+
+/// Waits until `SHOW work_mem` is `want` on every node.
+fn wait_work_mem(c: &TestCluster, want: &str) {
+    for n in &c.nodes {
+        wait_for(
+            &format!("work_mem = {want} on {}", n.name),
+            Duration::from_secs(60),
+            || match n.sql_value("SHOW work_mem") {
+                Ok(Some(v)) if v == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+    }
+}
+
+#[test]
+fn patch_config_merges_deletes_validates_and_reaches_postgres() {
+    let c = TestCluster::start(2, ClusterOpts::named("config-api"));
+    let p = c.wait_for_replicas_streaming(BOOTSTRAP);
+    let r = c.others(&p)[0].clone();
+    let before = get_config(&c, &p);
+    assert_eq!(before["ttl"], 10, "{before}");
+    assert_eq!(before["loop_wait"], 2, "{before}");
+
+    // Merge (sent to the replica: any node accepts it).
+    let resp = call(
+        c.node(&r),
+        "PATCH",
+        "/config",
+        Some(&json!({"loop_wait": 3, "postgresql": {"parameters": {"work_mem": "8MB"}}})),
+    );
+    let resp = expect("PATCH loop_wait and work_mem", resp, 200, None);
+    let answered = resp.json();
+    assert_eq!(answered["loop_wait"], 3, "PATCH answer: {answered}");
+    for node in [&p, &r] {
+        let v = get_config(&c, node);
+        assert_eq!(v["loop_wait"], 3, "GET /config on {node}: {v}");
+        assert_eq!(v["ttl"], before["ttl"], "ttl lost in the merge: {v}");
+        assert_eq!(
+            v["retry_timeout"], before["retry_timeout"],
+            "retry_timeout lost: {v}"
+        );
+        assert_eq!(
+            v["postgresql"]["parameters"]["work_mem"], "8MB",
+            "work_mem not merged: {v}"
+        );
+        assert_eq!(
+            v["postgresql"]["parameters"]["max_connections"],
+            before["postgresql"]["parameters"]["max_connections"],
+            "sibling parameter lost in the merge: {v}"
+        );
+        assert_eq!(
+            v["postgresql"]["use_pg_rewind"], before["postgresql"]["use_pg_rewind"],
+            "sibling key of parameters lost in the merge: {v}"
+        );
+    }
+    let stored = c
+        .dcs_json("config")
+        .expect("read /config key")
+        .expect("/config key");
+    assert_eq!(
+        stored,
+        get_config(&c, &p),
+        "GET /config differs from the DCS"
+    );
+    wait_work_mem(&c, "8MB");
+
+    // null deletes the key only.
+    let resp = call(
+        c.node(&p),
+        "PATCH",
+        "/config",
+        Some(&json!({"postgresql": {"parameters": {"work_mem": null}}})),
+    );
+    expect("PATCH work_mem: null", resp, 200, None);
+    let v = get_config(&c, &p);
+    assert!(
+        v["postgresql"]["parameters"].get("work_mem").is_none(),
+        "work_mem still there after null: {v}"
+    );
+    assert_eq!(
+        v["postgresql"]["parameters"]["max_connections"],
+        before["postgresql"]["parameters"]["max_connections"],
+        "null deleted more than work_mem: {v}"
+    );
+    assert_eq!(v["loop_wait"], 3, "{v}");
+    wait_work_mem(&c, "4MB");
+
+    // Refusals leave the config as it was.
+    let kept = get_config(&c, &p);
+    let mut failures = Vec::new();
+    check(
+        &mut failures,
+        "PATCH archive_command",
+        c.node(&p).api(
+            "PATCH",
+            "/config",
+            Some(
+                &json!({"postgresql": {"parameters": {"archive_command": "/bin/true"}}})
+                    .to_string(),
+            ),
+        ),
+        403,
+        "archive_command",
+    );
+    check(
+        &mut failures,
+        "PATCH ttl: 2",
+        c.node(&p)
+            .api("PATCH", "/config", Some(&json!({"ttl": 2}).to_string())),
+        400,
+        "",
+    );
+    check(
+        &mut failures,
+        "PATCH with a body that is not JSON",
+        c.node(&p).api("PATCH", "/config", Some("loop_wait=4")),
+        400,
+        "",
+    );
+    let after = get_config(&c, &p);
+    if after != kept {
+        failures.push(format!(
+            "a refused PATCH changed /config:\nbefore {kept}\nafter  {after}"
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "PATCH /config mismatches:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        c.node(&p).sql_value("SHOW archive_command").ok().flatten() != Some("/bin/true".into()),
+        "archive_command reached PostgreSQL"
+    );
+}
+
+#[test]
+fn mutating_endpoints_require_basic_auth_when_configured_and_reads_do_not() {
+    let mut opts = ClusterOpts::named("config-auth");
+    opts.node.rest_auth = Some(("admin".into(), "secret".into()));
+    let c = TestCluster::start(1, opts);
+    let p = c.wait_for_primary(BOOTSTRAP);
+    let n = c.node(&p);
+    let body = json!({"loop_wait": 3}).to_string();
+    let mut failures = Vec::new();
+
+    let unauth = |method: &str, path: &str, b: Option<&str>, auth: Option<Auth<'_>>, what: &str| {
+        let mut f = Vec::new();
+        match n.api_with_auth(method, path, b, auth) {
+            Ok(r) if r.status == 401 => {
+                let h = r.header("www-authenticate").unwrap_or_default().to_string();
+                if !h.starts_with("Basic") {
+                    f.push(format!(
+                        "{what}: 401 without a Basic WWW-Authenticate header (got {h:?}); headers {:?}",
+                        r.headers
+                    ));
+                }
+            }
+            Ok(r) => f.push(format!("{what}: want 401, got {}", r.summary())),
+            Err(e) => f.push(format!("{what}: no answer: {e}")),
+        }
+        f
+    };
+    failures.extend(unauth(
+        "PATCH",
+        "/config",
+        Some(&body),
+        None,
+        "PATCH /config without credentials",
+    ));
+    failures.extend(unauth(
+        "PATCH",
+        "/config",
+        Some(&body),
+        Some(Auth {
+            username: "admin",
+            password: "wrong",
+        }),
+        "PATCH /config with a wrong password",
+    ));
+    failures.extend(unauth(
+        "PATCH",
+        "/config",
+        Some(&body),
+        Some(Auth {
+            username: "someone",
+            password: "secret",
+        }),
+        "PATCH /config with a wrong user",
+    ));
+    check(
+        &mut failures,
+        "PATCH without credentials: message",
+        n.api_with_auth("PATCH", "/config", Some(&body), None),
+        401,
+        "no auth header received",
+    );
+    check(
+        &mut failures,
+        "PATCH with a wrong password: message",
+        n.api_with_auth(
+            "PATCH",
+            "/config",
+            Some(&body),
+            Some(Auth {
+                username: "admin",
+                password: "wrong",
+            }),
+        ),
+        401,
+        "not authenticated",
+    );
+    for (method, path, b) in [
+        ("POST", "/restart", Some("{}")),
+        ("DELETE", "/restart", None),
+        ("POST", "/reload", Some("{}")),
+        ("POST", "/reinitialize", Some("{}")),
+        (
+            "POST",
+            "/switchover",
+            Some(r#"{"leader":"node1","candidate":"x"}"#),
+        ),
+        ("POST", "/failover", Some(r#"{"candidate":"x"}"#)),
+        ("DELETE", "/switchover", None),
+    ] {
+        failures.extend(unauth(
+            method,
+            path,
+            b,
+            None,
+            &format!("{method} {path} without credentials"),
+        ));
+    }
+    // Nothing changed so far.
+    match n.api_get("/config") {
+        Ok((200, v)) if v["loop_wait"] == 2 => {}
+        other => failures.push(format!(
+            "GET /config after refused PATCHes (want loop_wait 2): {other:?}"
+        )),
+    }
+
+    // The right credentials work.
+    let ok = n.api_with_auth(
+        "PATCH",
+        "/config",
+        Some(&body),
+        Some(Auth {
+            username: "admin",
+            password: "secret",
+        }),
+    );
+    check(
+        &mut failures,
+        "PATCH with the right credentials",
+        ok,
+        200,
+        "",
+    );
+    match n.api_get("/config") {
+        Ok((200, v)) if v["loop_wait"] == 3 => {}
+        other => failures.push(format!(
+            "GET /config after the authenticated PATCH (want loop_wait 3): {other:?}"
+        )),
+    }
+
+    // Reads never need credentials.
+    for path in [
+        "/patroni", "/config", "/cluster", "/history", "/metrics", "/primary", "/health",
+    ] {
+        match n.api_with_auth("GET", path, None, None) {
+            Ok(r) if r.status == 200 => {}
+            Ok(r) => failures.push(format!("GET {path} without credentials: {}", r.summary())),
+            Err(e) => failures.push(format!("GET {path}: {e}")),
+        }
+    }
+    match n.api_with_auth("OPTIONS", "/primary", None, None) {
+        Ok(r) if r.status == 200 => {}
+        other => failures.push(format!(
+            "OPTIONS /primary without credentials: {:?}",
+            other.map(|r| r.summary())
+        )),
+    }
+    assert!(
+        failures.is_empty(),
+        "REST authentication mismatches:\n{}",
+        failures.join("\n")
+    );
+}
