@@ -712,4 +712,57 @@ mod tests {
             .0
             .contains("--replace"));
     }
+
+    #[test]
+    fn changes_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let apply = dir.path().join("apply.yaml");
+        let replace = dir.path().join("replace.yaml");
+        std::fs::write(
+            &apply,
+            "postgresql:\n  parameters:\n    work_mem: 8MB\nttl: null\n",
+        )
+        .unwrap();
+        std::fs::write(&replace, "ttl: 20\nloop_wait: 5\n").unwrap();
+        let args = EditArgs {
+            set: vec!["retry_timeout=7".into()],
+            pg: vec!["max_connections=200".into()],
+            apply: Some(apply.display().to_string()),
+            replace: Some(replace.display().to_string()),
+            force: true,
+        };
+        let ch = changes_from_args(&args).unwrap();
+        assert_eq!(
+            apply_changes(&json!({"pause": true}), &ch),
+            json!({"loop_wait": 5, "retry_timeout": 7,
+                   "postgresql": {"parameters": {"work_mem": "8MB", "max_connections": 200}}})
+        );
+        let list = dir.path().join("list.yaml");
+        std::fs::write(&list, "- a\n").unwrap();
+        let bad = EditArgs {
+            apply: Some(list.display().to_string()),
+            ..EditArgs::default()
+        };
+        assert!(changes_from_args(&bad)
+            .unwrap_err()
+            .0
+            .contains("not a mapping"));
+        let missing = EditArgs {
+            replace: Some("/nonexistent/x.yaml".into()),
+            ..EditArgs::default()
+        };
+        assert!(changes_from_args(&missing)
+            .unwrap_err()
+            .0
+            .contains("cannot read --replace"));
+        let both = EditArgs {
+            apply: Some("-".into()),
+            replace: Some("-".into()),
+            ..EditArgs::default()
+        };
+        assert!(changes_from_args(&both)
+            .unwrap_err()
+            .0
+            .contains("both read stdin"));
+    }
 }

@@ -66,6 +66,7 @@ pub struct Node {
     history_written_for: Option<u64>,
     pg_label: Option<&'static str>,
     clone_from_leader: bool,
+    known_timeline: Option<u64>,
     commands: Option<crate::ha::command::CommandRx>,
     config_path: Option<std::path::PathBuf>,
     scheduled_restart: Option<crate::ha::command::RestartRequest>,
@@ -102,6 +103,7 @@ impl Node {
             history_written_for: None,
             pg_label: None,
             clone_from_leader: false,
+            known_timeline: None,
             commands: None,
             config_path: None,
             scheduled_restart: None,
@@ -423,6 +425,10 @@ impl Node {
         }
         let Some(job) = self.job.take() else { return };
         self.pg_label = None;
+        // A new copy or a rewind may move the data directory to another timeline.
+        if matches!(job.kind, JobKind::Clone | JobKind::Rewind) {
+            self.known_timeline = None;
+        }
         match job.handle.await {
             Ok(Ok(done)) => {
                 tracing::info!("{} finished", job.kind);
@@ -472,7 +478,14 @@ impl Node {
         };
         if running {
             match self.pg.query_status(self.retry()).await {
-                Ok(q) => {
+                Ok(mut q) => {
+                    // Without a WAL receiver a replica only knows the timeline of its last
+                    // restartpoint, which lags; the timeline it streamed last is better.
+                    if q.role == "primary" || q.replication_state.as_deref() == Some("streaming") {
+                        self.known_timeline = q.timeline;
+                    } else if let (Some(t), Some(k)) = (q.timeline, self.known_timeline) {
+                        q.timeline = Some(t.max(k));
+                    }
                     view = Pg::Running {
                         primary: q.role == "primary",
                         timeline: q.timeline,
