@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use spilo_tests::http::Auth;
-use spilo_tests::{wait_for, ClusterOpts, TestCluster};
+use spilo_tests::{note, wait_for, ClusterOpts, TestCluster};
 
 use crate::ops::{call, check, expect};
 use crate::BOOTSTRAP;
@@ -17,6 +17,31 @@ fn get_config(c: &TestCluster, node: &str) -> Value {
         Ok((200, v @ Value::Object(_))) => v,
         other => panic!("GET /config on {node}: {other:?}"),
     }
+}
+
+/// Waits (15 s) until `GET /config` on `node` satisfies `ok`; returns it. Notes when the first
+/// read after the change was still the old configuration (the API serves the HA loop's cached
+/// DCS view, refreshed on the next cycle).
+fn wait_config(c: &TestCluster, node: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let first = get_config(c, node);
+    if ok(&first) {
+        return first;
+    }
+    note(format!(
+        "GET /config on {node} right after the change is stale ({what} not there yet): {first}"
+    ));
+    wait_for(
+        &format!("GET /config on {node}: {what}"),
+        Duration::from_secs(15),
+        || {
+            let v = get_config(c, node);
+            if ok(&v) {
+                Ok(v)
+            } else {
+                Err(format!("{v}"))
+            }
+        },
+    )
 }
 
 /// Waits until `SHOW work_mem` is `want` on every node.
@@ -53,8 +78,9 @@ fn patch_config_merges_deletes_validates_and_reaches_postgres() {
     let answered = resp.json();
     assert_eq!(answered["loop_wait"], 3, "PATCH answer: {answered}");
     for node in [&p, &r] {
-        let v = get_config(&c, node);
-        assert_eq!(v["loop_wait"], 3, "GET /config on {node}: {v}");
+        let v = wait_config(&c, node, "loop_wait 3 and work_mem 8MB", |v| {
+            v["loop_wait"] == 3 && v["postgresql"]["parameters"]["work_mem"] == "8MB"
+        });
         assert_eq!(v["ttl"], before["ttl"], "ttl lost in the merge: {v}");
         assert_eq!(
             v["retry_timeout"], before["retry_timeout"],
@@ -93,7 +119,9 @@ fn patch_config_merges_deletes_validates_and_reaches_postgres() {
         Some(&json!({"postgresql": {"parameters": {"work_mem": null}}})),
     );
     expect("PATCH work_mem: null", resp, 200, None);
-    let v = get_config(&c, &p);
+    let v = wait_config(&c, &p, "work_mem deleted", |v| {
+        v["postgresql"]["parameters"].get("work_mem").is_none()
+    });
     assert!(
         v["postgresql"]["parameters"].get("work_mem").is_none(),
         "work_mem still there after null: {v}"
@@ -106,8 +134,13 @@ fn patch_config_merges_deletes_validates_and_reaches_postgres() {
     assert_eq!(v["loop_wait"], 3, "{v}");
     wait_work_mem(&c, "4MB");
 
-    // Refusals leave the config as it was.
-    let kept = get_config(&c, &p);
+    // Refusals leave the config (the DCS key) as it was.
+    let stored_config = || {
+        c.dcs_json("config")
+            .expect("read /config key")
+            .expect("/config key")
+    };
+    let kept = stored_config();
     let mut failures = Vec::new();
     check(
         &mut failures,
@@ -138,7 +171,7 @@ fn patch_config_merges_deletes_validates_and_reaches_postgres() {
         400,
         "",
     );
-    let after = get_config(&c, &p);
+    let after = stored_config();
     if after != kept {
         failures.push(format!(
             "a refused PATCH changed /config:\nbefore {kept}\nafter  {after}"

@@ -6,6 +6,7 @@ pub mod fence;
 pub mod member;
 pub mod runner;
 pub mod state;
+pub mod sync;
 
 pub use decide::{
     decide, Action, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy, Reason,
