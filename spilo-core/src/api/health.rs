@@ -117,9 +117,7 @@ pub fn health_check(path: &str, q: &Params, s: &NodeState, now: Instant) -> u16 
     {
         return code(primary_ok);
     }
-    // Synchronous replication is not implemented yet: nobody is a sync or quorum standby.
-    let sync_standby = false;
-    let quorum_standby = false;
+    let (sync_standby, quorum_standby) = crate::ha::sync::standby_roles(s);
     let ok = if path.contains("replica") {
         replica_ok(s, q)
     } else if path.contains("read-only") && !path.contains("sync") && !path.contains("quorum") {

@@ -246,14 +246,15 @@ pub fn precheck(
     })
 }
 
-/// The synchronous standbys when synchronous replication is active, else `None`.
-///
-/// spilo does not implement synchronous mode yet, so this is always `None` and the
-/// sync-standby rules of [`feasibility`] stay dormant. When it is implemented: return the names
-/// in the `sync` key (`sync_standby`, comma-separated, compared case-insensitively) while
-/// `synchronous_mode` is on in non-quorum mode.
-fn sync_standbys(_s: &NodeState) -> Option<Vec<String>> {
-    None
+/// The synchronous standbys when synchronous replication (priority mode) is active and the
+/// `sync` key is in force, else `None`.
+fn sync_standbys(s: &NodeState) -> Option<Vec<String>> {
+    if crate::ha::sync::sync_mode(&s.dynamic) != crate::ha::sync::SyncMode::On {
+        return None;
+    }
+    let c = s.cluster.as_deref()?;
+    crate::ha::sync::key_leader(c)?;
+    Some(crate::ha::sync::key_standbys(c))
 }
 
 /// Check 9: can the request succeed now? `Err` holds the 412 message.

@@ -38,6 +38,9 @@ pub struct Policy {
     pub paused: bool,
     /// The `replicatefrom` tag: stream from this member instead of the leader (cascading).
     pub replicatefrom: Option<String>,
+    /// `synchronous_mode` is on: only the standbys named in the `sync` key (and its leader) may
+    /// be promoted automatically.
+    pub synchronous: bool,
 }
 
 /// What is in the data directory.
@@ -816,9 +819,37 @@ fn healthiest(
             }
         }
     }
+    // Synchronous mode: an acknowledged commit is guaranteed only on the standbys named in the
+    // `sync` key; nobody else may be promoted automatically, and only they are compared.
+    let sync_set: Option<(Vec<String>, String)> = if policy.synchronous {
+        crate::ha::sync::key_leader(cluster)
+            .map(|l| (crate::ha::sync::key_standbys(cluster), l.to_string()))
+    } else {
+        None
+    };
+    if let Some((list, leader)) = &sync_set {
+        if leader != &policy.name && !crate::ha::sync::listed(list, &policy.name) {
+            return Err(format!(
+                "synchronous_mode is on and I am not a synchronous standby (sync standbys: {})",
+                if list.is_empty() {
+                    "none".to_string()
+                } else {
+                    list.join(",")
+                }
+            ));
+        }
+    }
+    let peers: Vec<&PeerStatus> = peers
+        .iter()
+        .filter(|p| match &sync_set {
+            Some((list, _)) => crate::ha::sync::listed(list, &p.name),
+            None => true,
+        })
+        .collect();
     let my_pos = my_pos.unwrap_or(0);
     if let Some(optime) = cluster.optime() {
-        if optime > my_pos && optime - my_pos > policy.maximum_lag_on_failover {
+        if sync_set.is_none() && optime > my_pos && optime - my_pos > policy.maximum_lag_on_failover
+        {
             return Err(format!(
                 "my WAL position {my_pos} is {} bytes behind the last known leader position {optime}, more than maximum_lag_on_failover {}",
                 optime - my_pos,

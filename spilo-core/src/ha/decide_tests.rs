@@ -24,6 +24,7 @@ fn policy(name: &str) -> Policy {
         failover_priority: 1,
         paused: false,
         replicatefrom: None,
+        synchronous: false,
     }
 }
 
@@ -804,4 +805,53 @@ fn clonefrom_member_is_the_copy_source_unless_from_leader() {
         run(Some(&c), &l, &policy("n3")).actions,
         vec![Action::StartClone("n1".into())]
     );
+}
+
+// ---------------------------------------------------------------- synchronous mode
+
+fn with_sync(mut c: Cluster, leader: &str, standbys: Option<&str>) -> Cluster {
+    c.sync = Some(Versioned {
+        value: crate::dcs::SyncState {
+            leader: Some(leader.into()),
+            quorum: 0,
+            sync_standby: standbys.map(str::to_string),
+        },
+        version: 4,
+    });
+    c
+}
+
+#[test]
+fn only_the_synchronous_standby_may_be_promoted() {
+    let c = with_sync(cluster(None, "n3"), "n1", Some("n2"));
+    let mut p = policy("n3");
+    p.synchronous = true;
+    // n3 is ahead of everyone but not synchronous: it must not promote.
+    let d = run(Some(&c), &local(replica(9000)), &p);
+    assert!(d.actions.is_empty(), "{d:?}");
+    assert!(
+        matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("not a synchronous standby"))
+    );
+    // n2 is, and an asynchronous peer ahead of it does not count.
+    let mut p2 = policy("n2");
+    p2.synchronous = true;
+    let mut l = local(replica(1000));
+    l.peers = vec![peer("n3", false, 9000)];
+    let d = run(Some(&c), &l, &p2);
+    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn without_synchronous_mode_the_sync_key_is_ignored() {
+    let c = with_sync(cluster(None, "n3"), "n1", Some("n2"));
+    let d = run(Some(&c), &local(replica(9000)), &policy("n3"));
+    assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
+}
+
+#[test]
+fn sync_key_with_no_standby_blocks_every_automatic_promotion() {
+    let c = with_sync(cluster(None, "n2"), "n1", None);
+    let mut p = policy("n2");
+    p.synchronous = true;
+    assert!(run(Some(&c), &local(replica(1000)), &p).actions.is_empty());
 }

@@ -18,6 +18,7 @@ use crate::ha::decide::{
 };
 use crate::ha::member;
 use crate::ha::state::{DecisionReport, PgStatus, StateTx};
+use crate::ha::sync;
 use crate::postgres::conf::Upstream;
 use crate::postgres::query::{quote_ident, quote_literal};
 use crate::postgres::{Postgres, StopMode};
@@ -67,6 +68,8 @@ pub struct Node {
     pg_label: Option<&'static str>,
     clone_from_leader: bool,
     known_timeline: Option<u64>,
+    /// The `synchronous_standby_names` this primary runs with (None: not managed yet).
+    ssn: Option<String>,
     commands: Option<crate::ha::command::CommandRx>,
     config_path: Option<std::path::PathBuf>,
     scheduled_restart: Option<crate::ha::command::RestartRequest>,
@@ -104,6 +107,7 @@ impl Node {
             pg_label: None,
             clone_from_leader: false,
             known_timeline: None,
+            ssn: None,
             commands: None,
             config_path: None,
             scheduled_restart: None,
@@ -149,6 +153,7 @@ impl Node {
                 .remove_data_directory_on_rewind_failure,
             failover_priority: dcs::tags::failover_priority(&self.cfg.tags),
             paused: self.dynamic.pause,
+            synchronous: sync::sync_mode(&self.dynamic) != sync::SyncMode::Off,
             replicatefrom: self
                 .cfg
                 .tags
@@ -609,10 +614,7 @@ impl Node {
                     true
                 }
                 Action::Follow(up) => self.follow(cluster, up.clone()).await,
-                Action::Promote => {
-                    self.spawn_promote();
-                    true
-                }
+                Action::Promote => self.spawn_promote(cluster).await,
                 Action::Demote(mode) => self.demote(*mode).await,
                 Action::WriteInitialize(id) => {
                     match self.dcs.put("initialize", id.as_bytes(), Cas::Any).await {
@@ -684,14 +686,15 @@ impl Node {
         lines
     }
 
+    /// The parameters to write: a primary in synchronous mode also gets the SSN it runs with.
+    fn conf_params(&self, standby: bool) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let ssn = if standby { None } else { self.ssn.as_deref() };
+        sync::with_ssn(&self.dynamic.postgresql.parameters, ssn)
+    }
+
     fn write_conf(&self, standby: bool, upstream: Option<&Upstream>) -> Result<(), String> {
         self.pg
-            .write_config(
-                &self.dynamic.postgresql.parameters,
-                &self.hba(),
-                standby,
-                upstream,
-            )
+            .write_config(&self.conf_params(standby), &self.hba(), standby, upstream)
             .map_err(|e| e.to_string())
     }
 
@@ -845,9 +848,34 @@ impl Node {
         });
     }
 
-    fn spawn_promote(&mut self) {
+    async fn spawn_promote(&mut self, cluster: Option<&Cluster>) -> bool {
+        if sync::sync_mode(&self.dynamic) != sync::SyncMode::Off {
+            // Before promoting, name ourselves in the `sync` key with no standby yet, so no
+            // stale standby there can be promoted after us; in strict mode, commits wait until
+            // a standby is confirmed.
+            let version = cluster.and_then(|c| c.sync.as_ref()).map(|v| v.version);
+            let value = dcs::codec::to_compact_json(&sync::key_value(&self.cfg.name, &[]));
+            let cas = version.map(Cas::Version).unwrap_or(Cas::Absent);
+            match self.dcs.put("sync", &value, cas).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("the sync key changed under us; postponing the promotion");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not write the sync key; postponing the promotion");
+                    return false;
+                }
+            }
+            self.ssn = Some(sync::ssn(&[], 1, sync::strict(&self.dynamic)));
+            if let Err(e) = self.write_conf(true, None) {
+                tracing::warn!("could not write the configuration before promoting: {e}");
+            }
+        } else {
+            self.ssn = None;
+        }
         let pg = self.pg.clone();
-        let params = self.dynamic.postgresql.parameters.clone();
+        let params = self.conf_params(false);
         let hba = self.hba();
         let timeout = self.pg.s.ctl_timeout;
         self.spawn_job(JobKind::Promote, "running", async move {
@@ -864,6 +892,7 @@ impl Node {
                 upstream: Some(None),
             })
         });
+        true
     }
 
     async fn follow(&mut self, cluster: Option<&Cluster>, name: Option<String>) -> bool {
@@ -900,6 +929,7 @@ impl Node {
             return true;
         }
         self.lease_renewed_at = None;
+        self.ssn = None;
         tracing::warn!("demoting: stopping PostgreSQL immediately");
         if let Err(e) = self.pg.stop(StopMode::Immediate).await {
             tracing::error!(error = %e, "immediate stop failed; killing the postmaster");
@@ -937,6 +967,7 @@ impl Node {
         }
         self.needs_rewind = true;
         self.upstream = None;
+        self.ssn = None;
         if self.lease_renewed_at.take().is_none() {
             return;
         }
@@ -1004,6 +1035,7 @@ impl Node {
                 self.history_written_for = Some(tl);
             }
         }
+        self.sync_housekeeping(c, pgs).await;
         if self.dynamic.postgresql.use_slots {
             let wanted: Vec<String> = c
                 .members
@@ -1032,6 +1064,99 @@ impl Node {
                     Err(e) => tracing::warn!(error = %e, "could not list slots"),
                 }
             }
+        }
+    }
+
+    /// Synchronous replication on the leader: move SSN and the `sync` key toward the best
+    /// standbys, one invariant-keeping step at a time (see [`sync`]).
+    async fn sync_housekeeping(&mut self, c: &Cluster, pgs: &PgStatus) {
+        let me = self.cfg.name.clone();
+        let ours = sync::key_leader(c) == Some(me.as_str());
+        let version = c.sync.as_ref().map(|v| v.version);
+        if sync::sync_mode(&self.dynamic) == sync::SyncMode::Off {
+            if ours {
+                // Leaving synchronous mode: the key first, then SSN.
+                if let Some(v) = version {
+                    let _ = self.dcs.delete("sync", Cas::Version(v)).await;
+                }
+            }
+            if self.ssn.take().is_some_and(|s| !s.is_empty()) {
+                self.apply_ssn().await;
+            }
+            return;
+        }
+        if self.ssn.is_none() {
+            // After a restart of the daemon: learn what PostgreSQL runs with.
+            self.ssn = Some(
+                self.pg
+                    .current_setting("synchronous_standby_names", self.retry())
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        let count = sync::node_count(&self.dynamic);
+        let strict = sync::strict(&self.dynamic);
+        let mut wanted = sync::candidates(
+            c,
+            &me,
+            &pgs.replication,
+            pgs.wal_flush,
+            sync::max_lag_on_syncnode(&self.dynamic),
+        );
+        wanted.truncate(count);
+        let confirmed: Vec<String> = pgs
+            .replication
+            .iter()
+            .filter(|r| r.sync_state == "sync")
+            .map(|r| r.application_name.clone())
+            .collect();
+        let mut key: Option<Vec<String>> = ours.then(|| sync::key_standbys(c));
+        let mut wrote_key = false;
+        for _ in 0..3 {
+            let current = self.ssn.clone().unwrap_or_default();
+            match sync::next_step(key.as_deref(), &wanted, &current, &confirmed, count, strict) {
+                sync::SyncStep::Steady => return,
+                sync::SyncStep::WriteKey(list) => {
+                    if wrote_key {
+                        // A second write needs the key's new version: next cycle.
+                        return;
+                    }
+                    let value = dcs::codec::to_compact_json(&sync::key_value(&me, &list));
+                    let cas = version.map(Cas::Version).unwrap_or(Cas::Absent);
+                    match self.dcs.put("sync", &value, cas).await {
+                        Ok(true) => {
+                            tracing::info!(standbys = ?list, "sync key updated");
+                            key = Some(list);
+                            wrote_key = true;
+                        }
+                        Ok(false) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not write the sync key");
+                            return;
+                        }
+                    }
+                }
+                sync::SyncStep::SetSsn(v) => {
+                    tracing::info!(synchronous_standby_names = %v, "changing synchronous standbys");
+                    self.ssn = Some(v);
+                    self.apply_ssn().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn apply_ssn(&mut self) {
+        if let Err(e) = self.write_conf(false, None) {
+            tracing::error!("cannot write the PostgreSQL configuration: {e}");
+            return;
+        }
+        if let Err(e) = self
+            .pg
+            .execute("SELECT pg_reload_conf()", self.retry())
+            .await
+        {
+            tracing::warn!(error = %e, "reload failed");
         }
     }
 

@@ -206,6 +206,26 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// `current_setting(name)`.
+    pub async fn current_setting(&self, name: &str, timeout: Duration) -> Result<String, PgError> {
+        let fut = async {
+            let guard = self.client(timeout).await?;
+            let c = guard
+                .as_ref()
+                .ok_or_else(|| PgError::Query("no connection".into()))?;
+            let row = c
+                .query_one("SELECT current_setting($1)", &[&name])
+                .await
+                .map_err(qerr)?;
+            row.try_get::<_, String>(0).map_err(qerr)
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| PgError::Query("current_setting timed out".into()))?
+    }
+}
+
 /// Quote a SQL literal.
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
