@@ -59,7 +59,7 @@ fn wait_work_mem(c: &TestCluster, want: &str) {
 }
 
 #[test]
-fn patch_config_merges_deletes_validates_and_reaches_postgres() {
+fn patch_config_merges_deletes_and_validates() {
     let c = TestCluster::start(2, ClusterOpts::named("config-api"));
     let p = c.wait_for_replicas_streaming(BOOTSTRAP);
     let r = c.others(&p)[0].clone();
@@ -132,7 +132,6 @@ fn patch_config_merges_deletes_validates_and_reaches_postgres() {
         "null deleted more than work_mem: {v}"
     );
     assert_eq!(v["loop_wait"], 3, "{v}");
-    wait_work_mem(&c, "4MB");
 
     // Refusals leave the config (the DCS key) as it was.
     let stored_config = || {
@@ -185,6 +184,100 @@ fn patch_config_merges_deletes_validates_and_reaches_postgres() {
     assert!(
         c.node(&p).sql_value("SHOW archive_command").ok().flatten() != Some("/bin/true".into()),
         "archive_command reached PostgreSQL"
+    );
+}
+
+#[test]
+fn patch_config_parameters_reach_postgres_and_flag_pending_restart() {
+    let c = TestCluster::start(2, ClusterOpts::named("config-pg"));
+    let p = c.wait_for_replicas_streaming(BOOTSTRAP);
+    let r = c.others(&p)[0].clone();
+
+    // A reloadable parameter reaches every PostgreSQL without a restart.
+    let resp = call(
+        c.node(&p),
+        "PATCH",
+        "/config",
+        Some(&json!({"postgresql": {"parameters": {"work_mem": "8MB"}}})),
+    );
+    expect("PATCH work_mem 8MB", resp, 200, None);
+    wait_work_mem(&c, "8MB");
+    let resp = call(
+        c.node(&p),
+        "PATCH",
+        "/config",
+        Some(&json!({"postgresql": {"parameters": {"work_mem": null}}})),
+    );
+    expect("PATCH work_mem null", resp, 200, None);
+    wait_work_mem(&c, "4MB");
+
+    // A restart-only parameter: pending_restart on every node, applied by a restart with
+    // restart_pending, which clears the flag.
+    let resp = call(
+        c.node(&p),
+        "PATCH",
+        "/config",
+        Some(&json!({"postgresql": {"parameters": {"max_locks_per_transaction": 128}}})),
+    );
+    expect("PATCH max_locks_per_transaction 128", resp, 200, None);
+    for n in &c.nodes {
+        wait_for(
+            &format!("pending_restart on {}", n.name),
+            Duration::from_secs(60),
+            || {
+                let v = n.patroni()?;
+                if v["pending_restart"] == true {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "pending_restart {} reason {}",
+                        v["pending_restart"], v["pending_restart_reason"]
+                    ))
+                }
+            },
+        );
+    }
+    assert_eq!(
+        c.node(&r)
+            .sql_value("SHOW max_locks_per_transaction")
+            .ok()
+            .flatten()
+            .as_deref(),
+        Some("64"),
+        "a restart-only parameter changed without a restart"
+    );
+    let resp = call(
+        c.node(&r),
+        "POST",
+        "/restart",
+        Some(&json!({"restart_pending": true})),
+    );
+    expect(
+        "POST /restart {restart_pending: true} on the replica",
+        resp,
+        200,
+        Some("restarted successfully"),
+    );
+    wait_for(
+        &format!("max_locks_per_transaction 128 and no pending_restart on {r}"),
+        Duration::from_secs(60),
+        || {
+            let v = c.node(&r).patroni()?;
+            let shown = c.node(&r).sql_value("SHOW max_locks_per_transaction")?;
+            if shown.as_deref() == Some("128") && v["pending_restart"] != true {
+                Ok(())
+            } else {
+                Err(format!(
+                    "SHOW {shown:?}, pending_restart {}",
+                    v["pending_restart"]
+                ))
+            }
+        },
+    );
+    assert_eq!(
+        c.node(&p).patroni().expect("/patroni")["pending_restart"],
+        true,
+        "the primary was not restarted and must still be pending"
     );
 }
 
@@ -310,12 +403,7 @@ fn mutating_endpoints_require_basic_auth_when_configured_and_reads_do_not() {
         200,
         "",
     );
-    match n.api_get("/config") {
-        Ok((200, v)) if v["loop_wait"] == 3 => {}
-        other => failures.push(format!(
-            "GET /config after the authenticated PATCH (want loop_wait 3): {other:?}"
-        )),
-    }
+    wait_config(&c, &p, "loop_wait 3", |v| v["loop_wait"] == 3);
 
     // Reads never need credentials.
     for path in [

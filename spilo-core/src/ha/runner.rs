@@ -605,14 +605,8 @@ impl Node {
                 }
                 Action::StartClone(m) => self.spawn_clone(cluster, m),
                 Action::StartRewind(l) => self.spawn_rewind(cluster, l, local),
-                Action::StartPrimary => {
-                    self.spawn_start(None, false);
-                    true
-                }
-                Action::StartReplica(up) => {
-                    self.spawn_start(Some(up.clone()), true);
-                    true
-                }
+                Action::StartPrimary => self.spawn_start(cluster, None, false),
+                Action::StartReplica(up) => self.spawn_start(cluster, Some(up.clone()), true),
                 Action::Follow(up) => self.follow(cluster, up.clone()).await,
                 Action::Promote => self.spawn_promote(cluster).await,
                 Action::Demote(mode) => self.demote(*mode).await,
@@ -830,14 +824,30 @@ impl Node {
         true
     }
 
-    fn spawn_start(&mut self, replica_of: Option<Option<String>>, standby: bool) {
-        let cluster = self.state.borrow().cluster.clone();
-        let up = replica_of
-            .as_ref()
-            .and_then(|n| self.upstream_for(cluster.as_deref(), n));
+    /// Start PostgreSQL: as primary (`replica_of` None), or as a replica following the named
+    /// member (`Some(Some(m))`) or nobody (`Some(None)`). Fails when the member's address is
+    /// unknown in `cluster` rather than start a replica that follows nobody by mistake.
+    fn spawn_start(
+        &mut self,
+        cluster: Option<&Cluster>,
+        replica_of: Option<Option<String>>,
+        standby: bool,
+    ) -> bool {
+        let up = match &replica_of {
+            Some(Some(name)) => {
+                match self.upstream_for(cluster, &Some(name.clone())) {
+                    Some(up) => Some(up),
+                    None => {
+                        tracing::warn!("cannot start as a replica of {name}: its connection address is unknown");
+                        return false;
+                    }
+                }
+            }
+            _ => None,
+        };
         if let Err(e) = self.write_conf(standby, up.as_ref()) {
             tracing::error!("cannot write the PostgreSQL configuration: {e}");
-            return;
+            return false;
         }
         let pg = self.pg.clone();
         self.spawn_job(JobKind::Start, "starting", async move {
@@ -846,6 +856,7 @@ impl Node {
                 upstream: replica_of.or(Some(None)),
             })
         });
+        true
     }
 
     async fn spawn_promote(&mut self, cluster: Option<&Cluster>) -> bool {
@@ -938,7 +949,7 @@ impl Node {
         self.needs_rewind = true;
         self.upstream = None;
         if mode == DemoteMode::Offline {
-            self.spawn_start(Some(None), true);
+            self.spawn_start(None, Some(None), true);
         }
         true
     }
