@@ -32,6 +32,7 @@ mod spiloctl;
 mod spiloctl_ops;
 mod switchover;
 mod switchover_under_load;
+mod sync_mode;
 
 use std::time::Duration;
 
