@@ -4,12 +4,15 @@
 //!
 //! Run it through `scripts/bench.sh` (release build; `SPILO_BIN_DIR` points the harness at it).
 //! Options: `--rounds N` (default 5), `--ttl S` (default 5, the lowest the config accepts),
-//! `--loop-wait S` (default 2), `--idle-secs S` (default 20), `--wrk-secs S` (default 10).
+//! `--loop-wait S` (default 2), `--idle-secs S` (default 20), `--wrk-secs S` (default 10),
+//! `--switchover-rounds N` (default 10), `--no-patroni` (skip the Patroni side-by-side run).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use spilo_tests::{ClusterOpts, TestCluster};
+use spilo_tests::{ClusterOpts, NodeOpts, TestCluster};
+
+mod switchover;
 
 struct Opts {
     rounds: usize,
@@ -17,6 +20,8 @@ struct Opts {
     loop_wait: u64,
     idle_secs: u64,
     wrk_secs: u64,
+    switchover_rounds: usize,
+    patroni: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -26,6 +31,8 @@ fn parse_args() -> Result<Opts, String> {
         loop_wait: 2,
         idle_secs: 20,
         wrk_secs: 10,
+        switchover_rounds: 10,
+        patroni: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -42,7 +49,13 @@ fn parse_args() -> Result<Opts, String> {
             "--loop-wait" => o.loop_wait = num,
             "--idle-secs" => o.idle_secs = num,
             "--wrk-secs" => o.wrk_secs = num,
+            "--switchover-rounds" => o.switchover_rounds = num as usize,
             "--bench" => {
+                i += 1;
+                continue;
+            }
+            "--no-patroni" => {
+                o.patroni = false;
                 i += 1;
                 continue;
             }
@@ -73,7 +86,7 @@ fn first_writer(
     None
 }
 
-fn rss_kb(pid: i32) -> Option<u64> {
+pub(crate) fn rss_kb(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with("VmRSS:"))
@@ -86,6 +99,39 @@ fn cpu_ticks(pid: i32) -> Option<u64> {
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s.get(s.len() / 2).copied()
+}
+
+/// Switchover, spilo then Patroni, on the same YAML (ttl 20: Patroni's floor).
+fn switchover_section(o: &Opts) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let opts = ClusterOpts::named("benchsw").timing(20, 2, 3);
+    let c = TestCluster::start(3, opts.clone());
+    c.wait_for_replicas_streaming(Duration::from_secs(120));
+    let eps: Vec<switchover::Endpoint> = c
+        .nodes
+        .iter()
+        .map(|n| switchover::Endpoint {
+            name: n.name.clone(),
+            api: n.api_port,
+            pg: n.pg_port,
+        })
+        .collect();
+    let spilo = switchover::rounds(&eps, o.switchover_rounds, "spilo");
+    drop(c);
+    let (mut patroni, mut patroni_rss) = (Vec::new(), Vec::new());
+    if o.patroni {
+        let node_opts: NodeOpts = opts.node.clone();
+        if let Some(p) = switchover::PatroniCluster::start(3, node_opts) {
+            patroni = switchover::rounds(&p.nodes, o.switchover_rounds, "patroni");
+            patroni_rss = p.rss_mb();
+        }
+    }
+    (spilo, patroni, patroni_rss)
 }
 
 fn stats(v: &[f64]) -> String {
@@ -210,6 +256,9 @@ fn main() {
         Err(e) => format!("unknown (wrk: {e})"),
     };
 
+    drop(c);
+    let (sw_spilo, sw_patroni, patroni_rss) = switchover_section(&o);
+
     println!();
     println!(
         "== spilo-bench summary (ttl {} s, loop_wait {} s, retry_timeout {} s) ==",
@@ -231,4 +280,20 @@ fn main() {
         "GET /primary on the leader (wrk -t1 -c16 -d{}s): {rps} requests/s",
         o.wrk_secs
     );
+    println!("switchover, spilo (POST /switchover -> first write on the candidate, ttl 20, loop_wait 2): {}", stats(&sw_spilo));
+    if o.patroni {
+        println!(
+            "switchover, Patroni 4 from PyPI, same etcd/PostgreSQL/YAML: {}",
+            stats(&sw_patroni)
+        );
+        if let (Some(a), Some(b)) = (median(&sw_spilo), median(&sw_patroni)) {
+            println!("switchover median ratio spilo/Patroni: {:.3}", a / b);
+        }
+        if !patroni_rss.is_empty() {
+            println!(
+                "Patroni daemon RSS: max {:.1} MB",
+                patroni_rss.iter().copied().fold(0.0, f64::max)
+            );
+        }
+    }
 }
