@@ -100,6 +100,19 @@ pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
         if let Some(id) = &pg.sysid {
             m.insert("database_system_identifier".into(), id.clone().into());
         }
+        let (sync_standby, quorum_standby) = crate::ha::sync::standby_roles(s);
+        if sync_standby {
+            m.insert("sync_standby".into(), true.into());
+        }
+        if quorum_standby {
+            m.insert("quorum_standby".into(), true.into());
+        }
+        if pg.pending_restart {
+            m.insert("pending_restart".into(), true.into());
+        }
+        if let Some(r) = &s.scheduled_restart {
+            m.insert("scheduled_restart".into(), r.clone());
+        }
         m.insert(
             "patroni".into(),
             json!({
