@@ -532,6 +532,19 @@ pub fn decide(
                 let (target, why) = upstream_target(cluster, policy, &l);
                 return d.act(Action::StartReplica(Some(target))).because(why);
             }
+            // No leader, but a named candidate is taking over (we may have just handed over to
+            // it): wait for it rather than start and race.
+            if let Some(c) = cluster
+                .failover
+                .as_ref()
+                .and_then(|f| f.value.member.as_deref())
+            {
+                if c != me && cluster.member(c).is_some() {
+                    return d.because(Reason::NotHealthiest(format!(
+                        "waiting for {c} to take over"
+                    )));
+                }
+            }
             // No leader: come up read-only so that we can report a position and race.
             return d
                 .act(Action::StartReplica(None))

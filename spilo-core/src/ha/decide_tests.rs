@@ -855,3 +855,13 @@ fn sync_key_with_no_standby_blocks_every_automatic_promotion() {
     p.synchronous = true;
     assert!(run(Some(&c), &local(replica(1000)), &p).actions.is_empty());
 }
+
+#[test]
+fn a_stopped_former_primary_waits_for_the_named_candidate_instead_of_racing() {
+    let c = with_failover(cluster(None, "n1"), Some("n1"), Some("n2"), None);
+    let mut l = local(Pg::Stopped);
+    l.needs_rewind = true;
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert!(d.actions.is_empty(), "{d:?}");
+    assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("waiting for n2")));
+}

@@ -885,6 +885,9 @@ impl Node {
         } else {
             self.ssn = None;
         }
+        // A new term: the slots this node made as an earlier leader may be gone (pg_rewind
+        // and pg_basebackup do not copy them).
+        self.slots_done_for.clear();
         let pg = self.pg.clone();
         let params = self.conf_params(false);
         let hba = self.hba();
@@ -941,6 +944,7 @@ impl Node {
         }
         self.lease_renewed_at = None;
         self.ssn = None;
+        self.slots_done_for.clear();
         tracing::warn!("demoting: stopping PostgreSQL immediately");
         if let Err(e) = self.pg.stop(StopMode::Immediate).await {
             tracing::error!(error = %e, "immediate stop failed; killing the postmaster");
@@ -979,6 +983,7 @@ impl Node {
         self.needs_rewind = true;
         self.upstream = None;
         self.ssn = None;
+        self.slots_done_for.clear();
         if self.lease_renewed_at.take().is_none() {
             return;
         }
@@ -1054,7 +1059,11 @@ impl Node {
                 .filter(|m| m.name != self.cfg.name)
                 .map(|m| dcs::codec::slot_name(&m.name))
                 .collect();
-            if wanted != self.slots_done_for {
+            // Re-check while some replica is not streaming: its slot may be what is missing.
+            let lagging = c.members.iter().any(|m| {
+                m.name != self.cfg.name && m.data.replication_state.as_deref() != Some("streaming")
+            });
+            if wanted != self.slots_done_for || lagging {
                 match self.pg.physical_slots(self.retry()).await {
                     Ok(existing) => {
                         let mut ok = true;
