@@ -166,3 +166,62 @@ fn strict_mode_without_a_standby_blocks_writes() {
         r.unwrap_err()
     ));
 }
+
+#[test]
+fn quorum_mode_lists_every_voter_and_promotes_one_of_them() {
+    let mut c = TestCluster::start(3, ClusterOpts::named("syncquorum"));
+    let primary = c.wait_for_replicas_streaming(BOOTSTRAP);
+    let r = call(
+        c.node(&primary),
+        "PATCH",
+        "/config",
+        Some(&json!({"synchronous_mode": "quorum"})),
+    );
+    expect("PATCH synchronous_mode quorum", r, 200, None);
+    let replicas = c.others(&primary);
+    let key = wait_for(
+        "both replicas as voters with quorum 1",
+        Duration::from_secs(60),
+        || match c.dcs_json("sync") {
+            Ok(Some(v))
+                if v["leader"] == primary.as_str()
+                    && v["quorum"] == 1
+                    && v["sync_standby"]
+                        .as_str()
+                        .is_some_and(|s| s.split(',').count() == 2) =>
+            {
+                Ok(v)
+            }
+            other => Err(format!("{other:?}")),
+        },
+    );
+    note(format!("sync key {key}"));
+    let ssn = c
+        .node(&primary)
+        .sql_value("SHOW synchronous_standby_names")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(ssn.starts_with("ANY 1 ("), "SSN is {ssn:?}");
+    for r in &replicas {
+        wait_for(
+            &format!("/quorum 200 on {r}"),
+            Duration::from_secs(20),
+            || match c.node(r).api_get("/quorum") {
+                Ok((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+    }
+    c.node(&primary)
+        .write_value("quorum_rows", "acknowledged by a quorum")
+        .expect("write");
+    let n = c.node_mut(&primary);
+    n.kill_daemon(libc::SIGKILL);
+    n.kill_postmaster(libc::SIGKILL);
+    let new = c.wait_for_primary_except(&[primary.as_str()], REJOIN);
+    assert!(replicas.contains(&new));
+    assert!(c
+        .node(&new)
+        .has_value("quorum_rows", "acknowledged by a quorum")
+        .unwrap());
+}

@@ -41,6 +41,8 @@ pub struct Policy {
     /// `synchronous_mode` is on: only the standbys named in the `sync` key (and its leader) may
     /// be promoted automatically.
     pub synchronous: bool,
+    /// `synchronous_mode: quorum`: a candidate also needs `quorum` voters not ahead of it.
+    pub quorum: bool,
 }
 
 /// What is in the data directory.
@@ -878,6 +880,27 @@ fn healthiest(
                 return Err(format!(
                     "my timeline {my_tl:?} is behind the cluster's {ctl}"
                 ))
+            }
+        }
+    }
+    if policy.quorum {
+        if let Some((list, leader)) = &sync_set {
+            if leader != &policy.name {
+                let need = crate::ha::sync::key_quorum(cluster);
+                let votes = peers
+                    .iter()
+                    .filter(|p| {
+                        p.name != policy.name
+                            && p.reachable
+                            && p.wal_position.unwrap_or(0) <= my_pos
+                    })
+                    .count() as u64;
+                if votes < need {
+                    return Err(format!(
+                        "quorum: {votes} of the voters ({}) confirm I am not behind, {need} needed",
+                        list.join(",")
+                    ));
+                }
             }
         }
     }

@@ -25,6 +25,7 @@ fn policy(name: &str) -> Policy {
         paused: false,
         replicatefrom: None,
         synchronous: false,
+        quorum: false,
     }
 }
 
@@ -864,4 +865,27 @@ fn a_stopped_former_primary_waits_for_the_named_candidate_instead_of_racing() {
     let d = run(Some(&c), &l, &policy("n1"));
     assert!(d.actions.is_empty(), "{d:?}");
     assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("waiting for n2")));
+}
+
+#[test]
+fn quorum_mode_needs_enough_voters_confirming_the_candidate() {
+    let mut c = with_sync(cluster(None, "n2"), "n1", Some("n2,n3"));
+    c.sync.as_mut().unwrap().value.quorum = 1;
+    let mut p = policy("n2");
+    p.synchronous = true;
+    p.quorum = true;
+    // n3 unreachable: no vote.
+    let mut l = local(replica(1000));
+    let mut dead = peer("n3", false, 900);
+    dead.reachable = false;
+    l.peers = vec![dead];
+    let d = run(Some(&c), &l, &p);
+    assert!(d.actions.is_empty(), "{d:?}");
+    assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("quorum")));
+    // n3 answers and is not ahead: one vote, enough.
+    l.peers = vec![peer("n3", false, 900)];
+    assert_eq!(
+        run(Some(&c), &l, &p).actions,
+        vec![Action::AcquireLeader, Action::Promote]
+    );
 }

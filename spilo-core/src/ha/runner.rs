@@ -154,6 +154,7 @@ impl Node {
             failover_priority: dcs::tags::failover_priority(&self.cfg.tags),
             paused: self.dynamic.pause,
             synchronous: sync::sync_mode(&self.dynamic) != sync::SyncMode::Off,
+            quorum: sync::sync_mode(&self.dynamic) == sync::SyncMode::Quorum,
             replicatefrom: self
                 .cfg
                 .tags
@@ -1116,6 +1117,11 @@ impl Node {
         }
         let count = sync::node_count(&self.dynamic);
         let strict = sync::strict(&self.dynamic);
+        if sync::sync_mode(&self.dynamic) == sync::SyncMode::Quorum {
+            self.quorum_housekeeping(c, pgs, ours, version, count, strict)
+                .await;
+            return;
+        }
         let mut wanted = sync::candidates(
             c,
             &me,
@@ -1158,6 +1164,82 @@ impl Node {
                 }
                 sync::SyncStep::SetSsn(v) => {
                     tracing::info!(synchronous_standby_names = %v, "changing synchronous standbys");
+                    self.ssn = Some(v);
+                    self.apply_ssn().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Quorum commit on the leader: `ANY k (voters)` and the `sync` key's voters and quorum,
+    /// moved by [`sync::quorum_step`], which keeps every promotable quorum overlapping every
+    /// acknowledging set.
+    async fn quorum_housekeeping(
+        &mut self,
+        c: &Cluster,
+        pgs: &PgStatus,
+        ours: bool,
+        version: Option<i64>,
+        count: usize,
+        strict: bool,
+    ) {
+        let me = self.cfg.name.clone();
+        let active = sync::candidates(
+            c,
+            &me,
+            &pgs.replication,
+            pgs.wal_flush,
+            sync::max_lag_on_syncnode(&self.dynamic),
+        );
+        if active.is_empty() && strict {
+            // No standby: commits wait. The key may stay as it is, since nothing more can
+            // be acknowledged.
+            let placeholder = sync::quorum_ssn(&[], 1, true);
+            if self.ssn.as_deref() != Some(placeholder.as_str()) {
+                tracing::warn!("synchronous_mode_strict with no standby: commits wait for one");
+                self.ssn = Some(placeholder);
+                self.apply_ssn().await;
+            }
+            return;
+        }
+        let mut key: Option<(Vec<String>, u64)> =
+            ours.then(|| (sync::key_standbys(c), sync::key_quorum(c)));
+        let mut wrote_key = false;
+        for _ in 0..3 {
+            let mut parsed = sync::parse_ssn(self.ssn.as_deref().unwrap_or(""));
+            parsed.names.retain(|n| n != sync::STRICT_PLACEHOLDER);
+            let step = sync::quorum_step(
+                key.as_ref().map(|(v, q)| (v.as_slice(), *q)),
+                &parsed,
+                &active,
+                count,
+            );
+            match step {
+                sync::QuorumStep::Steady => return,
+                sync::QuorumStep::WriteKey(voters, q) => {
+                    if wrote_key {
+                        return;
+                    }
+                    let value =
+                        dcs::codec::to_compact_json(&sync::quorum_key_value(&me, &voters, q));
+                    let cas = version.map(Cas::Version).unwrap_or(Cas::Absent);
+                    match self.dcs.put("sync", &value, cas).await {
+                        Ok(true) => {
+                            tracing::info!(voters = ?voters, quorum = q, "sync key updated");
+                            key = Some((voters, q));
+                            wrote_key = true;
+                        }
+                        Ok(false) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not write the sync key");
+                            return;
+                        }
+                    }
+                }
+                sync::QuorumStep::SetSsn(names, k) => {
+                    let v = sync::quorum_ssn(&names, k, strict);
+                    tracing::info!(synchronous_standby_names = %v, "changing the quorum");
                     self.ssn = Some(v);
                     self.apply_ssn().await;
                     return;

@@ -274,6 +274,167 @@ pub fn key_value(leader: &str, standbys: &[String]) -> Value {
     serde_json::json!({"leader": leader, "quorum": 0, "sync_standby": list})
 }
 
+/// A parsed `synchronous_standby_names`: the standbys and how many must acknowledge.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ssn {
+    /// `ANY` (quorum) rather than priority.
+    pub any: bool,
+    /// How many must acknowledge.
+    pub count: usize,
+    /// The standby names (placeholder included), unquoted.
+    pub names: Vec<String>,
+}
+
+/// Parse SSN: `''`, `name`, `"name"`, `N (a, b)`, `FIRST N (…)`, `ANY N (…)`, `*`.
+pub fn parse_ssn(s: &str) -> Ssn {
+    let t = s.trim();
+    if t.is_empty() {
+        return Ssn::default();
+    }
+    let unquote = |n: &str| n.trim().trim_matches('"').replace("\"\"", "\"");
+    let (head, list) = match (t.find('('), t.rfind(')')) {
+        (Some(a), Some(b)) if b > a => (t[..a].trim(), Some(&t[a + 1..b])),
+        _ => (t, None),
+    };
+    match list {
+        None => Ssn {
+            any: false,
+            count: 1,
+            names: t
+                .split(',')
+                .map(unquote)
+                .filter(|n| !n.is_empty())
+                .collect(),
+        },
+        Some(list) => {
+            let mut words = head.split_whitespace();
+            let (any, num) = match (words.next(), words.next()) {
+                (Some(w), Some(n)) if w.eq_ignore_ascii_case("any") => (true, n),
+                (Some(w), Some(n)) if w.eq_ignore_ascii_case("first") => (false, n),
+                (Some(n), None) => (false, n),
+                _ => (false, "1"),
+            };
+            Ssn {
+                any,
+                count: num.parse().unwrap_or(1),
+                names: list
+                    .split(',')
+                    .map(unquote)
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+            }
+        }
+    }
+}
+
+/// The quorum SSN value: `ANY k (names)`; with no names, the placeholder in strict mode.
+pub fn quorum_ssn(names: &[String], k: usize, strict: bool) -> String {
+    let mut names: Vec<String> = names.to_vec();
+    names.sort();
+    if names.is_empty() {
+        return if strict {
+            format!("ANY 1 ({STRICT_PLACEHOLDER})")
+        } else {
+            String::new()
+        };
+    }
+    format!(
+        "ANY {} ({})",
+        k.clamp(1, names.len()),
+        names
+            .iter()
+            .map(|n| quote_name(n))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+/// One step of the quorum-mode leader toward `active` standbys with `wanted` acknowledgements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QuorumStep {
+    /// Write the `sync` key: these voters and this quorum.
+    WriteKey(Vec<String>, u64),
+    /// Set SSN to `ANY k (names)`.
+    SetSsn(Vec<String>, usize),
+    /// Nothing to change.
+    Steady,
+}
+
+/// The quorum resolver. State: key voters `V` with quorum `q`, SSN `ANY k (S)`. It stays safe
+/// — every set of `q+1` voters meets every set of `k` acknowledging standbys — when `S ⊆ V`
+/// and `q + k ≥ |V|`. Each step keeps that: grow the key first, then change SSN, then shrink
+/// the key, then lower `k`.
+pub fn quorum_step(
+    key: Option<(&[String], u64)>,
+    ssn: &Ssn,
+    active: &[String],
+    wanted: usize,
+) -> QuorumStep {
+    let Some((voters, q)) = key else {
+        return QuorumStep::WriteKey(Vec::new(), 0);
+    };
+    let set = |v: &[String]| -> std::collections::BTreeSet<String> {
+        v.iter().map(|n| n.to_lowercase()).collect()
+    };
+    let (v, s_now, target) = (set(voters), set(&ssn.names), set(active));
+    let k_now = if ssn.names.is_empty() { 0 } else { ssn.count };
+    let k_target = wanted.min(target.len());
+    let q_target = (target.len() - k_target) as u64;
+    // 1. Grow the key to cover the new standbys, raising the quorum as needed.
+    if !target.is_subset(&v) {
+        let mut names: Vec<String> = voters.to_vec();
+        names.extend(
+            active
+                .iter()
+                .filter(|n| !v.contains(&n.to_lowercase()))
+                .cloned(),
+        );
+        let q1 = q.max((names.len() as u64).saturating_sub(k_now as u64));
+        return QuorumStep::WriteKey(names, q1);
+    }
+    // 2. SSN to the target standbys, acknowledged by enough of them for the current key; raise
+    //    the quorum first where fewer acknowledgements will be asked for.
+    let k2 = if target.is_empty() {
+        0
+    } else {
+        k_target
+            .max(v.len().saturating_sub(q as usize))
+            .min(target.len())
+    };
+    if s_now != target || k_now < k2 {
+        if (q as usize) + k2 < v.len() {
+            return QuorumStep::WriteKey(voters.to_vec(), (v.len() - k2) as u64);
+        }
+        return QuorumStep::SetSsn(active.to_vec(), k2);
+    }
+    // 3. Shrink the key to the target, at the target quorum.
+    if v != target || q != q_target {
+        return QuorumStep::WriteKey(active.to_vec(), q_target);
+    }
+    // 4. Lower k to what is wanted.
+    if k_now != k_target && !target.is_empty() {
+        return QuorumStep::SetSsn(active.to_vec(), k_target);
+    }
+    QuorumStep::Steady
+}
+
+/// The quorum-mode `sync` key value.
+pub fn quorum_key_value(leader: &str, voters: &[String], quorum: u64) -> Value {
+    let mut names: Vec<String> = voters.to_vec();
+    names.sort();
+    let list = if names.is_empty() {
+        Value::Null
+    } else {
+        Value::from(names.join(","))
+    };
+    serde_json::json!({"leader": leader, "quorum": quorum, "sync_standby": list})
+}
+
+/// The `sync` key's quorum (0 when absent).
+pub fn key_quorum(c: &Cluster) -> u64 {
+    c.sync.as_ref().map(|s| s.value.quorum).unwrap_or(0)
+}
+
 /// Parameters with SSN set (a primary's configuration).
 pub fn with_ssn(params: &BTreeMap<String, Value>, ssn: Option<&str>) -> BTreeMap<String, Value> {
     let mut p = params.clone();
@@ -347,6 +508,143 @@ mod tests {
         assert_eq!(
             next_step(Some(&key), &[], "n2", &[], 1, true),
             SyncStep::SetSsn(STRICT_PLACEHOLDER.into())
+        );
+    }
+
+    /// Every step of the resolver keeps `S ⊆ V` and `q + k ≥ |V|`, and it converges.
+    fn drive(
+        mut voters: Vec<String>,
+        mut q: u64,
+        mut ssn: Ssn,
+        active: &[String],
+        wanted: usize,
+    ) -> (Vec<String>, u64, Ssn) {
+        for _ in 0..10 {
+            let safe = |v: &[String], q: u64, s: &Ssn| {
+                let k = if s.names.is_empty() { 0 } else { s.count };
+                s.names.iter().all(|n| listed(v, n)) && q as usize + k >= v.len()
+            };
+            assert!(
+                safe(&voters, q, &ssn),
+                "unsafe state V={voters:?} q={q} S={ssn:?}"
+            );
+            match quorum_step(Some((&voters, q)), &ssn, active, wanted) {
+                QuorumStep::Steady => return (voters, q, ssn),
+                QuorumStep::WriteKey(v, nq) => {
+                    voters = v;
+                    q = nq;
+                }
+                QuorumStep::SetSsn(names, k) => {
+                    ssn = Ssn {
+                        any: true,
+                        count: k,
+                        names,
+                    };
+                }
+            }
+        }
+        panic!("did not converge: V={voters:?} q={q} S={ssn:?}");
+    }
+
+    #[test]
+    fn quorum_resolver_is_safe_at_every_step_and_converges() {
+        let empty = Ssn::default();
+        // From nothing to two standbys, one acknowledgement: ANY 1 (n2,n3), quorum 1.
+        let (v1, q1, s1) = drive(vec![], 0, empty.clone(), &v(&["n2", "n3"]), 1);
+        assert_eq!((v1.len(), q1, s1.count, s1.names.len()), (2, 1, 1, 2));
+        // Ask for two acknowledgements: quorum 0.
+        let (v2, q2, s2) = drive(v1.clone(), q1, s1.clone(), &v(&["n2", "n3"]), 2);
+        assert_eq!((v2.len(), q2, s2.count), (2, 0, 2));
+        // Lose n3.
+        let (v3, q3, s3) = drive(v2, q2, s2, &v(&["n2"]), 2);
+        assert_eq!((v3, q3, s3.names, s3.count), (v(&["n2"]), 0, v(&["n2"]), 1));
+        // Lose everyone.
+        let (v4, q4, s4) = drive(
+            v(&["n2"]),
+            0,
+            Ssn {
+                any: true,
+                count: 1,
+                names: v(&["n2"]),
+            },
+            &[],
+            1,
+        );
+        assert!(v4.is_empty() && q4 == 0 && s4.names.is_empty());
+        // Replace n2 by n4 at three voters.
+        drive(
+            v(&["n2", "n3", "n5"]),
+            2,
+            Ssn {
+                any: true,
+                count: 1,
+                names: v(&["n2", "n3", "n5"]),
+            },
+            &v(&["n3", "n4", "n5"]),
+            1,
+        );
+    }
+
+    #[test]
+    fn quorum_resolver_random_transitions_stay_safe() {
+        let all = v(&["a", "b", "c", "d", "e"]);
+        let mut seed: u64 = 0x5eed;
+        let mut rnd = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..2000 {
+            let pick = |mask: u64| -> Vec<String> {
+                all.iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, n)| n.clone())
+                    .collect()
+            };
+            // A safe start: S ⊆ V, q + k ≥ |V|.
+            let voters = pick(rnd(32));
+            let s_mask: Vec<String> = voters.iter().filter(|_| rnd(2) == 0).cloned().collect();
+            let k = if s_mask.is_empty() {
+                0
+            } else {
+                1 + rnd(s_mask.len() as u64) as usize
+            };
+            let q = (voters.len() - k.min(voters.len())) as u64 + rnd(2);
+            let ssn = Ssn {
+                any: true,
+                count: k.max(1),
+                names: s_mask,
+            };
+            let target = pick(rnd(32));
+            let wanted = 1 + rnd(3) as usize;
+            let (v2, q2, s2) = drive(voters, q, ssn, &target, wanted);
+            let mut t = target.clone();
+            t.sort();
+            let mut got = v2.clone();
+            got.sort();
+            assert_eq!(got, t);
+            assert_eq!(q2 as usize, target.len() - wanted.min(target.len()));
+            if !target.is_empty() {
+                assert_eq!(s2.count, wanted.min(target.len()));
+            }
+        }
+    }
+
+    #[test]
+    fn ssn_parses_every_form() {
+        assert_eq!(parse_ssn(""), Ssn::default());
+        assert_eq!(parse_ssn("n2").names, v(&["n2"]));
+        assert_eq!(parse_ssn("\"postgres-1\"").names, v(&["postgres-1"]));
+        let p = parse_ssn("ANY 2 (n2,\"n-3\")");
+        assert!(p.any && p.count == 2 && p.names == v(&["n2", "n-3"]));
+        let f = parse_ssn("2 (a, b)");
+        assert!(!f.any && f.count == 2 && f.names == v(&["a", "b"]));
+        assert_eq!(quorum_ssn(&v(&["b", "a"]), 1, false), "ANY 1 (a,b)");
+        assert_eq!(
+            quorum_ssn(&[], 1, true),
+            format!("ANY 1 ({STRICT_PLACEHOLDER})")
         );
     }
 
