@@ -109,7 +109,6 @@ fn patch_config_merges_deletes_and_validates() {
         get_config(&c, &p),
         "GET /config differs from the DCS"
     );
-    wait_work_mem(&c, "8MB");
 
     // null deletes the key only.
     let resp = call(

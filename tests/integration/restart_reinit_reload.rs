@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::{Duration, SystemTime};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use spilo_tests::tools::rfc3339_utc;
 use spilo_tests::util::chown_postgres;
 use spilo_tests::{note, wait_for, ClusterOpts, TestCluster};
@@ -117,18 +117,30 @@ fn restart_now_with_role_filter_and_scheduled_with_cancel() {
         409,
         Some("Another restart is already scheduled"),
     );
-    wait_for(
-        "scheduled_restart in /patroni",
-        Duration::from_secs(15),
-        || {
-            let v = c.node(&r).patroni()?;
-            if v["scheduled_restart"]["schedule"].is_string() {
+    // Published like Patroni does: in the member key (patronictl list's "Scheduled restart")
+    // and in /patroni.
+    let mut published = Vec::new();
+    let shown = |what: &str, probe: &dyn Fn() -> Result<Value, String>, want: bool| {
+        let r = spilo_tests::poll(Duration::from_secs(15), Duration::from_millis(500), || {
+            let v = probe()?;
+            let has = v["scheduled_restart"]["schedule"].is_string();
+            if has == want {
                 Ok(())
             } else {
                 Err(format!("{v}"))
             }
-        },
-    );
+        });
+        r.err().map(|last| {
+            format!(
+                "{what}: scheduled_restart {} within 15 s; last: {last}",
+                if want { "not shown" } else { "still shown" }
+            )
+        })
+    };
+    let member = || c.member_json(&r);
+    let status = || c.node(&r).patroni();
+    published.extend(shown("members key", &member, true));
+    published.extend(shown("/patroni", &status, true));
     let resp = call(c.node(&r), "DELETE", "/restart", None);
     expect(
         "DELETE /restart",
@@ -143,18 +155,8 @@ fn restart_now_with_role_filter_and_scheduled_with_cancel() {
         404,
         Some("no restarts are scheduled"),
     );
-    wait_for(
-        "scheduled_restart gone from /patroni",
-        Duration::from_secs(15),
-        || {
-            let v = c.node(&r).patroni()?;
-            if v.get("scheduled_restart").is_none() || v["scheduled_restart"].is_null() {
-                Ok(())
-            } else {
-                Err(format!("{v}"))
-            }
-        },
-    );
+    published.extend(shown("members key after DELETE", &member, false));
+    published.extend(shown("/patroni after DELETE", &status, false));
     // A schedule in the past or without a timezone is refused.
     let resp = call(
         c.node(&r),
@@ -183,6 +185,11 @@ fn restart_now_with_role_filter_and_scheduled_with_cancel() {
     let start2 = wait_start_time_changes(&c, &r, &start1, Duration::from_secs(60));
     note(format!("{r}: scheduled restart done, start time {start2}"));
     wait_replica_of(&c, &r, &p, REJOIN);
+    assert!(
+        published.is_empty(),
+        "scheduled restart publication mismatches:\n{}",
+        published.join("\n")
+    );
 }
 
 #[test]

@@ -119,6 +119,11 @@ fn switchover_moves_the_primary_and_the_old_one_follows_on_the_new_timeline() {
         line[1].as_u64().is_some_and(|lsn| lsn > 0),
         "history line without a switch LSN: {line}"
     );
+    assert_eq!(
+        line.get(4).and_then(|v| v.as_str()),
+        Some(cand.as_str()),
+        "history line for timeline {old_tl} does not name the new leader: {line}"
+    );
 
     // Both others follow the new primary on the new timeline; data flows.
     wait_replica_of(&c, &p, &cand, REJOIN);

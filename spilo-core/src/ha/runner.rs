@@ -68,6 +68,8 @@ pub struct Node {
     pg_label: Option<&'static str>,
     clone_from_leader: bool,
     known_timeline: Option<u64>,
+    /// The dynamic PostgreSQL settings changed: rewrite the configuration and reload.
+    conf_dirty: bool,
     /// The `synchronous_standby_names` this primary runs with (None: not managed yet).
     ssn: Option<String>,
     commands: Option<crate::ha::command::CommandRx>,
@@ -107,6 +109,7 @@ impl Node {
             pg_label: None,
             clone_from_leader: false,
             known_timeline: None,
+            conf_dirty: false,
             ssn: None,
             commands: None,
             config_path: None,
@@ -355,6 +358,11 @@ impl Node {
             .execute(&decision, cluster.as_ref(), &local, &pgstat, keep_sent)
             .await;
 
+        if self.conf_dirty && self.job.is_none() && self.pg.postmaster_pid().is_some() {
+            self.conf_dirty = false;
+            self.reload_postgres(cluster.as_ref()).await;
+        }
+
         // Refresh PostgreSQL's view if the actions changed it, so the member key is current.
         if !decision.actions.is_empty() {
             let (_, st, _) = self.observe_pg().await;
@@ -415,6 +423,13 @@ impl Node {
             }
             if dynamic.ttl != self.dynamic.ttl {
                 self.dcs.set_ttl(Duration::from_secs(dynamic.ttl));
+            }
+            // PostgreSQL settings changed (PATCH /config, edit-config): rewrite the files and
+            // reload at the end of this cycle.
+            if dynamic.postgresql.parameters != self.dynamic.postgresql.parameters
+                || dynamic.postgresql.pg_hba != self.dynamic.postgresql.pg_hba
+            {
+                self.conf_dirty = true;
             }
             self.dynamic = dynamic;
         }
@@ -1038,14 +1053,31 @@ impl Node {
         if let Some(tl) = pgs.timeline {
             if tl > 1 && self.history_written_for != Some(tl) && c.timeline() != tl {
                 match self.read_history(tl) {
-                    Ok(h) => match self
-                        .dcs
-                        .put("history", &dcs::codec::encode_history(&h), Cas::Any)
-                        .await
-                    {
-                        Ok(_) => self.history_written_for = Some(tl),
-                        Err(e) => tracing::warn!(error = %e, "could not write history"),
-                    },
+                    Ok(mut h) => {
+                        // Earlier lines keep the time and new leader recorded when they
+                        // were written; the history file has neither.
+                        if let Some(old) = &c.history {
+                            for line in h.iter_mut() {
+                                if let Some(prev) = old.iter().find(|o| o.timeline == line.timeline)
+                                {
+                                    if line.timestamp.is_none() {
+                                        line.timestamp = prev.timestamp.clone();
+                                    }
+                                    if line.new_leader.is_none() {
+                                        line.new_leader = prev.new_leader.clone();
+                                    }
+                                }
+                            }
+                        }
+                        match self
+                            .dcs
+                            .put("history", &dcs::codec::encode_history(&h), Cas::Any)
+                            .await
+                        {
+                            Ok(_) => self.history_written_for = Some(tl),
+                            Err(e) => tracing::warn!(error = %e, "could not write history"),
+                        }
+                    }
                     Err(e) => tracing::warn!("could not read the timeline history: {e}"),
                 }
             } else if c.timeline() == tl {
@@ -1259,6 +1291,32 @@ impl Node {
             .await
         {
             tracing::warn!(error = %e, "reload failed");
+        }
+    }
+
+    /// Rewrite the configuration files for the role PostgreSQL runs in and reload it; settings
+    /// that need a restart then show up as `pending_restart`.
+    async fn reload_postgres(&mut self, cluster: Option<&Cluster>) {
+        let standby = self.state.borrow().pg.role != "primary";
+        let upstream = if standby {
+            self.upstream
+                .clone()
+                .flatten()
+                .and_then(|n| self.upstream_for(cluster, &Some(n)))
+        } else {
+            None
+        };
+        if let Err(e) = self.write_conf(standby, upstream.as_ref()) {
+            tracing::error!("cannot write the PostgreSQL configuration: {e}");
+            return;
+        }
+        match self
+            .pg
+            .execute("SELECT pg_reload_conf()", self.retry())
+            .await
+        {
+            Ok(()) => tracing::info!("PostgreSQL configuration reloaded"),
+            Err(e) => tracing::warn!(error = %e, "reload failed"),
         }
     }
 

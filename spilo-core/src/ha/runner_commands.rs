@@ -298,24 +298,7 @@ impl Node {
         self.state.send_modify(|s| Arc::make_mut(s).tags = tags);
         self.last_member = None;
         if self.pg.postmaster_pid().is_some() && self.job.is_none() {
-            let standby = self.state.borrow().pg.role != "primary";
-            let upstream = if standby {
-                self.upstream
-                    .clone()
-                    .flatten()
-                    .and_then(|n| self.upstream_for(cluster.as_deref(), &Some(n)))
-            } else {
-                None
-            };
-            if let Err(e) = self.write_conf(standby, upstream.as_ref()) {
-                tracing::error!("reload: cannot write the PostgreSQL configuration: {e}");
-            } else if let Err(e) = self
-                .pg
-                .execute("SELECT pg_reload_conf()", self.retry())
-                .await
-            {
-                tracing::warn!(error = %e, "reload: pg_reload_conf failed");
-            }
+            self.reload_postgres(cluster.as_deref()).await;
         }
         tracing::info!("configuration reloaded from {}", path.display());
         if let Some(r) = reply {
