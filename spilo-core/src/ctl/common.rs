@@ -389,113 +389,12 @@ pub fn answer_text(body: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
     use serde_json::json;
 
     use super::*;
-    use crate::dcs::{Cas, DcsError, Entry, Leader, MemberData, SessionInfo, Snapshot, Versioned};
+    use crate::dcs::{Leader, MemberData, Versioned};
 
-    /// An in-memory DCS for the commands' tests: plain keys with versions; optionally bumps
-    /// one key's version right after each snapshot, as a concurrent writer would.
-    #[derive(Default)]
-    pub(crate) struct MemDcs {
-        keys: Mutex<BTreeMap<String, (Vec<u8>, i64)>>,
-        rev: Mutex<i64>,
-        pub(crate) bump_after_read: Mutex<Option<String>>,
-    }
-
-    impl MemDcs {
-        pub(crate) fn set(&self, key: &str, value: &str) {
-            let mut rev = self.rev.lock().unwrap();
-            *rev += 1;
-            self.keys
-                .lock()
-                .unwrap()
-                .insert(key.into(), (value.as_bytes().to_vec(), *rev));
-        }
-
-        pub(crate) fn get(&self, key: &str) -> Option<String> {
-            self.keys
-                .lock()
-                .unwrap()
-                .get(key)
-                .map(|(v, _)| String::from_utf8(v.clone()).unwrap())
-        }
-    }
-
-    #[async_trait]
-    impl Dcs for MemDcs {
-        fn backend(&self) -> &'static str {
-            "memory"
-        }
-        async fn snapshot(&self) -> Result<Snapshot, DcsError> {
-            let snap = Snapshot {
-                revision: *self.rev.lock().unwrap(),
-                entries: self
-                    .keys
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, (v, ver))| Entry {
-                        key: k.clone(),
-                        value: v.clone(),
-                        version: *ver,
-                        owned_by_us: false,
-                    })
-                    .collect(),
-            };
-            let bump = self.bump_after_read.lock().unwrap().clone();
-            if let Some(k) = bump {
-                if let Some(v) = self.get(&k) {
-                    self.set(&k, &v);
-                }
-            }
-            Ok(snap)
-        }
-        async fn keepalive(&self) -> Result<SessionInfo, DcsError> {
-            Ok(SessionInfo {
-                id: 1,
-                new_session: false,
-            })
-        }
-        async fn put_member(&self, _: &[u8]) -> Result<(), DcsError> {
-            Ok(())
-        }
-        async fn acquire_leader(&self) -> Result<bool, DcsError> {
-            Ok(false)
-        }
-        async fn reattach_leader(&self) -> Result<bool, DcsError> {
-            Ok(false)
-        }
-        async fn release_leader(&self) -> Result<bool, DcsError> {
-            Ok(false)
-        }
-        async fn put(&self, key: &str, value: &[u8], cas: Cas) -> Result<bool, DcsError> {
-            let current = self.keys.lock().unwrap().get(key).map(|(_, v)| *v);
-            let ok = match cas {
-                Cas::Any => true,
-                Cas::Absent => current.is_none(),
-                Cas::Version(v) => current == Some(v),
-            };
-            if ok {
-                self.set(key, std::str::from_utf8(value).unwrap());
-            }
-            Ok(ok)
-        }
-        async fn delete(&self, key: &str, _: Cas) -> Result<bool, DcsError> {
-            Ok(self.keys.lock().unwrap().remove(key).is_some())
-        }
-        fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-            tokio::sync::watch::channel(0).1
-        }
-        fn set_ttl(&self, _: Duration) {}
-        async fn close(&self) -> Result<(), DcsError> {
-            Ok(())
-        }
-    }
+    pub(crate) use crate::dcs::memory::MemDcs;
 
     /// A non-interactive context over `dcs`.
     pub(crate) fn ctx(dcs: Arc<MemDcs>) -> Ctx {

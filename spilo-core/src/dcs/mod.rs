@@ -2,6 +2,8 @@
 //! Patroni-compatible encoding, and the registry of built-in backends.
 
 pub mod codec;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod model;
 pub mod registry;
 pub mod tags;
