@@ -114,3 +114,48 @@ fn manual_failover_to_a_candidate_then_again_after_an_automatic_failover() {
         c.wait_for_value(&r, "manual_failover_rows", "last", REPLICATION);
     }
 }
+
+/// Failover to a named candidate while the cluster has no live leader: the primary is killed
+/// and, before its lease expires, `POST /failover` names the replica that would *not* win the
+/// race on its own (the other has a higher `failover_priority`). The named one is promoted.
+#[test]
+fn failover_to_a_named_candidate_when_the_leader_is_dead() {
+    let mut c = TestCluster::start(3, ClusterOpts::named("deadleaderfo"));
+    let primary = c.wait_for_replicas_streaming(BOOTSTRAP);
+    let others = c.others(&primary);
+    let (named, favoured) = (others[0].clone(), others[1].clone());
+    // The favoured replica would win an ordinary race at equal positions.
+    c.node_mut(&favoured)
+        .rewrite_config(|o| o.tags.push(("failover_priority".into(), "5".into())));
+    let r = call(c.node(&favoured), "POST", "/reload", None);
+    expect("POST /reload", r, 202, None);
+    wait_for(
+        "the favoured replica's new priority",
+        Duration::from_secs(20),
+        || match c.node(&favoured).patroni() {
+            Ok(v)
+                if v["tags"]["failover_priority"] == 5 || v["tags"]["failover_priority"] == "5" =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    let n = c.node_mut(&primary);
+    n.kill_daemon(libc::SIGKILL);
+    n.kill_postmaster(libc::SIGKILL);
+    let body = json!({"candidate": named});
+    let r = call(c.node(&named), "POST", "/failover", Some(&body));
+    expect(
+        "POST /failover to the named candidate",
+        r,
+        200,
+        Some(&named),
+    );
+    let new = c.wait_for_primary_except(&[primary.as_str()], REJOIN);
+    assert_eq!(
+        new, named,
+        "{favoured} won instead of the named candidate {named}"
+    );
+}

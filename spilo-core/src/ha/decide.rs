@@ -631,6 +631,20 @@ pub fn decide(
                 .act(Action::LeaderHousekeeping)
                 .because(Reason::Paused);
         }
+        // In maintenance mode only a manual failover to this very node promotes it.
+        if let Some(f) = cluster
+            .failover
+            .as_ref()
+            .filter(|f| f.value.member.as_deref() == Some(me))
+        {
+            return d
+                .act(Action::AcquireLeader)
+                .act(Action::ClearFailover(f.version))
+                .act(Action::Promote)
+                .because(Reason::ManualFailover {
+                    candidate: Some(me.to_string()),
+                });
+        }
         return d.because(Reason::Paused);
     }
     if primary {

@@ -889,3 +889,22 @@ fn quorum_mode_needs_enough_voters_confirming_the_candidate() {
         vec![Action::AcquireLeader, Action::Promote]
     );
 }
+
+#[test]
+fn paused_cluster_promotes_only_the_named_failover_candidate() {
+    let c = with_failover(cluster(None, "n2"), None, Some("n2"), None);
+    let mut p = policy("n2");
+    p.paused = true;
+    let d = run(Some(&c), &local(replica(1000)), &p);
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::AcquireLeader,
+            Action::ClearFailover(9),
+            Action::Promote
+        ]
+    );
+    let mut p3 = policy("n3");
+    p3.paused = true;
+    assert!(run(Some(&c), &local(replica(5000)), &p3).actions.is_empty());
+}
