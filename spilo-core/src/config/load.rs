@@ -77,6 +77,11 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         kind: EnvKind::List,
     },
     text("ETCD3_HOST", "etcd3.host"),
+    EnvOverride {
+        suffix: "ZOOKEEPER_HOSTS",
+        key: "zookeeper.hosts",
+        kind: EnvKind::List,
+    },
     text("ETCD3_PROTOCOL", "etcd3.protocol"),
     text("ETCD3_CACERT", "etcd3.cacert"),
     text("ETCD3_CERT", "etcd3.cert"),
@@ -117,7 +122,6 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
 /// `PATRONI_*` variable prefixes of Patroni features spilo does not implement: warned about.
 const UNSUPPORTED_ENV: &[(&str, &str)] = &[
     ("ETCD_", "etcd"),
-    ("ZOOKEEPER_", "zookeeper"),
     ("CONSUL_", "consul"),
     ("KUBERNETES_", "kubernetes"),
     ("RAFT_", "raft"),
@@ -884,10 +888,13 @@ tags:
     #[test]
     fn unsupported_dcs_warns_and_several_dcs_are_rejected() {
         let zk = NODE.replace("etcd3:", "zookeeper:");
-        let e = load(&zk).unwrap_err().to_string();
+        let loaded = load(&zk).expect("a zookeeper section is a DCS");
+        assert!(loaded.config.zookeeper.is_some() && loaded.config.etcd3.is_none());
+        let none = NODE.replace("etcd3:", "consul:");
+        let e = load(&none).unwrap_err().to_string();
         assert_eq!(
             e,
-            "node.yml: etcd3: no DCS configured (an etcd3 section with hosts is required)"
+            "node.yml: etcd3: no DCS configured (an etcd3 or zookeeper section with hosts is required)"
         );
 
         let both = NODE.to_string() + "consul:\n  host: c:8500\n";

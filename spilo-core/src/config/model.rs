@@ -28,6 +28,9 @@ pub struct Config {
     /// The etcd v3 section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd3: Option<Etcd3>,
+    /// The ZooKeeper section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<Zookeeper>,
     /// Bootstrap settings, used once by the node that initialises the cluster.
     #[serde(default)]
     pub bootstrap: Bootstrap,
@@ -141,6 +144,38 @@ impl Etcd3 {
             }
         }
         out
+    }
+}
+
+/// `zookeeper:` (Patroni's keys).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Zookeeper {
+    /// `host:port` endpoints (a list or a comma-separated string).
+    pub hosts: HostList,
+    /// TLS to ZooKeeper.
+    #[serde(default)]
+    pub use_ssl: bool,
+    /// CA certificate file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Client key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Principals and their permissions on the znodes spilo creates:
+    /// `{"digest:user:hash": ["ALL"]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_acls: Option<BTreeMap<String, Vec<String>>>,
+    /// Authentication added to the session: `{scheme: credential}`, e.g. `{digest: "user:pass"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_data: Option<BTreeMap<String, String>>,
+}
+
+impl Default for HostList {
+    fn default() -> Self {
+        HostList::List(Vec::new())
     }
 }
 

@@ -69,11 +69,11 @@ const TOP: &[Key] = &[
     v("name"),
     k("restapi", Shape::Section(RESTAPI, Unknown::Ignored)),
     k("etcd3", Shape::Section(ETCD3, Unknown::Ignored)),
+    k("zookeeper", Shape::Section(ZOOKEEPER, Unknown::Ignored)),
     k("bootstrap", Shape::Section(BOOTSTRAP, Unknown::Ignored)),
     k("postgresql", Shape::Section(POSTGRESQL, Unknown::Ignored)),
     k("tags", Shape::Free),
     u("etcd"),
-    u("zookeeper"),
     u("consul"),
     u("kubernetes"),
     u("raft"),
@@ -107,6 +107,18 @@ const RESTAPI: &[Key] = &[
     u("request_queue_size"),
     u("server_tokens"),
     u("proxy_address"),
+];
+
+const ZOOKEEPER: &[Key] = &[
+    v("hosts"),
+    v("use_ssl"),
+    v("cacert"),
+    v("cert"),
+    v("key"),
+    v("set_acls"),
+    v("auth_data"),
+    u("key_password"),
+    u("verify"),
 ];
 
 const ETCD3: &[Key] = &[
@@ -358,7 +370,7 @@ mod tests {
     #[test]
     fn unknown_and_unsupported_keys_are_reported_with_paths() {
         let w = warnings(
-            "scope: a\nfoo: 1\nzookeeper: {hosts: [z:2181]}\nrestapi: {certfile: /x, bar: 2}\n\
+            "scope: a\nfoo: 1\nzookeeper: {hosts: [z:2181], verify: true}\nrestapi: {certfile: /x, bar: 2}\n\
              postgresql:\n  parameters: {anything: 1}\n  authentication:\n    superuser: {username: p, sslmode: require, x: 1}\n\
              bootstrap:\n  method: mine\n  mine: {command: /bin/true}\n  dcs:\n    synchronous_mode: true\n    nope: 1\n    postgresql:\n      parameters: {whatever: 1}\n      other: 2\n\
              tags: {custom: 1}\n",
@@ -367,7 +379,7 @@ mod tests {
             w,
             vec![
                 "c.yml: unknown key 'foo' (ignored)",
-                "c.yml: key 'zookeeper' is not supported yet (ignored)",
+                "c.yml: key 'zookeeper.verify' is not supported yet (ignored)",
                 "c.yml: key 'restapi.certfile' is not supported yet (ignored)",
                 "c.yml: unknown key 'restapi.bar' (ignored)",
                 "c.yml: key 'postgresql.authentication.superuser.sslmode' is not supported yet (ignored)",

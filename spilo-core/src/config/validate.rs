@@ -310,12 +310,34 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
         }
     }
 
-    match &cfg.etcd3 {
-        Some(etcd) => check_etcd3(etcd, origin, &mut warnings)?,
-        None => {
+    match (&cfg.etcd3, &cfg.zookeeper) {
+        (Some(etcd), None) => check_etcd3(etcd, origin, &mut warnings)?,
+        (None, Some(zk)) => {
+            let hosts = zk.hosts.hosts();
+            if hosts.is_empty() {
+                return Err(err("zookeeper.hosts", "no ZooKeeper endpoint".to_string()));
+            }
+            for h in &hosts {
+                check_endpoint(h).map_err(|m| err("zookeeper.hosts", m))?;
+            }
+            if zk.use_ssl {
+                return Err(err(
+                    "zookeeper.use_ssl",
+                    "TLS to ZooKeeper is not supported yet".to_string(),
+                ));
+            }
+        }
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "zookeeper",
+                "only one DCS may be configured, found etcd3, zookeeper".to_string(),
+            ))
+        }
+        (None, None) => {
             return Err(err(
                 "etcd3",
-                "no DCS configured (an etcd3 section with hosts is required)".to_string(),
+                "no DCS configured (an etcd3 or zookeeper section with hosts is required)"
+                    .to_string(),
             ))
         }
     }
@@ -537,7 +559,7 @@ mod tests {
             (|c| c.postgresql.data_dir = "data".into(), "c.yml: postgresql.data_dir: 'data' must be an absolute path"),
             (|c| c.postgresql.data_dir = "".into(), "c.yml: postgresql.data_dir: must not be empty"),
             (|c| c.postgresql.authentication.replication.username = String::new(), "c.yml: postgresql.authentication.replication.username: must not be empty"),
-            (|c| c.etcd3 = None, "c.yml: etcd3: no DCS configured (an etcd3 section with hosts is required)"),
+            (|c| c.etcd3 = None, "c.yml: etcd3: no DCS configured (an etcd3 or zookeeper section with hosts is required)"),
             (|c| c.etcd3.as_mut().unwrap().protocol = Some("ftp".into()), "c.yml: etcd3.protocol: invalid protocol 'ftp' (expected http or https)"),
             (|c| c.etcd3.as_mut().unwrap().hosts = None, "c.yml: etcd3: no etcd endpoint: set etcd3.hosts or etcd3.host"),
             (|c| c.etcd3.as_mut().unwrap().host = Some("e3".into()), "c.yml: etcd3.host: invalid address 'e3' (expected host:port)"),
