@@ -20,6 +20,8 @@ PACKAGES=(
   prometheus
   python3
   python3-venv
+  # ZooKeeper DCS backend tests run Debian's server (`java` is on the machine).
+  zookeeper
 )
 
 log() { printf '[install-deps] %s\n' "$*"; }
@@ -116,7 +118,8 @@ else
 fi
 
 for bin in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd /usr/bin/etcdctl \
-  /usr/sbin/haproxy /usr/bin/promtool "$PATRONI_VENV/bin/patronictl"; do
+  /usr/share/zookeeper/bin/zkServer.sh /usr/sbin/haproxy /usr/bin/promtool \
+  "$PATRONI_VENV/bin/patronictl"; do
   [ -x "$bin" ] || { log "missing $bin after install"; exit 1; }
 done
 log "ok"

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spilo_dcs_etcd::{EtcdDcs, EtcdSettings};
+use spilo_dcs_zookeeper::{ZkDcs, ZkSettings};
 
 use crate::config::Config;
 use crate::dcs::{cluster_prefix, Dcs, DcsError};
@@ -48,8 +49,27 @@ pub async fn connect(
         };
         return Ok(Arc::new(EtcdDcs::connect(settings).await?));
     }
+    if let Some(z) = &cfg.zookeeper {
+        let settings = ZkSettings {
+            hosts: z.hosts.hosts(),
+            prefix,
+            member: cfg.name.clone(),
+            ttl,
+            retry_timeout,
+            watch: role == Role::Daemon,
+            session: role == Role::Daemon,
+            auth_data: z
+                .auth_data
+                .iter()
+                .flatten()
+                .map(|(scheme, cred)| (scheme.clone(), cred.clone()))
+                .collect(),
+            set_acls: z.set_acls.clone(),
+        };
+        return Ok(Arc::new(ZkDcs::connect(settings).await?));
+    }
     Err(DcsError::Refused {
         op: "connect",
-        message: "no DCS section in the configuration (etcd3)".into(),
+        message: "no DCS section in the configuration (etcd3 or zookeeper)".into(),
     })
 }
