@@ -3,6 +3,8 @@
 //!
 //! - [`bins`]: finds the built `spilo`/`spiloctl` and copies them where postgres can run them;
 //! - [`etcd`]: a single-member etcd on free loopback ports;
+//! - [`etcd_cluster`]: an n-member etcd cluster, optionally with TLS and authentication;
+//! - [`zookeeper`]: a standalone ZooKeeper server;
 //! - [`node`]: one daemon, its config, log, signals, REST API and SQL;
 //! - [`cluster`]: etcd plus n nodes, waits on cluster-wide conditions, cleanup on drop;
 //! - [`http`], [`pg`], [`util`]: a tiny HTTP client, SQL helpers, ports/polling/processes;
@@ -14,11 +16,13 @@
 pub mod bins;
 pub mod cluster;
 pub mod etcd;
+pub mod etcd_cluster;
 pub mod http;
 pub mod node;
 pub mod pg;
 pub mod tools;
 pub mod util;
+pub mod zookeeper;
 
 pub use cluster::{ClusterOpts, TestCluster};
 pub use etcd::Etcd;

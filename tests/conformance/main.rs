@@ -1,0 +1,85 @@
+//! DCS conformance suite: one set of tests (`suite.rs`), generic over a [`backend::Backend`],
+//! instantiated for every DCS backend by the `conformance!` macro.
+//!
+//! Run with `cargo test -p spilo-tests --test conformance -- --test-threads=1`.
+//!
+//! Backends:
+//! - `etcd_single`: one etcd process;
+//! - `etcd_cluster3`: three etcd processes on loopback, the client given all three endpoints;
+//! - `etcd_secure`: three etcd processes serving TLS with client certificates required and
+//!   username/password authentication enabled;
+//! - `zookeeper_single`: one standalone ZooKeeper server.
+
+mod backend;
+mod etcd;
+mod suite;
+mod zookeeper;
+
+/// Instantiates every conformance test for one backend, in a module named `$name`.
+macro_rules! conformance {
+    ($name:ident, $backend:ty) => {
+        mod $name {
+            use super::suite;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn acquire_only_if_absent() {
+                suite::acquire_only_if_absent::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn keepalive_renews() {
+                suite::keepalive_renews::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn release_only_by_holder() {
+                suite::release_only_by_holder::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn abandoned_session_expires() {
+                suite::abandoned_session_expires::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn compare_and_set() {
+                suite::compare_and_set::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn watch_wakes() {
+                suite::watch_wakes::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn garbage_values_are_skipped() {
+                suite::garbage_values_are_skipped::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn reconnects_after_restart() {
+                suite::reconnects_after_restart::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn frozen_store_fails_fast() {
+                suite::frozen_store_fails_fast::<$backend>().await;
+            }
+        }
+    };
+}
+
+conformance!(etcd_single, crate::etcd::EtcdSingle);
+conformance!(etcd_cluster3, crate::etcd::EtcdCluster3);
+conformance!(etcd_secure, crate::etcd::EtcdSecure);
+conformance!(zookeeper_single, crate::zookeeper::ZkSingle);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_cluster3_survives_losing_its_raft_leader() {
+    etcd::cluster_survives_losing_its_raft_leader().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_secure_wrong_password_is_an_error() {
+    etcd::secure_wrong_password_is_an_error().await;
+}
