@@ -159,7 +159,7 @@ impl PatroniCluster {
                 &format!("p{i}"),
                 "patronibench",
                 &format!("p{i}"),
-                &etcd.host_port(),
+                &spilo_tests::DcsEndpoint::Etcd(etcd.host_port()),
                 opts.clone(),
             );
             // Same YAML; Patroni also needs a socket directory the postgres user can write.

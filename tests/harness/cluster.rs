@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::bins::bins;
-use crate::etcd::Etcd;
+use crate::dcs::DcsServer;
 use crate::node::{Node, NodeOpts};
 use crate::util::{note, poll, run_with_timeout, wait_for, TempRoot};
 
@@ -46,8 +46,8 @@ pub struct TestCluster {
     pub scope: String,
     /// The nodes, `node1`…`nodeN` first, extra ones after.
     pub nodes: Vec<Node>,
-    /// The DCS.
-    pub etcd: Etcd,
+    /// The DCS (etcd or ZooKeeper, from `SPILO_TEST_DCS`).
+    pub dcs: DcsServer,
     /// As given.
     pub opts: ClusterOpts,
     // Declared last so that it is removed after the processes are gone.
@@ -71,12 +71,16 @@ impl TestCluster {
             root.path().display(),
             bins.dir.display()
         ));
-        let etcd = Etcd::start_in(root.path());
-        note(format!("cluster {scope}: etcd at {}", etcd.endpoint()));
+        let dcs = DcsServer::start_in(root.path());
+        note(format!(
+            "cluster {scope}: {:?} at {}",
+            dcs.kind(),
+            dcs.host_port()
+        ));
         let mut c = TestCluster {
             scope,
             nodes: Vec::new(),
-            etcd,
+            dcs,
             opts,
             root,
         };
@@ -96,7 +100,7 @@ impl TestCluster {
             dir_name,
             &self.scope,
             name,
-            &self.etcd.host_port(),
+            &self.dcs.endpoint(),
             opts,
         );
         self.nodes.push(node);
@@ -304,9 +308,21 @@ impl TestCluster {
         format!("/service/{}/{suffix}", self.scope)
     }
 
-    /// The leader key's value (the leader's member name), read with etcdctl.
+    /// The leader key's value (the leader's member name): read with etcdctl on etcd, through
+    /// `spiloctl list` on ZooKeeper.
     pub fn leader_from_dcs(&self) -> Result<Option<String>, String> {
-        self.etcd.get(&self.dcs_key("leader"))
+        match &self.dcs {
+            DcsServer::Etcd(e) => e.get(&self.dcs_key("leader")),
+            DcsServer::ZooKeeper(_) => {
+                let rows = self.spiloctl_list_json()?;
+                Ok(rows
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["Role"] == "Leader")
+                    .and_then(|r| r["Member"].as_str().map(str::to_string)))
+            }
+        }
     }
 
     /// Runs `spiloctl -c <first node's config> ARGS` (30 s bound).
@@ -349,11 +365,8 @@ impl TestCluster {
                 n.log_tail(lines)
             );
         }
-        eprintln!(
-            "[harness] ----- etcd log ({}), last 15 lines -----\n{}",
-            self.etcd.log_path.display(),
-            self.etcd.log_tail(15)
-        );
+        let (what, text) = self.dcs.log_tail(15);
+        eprintln!("[harness] ----- {what}, last 15 lines -----\n{text}");
     }
 }
 
@@ -369,7 +382,7 @@ impl Drop for TestCluster {
         for n in &mut self.nodes {
             n.cleanup();
         }
-        self.etcd.kill();
+        self.dcs.kill();
         if failed {
             self.dump_logs(50);
         }

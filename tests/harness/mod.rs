@@ -15,6 +15,7 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod dcs;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod http;
@@ -25,6 +26,7 @@ pub mod util;
 pub mod zookeeper;
 
 pub use cluster::{ClusterOpts, TestCluster};
+pub use dcs::{DcsEndpoint, DcsKind, DcsServer};
 pub use etcd::Etcd;
 pub use node::{Node, NodeConfig, NodeOpts, REPLICATION_PASSWORD, SUPERUSER_PASSWORD};
 pub use util::{note, poll, wait_for, TempRoot};

@@ -60,7 +60,7 @@ pub struct NodeConfig {
     /// PostgreSQL port on 127.0.0.1.
     pub pg_port: u16,
     /// `etcd3.hosts` (`host:port[,host:port…]`).
-    pub etcd_hosts: String,
+    pub dcs: crate::dcs::DcsEndpoint,
     /// `postgresql.data_dir`.
     pub data_dir: PathBuf,
     /// `postgresql.pgpass`.
@@ -92,9 +92,7 @@ name: {name}
 restapi:
   listen: 127.0.0.1:{api}
   connect_address: 127.0.0.1:{api}
-{rest_auth}etcd3:
-  hosts: {etcd}
-bootstrap:
+{rest_auth}{dcs}bootstrap:
   dcs:
     ttl: {ttl}
     loop_wait: {loop_wait}
@@ -133,7 +131,7 @@ tags:
             scope = self.scope,
             name = self.name,
             api = self.api_port,
-            etcd = self.etcd_hosts,
+            dcs = self.dcs.yaml(),
             ttl = o.ttl,
             loop_wait = o.loop_wait,
             retry = o.retry_timeout,
@@ -181,7 +179,7 @@ impl Node {
         dir_name: &str,
         scope: &str,
         name: &str,
-        etcd_hosts: &str,
+        dcs: &crate::dcs::DcsEndpoint,
         opts: NodeOpts,
     ) -> Node {
         let dir = parent.join(dir_name);
@@ -193,7 +191,7 @@ impl Node {
             name: name.to_string(),
             api_port: free_port(),
             pg_port: free_port(),
-            etcd_hosts: etcd_hosts.to_string(),
+            dcs: dcs.clone(),
             data_dir: dir.join("data"),
             pgpass: dir.join("pgpass"),
             opts,
@@ -584,7 +582,7 @@ mod tests {
             name: "n1".into(),
             api_port: 1234,
             pg_port: 2345,
-            etcd_hosts: "127.0.0.1:3456".into(),
+            dcs: crate::dcs::DcsEndpoint::Etcd("127.0.0.1:3456".into()),
             data_dir: "/tmp/x/data".into(),
             pgpass: "/tmp/x/pgpass".into(),
             opts: NodeOpts {

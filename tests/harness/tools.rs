@@ -52,7 +52,7 @@ impl TestCluster {
         let path = self.root().join("patronictl.yml");
         fs::write(
             &path,
-            patronictl_config(&self.scope, &self.etcd.host_port()),
+            patronictl_config(&self.scope, &self.dcs.etcd().host_port()),
         )
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         chmod(&path, 0o644);
@@ -108,7 +108,7 @@ impl TestCluster {
     /// when it is not JSON).
     pub fn dcs_json(&self, suffix: &str) -> Result<Option<Value>, String> {
         let key = self.dcs_key(suffix);
-        match self.etcd.get(&key)? {
+        match self.dcs.etcd().get(&key)? {
             None => Ok(None),
             Some(text) => serde_json::from_str(&text)
                 .map(Some)

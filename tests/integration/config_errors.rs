@@ -16,7 +16,7 @@ fn valid_config(root: &Path) -> String {
         name: "cfgnode".into(),
         api_port: 18008,
         pg_port: 15432,
-        etcd_hosts: "127.0.0.1:12379".into(),
+        dcs: spilo_tests::DcsEndpoint::Etcd("127.0.0.1:12379".into()),
         data_dir: root.join("pgdata"),
         pgpass: root.join("pgpass"),
         opts: NodeOpts::default(),

@@ -20,7 +20,7 @@ fn dcs_loss_demotes_primary_replicas_serve_reads_and_cluster_recovers() {
         c.wait_for_value(r, "dcs_rows", "before the outage", REPLICATION);
     }
 
-    c.etcd.stop();
+    c.dcs.stop();
     note("etcd stopped");
     let bound = Duration::from_secs(ttl + 5);
     let r = poll(bound, Duration::from_millis(250), || {
@@ -57,7 +57,7 @@ fn dcs_loss_demotes_primary_replicas_serve_reads_and_cluster_recovers() {
     std::thread::sleep(Duration::from_secs(2 * c.opts.node.loop_wait + 2));
     read_check("several HA cycles into the outage");
 
-    c.etcd.start_again();
+    c.dcs.start_again();
     note("etcd started again");
     let (writer, took) = c.wait_for_writer(&[], REJOIN);
     note(format!(

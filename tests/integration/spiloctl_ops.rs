@@ -53,7 +53,8 @@ fn fails(c: &TestCluster, args: &[&str]) -> String {
 /// The `config` key, read with etcdctl.
 fn config_key(c: &TestCluster) -> Value {
     let raw = c
-        .etcd
+        .dcs
+        .etcd()
         .get(&c.dcs_key("config"))
         .expect("etcdctl get config")
         .expect("the config key exists");

@@ -812,10 +812,12 @@ fn manual_failover_from_leader(
             && p.reachable
             && p.in_recovery
             && !p.nofailover
-            && p.wal_position
-                .unwrap_or(0)
-                .saturating_add(policy.maximum_lag_on_failover)
-                >= my_pos
+            // A position the peer has not reported yet (it published its status before its
+            // WAL receiver started) does not count against it; a known lag does.
+            && p
+                .wal_position
+                .map(|w| w.saturating_add(policy.maximum_lag_on_failover) >= my_pos)
+                .unwrap_or(true)
     });
     if healthy {
         FailoverStep::Go
