@@ -596,7 +596,7 @@ pub fn decide(
     if leader_is_me {
         if primary {
             if let Some(f) = &cluster.failover {
-                return match manual_failover_from_leader(cluster, local, policy, &f.value, my_pos) {
+                return match manual_failover_from_leader(cluster, local, policy, &f.value) {
                     FailoverStep::Go => d.act(Action::Demote(DemoteMode::Graceful)).because(
                         Reason::ManualFailover {
                             candidate: f.value.member.clone(),
@@ -778,7 +778,6 @@ fn manual_failover_from_leader(
     local: &LocalView,
     policy: &Policy,
     f: &crate::dcs::Failover,
-    my_pos: Option<u64>,
 ) -> FailoverStep {
     if let Some(l) = &f.leader {
         if l != &policy.name {
@@ -805,19 +804,16 @@ fn manual_failover_from_leader(
             return FailoverStep::Clear(format!("candidate {c} is not a member"));
         }
     }
-    let my_pos = my_pos.unwrap_or(0);
     let healthy = local.peers.iter().any(|p| {
         p.name != policy.name
             && f.member.as_ref().map(|c| c == &p.name).unwrap_or(true)
             && p.reachable
             && p.in_recovery
             && !p.nofailover
-            // A position the peer has not reported yet (it published its status before its
-            // WAL receiver started) does not count against it; a known lag does.
-            && p
-                .wal_position
-                .map(|w| w.saturating_add(policy.maximum_lag_on_failover) >= my_pos)
-                .unwrap_or(true)
+        // No lag check: the position a peer publishes can be a loop behind (right after a
+        // base backup, a whole WAL segment), and the graceful stop makes PostgreSQL send
+        // every record, the shutdown checkpoint included, to connected standbys before the key
+        // is released; the candidate promotes with all of it.
     });
     if healthy {
         FailoverStep::Go
