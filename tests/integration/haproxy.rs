@@ -88,6 +88,17 @@ pub fn where_am_i(port: u16) -> Result<(bool, u16), String> {
 /// checks `n` more in a row do too.
 fn wait_rw_reaches(h: &HaProxy, rw: u16, want: u16, name: &str, timeout: Duration) -> Duration {
     let r = poll(timeout, Duration::from_millis(100), || {
+        // HAProxy starts every server UP until its first checks have run: wait until the
+        // read-write backend has exactly one server up, so that a connection is not routed to a
+        // replica that is about to be marked down (and have its session shut).
+        let states = h.server_states();
+        let up = states
+            .split("; ")
+            .filter(|s| s.starts_with("primary/") && s.contains(": UP"))
+            .count();
+        if up != 1 {
+            return Err(format!("haproxy still settling: {states}"));
+        }
         match where_am_i(rw) {
             Ok((false, p)) if p == want => Ok(()),
             other => Err(format!("{other:?}")),
