@@ -36,7 +36,9 @@ pub(crate) fn spawn(shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
                 };
                 match arm(&shared, &keys, &fired_tx).await {
                     Ok(()) => {
-                        if arm_all && !first {
+                        // A change between a watch firing and its re-arming fires nothing: bump
+                        // once more after every re-arm so the loop reads what it may have missed.
+                        if !first {
                             tracing::debug!("ZooKeeper watches re-armed");
                             shared.bump();
                         }
