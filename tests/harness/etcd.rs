@@ -39,8 +39,14 @@ impl Etcd {
 
     /// Starts etcd with its data and log under `dir` and waits until it is healthy.
     pub fn start_in(dir: &Path) -> Etcd {
+        Etcd::start_in_on(dir, free_port())
+    }
+
+    /// Like [`Etcd::start_in`], serving clients on `client_port` (a port a test chose before
+    /// the server existed).
+    pub fn start_in_on(dir: &Path, client_port: u16) -> Etcd {
         let mut e = Etcd {
-            client_port: free_port(),
+            client_port,
             peer_port: free_port(),
             data_dir: dir.join("etcd-data"),
             log_path: dir.join("etcd.log"),

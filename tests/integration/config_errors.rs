@@ -6,17 +6,25 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use spilo_tests::bins::{bins, workspace_dir};
+use spilo_tests::etcd::Etcd;
 use spilo_tests::util::{chmod, postgres_command, run_with_timeout};
-use spilo_tests::{NodeConfig, NodeOpts, TempRoot};
+use spilo_tests::util::{free_port, wait_for};
+use spilo_tests::{DcsEndpoint, Node, NodeConfig, NodeOpts, TempRoot};
 
-/// A valid config for node `cfgtest` under `root` (nothing listens on its ports).
+/// A valid config for node `cfgtest` under `root` (nothing listens on its ports; its DCS is
+/// `127.0.0.1:12379`, see [`valid_config_on`]).
 fn valid_config(root: &Path) -> String {
+    valid_config_on(root, "127.0.0.1:12379")
+}
+
+/// [`valid_config`] with etcd at `etcd_hosts`.
+fn valid_config_on(root: &Path, etcd_hosts: &str) -> String {
     NodeConfig {
         scope: "cfgtest".into(),
         name: "cfgnode".into(),
         api_port: 18008,
         pg_port: 15432,
-        dcs: spilo_tests::DcsEndpoint::Etcd("127.0.0.1:12379".into()),
+        dcs: spilo_tests::DcsEndpoint::Etcd(etcd_hosts.into()),
         data_dir: root.join("pgdata"),
         pgpass: root.join("pgpass"),
         opts: NodeOpts::default(),
@@ -32,11 +40,16 @@ fn write_case(root: &Path, n: usize, text: &str) -> PathBuf {
     p
 }
 
-/// `spilo --validate PATH` as postgres.
+/// `spilo --validate --offline PATH` as postgres: the file only.
 fn validate(path: &Path) -> Output {
+    validate_with(path, &["--offline"])
+}
+
+/// `spilo --validate EXTRA… PATH` as postgres.
+fn validate_with(path: &Path, extra: &[&str]) -> Output {
     let mut cmd = postgres_command(&bins().spilo);
-    cmd.arg("--validate").arg(path);
-    run_with_timeout(cmd, Duration::from_secs(30))
+    cmd.arg("--validate").args(extra).arg(path);
+    run_with_timeout(cmd, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("spilo --validate: {e}"))
 }
 
@@ -130,17 +143,29 @@ fn validate_rejects_broken_configs_with_exit_2_naming_the_key() {
 }
 
 #[test]
-fn validate_accepts_valid_configs() {
+fn validate_accepts_valid_configs_whose_dcs_answers() {
     let root = TempRoot::new("spilo-cfg-");
+    let etcd = Etcd::start_in(root.path());
     let mut failures = Vec::new();
     let example = fs::read_to_string(workspace_dir().join("examples/node.yml"))
         .expect("read examples/node.yml");
-    for (what, yaml) in [
-        ("the harness template", valid_config(root.path())),
+    let example = replace_once(
+        &example,
+        "hosts: 127.0.0.1:2379",
+        &format!("hosts: {}", etcd.host_port()),
+    );
+    for (i, (what, yaml)) in [
+        (
+            "the harness template",
+            valid_config_on(root.path(), &etcd.host_port()),
+        ),
         ("examples/node.yml", example),
-    ] {
-        let path = write_case(root.path(), failures.len() + 100, &yaml);
-        let out = validate(&path);
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = write_case(root.path(), i + 100, &yaml);
+        let out = validate_with(&path, &[]);
         if !out.status.success() {
             let (stdout, stderr) = text(&out);
             failures.push(format!(
@@ -200,4 +225,86 @@ fn daemon_refuses_to_run_as_root() {
         !root.path().join("pgdata").exists(),
         "spilo as root created the data dir before refusing"
     );
+}
+
+#[test]
+fn validate_names_an_unreachable_dcs_with_exit_3() {
+    let root = TempRoot::new("spilo-cfg-");
+    let hosts = format!("127.0.0.1:{}", free_port());
+    let path = write_case(root.path(), 1, &valid_config_on(root.path(), &hosts));
+    let started = std::time::Instant::now();
+    let out = validate_with(&path, &["--dcs-timeout", "3"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "an unreachable DCS must give exit 3; stderr: {stderr} stdout: {stdout}"
+    );
+    assert!(
+        stderr.contains(&hosts) && stderr.contains("cannot be reached"),
+        "the error must name the DCS endpoint {hosts}; stderr: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "--dcs-timeout 3 took {:?}",
+        started.elapsed()
+    );
+    // --offline skips the DCS: the same file is valid.
+    let offline = validate(&path);
+    assert!(
+        offline.status.success(),
+        "--offline must not contact the DCS: {:?}",
+        text(&offline)
+    );
+}
+
+#[test]
+fn daemon_waits_for_its_dcs_with_logged_back_off_then_starts() {
+    let root = TempRoot::new("spilo-cfg-");
+    let port = free_port();
+    let dcs = DcsEndpoint::Etcd(format!("127.0.0.1:{port}"));
+    let mut node = Node::create(
+        root.path(),
+        "n1",
+        "dcswait",
+        "n1",
+        &dcs,
+        NodeOpts::default(),
+    );
+    node.start();
+    let retries = |node: &Node| node.log_text().matches("waiting for the DCS").count();
+    wait_for(
+        "three logged retries",
+        Duration::from_secs(60),
+        || match retries(&node) {
+            n if n >= 3 => Ok(()),
+            n => Err(format!("{n} retries logged so far")),
+        },
+    );
+    assert!(
+        node.daemon_running(),
+        "the daemon must keep waiting for its DCS, not exit; log:\n{}",
+        node.log_tail(30)
+    );
+    let log = node.log_text();
+    let delays: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("waiting for the DCS"))
+        .filter_map(|l| l.rsplit("retrying in ").next())
+        .take(3)
+        .collect();
+    assert!(
+        delays.windows(2).all(|w| w[0] != w[1]),
+        "the back-off must grow between retries: {delays:?}"
+    );
+    let _etcd = Etcd::start_in_on(root.path(), port);
+    wait_for(
+        "the node bootstraps once etcd answers",
+        Duration::from_secs(120),
+        || match node.role() {
+            Some(r) if r == "primary" => Ok(()),
+            other => Err(format!("role {other:?}")),
+        },
+    );
+    node.cleanup();
 }

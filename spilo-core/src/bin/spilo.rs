@@ -1,7 +1,9 @@
-//! `spilo CONFIG.yml`: the daemon. `spilo --validate CONFIG.yml`: check a config (exit 0 or 2).
+//! `spilo CONFIG.yml`: the daemon. `spilo --validate CONFIG.yml`: check a config and that its
+//! DCS answers (exit 0; 2 for an invalid config; 3 when the DCS cannot be reached).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -12,9 +14,21 @@ use clap::Parser;
     about = "High-availability PostgreSQL daemon (Patroni-compatible)"
 )]
 struct Args {
-    /// Check the configuration file and exit: 0 when valid, 2 otherwise.
+    /// Check the configuration file and that the DCS it names answers, then exit: 0 when both
+    /// hold, 2 for an invalid configuration, 3 when the DCS cannot be reached.
     #[arg(long)]
     validate: bool,
+    /// With --validate: check only the file, do not contact the DCS.
+    #[arg(long, requires = "validate")]
+    offline: bool,
+    /// With --validate: how long to wait for the DCS, in seconds.
+    #[arg(
+        long,
+        default_value_t = 10,
+        requires = "validate",
+        value_name = "SECONDS"
+    )]
+    dcs_timeout: u64,
     /// The node configuration (Patroni's YAML schema).
     config: PathBuf,
 }
@@ -33,7 +47,10 @@ fn main() -> ExitCode {
             eprintln!("spilo: warning: {w}");
         }
         println!("{}: configuration is valid", args.config.display());
-        return ExitCode::SUCCESS;
+        if args.offline {
+            return ExitCode::SUCCESS;
+        }
+        return check_dcs(&loaded.config, Duration::from_secs(args.dcs_timeout.max(1)));
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -78,6 +95,39 @@ fn main() -> ExitCode {
             tracing::error!("CRITICAL: {e}");
             eprintln!("spilo: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// The DCS half of `--validate`: read the cluster's keys once.
+fn check_dcs(cfg: &spilo_core::config::Config, within: Duration) -> ExitCode {
+    use spilo_core::dcs::registry;
+    let target = registry::describe(cfg);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spilo: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(registry::probe(cfg, within)) {
+        Ok(keys) => {
+            println!(
+                "{target} answers ({keys} keys under /{}/{}/)",
+                cfg.namespace.trim_matches('/'),
+                cfg.scope
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "spilo: the configuration is valid but the DCS cannot be reached: {target}: {e} \
+                 (a running daemon keeps retrying; --offline skips this check)"
+            );
+            ExitCode::from(3)
         }
     }
 }

@@ -73,3 +73,33 @@ pub async fn connect(
         message: "no DCS section in the configuration (etcd3 or zookeeper)".into(),
     })
 }
+
+/// Where the config points: `etcd3 at 127.0.0.1:2379, 127.0.0.2:2379` (for messages).
+pub fn describe(cfg: &Config) -> String {
+    if let Some(e) = &cfg.etcd3 {
+        return format!("etcd3 at {}", e.endpoints().join(", "));
+    }
+    if let Some(z) = &cfg.zookeeper {
+        return format!("zookeeper at {}", z.hosts.hosts().join(", "));
+    }
+    "no DCS".into()
+}
+
+/// Connect as the CLI would and read the cluster's keys once, giving up after `within`: proves
+/// the DCS named in the config answers (and accepts our credentials). Returns how many keys
+/// the cluster has.
+pub async fn probe(cfg: &Config, within: Duration) -> Result<usize, DcsError> {
+    let attempt = async {
+        let dcs = connect(cfg, within, within, Role::Cli).await?;
+        let snap = dcs.snapshot().await;
+        let _ = dcs.close().await;
+        snap.map(|s| s.entries.len())
+    };
+    match tokio::time::timeout(within, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(DcsError::Timeout {
+            op: "connect",
+            after: within,
+        }),
+    }
+}
