@@ -1,16 +1,21 @@
-//! The DCS a test cluster runs on, chosen by `SPILO_TEST_DCS=etcd|zookeeper` (default etcd), so
-//! the same HA tests run against both backends.
+//! The DCS a test cluster runs on, chosen by `SPILO_TEST_DCS` (default `etcd`), so the same HA
+//! tests run against every backend and shape: `etcd` (one member), `etcd-tls` (three members
+//! serving TLS with client certificates and authentication, as in production) and `zookeeper`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::etcd::Etcd;
+use crate::etcd_cluster::{EtcdCluster, SPILO_PASSWORD, SPILO_USER};
+use crate::util::{chmod, note};
 use crate::zookeeper::ZooKeeper;
 
 /// Which DCS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DcsKind {
-    /// etcd v3.
+    /// etcd v3, one member.
     Etcd,
+    /// etcd v3, three members, TLS with client certificates, authentication.
+    EtcdSecure,
     /// ZooKeeper.
     ZooKeeper,
 }
@@ -20,8 +25,9 @@ impl DcsKind {
     pub fn from_env() -> DcsKind {
         match std::env::var("SPILO_TEST_DCS").as_deref() {
             Err(_) | Ok("") | Ok("etcd") | Ok("etcd3") => DcsKind::Etcd,
+            Ok("etcd-tls") => DcsKind::EtcdSecure,
             Ok("zookeeper") | Ok("zk") => DcsKind::ZooKeeper,
-            Ok(other) => panic!("SPILO_TEST_DCS={other:?}: expected etcd or zookeeper"),
+            Ok(other) => panic!("SPILO_TEST_DCS={other:?}: expected etcd, etcd-tls or zookeeper"),
         }
     }
 }
@@ -29,8 +35,23 @@ impl DcsKind {
 /// Where the nodes find the DCS: rendered into their YAML.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DcsEndpoint {
-    /// `etcd3: {hosts: …}`.
+    /// `etcd3: {hosts: …}` (one `host:port`, or several separated by commas).
     Etcd(String),
+    /// `etcd3:` over https with a client certificate and a user.
+    EtcdSecure {
+        /// `host:port,host:port,…`.
+        hosts: String,
+        /// CA certificate that signed the servers'.
+        cacert: PathBuf,
+        /// Client certificate.
+        cert: PathBuf,
+        /// Client key (readable by the postgres user).
+        key: PathBuf,
+        /// etcd user.
+        username: String,
+        /// Its password.
+        password: String,
+    },
     /// `zookeeper: {hosts: [...]}`.
     ZooKeeper(String),
 }
@@ -40,6 +61,20 @@ impl DcsEndpoint {
     pub fn yaml(&self) -> String {
         match self {
             DcsEndpoint::Etcd(h) => format!("etcd3:\n  hosts: {h}\n"),
+            DcsEndpoint::EtcdSecure {
+                hosts,
+                cacert,
+                cert,
+                key,
+                username,
+                password,
+            } => format!(
+                "etcd3:\n  hosts: {hosts}\n  protocol: https\n  cacert: {}\n  cert: {}\n  key: {}\n  \
+                 username: {username}\n  password: {password}\n",
+                cacert.display(),
+                cert.display(),
+                key.display()
+            ),
             DcsEndpoint::ZooKeeper(h) => format!("zookeeper:\n  hosts: [{h}]\n"),
         }
     }
@@ -49,6 +84,8 @@ impl DcsEndpoint {
 pub enum DcsServer {
     /// A single-member etcd.
     Etcd(Etcd),
+    /// A multi-member etcd (plain, or TLS + authentication).
+    EtcdCluster(EtcdCluster),
     /// A standalone ZooKeeper.
     ZooKeeper(ZooKeeper),
 }
@@ -58,14 +95,33 @@ impl DcsServer {
     pub fn start_in(dir: &Path) -> DcsServer {
         match DcsKind::from_env() {
             DcsKind::Etcd => DcsServer::Etcd(Etcd::start_in(dir)),
+            DcsKind::EtcdSecure => DcsServer::etcd_cluster(EtcdCluster::start_secure(3)),
             DcsKind::ZooKeeper => DcsServer::ZooKeeper(ZooKeeper::start()),
         }
+    }
+
+    /// Wraps a running etcd cluster; makes its client key readable by the daemons.
+    pub fn etcd_cluster(cluster: EtcdCluster) -> DcsServer {
+        if let Some(tls) = &cluster.tls {
+            // A throw-away test key: the daemons run as postgres and must read it.
+            chmod(&tls.client_key, 0o644);
+        }
+        note(format!(
+            "etcd cluster of {} members at {} (TLS: {}, auth: {})",
+            cluster.members.len(),
+            cluster.host_ports().join(","),
+            cluster.tls.is_some(),
+            cluster.auth
+        ));
+        DcsServer::EtcdCluster(cluster)
     }
 
     /// Which kind.
     pub fn kind(&self) -> DcsKind {
         match self {
             DcsServer::Etcd(_) => DcsKind::Etcd,
+            DcsServer::EtcdCluster(c) if c.tls.is_some() => DcsKind::EtcdSecure,
+            DcsServer::EtcdCluster(_) => DcsKind::Etcd,
             DcsServer::ZooKeeper(_) => DcsKind::ZooKeeper,
         }
     }
@@ -74,6 +130,7 @@ impl DcsServer {
     pub fn host_port(&self) -> String {
         match self {
             DcsServer::Etcd(e) => e.host_port(),
+            DcsServer::EtcdCluster(c) => c.host_ports().join(","),
             DcsServer::ZooKeeper(z) => z.host_port(),
         }
     }
@@ -82,6 +139,17 @@ impl DcsServer {
     pub fn endpoint(&self) -> DcsEndpoint {
         match self {
             DcsServer::Etcd(e) => DcsEndpoint::Etcd(e.host_port()),
+            DcsServer::EtcdCluster(c) => match &c.tls {
+                Some(tls) => DcsEndpoint::EtcdSecure {
+                    hosts: c.host_ports().join(","),
+                    cacert: tls.ca.clone(),
+                    cert: tls.client_cert.clone(),
+                    key: tls.client_key.clone(),
+                    username: SPILO_USER.to_string(),
+                    password: SPILO_PASSWORD.to_string(),
+                },
+                None => DcsEndpoint::Etcd(c.host_ports().join(",")),
+            },
             DcsServer::ZooKeeper(z) => DcsEndpoint::ZooKeeper(z.host_port()),
         }
     }
@@ -90,6 +158,7 @@ impl DcsServer {
     pub fn stop(&mut self) {
         match self {
             DcsServer::Etcd(e) => e.stop(),
+            DcsServer::EtcdCluster(c) => c.stop_all(),
             DcsServer::ZooKeeper(z) => z.stop(),
         }
     }
@@ -98,6 +167,7 @@ impl DcsServer {
     pub fn start_again(&mut self) {
         match self {
             DcsServer::Etcd(e) => e.start_again(),
+            DcsServer::EtcdCluster(c) => c.start_all(),
             DcsServer::ZooKeeper(z) => z.start_again(),
         }
     }
@@ -106,6 +176,11 @@ impl DcsServer {
     pub fn kill(&mut self) {
         match self {
             DcsServer::Etcd(e) => e.kill(),
+            DcsServer::EtcdCluster(c) => {
+                for i in 0..c.members.len() {
+                    c.kill_member(i);
+                }
+            }
             DcsServer::ZooKeeper(z) => z.stop(),
         }
     }
@@ -114,7 +189,7 @@ impl DcsServer {
     pub fn etcd(&self) -> &Etcd {
         match self {
             DcsServer::Etcd(e) => e,
-            DcsServer::ZooKeeper(_) => {
+            DcsServer::EtcdCluster(_) | DcsServer::ZooKeeper(_) => {
                 panic!("this test reads keys with etcdctl and needs SPILO_TEST_DCS=etcd")
             }
         }
@@ -126,6 +201,10 @@ impl DcsServer {
             DcsServer::Etcd(e) => (
                 format!("etcd log ({})", e.log_path.display()),
                 e.log_tail(n),
+            ),
+            DcsServer::EtcdCluster(c) => (
+                format!("etcd member logs ({})", c.dir().display()),
+                c.log_tails(n),
             ),
             DcsServer::ZooKeeper(z) => (
                 format!("ZooKeeper log ({})", z.log_path.display()),

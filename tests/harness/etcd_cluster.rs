@@ -370,6 +370,30 @@ impl EtcdCluster {
         Err("no member reports itself as the leader".to_string())
     }
 
+    /// Hands raft leadership to member `i` (`etcdctl move-leader`, sent to the current
+    /// leader) and waits until `i` reports itself the leader.
+    pub fn move_leader_to(&self, i: usize) -> Result<(), String> {
+        let current = self.leader_index()?;
+        if current == i {
+            return Ok(());
+        }
+        let out = self.etcdctl_on(&[i], &["endpoint", "status", "-w", "json"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| format!("endpoint status JSON: {e}"))?;
+        let id = v[0]["Status"]["header"]["member_id"]
+            .as_u64()
+            .ok_or_else(|| format!("no member_id in {out}"))?;
+        self.etcdctl_on(&[current], &["move-leader", &format!("{id:x}")])?;
+        let started = Instant::now();
+        while started.elapsed() < READY_TIMEOUT {
+            if self.leader_index() == Ok(i) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!("member {i} did not become the raft leader"))
+    }
+
     /// Makes the users and enables authentication.
     fn enable_auth(&mut self) {
         let steps: [&[&str]; 8] = [

@@ -16,6 +16,7 @@ mod config_errors;
 mod crash_in_place;
 mod dcs_loss;
 mod duplicate_name;
+mod etcd_members;
 mod failover;
 mod handover;
 mod haproxy;
