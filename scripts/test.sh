@@ -46,17 +46,22 @@ if [ "${RESULT[build]}" = "ok" ]; then
   run integration-tests cargo test -p spilo-tests -- --test-threads=1
   # The HA suite (bootstrap, replication, failover, rejoin, crash in place, hand-over, DCS loss,
   # duplicate names, manual failover) once more, on ZooKeeper: the same tests, another DCS.
+  HA_SUITE="bootstrap:: failover::killed crash_in_place:: handover:: dcs_loss:: duplicate_name:: manual_failover::"
   run integration-zookeeper env SPILO_TEST_DCS=zookeeper cargo test -p spilo-tests --test integration -- \
-    --test-threads=1 bootstrap:: failover::killed crash_in_place:: handover:: dcs_loss:: duplicate_name:: manual_failover::
+    --test-threads=1 $HA_SUITE
+  # And on etcd in production shape: three members, TLS with client certificates, a user.
+  run integration-etcd-tls env SPILO_TEST_DCS=etcd-tls cargo test -p spilo-tests --test integration -- \
+    --test-threads=1 $HA_SUITE
 else
   skip unit-tests
   skip integration-tests
   skip integration-zookeeper
+  skip integration-etcd-tls
 fi
 
 # Add up cargo's "test result:" lines.
 passed=0; tfailed=0; ignored=0
-for f in "$LOGDIR"/unit-tests.log "$LOGDIR"/integration-tests.log "$LOGDIR"/integration-zookeeper.log; do
+for f in "$LOGDIR"/unit-tests.log "$LOGDIR"/integration-tests.log "$LOGDIR"/integration-zookeeper.log "$LOGDIR"/integration-etcd-tls.log; do
   [ -f "$f" ] || continue
   while read -r p fl ig; do
     passed=$((passed + p)); tfailed=$((tfailed + fl)); ignored=$((ignored + ig))
