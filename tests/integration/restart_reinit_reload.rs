@@ -247,7 +247,7 @@ fn reinitialize_is_refused_on_the_leader_and_rebuilds_a_replica() {
 }
 
 #[test]
-fn reload_picks_up_a_new_tag_from_the_yaml() {
+fn reload_picks_up_new_tags_and_rest_credentials_from_the_yaml() {
     let mut c = TestCluster::start(2, ClusterOpts::named("reload"));
     let p = c.wait_for_replicas_streaming(BOOTSTRAP);
     let r = c.others(&p)[0].clone();
@@ -296,4 +296,45 @@ fn reload_picks_up_a_new_tag_from_the_yaml() {
     );
     expect("POST /failover to a nofailover node", resp, 412, None);
     assert_eq!(c.wait_for_primary(Duration::from_secs(30)), p);
+
+    // New REST credentials, reloaded on SIGHUP, guard the mutating endpoints at once.
+    let no_auth = c
+        .node(&r)
+        .api_with_auth("POST", "/reload", Some("{}"), None)
+        .expect("POST /reload");
+    assert_eq!(no_auth.status, 202, "no credentials are configured yet");
+    c.node_mut(&r).rewrite_config(|o| {
+        o.rest_auth = Some(("admin".into(), "reloaded-pw".into()));
+    });
+    c.node_mut(&r).kill_daemon(libc::SIGHUP);
+    wait_for(
+        &format!("{r} to refuse POST /reload without the new credentials"),
+        Duration::from_secs(30),
+        || {
+            let resp = c
+                .node(&r)
+                .api_with_auth("POST", "/reload", Some("{}"), None)?;
+            match resp.status {
+                401 => Ok(()),
+                other => Err(format!("status {other}")),
+            }
+        },
+    );
+    let wrong = spilo_tests::http::Auth {
+        username: "admin",
+        password: "not-it",
+    };
+    let resp = c
+        .node(&r)
+        .api_with_auth("POST", "/reload", Some("{}"), Some(wrong))
+        .expect("POST /reload");
+    assert_eq!(resp.status, 401, "a wrong password was accepted");
+    // Node::api sends the credentials now in the node's config.
+    let resp = call(c.node(&r), "POST", "/reload", Some(&json!({})));
+    expect(
+        "POST /reload with the reloaded credentials",
+        resp,
+        202,
+        None,
+    );
 }

@@ -219,7 +219,8 @@ fn check_new_config(old: &Value, new: &Value) -> Result<(), Reply> {
 
 /// 403 when `new` changes a command-running setting this node does not allow.
 fn check_command_parameters(ctx: &ApiContext, old: &Value, new: &Value) -> Result<(), Reply> {
-    let refused = refused_command_parameters(old, new, &ctx.restapi.allowed_command_parameters);
+    let refused =
+        refused_command_parameters(old, new, &ctx.restapi.current().allowed_command_parameters);
     if refused.is_empty() {
         return Ok(());
     }

@@ -60,8 +60,44 @@ pub struct ApiContext {
     pub commands: Option<crate::ha::command::CommandTx>,
     /// `notify_one()` wakes the HA loop (after a config change or a failover request).
     pub wake: Arc<tokio::sync::Notify>,
-    /// The local `restapi` section: authentication, allowlist, allowed command parameters.
-    pub restapi: crate::config::RestApi,
+    /// The local `restapi` section: authentication, allowlist, allowed command parameters;
+    /// replaced by the HA loop on reload.
+    pub restapi: LiveRestApi,
+}
+
+/// The `restapi` section in force, shared between the REST API (which reads it per request) and
+/// the HA loop (which replaces it when the config file is reloaded).
+#[derive(Clone, Debug)]
+pub struct LiveRestApi(Arc<std::sync::RwLock<Arc<crate::config::RestApi>>>);
+
+impl LiveRestApi {
+    /// Starts with `restapi`.
+    pub fn new(restapi: crate::config::RestApi) -> LiveRestApi {
+        LiveRestApi(Arc::new(std::sync::RwLock::new(Arc::new(restapi))))
+    }
+
+    /// The section in force now.
+    pub fn current(&self) -> Arc<crate::config::RestApi> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts `restapi` in force for the next requests.
+    pub fn replace(&self, restapi: crate::config::RestApi) {
+        let new = Arc::new(restapi);
+        match self.0.write() {
+            Ok(mut g) => *g = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}
+
+impl From<crate::config::RestApi> for LiveRestApi {
+    fn from(restapi: crate::config::RestApi) -> LiveRestApi {
+        LiveRestApi::new(restapi)
+    }
 }
 
 /// The body of a [`Reply`].

@@ -233,8 +233,9 @@ pub(crate) async fn mutate(
         );
     };
     let s = ctx.state.borrow().clone();
+    let restapi = ctx.restapi.current();
     if let Err(denied) = access::check_access(
-        &ctx.restapi,
+        &restapi,
         &s,
         req.headers,
         req.client,

@@ -69,7 +69,7 @@ pub(crate) fn context(
         dcs: dcs.map(|d| d as Arc<dyn Dcs>),
         commands: None,
         wake: Arc::new(tokio::sync::Notify::new()),
-        restapi,
+        restapi: restapi.into(),
     };
     (ctx, tx)
 }

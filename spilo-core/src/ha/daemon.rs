@@ -163,20 +163,21 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
     let mut initial = NodeState::new(&cfg.name, &cfg.scope, &cfg.api_url());
     initial.tags = cfg.tags.clone();
     initial.dynamic = dynamic.clone();
-    initial.rest_auth = cfg.restapi.authentication.clone();
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
 
     let guard = tokio::spawn(crate::ha::fence::guard(tx.subscribe(), pg.clone()));
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
-    let node =
-        Node::new(cfg.clone(), dcs.clone(), pg, tx, dynamic).with_commands(cmd_rx, config_path);
+    let restapi = crate::api::LiveRestApi::new(cfg.restapi.clone());
+    let node = Node::new(cfg.clone(), dcs.clone(), pg, tx, dynamic)
+        .with_commands(cmd_rx, config_path)
+        .with_live_restapi(restapi.clone());
 
     let ctx = crate::api::ApiContext {
         state: rx,
         dcs: Some(dcs),
         commands: Some(cmd_tx),
         wake: node.waker(),
-        restapi: cfg.restapi.clone(),
+        restapi,
     };
     let (stop_api_tx, stop_api_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(crate::api::serve(listener, ctx, async move {

@@ -74,6 +74,8 @@ pub struct Node {
     ssn: Option<String>,
     commands: Option<crate::ha::command::CommandRx>,
     config_path: Option<std::path::PathBuf>,
+    /// The REST API's access settings, replaced on reload.
+    pub(crate) restapi: Option<crate::api::LiveRestApi>,
     scheduled_restart: Option<crate::ha::command::RestartRequest>,
     last_summary: String,
     phase: &'static str,
@@ -113,6 +115,7 @@ impl Node {
             ssn: None,
             commands: None,
             config_path: None,
+            restapi: None,
             scheduled_restart: None,
             last_summary: String::new(),
             phase: "start",
@@ -128,6 +131,13 @@ impl Node {
     ) -> Node {
         self.commands = Some(rx);
         self.config_path = Some(config_path);
+        self
+    }
+
+    /// Replace the REST API's access settings (authentication, allowlist, allowed command
+    /// parameters) here when the config file is reloaded.
+    pub fn with_live_restapi(mut self, restapi: crate::api::LiveRestApi) -> Node {
+        self.restapi = Some(restapi);
         self
     }
 

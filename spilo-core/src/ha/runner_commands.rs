@@ -284,6 +284,9 @@ impl Node {
         new.postgresql.data_dir = old.postgresql.data_dir.clone();
         new.postgresql.listen = old.postgresql.listen.clone();
         new.restapi.listen = old.restapi.listen.clone();
+        if let Some(live) = &self.restapi {
+            live.replace(new.restapi.clone());
+        }
         self.cfg = new;
         let cluster = self.state.borrow().cluster.clone();
         let (dynamic, _) = config::effective_dynamic(

@@ -121,8 +121,6 @@ pub struct NodeState {
     pub dynamic: DynamicConfig,
     /// The last decision.
     pub decision: DecisionReport,
-    /// The local config's REST auth, if any (for mutating endpoints).
-    pub rest_auth: Option<crate::config::BasicAuth>,
     /// A scheduled restart (the `POST /restart` body plus `schedule`), if any.
     pub scheduled_restart: Option<Value>,
     /// Loop and DCS timings for `/metrics`.
@@ -177,7 +175,6 @@ impl NodeState {
             tags: BTreeMap::new(),
             dynamic: DynamicConfig::default(),
             decision: DecisionReport::default(),
-            rest_auth: None,
             scheduled_restart: None,
             stats: LoopStats::default(),
         }
