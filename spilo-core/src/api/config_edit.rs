@@ -648,10 +648,12 @@ mod tests {
         let r = call(&ctx, "PUT", "/config", Some(put)).await;
         assert_eq!(r.status, 403);
         assert!(r.message().contains("standby_cluster.restore_command"));
-        // Allowed on this node.
-        let mut allowed = ctx.clone();
-        allowed.restapi.allowed_command_parameters =
+        // Allowed on this node once the settings are replaced (as a reload does).
+        let allowed = ctx.clone();
+        let mut restapi = (*ctx.restapi.current()).clone();
+        restapi.allowed_command_parameters =
             vec!["archive_command".into(), "restore_command".into()];
+        ctx.restapi.replace(restapi);
         let r = call(&allowed, "PATCH", "/config", Some(body)).await;
         assert_eq!(r.status, 200);
         assert_eq!(
