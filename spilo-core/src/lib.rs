@@ -12,6 +12,7 @@ pub mod config;
 pub mod ctl;
 pub mod dcs;
 pub mod ha;
+pub mod hooks;
 pub mod postgres;
 
 /// The version spilo advertises to peers: a Patroni 4.x version, so Patroni-aware tools use

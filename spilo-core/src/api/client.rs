@@ -75,6 +75,62 @@ pub async fn get_json(url: &str, timeout: Duration) -> Result<(u16, Value), Clie
     }
 }
 
+/// `METHOD url` with an optional body and extra headers, within `timeout`: the status code
+/// and the raw body (at most 4 MiB). Plain `http://` only.
+pub async fn request(
+    method: &str,
+    url: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|_| ClientError::InvalidUrl(url.to_string()))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(ClientError::UnsupportedScheme(url.to_string()));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ClientError::InvalidUrl(url.to_string()));
+    }
+    let method = hyper::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| ClientError::Request(format!("invalid method {method:?}")))?;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(USER_AGENT, concat!("spilo/", env!("CARGO_PKG_VERSION")));
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req
+        .body(http_body_util::Full::new(Bytes::from(
+            body.unwrap_or_default(),
+        )))
+        .map_err(|e| ClientError::Request(chain(&e)))?;
+    let exchange = async {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<_, http_body_util::Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Request(chain(&e)))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Body(chain(&*e)))?
+            .to_bytes();
+        Ok((status, body.to_vec()))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Timeout(timeout)),
+    }
+}
+
 async fn fetch(uri: hyper::Uri) -> Result<(u16, Value), ClientError> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);

@@ -871,14 +871,15 @@ tags:
     fn unknown_keys_warn_with_their_path() {
         let yaml = NODE.replace(
             "  pg_ctl_timeout: 60\n",
-            "  pg_ctl_timeout: 60\n  foo: 1\n  callbacks: {on_start: /x}\n",
+            "  pg_ctl_timeout: 60\n  foo: 1\n  basebackup: {checkpoint: fast}\n  callbacks: {on_start: /x, on_begin: /y}\n",
         ) + "ctl:\n  insecure: true\nwatchdog:\n  mode: off\n";
         let loaded = load_str(&yaml, "config.yml", &[]).unwrap();
         assert_eq!(
             loaded.warnings,
             vec![
                 "config.yml: unknown key 'postgresql.foo' (ignored)",
-                "config.yml: key 'postgresql.callbacks' is not supported yet (ignored)",
+                "config.yml: key 'postgresql.basebackup' is not supported yet (ignored)",
+                "config.yml: unknown key 'postgresql.callbacks.on_begin' (ignored)",
                 "config.yml: key 'ctl' is not supported yet (ignored)",
                 "config.yml: key 'watchdog' is not supported yet (ignored)",
             ]

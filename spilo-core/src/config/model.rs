@@ -39,6 +39,72 @@ pub struct Config {
     /// Member tags (`nofailover`, `failover_priority`, custom ones).
     #[serde(default)]
     pub tags: BTreeMap<String, Value>,
+    /// Lua hooks (spilo's own section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Hooks>,
+}
+
+/// `hooks:`: a Lua script with handlers for role changes and decisions.
+///
+/// ```yaml
+/// hooks:
+///   script: /etc/spilo/hooks.lua
+///   timeout: 5                 # seconds per handler call
+///   instruction_limit: 50000000
+///   memory_limit_mb: 32
+///   callback_timeout: 30       # postgresql.callbacks and pre_promote
+///   events:
+///     before_promote: {timeout: 2, on_error: deny}
+/// ```
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Hooks {
+    /// The Lua script (`None`: only the shell callbacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<PathBuf>,
+    /// Wall-clock seconds one handler call may take (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// Lua VM instructions one handler call may run (default 50 million).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction_limit: Option<u64>,
+    /// Memory the Lua state may hold, in MiB (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mb: Option<u64>,
+    /// Seconds a `postgresql.callbacks` script or `pre_promote` may run (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_timeout: Option<f64>,
+    /// Per-event overrides, by event name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub events: BTreeMap<String, HookEventSettings>,
+}
+
+/// `hooks.events.<event>`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HookEventSettings {
+    /// Wall-clock seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// Lua VM instructions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction_limit: Option<u64>,
+    /// MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mb: Option<u64>,
+    /// Decision hooks only: what an error or a timeout means (`allow`: as if the hook had not
+    /// answered, the default; `deny`: veto the promotion / choose nobody).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<OnError>,
+}
+
+/// What a failing decision hook means.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Fail open: the default decision stands.
+    #[default]
+    Allow,
+    /// Fail closed: no promotion.
+    Deny,
 }
 
 fn default_namespace() -> String {
@@ -226,6 +292,13 @@ pub struct Postgresql {
     /// Seconds to wait for `pg_ctl` start/stop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pg_ctl_timeout: Option<u64>,
+    /// Patroni's shell callbacks, by event (`on_start`, `on_stop`, `on_restart`, `on_reload`,
+    /// `on_role_change`): a command line, run as `<command> <action> <role> <scope>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub callbacks: BTreeMap<String, String>,
+    /// A command run before this node promotes; a non-zero exit vetoes the promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promote: Option<String>,
 }
 
 /// `postgresql.authentication`.

@@ -73,6 +73,7 @@ const TOP: &[Key] = &[
     k("bootstrap", Shape::Section(BOOTSTRAP, Unknown::Ignored)),
     k("postgresql", Shape::Section(POSTGRESQL, Unknown::Ignored)),
     k("tags", Shape::Free),
+    k("hooks", Shape::Section(HOOKS, Unknown::Ignored)),
     u("etcd"),
     u("consul"),
     u("kubernetes"),
@@ -85,6 +86,51 @@ const TOP: &[Key] = &[
 ];
 
 const BASIC_AUTH: &[Key] = &[v("username"), v("password")];
+
+const HOOKS: &[Key] = &[
+    v("script"),
+    v("timeout"),
+    v("instruction_limit"),
+    v("memory_limit_mb"),
+    v("callback_timeout"),
+    k("events", Shape::Section(HOOK_EVENTS, Unknown::Ignored)),
+];
+
+const HOOK_LIMITS: &[Key] = &[
+    v("timeout"),
+    v("instruction_limit"),
+    v("memory_limit_mb"),
+    v("on_error"),
+];
+
+const HOOK_EVENTS: &[Key] = &[
+    k("on_start", Shape::Section(HOOK_LIMITS, Unknown::Ignored)),
+    k("on_stop", Shape::Section(HOOK_LIMITS, Unknown::Ignored)),
+    k("on_restart", Shape::Section(HOOK_LIMITS, Unknown::Ignored)),
+    k("on_reload", Shape::Section(HOOK_LIMITS, Unknown::Ignored)),
+    k(
+        "on_role_change",
+        Shape::Section(HOOK_LIMITS, Unknown::Ignored),
+    ),
+    k("on_promote", Shape::Section(HOOK_LIMITS, Unknown::Ignored)),
+    k("on_demote", Shape::Section(HOOK_LIMITS, Unknown::Ignored)),
+    k(
+        "before_promote",
+        Shape::Section(HOOK_LIMITS, Unknown::Ignored),
+    ),
+    k(
+        "choose_failover_candidate",
+        Shape::Section(HOOK_LIMITS, Unknown::Ignored),
+    ),
+];
+
+const CALLBACKS: &[Key] = &[
+    v("on_start"),
+    v("on_stop"),
+    v("on_restart"),
+    v("on_reload"),
+    v("on_role_change"),
+];
 
 const RESTAPI: &[Key] = &[
     v("listen"),
@@ -201,7 +247,7 @@ const POSTGRESQL: &[Key] = &[
     v("use_pg_rewind"),
     v("remove_data_directory_on_rewind_failure"),
     v("pg_ctl_timeout"),
-    u("callbacks"),
+    k("callbacks", Shape::Section(CALLBACKS, Unknown::Ignored)),
     u("create_replica_methods"),
     u("basebackup"),
     u("config_dir"),
@@ -212,7 +258,7 @@ const POSTGRESQL: &[Key] = &[
     u("recovery_conf"),
     u("custom_conf"),
     u("bin_name"),
-    u("pre_promote"),
+    v("pre_promote"),
     u("before_stop"),
     u("use_slots"),
     u("remove_data_directory_on_diverged_timelines"),
