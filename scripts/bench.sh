@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks that print figures (not tests): builds in release mode and runs bench/ against a
-# real etcd and a 3-node cluster. Extra arguments go to spilo-bench (--rounds N, --ttl S, …).
+# real etcd (and, for the DCS load part, a real ZooKeeper) and 3-node clusters. Extra arguments
+# go to spilo-bench (--rounds N, --ttl S, --dcs-load-secs N, --only dcs-load, …).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d "$HOME/.cargo/bin" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi

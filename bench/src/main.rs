@@ -1,17 +1,23 @@
 //! `spilo-bench`: starts etcd and a 3-node spilo cluster and prints figures (not a test):
 //! unplanned failover over N rounds, SIGTERM hand-over, daemon RSS, idle CPU per daemon and
-//! `wrk` requests/s on `GET /primary`.
+//! `wrk` requests/s on `GET /primary`; then DCS requests per daemon on etcd and ZooKeeper
+//! (`dcs_load`).
 //!
 //! Run it through `scripts/bench.sh` (release build; `SPILO_BIN_DIR` points the harness at it).
 //! Options: `--rounds N` (default 5), `--ttl S` (default 5, the lowest the config accepts),
 //! `--loop-wait S` (default 2), `--idle-secs S` (default 20), `--wrk-secs S` (default 10),
-//! `--switchover-rounds N` (default 10), `--no-patroni` (skip the Patroni side-by-side run).
+//! `--switchover-rounds N` (default 10), `--no-patroni` (skip the Patroni side-by-side run),
+//! `--dcs-load-secs N` (default 30; 0 skips it), `--dcs-load-backend etcd|zookeeper|both`
+//! (default both), `--only all|dcs-load` (default all).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use spilo_tests::{ClusterOpts, NodeOpts, TestCluster};
+use spilo_tests::{ClusterOpts, DcsKind, NodeOpts, TestCluster};
 
+mod dcs_counters;
+mod dcs_keys;
+mod dcs_load;
 mod switchover;
 
 struct Opts {
@@ -22,6 +28,9 @@ struct Opts {
     wrk_secs: u64,
     switchover_rounds: usize,
     patroni: bool,
+    dcs_load_secs: u64,
+    dcs_load_backends: Vec<DcsKind>,
+    only_dcs_load: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -33,13 +42,55 @@ fn parse_args() -> Result<Opts, String> {
         wrk_secs: 10,
         switchover_rounds: 10,
         patroni: true,
+        dcs_load_secs: 30,
+        dcs_load_backends: vec![DcsKind::Etcd, DcsKind::ZooKeeper],
+        only_dcs_load: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
+        // Flags without a value first, so that one may come last.
+        match args[i].as_str() {
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            "--no-patroni" => {
+                o.patroni = false;
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
         let val = args
             .get(i + 1)
             .ok_or_else(|| format!("{} needs a value", args[i]))?;
+        match args[i].as_str() {
+            "--only" => {
+                o.only_dcs_load = match val.as_str() {
+                    "all" => false,
+                    "dcs-load" => true,
+                    other => return Err(format!("--only: '{other}' is not all or dcs-load")),
+                };
+                i += 2;
+                continue;
+            }
+            "--dcs-load-backend" => {
+                o.dcs_load_backends = match val.as_str() {
+                    "etcd" => vec![DcsKind::Etcd],
+                    "zookeeper" => vec![DcsKind::ZooKeeper],
+                    "both" => vec![DcsKind::Etcd, DcsKind::ZooKeeper],
+                    other => {
+                        return Err(format!(
+                            "--dcs-load-backend: '{other}' is not etcd, zookeeper or both"
+                        ))
+                    }
+                };
+                i += 2;
+                continue;
+            }
+            _ => {}
+        }
         let num: u64 = val
             .parse()
             .map_err(|_| format!("{}: '{val}' is not a number", args[i]))?;
@@ -50,15 +101,7 @@ fn parse_args() -> Result<Opts, String> {
             "--idle-secs" => o.idle_secs = num,
             "--wrk-secs" => o.wrk_secs = num,
             "--switchover-rounds" => o.switchover_rounds = num as usize,
-            "--bench" => {
-                i += 1;
-                continue;
-            }
-            "--no-patroni" => {
-                o.patroni = false;
-                i += 1;
-                continue;
-            }
+            "--dcs-load-secs" => o.dcs_load_secs = num,
             other => return Err(format!("unknown option {other}")),
         }
         i += 2;
@@ -160,6 +203,34 @@ fn main() {
         }
     };
     let retry = ((o.ttl.saturating_sub(o.loop_wait)) / 2).max(1);
+    if !o.only_dcs_load {
+        classic(&o, retry);
+    }
+    if o.dcs_load_secs > 0 {
+        dcs_load_section(&o, retry);
+    }
+}
+
+/// DCS requests per daemon in steady state, on each backend asked for.
+fn dcs_load_section(o: &Opts, retry: u64) {
+    let lo = dcs_load::LoadOpts {
+        secs: o.dcs_load_secs,
+        ttl: o.ttl,
+        loop_wait: o.loop_wait,
+        retry,
+    };
+    let mut rows = Vec::new();
+    for kind in &o.dcs_load_backends {
+        match dcs_load::run(*kind, &lo) {
+            Ok(r) => rows.extend(r),
+            Err(e) => println!("dcs-load {kind:?}: could not measure: {e}"),
+        }
+    }
+    dcs_load::print_summary(&rows, &lo);
+}
+
+/// Failover, hand-over, memory, idle CPU, REST throughput and the switchover comparison.
+fn classic(o: &Opts, retry: u64) {
     println!(
         "spilo-bench: 3 nodes, ttl {} s, loop_wait {} s, retry_timeout {} s, {} failover rounds",
         o.ttl, o.loop_wait, retry, o.rounds
@@ -257,7 +328,7 @@ fn main() {
     };
 
     drop(c);
-    let (sw_spilo, sw_patroni, patroni_rss) = switchover_section(&o);
+    let (sw_spilo, sw_patroni, patroni_rss) = switchover_section(o);
 
     println!();
     println!(
