@@ -182,6 +182,8 @@ pub struct PeerStatus {
     pub nofailover: bool,
     /// Effective failover priority: `failover_priority` (default 1), 0 with `nofailover`.
     pub failover_priority: i64,
+    /// The peer's hooks vetoed its promotion (spilo's `promotion_veto` field), with the reason.
+    pub promotion_veto: Option<String>,
 }
 
 impl PeerStatus {
@@ -196,7 +198,13 @@ impl PeerStatus {
             timeline: None,
             nofailover: false,
             failover_priority: 1,
+            promotion_veto: None,
         }
+    }
+
+    /// The peer may not be promoted now: `nofailover`, or a hook vetoed it.
+    pub fn barred(&self) -> bool {
+        self.nofailover || self.promotion_veto.is_some()
     }
 }
 
@@ -254,6 +262,10 @@ pub fn parse_peer_status(name: &str, body: &Value) -> PeerStatus {
         timeline: body.get("timeline").and_then(Value::as_u64),
         nofailover: tags::nofailover(&peer_tags),
         failover_priority: tags::failover_priority(&peer_tags),
+        promotion_veto: body
+            .get("promotion_veto")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     }
 }
 
@@ -307,7 +319,16 @@ mod tests {
                 timeline: Some(4),
                 nofailover: false,
                 failover_priority: 5,
+                promotion_veto: None,
             }
+        );
+        let vetoed = json!({"role": "replica", "xlog": {"received_location": 5},
+                            "promotion_veto": "before_promote: backup site"});
+        let p = parse_peer_status("pg1", &vetoed);
+        assert!(p.barred());
+        assert_eq!(
+            p.promotion_veto.as_deref(),
+            Some("before_promote: backup site")
         );
         // Patroni < 4 says "master".
         let old = json!({"role": "master", "xlog": {"location": 0}});

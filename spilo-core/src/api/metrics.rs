@@ -350,6 +350,34 @@ pub fn render(s: &NodeState, now: Instant) -> String {
         "DCS operations that failed.",
     );
     e.sample("spilo_dcs_errors_total", "", &st.dcs_errors.to_string());
+    let [calls, errors, cut_off, dropped, callbacks, callback_errors] = s.hook_stats;
+    for (name, help, v) in [
+        ("spilo_hook_calls_total", "Lua hook handler calls.", calls),
+        (
+            "spilo_hook_errors_total",
+            "Lua hook handler calls that raised an error or returned a bad answer.",
+            errors,
+        ),
+        (
+            "spilo_hook_timeouts_total",
+            "Lua hook handler calls cut off at their time, instruction or memory limit.",
+            cut_off,
+        ),
+        (
+            "spilo_hook_dropped_total",
+            "Hook events dropped because the hook queue was full.",
+            dropped,
+        ),
+        ("spilo_callbacks_total", "Shell callbacks run.", callbacks),
+        (
+            "spilo_callback_errors_total",
+            "Shell callbacks that failed, exited non-zero or timed out.",
+            callback_errors,
+        ),
+    ] {
+        e.header(name, "counter", help);
+        e.sample(name, "", &v.to_string());
+    }
     let remaining = match s.leader_renewed_at {
         Some(t) if s.holds_lock(now) => {
             (s.dynamic.ttl as f64 - now.saturating_duration_since(t).as_secs_f64()).max(0.0)
@@ -464,6 +492,7 @@ mod tests {
         s.stats.observe(7.0);
         s.stats.dcs_rtt_secs = Some(0.0042);
         s.stats.dcs_errors = 2;
+        s.hook_stats = [7, 2, 1, 0, 3, 1];
         s.decision = DecisionReport {
             actions: vec!["renew the \"leader\" lock".into()],
             reasons: vec!["I am the leader\\primary\nstill".into()],
@@ -542,6 +571,8 @@ mod tests {
         assert!((sum - 7.023).abs() < 1e-9, "{sum}");
         assert_eq!(value(&text, "spilo_dcs_round_trip_seconds{"), "0.0042");
         assert_eq!(value(&text, "spilo_dcs_errors_total{"), "2");
+        assert_eq!(value(&text, "spilo_hook_errors_total{"), "2");
+        assert_eq!(value(&text, "spilo_hook_timeouts_total{"), "1");
         let lease: f64 = value(&text, "spilo_lease_remaining_seconds{")
             .parse()
             .unwrap();

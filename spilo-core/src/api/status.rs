@@ -113,6 +113,9 @@ pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
         if let Some(r) = &s.scheduled_restart {
             m.insert("scheduled_restart".into(), r.clone());
         }
+        if let Some(v) = &s.promotion_veto {
+            m.insert("promotion_veto".into(), v.clone().into());
+        }
         m.insert(
             "patroni".into(),
             json!({

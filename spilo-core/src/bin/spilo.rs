@@ -46,6 +46,10 @@ fn main() -> ExitCode {
         for w in &loaded.warnings {
             eprintln!("spilo: warning: {w}");
         }
+        if let Err(e) = spilo_core::hooks::Hooks::start(&loaded.config) {
+            eprintln!("spilo: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
         println!("{}: configuration is valid", args.config.display());
         if args.offline {
             return ExitCode::SUCCESS;

@@ -127,6 +127,8 @@ async fn someone_answers(api_url: &str) -> bool {
 /// Run the daemon until SIGTERM/SIGINT or a fatal condition. `config_path` is re-read on
 /// SIGHUP and `POST /reload`.
 pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
+    // A broken hook script stops the start before anything else happens.
+    let hooks = crate::hooks::Hooks::start(&cfg).map_err(StartError::Config)?;
     let (dynamic, warnings) = config::effective_dynamic(None, &cfg);
     for w in warnings {
         tracing::warn!("{w}");
@@ -170,7 +172,8 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
     let restapi = crate::api::LiveRestApi::new(cfg.restapi.clone());
     let node = Node::new(cfg.clone(), dcs.clone(), pg, tx, dynamic)
         .with_commands(cmd_rx, config_path)
-        .with_live_restapi(restapi.clone());
+        .with_live_restapi(restapi.clone())
+        .with_hooks(hooks);
 
     let ctx = crate::api::ApiContext {
         state: rx,

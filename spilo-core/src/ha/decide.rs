@@ -145,6 +145,36 @@ pub struct LocalView {
     /// A replica copy must come from the leader, not from a `clonefrom` member
     /// (`reinitialize` with `from_leader`).
     pub clone_from_leader: bool,
+    /// The `before_promote` hook / `pre_promote` answer for this leaderless period.
+    pub promotion_gate: PromotionGate,
+    /// The `choose_failover_candidate` answer for this leaderless period.
+    pub candidate_choice: CandidateChoice,
+}
+
+/// May this node promote, as far as the site's hooks are concerned?
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PromotionGate {
+    /// No hook objects (or none is configured).
+    #[default]
+    Open,
+    /// The hook was asked and has not answered yet.
+    Pending,
+    /// A hook vetoed, with its reason.
+    Vetoed(String),
+}
+
+/// Which candidate the site's hook picked among [`failover_candidates`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CandidateChoice {
+    /// No preference (or no hook): the healthiest wins.
+    #[default]
+    Default,
+    /// The hook was asked and has not answered yet.
+    Pending,
+    /// This member.
+    Member(String),
+    /// Nobody may take over (the hook failed with `on_error: deny`).
+    Nobody(String),
 }
 
 /// Why the node does what it does.
@@ -207,6 +237,14 @@ pub enum Reason {
     ScheduledSwitchover(String),
     /// A failover request that cannot or need not be carried out was cleared.
     FailoverRequestCleared(String),
+    /// A `before_promote` hook or `pre_promote` vetoed this node's promotion.
+    PromotionVetoed(String),
+    /// Waiting for a decision hook's answer.
+    WaitingForHook(&'static str),
+    /// `choose_failover_candidate` picked this member.
+    ChosenByHook(String),
+    /// `choose_failover_candidate` allowed nobody.
+    NoCandidateChosen(String),
 }
 
 impl fmt::Display for Reason {
@@ -264,6 +302,10 @@ impl fmt::Display for Reason {
             Reason::ManualFailover { candidate: None } => write!(f, "manual switchover requested"),
             Reason::ScheduledSwitchover(at) => write!(f, "switchover scheduled at {at}"),
             Reason::FailoverRequestCleared(why) => write!(f, "failover request cleared: {why}"),
+            Reason::PromotionVetoed(why) => write!(f, "promotion vetoed by a hook: {why}"),
+            Reason::WaitingForHook(h) => write!(f, "waiting for the {h} hook to answer"),
+            Reason::ChosenByHook(m) => write!(f, "choose_failover_candidate picked {m}"),
+            Reason::NoCandidateChosen(why) => write!(f, "no failover candidate: {why}"),
         }
     }
 }
@@ -637,6 +679,15 @@ pub fn decide(
             .as_ref()
             .filter(|f| f.value.member.as_deref() == Some(me))
         {
+            match &local.promotion_gate {
+                PromotionGate::Open => {}
+                PromotionGate::Pending => {
+                    return d.because(Reason::WaitingForHook("before_promote"))
+                }
+                PromotionGate::Vetoed(why) => {
+                    return d.because(Reason::PromotionVetoed(why.clone()))
+                }
+            }
             return d
                 .act(Action::AcquireLeader)
                 .act(Action::ClearFailover(f.version))
@@ -663,15 +714,57 @@ pub fn decide(
             .act(Action::LeaderHousekeeping)
             .because(Reason::HealthiestAfterLeaderExpired);
     }
-    match healthiest(cluster, policy, my_tl, my_pos, &local.peers) {
+    // The site's hooks: a candidate choice (unless a failover request names one) and a veto.
+    let named = cluster
+        .failover
+        .as_ref()
+        .and_then(|f| f.value.member.as_deref())
+        .is_some();
+    let mut chosen = None;
+    if policy.failover_priority > 0 && !named {
+        match &local.candidate_choice {
+            CandidateChoice::Pending => {
+                return d.because(Reason::WaitingForHook("choose_failover_candidate"))
+            }
+            CandidateChoice::Nobody(why) => {
+                return d.because(Reason::NoCandidateChosen(why.clone()))
+            }
+            CandidateChoice::Member(c)
+                if failover_candidates(cluster, policy, local).contains(c) =>
+            {
+                chosen = Some(c.clone());
+            }
+            _ => {}
+        }
+    }
+    match healthiest(
+        cluster,
+        policy,
+        my_tl,
+        my_pos,
+        &local.peers,
+        chosen.as_deref(),
+    ) {
         Ok(()) => {
+            match &local.promotion_gate {
+                PromotionGate::Open => {}
+                PromotionGate::Pending => {
+                    return d.because(Reason::WaitingForHook("before_promote"))
+                }
+                PromotionGate::Vetoed(why) => {
+                    return d.because(Reason::PromotionVetoed(why.clone()))
+                }
+            }
             let d = d.act(Action::AcquireLeader);
             let d = match &cluster.failover {
                 Some(f) => d.act(Action::ClearFailover(f.version)),
                 None => d,
             };
-            d.act(Action::Promote)
-                .because(Reason::HealthiestAfterLeaderExpired)
+            let d = d.act(Action::Promote);
+            match chosen {
+                Some(c) => d.because(Reason::ChosenByHook(c)),
+                None => d.because(Reason::HealthiestAfterLeaderExpired),
+            }
         }
         Err(why) => {
             if policy.failover_priority <= 0 {
@@ -809,7 +902,7 @@ fn manual_failover_from_leader(
             && f.member.as_ref().map(|c| c == &p.name).unwrap_or(true)
             && p.reachable
             && p.in_recovery
-            && !p.nofailover
+            && !p.barred()
         // No lag check: the position a peer publishes can be a loop behind (right after a
         // base backup, a whole WAL segment), and the graceful stop makes PostgreSQL send
         // every record, the shutdown checkpoint included, to connected standbys before the key
@@ -822,13 +915,108 @@ fn manual_failover_from_leader(
     }
 }
 
-/// The leader race rules: may this node take the leader key?
+/// Why a member's position bars it from promotion, whoever compares.
+enum Bar {
+    /// Synchronous mode is on and the member is not a synchronous standby.
+    NotSynchronous(Vec<String>),
+    /// Further behind the last known leader position than `maximum_lag_on_failover`.
+    Lag {
+        /// The member's position.
+        pos: u64,
+        /// The leader's last known position.
+        optime: u64,
+    },
+    /// Its timeline is behind the cluster's.
+    Timeline {
+        /// The member's timeline.
+        tl: Option<u64>,
+        /// The cluster's.
+        cluster: u64,
+    },
+}
+
+/// The `sync` key's standbys and leader when synchronous mode is on and the key exists.
+fn sync_set(cluster: &Cluster, policy: &Policy) -> Option<(Vec<String>, String)> {
+    if !policy.synchronous {
+        return None;
+    }
+    crate::ha::sync::key_leader(cluster)
+        .map(|l| (crate::ha::sync::key_standbys(cluster), l.to_string()))
+}
+
+/// The absolute rules a candidate's position must pass (not the comparison with others).
+fn position_bar(
+    cluster: &Cluster,
+    policy: &Policy,
+    sync: &Option<(Vec<String>, String)>,
+    name: &str,
+    tl: Option<u64>,
+    pos: u64,
+) -> Option<Bar> {
+    if let Some((list, leader)) = sync {
+        if leader != name && !crate::ha::sync::listed(list, name) {
+            return Some(Bar::NotSynchronous(list.clone()));
+        }
+    }
+    if let Some(optime) = cluster.optime() {
+        if sync.is_none() && optime > pos && optime - pos > policy.maximum_lag_on_failover {
+            return Some(Bar::Lag { pos, optime });
+        }
+    }
+    if policy.check_timeline {
+        let ctl = cluster.timeline();
+        if !matches!(tl, Some(t) if t >= ctl) {
+            return Some(Bar::Timeline { tl, cluster: ctl });
+        }
+    }
+    None
+}
+
+/// The members that may take over after the leader is gone, best first (WAL position, then
+/// failover priority, then name): this node unless barred, and every reachable replica peer
+/// not barred by `nofailover`, a hook veto, synchronous mode, lag or timeline. This is the
+/// list `choose_failover_candidate` chooses from.
+pub fn failover_candidates(cluster: &Cluster, policy: &Policy, local: &LocalView) -> Vec<String> {
+    let sync = sync_set(cluster, policy);
+    let (my_tl, my_pos) = match &local.pg {
+        Pg::Running {
+            primary: false,
+            timeline,
+            wal_position,
+            ..
+        } => (*timeline, wal_position.unwrap_or(0)),
+        _ => return Vec::new(),
+    };
+    let mut out: Vec<(u64, i64, String)> = Vec::new();
+    let me_barred = policy.failover_priority <= 0
+        || matches!(local.promotion_gate, PromotionGate::Vetoed(_))
+        || position_bar(cluster, policy, &sync, &policy.name, my_tl, my_pos).is_some();
+    if !me_barred {
+        out.push((my_pos, policy.failover_priority, policy.name.clone()));
+    }
+    for p in &local.peers {
+        if p.name == policy.name || !p.reachable || !p.in_recovery || p.barred() {
+            continue;
+        }
+        let pos = p.wal_position.unwrap_or(0);
+        if position_bar(cluster, policy, &sync, &p.name, p.timeline, pos).is_none() {
+            out.push((pos, p.failover_priority, p.name.clone()));
+        }
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    out.into_iter().map(|(_, _, n)| n).collect()
+}
+
+/// The leader race rules: may this node take the leader key? `chosen` is the member
+/// `choose_failover_candidate` picked (already checked to be a candidate): it replaces the
+/// comparison of positions, never the absolute rules.
 fn healthiest(
     cluster: &Cluster,
     policy: &Policy,
     my_tl: Option<u64>,
     my_pos: Option<u64>,
     peers: &[PeerStatus],
+    chosen: Option<&str>,
 ) -> Result<(), String> {
     if policy.failover_priority <= 0 {
         return Err("nofailover".into());
@@ -840,7 +1028,7 @@ fn healthiest(
             }
             if peers
                 .iter()
-                .any(|p| &p.name == candidate && p.reachable && !p.nofailover)
+                .any(|p| &p.name == candidate && p.reachable && !p.barred())
             {
                 return Err(format!("manual failover to {candidate} requested"));
             }
@@ -848,14 +1036,18 @@ fn healthiest(
     }
     // Synchronous mode: an acknowledged commit is guaranteed only on the standbys named in the
     // `sync` key; nobody else may be promoted automatically, and only they are compared.
-    let sync_set: Option<(Vec<String>, String)> = if policy.synchronous {
-        crate::ha::sync::key_leader(cluster)
-            .map(|l| (crate::ha::sync::key_standbys(cluster), l.to_string()))
-    } else {
-        None
-    };
-    if let Some((list, leader)) = &sync_set {
-        if leader != &policy.name && !crate::ha::sync::listed(list, &policy.name) {
+    let sync = sync_set(cluster, policy);
+    let peers: Vec<&PeerStatus> = peers
+        .iter()
+        .filter(|p| match &sync {
+            Some((list, _)) => crate::ha::sync::listed(list, &p.name),
+            None => true,
+        })
+        .collect();
+    let my_pos = my_pos.unwrap_or(0);
+    match position_bar(cluster, policy, &sync, &policy.name, my_tl, my_pos) {
+        None => {}
+        Some(Bar::NotSynchronous(list)) => {
             return Err(format!(
                 "synchronous_mode is on and I am not a synchronous standby (sync standbys: {})",
                 if list.is_empty() {
@@ -863,40 +1055,21 @@ fn healthiest(
                 } else {
                     list.join(",")
                 }
-            ));
+            ))
         }
-    }
-    let peers: Vec<&PeerStatus> = peers
-        .iter()
-        .filter(|p| match &sync_set {
-            Some((list, _)) => crate::ha::sync::listed(list, &p.name),
-            None => true,
-        })
-        .collect();
-    let my_pos = my_pos.unwrap_or(0);
-    if let Some(optime) = cluster.optime() {
-        if sync_set.is_none() && optime > my_pos && optime - my_pos > policy.maximum_lag_on_failover
-        {
+        Some(Bar::Lag { pos, optime }) => {
             return Err(format!(
-                "my WAL position {my_pos} is {} bytes behind the last known leader position {optime}, more than maximum_lag_on_failover {}",
-                optime - my_pos,
+                "my WAL position {pos} is {} bytes behind the last known leader position {optime}, more than maximum_lag_on_failover {}",
+                optime - pos,
                 policy.maximum_lag_on_failover
-            ));
+            ))
         }
-    }
-    if policy.check_timeline {
-        let ctl = cluster.timeline();
-        match my_tl {
-            Some(t) if t >= ctl => {}
-            _ => {
-                return Err(format!(
-                    "my timeline {my_tl:?} is behind the cluster's {ctl}"
-                ))
-            }
+        Some(Bar::Timeline { tl, cluster: ctl }) => {
+            return Err(format!("my timeline {tl:?} is behind the cluster's {ctl}"))
         }
     }
     if policy.quorum {
-        if let Some((list, leader)) = &sync_set {
+        if let Some((list, leader)) = &sync {
             if leader != &policy.name {
                 let need = crate::ha::sync::key_quorum(cluster);
                 let votes = peers
@@ -917,11 +1090,19 @@ fn healthiest(
         }
     }
     for p in peers {
-        if p.name == policy.name || !p.reachable || p.nofailover {
+        if p.name == policy.name || !p.reachable || p.barred() {
             continue;
         }
         if !p.in_recovery {
             return Err(format!("primary {} is still alive", p.name));
+        }
+        match chosen {
+            Some(c) if c == policy.name => continue,
+            Some(c) if c == p.name => {
+                return Err(format!("choose_failover_candidate picked {c}"));
+            }
+            Some(_) => continue,
+            None => {}
         }
         let their = p.wal_position.unwrap_or(0);
         if their > my_pos {

@@ -119,6 +119,8 @@ fn local(pg: Pg) -> LocalView {
         lease_renewed_at: None,
         unix_now: 1_700_000_000,
         clone_from_leader: false,
+        promotion_gate: PromotionGate::Open,
+        candidate_choice: CandidateChoice::Default,
     }
 }
 
@@ -132,6 +134,7 @@ fn peer(name: &str, primary: bool, pos: u64) -> PeerStatus {
         timeline: Some(1),
         nofailover: false,
         failover_priority: 1,
+        promotion_veto: None,
     }
 }
 
@@ -908,4 +911,192 @@ fn paused_cluster_promotes_only_the_named_failover_candidate() {
     let mut p3 = policy("n3");
     p3.paused = true;
     assert!(run(Some(&c), &local(replica(5000)), &p3).actions.is_empty());
+}
+
+// ---------------------------------------------------------------- hooks in the leader race
+
+/// n1's leader key expired; n2 (me) at `mine`, n3 at `theirs`.
+fn race(mine: u64, theirs: u64) -> (Cluster, LocalView) {
+    let c = cluster(None, "n2");
+    let mut l = local(replica(mine));
+    l.peers = vec![PeerStatus::unreachable("n1"), peer("n3", false, theirs)];
+    (c, l)
+}
+
+const PROMOTE: [Action; 2] = [Action::AcquireLeader, Action::Promote];
+
+#[test]
+fn a_before_promote_veto_keeps_the_healthiest_node_from_promoting() {
+    let (c, mut l) = race(1000, 900);
+    l.promotion_gate = PromotionGate::Vetoed("before_promote: backup site".into());
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(
+        d.reasons,
+        vec![Reason::PromotionVetoed(
+            "before_promote: backup site".into()
+        )]
+    );
+}
+
+#[test]
+fn an_unanswered_before_promote_hook_holds_the_promotion() {
+    let (c, mut l) = race(1000, 900);
+    l.promotion_gate = PromotionGate::Pending;
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.reasons, vec![Reason::WaitingForHook("before_promote")]);
+}
+
+#[test]
+fn a_peer_whose_hook_vetoed_is_skipped_even_when_ahead() {
+    let (c, mut l) = race(900, 1000);
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty(), "n3 is ahead: n2 waits");
+    l.peers[1].promotion_veto = Some("before_promote: no".into());
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(d.actions, PROMOTE.to_vec());
+    assert_eq!(d.reasons, vec![Reason::HealthiestAfterLeaderExpired]);
+}
+
+#[test]
+fn choose_failover_candidate_can_pick_a_node_that_is_not_the_furthest_ahead() {
+    let (c, mut l) = race(900, 1000);
+    l.candidate_choice = CandidateChoice::Member("n2".into());
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(d.actions, PROMOTE.to_vec());
+    assert_eq!(d.reasons, vec![Reason::ChosenByHook("n2".into())]);
+}
+
+#[test]
+fn a_node_defers_to_the_candidate_the_hook_picked() {
+    let (c, mut l) = race(1000, 900);
+    l.candidate_choice = CandidateChoice::Member("n3".into());
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert_eq!(
+        d.reasons,
+        vec![Reason::NotHealthiest(
+            "choose_failover_candidate picked n3".into()
+        )]
+    );
+}
+
+#[test]
+fn the_hook_cannot_pick_an_unhealthy_or_barred_candidate() {
+    // n3 is a nofailover node: not a candidate, so the pick is ignored and n2, the
+    // healthiest, promotes.
+    let (c, mut l) = race(1000, 900);
+    l.peers[1].nofailover = true;
+    l.candidate_choice = CandidateChoice::Member("n3".into());
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(d.actions, PROMOTE.to_vec());
+    assert_eq!(d.reasons, vec![Reason::HealthiestAfterLeaderExpired]);
+    // Nor can it pick me when I lag beyond maximum_lag_on_failover (optime 1000 + 2 MiB).
+    let (mut c, mut l) = race(1000, 3_000_000);
+    c.status = Some(Status {
+        optime: Some(3_000_000),
+        ..Status::default()
+    });
+    l.candidate_choice = CandidateChoice::Member("n2".into());
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert!(
+        matches!(&d.reasons[..], [Reason::NotHealthiest(w)] if w.contains("maximum_lag_on_failover")),
+        "{:?}",
+        d.reasons
+    );
+}
+
+#[test]
+fn a_denied_choice_or_a_pending_one_promotes_nobody() {
+    let (c, mut l) = race(1000, 900);
+    l.candidate_choice = CandidateChoice::Nobody("hook failed".into());
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert_eq!(
+        d.reasons,
+        vec![Reason::NoCandidateChosen("hook failed".into())]
+    );
+    l.candidate_choice = CandidateChoice::Pending;
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+    assert_eq!(
+        d.reasons,
+        vec![Reason::WaitingForHook("choose_failover_candidate")]
+    );
+}
+
+#[test]
+fn a_failover_request_naming_me_ignores_the_choice_but_not_the_veto() {
+    let (mut c, mut l) = race(900, 1000);
+    c.failover = Some(Versioned {
+        value: Failover {
+            member: Some("n2".into()),
+            ..Failover::default()
+        },
+        version: 3,
+    });
+    l.candidate_choice = CandidateChoice::Member("n3".into());
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::AcquireLeader,
+            Action::ClearFailover(3),
+            Action::Promote
+        ]
+    );
+    l.promotion_gate = PromotionGate::Vetoed("before_promote: no".into());
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty());
+}
+
+#[test]
+fn failover_candidates_are_ordered_and_filtered() {
+    let c = cluster(None, "n2");
+    let mut l = local(replica(900));
+    let mut n4 = peer("n4", false, 1000);
+    n4.failover_priority = 2;
+    let mut n5 = peer("n5", false, 5000);
+    n5.promotion_veto = Some("no".into());
+    let mut n6 = peer("n6", false, 800);
+    n6.nofailover = true;
+    l.peers = vec![
+        PeerStatus::unreachable("n1"),
+        peer("n3", false, 1000),
+        n4,
+        n5,
+        n6,
+        peer("n7", true, 2000),
+    ];
+    assert_eq!(
+        failover_candidates(&c, &policy("n2"), &l),
+        vec!["n4", "n3", "n2"],
+        "by position, then priority; vetoed, nofailover, unreachable and primaries excluded"
+    );
+    l.promotion_gate = PromotionGate::Vetoed("x".into());
+    assert_eq!(failover_candidates(&c, &policy("n2"), &l), vec!["n4", "n3"]);
+}
+
+#[test]
+fn a_switchover_to_a_vetoing_candidate_is_cleared() {
+    let mut c = cluster(Some("n1"), "n1");
+    c.failover = Some(Versioned {
+        value: Failover {
+            leader: Some("n1".into()),
+            member: Some("n2".into()),
+            ..Failover::default()
+        },
+        version: 4,
+    });
+    let mut l = local(primary(1000));
+    let mut n2 = peer("n2", false, 1000);
+    n2.promotion_veto = Some("before_promote: no".into());
+    l.peers = vec![n2];
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(
+        d.actions,
+        vec![Action::ClearFailover(4), Action::LeaderHousekeeping]
+    );
 }

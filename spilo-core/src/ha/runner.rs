@@ -14,7 +14,8 @@ use crate::api::client;
 use crate::config::{self, Config, DynamicConfig};
 use crate::dcs::{self, decode_cluster, Cas, Cluster, Dcs, HistoryLine, Status};
 use crate::ha::decide::{
-    self, Action, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy,
+    self, Action, CandidateChoice, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy,
+    PromotionGate,
 };
 use crate::ha::member;
 use crate::ha::state::{DecisionReport, PgStatus, StateTx};
@@ -25,6 +26,8 @@ use crate::postgres::{Postgres, StopMode};
 
 #[path = "runner_commands.rs"]
 mod commands;
+#[path = "runner_hooks.rs"]
+mod hooks;
 
 /// Why the loop ended.
 #[derive(Debug)]
@@ -76,6 +79,11 @@ pub struct Node {
     config_path: Option<std::path::PathBuf>,
     /// The REST API's access settings, replaced on reload.
     pub(crate) restapi: Option<crate::api::LiveRestApi>,
+    /// Lua hooks and shell callbacks.
+    hooks: crate::hooks::Hooks,
+    gate: hooks::Asked<crate::hooks::Gate>,
+    choice: hooks::Asked<crate::hooks::Choice>,
+    observed: hooks::Observed,
     scheduled_restart: Option<crate::ha::command::RestartRequest>,
     last_summary: String,
     phase: &'static str,
@@ -116,6 +124,10 @@ impl Node {
             commands: None,
             config_path: None,
             restapi: None,
+            hooks: crate::hooks::Hooks::none(),
+            gate: hooks::Asked::new(),
+            choice: hooks::Asked::new(),
+            observed: hooks::Observed::default(),
             scheduled_restart: None,
             last_summary: String::new(),
             phase: "start",
@@ -138,6 +150,12 @@ impl Node {
     /// parameters) here when the config file is reloaded.
     pub fn with_live_restapi(mut self, restapi: crate::api::LiveRestApi) -> Node {
         self.restapi = Some(restapi);
+        self
+    }
+
+    /// Report events to, and ask decisions of, these hooks.
+    pub fn with_hooks(mut self, hooks: crate::hooks::Hooks) -> Node {
+        self.hooks = hooks;
         self
     }
 
@@ -349,7 +367,17 @@ impl Node {
                 .map(|t| t.duration_since(self.started)),
             unix_now: chrono::Utc::now().timestamp(),
             clone_from_leader: self.clone_from_leader,
+            promotion_gate: PromotionGate::Open,
+            candidate_choice: CandidateChoice::Default,
         };
+        self.phase = "hooks";
+        let (gate, choice) = self.hook_inputs(cluster.as_ref(), &local);
+        let local = LocalView {
+            promotion_gate: gate,
+            candidate_choice: choice,
+            ..local
+        };
+        self.phase = "decide";
         let decision = decide::decide(cluster.as_ref(), &local, &self.policy(), now);
         let summary = decision.summary();
         if summary != self.last_summary {
@@ -408,8 +436,11 @@ impl Node {
             at: chrono::Utc::now().to_rfc3339(),
         };
         let tags = self.cfg.tags.clone();
+        let hook_stats = self.hooks.stats.snapshot();
+        let observed_pg = pgstat.clone();
         self.state.send_modify(|s| {
             let s = Arc::make_mut(s);
+            s.hook_stats = hook_stats;
             s.pg = pgstat;
             s.leader_renewed_at = leader_renewed_at;
             if let Some(c) = cluster_arc {
@@ -421,6 +452,7 @@ impl Node {
             s.decision = report;
             s.tags = tags;
         });
+        self.report_transitions(&observed_pg);
         fatal.map(Exit::Fatal)
     }
 
@@ -463,6 +495,9 @@ impl Node {
         match job.handle.await {
             Ok(Ok(done)) => {
                 tracing::info!("{} finished", job.kind);
+                if job.kind == JobKind::Restart {
+                    self.fire(crate::hooks::Event::OnRestart, None);
+                }
                 if done.upstream.is_some() {
                     self.upstream = done.upstream;
                 }

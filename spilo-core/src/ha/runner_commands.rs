@@ -304,6 +304,16 @@ impl Node {
             self.reload_postgres(cluster.as_deref()).await;
         }
         tracing::info!("configuration reloaded from {}", path.display());
+        // The hook script is loaded on the hook thread, off this task; a broken one is refused
+        // there and the old one kept.
+        let hooks = self.hooks.clone();
+        let cfg = self.cfg.clone();
+        tokio::spawn(async move {
+            if let Err(e) = hooks.reload(&cfg).await {
+                tracing::error!("hooks not reloaded, keeping the running ones: {e}");
+            }
+        });
+        self.fire(crate::hooks::Event::OnReload, None);
         if let Some(r) = reply {
             send(r, 202, "reload scheduled");
         }

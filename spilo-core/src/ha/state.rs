@@ -121,6 +121,11 @@ pub struct NodeState {
     pub dynamic: DynamicConfig,
     /// The last decision.
     pub decision: DecisionReport,
+    /// A hook vetoed this node's promotion in the current leader race (shown in `/patroni`
+    /// as `promotion_veto`, so that peers skip this node).
+    pub promotion_veto: Option<String>,
+    /// Hook counters: calls, errors, timeouts, dropped, callbacks, callback errors.
+    pub hook_stats: [u64; 6],
     /// A scheduled restart (the `POST /restart` body plus `schedule`), if any.
     pub scheduled_restart: Option<Value>,
     /// Loop and DCS timings for `/metrics`.
@@ -175,6 +180,8 @@ impl NodeState {
             tags: BTreeMap::new(),
             dynamic: DynamicConfig::default(),
             decision: DecisionReport::default(),
+            promotion_veto: None,
+            hook_stats: [0; 6],
             scheduled_restart: None,
             stats: LoopStats::default(),
         }
