@@ -34,6 +34,13 @@ pub struct NodeOpts {
     pub tags: Vec<(String, String)>,
     /// `restapi.authentication` (username, password): Basic auth on the mutating endpoints.
     pub rest_auth: Option<(String, String)>,
+    /// YAML appended at the top level (whole sections, e.g. `hooks:`), ending in a newline.
+    pub extra_yaml: String,
+    /// YAML lines added to the `postgresql:` section, indented by two spaces, each ending in
+    /// a newline (e.g. `  pre_promote: /bin/false\n`).
+    pub extra_postgresql: String,
+    /// Environment variables for the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for NodeOpts {
@@ -44,6 +51,9 @@ impl Default for NodeOpts {
             retry_timeout: 3,
             tags: Vec::new(),
             rest_auth: None,
+            extra_yaml: String::new(),
+            extra_postgresql: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -126,8 +136,8 @@ postgresql:
     replication: {{username: replicator, password: {rep}}}
   parameters:
     shared_buffers: 32MB
-tags:
-{tags}"#,
+{extra_postgresql}tags:
+{tags}{extra_yaml}"#,
             scope = self.scope,
             name = self.name,
             api = self.api_port,
@@ -143,6 +153,8 @@ tags:
             rep = REPLICATION_PASSWORD,
             tags = tags,
             rest_auth = rest_auth,
+            extra_postgresql = o.extra_postgresql,
+            extra_yaml = o.extra_yaml,
         )
     }
 }
@@ -247,6 +259,9 @@ impl Node {
             .stderr(log2);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
+        }
+        for (k, v) in &self.config.opts.env {
+            cmd.env(k, v);
         }
         let child = cmd
             .spawn()

@@ -308,3 +308,47 @@ fn daemon_waits_for_its_dcs_with_logged_back_off_then_starts() {
     );
     node.cleanup();
 }
+
+#[test]
+fn a_hook_script_with_a_syntax_error_is_refused_naming_file_and_line() {
+    let root = TempRoot::new("spilo-cfg-");
+    let script = root.path().join("broken.lua");
+    fs::write(
+        &script,
+        "spilo.on('on_promote', function(ctx)\n  local x = = 1\nend)\n",
+    )
+    .expect("write script");
+    chmod(&script, 0o644);
+    let yaml = format!(
+        "{}hooks:\n  script: {}\n",
+        valid_config(root.path()),
+        script.display()
+    );
+    let path = write_case(root.path(), 1, &yaml);
+    let out = validate(&path);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stderr: {stderr} stdout: {stdout}"
+    );
+    assert!(
+        stderr.contains("broken.lua:2"),
+        "the error must name the file and line: {stderr}"
+    );
+    // The daemon refuses to start with it, before touching the DCS or PostgreSQL.
+    let mut cmd = postgres_command(&bins().spilo);
+    cmd.arg(&path).current_dir(root.path());
+    let out = run_with_timeout(cmd, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("spilo with a broken hook script should exit at once: {e}"));
+    let (stdout, stderr) = text(&out);
+    assert!(
+        !out.status.success(),
+        "spilo started with a broken hook script"
+    );
+    assert!(
+        format!("{stdout}{stderr}").contains("broken.lua:2"),
+        "stderr: {stderr} stdout: {stdout}"
+    );
+    assert!(!root.path().join("pgdata").exists());
+}

@@ -21,6 +21,7 @@ mod failover;
 mod handover;
 mod haproxy;
 mod harness_selftest;
+mod hooks;
 mod low_ttl;
 mod manual_failover;
 mod metrics;
