@@ -12,7 +12,7 @@ use crate::dcs::Cluster;
 /// The columns always shown in the table and TSV, in order.
 const BASE_COLUMNS: [&str; 6] = ["Member", "Host", "Role", "State", "TL", "Lag in MB"];
 /// Columns shown only when some member has a value.
-const OPTIONAL_COLUMNS: [&str; 2] = ["Pending restart", "Scheduled restart"];
+const OPTIONAL_COLUMNS: [&str; 3] = ["Pending restart", "Scheduled restart", "Hooks"];
 
 /// The names in the `sync` key's `sync_standby` (comma-joined).
 fn sync_standbys(c: &Cluster) -> Vec<String> {
@@ -95,6 +95,14 @@ pub fn rows(scope: &str, c: &Cluster) -> Vec<Value> {
                 .and_then(Value::as_str)
             {
                 row["Scheduled restart"] = json!(at);
+            }
+            // spilo's own: a hook's veto or candidate choice in the current leader race.
+            let veto = m.data.extra.get("promotion_veto").and_then(Value::as_str);
+            let pick = m.data.extra.get("hook_choice").and_then(Value::as_str);
+            match (veto, pick) {
+                (Some(v), _) => row["Hooks"] = json!(format!("promotion vetoed: {v}")),
+                (None, Some(p)) => row["Hooks"] = json!(format!("picked {p}")),
+                (None, None) => {}
             }
             if !m.data.tags.is_empty() {
                 row["Tags"] = json!(m.data.tags);
@@ -208,6 +216,28 @@ mod tests {
     use super::*;
     use crate::ctl::common::tests::cluster;
     use crate::dcs::{Status, SyncState, Versioned};
+
+    #[test]
+    fn hook_vetoes_and_picks_show_in_their_own_column() {
+        let mut c = cluster(&["a", "b", "c"], None);
+        c.members[0].data.extra.insert(
+            "promotion_veto".into(),
+            json!("before_promote: backup site"),
+        );
+        c.members[1]
+            .data
+            .extra
+            .insert("hook_choice".into(), json!("c"));
+        let r = rows("s", &c);
+        assert_eq!(
+            r[0]["Hooks"],
+            "promotion vetoed: before_promote: backup site"
+        );
+        assert_eq!(r[1]["Hooks"], "picked c");
+        assert!(r[2].get("Hooks").is_none());
+        assert!(columns(&r).contains(&"Hooks"));
+        assert!(!columns(&rows("s", &cluster(&["a"], Some("a")))).contains(&"Hooks"));
+    }
 
     #[test]
     fn rows_roles_lag_and_optional_columns() {

@@ -416,8 +416,17 @@ impl Node {
                 .map(|j| j.kind == JobKind::Promote)
                 .unwrap_or(false);
             let mut m = member::member_data(&self.cfg, &pgstat, self.dynamic.pause, promoting);
-            if let Some(v) = self.state.borrow().scheduled_restart.clone() {
-                m.extra.insert("scheduled_restart".into(), v);
+            {
+                let st = self.state.borrow();
+                if let Some(v) = st.scheduled_restart.clone() {
+                    m.extra.insert("scheduled_restart".into(), v);
+                }
+                if let Some(v) = &st.promotion_veto {
+                    m.extra.insert("promotion_veto".into(), v.clone().into());
+                }
+                if let Some(p) = &st.hook_choice {
+                    m.extra.insert("hook_choice".into(), p.clone().into());
+                }
             }
             let bytes = member::encode(&m);
             if self.last_member.as_deref() != Some(&bytes[..]) {

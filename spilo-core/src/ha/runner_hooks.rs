@@ -190,6 +190,7 @@ impl Node {
             self.choice.reset();
             self.observed.leaderless_since = None;
             self.publish_veto(None);
+            self.publish_choice(None);
             return (PromotionGate::Open, CandidateChoice::Default);
         };
         let since = *self
@@ -251,7 +252,22 @@ impl Node {
                 }
             }
         };
+        self.publish_choice(match &choice {
+            CandidateChoice::Member(m) => Some(m.clone()),
+            _ => None,
+        });
         (gate, choice)
+    }
+
+    /// Records the hook's pick (in the member key, for `spiloctl list`).
+    fn publish_choice(&self, pick: Option<String>) {
+        if self.state.borrow().hook_choice != pick {
+            if let Some(m) = &pick {
+                tracing::info!("choose_failover_candidate picked {m}");
+            }
+            self.state
+                .send_modify(|s| Arc::make_mut(s).hook_choice = pick);
+        }
     }
 
     /// Runs `ask` on a task of its own; the answer wakes the loop.

@@ -124,6 +124,8 @@ pub struct NodeState {
     /// A hook vetoed this node's promotion in the current leader race (shown in `/patroni`
     /// as `promotion_veto`, so that peers skip this node).
     pub promotion_veto: Option<String>,
+    /// The member `choose_failover_candidate` picked in the current leader race.
+    pub hook_choice: Option<String>,
     /// Hook counters: calls, errors, timeouts, dropped, callbacks, callback errors.
     pub hook_stats: [u64; 6],
     /// A scheduled restart (the `POST /restart` body plus `schedule`), if any.
@@ -181,6 +183,7 @@ impl NodeState {
             dynamic: DynamicConfig::default(),
             decision: DecisionReport::default(),
             promotion_veto: None,
+            hook_choice: None,
             hook_stats: [0; 6],
             scheduled_restart: None,
             stats: LoopStats::default(),
