@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "host")]
 use async_trait::async_trait;
 
 /// One key read from the store, relative to the cluster prefix.
@@ -95,6 +96,7 @@ pub enum DcsError {
 ///
 /// The daemon calls these from one task at a time; implementations must still be `Sync`
 /// because the REST API and `spiloctl` read through the same object.
+#[cfg(feature = "host")]
 #[async_trait]
 pub trait Dcs: Send + Sync + 'static {
     /// The backend's name as written in the config (`etcd3`, `zookeeper`).
