@@ -13,6 +13,7 @@ pub mod ctl;
 pub mod dcs;
 pub mod ha;
 pub mod hooks;
+pub mod plugin;
 pub mod postgres;
 
 /// The version spilo advertises to peers: a Patroni 4.x version, so Patroni-aware tools use

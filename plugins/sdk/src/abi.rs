@@ -233,6 +233,14 @@ pub struct DcsVTable {
 // SAFETY: a vtable is immutable static data (function pointers).
 unsafe impl Sync for DcsVTable {}
 
+impl std::fmt::Debug for DcsVTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DcsVTable")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Appends a length-prefixed byte string.
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());

@@ -50,6 +50,10 @@ fn main() -> ExitCode {
             eprintln!("spilo: invalid configuration: {e}");
             return ExitCode::from(2);
         }
+        if let Err(e) = spilo_core::plugin::load_configured(&loaded.config) {
+            eprintln!("spilo: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
         println!("{}: configuration is valid", args.config.display());
         if args.offline {
             return ExitCode::SUCCESS;
@@ -79,6 +83,12 @@ fn main() -> ExitCode {
         .init();
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    // Plugins load before the async runtime exists, and stay loaded.
+    if let Err(e) = spilo_core::plugin::load_configured(&loaded.config) {
+        tracing::error!("CRITICAL: {e}");
+        eprintln!("spilo: {e}");
+        return ExitCode::from(1);
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

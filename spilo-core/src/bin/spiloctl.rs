@@ -185,6 +185,46 @@ enum Cmd {
         #[arg(value_name = "MEMBER")]
         members: Vec<String>,
     },
+    /// Inspect third-party plugins.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCmd {
+    /// Print what a plugin library declares and whether this spilo accepts it (exit 0) or
+    /// refuses it (exit 1, saying why).
+    Check {
+        /// The shared library.
+        path: PathBuf,
+    },
+}
+
+/// `spiloctl plugin check PATH` (needs no configuration and no DCS).
+fn plugin_check(path: &std::path::Path) -> ExitCode {
+    match spilo_core::plugin::loader::inspect(path) {
+        Ok(p) => {
+            println!("plugin:   {} {}", p.name, p.version);
+            println!("kind:     {}", p.kind);
+            println!(
+                "abi:      {}.{} (this spilo: {}.{})",
+                p.abi.0,
+                p.abi.1,
+                spilo_sdk::abi::ABI_MAJOR,
+                spilo_sdk::abi::ABI_MINOR
+            );
+            println!("file:     {}", p.path.display());
+            println!("accepted: yes");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("accepted: no");
+            eprintln!("spiloctl: refused: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn interval(w: &Watch) -> CtlResult<Option<Duration>> {
@@ -263,11 +303,18 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> CtlResult {
         } => reload::run(ctx, &members, role, force).await,
         Cmd::Flush { args, force } => flush::run(ctx, &args, force).await,
         Cmd::Version { members } => version::run(ctx, &members).await,
+        Cmd::Plugin { .. } => Ok(()),
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Cmd::Plugin {
+        action: PluginCmd::Check { path },
+    } = &args.cmd
+    {
+        return plugin_check(path);
+    }
     let path = args.config.clone().unwrap_or_else(default_config_path);
     let cfg = match load_config(&path) {
         Ok(c) => c,
@@ -276,6 +323,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Plugins load before the runtime starts.
+    if let Err(e) = spilo_core::plugin::load_configured(&cfg) {
+        eprintln!("spiloctl: {e}");
+        return ExitCode::from(2);
+    }
     let auth = rest_auth(&read_raw(&path), &cfg);
     if matches!(args.cmd, Cmd::Version { .. }) {
         println!("{}", version::own_version());

@@ -335,6 +335,9 @@ fn check_single_dcs(doc: &Mapping, env: &[Layer], origin: &str) -> Result<(), Co
     if !found.contains(&"etcd3") && env.iter().any(|l| l.dict.contains_key("etcd3")) {
         found.insert(0, "etcd3");
     }
+    if doc.get("dcs").is_some_and(|v| !v.is_null()) {
+        found.push("dcs");
+    }
     if found.len() > 1 {
         return Err(ConfigError::invalid(
             origin,

@@ -42,6 +42,33 @@ pub struct Config {
     /// Lua hooks (spilo's own section).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<Hooks>,
+    /// Third-party backends to load from shared libraries at start-up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginSpec>,
+    /// A DCS provided by a plugin: `{plugin: <name>, …its own settings…}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dcs: Option<BTreeMap<String, Value>>,
+}
+
+/// `plugins: [{name, path, kind}]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PluginSpec {
+    /// The name the plugin declares, and that `dcs.plugin` refers to.
+    pub name: String,
+    /// The shared library.
+    pub path: PathBuf,
+    /// `dcs` (storage and load balancers later).
+    pub kind: String,
+}
+
+impl Config {
+    /// The plugin named in `dcs.plugin`, if the DCS comes from a plugin.
+    pub fn dcs_plugin(&self) -> Option<&str> {
+        self.dcs
+            .as_ref()
+            .and_then(|d| d.get("plugin"))
+            .and_then(Value::as_str)
+    }
 }
 
 /// `hooks:`: a Lua script with handlers for role changes and decisions.

@@ -74,6 +74,8 @@ const TOP: &[Key] = &[
     k("postgresql", Shape::Section(POSTGRESQL, Unknown::Ignored)),
     k("tags", Shape::Free),
     k("hooks", Shape::Section(HOOKS, Unknown::Ignored)),
+    v("plugins"),
+    k("dcs", Shape::Free),
     u("etcd"),
     u("consul"),
     u("kubernetes"),

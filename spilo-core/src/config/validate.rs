@@ -333,6 +333,7 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
                 "only one DCS may be configured, found etcd3, zookeeper".to_string(),
             ))
         }
+        (None, None) if cfg.dcs.is_some() => check_plugins(cfg).map_err(|(k, m)| err(&k, m))?,
         (None, None) => {
             return Err(err(
                 "etcd3",
@@ -342,6 +343,9 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
         }
     }
 
+    if cfg.dcs.is_none() {
+        check_plugins(cfg).map_err(|(k, m)| err(&k, m))?;
+    }
     check_dynamic(&cfg.bootstrap.dcs).map_err(|(k, m)| err(&format!("bootstrap.dcs.{k}"), m))?;
     let mut dcs = cfg.bootstrap.dcs.clone();
     for w in adjust_timeouts(&mut dcs) {
@@ -377,6 +381,61 @@ fn check_dynamic(d: &DynamicConfig) -> Result<(), (&'static str, String)> {
     }
     // maximum_lag_on_failover is unsigned, hence >= 0 by construction (negative values are
     // rejected when the configuration is parsed).
+    Ok(())
+}
+
+/// `plugins:` and `dcs:`: names unique, kinds known, paths absolute, `dcs.plugin` naming a
+/// DCS plugin.
+fn check_plugins(cfg: &Config) -> Result<(), (String, String)> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, p) in cfg.plugins.iter().enumerate() {
+        let key = |k: &str| format!("plugins[{i}].{k}");
+        if p.name.trim().is_empty() {
+            return Err((key("name"), "must not be empty".into()));
+        }
+        if !seen.insert(p.name.as_str()) {
+            return Err((key("name"), format!("'{}' is listed twice", p.name)));
+        }
+        if p.kind != "dcs" {
+            return Err((
+                key("kind"),
+                format!("'{}' is not a plugin kind spilo loads (dcs)", p.kind),
+            ));
+        }
+        if !p.path.is_absolute() {
+            return Err((
+                key("path"),
+                format!("{} must be an absolute path", p.path.display()),
+            ));
+        }
+    }
+    if let Some(d) = &cfg.dcs {
+        let Some(name) = cfg.dcs_plugin() else {
+            return Err((
+                "dcs.plugin".into(),
+                if d.contains_key("plugin") {
+                    "must be a plugin name".into()
+                } else {
+                    "missing: a dcs section names the plugin that provides the DCS".into()
+                },
+            ));
+        };
+        match cfg.plugins.iter().find(|p| p.name == name) {
+            Some(p) if p.kind == "dcs" => {}
+            Some(p) => {
+                return Err((
+                    "dcs.plugin".into(),
+                    format!("plugin '{name}' is a {} plugin, not a dcs one", p.kind),
+                ))
+            }
+            None => {
+                return Err((
+                    "dcs.plugin".into(),
+                    format!("no plugin named '{name}' in plugins"),
+                ))
+            }
+        }
+    }
     Ok(())
 }
 

@@ -68,9 +68,29 @@ pub async fn connect(
         };
         return Ok(Arc::new(ZkDcs::connect(settings).await?));
     }
+    if let Some(name) = cfg.dcs_plugin() {
+        let plugin = crate::plugin::get(name).ok_or_else(|| DcsError::Refused {
+            op: "connect",
+            message: format!("plugin '{name}' is not loaded"),
+        })?;
+        let mut settings = cfg.dcs.clone().unwrap_or_default();
+        settings.remove("plugin");
+        let host = crate::plugin::dcs::HostSettings {
+            prefix,
+            member: cfg.name.clone(),
+            ttl,
+            retry_timeout,
+            watch: role == Role::Daemon,
+            session: role == Role::Daemon,
+        };
+        let settings = serde_json::Value::Object(settings.into_iter().collect());
+        return Ok(Arc::new(
+            crate::plugin::dcs::PluginDcs::connect(&plugin, settings, host).await?,
+        ));
+    }
     Err(DcsError::Refused {
         op: "connect",
-        message: "no DCS section in the configuration (etcd3 or zookeeper)".into(),
+        message: "no DCS section in the configuration (etcd3, zookeeper or a dcs plugin)".into(),
     })
 }
 
@@ -81,6 +101,9 @@ pub fn describe(cfg: &Config) -> String {
     }
     if let Some(z) = &cfg.zookeeper {
         return format!("zookeeper at {}", z.hosts.hosts().join(", "));
+    }
+    if let Some(name) = cfg.dcs_plugin() {
+        return format!("dcs plugin {name}");
     }
     "no DCS".into()
 }

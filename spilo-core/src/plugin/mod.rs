@@ -1,0 +1,53 @@
+//! Third-party backends in shared libraries (see `spilo_sdk::abi` for the contract).
+//!
+//! [`load_configured`] loads every plugin the configuration lists, once, before the async
+//! runtime starts; the DCS registry then finds a DCS plugin by name and wraps it in
+//! [`dcs::PluginDcs`], which implements the same trait as the built-in backends.
+
+pub mod dcs;
+pub mod loader;
+
+use std::sync::{Mutex, OnceLock};
+
+pub use loader::{LoadError, LoadedPlugin};
+
+static LOADED: OnceLock<Mutex<Vec<LoadedPlugin>>> = OnceLock::new();
+
+fn loaded() -> &'static Mutex<Vec<LoadedPlugin>> {
+    LOADED.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Loads every plugin in `cfg.plugins` (a plugin already loaded from the same file is kept).
+/// The first refusal is returned, naming the file and what differs.
+pub fn load_configured(cfg: &crate::config::Config) -> Result<Vec<LoadedPlugin>, LoadError> {
+    let mut out = Vec::new();
+    for spec in &cfg.plugins {
+        if let Some(p) = get(&spec.name).filter(|p| p.path == spec.path) {
+            out.push(p);
+            continue;
+        }
+        let p = loader::load(&spec.path, &spec.name, &spec.kind)?;
+        tracing::info!(
+            plugin = %p.name,
+            version = %p.version,
+            path = %p.path.display(),
+            "plugin loaded (ABI {}.{})",
+            p.abi.0,
+            p.abi.1
+        );
+        if let Ok(mut l) = loaded().lock() {
+            l.retain(|q| q.name != p.name);
+            l.push(p.clone());
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The loaded plugin called `name`.
+pub fn get(name: &str) -> Option<LoadedPlugin> {
+    loaded()
+        .lock()
+        .ok()
+        .and_then(|l| l.iter().find(|p| p.name == name).cloned())
+}
