@@ -14,6 +14,9 @@ PACKAGES=(
   curl
   jq
   ca-certificates
+  # The vendored Lua (mlua) and the C test plugin, compiled against the plugin ABI header.
+  gcc
+  libc6-dev
   # Operations integration tests: a real load balancer, promtool (`prometheus`) for the
   # metrics format, and Debian's python3 venv for an unmodified patronictl from PyPI.
   haproxy

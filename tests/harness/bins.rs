@@ -108,3 +108,22 @@ fn remove_stale_copies() {
         }
     }
 }
+
+/// A plugin library built in this workspace (`lib<crate>.so`), copied next to the binaries so
+/// that the `postgres` user can load it.
+pub fn plugin_lib(file_name: &str) -> PathBuf {
+    let from = source_dir().join(file_name);
+    if !from.is_file() {
+        panic!(
+            "{} not found: build the workspace first (`cargo build --workspace`)",
+            from.display()
+        );
+    }
+    let to = bins().dir.join(file_name);
+    if !to.is_file() {
+        fs::copy(&from, &to)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+        chmod(&to, 0o755);
+    }
+    to
+}

@@ -54,6 +54,15 @@ pub enum DcsEndpoint {
     },
     /// `zookeeper: {hosts: [...]}`.
     ZooKeeper(String),
+    /// A DCS plugin: `plugins: [{name, path, kind: dcs}]` and `dcs: {plugin: name, …}`.
+    Plugin {
+        /// The plugin's name.
+        name: String,
+        /// Its shared library (readable by postgres).
+        path: PathBuf,
+        /// Its own settings, as YAML values: `(key, value)`.
+        settings: Vec<(String, String)>,
+    },
 }
 
 impl DcsEndpoint {
@@ -76,6 +85,20 @@ impl DcsEndpoint {
                 key.display()
             ),
             DcsEndpoint::ZooKeeper(h) => format!("zookeeper:\n  hosts: [{h}]\n"),
+            DcsEndpoint::Plugin {
+                name,
+                path,
+                settings,
+            } => {
+                let mut y = format!(
+                    "plugins:\n- {{name: {name}, path: {}, kind: dcs}}\ndcs:\n  plugin: {name}\n",
+                    path.display()
+                );
+                for (k, v) in settings {
+                    y.push_str(&format!("  {k}: {v}\n"));
+                }
+                y
+            }
         }
     }
 }

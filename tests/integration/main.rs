@@ -28,6 +28,7 @@ mod metrics;
 mod ops;
 mod patronictl;
 mod pause;
+mod plugins;
 mod rest_api;
 mod restart_reinit_reload;
 mod spiloctl;

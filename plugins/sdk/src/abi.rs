@@ -176,23 +176,29 @@ pub struct DcsVTable {
     /// Ends the session (best effort) and frees the instance.
     pub destroy: Option<unsafe extern "C" fn(h: Handle)>,
     /// Every key under the cluster prefix, encoded with [`encode_snapshot`].
-    pub snapshot:
-        Option<unsafe extern "C" fn(h: Handle, timeout_ms: u64, out: *mut Buf, err: *mut Buf) -> u32>,
+    pub snapshot: Option<
+        unsafe extern "C" fn(h: Handle, timeout_ms: u64, out: *mut Buf, err: *mut Buf) -> u32,
+    >,
     /// Renews the session; `out` holds [`encode_session`].
-    pub keepalive:
-        Option<unsafe extern "C" fn(h: Handle, timeout_ms: u64, out: *mut Buf, err: *mut Buf) -> u32>,
+    pub keepalive: Option<
+        unsafe extern "C" fn(h: Handle, timeout_ms: u64, out: *mut Buf, err: *mut Buf) -> u32,
+    >,
     /// Writes `members/<name>` bound to the session.
-    pub put_member:
-        Option<unsafe extern "C" fn(h: Handle, value: Bytes, timeout_ms: u64, err: *mut Buf) -> u32>,
+    pub put_member: Option<
+        unsafe extern "C" fn(h: Handle, value: Bytes, timeout_ms: u64, err: *mut Buf) -> u32,
+    >,
     /// Creates the leader key if absent; `*done` is 1 when we got it.
-    pub acquire_leader:
-        Option<unsafe extern "C" fn(h: Handle, timeout_ms: u64, done: *mut u8, err: *mut Buf) -> u32>,
+    pub acquire_leader: Option<
+        unsafe extern "C" fn(h: Handle, timeout_ms: u64, done: *mut u8, err: *mut Buf) -> u32,
+    >,
     /// Binds our leader key to the current session; `*done` is 0 when another name holds it.
-    pub reattach_leader:
-        Option<unsafe extern "C" fn(h: Handle, timeout_ms: u64, done: *mut u8, err: *mut Buf) -> u32>,
+    pub reattach_leader: Option<
+        unsafe extern "C" fn(h: Handle, timeout_ms: u64, done: *mut u8, err: *mut Buf) -> u32,
+    >,
     /// Deletes the leader key if it holds our name; `*done` is 1 when it did.
-    pub release_leader:
-        Option<unsafe extern "C" fn(h: Handle, timeout_ms: u64, done: *mut u8, err: *mut Buf) -> u32>,
+    pub release_leader: Option<
+        unsafe extern "C" fn(h: Handle, timeout_ms: u64, done: *mut u8, err: *mut Buf) -> u32,
+    >,
     /// Writes a persistent key under the condition (`CAS_*`, version); `*done` is 0 when the
     /// condition failed.
     pub put: Option<

@@ -106,14 +106,14 @@ impl PluginConfig {
             .map_err(|e| PluginError::invalid(format!("plugin configuration: {e}")))?;
         let s = &v["spilo"];
         let text = |k: &str| {
-            s[k].as_str()
-                .map(str::to_string)
-                .ok_or_else(|| PluginError::invalid(format!("plugin configuration: spilo.{k} missing")))
+            s[k].as_str().map(str::to_string).ok_or_else(|| {
+                PluginError::invalid(format!("plugin configuration: spilo.{k} missing"))
+            })
         };
         let millis = |k: &str| {
-            s[k].as_u64()
-                .map(Duration::from_millis)
-                .ok_or_else(|| PluginError::invalid(format!("plugin configuration: spilo.{k} missing")))
+            s[k].as_u64().map(Duration::from_millis).ok_or_else(|| {
+                PluginError::invalid(format!("plugin configuration: spilo.{k} missing"))
+            })
         };
         Ok(PluginConfig {
             prefix: text("prefix")?,
@@ -147,8 +147,13 @@ pub trait DcsPlugin: Send + Sync + 'static {
     /// Deletes the leader key if it holds our name.
     fn release_leader(&self, deadline: Instant) -> Result<bool, PluginError>;
     /// Writes a persistent key under `cas`.
-    fn put(&self, key: &str, value: &[u8], cas: Cas, deadline: Instant)
-        -> Result<bool, PluginError>;
+    fn put(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Cas,
+        deadline: Instant,
+    ) -> Result<bool, PluginError>;
     /// Deletes a key under `cas`.
     fn delete(&self, key: &str, cas: Cas, deadline: Instant) -> Result<bool, PluginError>;
     /// Blocks until the change counter exceeds `seen` or `timeout` passes; the counter.
@@ -228,7 +233,11 @@ fn set_done(done: *mut u8, v: bool) {
     }
 }
 
-unsafe extern "C" fn create_shim<T: DcsPlugin>(config: Bytes, out: *mut Handle, err: *mut Buf) -> u32 {
+unsafe extern "C" fn create_shim<T: DcsPlugin>(
+    config: Bytes,
+    out: *mut Handle,
+    err: *mut Buf,
+) -> u32 {
     guarded(err, || {
         // SAFETY: the host passes a JSON string valid for the call.
         let json = unsafe { config.as_slice() };
@@ -253,7 +262,12 @@ unsafe extern "C" fn destroy_shim<T: DcsPlugin>(h: Handle) {
     }));
 }
 
-unsafe extern "C" fn snapshot_shim<T: DcsPlugin>(h: Handle, timeout_ms: u64, out: *mut Buf, err: *mut Buf) -> u32 {
+unsafe extern "C" fn snapshot_shim<T: DcsPlugin>(
+    h: Handle,
+    timeout_ms: u64,
+    out: *mut Buf,
+    err: *mut Buf,
+) -> u32 {
     guarded(err, || {
         // SAFETY: per the ABI contract.
         let s = unsafe { plugin::<T>(h) }.snapshot(deadline(timeout_ms))?;
@@ -262,7 +276,12 @@ unsafe extern "C" fn snapshot_shim<T: DcsPlugin>(h: Handle, timeout_ms: u64, out
     })
 }
 
-unsafe extern "C" fn keepalive_shim<T: DcsPlugin>(h: Handle, timeout_ms: u64, out: *mut Buf, err: *mut Buf) -> u32 {
+unsafe extern "C" fn keepalive_shim<T: DcsPlugin>(
+    h: Handle,
+    timeout_ms: u64,
+    out: *mut Buf,
+    err: *mut Buf,
+) -> u32 {
     guarded(err, || {
         // SAFETY: per the ABI contract.
         let s = unsafe { plugin::<T>(h) }.keepalive(deadline(timeout_ms))?;
@@ -271,7 +290,12 @@ unsafe extern "C" fn keepalive_shim<T: DcsPlugin>(h: Handle, timeout_ms: u64, ou
     })
 }
 
-unsafe extern "C" fn put_member_shim<T: DcsPlugin>(h: Handle, value: Bytes, timeout_ms: u64, err: *mut Buf) -> u32 {
+unsafe extern "C" fn put_member_shim<T: DcsPlugin>(
+    h: Handle,
+    value: Bytes,
+    timeout_ms: u64,
+    err: *mut Buf,
+) -> u32 {
     guarded(err, || {
         // SAFETY: per the ABI contract.
         let (p, v) = unsafe { (plugin::<T>(h), value.as_slice()) };
@@ -279,7 +303,12 @@ unsafe extern "C" fn put_member_shim<T: DcsPlugin>(h: Handle, value: Bytes, time
     })
 }
 
-unsafe extern "C" fn acquire_shim<T: DcsPlugin>(h: Handle, timeout_ms: u64, done: *mut u8, err: *mut Buf) -> u32 {
+unsafe extern "C" fn acquire_shim<T: DcsPlugin>(
+    h: Handle,
+    timeout_ms: u64,
+    done: *mut u8,
+    err: *mut Buf,
+) -> u32 {
     guarded(err, || {
         // SAFETY: per the ABI contract.
         let r = unsafe { plugin::<T>(h) }.acquire_leader(deadline(timeout_ms))?;
@@ -288,7 +317,12 @@ unsafe extern "C" fn acquire_shim<T: DcsPlugin>(h: Handle, timeout_ms: u64, done
     })
 }
 
-unsafe extern "C" fn reattach_shim<T: DcsPlugin>(h: Handle, timeout_ms: u64, done: *mut u8, err: *mut Buf) -> u32 {
+unsafe extern "C" fn reattach_shim<T: DcsPlugin>(
+    h: Handle,
+    timeout_ms: u64,
+    done: *mut u8,
+    err: *mut Buf,
+) -> u32 {
     guarded(err, || {
         // SAFETY: per the ABI contract.
         let r = unsafe { plugin::<T>(h) }.reattach_leader(deadline(timeout_ms))?;
@@ -297,7 +331,12 @@ unsafe extern "C" fn reattach_shim<T: DcsPlugin>(h: Handle, timeout_ms: u64, don
     })
 }
 
-unsafe extern "C" fn release_shim<T: DcsPlugin>(h: Handle, timeout_ms: u64, done: *mut u8, err: *mut Buf) -> u32 {
+unsafe extern "C" fn release_shim<T: DcsPlugin>(
+    h: Handle,
+    timeout_ms: u64,
+    done: *mut u8,
+    err: *mut Buf,
+) -> u32 {
     guarded(err, || {
         // SAFETY: per the ABI contract.
         let r = unsafe { plugin::<T>(h) }.release_leader(deadline(timeout_ms))?;

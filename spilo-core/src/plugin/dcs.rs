@@ -157,7 +157,12 @@ impl PluginDcs {
                 if status == abi::STATUS_OK && !handle.is_null() {
                     Ok(Handle(handle))
                 } else if status == abi::STATUS_OK {
-                    Err(status_error("connect", &create_name, abi::STATUS_INVALID, b"create returned a NULL handle".to_vec()))
+                    Err(status_error(
+                        "connect",
+                        &create_name,
+                        abi::STATUS_INVALID,
+                        b"create returned a NULL handle".to_vec(),
+                    ))
                 } else {
                     Err(status_error("connect", &create_name, status, msg))
                 }
@@ -237,7 +242,9 @@ impl PluginDcs {
     async fn flag(
         &self,
         op: &'static str,
-        f: fn(&DcsVTable) -> Option<unsafe extern "C" fn(*mut c_void, u64, *mut u8, *mut Buf) -> u32>,
+        f: fn(
+            &DcsVTable,
+        ) -> Option<unsafe extern "C" fn(*mut c_void, u64, *mut u8, *mut Buf) -> u32>,
     ) -> Result<bool, DcsError> {
         let name = self.inner.name.clone();
         self.call(op, move |vt, h, ms| {

@@ -182,7 +182,12 @@ pub fn load(path: &Path, expect_name: &str, expect_kind: &str) -> Result<LoadedP
         }
         // SAFETY: non-null, static in the library; read the header alone first.
         let vh = unsafe { std::ptr::read(desc.dcs as *const AbiHeader) };
-        check_header(path, "the DCS vtable", &vh, std::mem::size_of::<DcsVTable>())?;
+        check_header(
+            path,
+            "the DCS vtable",
+            &vh,
+            std::mem::size_of::<DcsVTable>(),
+        )?;
         // SAFETY: the header vouches for the size.
         let vt: &'static DcsVTable = unsafe { &*desc.dcs };
         let missing: Vec<&str> = [
@@ -208,7 +213,10 @@ pub fn load(path: &Path, expect_name: &str, expect_kind: &str) -> Result<LoadedP
         if !missing.is_empty() {
             return Err(refuse(
                 path,
-                format!("the DCS vtable has NULL entry points: {}", missing.join(", ")),
+                format!(
+                    "the DCS vtable has NULL entry points: {}",
+                    missing.join(", ")
+                ),
             ));
         }
         Some(vt)
@@ -239,7 +247,12 @@ pub fn inspect(path: &Path) -> Result<LoadedPlugin, LoadError> {
     let entry = unsafe {
         lib.get::<unsafe extern "C" fn() -> *const PluginDescriptor>(abi::DESCRIPTOR_SYMBOL)
     }
-    .map_err(|_| refuse(path, "no 'spilo_plugin_descriptor' symbol: not a spilo plugin"))?;
+    .map_err(|_| {
+        refuse(
+            path,
+            "no 'spilo_plugin_descriptor' symbol: not a spilo plugin",
+        )
+    })?;
     // SAFETY: see `load`.
     let desc_ptr = unsafe { entry() };
     std::mem::forget(lib);
