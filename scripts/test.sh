@@ -52,16 +52,20 @@ if [ "${RESULT[build]}" = "ok" ]; then
   # And on etcd in production shape: three members, TLS with client certificates, a user.
   run integration-etcd-tls env SPILO_TEST_DCS=etcd-tls cargo test -p spilo-tests --test integration -- \
     --test-threads=1 $HA_SUITE
+  # And through the example third-party plugin (etcd's HTTP gateway, loaded via the C ABI).
+  run integration-plugin env SPILO_TEST_DCS=etcd-plugin cargo test -p spilo-tests --test integration -- \
+    --test-threads=1 bootstrap:: failover::killed handover:: dcs_loss::
 else
   skip unit-tests
   skip integration-tests
   skip integration-zookeeper
   skip integration-etcd-tls
+  skip integration-plugin
 fi
 
 # Add up cargo's "test result:" lines.
 passed=0; tfailed=0; ignored=0
-for f in "$LOGDIR"/unit-tests.log "$LOGDIR"/integration-tests.log "$LOGDIR"/integration-zookeeper.log "$LOGDIR"/integration-etcd-tls.log; do
+for f in "$LOGDIR"/unit-tests.log "$LOGDIR"/integration-tests.log "$LOGDIR"/integration-zookeeper.log "$LOGDIR"/integration-etcd-tls.log "$LOGDIR"/integration-plugin.log; do
   [ -f "$f" ] || continue
   while read -r p fl ig; do
     passed=$((passed + p)); tfailed=$((tfailed + fl)); ignored=$((ignored + ig))

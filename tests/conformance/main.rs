@@ -8,10 +8,13 @@
 //! - `etcd_cluster3`: three etcd processes on loopback, the client given all three endpoints;
 //! - `etcd_secure`: three etcd processes serving TLS with client certificates required and
 //!   username/password authentication enabled;
-//! - `zookeeper_single`: one standalone ZooKeeper server.
+//! - `zookeeper_single`: one standalone ZooKeeper server;
+//! - `plugin_etcd_gateway`: one etcd process reached through the example `etcd-gateway` plugin
+//!   (a `cdylib` loaded through the C ABI by spilo's loader).
 
 mod backend;
 mod etcd;
+mod plugin;
 mod suite;
 mod zookeeper;
 
@@ -73,6 +76,7 @@ conformance!(etcd_single, crate::etcd::EtcdSingle);
 conformance!(etcd_cluster3, crate::etcd::EtcdCluster3);
 conformance!(etcd_secure, crate::etcd::EtcdSecure);
 conformance!(zookeeper_single, crate::zookeeper::ZkSingle);
+conformance!(plugin_etcd_gateway, crate::plugin::EtcdGatewayPlugin);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_cluster3_survives_losing_its_raft_leader() {

@@ -16,6 +16,8 @@ pub enum DcsKind {
     Etcd,
     /// etcd v3, three members, TLS with client certificates, authentication.
     EtcdSecure,
+    /// etcd v3 reached through the example `etcd-gateway` plugin (a shared library).
+    EtcdPlugin,
     /// ZooKeeper.
     ZooKeeper,
 }
@@ -26,8 +28,11 @@ impl DcsKind {
         match std::env::var("SPILO_TEST_DCS").as_deref() {
             Err(_) | Ok("") | Ok("etcd") | Ok("etcd3") => DcsKind::Etcd,
             Ok("etcd-tls") => DcsKind::EtcdSecure,
+            Ok("etcd-plugin") => DcsKind::EtcdPlugin,
             Ok("zookeeper") | Ok("zk") => DcsKind::ZooKeeper,
-            Ok(other) => panic!("SPILO_TEST_DCS={other:?}: expected etcd, etcd-tls or zookeeper"),
+            Ok(other) => panic!(
+                "SPILO_TEST_DCS={other:?}: expected etcd, etcd-tls, etcd-plugin or zookeeper"
+            ),
         }
     }
 }
@@ -109,6 +114,8 @@ pub enum DcsServer {
     Etcd(Etcd),
     /// A multi-member etcd (plain, or TLS + authentication).
     EtcdCluster(EtcdCluster),
+    /// A single-member etcd that the nodes reach through the `etcd-gateway` plugin.
+    EtcdViaPlugin(Etcd),
     /// A standalone ZooKeeper.
     ZooKeeper(ZooKeeper),
 }
@@ -119,6 +126,7 @@ impl DcsServer {
         match DcsKind::from_env() {
             DcsKind::Etcd => DcsServer::Etcd(Etcd::start_in(dir)),
             DcsKind::EtcdSecure => DcsServer::etcd_cluster(EtcdCluster::start_secure(3)),
+            DcsKind::EtcdPlugin => DcsServer::EtcdViaPlugin(Etcd::start_in(dir)),
             DcsKind::ZooKeeper => DcsServer::ZooKeeper(ZooKeeper::start()),
         }
     }
@@ -145,6 +153,7 @@ impl DcsServer {
             DcsServer::Etcd(_) => DcsKind::Etcd,
             DcsServer::EtcdCluster(c) if c.tls.is_some() => DcsKind::EtcdSecure,
             DcsServer::EtcdCluster(_) => DcsKind::Etcd,
+            DcsServer::EtcdViaPlugin(_) => DcsKind::EtcdPlugin,
             DcsServer::ZooKeeper(_) => DcsKind::ZooKeeper,
         }
     }
@@ -154,6 +163,7 @@ impl DcsServer {
         match self {
             DcsServer::Etcd(e) => e.host_port(),
             DcsServer::EtcdCluster(c) => c.host_ports().join(","),
+            DcsServer::EtcdViaPlugin(e) => e.host_port(),
             DcsServer::ZooKeeper(z) => z.host_port(),
         }
     }
@@ -162,6 +172,11 @@ impl DcsServer {
     pub fn endpoint(&self) -> DcsEndpoint {
         match self {
             DcsServer::Etcd(e) => DcsEndpoint::Etcd(e.host_port()),
+            DcsServer::EtcdViaPlugin(e) => DcsEndpoint::Plugin {
+                name: "etcd-gateway".into(),
+                path: crate::bins::plugin_lib("libspilo_plugin_etcd_gateway.so"),
+                settings: vec![("hosts".into(), format!("[\"{}\"]", e.host_port()))],
+            },
             DcsServer::EtcdCluster(c) => match &c.tls {
                 Some(tls) => DcsEndpoint::EtcdSecure {
                     hosts: c.host_ports().join(","),
@@ -180,7 +195,7 @@ impl DcsServer {
     /// Stops the server, keeping its data.
     pub fn stop(&mut self) {
         match self {
-            DcsServer::Etcd(e) => e.stop(),
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e.stop(),
             DcsServer::EtcdCluster(c) => c.stop_all(),
             DcsServer::ZooKeeper(z) => z.stop(),
         }
@@ -189,7 +204,7 @@ impl DcsServer {
     /// Starts it again on the same port and data, waiting until it answers.
     pub fn start_again(&mut self) {
         match self {
-            DcsServer::Etcd(e) => e.start_again(),
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e.start_again(),
             DcsServer::EtcdCluster(c) => c.start_all(),
             DcsServer::ZooKeeper(z) => z.start_again(),
         }
@@ -198,7 +213,7 @@ impl DcsServer {
     /// Kills it for good.
     pub fn kill(&mut self) {
         match self {
-            DcsServer::Etcd(e) => e.kill(),
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e.kill(),
             DcsServer::EtcdCluster(c) => {
                 for i in 0..c.members.len() {
                     c.kill_member(i);
@@ -211,7 +226,7 @@ impl DcsServer {
     /// The etcd server, for the tests that read keys with etcdctl; panics on ZooKeeper.
     pub fn etcd(&self) -> &Etcd {
         match self {
-            DcsServer::Etcd(e) => e,
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e,
             DcsServer::EtcdCluster(_) | DcsServer::ZooKeeper(_) => {
                 panic!("this test reads keys with etcdctl and needs SPILO_TEST_DCS=etcd")
             }
@@ -221,7 +236,7 @@ impl DcsServer {
     /// A name and the tail of the server's log, for failure reports.
     pub fn log_tail(&self, n: usize) -> (String, String) {
         match self {
-            DcsServer::Etcd(e) => (
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => (
                 format!("etcd log ({})", e.log_path.display()),
                 e.log_tail(n),
             ),
