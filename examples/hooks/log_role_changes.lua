@@ -1,4 +1,5 @@
--- Append one line per role change, promotion, demotion, start and stop to a log file.
+-- Append one line per role change, promotion, demotion, start, stop, restart and reload to a
+-- log file.
 --
 --   hooks:
 --     script: /etc/spilo/hooks/log_role_changes.lua
@@ -25,7 +26,7 @@ local function record(ctx)
     tostring(ctx.leader), tostring(ctx.term)))
 end
 
-for _, event in ipairs({'on_start', 'on_stop', 'on_restart', 'on_role_change',
+for _, event in ipairs({'on_start', 'on_stop', 'on_restart', 'on_reload', 'on_role_change',
                         'on_promote', 'on_demote'}) do
   spilo.on(event, record)
 end

@@ -256,6 +256,25 @@ fn example_hooks_veto_the_backup_dc_and_report_each_transition_once() {
     expect_events(&roles, "on_role_change", 2);
     expect_events(&dir(&first).join("roles.log"), "on_promote", 1);
 
+    // A requested restart is one on_restart (no on_stop/on_start); a reload one on_reload.
+    let n3_roles = dir("n3").join("roles.log");
+    let starts = events(&n3_roles, "on_start").len();
+    let r = call(c.node("n3"), "POST", "/restart", Some(&json!({})));
+    expect("POST /restart", r, 200, None);
+    expect_events(&n3_roles, "on_restart", 1);
+    assert_eq!(
+        events(&n3_roles, "on_start").len(),
+        starts,
+        "a restart is not a start"
+    );
+    assert!(
+        events(&n3_roles, "on_stop").is_empty(),
+        "a restart is not a stop"
+    );
+    let r = call(c.node("n3"), "POST", "/reload", Some(&json!({})));
+    expect("POST /reload", r, 202, None);
+    expect_events(&n3_roles, "on_reload", 1);
+
     // A broken script is refused on reload; the old one keeps working.
     write_file(&script_path, "spilo.on('on_promote', function(ctx)\n");
     let r = call(c.node(&main), "POST", "/reload", Some(&json!({})));
