@@ -32,6 +32,7 @@ impl Backend for ZkSingle {
             session: true,
             auth_data: Vec::new(),
             set_acls: None,
+            tls: None,
         };
         Ok(Box::new(ZkDcs::connect(settings).await?))
     }
