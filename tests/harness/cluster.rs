@@ -55,8 +55,19 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts etcd and `n` daemons (`node1`…) at once; returns without waiting for them.
+    /// Starts the DCS `SPILO_TEST_DCS` names and `n` daemons (`node1`…) at once; returns
+    /// without waiting for them.
     pub fn start(n: usize, opts: ClusterOpts) -> TestCluster {
+        TestCluster::start_on(n, opts, DcsServer::start_in)
+    }
+
+    /// Like [`TestCluster::start`], on the DCS `make_dcs` starts (given the temp root): for
+    /// the tests of one DCS shape, e.g. a ZooKeeper ensemble.
+    pub fn start_on(
+        n: usize,
+        opts: ClusterOpts,
+        make_dcs: impl FnOnce(&std::path::Path) -> DcsServer,
+    ) -> TestCluster {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let bins = bins(); // fail early, before anything runs, when the binaries are missing
         let scope = format!(
@@ -71,7 +82,7 @@ impl TestCluster {
             root.path().display(),
             bins.dir.display()
         ));
-        let dcs = DcsServer::start_in(root.path());
+        let dcs = make_dcs(root.path());
         note(format!(
             "cluster {scope}: {:?} at {}",
             dcs.kind(),
@@ -313,7 +324,7 @@ impl TestCluster {
     pub fn leader_from_dcs(&self) -> Result<Option<String>, String> {
         match &self.dcs {
             DcsServer::Etcd(e) => e.get(&self.dcs_key("leader")),
-            DcsServer::ZooKeeper(_) => {
+            DcsServer::ZooKeeper(_) | DcsServer::ZooKeeperEnsemble(_) => {
                 let rows = self.spiloctl_list_json()?;
                 Ok(rows
                     .as_array()

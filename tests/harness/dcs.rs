@@ -1,10 +1,13 @@
 //! The DCS a test cluster runs on, chosen by `SPILO_TEST_DCS=etcd|zookeeper` (default etcd), so
-//! the same HA tests run against both backends.
+//! the same HA tests run against both backends; or given explicitly
+//! ([`crate::TestCluster::start_on`]) for the tests of one DCS shape: a ZooKeeper ensemble, a
+//! TLS-only ZooKeeper.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::etcd::Etcd;
 use crate::zookeeper::ZooKeeper;
+use crate::zookeeper_ensemble::ZkEnsemble;
 
 /// Which DCS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,8 +34,19 @@ impl DcsKind {
 pub enum DcsEndpoint {
     /// `etcd3: {hosts: …}`.
     Etcd(String),
-    /// `zookeeper: {hosts: [...]}`.
+    /// `zookeeper: {hosts: [...]}` (one host, or several joined with `, `).
     ZooKeeper(String),
+    /// `zookeeper: {hosts: [...], use_ssl: true, cacert, cert, key}`.
+    ZooKeeperTls {
+        /// `host:port`, or several joined with `, `.
+        hosts: String,
+        /// CA certificate that verifies the server.
+        cacert: PathBuf,
+        /// Client certificate.
+        cert: PathBuf,
+        /// Client key.
+        key: PathBuf,
+    },
 }
 
 impl DcsEndpoint {
@@ -41,6 +55,18 @@ impl DcsEndpoint {
         match self {
             DcsEndpoint::Etcd(h) => format!("etcd3:\n  hosts: {h}\n"),
             DcsEndpoint::ZooKeeper(h) => format!("zookeeper:\n  hosts: [{h}]\n"),
+            DcsEndpoint::ZooKeeperTls {
+                hosts,
+                cacert,
+                cert,
+                key,
+            } => format!(
+                "zookeeper:\n  hosts: [{hosts}]\n  use_ssl: true\n  cacert: {}\n  cert: {}\n  \
+                 key: {}\n",
+                cacert.display(),
+                cert.display(),
+                key.display()
+            ),
         }
     }
 }
@@ -49,8 +75,10 @@ impl DcsEndpoint {
 pub enum DcsServer {
     /// A single-member etcd.
     Etcd(Etcd),
-    /// A standalone ZooKeeper.
+    /// A standalone ZooKeeper (plain or TLS-only).
     ZooKeeper(ZooKeeper),
+    /// A ZooKeeper ensemble; the nodes are given every server.
+    ZooKeeperEnsemble(ZkEnsemble),
 }
 
 impl DcsServer {
@@ -66,15 +94,16 @@ impl DcsServer {
     pub fn kind(&self) -> DcsKind {
         match self {
             DcsServer::Etcd(_) => DcsKind::Etcd,
-            DcsServer::ZooKeeper(_) => DcsKind::ZooKeeper,
+            DcsServer::ZooKeeper(_) | DcsServer::ZooKeeperEnsemble(_) => DcsKind::ZooKeeper,
         }
     }
 
-    /// `127.0.0.1:<client port>`.
+    /// `127.0.0.1:<client port>` (every server's, joined with `, `, for an ensemble).
     pub fn host_port(&self) -> String {
         match self {
             DcsServer::Etcd(e) => e.host_port(),
             DcsServer::ZooKeeper(z) => z.host_port(),
+            DcsServer::ZooKeeperEnsemble(z) => z.host_ports().join(", "),
         }
     }
 
@@ -82,15 +111,25 @@ impl DcsServer {
     pub fn endpoint(&self) -> DcsEndpoint {
         match self {
             DcsServer::Etcd(e) => DcsEndpoint::Etcd(e.host_port()),
-            DcsServer::ZooKeeper(z) => DcsEndpoint::ZooKeeper(z.host_port()),
+            DcsServer::ZooKeeper(z) => match &z.tls {
+                Some(tls) => DcsEndpoint::ZooKeeperTls {
+                    hosts: z.host_port(),
+                    cacert: tls.ca.clone(),
+                    cert: tls.client_cert.clone(),
+                    key: tls.client_key.clone(),
+                },
+                None => DcsEndpoint::ZooKeeper(z.host_port()),
+            },
+            DcsServer::ZooKeeperEnsemble(z) => DcsEndpoint::ZooKeeper(z.host_ports().join(", ")),
         }
     }
 
-    /// Stops the server, keeping its data.
+    /// Stops the server (every server of an ensemble), keeping its data.
     pub fn stop(&mut self) {
         match self {
             DcsServer::Etcd(e) => e.stop(),
             DcsServer::ZooKeeper(z) => z.stop(),
+            DcsServer::ZooKeeperEnsemble(z) => z.stop_all(),
         }
     }
 
@@ -99,6 +138,7 @@ impl DcsServer {
         match self {
             DcsServer::Etcd(e) => e.start_again(),
             DcsServer::ZooKeeper(z) => z.start_again(),
+            DcsServer::ZooKeeperEnsemble(z) => z.start_all(),
         }
     }
 
@@ -107,6 +147,15 @@ impl DcsServer {
         match self {
             DcsServer::Etcd(e) => e.kill(),
             DcsServer::ZooKeeper(z) => z.stop(),
+            DcsServer::ZooKeeperEnsemble(z) => z.stop_all(),
+        }
+    }
+
+    /// The ensemble, for the tests that break part of it; panics on anything else.
+    pub fn ensemble(&mut self) -> &mut ZkEnsemble {
+        match self {
+            DcsServer::ZooKeeperEnsemble(z) => z,
+            _ => panic!("this test needs a ZooKeeper ensemble (TestCluster::start_on)"),
         }
     }
 
@@ -114,7 +163,7 @@ impl DcsServer {
     pub fn etcd(&self) -> &Etcd {
         match self {
             DcsServer::Etcd(e) => e,
-            DcsServer::ZooKeeper(_) => {
+            DcsServer::ZooKeeper(_) | DcsServer::ZooKeeperEnsemble(_) => {
                 panic!("this test reads keys with etcdctl and needs SPILO_TEST_DCS=etcd")
             }
         }
@@ -130,6 +179,10 @@ impl DcsServer {
             DcsServer::ZooKeeper(z) => (
                 format!("ZooKeeper log ({})", z.log_path.display()),
                 crate::util::tail(&z.log_path, n),
+            ),
+            DcsServer::ZooKeeperEnsemble(z) => (
+                format!("ZooKeeper ensemble logs ({})", z.dir().display()),
+                z.log_tails(n),
             ),
         }
     }
