@@ -196,7 +196,10 @@ pub async fn ensemble_survives_losing_its_server() {
     let started = Instant::now();
     while started.elapsed() < ttl * 2 {
         tokio::time::sleep(ttl / 4).await;
-        let info = a.keepalive().await.expect("keepalive on the surviving quorum");
+        let info = a
+            .keepalive()
+            .await
+            .expect("keepalive on the surviving quorum");
         assert!(!info.new_session);
     }
     assert_eq!(leader(a.as_ref()).await, Some(("a".to_string(), true)));
@@ -206,7 +209,9 @@ pub async fn ensemble_survives_losing_its_server() {
 
     // The killed server rejoins, and the client keeps working.
     blocking(|| ctx.backend.0.start_server(victim));
-    a.keepalive().await.expect("keepalive after the server rejoined");
+    a.keepalive()
+        .await
+        .expect("keepalive after the server rejoined");
     assert_eq!(leader(a.as_ref()).await, Some(("a".to_string(), true)));
 }
 
@@ -222,7 +227,10 @@ async fn refused_in_time(what: &str, settings: ZkSettings, expect: &str) {
     match result {
         Ok(client) => panic!("{what}: connected ({client:?})"),
         Err(e) => {
-            assert!(elapsed <= bound, "{what}: failed only after {elapsed:?}: {e}");
+            assert!(
+                elapsed <= bound,
+                "{what}: failed only after {elapsed:?}: {e}"
+            );
             assert!(e.to_string().contains(expect), "{what}: {e}");
         }
     }
@@ -274,7 +282,12 @@ pub async fn tls_bad_client_is_an_error() {
     refused_in_time("a missing key file", missing, "zookeeper.key").await;
 
     // The right files work.
-    let client = ZkDcs::connect(good).await.expect("connect with the right files");
+    let client = ZkDcs::connect(good)
+        .await
+        .expect("connect with the right files");
     client.keepalive().await.expect("keepalive over TLS");
-    assert!(client.put("config", b"{}", Cas::Any).await.expect("put over TLS"));
+    assert!(client
+        .put("config", b"{}", Cas::Any)
+        .await
+        .expect("put over TLS"));
 }

@@ -30,7 +30,13 @@ pub const ZOO_TIMING: &str = "tickTime=500\nmaxSessionTimeout=10000\n";
 /// Starts a ZooKeeper JVM (`main` class, config `cfg`, extra `-D` properties) appending its
 /// output to `log_path`. `setpriv --pdeathsig`: the server dies with the test thread even if
 /// the harness is killed.
-pub fn spawn_java(main: &str, cfg: &Path, props: &[String], log_path: &Path, banner: &str) -> Child {
+pub fn spawn_java(
+    main: &str,
+    cfg: &Path,
+    props: &[String],
+    log_path: &Path,
+    banner: &str,
+) -> Child {
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -39,7 +45,13 @@ pub fn spawn_java(main: &str, cfg: &Path, props: &[String], log_path: &Path, ban
     let _ = writeln!(log, "==== [harness] {banner} ====");
     let log2 = log.try_clone().expect("clone log file handle");
     Command::new("setpriv")
-        .args(["--pdeathsig", "KILL", "java", "-Xmx192m", "-XX:+UseSerialGC"])
+        .args([
+            "--pdeathsig",
+            "KILL",
+            "java",
+            "-Xmx192m",
+            "-XX:+UseSerialGC",
+        ])
         .arg("-XX:TieredStopAtLevel=1")
         .arg("-Dorg.slf4j.simpleLogger.showDateTime=true")
         .args(props)

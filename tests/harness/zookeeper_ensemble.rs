@@ -129,12 +129,19 @@ impl ZkEnsemble {
 
     /// The pids of the running servers.
     pub fn pids(&self) -> Vec<i32> {
-        self.servers.iter().filter_map(ZkEnsembleServer::pid).collect()
+        self.servers
+            .iter()
+            .filter_map(ZkEnsembleServer::pid)
+            .collect()
     }
 
     fn spawn(&mut self, i: usize) {
         let s = &mut self.servers[i];
-        assert!(s.child.is_none(), "ZooKeeper server {} already running", s.id);
+        assert!(
+            s.child.is_none(),
+            "ZooKeeper server {} already running",
+            s.id
+        );
         let banner = format!("starting ZooKeeper server {} on {}", s.id, s.client_port);
         s.child = Some(spawn_java(
             "org.apache.zookeeper.server.quorum.QuorumPeerMain",
@@ -167,7 +174,8 @@ impl ZkEnsemble {
                 return;
             }
             for &i in which {
-                if let Some(Ok(Some(status))) = self.servers[i].child.as_mut().map(|c| c.try_wait()) {
+                if let Some(Ok(Some(status))) = self.servers[i].child.as_mut().map(|c| c.try_wait())
+                {
                     panic!(
                         "ZooKeeper server {} exited early with {status}; log tail:\n{}",
                         self.servers[i].id,
@@ -255,7 +263,14 @@ impl ZkEnsemble {
     pub fn log_tails(&self, n: usize) -> String {
         self.servers
             .iter()
-            .map(|s| format!("--- zk{} ({}) ---\n{}", s.id, s.log_path.display(), tail(&s.log_path, n)))
+            .map(|s| {
+                format!(
+                    "--- zk{} ({}) ---\n{}",
+                    s.id,
+                    s.log_path.display(),
+                    tail(&s.log_path, n)
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -270,7 +285,10 @@ impl Drop for ZkEnsemble {
             s.kill();
         }
         if std::thread::panicking() {
-            eprintln!("[harness] ZooKeeper ensemble log tails:\n{}", self.log_tails(20));
+            eprintln!(
+                "[harness] ZooKeeper ensemble log tails:\n{}",
+                self.log_tails(20)
+            );
         }
     }
 }
