@@ -11,12 +11,13 @@
 //! `ephemeralOwner` with it. With [`ZkSettings::tls`] every server is reached over TLS.
 //!
 //! Modules: [`settings`] (the settings and `set_acls`), `tls` (PEM files to TLS options),
-//! `client` (one session and its connection state), `shared` (which client is current, the
+//! `probe` (why a TLS handshake fails), `client` (one session and its connection state), `shared` (which client is current, the
 //! keep-alive, deadlines), `znode` (create with parents, reads), `watcher` (the wake-up task),
 //! `ops` (the [`spilo_sdk::Dcs`] operations).
 
 mod client;
 mod ops;
+mod probe;
 pub mod settings;
 mod shared;
 mod tls;
@@ -32,6 +33,10 @@ use tokio::sync::{oneshot, watch};
 use zookeeper_client::{CreateMode, Error as ZkError};
 
 pub use settings::{ZkSettings, ZkTls};
+
+/// How long a failed first connection waits for the TLS probe's answer (it has usually had
+/// the whole `retry_timeout` already).
+const PROBE_GRACE: Duration = Duration::from_millis(300);
 pub use tls::TlsSetupError;
 
 use crate::client::{Client, ConnectSpec};
@@ -82,9 +87,13 @@ impl ZkDcs {
             prefix.push('/');
         }
         let acl = settings::build_acls(&settings.set_acls)?;
-        let tls = match &settings.tls {
-            Some(files) => Some(tls::options(files).map_err(TlsSetupError::into_dcs_error)?),
-            None => None,
+        let (tls, probe) = match &settings.tls {
+            Some(files) => {
+                let (options, probe) =
+                    tls::options(files).map_err(TlsSetupError::into_dcs_error)?;
+                (Some(options), probe)
+            }
+            None => (None, None),
         };
         let over = if tls.is_some() { " over TLS" } else { "" };
         let (changes, _) = watch::channel(0);
@@ -111,22 +120,45 @@ impl ZkDcs {
             reported: AtomicI64::new(0),
             changes,
         });
-        shared
-            .bounded(op, shared.client(op))
-            .await
-            .map_err(|e| DcsError::Unreachable {
+        // With TLS, a handshake probe runs next to the first connection: if the connection
+        // fails, it tells why (the client library only times out).
+        let probing = probe.map(|probe| {
+            let first = hosts[0].clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(retry_timeout, probe.why_refused(&first))
+                    .await
+                    .ok()
+                    .flatten()
+            })
+        });
+        let connected = shared.bounded(op, shared.client(op)).await;
+        if let Err(e) = connected {
+            let why = match probing {
+                Some(task) => tokio::time::timeout(PROBE_GRACE, task)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten(),
+                None => None,
+            };
+            let why = match why {
+                Some(why) => format!(" ({why})"),
+                None if !over.is_empty() => " (check zookeeper.cacert, zookeeper.cert and \
+                                             zookeeper.key)"
+                    .to_string(),
+                None => String::new(),
+            };
+            return Err(DcsError::Unreachable {
                 op,
                 message: format!(
-                    "cannot connect to ZooKeeper at {}{over}: {e}{}",
-                    hosts.join(", "),
-                    if over.is_empty() {
-                        ""
-                    } else {
-                        " (a TLS handshake the server or the client refuses looks like this: \
-                         check zookeeper.cacert, zookeeper.cert and zookeeper.key)"
-                    }
+                    "cannot connect to ZooKeeper at {}{over}: {e}{why}",
+                    hosts.join(", ")
                 ),
-            })?;
+            });
+        }
+        if let Some(task) = probing {
+            task.abort();
+        }
         let stop_watch = if settings.watch {
             let (stop, stopped) = oneshot::channel();
             watcher::spawn(shared.clone(), stopped);

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use spilo_sdk::DcsError;
 use zookeeper_client::TlsOptions;
 
+use crate::probe::TlsProbe;
 use crate::settings::ZkTls;
 
 /// Where the system CA bundle is looked for when no `cacert` is configured (Debian/Ubuntu,
@@ -88,9 +89,9 @@ fn read(key: &'static str, path: &Path) -> Result<String, TlsSetupError> {
 }
 
 /// The client library's TLS options for `tls`: the CA (or the system bundle), and the client
-/// identity when `cert` and `key` are set. Host names are verified against the certificates
-/// (an IP address against an IP subjectAltName).
-pub(crate) fn options(tls: &ZkTls) -> Result<TlsOptions, TlsSetupError> {
+/// identity when `cert` and `key` are set; and the same as a [`TlsProbe`]. Host names are
+/// verified against the certificates (an IP address against an IP subjectAltName).
+pub(crate) fn options(tls: &ZkTls) -> Result<(TlsOptions, Option<TlsProbe>), TlsSetupError> {
     // Err only when a provider is installed already: either way there is one now.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (ca_key, ca_path) = match &tls.cacert {
@@ -113,7 +114,7 @@ pub(crate) fn options(tls: &ZkTls) -> Result<TlsOptions, TlsSetupError> {
             what: "CA certificate",
             source,
         })?;
-    match (&tls.cert, &tls.key) {
+    let probe = match (&tls.cert, &tls.key) {
         (Some(cert_path), Some(key_path)) => {
             let cert = read("cert", cert_path)?;
             let key = read("key", key_path)?;
@@ -126,6 +127,7 @@ pub(crate) fn options(tls: &ZkTls) -> Result<TlsOptions, TlsSetupError> {
                         what: "certificate and private key (with zookeeper.key)",
                         source,
                     })?;
+            TlsProbe::new(&ca, Some((&cert, &key)))
         }
         (Some(_), None) => {
             return Err(TlsSetupError::Incomplete {
@@ -139,9 +141,9 @@ pub(crate) fn options(tls: &ZkTls) -> Result<TlsOptions, TlsSetupError> {
                 given: "key",
             })
         }
-        (None, None) => {}
-    }
-    Ok(options)
+        (None, None) => TlsProbe::new(&ca, None),
+    };
+    Ok((options, probe))
 }
 
 #[cfg(test)]
