@@ -21,7 +21,7 @@ use tokio_rustls::TlsConnector;
 const ALERT_WAIT: Duration = Duration::from_millis(500);
 
 /// A rustls client configuration equivalent to the client library's.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct TlsProbe {
     config: Arc<ClientConfig>,
 }
