@@ -259,7 +259,12 @@ pub async fn tls_bad_client_is_an_error() {
         cacert: Some(other_ca),
         ..files.clone()
     });
-    refused_in_time("a client with the wrong CA", wrong_ca, "invalid peer certificate").await;
+    refused_in_time(
+        "a client with the wrong CA",
+        wrong_ca,
+        "invalid peer certificate",
+    )
+    .await;
 
     // No client certificate: the server requires one.
     let mut anonymous = ctx.backend.tls_settings(opts("b"));
