@@ -58,12 +58,12 @@ impl TestCluster {
     /// Starts the DCS `SPILO_TEST_DCS` names and `n` daemons (`node1`…) at once; returns
     /// without waiting for them.
     pub fn start(n: usize, opts: ClusterOpts) -> TestCluster {
-        TestCluster::start_on(n, opts, DcsServer::start_in)
+        TestCluster::start_with(n, opts, DcsServer::start_in)
     }
 
     /// Like [`TestCluster::start`], on the DCS `make_dcs` starts (given the temp root): for
     /// the tests of one DCS shape, e.g. a ZooKeeper ensemble.
-    pub fn start_on(
+    pub fn start_with(
         n: usize,
         opts: ClusterOpts,
         make_dcs: impl FnOnce(&std::path::Path) -> DcsServer,

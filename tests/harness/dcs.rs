@@ -1,6 +1,6 @@
 //! The DCS a test cluster runs on, chosen by `SPILO_TEST_DCS=etcd|zookeeper` (default etcd), so
 //! the same HA tests run against both backends; or given explicitly
-//! ([`crate::TestCluster::start_on`]) for the tests of one DCS shape: a ZooKeeper ensemble, a
+//! ([`crate::TestCluster::start_with`]) for the tests of one DCS shape: a ZooKeeper ensemble, a
 //! TLS-only ZooKeeper.
 
 use std::path::{Path, PathBuf};
@@ -155,7 +155,7 @@ impl DcsServer {
     pub fn ensemble(&mut self) -> &mut ZkEnsemble {
         match self {
             DcsServer::ZooKeeperEnsemble(z) => z,
-            _ => panic!("this test needs a ZooKeeper ensemble (TestCluster::start_on)"),
+            _ => panic!("this test needs a ZooKeeper ensemble (TestCluster::start_with)"),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::{BOOTSTRAP, REJOIN, REPLICATION};
 
 #[test]
 fn zookeeper_quorum_loss_stops_writes_and_cluster_recovers() {
-    let mut c = TestCluster::start_on(2, ClusterOpts::named("zkquorum"), |_| {
+    let mut c = TestCluster::start_with(2, ClusterOpts::named("zkquorum"), |_| {
         DcsServer::ZooKeeperEnsemble(ZkEnsemble::start(3))
     });
     let ttl = c.opts.node.ttl;
@@ -99,7 +99,7 @@ fn zookeeper_quorum_loss_stops_writes_and_cluster_recovers() {
 
 #[test]
 fn node_bootstraps_a_primary_over_zookeeper_tls() {
-    let c = TestCluster::start_on(1, ClusterOpts::named("zktls"), |_| {
+    let c = TestCluster::start_with(1, ClusterOpts::named("zktls"), |_| {
         let zk = ZooKeeper::start_tls();
         // The daemon runs as postgres and reads the client key.
         chown_postgres(&zk.tls.as_ref().expect("TLS files").client_key);
