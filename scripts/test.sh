@@ -42,7 +42,10 @@ run build cargo build --workspace --all-targets
 if [ "${RESULT[build]}" = "ok" ]; then
   # Unit tests and every test target but the integration suite.
   run unit-tests cargo test --workspace --exclude spilo-tests
-  # The integration suite drives real etcd/PostgreSQL clusters: one test at a time.
+  # The integration suite drives real etcd/PostgreSQL clusters: one test at a time. It includes
+  # the DCS conformance suite (etcd single/cluster/TLS, ZooKeeper single/TLS/3-server ensemble)
+  # and the ZooKeeper-shape HA tests (zk_quorum_loss::: ensemble quorum loss, bootstrap over
+  # TLS), which start their own ZooKeeper whatever SPILO_TEST_DCS says.
   run integration-tests cargo test -p spilo-tests -- --test-threads=1
   # The HA suite (bootstrap, replication, failover, rejoin, crash in place, hand-over, DCS loss,
   # duplicate names, manual failover) once more, on ZooKeeper: the same tests, another DCS.

@@ -9,6 +9,9 @@
 //! - `etcd_secure`: three etcd processes serving TLS with client certificates required and
 //!   username/password authentication enabled;
 //! - `zookeeper_single`: one standalone ZooKeeper server;
+//! - `zookeeper_tls`: one standalone ZooKeeper server serving TLS only, client certificates
+//!   required;
+//! - `zookeeper_ensemble`: three ZooKeeper servers, the client given all three;
 //! - `plugin_etcd_gateway`: one etcd process reached through the example `etcd-gateway` plugin
 //!   (a `cdylib` loaded through the C ABI by spilo's loader).
 
@@ -76,6 +79,8 @@ conformance!(etcd_single, crate::etcd::EtcdSingle);
 conformance!(etcd_cluster3, crate::etcd::EtcdCluster3);
 conformance!(etcd_secure, crate::etcd::EtcdSecure);
 conformance!(zookeeper_single, crate::zookeeper::ZkSingle);
+conformance!(zookeeper_tls, crate::zookeeper::ZkTlsSingle);
+conformance!(zookeeper_ensemble, crate::zookeeper::ZkEnsemble3);
 conformance!(plugin_etcd_gateway, crate::plugin::EtcdGatewayPlugin);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,4 +91,14 @@ async fn etcd_cluster3_survives_losing_its_raft_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_secure_wrong_password_is_an_error() {
     etcd::secure_wrong_password_is_an_error().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_ensemble_survives_losing_its_server() {
+    zookeeper::ensemble_survives_losing_its_server().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_tls_bad_client_is_an_error() {
+    zookeeper::tls_bad_client_is_an_error().await;
 }

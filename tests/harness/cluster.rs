@@ -61,7 +61,8 @@ impl TestCluster {
         TestCluster::start_with(n, opts, DcsServer::start_in)
     }
 
-    /// Like [`TestCluster::start`] on the DCS `make_dcs` starts (given the cluster's root).
+    /// Like [`TestCluster::start`], on the DCS `make_dcs` starts (given the temp root): for
+    /// the tests of one DCS shape, e.g. a ZooKeeper ensemble or a 3-member etcd.
     pub fn start_with(
         n: usize,
         opts: ClusterOpts,
@@ -323,7 +324,9 @@ impl TestCluster {
     pub fn leader_from_dcs(&self) -> Result<Option<String>, String> {
         match &self.dcs {
             DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e.get(&self.dcs_key("leader")),
-            DcsServer::EtcdCluster(_) | DcsServer::ZooKeeper(_) => {
+            DcsServer::EtcdCluster(_)
+            | DcsServer::ZooKeeper(_)
+            | DcsServer::ZooKeeperEnsemble(_) => {
                 let rows = self.spiloctl_list_json()?;
                 Ok(rows
                     .as_array()

@@ -1,6 +1,9 @@
 //! The DCS a test cluster runs on, chosen by `SPILO_TEST_DCS` (default `etcd`), so the same HA
 //! tests run against every backend and shape: `etcd` (one member), `etcd-tls` (three members
-//! serving TLS with client certificates and authentication, as in production) and `zookeeper`.
+//! serving TLS with client certificates and authentication, as in production), `etcd-plugin`
+//! (etcd through the example plugin) and `zookeeper`; or given explicitly
+//! ([`crate::TestCluster::start_with`]) for the tests of one DCS shape: a ZooKeeper ensemble, a
+//! TLS-only ZooKeeper, a 3-member etcd.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +11,7 @@ use crate::etcd::Etcd;
 use crate::etcd_cluster::{EtcdCluster, SPILO_PASSWORD, SPILO_USER};
 use crate::util::{chmod, note};
 use crate::zookeeper::ZooKeeper;
+use crate::zookeeper_ensemble::ZkEnsemble;
 
 /// Which DCS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,8 +61,19 @@ pub enum DcsEndpoint {
         /// Its password.
         password: String,
     },
-    /// `zookeeper: {hosts: [...]}`.
+    /// `zookeeper: {hosts: [...]}` (one host, or several joined with `, `).
     ZooKeeper(String),
+    /// `zookeeper: {hosts: [...], use_ssl: true, cacert, cert, key}`.
+    ZooKeeperTls {
+        /// `host:port`, or several joined with `, `.
+        hosts: String,
+        /// CA certificate that verifies the server.
+        cacert: PathBuf,
+        /// Client certificate.
+        cert: PathBuf,
+        /// Client key.
+        key: PathBuf,
+    },
     /// A DCS plugin: `plugins: [{name, path, kind: dcs}]` and `dcs: {plugin: name, …}`.
     Plugin {
         /// The plugin's name.
@@ -104,6 +119,18 @@ impl DcsEndpoint {
                 }
                 y
             }
+            DcsEndpoint::ZooKeeperTls {
+                hosts,
+                cacert,
+                cert,
+                key,
+            } => format!(
+                "zookeeper:\n  hosts: [{hosts}]\n  use_ssl: true\n  cacert: {}\n  cert: {}\n  \
+                 key: {}\n",
+                cacert.display(),
+                cert.display(),
+                key.display()
+            ),
         }
     }
 }
@@ -116,8 +143,10 @@ pub enum DcsServer {
     EtcdCluster(EtcdCluster),
     /// A single-member etcd that the nodes reach through the `etcd-gateway` plugin.
     EtcdViaPlugin(Etcd),
-    /// A standalone ZooKeeper.
+    /// A standalone ZooKeeper (plain or TLS-only).
     ZooKeeper(ZooKeeper),
+    /// A ZooKeeper ensemble; the nodes are given every server.
+    ZooKeeperEnsemble(ZkEnsemble),
 }
 
 impl DcsServer {
@@ -154,17 +183,18 @@ impl DcsServer {
             DcsServer::EtcdCluster(c) if c.tls.is_some() => DcsKind::EtcdSecure,
             DcsServer::EtcdCluster(_) => DcsKind::Etcd,
             DcsServer::EtcdViaPlugin(_) => DcsKind::EtcdPlugin,
-            DcsServer::ZooKeeper(_) => DcsKind::ZooKeeper,
+            DcsServer::ZooKeeper(_) | DcsServer::ZooKeeperEnsemble(_) => DcsKind::ZooKeeper,
         }
     }
 
-    /// `127.0.0.1:<client port>`.
+    /// `127.0.0.1:<client port>` (every server's, joined with `, `, for an ensemble).
     pub fn host_port(&self) -> String {
         match self {
             DcsServer::Etcd(e) => e.host_port(),
             DcsServer::EtcdCluster(c) => c.host_ports().join(","),
             DcsServer::EtcdViaPlugin(e) => e.host_port(),
             DcsServer::ZooKeeper(z) => z.host_port(),
+            DcsServer::ZooKeeperEnsemble(z) => z.host_ports().join(", "),
         }
     }
 
@@ -188,16 +218,26 @@ impl DcsServer {
                 },
                 None => DcsEndpoint::Etcd(c.host_ports().join(",")),
             },
-            DcsServer::ZooKeeper(z) => DcsEndpoint::ZooKeeper(z.host_port()),
+            DcsServer::ZooKeeper(z) => match &z.tls {
+                Some(tls) => DcsEndpoint::ZooKeeperTls {
+                    hosts: z.host_port(),
+                    cacert: tls.ca.clone(),
+                    cert: tls.client_cert.clone(),
+                    key: tls.client_key.clone(),
+                },
+                None => DcsEndpoint::ZooKeeper(z.host_port()),
+            },
+            DcsServer::ZooKeeperEnsemble(z) => DcsEndpoint::ZooKeeper(z.host_ports().join(", ")),
         }
     }
 
-    /// Stops the server, keeping its data.
+    /// Stops the server (every server of an ensemble), keeping its data.
     pub fn stop(&mut self) {
         match self {
             DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e.stop(),
             DcsServer::EtcdCluster(c) => c.stop_all(),
             DcsServer::ZooKeeper(z) => z.stop(),
+            DcsServer::ZooKeeperEnsemble(z) => z.stop_all(),
         }
     }
 
@@ -207,6 +247,7 @@ impl DcsServer {
             DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e.start_again(),
             DcsServer::EtcdCluster(c) => c.start_all(),
             DcsServer::ZooKeeper(z) => z.start_again(),
+            DcsServer::ZooKeeperEnsemble(z) => z.start_all(),
         }
     }
 
@@ -220,6 +261,15 @@ impl DcsServer {
                 }
             }
             DcsServer::ZooKeeper(z) => z.stop(),
+            DcsServer::ZooKeeperEnsemble(z) => z.stop_all(),
+        }
+    }
+
+    /// The ensemble, for the tests that break part of it; panics on anything else.
+    pub fn ensemble(&mut self) -> &mut ZkEnsemble {
+        match self {
+            DcsServer::ZooKeeperEnsemble(z) => z,
+            _ => panic!("this test needs a ZooKeeper ensemble (TestCluster::start_with)"),
         }
     }
 
@@ -227,7 +277,9 @@ impl DcsServer {
     pub fn etcd(&self) -> &Etcd {
         match self {
             DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e,
-            DcsServer::EtcdCluster(_) | DcsServer::ZooKeeper(_) => {
+            DcsServer::EtcdCluster(_)
+            | DcsServer::ZooKeeper(_)
+            | DcsServer::ZooKeeperEnsemble(_) => {
                 panic!("this test reads keys with etcdctl and needs SPILO_TEST_DCS=etcd")
             }
         }
@@ -247,6 +299,10 @@ impl DcsServer {
             DcsServer::ZooKeeper(z) => (
                 format!("ZooKeeper log ({})", z.log_path.display()),
                 crate::util::tail(&z.log_path, n),
+            ),
+            DcsServer::ZooKeeperEnsemble(z) => (
+                format!("ZooKeeper ensemble logs ({})", z.dir().display()),
+                z.log_tails(n),
             ),
         }
     }

@@ -30,7 +30,7 @@ pub const SPILO_PASSWORD: &str = "spilopw";
 pub struct TlsFiles {
     /// The CA certificate that signed the server and client certificates.
     pub ca: PathBuf,
-    /// Server certificate (subjectAltName IP:127.0.0.1).
+    /// Server certificate (subjectAltName IP:127.0.0.1, DNS:localhost).
     pub server_cert: PathBuf,
     /// Server key.
     pub server_key: PathBuf,
@@ -490,8 +490,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// Generates, in `dir`, a CA, a server certificate for 127.0.0.1 and a client certificate, all
-/// with P-256 keys.
+/// Generates, in `dir`, a CA, a server certificate for 127.0.0.1 and localhost and a client
+/// certificate, all with P-256 keys (PKCS#8 PEM). Shared by the etcd and ZooKeeper harnesses.
 pub fn make_certs(dir: &Path) -> TlsFiles {
     let ec = [
         "-newkey",
@@ -517,7 +517,7 @@ pub fn make_certs(dir: &Path) -> TlsFiles {
         (
             "server",
             "/CN=127.0.0.1",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
         ),
         (
             "client",

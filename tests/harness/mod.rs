@@ -4,7 +4,8 @@
 //! - [`bins`]: finds the built `spilo`/`spiloctl` and copies them where postgres can run them;
 //! - [`etcd`]: a single-member etcd on free loopback ports;
 //! - [`etcd_cluster`]: an n-member etcd cluster, optionally with TLS and authentication;
-//! - [`zookeeper`]: a standalone ZooKeeper server;
+//! - [`zookeeper`]: a standalone ZooKeeper server, plain or TLS-only;
+//! - [`zookeeper_ensemble`]: a ZooKeeper ensemble of n servers, with quorum loss;
 //! - [`node`]: one daemon, its config, log, signals, REST API and SQL;
 //! - [`cluster`]: etcd plus n nodes, waits on cluster-wide conditions, cleanup on drop;
 //! - [`http`], [`pg`], [`util`]: a tiny HTTP client, SQL helpers, ports/polling/processes;
@@ -24,6 +25,7 @@ pub mod pg;
 pub mod tools;
 pub mod util;
 pub mod zookeeper;
+pub mod zookeeper_ensemble;
 
 pub use cluster::{ClusterOpts, TestCluster};
 pub use dcs::{DcsEndpoint, DcsKind, DcsServer};

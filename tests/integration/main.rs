@@ -36,6 +36,7 @@ mod spiloctl_ops;
 mod switchover;
 mod switchover_under_load;
 mod sync_mode;
+mod zk_quorum_loss;
 
 use std::time::Duration;
 

@@ -1,50 +1,53 @@
-//! One ZooKeeper client (= one session), running on a thread of its own.
+//! One ZooKeeper client (= one session) and what is known of its connection.
 //!
-//! zookeeper-async spawns its I/O task on the current runtime and that task never ends unless
-//! the session is closed: a dropped `ZooKeeper` keeps reconnecting and heart-beating, so its
-//! session (and every ephemeral node of it) would live on forever. Each client therefore runs
-//! on a dedicated single-threaded runtime; dropping the [`Client`] shuts that runtime down,
-//! which closes the socket, and the server expires the session after its timeout.
+//! zookeeper-client runs the session on a task of the current runtime. Sessions are made
+//! detached: dropping the client drops the connection only, and the server expires the session
+//! after its timeout (as when the process dies); [`close_session`] ends one at once. The
+//! library never replaces an expired session by itself: once the session state is terminal
+//! (`Expired`, `AuthFailed`, `Closed`) every request fails, and [`crate::shared::Shared`] makes
+//! a new client. A small task follows the session state so that the time since the connection was
+//! lost is known (a connection lost for longer than `retry_timeout` is a lost lease).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use spilo_sdk::DcsError;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
-use zookeeper_async::{WatchedEvent, ZkError, ZkState, ZooKeeper};
+use zookeeper_client::{Connector, SessionState, TlsOptions};
 
-/// What the state listener saw of the connection.
+/// How to make a client: everything but the session timeout.
+#[derive(Clone)]
+pub(crate) struct ConnectSpec {
+    /// `host:port,host:port`.
+    pub(crate) hosts: String,
+    /// `(scheme, credential)` sent on every connection (the library re-sends them itself).
+    pub(crate) auth: Vec<(String, Vec<u8>)>,
+    /// TLS options; `None`: plain TCP.
+    pub(crate) tls: Option<TlsOptions>,
+}
+
+/// What the state follower saw of the connection.
 #[derive(Debug)]
-pub(crate) struct Track {
-    /// Connected right now (as far as the listener knows).
-    pub(crate) connected: bool,
+struct Track {
+    /// Connected right now.
+    connected: bool,
     /// When the client was last seen connected (the moment it lost the connection, while
     /// disconnected).
-    pub(crate) last_connected: Instant,
+    last_connected: Instant,
     /// The session expired, was closed, or authentication failed: the client is useless.
-    pub(crate) expired: bool,
-    /// How many times the client (re)connected; auth data must be sent again after each.
-    pub(crate) connects: u64,
+    expired: bool,
 }
 
 /// A ZooKeeper client with its session.
 pub(crate) struct Client {
-    pub(crate) zk: ZooKeeper,
+    /// The library's client.
+    pub(crate) zk: zookeeper_client::Client,
     /// Our number among the clients made by one [`crate::ZkDcs`].
     pub(crate) generation: u64,
     /// The session timeout asked for.
     pub(crate) ttl: Duration,
-    /// The session id, 0 until learned (zookeeper-async does not expose it; see
-    /// [`crate::ZkDcs`]'s session probe).
-    pub(crate) session_id: AtomicI64,
-    /// `track.connects` when the auth data was last sent.
-    pub(crate) authed: AtomicU64,
-    /// Serialises re-sending the auth data.
-    pub(crate) auth_lock: tokio::sync::Mutex<()>,
     track: Arc<Mutex<Track>>,
-    /// Dropping it stops the client's runtime.
+    /// Dropping it stops the state follower.
     _stop: oneshot::Sender<()>,
 }
 
@@ -53,7 +56,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("generation", &self.generation)
             .field("ttl", &self.ttl)
-            .field("session_id", &self.session_id.load(Ordering::SeqCst))
+            .field("session_id", &self.session_id())
             .finish_non_exhaustive()
     }
 }
@@ -63,104 +66,32 @@ fn lock(track: &Mutex<Track>) -> MutexGuard<'_, Track> {
 }
 
 impl Client {
-    /// Starts a client of `hosts` on its own thread. Returns once the TCP connection is made
-    /// (the session handshake may still be under way); the caller bounds the wait.
-    /// `epoch` is bumped on every (re)connection, for the watch task.
-    pub(crate) async fn start(
-        hosts: String,
+    /// Connects and establishes a session of `ttl`. Returns once the session is established;
+    /// the library retries the servers until about `ttl` has passed, so the caller bounds the
+    /// wait.
+    pub(crate) async fn connect(
+        spec: &ConnectSpec,
         ttl: Duration,
-        retry: Duration,
         generation: u64,
-        epoch: Arc<watch::Sender<u64>>,
-    ) -> Result<Client, DcsError> {
+    ) -> Result<Client, zookeeper_client::Error> {
+        let zk = open(spec, connector(spec, ttl).with_detached()).await?;
         let track = Arc::new(Mutex::new(Track {
-            connected: false,
+            connected: true,
             last_connected: Instant::now(),
             expired: false,
-            connects: 0,
         }));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (ready, made) = oneshot::channel::<Result<ZooKeeper, ZkError>>();
-        let listener_track = track.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| DcsError::Unreachable {
-                op: "connect",
-                message: format!("cannot start the ZooKeeper client runtime: {e}"),
-            })?;
-        std::thread::Builder::new()
-            .name(format!("zk-client-{generation}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let mut stopped = stopped;
-                    let connect = ZooKeeper::connect_with_retry_time(
-                        &hosts,
-                        ttl,
-                        |_: WatchedEvent| {},
-                        retry,
-                    );
-                    let zk = tokio::select! {
-                        _ = &mut stopped => return,
-                        zk = connect => zk,
-                    };
-                    // No await between `connect` returning and `add_listener`: the I/O task
-                    // spawned on this single-threaded runtime cannot run before the listener is
-                    // in place, so no state change is missed.
-                    if let Ok(zk) = &zk {
-                        zk.add_listener(move |state| on_state(&listener_track, &epoch, state));
-                    }
-                    if ready.send(zk).is_err() {
-                        return;
-                    }
-                    let _ = stopped.await;
-                });
-            })
-            .map_err(|e| DcsError::Unreachable {
-                op: "connect",
-                message: format!("cannot start the ZooKeeper client thread: {e}"),
-            })?;
-        let zk = made
-            .await
-            .map_err(|_| DcsError::Unreachable {
-                op: "connect",
-                message: "ZooKeeper client thread ended".to_string(),
-            })?
-            .map_err(|e| DcsError::Unreachable {
-                op: "connect",
-                message: format!("bad ZooKeeper hosts {e}"),
-            })?;
+        let (stop, stopped) = oneshot::channel();
+        follow_state(zk.state_watcher(), track.clone(), stopped);
         Ok(Client {
             zk,
             generation,
             ttl,
-            session_id: AtomicI64::new(0),
-            authed: AtomicU64::new(0),
-            auth_lock: tokio::sync::Mutex::new(()),
             track,
             _stop: stop,
         })
     }
 
-    /// A copy of the connection state.
-    pub(crate) fn track(&self) -> (bool, Instant, bool, u64) {
-        let t = lock(&self.track);
-        (t.connected, t.last_connected, t.expired, t.connects)
-    }
-
-    /// Records that a request just succeeded: the client is connected.
-    pub(crate) fn mark_alive(&self) {
-        let mut t = lock(&self.track);
-        if !t.expired {
-            if !t.connected {
-                t.connects += 1;
-            }
-            t.connected = true;
-            t.last_connected = Instant::now();
-        }
-    }
-
-    /// Marks the client as unusable (after `close`).
+    /// Marks the client as unusable (it is being replaced or closed).
     pub(crate) fn mark_expired(&self) {
         let mut t = lock(&self.track);
         t.expired = true;
@@ -177,43 +108,110 @@ impl Client {
         }
     }
 
+    /// True when the session is over (expired, closed, authentication failed, or replaced).
     pub(crate) fn expired(&self) -> bool {
-        lock(&self.track).expired
+        lock(&self.track).expired || self.zk.state().is_terminated()
     }
 
+    /// The session id.
     pub(crate) fn session_id(&self) -> i64 {
-        self.session_id.load(Ordering::SeqCst)
+        self.zk.session_id().0
     }
 }
 
-#[allow(deprecated)]
-fn on_state(track: &Mutex<Track>, epoch: &watch::Sender<u64>, state: ZkState) {
-    let mut t = lock(track);
-    match state {
-        ZkState::Connected | ZkState::ConnectedReadOnly => {
-            if !t.expired {
-                t.connected = true;
-                t.connects += 1;
-                t.last_connected = Instant::now();
-                drop(t);
-                epoch.send_modify(|n| *n = n.wrapping_add(1));
-            }
-        }
-        ZkState::Connecting | ZkState::Associating => {
-            if t.connected {
-                t.last_connected = Instant::now();
-            }
-            t.connected = false;
-        }
-        // `NotConnected` is what zookeeper-async reports when the server says the session
-        // expired (it then silently starts a new session, which we do not want to use).
-        ZkState::NotConnected | ZkState::Closed | ZkState::AuthFailed => {
-            if t.connected {
-                t.last_connected = Instant::now();
-            }
-            t.connected = false;
-            t.expired = true;
-            tracing::debug!(?state, "ZooKeeper session ended");
-        }
+/// A connector for `spec` and a session timeout of `ttl`, with the auth data.
+fn connector(spec: &ConnectSpec, ttl: Duration) -> Connector {
+    let mut connector = zookeeper_client::Client::connector().with_session_timeout(ttl);
+    for (scheme, credential) in &spec.auth {
+        connector = connector.with_auth(scheme, credential);
     }
+    connector
+}
+
+/// Connects `connector` to the servers of `spec`, over TLS when `spec` says so.
+async fn open(
+    spec: &ConnectSpec,
+    connector: Connector,
+) -> Result<zookeeper_client::Client, zookeeper_client::Error> {
+    match &spec.tls {
+        Some(tls) => {
+            connector
+                .with_tls(tls.clone())
+                .secure_connect(&spec.hosts)
+                .await
+        }
+        None => connector.connect(&spec.hosts).await,
+    }
+}
+
+/// Ends the session of `client` now (ZooKeeper `closeSession`), so that its ephemeral znodes
+/// vanish at once; the caller bounds the wait.
+///
+/// Sessions are made *detached*: dropping a client only drops its connection, and the server
+/// expires the session after its timeout, as when the process dies. To close one, the
+/// session is attached to a second, non-detached connection that is dropped at once, which
+/// sends `closeSession`. Ok when the session had expired already.
+pub(crate) async fn close_session(
+    spec: &ConnectSpec,
+    client: Arc<Client>,
+) -> Result<(), zookeeper_client::Error> {
+    client.mark_expired();
+    let session = client.zk.session().clone();
+    let ttl = client.ttl;
+    drop(client);
+    let closer = connector(spec, ttl)
+        .with_session(session)
+        .with_fail_eagerly();
+    let closer = match open(spec, closer).await {
+        Ok(closer) => closer,
+        Err(zookeeper_client::Error::SessionExpired) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut states = closer.state_watcher();
+    drop(closer);
+    let mut state = states.state();
+    while !state.is_terminated() {
+        state = states.changed().await;
+    }
+    Ok(())
+}
+
+/// Follows the session state into `track` until the state is terminal or `stop` resolves.
+fn follow_state(
+    mut states: zookeeper_client::StateWatcher,
+    track: Arc<Mutex<Track>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let state = tokio::select! {
+                _ = &mut stop => return,
+                state = states.changed() => state,
+            };
+            let mut t = lock(&track);
+            match state {
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                    if !t.expired {
+                        t.connected = true;
+                        t.last_connected = Instant::now();
+                    }
+                }
+                SessionState::Disconnected => {
+                    if t.connected {
+                        t.last_connected = Instant::now();
+                    }
+                    t.connected = false;
+                }
+                SessionState::Expired | SessionState::AuthFailed | SessionState::Closed => {
+                    if t.connected {
+                        t.last_connected = Instant::now();
+                    }
+                    t.connected = false;
+                    t.expired = true;
+                    tracing::debug!(?state, "ZooKeeper session ended");
+                    return;
+                }
+            }
+        }
+    });
 }

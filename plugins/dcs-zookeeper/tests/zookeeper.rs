@@ -116,6 +116,7 @@ impl Zk {
             session: true,
             auth_data: Vec::new(),
             set_acls: None,
+            tls: None,
         }
     }
 
@@ -496,6 +497,7 @@ async fn connect_to_nothing_fails_in_time() {
         session: true,
         auth_data: Vec::new(),
         set_acls: None,
+        tls: None,
     })
     .await;
     assert!(result.is_err());

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SPILO_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,zookeeper_async=warn")
+                tracing_subscriber::EnvFilter::new("info,zookeeper_client=warn")
             }),
         )
         .with_target(false)

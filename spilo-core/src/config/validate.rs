@@ -3,7 +3,7 @@
 use std::net::Ipv6Addr;
 
 use super::error::ConfigError;
-use super::model::{Config, Credentials, DynamicConfig, Etcd3};
+use super::model::{Config, Credentials, DynamicConfig, Etcd3, Zookeeper};
 
 /// The member name Patroni reserves for its strict synchronous mode bookkeeping.
 pub const PLACEHOLDER_NAME: &str = "__patroni_strict_sync_replica_placeholder__";
@@ -220,15 +220,70 @@ fn check_etcd3(etcd: &Etcd3, origin: &str, warnings: &mut Vec<String>) -> Result
     Ok(())
 }
 
+fn check_zookeeper(
+    zk: &Zookeeper,
+    origin: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let err = |key: &str, msg: String| ConfigError::invalid(origin, key, msg);
+    let hosts = zk.hosts.hosts();
+    if hosts.is_empty() {
+        return Err(err("zookeeper.hosts", "no ZooKeeper endpoint".to_string()));
+    }
+    for h in &hosts {
+        check_endpoint(h).map_err(|m| err("zookeeper.hosts", m))?;
+    }
+    match (&zk.cert, &zk.key) {
+        (Some(_), None) => {
+            return Err(err(
+                "zookeeper.key",
+                "required when zookeeper.cert is set".to_string(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "zookeeper.cert",
+                "required when zookeeper.key is set".to_string(),
+            ))
+        }
+        _ => {}
+    }
+    let files = [
+        ("zookeeper.cacert", &zk.cacert),
+        ("zookeeper.cert", &zk.cert),
+        ("zookeeper.key", &zk.key),
+    ];
+    if !zk.use_ssl {
+        if files.iter().any(|(_, f)| f.is_some()) {
+            warnings.push(format!(
+                "{origin}: zookeeper: TLS files are set but zookeeper.use_ssl is false (set use_ssl: true to use them)"
+            ));
+        }
+        return Ok(());
+    }
+    for (key, file) in files {
+        if let Some(path) = file {
+            // Read now, as the user the daemon runs as, so a bad path is a config error naming
+            // the key rather than a connection failure later.
+            if let Err(e) = std::fs::File::open(path) {
+                return Err(err(key, format!("cannot read '{}': {e}", path.display())));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a loaded configuration. `origin` (the file name) prefixes errors and warnings.
 ///
 /// Errors: empty or reserved `scope`/`name`; listen and connect addresses that are not
-/// `host:port` with a valid port; an empty or relative `postgresql.data_dir`; no `etcd3`
-/// section, an etcd endpoint that is not `host:port`, a protocol other than http/https, a
-/// client certificate without its key (or the reverse); an empty superuser or replication
-/// user name; a `bootstrap.dcs` that fails [`validate_dynamic`].
+/// `host:port` with a valid port; an empty or relative `postgresql.data_dir`; no `etcd3` or
+/// `zookeeper` section (or both), an etcd or ZooKeeper endpoint that is not `host:port`, a
+/// protocol other than http/https, a client certificate without its key (or the reverse); with
+/// `zookeeper.use_ssl`, a `cacert`, `cert` or `key` file that cannot be read; an empty
+/// superuser or replication user name; a `bootstrap.dcs` that fails [`validate_dynamic`].
 ///
-/// Warnings (returned): unreachable connect addresses, TLS files with plain http, local
+/// Warnings (returned): unreachable connect addresses, TLS files with plain http (or without
+/// `zookeeper.use_ssl`), local
 /// PostgreSQL parameters spilo ignores, and what [`adjust_timeouts`] would change in
 /// `bootstrap.dcs`.
 pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> {
@@ -312,21 +367,7 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
 
     match (&cfg.etcd3, &cfg.zookeeper) {
         (Some(etcd), None) => check_etcd3(etcd, origin, &mut warnings)?,
-        (None, Some(zk)) => {
-            let hosts = zk.hosts.hosts();
-            if hosts.is_empty() {
-                return Err(err("zookeeper.hosts", "no ZooKeeper endpoint".to_string()));
-            }
-            for h in &hosts {
-                check_endpoint(h).map_err(|m| err("zookeeper.hosts", m))?;
-            }
-            if zk.use_ssl {
-                return Err(err(
-                    "zookeeper.use_ssl",
-                    "TLS to ZooKeeper is not supported yet".to_string(),
-                ));
-            }
-        }
+        (None, Some(zk)) => check_zookeeper(zk, origin, &mut warnings)?,
         (Some(_), Some(_)) => {
             return Err(err(
                 "zookeeper",
@@ -630,6 +671,66 @@ mod tests {
             mutate(&mut c);
             assert_eq!(validate(&c, "c.yml").unwrap_err().to_string(), expected);
         }
+    }
+
+    #[test]
+    fn zookeeper_tls_files_must_be_readable_and_paired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").expect("write ca");
+        let zk = |use_ssl: bool,
+                  cacert: Option<&std::path::Path>,
+                  cert: Option<&str>,
+                  key: Option<&str>| {
+            let mut c = config();
+            c.etcd3 = None;
+            c.zookeeper = Some(Zookeeper {
+                hosts: super::super::model::HostList::List(vec!["z1:2281".into()]),
+                use_ssl,
+                cacert: cacert.map(Into::into),
+                cert: cert.map(Into::into),
+                key: key.map(Into::into),
+                ..Zookeeper::default()
+            });
+            validate(&c, "c.yml")
+        };
+        assert_eq!(
+            zk(true, Some(&ca), None, None).unwrap(),
+            Vec::<String>::new()
+        );
+        let missing = dir.path().join("missing.pem");
+        let e = zk(true, Some(&missing), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "c.yml: zookeeper.cacert: cannot read '{}': ",
+                missing.display()
+            )),
+            "{e}"
+        );
+        let e = zk(
+            true,
+            Some(&ca),
+            Some("/nonexistent/c.pem"),
+            Some("/nonexistent/k.pem"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("c.yml: zookeeper.cert: cannot read '/nonexistent/c.pem'"),
+            "{e}"
+        );
+        assert_eq!(
+            zk(true, Some(&ca), Some("/c.pem"), None)
+                .unwrap_err()
+                .to_string(),
+            "c.yml: zookeeper.key: required when zookeeper.cert is set"
+        );
+        // Without use_ssl the files are not used (nor read): a warning says so.
+        let w = zk(false, Some(&missing), None, None).unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("zookeeper.use_ssl is false"), "{w:?}");
     }
 
     #[test]

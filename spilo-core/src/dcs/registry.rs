@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spilo_dcs_etcd::{EtcdDcs, EtcdSettings};
-use spilo_dcs_zookeeper::{ZkDcs, ZkSettings};
+use spilo_dcs_zookeeper::{ZkDcs, ZkSettings, ZkTls};
 
 use crate::config::Config;
 use crate::dcs::{cluster_prefix, Dcs, DcsError};
@@ -65,6 +65,11 @@ pub async fn connect(
                 .map(|(scheme, cred)| (scheme.clone(), cred.clone()))
                 .collect(),
             set_acls: z.set_acls.clone(),
+            tls: z.use_ssl.then(|| ZkTls {
+                cacert: z.cacert.clone(),
+                cert: z.cert.clone(),
+                key: z.key.clone(),
+            }),
         };
         return Ok(Arc::new(ZkDcs::connect(settings).await?));
     }
