@@ -6,6 +6,7 @@ pub mod fence;
 pub mod member;
 pub mod runner;
 pub mod state;
+pub mod state_file;
 pub mod sync;
 
 pub use decide::{

@@ -84,6 +84,8 @@ pub struct Node {
     gate: hooks::Asked<crate::hooks::Gate>,
     choice: hooks::Asked<crate::hooks::Choice>,
     observed: hooks::Observed,
+    /// A state-file write is still running on the blocking pool.
+    state_file_busy: Arc<std::sync::atomic::AtomicBool>,
     scheduled_restart: Option<crate::ha::command::RestartRequest>,
     last_summary: String,
     phase: &'static str,
@@ -128,6 +130,7 @@ impl Node {
             gate: hooks::Asked::new(),
             choice: hooks::Asked::new(),
             observed: hooks::Observed::default(),
+            state_file_busy: Arc::default(),
             scheduled_restart: None,
             last_summary: String::new(),
             phase: "start",
@@ -462,7 +465,45 @@ impl Node {
             s.tags = tags;
         });
         self.report_transitions(&observed_pg);
+        self.publish_state_file(&observed_pg);
         fatal.map(Exit::Fatal)
+    }
+
+    /// Writes `spilo.state` for the extension, off the loop's task (an fsync can stall); skips
+    /// a cycle while the previous write still runs.
+    fn publish_state_file(&self, pg: &PgStatus) {
+        use std::sync::atomic::Ordering;
+        if !self.pg.data_dir_initialized() || self.state_file_busy.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let s = self.state.borrow().clone();
+        let fence = self
+            .conf_params(false)
+            .get("spilo.fence")
+            .and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.eq_ignore_ascii_case("on")),
+                serde_json::Value::Bool(b) => Some(*b),
+                _ => None,
+            })
+            .unwrap_or(false);
+        let state = crate::ha::state_file::render(&crate::ha::state_file::StateInputs {
+            scope: &self.cfg.scope,
+            member: &self.cfg.name,
+            cluster: s.cluster.as_deref(),
+            pg,
+            lease_renewed_at: self.lease_renewed_at,
+            ttl: Duration::from_secs(self.dynamic.ttl),
+            decision: &s.decision,
+            fence,
+        });
+        let dir = self.cfg.postgresql.data_dir.clone();
+        let busy = self.state_file_busy.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::ha::state_file::write(&dir, &state) {
+                tracing::warn!(error = %e, "could not write {}", crate::ha::state_file::FILE_NAME);
+            }
+            busy.store(false, Ordering::SeqCst);
+        });
     }
 
     fn apply_dynamic(&mut self, c: &Cluster) {
