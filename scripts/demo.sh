@@ -67,6 +67,8 @@ free_port() {
 
 say "Dependencies"
 ./scripts/install-deps.sh
+say "The spilo SQL extension (cargo pgrx install)"
+./scripts/install-pgext.sh
 
 if [ -z "$BIN_SRC" ]; then
   say "Building (cargo build --release)"

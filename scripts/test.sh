@@ -36,6 +36,8 @@ skip() {
 }
 
 run deps ./scripts/install-deps.sh
+# The PostgreSQL extension (cargo-pgrx, its fmt/clippy checks, installed into PostgreSQL 15).
+run pgext ./scripts/install-pgext.sh --check
 run fmt cargo fmt --all -- --check
 run clippy cargo clippy --workspace --all-targets -- -D warnings
 run build cargo build --workspace --all-targets

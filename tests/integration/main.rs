@@ -28,6 +28,7 @@ mod metrics;
 mod ops;
 mod patronictl;
 mod pause;
+mod pgext;
 mod plugins;
 mod rest_api;
 mod restart_reinit_reload;

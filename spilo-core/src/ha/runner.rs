@@ -865,6 +865,17 @@ impl Node {
                 ));
             }
             pg.execute(&sql, timeout).await.map_err(|e| e.to_string())?;
+            // The SQL extension, when this PostgreSQL has it; it replicates to every replica.
+            match pg
+                .execute("CREATE EXTENSION IF NOT EXISTS spilo", timeout)
+                .await
+            {
+                Ok(()) => tracing::info!("created the spilo extension (SELECT spilo.role())"),
+                Err(e) => tracing::warn!(
+                    "the spilo extension is not available in this PostgreSQL, so spilo.* SQL \
+                     functions are missing (install it with cargo pgrx install): {e}"
+                ),
+            }
             Ok(JobDone { upstream: Some(None) })
         });
     }
