@@ -19,12 +19,19 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::Value;
 
+pub mod fence;
 pub mod state;
 
 ::pgrx::pg_module_magic!(name, version);
 
+/// Registers the fence's settings, and with `shared_preload_libraries`, its hooks and worker.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    fence::init();
+}
+
 /// The data directory of this PostgreSQL.
-fn data_dir() -> Option<PathBuf> {
+pub(crate) fn data_dir() -> Option<PathBuf> {
     // SAFETY: DataDir is set by the postmaster before any backend runs SQL, and never freed.
     let p = unsafe { pg_sys::DataDir };
     if p.is_null() {

@@ -41,6 +41,9 @@ pub struct NodeOpts {
     pub extra_postgresql: String,
     /// Environment variables for the daemon.
     pub env: Vec<(String, String)>,
+    /// Extra `postgresql.parameters` (name, YAML value), e.g.
+    /// `("shared_preload_libraries", "spilo")`.
+    pub pg_parameters: Vec<(String, String)>,
 }
 
 impl Default for NodeOpts {
@@ -54,6 +57,7 @@ impl Default for NodeOpts {
             extra_yaml: String::new(),
             extra_postgresql: String::new(),
             env: Vec::new(),
+            pg_parameters: Vec::new(),
         }
     }
 }
@@ -136,7 +140,7 @@ postgresql:
     replication: {{username: replicator, password: {rep}}}
   parameters:
     shared_buffers: 32MB
-{extra_postgresql}tags:
+{pg_parameters}{extra_postgresql}tags:
 {tags}{extra_yaml}"#,
             scope = self.scope,
             name = self.name,
@@ -154,6 +158,11 @@ postgresql:
             tags = tags,
             rest_auth = rest_auth,
             extra_postgresql = o.extra_postgresql,
+            pg_parameters = o
+                .pg_parameters
+                .iter()
+                .map(|(k, v)| format!("    {k}: {v}\n"))
+                .collect::<String>(),
             extra_yaml = o.extra_yaml,
         )
     }

@@ -29,6 +29,7 @@ mod ops;
 mod patronictl;
 mod pause;
 mod pgext;
+mod pgext_fence;
 mod plugins;
 mod rest_api;
 mod restart_reinit_reload;

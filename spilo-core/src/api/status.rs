@@ -131,6 +131,7 @@ pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
             "version": crate::VERSION,
             "last_decision": s.decision,
             "holds_lock": s.holds_lock(now),
+            "fence_armed": s.pg.fence_armed,
         }),
     );
     Value::Object(m)

@@ -12,7 +12,7 @@ use crate::dcs::Cluster;
 /// The columns always shown in the table and TSV, in order.
 const BASE_COLUMNS: [&str; 6] = ["Member", "Host", "Role", "State", "TL", "Lag in MB"];
 /// Columns shown only when some member has a value.
-const OPTIONAL_COLUMNS: [&str; 3] = ["Pending restart", "Scheduled restart", "Hooks"];
+const OPTIONAL_COLUMNS: [&str; 4] = ["Pending restart", "Scheduled restart", "Hooks", "Fence"];
 
 /// The names in the `sync` key's `sync_standby` (comma-joined).
 fn sync_standbys(c: &Cluster) -> Vec<String> {
@@ -103,6 +103,9 @@ pub fn rows(scope: &str, c: &Cluster) -> Vec<Value> {
                 (Some(v), _) => row["Hooks"] = json!(format!("promotion vetoed: {v}")),
                 (None, Some(p)) => row["Hooks"] = json!(format!("picked {p}")),
                 (None, None) => {}
+            }
+            if let Some(f) = m.data.extra.get("fence").and_then(Value::as_str) {
+                row["Fence"] = json!(f);
             }
             if !m.data.tags.is_empty() {
                 row["Tags"] = json!(m.data.tags);

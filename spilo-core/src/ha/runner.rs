@@ -430,6 +430,9 @@ impl Node {
                 if let Some(p) = &st.hook_choice {
                     m.extra.insert("hook_choice".into(), p.clone().into());
                 }
+                if pgstat.fence_armed {
+                    m.extra.insert("fence".into(), "armed".into());
+                }
             }
             let bytes = member::encode(&m);
             if self.last_member.as_deref() != Some(&bytes[..]) {
@@ -848,8 +851,10 @@ impl Node {
             pg.initdb(&args).await.map_err(|e| e.to_string())?;
             pg.write_config(&params, &hba, false, None).map_err(|e| e.to_string())?;
             pg.start().await.map_err(|e| e.to_string())?;
+            // The fence (spilo.fence) would refuse these writes: no state file exists yet.
             let mut sql = format!(
-                "SET synchronous_commit = 'local'; CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {};",
+                "BEGIN; SET LOCAL spilo.fence = off; SET LOCAL synchronous_commit = 'local'; \
+                 CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {};",
                 quote_ident(&repl.username),
                 quote_literal(repl.password.as_deref().unwrap_or(""))
             );
@@ -864,10 +869,14 @@ impl Node {
                     p = quote_literal(r.password.as_deref().unwrap_or(""))
                 ));
             }
+            sql.push_str("COMMIT;");
             pg.execute(&sql, timeout).await.map_err(|e| e.to_string())?;
             // The SQL extension, when this PostgreSQL has it; it replicates to every replica.
             match pg
-                .execute("CREATE EXTENSION IF NOT EXISTS spilo", timeout)
+                .execute(
+                    "BEGIN; SET LOCAL spilo.fence = off; CREATE EXTENSION IF NOT EXISTS spilo; COMMIT;",
+                    timeout,
+                )
                 .await
             {
                 Ok(()) => tracing::info!("created the spilo extension (SELECT spilo.role())"),

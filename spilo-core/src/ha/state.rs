@@ -47,6 +47,8 @@ pub struct PgStatus {
     pub sysid: Option<String>,
     /// Settings changed that need a restart (`pg_settings.pending_restart`).
     pub pending_restart: bool,
+    /// The `spilo` extension's fence is armed (`spilo.fence = on`, library preloaded).
+    pub fence_armed: bool,
 }
 
 impl PgStatus {

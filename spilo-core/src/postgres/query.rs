@@ -24,7 +24,9 @@ const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), \
     GREATEST((SELECT timeline_id::bigint FROM pg_control_checkpoint()), \
              (SELECT min_recovery_end_timeline::bigint FROM pg_control_recovery())), \
     (SELECT system_identifier::text FROM pg_control_system()), \
-    (SELECT count(*) > 0 FROM pg_settings WHERE pending_restart)";
+    (SELECT count(*) > 0 FROM pg_settings WHERE pending_restart), \
+    coalesce(current_setting('spilo.fence', true), 'off') IN ('on', 'true', 'yes', '1') \
+      AND 'spilo' = ANY(string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))";
 
 const REPLICATION_SQL: &str =
     "SELECT usename::text, application_name, client_addr::text, state, sync_state, \
@@ -100,6 +102,11 @@ impl Postgres {
                 sysid: r.try_get(13).ok().flatten(),
                 pending_restart: r
                     .try_get::<_, Option<bool>>(14)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false),
+                fence_armed: r
+                    .try_get::<_, Option<bool>>(15)
                     .ok()
                     .flatten()
                     .unwrap_or(false),
