@@ -135,9 +135,8 @@ fn check_functions(c: &TestCluster, primary: &str) {
 fn sql_functions_follow_the_cluster_through_switchover_and_failover() {
     let mut c = TestCluster::start(3, ClusterOpts::named("pgext"));
     let p = c.wait_for_replicas_streaming(BOOTSTRAP);
-    assert_eq!(
+    assert!(
         value(&c, &p, "SELECT extversion FROM pg_extension WHERE extname = 'spilo'").is_some(),
-        true,
         "the bootstrap node did not create the extension (is it installed? scripts/install-pgext.sh)"
     );
     check_functions(&c, &p);
@@ -243,7 +242,7 @@ fn a_stale_missing_or_broken_state_file_reads_as_unknown() {
         ("deleted", None),
         (
             "truncated",
-            Some(format!(r#"{{"format": 1, "role": "repl"#)),
+            Some(r#"{"format": 1, "role": "repl"#.to_string()),
         ),
         ("not JSON", Some("\u{0}\u{1}garbage".to_string())),
         (
