@@ -120,8 +120,15 @@ impl Client {
 }
 
 /// A connector for `spec` and a session timeout of `ttl`, with the auth data.
+///
+/// The connection timeout is 3/5 of `ttl`, the largest the client accepts before it falls back
+/// to pinging every 3/20 of the session timeout: it pings after 3/8 of the connection timeout
+/// without traffic, so an idle daemon sends about one ping per `loop_wait` (2 s at `ttl` 5)
+/// instead of three, and a dead server is still left well within `ttl`.
 fn connector(spec: &ConnectSpec, ttl: Duration) -> Connector {
-    let mut connector = zookeeper_client::Client::connector().with_session_timeout(ttl);
+    let mut connector = zookeeper_client::Client::connector()
+        .with_session_timeout(ttl)
+        .with_connection_timeout(ttl * 3 / 5);
     for (scheme, credential) in &spec.auth {
         connector = connector.with_auth(scheme, credential);
     }
