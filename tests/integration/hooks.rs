@@ -311,9 +311,10 @@ fn pre_promote_and_choose_failover_candidate_steer_a_failover_despite_runaway_ha
 spilo.on('choose_failover_candidate', function(ctx, candidates)
   return candidates[#candidates]
 end)
--- Runaway handlers: each is cut off at its limit, the failover goes on.
+-- Runaway handlers: each is cut off at its limit, the failover goes on. Only the node the
+-- hook picks sleeps in before_promote, so the others' answers (a's veto, b's pick) come first.
 spilo.on('before_promote', function(ctx)
-  spilo.exec({'sleep', '30'}, {timeout = 60})
+  if ctx.member == 'c' then spilo.exec({'sleep', '30'}, {timeout = 60}) end
   return true
 end)
 spilo.on('on_role_change', function(ctx) while true do end end)
