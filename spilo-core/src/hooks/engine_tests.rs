@@ -436,3 +436,28 @@ fn per_event_settings_are_checked() {
     );
     assert_eq!(s.limits(Event::OnStart).timeout, Duration::from_secs(5));
 }
+
+#[test]
+fn a_runtime_error_carries_the_lua_traceback() {
+    let s = Script::new();
+    let p = s.write(
+        "err.lua",
+        "local function inner() error('boom from inner') end\n\
+         spilo.on('before_promote', function(ctx) inner() end)\n",
+    );
+    let host = Host::load(&p, &settings(2000, 10_000_000)).expect("load");
+    let f = host
+        .handlers(Event::BeforePromote)
+        .pop()
+        .expect("a handler");
+    match host.call(Event::BeforePromote, &f, &ctx(), None) {
+        Err(HookError::Runtime { message, .. }) => {
+            assert!(message.contains("err.lua:1: boom from inner"), "{message}");
+            assert!(
+                message.contains("stack traceback"),
+                "no traceback in: {message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
