@@ -118,8 +118,9 @@ unsafe fn text(path: &Path, what: &str, b: abi::Bytes) -> Result<String, LoadErr
     String::from_utf8(bytes.to_vec()).map_err(|_| refuse(path, format!("{what} is not UTF-8")))
 }
 
-/// Loads `path` and checks it. `expect_name` and `expect_kind` come from the configuration.
-pub fn load(path: &Path, expect_name: &str, expect_kind: &str) -> Result<LoadedPlugin, LoadError> {
+/// Loads `path` (never to be unloaded), calls its descriptor function and checks the header:
+/// the steps every use of a plugin file starts with.
+fn open_descriptor(path: &Path) -> Result<(&'static PluginDescriptor, AbiHeader), LoadError> {
     if !path.is_file() {
         return Err(refuse(path, "no such file"));
     }
@@ -157,7 +158,12 @@ pub fn load(path: &Path, expect_name: &str, expect_kind: &str) -> Result<LoadedP
         std::mem::size_of::<PluginDescriptor>(),
     )?;
     // SAFETY: the header says the struct is at least as large as this ABI's descriptor.
-    let desc: &'static PluginDescriptor = unsafe { &*desc_ptr };
+    Ok((unsafe { &*desc_ptr }, header))
+}
+
+/// Loads `path` and checks it. `expect_name` and `expect_kind` come from the configuration.
+pub fn load(path: &Path, expect_name: &str, expect_kind: &str) -> Result<LoadedPlugin, LoadError> {
+    let (desc, header) = open_descriptor(path)?;
     let kind = kind_name(desc.kind)
         .ok_or_else(|| refuse(path, format!("unknown plugin kind {}", desc.kind)))?;
     // SAFETY: the strings are static data of the library.
@@ -236,40 +242,8 @@ pub fn load(path: &Path, expect_name: &str, expect_kind: &str) -> Result<LoadedP
 /// What `spiloctl plugin check` prints: what the file declares and whether this spilo accepts
 /// it. Loads the file without expectations about its name or kind.
 pub fn inspect(path: &Path) -> Result<LoadedPlugin, LoadError> {
-    // Learn the declared name and kind first, then run the full check against them.
-    if !path.is_file() {
-        return Err(refuse(path, "no such file"));
-    }
-    // SAFETY: see `load`.
-    let lib = unsafe { libloading::Library::new(path) }
-        .map_err(|e| refuse(path, format!("cannot load: {}", chain(&e))))?;
-    // SAFETY: see `load`.
-    let entry = unsafe {
-        lib.get::<unsafe extern "C" fn() -> *const PluginDescriptor>(abi::DESCRIPTOR_SYMBOL)
-    }
-    .map_err(|_| {
-        refuse(
-            path,
-            "no 'spilo_plugin_descriptor' symbol: not a spilo plugin",
-        )
-    })?;
-    // SAFETY: see `load`.
-    let desc_ptr = unsafe { entry() };
-    std::mem::forget(lib);
-    if desc_ptr.is_null() {
-        return Err(refuse(path, "spilo_plugin_descriptor returned NULL"));
-    }
-    // SAFETY: see `load`.
-    let header = unsafe { std::ptr::read(desc_ptr as *const AbiHeader) };
-    check_header(
-        path,
-        "the descriptor",
-        &header,
-        std::mem::size_of::<PluginDescriptor>(),
-    )?;
-    // SAFETY: see `load`.
-    let desc: &PluginDescriptor = unsafe { &*desc_ptr };
-    // SAFETY: see `load`.
+    let (desc, _) = open_descriptor(path)?;
+    // SAFETY: the strings are static data of the (never unloaded) library.
     let name = unsafe { text(path, "the plugin name", desc.name)? };
     let kind = kind_name(desc.kind)
         .ok_or_else(|| refuse(path, format!("unknown plugin kind {}", desc.kind)))?;
