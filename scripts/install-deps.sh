@@ -25,6 +25,10 @@ PACKAGES=(
   python3-venv
   # ZooKeeper DCS backend tests run Debian's server (`java` is on the machine).
   zookeeper
+  # The chaos suite: network namespaces, veths and a bridge (iproute2) and partitions as
+  # nftables drop rules inside the namespaces.
+  iproute2
+  nftables
 )
 
 log() { printf '[install-deps] %s\n' "$*"; }

@@ -61,12 +61,19 @@ if [ "${RESULT[build]}" = "ok" ]; then
   # And through the example third-party plugin (etcd's HTTP gateway, loaded via the C ABI).
   run integration-plugin env SPILO_TEST_DCS=etcd-plugin cargo test -p spilo-tests --test integration -- \
     --test-threads=1 failover::killed dcs_loss::
+  # The chaos suite, short: random faults on real processes in network namespaces, with the
+  # split-brain, lost-write and convergence checkers; once on etcd with synchronous mode, once
+  # on ZooKeeper without (./scripts/chaos.sh --minutes 60 for the long run).
+  run chaos-etcd ./scripts/chaos.sh --no-setup --minutes "${SPILO_CHAOS_MINUTES:-3}" --seed "${SPILO_CHAOS_SEED:-11}" --dcs etcd --sync on
+  run chaos-zookeeper ./scripts/chaos.sh --no-setup --minutes "${SPILO_CHAOS_MINUTES:-3}" --seed "${SPILO_CHAOS_SEED:-12}" --dcs zookeeper --sync off
 else
   skip unit-tests
   skip integration-tests
   skip integration-zookeeper
   skip integration-etcd-tls
   skip integration-plugin
+  skip chaos-etcd
+  skip chaos-zookeeper
 fi
 
 # Add up cargo's "test result:" lines.

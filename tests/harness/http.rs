@@ -1,4 +1,4 @@
-//! A tiny blocking HTTP/1.1 client for the REST API (loopback only).
+//! A tiny blocking HTTP/1.1 client for the REST API (loopback, or any IPv4 address).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -120,7 +120,28 @@ pub fn exchange(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Response, String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    exchange_at(
+        std::net::Ipv4Addr::LOCALHOST,
+        port,
+        method,
+        path,
+        extra_headers,
+        body,
+        timeout,
+    )
+}
+
+/// [`exchange`] with a server on another IPv4 address (the chaos suite's namespaces).
+pub fn exchange_at(
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Response, String> {
+    let addr = SocketAddr::from((ip, port));
     let deadline = Instant::now() + timeout;
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
@@ -131,7 +152,7 @@ pub fn exchange(
         .set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     let body = body.unwrap_or(b"");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: spilo-tests\r\nAccept: application/json\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nUser-Agent: spilo-tests\r\nAccept: application/json\r\nConnection: close\r\n");
     for (k, v) in extra_headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
