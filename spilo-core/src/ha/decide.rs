@@ -589,7 +589,18 @@ pub fn decide(
                     )));
                 }
             }
-            // No leader: come up read-only so that we can report a position and race.
+            // No leader: come up read-only so that we can report a position and race. A former
+            // primary (stopped by a crash or the lease guard) may hold WAL that whoever wins the
+            // race never received, and once it runs as a replica its pg_control no longer says
+            // it was a primary: it comes up as a demoted primary does, marked for a rewind
+            // before it follows anyone.
+            if was_primary && !local.needs_rewind {
+                return d
+                    .act(Action::Demote(DemoteMode::Offline))
+                    .because(Reason::NotHealthiest(
+                        "PostgreSQL is not running and I was a primary".into(),
+                    ));
+            }
             return d
                 .act(Action::StartReplica(None))
                 .because(Reason::NotHealthiest("PostgreSQL is not running".into()));

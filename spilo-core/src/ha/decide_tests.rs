@@ -559,6 +559,36 @@ fn stopped_node_without_a_leader_starts_read_only_to_race() {
     assert_eq!(d.actions, vec![Action::StartReplica(None)]);
 }
 
+/// Found by the simulation (`tests/simulation.rs`): the lease guard stopped primary n1; with no
+/// leader, its daemon started it read-only following nobody, and its pg_control then said
+/// "replica". n2, whose copy lagged a few records behind n1's last writes, won the race, and
+/// n1 followed n2 without a rewind: a forked history PostgreSQL refuses to stream. A former
+/// primary now comes up the way a demoted one does, marked for a rewind.
+#[test]
+fn primary_stopped_by_the_lease_guard_without_a_leader_comes_up_marked_for_a_rewind() {
+    let c = cluster(None, "n1");
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Initialized {
+        sysid: Some(SYSID.into()),
+        was_primary: true,
+        crashed: true,
+        timeline: Some(1),
+    };
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Offline)]);
+    // Marked (the daemon's `needs_rewind`), it starts read-only as any replica would...
+    l.needs_rewind = true;
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::StartReplica(None)]);
+    // ...and once n2 leads, it stops to rewind instead of following n2.
+    let c = cluster(Some("n2"), "n1");
+    let mut l = local(replica(1000));
+    l.needs_rewind = true;
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Immediate)]);
+    assert_eq!(d.reasons, vec![Reason::TimelineDiverged]);
+}
+
 #[test]
 fn failed_rewind_waits_for_the_operator() {
     let c = cluster(Some("n2"), "n1");
