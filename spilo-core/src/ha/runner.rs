@@ -75,6 +75,9 @@ pub struct Node {
     conf_dirty: bool,
     /// The `synchronous_standby_names` this primary runs with (None: not managed yet).
     ssn: Option<String>,
+    /// The primary's flush position measured at the first cycle after `ssn` last changed (None:
+    /// not yet): a standby is confirmed synchronous only once it has flushed that far.
+    ssn_since: Option<u64>,
     commands: Option<crate::ha::command::CommandRx>,
     config_path: Option<std::path::PathBuf>,
     /// The REST API's access settings, replaced on reload.
@@ -123,6 +126,7 @@ impl Node {
             known_timeline: None,
             conf_dirty: false,
             ssn: None,
+            ssn_since: None,
             commands: None,
             config_path: None,
             restapi: None,
@@ -1010,11 +1014,13 @@ impl Node {
                 }
             }
             self.ssn = Some(sync::ssn(&[], 1, sync::strict(&self.dynamic)));
+            self.ssn_since = None;
             if let Err(e) = self.write_conf(true, None) {
                 tracing::warn!("could not write the configuration before promoting: {e}");
             }
         } else {
             self.ssn = None;
+            self.ssn_since = None;
         }
         // A new term: the slots this node made as an earlier leader may be gone (pg_rewind
         // and pg_basebackup do not copy them).
@@ -1075,6 +1081,7 @@ impl Node {
         }
         self.lease_renewed_at = None;
         self.ssn = None;
+        self.ssn_since = None;
         self.slots_done_for.clear();
         tracing::warn!("demoting: stopping PostgreSQL immediately");
         if let Err(e) = self.pg.stop(StopMode::Immediate).await {
@@ -1114,6 +1121,7 @@ impl Node {
         self.needs_rewind = true;
         self.upstream = None;
         self.ssn = None;
+        self.ssn_since = None;
         self.slots_done_for.clear();
         if self.lease_renewed_at.take().is_none() {
             return;
@@ -1261,6 +1269,7 @@ impl Node {
                     .await
                     .unwrap_or_default(),
             );
+            self.ssn_since = None;
         }
         let count = sync::node_count(&self.dynamic);
         let strict = sync::strict(&self.dynamic);
@@ -1277,12 +1286,13 @@ impl Node {
             sync::max_lag_on_syncnode(&self.dynamic),
         );
         wanted.truncate(count);
-        let confirmed: Vec<String> = pgs
-            .replication
-            .iter()
-            .filter(|r| r.sync_state == "sync")
-            .map(|r| r.application_name.clone())
-            .collect();
+        // Commits acknowledged before SSN last changed waited for nobody (or another
+        // standby): measure how far the primary had flushed after the change (this cycle's
+        // observation is taken after it), and confirm a `sync` standby only once it has that.
+        if self.ssn_since.is_none() {
+            self.ssn_since = pgs.wal_flush;
+        }
+        let confirmed = sync::confirmed(&pgs.replication, self.ssn_since);
         let mut key: Option<Vec<String>> = ours.then(|| sync::key_standbys(c));
         let mut wrote_key = false;
         for _ in 0..3 {
@@ -1312,6 +1322,7 @@ impl Node {
                 sync::SyncStep::SetSsn(v) => {
                     tracing::info!(synchronous_standby_names = %v, "changing synchronous standbys");
                     self.ssn = Some(v);
+                    self.ssn_since = None;
                     self.apply_ssn().await;
                     return;
                 }
@@ -1346,6 +1357,7 @@ impl Node {
             if self.ssn.as_deref() != Some(placeholder.as_str()) {
                 tracing::warn!("synchronous_mode_strict with no standby: commits wait for one");
                 self.ssn = Some(placeholder);
+                self.ssn_since = None;
                 self.apply_ssn().await;
             }
             return;
@@ -1388,6 +1400,7 @@ impl Node {
                     let v = sync::quorum_ssn(&names, k, strict);
                     tracing::info!(synchronous_standby_names = %v, "changing the quorum");
                     self.ssn = Some(v);
+                    self.ssn_since = None;
                     self.apply_ssn().await;
                     return;
                 }

@@ -206,6 +206,26 @@ pub fn candidates(
     out.into_iter().map(|x| x.3).collect()
 }
 
+/// The standbys that may be named in the `sync` key: `pg_stat_replication` reports them
+/// `sync`, and they have flushed at least `since`, the primary's flush position measured after
+/// `synchronous_standby_names` last changed (None: not measured yet, nobody).
+///
+/// `sync` alone is not enough: a walsender is `streaming` once its standby caught up, and stays
+/// so while the standby falls behind again, and the commits acknowledged before SSN named it
+/// waited for nobody (or for another standby). Named in the key, it becomes promotable, so it
+/// must have those commits first: every commit acknowledged before the change is at or below
+/// `since`, and every commit after it waits for this standby.
+pub fn confirmed(replication: &[ReplicationRow], since: Option<u64>) -> Vec<String> {
+    let Some(since) = since else {
+        return Vec::new();
+    };
+    replication
+        .iter()
+        .filter(|r| r.sync_state == "sync" && r.flush_lsn.is_some_and(|f| f >= since))
+        .map(|r| r.application_name.clone())
+        .collect()
+}
+
 /// The leader's next step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SyncStep {
@@ -483,6 +503,51 @@ mod tests {
         assert_eq!(
             next_step(Some(&key), &v(&["n2"]), "n2", &v(&["n2"]), 1, false),
             SyncStep::WriteKey(v(&["n2"]))
+        );
+    }
+
+    /// Found by the simulation (`tests/simulation.rs`): right after its promotion n2 ran with
+    /// an empty SSN and acknowledged commits alone; it then named n1 in SSN, and n1, streaming
+    /// but a few records behind, was reported `sync` at once and went into the key. n2 froze,
+    /// and n1 was promoted without commits n2 had acknowledged. A standby is confirmed only
+    /// once it has flushed what the primary had flushed after SSN changed.
+    #[test]
+    fn a_lagging_sync_standby_is_not_confirmed_until_it_has_every_acknowledged_commit() {
+        let row = |flush: u64| ReplicationRow {
+            application_name: "n1".into(),
+            state: "streaming".into(),
+            sync_state: "sync".into(),
+            flush_lsn: Some(flush),
+            ..ReplicationRow::default()
+        };
+        // Not measured yet (the cycle that changed SSN): nobody.
+        assert!(confirmed(&[row(19_300)], None).is_empty());
+        // Measured at 19_300 after the change: n1 at 19_181 lacks acknowledged commits.
+        assert!(confirmed(&[row(19_181)], Some(19_300)).is_empty());
+        let key = v(&[]);
+        assert_eq!(
+            next_step(
+                Some(&key),
+                &v(&["n1"]),
+                "n1",
+                &confirmed(&[row(19_181)], Some(19_300)),
+                1,
+                false
+            ),
+            SyncStep::Steady
+        );
+        // Caught up: confirmed, and named.
+        assert_eq!(confirmed(&[row(19_300)], Some(19_300)), v(&["n1"]));
+        assert_eq!(
+            next_step(
+                Some(&key),
+                &v(&["n1"]),
+                "n1",
+                &confirmed(&[row(19_400)], Some(19_300)),
+                1,
+                false
+            ),
+            SyncStep::WriteKey(v(&["n1"]))
         );
     }
 
