@@ -633,7 +633,7 @@ pub fn decide(
                 .act(Action::Demote(DemoteMode::Immediate))
                 .because(Reason::PrimaryWithoutLock(l));
         }
-        if local.needs_rewind {
+        if local.needs_rewind || past_the_fork(cluster, my_tl, my_pos) {
             return d
                 .act(Action::Demote(DemoteMode::Immediate))
                 .because(Reason::TimelineDiverged);
@@ -850,6 +850,23 @@ fn uninitialized(
 
 /// Whom a replica streams from: its `replicatefrom` member while that one runs, else the
 /// leader.
+/// Whether a replica on timeline `tl` at `pos` holds WAL the cluster's history left behind:
+/// the `history` key says timeline `tl` ended at an LSN below `pos`. Such a replica received
+/// WAL from the old primary after the new one forked off (e.g. the old primary's shutdown
+/// checkpoint, streamed after the new leader's promotion point); PostgreSQL refuses to follow
+/// the new timeline from there, so it must be rewound first.
+fn past_the_fork(cluster: &Cluster, tl: Option<u64>, pos: Option<u64>) -> bool {
+    let (Some(tl), Some(pos)) = (tl, pos) else {
+        return false;
+    };
+    cluster
+        .history
+        .as_ref()
+        .and_then(|h| h.iter().find(|line| line.timeline == tl))
+        .map(|line| pos > line.lsn)
+        .unwrap_or(false)
+}
+
 fn upstream_target(cluster: &Cluster, policy: &Policy, leader: &str) -> (String, Reason) {
     if let Some(m) = &policy.replicatefrom {
         let usable = m != &policy.name

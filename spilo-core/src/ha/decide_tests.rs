@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::api::client::PeerStatus;
 use crate::config::DynamicConfig;
-use crate::dcs::{Cluster, Failover, Leader, Member, MemberData, Status, Versioned};
+use crate::dcs::{Cluster, Failover, HistoryLine, Leader, Member, MemberData, Status, Versioned};
 
 const SYSID: &str = "7268616322854375442";
 
@@ -230,6 +230,41 @@ fn replica_pointing_elsewhere_is_repointed_to_the_new_leader() {
     l.upstream = Some(Some("n1".into()));
     let d = run(Some(&c), &l, &policy("n2"));
     assert_eq!(d.actions, vec![Action::Follow(Some("n3".into()))]);
+}
+
+/// Seen in the chaos suite's self-test: n1 kept streaming from the old primary n3 after n2 had
+/// been promoted from an earlier position, then "followed" n2 for ever while PostgreSQL refused
+/// the new timeline. A replica past the point where its timeline ended must rewind.
+#[test]
+fn a_replica_that_streamed_past_the_new_timelines_fork_rewinds_instead_of_following() {
+    let mut c = cluster(Some("n2"), "n1");
+    c.members[1].data.timeline = Some(2);
+    c.history = Some(vec![HistoryLine {
+        timeline: 1,
+        lsn: 900,
+        reason: "no recovery target specified".into(),
+        timestamp: None,
+        new_leader: Some("n2".into()),
+    }]);
+    let mut l = local(replica(1000));
+    l.upstream = Some(Some("n2".into()));
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Immediate)]);
+    assert_eq!(d.reasons, vec![Reason::TimelineDiverged]);
+    // At or before the fork it simply follows the new timeline.
+    let l = local(replica(900));
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::Follow(Some("n2".into()))]);
+    // Already on the new timeline: nothing to rewind.
+    let mut l = local(Pg::Running {
+        primary: false,
+        timeline: Some(2),
+        wal_position: Some(5000),
+        streaming: true,
+    });
+    l.upstream = Some(Some("n2".into()));
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
 }
 
 #[test]
