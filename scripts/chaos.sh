@@ -5,7 +5,7 @@
 #
 #   ./scripts/chaos.sh --minutes N --seed S [--dcs etcd|zookeeper] [--sync on|off]
 #                      [--ttl S] [--loop-wait S] [--retry-timeout S] [--events N]
-#                      [--report FILE] [--keep] [--no-setup]
+#                      [--report FILE] [--keep] [--lab N] [--no-setup]
 #
 # Needs root (namespaces, nftables). Installs what it needs first (Debian packages, the
 # extension, a debug build) unless --no-setup is given (scripts/test.sh has done that already).

@@ -34,7 +34,8 @@ use nodes::{Node, Settings};
 use report::{Event, Expect};
 
 const USAGE: &str = "usage: spilo-chaos [--minutes N] [--seed S] [--dcs etcd|zookeeper] \
-[--sync on|off] [--ttl S] [--loop-wait S] [--retry-timeout S] [--events N] [--report FILE] [--keep]";
+[--sync on|off] [--ttl S] [--loop-wait S] [--retry-timeout S] [--events N] [--report FILE] [--keep] \
+[--lab N] [--faults KIND,…] [--target primary|any] [--hold S] [--fence on|off] [--expect-split-brain]";
 
 /// Command-line options.
 #[derive(Clone, Debug)]
@@ -49,6 +50,10 @@ struct Opts {
     max_events: Option<usize>,
     report: Option<PathBuf>,
     keep: bool,
+    lab: u8,
+    menu: nemesis::Menu,
+    fence: bool,
+    expect_split_brain: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
@@ -63,6 +68,10 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         max_events: None,
         report: None,
         keep: false,
+        lab: 0,
+        menu: nemesis::Menu::default(),
+        fence: true,
+        expect_split_brain: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -107,6 +116,31 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--events" => o.max_events = Some(num(a, value(a)?)? as usize),
             "--report" => o.report = Some(PathBuf::from(value(a)?)),
             "--keep" => o.keep = true,
+            "--expect-split-brain" => o.expect_split_brain = true,
+            "--faults" => o.menu.kinds = nemesis::Menu::parse_kinds(&value(a)?)?,
+            "--target" => {
+                o.menu.primary_only = match value(a)?.as_str() {
+                    "primary" => true,
+                    "any" => false,
+                    other => {
+                        return Err(format!("--target: expected primary or any, got {other:?}"))
+                    }
+                }
+            }
+            "--hold" => o.menu.hold = Some(Duration::from_secs(num(a, value(a)?)?)),
+            "--fence" => {
+                o.fence = match value(a)?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--fence: expected on or off, got {other:?}")),
+                }
+            }
+            "--lab" => {
+                o.lab = u8::try_from(num(a, value(a)?)?)
+                    .ok()
+                    .filter(|n| *n < 100)
+                    .ok_or("--lab: expected 0 to 99")?
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -164,6 +198,7 @@ fn main() {
         libc::signal(libc::SIGINT, handler as libc::sighandler_t);
         libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
     }
+    net::set_lab(o.lab);
     let dir = PathBuf::from(format!("/tmp/spilo-chaos-{}", std::process::id()));
     let code = match run(&o, &dir) {
         Ok(true) => 0,
@@ -280,18 +315,24 @@ fn run(o: &Opts, dir: &std::path::Path) -> Result<bool, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     spilo_tests::util::chmod(dir, 0o755);
     say(format!(
-        "seed {}, {} minutes, DCS {}, synchronous mode {}, ttl {} s, loop_wait {} s, retry_timeout {} s; directory {}",
+        "seed {}, {} minutes, DCS {}, synchronous mode {}, fence {}, ttl {} s, loop_wait {} s, retry_timeout {} s; directory {}",
         o.seed,
         o.minutes,
         o.dcs.name(),
         if o.sync { "on" } else { "off" },
+        if o.fence { "on" } else { "off" },
         o.ttl,
         o.loop_wait,
         o.retry_timeout,
         dir.display()
     ));
     let mut topo = net::Topology::create(&["n1", "n2", "n3", "d1", "d2", "d3"])?;
-    say("namespaces n1 n2 n3 d1 d2 d3 on bridge 10.213.77.0/24");
+    say(format!(
+        "namespaces {p}n1 {p}n2 {p}n3 {p}d1 {p}d2 {p}d3 on bridge {} ({}.0/24)",
+        net::bridge(),
+        net::net(),
+        p = net::prefix()
+    ));
     let mut dcs = dcs::Dcs::start(o.dcs, &topo, &["d1", "d2", "d3"], dir)?;
     say(format!("{} serving on d1 d2 d3", o.dcs.name()));
     let settings = Settings {
@@ -299,7 +340,7 @@ fn run(o: &Opts, dir: &std::path::Path) -> Result<bool, String> {
         loop_wait: o.loop_wait,
         retry_timeout: o.retry_timeout,
         sync: o.sync,
-        fence: true,
+        fence: o.fence,
         dcs_yaml: dcs.yaml(),
     };
     let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
@@ -371,7 +412,7 @@ fn run(o: &Opts, dir: &std::path::Path) -> Result<bool, String> {
     {
         let view = View::take(&nodes);
         let primary = view.primaries().first().copied();
-        let plan = nemesis::pick(&mut rng, primary, nodes.len(), o.ttl);
+        let plan = nemesis::pick(&mut rng, &o.menu, primary, nodes.len(), o.ttl);
         let (expect, fence) = nemesis::expectation(&plan, primary);
         let target = match plan.node {
             Some(i) => format!(
@@ -660,13 +701,21 @@ fn print_report(
         lost.len(),
         unexpected.len()
     );
-    if !lost.is_empty() {
+    // Lost writes in bursts, one per failover that lost something; a burst longer than ttl
+    // breaks asynchronous mode's bound (what the old primary acknowledged in its last ttl).
+    let bursts = report::loss_bursts(&rec.acked, &lost, 2_000_000);
+    let bound_us = (o.ttl as i64) * 1_000_000;
+    for (first, last, n) in &bursts {
         println!(
-            "  lost ids: {:?}{}",
-            &lost[..lost.len().min(20)],
-            if lost.len() > 20 { " …" } else { "" }
+            "  lost burst: {n} ids acknowledged over {:.1} s from {first} (bound: ttl = {} s)",
+            (last - first) as f64 / 1e6,
+            o.ttl
         );
     }
+    let over_bound: Vec<_> = bursts
+        .iter()
+        .filter(|(first, last, _)| last - first >= bound_us)
+        .collect();
     println!(
         "convergence: {}; checksums: {}",
         if converged {
@@ -709,6 +758,13 @@ fn print_report(
             overlaps.len()
         ));
     }
+    if !over_bound.is_empty() {
+        problems.push(format!(
+            "{} bursts of lost writes span ttl ({} s) or more: more than a failover may lose",
+            over_bound.len(),
+            o.ttl
+        ));
+    }
     if o.sync && !lost.is_empty() {
         problems.push(format!(
             "{} acknowledged ids lost in synchronous mode",
@@ -729,6 +785,19 @@ fn print_report(
     }
     if acks.is_empty() || rec.acked.is_empty() {
         problems.push("no write was acknowledged: the checkers saw nothing".into());
+    }
+    if o.expect_split_brain {
+        // The checker's own test: a setup that must produce two writers (e.g. the fence off and
+        // the primary's daemon frozen past ttl). It passes only when the overlap was seen.
+        println!(
+            "expected a split brain: {}",
+            if overlaps.is_empty() {
+                "NOT seen: the checker missed it"
+            } else {
+                "seen, as it must be"
+            }
+        );
+        return !overlaps.is_empty();
     }
     let passed = problems.is_empty();
     if passed {
@@ -756,6 +825,7 @@ fn print_report(
             "ids_sent": rec.attempted.len(),
             "ids_acked": rec.acked.len(),
             "lost": lost.len(),
+            "lost_bursts": bursts.len(),
             "unexpected": unexpected.len(),
             "failover_ms": failover_ms,
             "fence_ms": fence_ms,
@@ -794,6 +864,18 @@ mod tests {
         assert!(e.contains("--ttl 5"), "{e}");
         let e = parse_args(&args("--seed")).unwrap_err();
         assert!(e.contains("--seed needs a value"), "{e}");
+        let o = parse_args(&args(
+            "--faults freeze-daemon --target primary --hold 15 --fence off",
+        ))
+        .unwrap();
+        assert_eq!(o.menu.kinds, vec![nemesis::Kind::FreezeDaemon]);
+        assert!(o.menu.primary_only && !o.fence);
+        assert_eq!(o.menu.hold, Some(Duration::from_secs(15)));
+        let e = parse_args(&args("--target replica")).unwrap_err();
+        assert!(e.contains("--target"), "{e}");
+        let e = parse_args(&args("--lab 100")).unwrap_err();
+        assert!(e.contains("--lab"), "{e}");
+        assert_eq!(parse_args(&args("--lab 3")).unwrap().lab, 3);
         let e = parse_args(&args("--bogus")).unwrap_err();
         assert!(e.contains("--bogus"), "{e}");
     }

@@ -115,15 +115,56 @@ pub struct Plan {
     pub aux: u64,
 }
 
+/// What the picks may choose from (`--faults`, `--target primary`, `--hold`).
+#[derive(Clone, Debug)]
+pub struct Menu {
+    /// The kinds allowed.
+    pub kinds: Vec<Kind>,
+    /// Node faults always hit the primary.
+    pub primary_only: bool,
+    /// A fixed hold instead of a random one.
+    pub hold: Option<Duration>,
+}
+
+impl Default for Menu {
+    fn default() -> Menu {
+        Menu {
+            kinds: Kind::ALL.to_vec(),
+            primary_only: false,
+            hold: None,
+        }
+    }
+}
+
+impl Menu {
+    /// Parses a comma-separated list of kind names.
+    pub fn parse_kinds(list: &str) -> Result<Vec<Kind>, String> {
+        list.split(',')
+            .map(|name| {
+                Kind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == name.trim())
+                    .ok_or_else(|| {
+                        format!(
+                            "--faults: unknown fault {name:?}; known: {}",
+                            Kind::ALL.map(Kind::name).join(", ")
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
 /// Picks the next fault: the primary is the target half of the time.
-pub fn pick(rng: &mut Rng, primary: Option<usize>, nodes: usize, ttl: u64) -> Plan {
-    let kind = Kind::ALL[rng.below(Kind::ALL.len() as u64) as usize];
+pub fn pick(rng: &mut Rng, menu: &Menu, primary: Option<usize>, nodes: usize, ttl: u64) -> Plan {
+    let kind = menu.kinds[rng.below(menu.kinds.len() as u64) as usize];
     let node = kind.targets_node().then(|| match primary {
-        Some(p) if rng.below(2) == 0 => p,
+        Some(p) if menu.primary_only || rng.below(2) == 0 => p,
         _ => rng.below(nodes as u64) as usize,
     });
     let ttl_ms = ttl * 1000;
     let hold = match kind {
+        _ if menu.hold.is_some() => menu.hold.unwrap_or_default(),
         // Shorter and longer than the lease, so both outcomes happen.
         Kind::FreezeDaemon | Kind::PartitionDcs | Kind::Isolate | Kind::AsymmetricDcs => {
             rng.millis(1_000, ttl_ms * 2)
@@ -333,7 +374,7 @@ mod tests {
             let mut r = Rng::new(seed);
             (0..200)
                 .map(|_| {
-                    let p = pick(&mut r, Some(1), 3, 10);
+                    let p = pick(&mut r, &Menu::default(), Some(1), 3, 10);
                     (p.kind, p.node, p.hold)
                 })
                 .collect::<Vec<_>>()
@@ -353,6 +394,23 @@ mod tests {
             assert!(node.unwrap_or(0) < 3);
             assert!(hold >= Duration::from_millis(1000) && hold <= Duration::from_secs(20));
         }
+    }
+
+    #[test]
+    fn a_restricted_menu_is_obeyed() {
+        let menu = Menu {
+            kinds: Menu::parse_kinds("freeze-daemon,kill-node").unwrap(),
+            primary_only: true,
+            hold: Some(Duration::from_secs(15)),
+        };
+        let mut r = Rng::new(3);
+        for _ in 0..50 {
+            let p = pick(&mut r, &menu, Some(2), 3, 10);
+            assert!(matches!(p.kind, Kind::FreezeDaemon | Kind::KillNode));
+            assert_eq!((p.node, p.hold), (Some(2), Duration::from_secs(15)));
+        }
+        let e = Menu::parse_kinds("freeze-daemon,nap").unwrap_err();
+        assert!(e.contains("\"nap\"") && e.contains("kill-node"), "{e}");
     }
 
     #[test]

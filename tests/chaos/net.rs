@@ -7,14 +7,37 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// Which lab (0–99): several runs can go side by side, each with its own names and /24.
+static LAB: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+
+/// Sets the lab number (once, before anything is created).
+pub fn set_lab(n: u8) {
+    let _ = LAB.set(n);
+}
+
+fn lab() -> u8 {
+    *LAB.get_or_init(|| 0)
+}
+
 /// The bridge in the root namespace.
-pub const BRIDGE: &str = "spchaos0";
-/// The prefix of every namespace and host-side veth this suite creates.
-pub const PREFIX: &str = "spc-";
-/// The first three octets of the test network.
-pub const NET: &str = "10.213.77";
+pub fn bridge() -> String {
+    format!("spchaos{}", lab())
+}
+
+/// The prefix of every namespace and host-side veth of this lab.
+pub fn prefix() -> String {
+    format!("spc{}-", lab())
+}
+
+/// The first three octets of the lab's test network (10.213.77+lab.0/24).
+pub fn net() -> String {
+    format!("10.213.{}", 77 + u32::from(lab()))
+}
+
 /// The root namespace's address on the bridge (the checkers').
-pub const ROOT_ADDR: &str = "10.213.77.1";
+pub fn root_addr() -> String {
+    format!("{}.1", net())
+}
 
 /// Runs a command, returning its stdout or an error naming it and its stderr.
 pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
@@ -78,7 +101,7 @@ impl Topology {
         if let Ok(list) = run("ip", &["netns", "list"]) {
             for line in list.lines() {
                 let ns = line.split_whitespace().next().unwrap_or("");
-                if ns.starts_with(PREFIX) {
+                if ns.starts_with(&prefix()) {
                     kill_namespace(ns);
                     let _ = run("ip", &["netns", "del", ns]);
                 }
@@ -88,7 +111,7 @@ impl Topology {
             for line in links.lines() {
                 if let Some(name) = line.split(": ").nth(1) {
                     let name = name.split('@').next().unwrap_or("");
-                    if name.starts_with(PREFIX) || name == BRIDGE {
+                    if name.starts_with(&prefix()) || name == bridge() {
                         let _ = run("ip", &["link", "del", name]);
                     }
                 }
@@ -101,12 +124,18 @@ impl Topology {
     /// nodes `n*` at .11+, DCS servers `d*` at .21+.
     pub fn create(names: &[&str]) -> Result<Topology, String> {
         Topology::remove_leftovers();
-        run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
+        run("ip", &["link", "add", &bridge(), "type", "bridge"])?;
         run(
             "ip",
-            &["addr", "add", &format!("{ROOT_ADDR}/24"), "dev", BRIDGE],
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", root_addr()),
+                "dev",
+                &bridge(),
+            ],
         )?;
-        run("ip", &["link", "set", BRIDGE, "up"])?;
+        run("ip", &["link", "set", &bridge(), "up"])?;
         let mut topo = Topology {
             hosts: Vec::new(),
             cuts: BTreeSet::new(),
@@ -123,10 +152,10 @@ impl Topology {
             };
             let host = Host {
                 name: name.to_string(),
-                ns: format!("{PREFIX}{name}"),
-                addr: format!("{NET}.{}", base + num),
+                ns: format!("{}{name}", prefix()),
+                addr: format!("{}.{}", net(), base + num),
             };
-            let veth = format!("{PREFIX}{name}h");
+            let veth = format!("{}{name}h", prefix());
             run("ip", &["netns", "add", &host.ns])?;
             topo.hosts.push(host.clone());
             in_ns(&host.ns, &["ip", "link", "set", "lo", "up"])?;
@@ -136,7 +165,7 @@ impl Topology {
                     "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &host.ns,
                 ],
             )?;
-            run("ip", &["link", "set", &veth, "master", BRIDGE])?;
+            run("ip", &["link", "set", &veth, "master", &bridge()])?;
             run("ip", &["link", "set", &veth, "up"])?;
             in_ns(
                 &host.ns,

@@ -13,7 +13,7 @@ use spilo_tests::bins::{bins, PG_BIN_DIR};
 use spilo_tests::util::{chmod, chown_postgres};
 use spilo_tests::{REPLICATION_PASSWORD, SUPERUSER_PASSWORD};
 
-use crate::net::{Host, NET};
+use crate::net::Host;
 
 /// REST API port inside each namespace.
 pub const API_PORT: u16 = 8008;
@@ -115,9 +115,9 @@ restapi:
   pg_hba:
   - local all all trust
   - host replication replicator 127.0.0.1/32 scram-sha-256
-  - host replication replicator {NET}.0/24 scram-sha-256
+  - host replication replicator {net}.0/24 scram-sha-256
   - host all all 127.0.0.1/32 scram-sha-256
-  - host all all {NET}.0/24 scram-sha-256
+  - host all all {net}.0/24 scram-sha-256
 postgresql:
   listen: {addr}:{PG_PORT}
   connect_address: {addr}:{PG_PORT}
@@ -134,6 +134,7 @@ postgresql:
   nofailover: false
 "#,
             name = self.name,
+            net = crate::net::net(),
             dcs = s.dcs_yaml,
             ttl = s.ttl,
             lw = s.loop_wait,

@@ -197,6 +197,31 @@ pub fn lost_and_unexpected(
     (lost, unexpected)
 }
 
+/// Lost acknowledged writes grouped into bursts: ids acknowledged within `gap_us` of each other
+/// belong to one burst. Each burst is (first ack time, last ack time, count). In asynchronous
+/// mode a failover may lose what the old primary acknowledged in its last `ttl`, so every burst
+/// must span less than that.
+pub fn loss_bursts(acked: &[(i64, i64)], lost: &[i64], gap_us: i64) -> Vec<(i64, i64, usize)> {
+    let lost: BTreeSet<i64> = lost.iter().copied().collect();
+    let mut times: Vec<i64> = acked
+        .iter()
+        .filter(|(id, _)| lost.contains(id))
+        .map(|(_, t)| *t)
+        .collect();
+    times.sort();
+    let mut out: Vec<(i64, i64, usize)> = Vec::new();
+    for t in times {
+        match out.last_mut() {
+            Some(b) if t - b.1 <= gap_us => {
+                b.1 = t;
+                b.2 += 1;
+            }
+            _ => out.push((t, t, 1)),
+        }
+    }
+    out
+}
+
 /// p50, p99 and max of `v` (milliseconds), as text.
 pub fn percentiles(v: &[f64]) -> String {
     if v.is_empty() {
@@ -298,6 +323,23 @@ mod tests {
             lost_and_unexpected(&attempted, &acked, &final_ids),
             (vec![2], vec![9])
         );
+    }
+
+    #[test]
+    fn lost_writes_group_into_bursts_by_acknowledgement_time() {
+        let acked = vec![
+            (1, 0),
+            (2, 100),
+            (3, 200),
+            (4, 5_000),
+            (5, 5_100),
+            (6, 9_000),
+        ];
+        assert_eq!(
+            loss_bursts(&acked, &[2, 3, 5, 6], 1_000),
+            vec![(100, 200, 2), (5_100, 5_100, 1), (9_000, 9_000, 1)]
+        );
+        assert!(loss_bursts(&acked, &[], 1_000).is_empty());
     }
 
     #[test]
