@@ -652,7 +652,13 @@ fn print_report(
             fence_ms.push((last - e.start).max(0) as f64 / 1000.0);
         }
     }
-    let (lost, unexpected) = report::lost_and_unexpected(&rec.attempted, &rec.acked, final_ids);
+    // Without the final read (no convergence) nothing can be said about lost ids.
+    let final_read = !checksums.is_empty();
+    let (lost, unexpected) = if final_read {
+        report::lost_and_unexpected(&rec.attempted, &rec.acked, final_ids)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let recovered: Vec<f64> = events
         .iter()
         .filter_map(|e| e.recovered.map(|r| (r - e.heal) as f64 / 1000.0))
@@ -693,14 +699,22 @@ fn print_report(
         "claims-primary overlap (pg_is_in_recovery() = false on two nodes; reported, not a failure): {} ({claim_ms:.0} ms)",
         claim_overlaps.len()
     );
-    println!(
-        "lost writes: {} ids sent, {} acknowledged, {} in the final table; lost {}, unexpected {}",
-        rec.attempted.len(),
-        rec.acked.len(),
-        final_ids.len(),
-        lost.len(),
-        unexpected.len()
-    );
+    if final_read {
+        println!(
+            "lost writes: {} ids sent, {} acknowledged, {} in the final table; lost {}, unexpected {}",
+            rec.attempted.len(),
+            rec.acked.len(),
+            final_ids.len(),
+            lost.len(),
+            unexpected.len()
+        );
+    } else {
+        println!(
+            "lost writes: {} ids sent, {} acknowledged; not measured: the final read did not happen",
+            rec.attempted.len(),
+            rec.acked.len()
+        );
+    }
     // Lost writes in bursts, one per failover that lost something; a burst longer than ttl
     // breaks asynchronous mode's bound (what the old primary acknowledged in its last ttl).
     let bursts = report::loss_bursts(&rec.acked, &lost, 2_000_000);
@@ -797,7 +811,17 @@ fn print_report(
                 "seen, as it must be"
             }
         );
-        return !overlaps.is_empty();
+        // And the cluster must still come back together: the old primary and any replica that
+        // streamed its writes past the new timeline's fork rewind.
+        println!(
+            "after the split brain: {}",
+            if converged && sums_agree {
+                "converged, checksums agree"
+            } else {
+                "NOT converged"
+            }
+        );
+        return !overlaps.is_empty() && converged && sums_agree;
     }
     let passed = problems.is_empty();
     if passed {

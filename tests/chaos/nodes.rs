@@ -130,6 +130,8 @@ postgresql:
   parameters:
     shared_buffers: 32MB
     unix_socket_directories: '{dir}'
+    log_min_messages: log
+    log_min_error_statement: panic
 {fence}tags:
   nofailover: false
 "#,
