@@ -121,7 +121,7 @@ pub async fn probe(idx: usize, name: String, ip: Ipv4Addr, rec: Shared, stop: Ar
             Ok(rows) => rows.first().and_then(|v| v.parse::<i64>().ok()),
             Err(_) => None,
         };
-        let claim = if n % 10 == 0 {
+        let claim = if n.is_multiple_of(10) {
             query(c, "SELECT pg_is_in_recovery()", Duration::from_millis(500))
                 .await
                 .ok()
