@@ -480,7 +480,16 @@ impl Node {
     /// a cycle while the previous write still runs.
     fn publish_state_file(&self, pg: &PgStatus) {
         use std::sync::atomic::Ordering;
-        if !self.pg.data_dir_initialized() || self.state_file_busy.swap(true, Ordering::SeqCst) {
+        // pg_rewind and pg_basebackup own the data directory while they run: a write (its
+        // temporary file renamed away under pg_rewind's file list) made a rewind fail.
+        let job_owns_data = matches!(
+            self.job.as_ref().map(|j| &j.kind),
+            Some(JobKind::Rewind | JobKind::Clone | JobKind::Bootstrap)
+        );
+        if job_owns_data
+            || !self.pg.data_dir_initialized()
+            || self.state_file_busy.swap(true, Ordering::SeqCst)
+        {
             return;
         }
         let s = self.state.borrow().clone();
@@ -902,7 +911,12 @@ impl Node {
         let params = self.dynamic.postgresql.parameters.clone();
         let hba = self.hba();
         let from = from.to_string();
+        let state_file = (
+            self.state_file_busy.clone(),
+            self.cfg.postgresql.data_dir.clone(),
+        );
         self.spawn_job(JobKind::Clone, "creating replica", async move {
+            state_file_settled(&state_file.0, &state_file.1).await;
             pg.basebackup(&up.host, up.port)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -928,7 +942,12 @@ impl Node {
         let params = self.dynamic.postgresql.parameters.clone();
         let hba = self.hba();
         let leader = leader.to_string();
+        let state_file = (
+            self.state_file_busy.clone(),
+            self.cfg.postgresql.data_dir.clone(),
+        );
         self.spawn_job(JobKind::Rewind, "starting", async move {
+            state_file_settled(&state_file.0, &state_file.1).await;
             if use_rewind {
                 pg.write_config(&params, &hba, false, None)
                     .map_err(|e| e.to_string())?;
@@ -1519,5 +1538,52 @@ async fn recv_hup(sig: &mut Option<tokio::signal::unix::Signal>) {
             s.recv().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// Waits (at most 10 s) for a state-file write spawned by an earlier cycle, then removes a
+/// temporary file an interrupted write left: pg_rewind and pg_basebackup must not see the data
+/// directory change under them (no new write starts while their job runs).
+async fn state_file_settled(busy: &std::sync::atomic::AtomicBool, data_dir: &std::path::Path) {
+    let since = Instant::now();
+    while busy.load(std::sync::atomic::Ordering::SeqCst)
+        && since.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ =
+        std::fs::remove_file(data_dir.join(format!("{}.tmp", crate::ha::state_file::FILE_NAME)));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::state_file_settled;
+    use crate::ha::state_file::FILE_NAME;
+
+    /// Seen in the chaos suite: pg_rewind failed with "could not remove file
+    /// spilo.state.tmp" because a state-file write renamed it away under pg_rewind's file list.
+    /// The rewind now waits for the write in flight and starts from a directory without it.
+    #[tokio::test]
+    async fn pg_rewind_waits_for_the_state_file_write_in_flight_and_its_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path().join(format!("{FILE_NAME}.tmp"));
+        std::fs::write(&tmp, b"{}").expect("write tmp");
+        let busy = Arc::new(AtomicBool::new(true));
+        let writer = busy.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            writer.store(false, Ordering::SeqCst);
+        });
+        state_file_settled(&busy, dir.path()).await;
+        // Had it not waited, the write would still be in flight.
+        assert!(
+            !busy.load(Ordering::SeqCst),
+            "returned while the write was in flight"
+        );
+        assert!(!tmp.exists(), "the temporary file is still there");
     }
 }
