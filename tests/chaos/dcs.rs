@@ -185,23 +185,18 @@ impl Dcs {
 
     /// The node config's DCS section.
     pub fn yaml(&self) -> String {
+        let hosts = |port: u16, quote: &str| -> Vec<String> {
+            self.hosts
+                .iter()
+                .map(|h| format!("{quote}{}:{port}{quote}", h.addr))
+                .collect()
+        };
         match self.kind {
-            Kind::Etcd => {
-                let hosts: Vec<String> = self
-                    .hosts
-                    .iter()
-                    .map(|h| format!("{}:{ETCD_CLIENT}", h.addr))
-                    .collect();
-                format!("etcd3:\n  hosts: {}\n", hosts.join(","))
-            }
-            Kind::ZooKeeper => {
-                let hosts: Vec<String> = self
-                    .hosts
-                    .iter()
-                    .map(|h| format!("'{}:{ZK_CLIENT}'", h.addr))
-                    .collect();
-                format!("zookeeper:\n  hosts: [{}]\n", hosts.join(", "))
-            }
+            Kind::Etcd => format!("etcd3:\n  hosts: {}\n", hosts(ETCD_CLIENT, "").join(",")),
+            Kind::ZooKeeper => format!(
+                "zookeeper:\n  hosts: [{}]\n",
+                hosts(ZK_CLIENT, "'").join(", ")
+            ),
         }
     }
 
@@ -210,53 +205,40 @@ impl Dcs {
         (0..self.hosts.len()).find(|&i| self.running(i) && self.is_leader(i))
     }
 
+    /// `etcdctl` against server `i` alone, with a 1 s command timeout.
+    fn etcdctl(&self, i: usize, args: &[&str]) -> Result<String, String> {
+        let endpoint = format!("http://{}:{ETCD_CLIENT}", self.hosts[i].addr);
+        let mut all = vec!["--endpoints", &endpoint, "--command-timeout=1s"];
+        all.extend_from_slice(args);
+        crate::net::run(spilo_tests::bins::ETCDCTL, &all)
+    }
+
+    /// ZooKeeper's `srvr` answer of server `i`.
+    fn srvr(&self, i: usize) -> String {
+        four_letter(&self.hosts[i].addr, "srvr").unwrap_or_default()
+    }
+
     fn is_leader(&self, i: usize) -> bool {
-        let h = &self.hosts[i];
         match self.kind {
             Kind::Etcd => {
-                let out = crate::net::run(
-                    spilo_tests::bins::ETCDCTL,
-                    &[
-                        "--endpoints",
-                        &format!("http://{}:{ETCD_CLIENT}", h.addr),
-                        "--command-timeout=1s",
-                        "endpoint",
-                        "status",
-                        "-w",
-                        "json",
-                    ],
-                );
-                let Ok(out) = out else { return false };
+                let Ok(out) = self.etcdctl(i, &["endpoint", "status", "-w", "json"]) else {
+                    return false;
+                };
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
                     return false;
                 };
                 let s = &v[0]["Status"];
                 s["leader"].as_u64().is_some() && s["leader"] == s["header"]["member_id"]
             }
-            Kind::ZooKeeper => four_letter(&h.addr, "srvr")
-                .map(|a| a.contains("Mode: leader"))
-                .unwrap_or(false),
+            Kind::ZooKeeper => self.srvr(i).contains("Mode: leader"),
         }
     }
 
     /// Whether server `i` serves clients.
     pub fn serving(&self, i: usize) -> bool {
-        let h = &self.hosts[i];
         match self.kind {
-            Kind::Etcd => crate::net::run(
-                spilo_tests::bins::ETCDCTL,
-                &[
-                    "--endpoints",
-                    &format!("http://{}:{ETCD_CLIENT}", h.addr),
-                    "--command-timeout=1s",
-                    "endpoint",
-                    "health",
-                ],
-            )
-            .is_ok(),
-            Kind::ZooKeeper => four_letter(&h.addr, "srvr")
-                .map(|a| a.contains("Mode:"))
-                .unwrap_or(false),
+            Kind::Etcd => self.etcdctl(i, &["endpoint", "health"]).is_ok(),
+            Kind::ZooKeeper => self.srvr(i).contains("Mode:"),
         }
     }
 

@@ -614,11 +614,7 @@ fn print_report(
         .flat_map(|(i, a)| report::windows(i, a))
         .collect();
     let overlaps = report::overlaps(&windows);
-    let overlap_ms: f64 = 0.0
-        + overlaps
-            .iter()
-            .map(|x| (x.end - x.start) as f64 / 1000.0)
-            .sum::<f64>();
+    let overlap_ms = report::total_ms(&overlaps);
     let claim_windows: Vec<report::Window> = rec
         .claims
         .iter()
@@ -626,11 +622,7 @@ fn print_report(
         .flat_map(|(i, c)| report::claim_windows(i, c))
         .collect();
     let claim_overlaps = report::overlaps(&claim_windows);
-    let claim_ms: f64 = 0.0
-        + claim_overlaps
-            .iter()
-            .map(|x| (x.end - x.start) as f64 / 1000.0)
-            .sum::<f64>();
+    let claim_ms = report::total_ms(&claim_overlaps);
     let acks = report::acks(&rec.attempts);
     let mut failover_ms = Vec::new();
     let mut fence_ms = Vec::new();

@@ -93,6 +93,15 @@ pub fn overlaps(windows: &[Window]) -> Vec<Overlap> {
     out
 }
 
+/// The shared time of `overlaps`, in milliseconds.
+pub fn total_ms(overlaps: &[Overlap]) -> f64 {
+    overlaps
+        .iter()
+        .map(|x| (x.end - x.start) as f64 / 1000.0)
+        .sum::<f64>()
+        + 0.0
+}
+
 /// Intervals during which each node answered `pg_is_in_recovery() = false`, as windows; their
 /// overlaps are reported apart from the write overlaps (a node may claim the role and still
 /// refuse writes, e.g. under the fence).
