@@ -29,6 +29,9 @@ if [ "$setup" -eq 1 ]; then
   ./scripts/install-deps.sh
   ./scripts/install-pgext.sh
   cargo build -p spilo-core -p spilo-tests --bins
+else
+  # Installs nothing, but stops here, naming the missing tool, when one does not work.
+  ./scripts/install-deps.sh --check
 fi
 
 target_dir="${CARGO_TARGET_DIR:-target}"

@@ -1,30 +1,65 @@
 #!/usr/bin/env bash
-# Installs what spilo's build and tests need on Debian 12. Idempotent: installs only missing
-# packages (apt-get update only when something is missing) and never leaves Debian's own
-# `main` PostgreSQL cluster holding port 5432.
+# Installs what spilo's build, demo, benchmarks and tests need on Debian 12, then checks that
+# every tool actually works. Idempotent: installs only missing packages (apt-get update only
+# when something is missing) and never leaves Debian's own `main` PostgreSQL cluster holding
+# port 5432.
+#
+#   scripts/install-deps.sh           install what is missing, then check
+#   scripts/install-deps.sh --check   only check (installs nothing); exit 1 naming what is missing
+#
+# Every package is named here, recommends included: apt-get runs with --no-install-recommends,
+# so a package that is only *recommended* by another (libprotobuf-dev by protobuf-compiler) is
+# missing on a fresh machine unless it is in this list. The check at the end proves each tool
+# works (protoc compiles a file importing a well-known type, pg_config says 15, ...), so a
+# missing piece fails here, by name, instead of deep inside a build.
 set -euo pipefail
+
+CHECK_ONLY=0
+case "${1:-}" in
+  --check) CHECK_ONLY=1 ;;
+  "") ;;
+  -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+  *) echo "install-deps.sh: unknown argument: $1 (use --check or nothing)" >&2; exit 2 ;;
+esac
 
 PACKAGES=(
   postgresql-15
   postgresql-server-dev-15
   etcd-server
   etcd-client
+  # etcd-client (the crate) compiles etcd's .proto files at build time: protoc AND the
+  # well-known types (google/protobuf/descriptor.proto), which are in libprotobuf-dev, a package
+  # protobuf-compiler only recommends.
   protobuf-compiler
+  libprotobuf-dev
+  # TLS certificates for the etcd/ZooKeeper TLS tests are made with the openssl command.
+  openssl
+  # setpriv (run daemons as the postgres user) and runuser.
+  util-linux
   wrk
   curl
   jq
   ca-certificates
-  # The vendored Lua (mlua) and the C test plugin, compiled against the plugin ABI header.
+  # The vendored Lua (mlua), aws-lc (rustls' crypto) and the C test plugin, compiled against
+  # the plugin ABI header.
   gcc
   libc6-dev
+  make
+  # cargo-pgrx (scripts/install-pgext.sh) links OpenSSL through pkg-config, and pgrx's bindgen
+  # loads libclang to read PostgreSQL's headers.
+  pkg-config
+  libssl-dev
+  libclang-dev
+  clang
   # Operations integration tests: a real load balancer, promtool (`prometheus`) for the
   # metrics format, and Debian's python3 venv for an unmodified patronictl from PyPI.
   haproxy
   prometheus
   python3
   python3-venv
-  # ZooKeeper DCS backend tests run Debian's server (`java` is on the machine).
+  # ZooKeeper DCS backend tests run Debian's server, on a Java runtime named explicitly.
   zookeeper
+  default-jre-headless
   # The chaos suite: network namespaces, veths and a bridge (iproute2) and partitions as
   # nftables drop rules inside the namespaces.
   iproute2
@@ -40,6 +75,7 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 
+if [ "$CHECK_ONLY" -eq 0 ]; then
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed'; then
@@ -112,7 +148,7 @@ fi
 # patronictl integration test (tests/harness/tools.rs looks for it here, or in
 # $SPILO_PATRONI_VENV). Debian's /usr/bin/python3, not whatever python3 is first on PATH.
 PATRONI_VENV="${SPILO_PATRONI_VENV:-/opt/spilo-test-venv}"
-PATRONI_SPEC="${SPILO_PATRONI_SPEC:-patroni[etcd3,psycopg3]>=4,<5}"
+PATRONI_SPEC="${SPILO_PATRONI_SPEC:-patroni[etcd3,zookeeper,psycopg3]==4.1.5}"
 if [ -x "$PATRONI_VENV/bin/patronictl" ] && "$PATRONI_VENV/bin/patronictl" version >/dev/null 2>&1; then
   log "patronictl present in $PATRONI_VENV ($("$PATRONI_VENV/bin/patronictl" version 2>/dev/null | head -n1))"
 else
@@ -124,9 +160,79 @@ else
   "$PATRONI_VENV/bin/patronictl" version >/dev/null
 fi
 
-for bin in /usr/lib/postgresql/15/bin/postgres /usr/bin/etcd /usr/bin/etcdctl \
-  /usr/share/zookeeper/bin/zkServer.sh /usr/sbin/haproxy /usr/bin/promtool \
-  "$PATRONI_VENV/bin/patronictl"; do
-  [ -x "$bin" ] || { log "missing $bin after install"; exit 1; }
-done
-log "ok"
+fi # CHECK_ONLY
+
+# ---- The check: every tool the build, demo, benchmarks and tests use, actually working. ----
+PATRONI_VENV="${SPILO_PATRONI_VENV:-/opt/spilo-test-venv}"
+if [ -d "$HOME/.cargo/bin" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
+problems=()
+# check WHAT HINT CMD...: runs CMD quietly; records "WHAT (HINT)" when it fails.
+check() {
+  local what=$1 hint=$2; shift 2
+  if ! "$@" >/dev/null 2>&1; then problems+=("$what: $hint"); fi
+}
+CHECK_DIR=$(mktemp -d /tmp/spilo-deps-check-XXXXXX)
+trap 'rm -rf "$CHECK_DIR"' EXIT
+chmod 755 "$CHECK_DIR"
+
+cat >"$CHECK_DIR/wkt.proto" <<'PROTO'
+syntax = "proto3";
+import "google/protobuf/descriptor.proto";
+message SpiloCheck { google.protobuf.FileDescriptorProto file = 1; }
+PROTO
+check "protoc compiling a file that imports google/protobuf/descriptor.proto" \
+  "packages protobuf-compiler and libprotobuf-dev" \
+  protoc --proto_path="$CHECK_DIR" --include_imports --descriptor_set_out="$CHECK_DIR/wkt.pb" "$CHECK_DIR/wkt.proto"
+# (Output captured first: with pipefail, `grep -q` closing the pipe early fails the writer.)
+pg15() { local v; v=$(/usr/lib/postgresql/15/bin/pg_config --version) && [[ $v == "PostgreSQL 15."* ]]; }
+check "pg_config --version saying PostgreSQL 15" "packages postgresql-15 and postgresql-server-dev-15" pg15
+pg15_headers() { [ -f "$(/usr/lib/postgresql/15/bin/pg_config --includedir-server)/postgres.h" ]; }
+check "PostgreSQL 15 server headers (for the pgrx extension)" "package postgresql-server-dev-15" pg15_headers
+check "postgres (PostgreSQL 15 server)" "package postgresql-15" /usr/lib/postgresql/15/bin/postgres --version
+check "initdb" "package postgresql-15" /usr/lib/postgresql/15/bin/initdb --version
+check "pg_basebackup" "package postgresql-15" /usr/lib/postgresql/15/bin/pg_basebackup --version
+check "pg_rewind" "package postgresql-15" /usr/lib/postgresql/15/bin/pg_rewind --version
+check "psql" "package postgresql-client-15" psql --version
+check "the postgres OS user" "package postgresql-15 creates it" id -u postgres
+check "etcd" "package etcd-server" etcd --version
+check "etcdctl" "package etcd-client" env ETCDCTL_API=3 etcdctl version
+check "java" "package default-jre-headless" java -version
+zk_present() { local v; v=$(/usr/share/zookeeper/bin/zkServer.sh version 2>&1) && [[ $v == *"Apache ZooKeeper, version 3."* ]]; }
+check "zkServer.sh (ZooKeeper server)" "package zookeeper" zk_present
+check "haproxy" "package haproxy" haproxy -v
+check "promtool" "package prometheus" promtool --version
+wrk_works() { local v; v=$(wrk --version 2>&1 || true); [[ $v == wrk* ]]; }
+check "wrk" "package wrk" wrk_works
+check "nft" "package nftables" nft --version
+check "ip" "package iproute2" ip -V
+check "setpriv" "package util-linux" setpriv --version
+check "openssl" "package openssl" openssl version
+check "curl" "package curl" curl --version
+check "jq" "package jq" jq --version
+cat >"$CHECK_DIR/c.c" <<'C'
+#include <stdio.h>
+int main(void) { return puts("ok") < 0; }
+C
+check "gcc compiling and linking a C program" "packages gcc and libc6-dev" \
+  gcc -o "$CHECK_DIR/c" "$CHECK_DIR/c.c"
+check "pkg-config finding OpenSSL (for cargo-pgrx)" "packages pkg-config and libssl-dev" \
+  pkg-config --exists openssl
+libclang_present() { compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/x86_64-linux-gnu/libclang*.so*' >/dev/null; }
+check "libclang (for pgrx's bindgen)" "package libclang-dev" libclang_present
+check "python3 -m venv (Debian's python3)" "packages python3 and python3-venv" \
+  /usr/bin/python3 -m venv "$CHECK_DIR/venv"
+check "patronictl in $PATRONI_VENV" "created by scripts/install-deps.sh from PyPI" \
+  "$PATRONI_VENV/bin/patronictl" version
+check "cargo" "the Rust toolchain (rustup)" cargo --version
+check "cargo fmt" "rustup component add rustfmt" cargo fmt --version
+check "cargo clippy" "rustup component add clippy" cargo clippy --version
+
+if [ "${#problems[@]}" -gt 0 ]; then
+  log "these tools are missing or do not work:"
+  for p in "${problems[@]}"; do log "  - $p"; done
+  if [ "$CHECK_ONLY" -eq 1 ]; then
+    log "run ./scripts/install-deps.sh (as root) to install them"
+  fi
+  exit 1
+fi
+log "ok: every tool works"

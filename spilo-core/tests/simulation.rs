@@ -1001,6 +1001,7 @@ impl World {
             clone_from_leader: false,
             promotion_gate: PromotionGate::Open,
             candidate_choice: CandidateChoice::Default,
+            bootstrap_failed: None,
         };
         let d = (self.decide)(
             obs.cluster.as_ref(),
@@ -1154,7 +1155,7 @@ impl World {
                 true
             }
             Action::WriteInitialize(_) | Action::ClearFailover(_) => true,
-            Action::StartBootstrap | Action::Fatal(_) => false,
+            Action::StartBootstrap | Action::AbandonBootstrap | Action::Fatal(_) => false,
         }
     }
 

@@ -38,6 +38,11 @@ macro_rules! conformance {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ttl_change_keeps_the_leader_key() {
+                suite::ttl_change_keeps_the_leader_key::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn release_only_by_holder() {
                 suite::release_only_by_holder::<$backend>().await;
             }

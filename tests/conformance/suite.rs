@@ -215,6 +215,62 @@ pub async fn keepalive_renews<B: Backend>() {
     assert!(!b.acquire_leader().await.expect("acquire b"));
 }
 
+/// A TTL change (a new session with the new TTL) never leaves the cluster without the leader
+/// key: the old session lives on until the daemon re-attached the key (one transaction), and
+/// nobody else can take it at any point; afterwards the key lives on the new session alone.
+pub async fn ttl_change_keeps_the_leader_key<B: Backend>() {
+    let ctx = Ctx::<B>::start("ttl-change");
+    let a = ctx.client("a").await;
+    let b = ctx.client("b").await;
+    let first = a.keepalive().await.expect("keepalive");
+    a.put_member(b"{\"role\":\"primary\"}")
+        .await
+        .expect("put_member");
+    assert!(a.acquire_leader().await.expect("acquire"));
+    b.keepalive().await.expect("keepalive b");
+
+    a.set_ttl(TTL * 2);
+    let second = a.keepalive().await.expect("keepalive with the new ttl");
+    assert!(
+        second.new_session && second.id != first.id,
+        "a TTL change makes a new session: {first:?} -> {second:?}"
+    );
+    // The key is still there (on the old session) and nobody else can take it.
+    assert_eq!(leader(b.as_ref()).await, Some(("a".to_string(), false)));
+    assert!(
+        !b.acquire_leader().await.expect("acquire b"),
+        "b took the key"
+    );
+    // The daemon's next step: re-attach the key and rewrite the member key.
+    assert!(a.reattach_leader().await.expect("reattach"));
+    assert_eq!(leader(a.as_ref()).await, Some(("a".to_string(), true)));
+    a.put_member(b"{\"role\":\"primary\"}")
+        .await
+        .expect("put_member on the new session");
+    // The next keep-alive retires the old session; the key stays, on the new one.
+    let third = a.keepalive().await.expect("keepalive after the change");
+    assert!(!third.new_session && third.id == second.id, "{third:?}");
+    assert_eq!(leader(a.as_ref()).await, Some(("a".to_string(), true)));
+    // Kept alive past the old TTL and its expiry slack: key and member key stay.
+    let started = Instant::now();
+    while started.elapsed() < TTL + EXPIRY_SLACK {
+        tokio::time::sleep(TTL / 3).await;
+        a.keepalive().await.expect("keepalive");
+        assert!(
+            !b.acquire_leader().await.expect("acquire b"),
+            "b took the key"
+        );
+    }
+    assert_eq!(leader(b.as_ref()).await, Some(("a".to_string(), false)));
+    assert!(
+        value(b.as_ref(), "members/a").await.is_some(),
+        "member key lost"
+    );
+    // Closing ends the new session, and with it the keys, at once.
+    a.close().await.expect("close");
+    assert_eq!(leader(b.as_ref()).await, None, "the key outlived close");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. release only by the holder
 // ---------------------------------------------------------------------------------------------

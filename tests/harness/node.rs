@@ -44,6 +44,11 @@ pub struct NodeOpts {
     /// Extra `postgresql.parameters` (name, YAML value), e.g.
     /// `("shared_preload_libraries", "spilo")`.
     pub pg_parameters: Vec<(String, String)>,
+    /// `bootstrap.pg_hba` lines instead of the harness's own (which has a `local` line).
+    pub pg_hba: Option<Vec<String>>,
+    /// `bootstrap.initdb` entries (YAML flow values, e.g. `{locale: C}`) instead of the
+    /// harness's `encoding: UTF8` and `data-checksums`.
+    pub initdb: Option<Vec<String>>,
 }
 
 impl Default for NodeOpts {
@@ -58,6 +63,8 @@ impl Default for NodeOpts {
             extra_postgresql: String::new(),
             env: Vec::new(),
             pg_parameters: Vec::new(),
+            pg_hba: None,
+            initdb: None,
         }
     }
 }
@@ -123,13 +130,8 @@ restapi:
         wal_log_hints: "on"
         max_connections: 50
   initdb:
-  - encoding: UTF8
-  - data-checksums
-  pg_hba:
-  - local all all trust
-  - host replication replicator 127.0.0.1/32 scram-sha-256
-  - host all all 127.0.0.1/32 scram-sha-256
-postgresql:
+{initdb}  pg_hba:
+{pg_hba}postgresql:
   listen: 127.0.0.1:{pg}
   connect_address: 127.0.0.1:{pg}
   data_dir: {data}
@@ -164,6 +166,26 @@ postgresql:
                 .map(|(k, v)| format!("    {k}: {v}\n"))
                 .collect::<String>(),
             extra_yaml = o.extra_yaml,
+            initdb = o
+                .initdb
+                .clone()
+                .unwrap_or_else(|| vec!["encoding: UTF8".into(), "data-checksums".into()])
+                .iter()
+                .map(|l| format!("  - {l}\n"))
+                .collect::<String>(),
+            pg_hba = o
+                .pg_hba
+                .clone()
+                .unwrap_or_else(|| {
+                    vec![
+                        "local all all trust".into(),
+                        "host replication replicator 127.0.0.1/32 scram-sha-256".into(),
+                        "host all all 127.0.0.1/32 scram-sha-256".into(),
+                    ]
+                })
+                .iter()
+                .map(|l| format!("  - {l}\n"))
+                .collect::<String>(),
         )
     }
 }

@@ -18,6 +18,7 @@ mod dcs_loss;
 mod duplicate_name;
 mod etcd_members;
 mod failover;
+mod first_contact;
 mod handover;
 mod haproxy;
 mod harness_selftest;

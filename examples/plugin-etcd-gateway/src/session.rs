@@ -3,7 +3,9 @@
 //! Invariants: at most one lease is current; `lease_id` mirrors it for readers that must not
 //! wait for the session lock (`snapshot`'s `owned_by_us`); a keep-alive that finds the lease
 //! gone grants a new one and reports `new_session`; a TTL change takes effect by granting a new
-//! lease at the next keep-alive (the old one is revoked, best effort).
+//! lease at the next keep-alive, and the old one is revoked (best effort) one keep-alive later,
+//! once the daemon has moved its leader and member keys to the new lease: revoking it at once
+//! would delete the leader key and start a leader race.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -29,6 +31,8 @@ struct Lease {
     granted_ttl: i64,
     /// The lease id the last keep-alive reported, to tell new sessions.
     reported: i64,
+    /// The lease a TTL change replaced, revoked at the next keep-alive; 0 when none.
+    retired: i64,
 }
 
 /// The lease of this daemon.
@@ -162,15 +166,22 @@ impl Session {
     ) -> Result<SessionInfo, PluginError> {
         let mut lease = self.lock_by(deadline).map_err(|f| f.during("keepalive"))?;
         let wanted = self.wanted_ttl();
+        let by = deadline.min(Instant::now() + Duration::from_secs(1));
+        if lease.retired != 0 && lease.reported == lease.id {
+            // The daemon had a cycle to re-attach its keys to the new lease.
+            let old = std::mem::take(&mut lease.retired);
+            let _ = revoke(client, old, by);
+        }
         let result = if lease.id == 0 {
             self.grant(client, &mut lease, deadline).map(drop)
         } else if lease.granted_ttl != wanted {
             let old = lease.id;
-            self.grant(client, &mut lease, deadline).map(|_| {
-                // Best effort: the old lease's keys vanish now rather than when it expires.
-                let by = deadline.min(Instant::now() + Duration::from_secs(1));
-                let _ = revoke(client, old, by);
-            })
+            if lease.retired != 0 {
+                let older = std::mem::take(&mut lease.retired);
+                let _ = revoke(client, older, by);
+            }
+            self.grant(client, &mut lease, deadline)
+                .map(|_| lease.retired = old)
         } else {
             match self.renew(client, lease.id, deadline) {
                 Ok(true) => Ok(()),
@@ -193,6 +204,10 @@ impl Session {
     /// The `close` operation: revoke the lease, so that its keys vanish now.
     pub(crate) fn close(&self, client: &Client, deadline: Instant) -> Result<(), PluginError> {
         let mut lease = self.lock_by(deadline).map_err(|f| f.during("close"))?;
+        if lease.retired != 0 {
+            let old = std::mem::take(&mut lease.retired);
+            let _ = revoke(client, old, deadline);
+        }
         if lease.id == 0 {
             return Ok(());
         }

@@ -60,11 +60,15 @@ pub(crate) fn classify(error: &etcd_client::Error) -> Failure {
 /// the chain of causes (e.g. `Unavailable: tcp connect error: Connection refused`), without
 /// the debug dump tonic's `Display` adds.
 pub(crate) fn describe(error: &etcd_client::Error) -> String {
-    let etcd_client::Error::GRpcStatus(status) = error else {
-        return error.to_string();
+    // A transport error prints only "transport error": its cause (connection refused, the TLS
+    // alert, the DNS failure) is in the source chain, so the chain is always walked.
+    let (mut text, mut source) = match error {
+        etcd_client::Error::GRpcStatus(status) => (
+            format!("{:?}: {}", status.code(), status.message()),
+            std::error::Error::source(status),
+        ),
+        other => (other.to_string(), std::error::Error::source(other)),
     };
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
         let line = cause.to_string();
         if !line.is_empty() && !text.contains(&line) {

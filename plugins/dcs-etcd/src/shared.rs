@@ -30,6 +30,9 @@ pub(crate) struct Session {
     granted_ttl: i64,
     /// The lease id the last keep-alive reported, to tell new sessions.
     reported: i64,
+    /// The lease replaced by a TTL change, kept until the daemon has moved its keys to the new
+    /// one (revoked at the next keep-alive); 0 when there is none.
+    retired: i64,
     keeper: Option<Keeper>,
 }
 
@@ -320,21 +323,25 @@ impl Shared {
     ) -> Result<spilo_sdk::SessionInfo, DcsError> {
         let mut session = self.session.lock().await;
         let wanted = self.wanted_ttl();
+        // The lease a TTL change replaced: the daemon had a cycle (with `new_session` reported)
+        // to bind its leader and member keys to the new lease, so what is left on it goes now.
+        if session.retired != 0 && session.reported == session.lease {
+            let old = std::mem::take(&mut session.retired);
+            self.revoke_best_effort(op, old, deadline).await;
+        }
         if session.lease == 0 {
             self.grant(&mut session, op, deadline).await?;
         } else if session.granted_ttl != wanted {
+            // A TTL change: a new lease, and the old one kept alive until the next keep-alive.
+            // Revoking it now would delete the leader key with it and open a leader race the
+            // holder may lose; instead the daemon re-attaches the key (one transaction) first.
             let old = session.lease;
-            self.grant(&mut session, op, deadline).await?;
-            // Best effort: the old lease's keys vanish now rather than when it expires.
-            let revoke_by = deadline.min(Instant::now() + self.conn.attempt_timeout);
-            let revoked = self
-                .call(op, revoke_by, |mut client, _| async move {
-                    client.lease_revoke(old).await
-                })
-                .await;
-            if let Err(error) = revoked {
-                tracing::debug!(lease = old, error = %error, "could not revoke old etcd lease");
+            if session.retired != 0 {
+                let older = std::mem::take(&mut session.retired);
+                self.revoke_best_effort(op, older, deadline).await;
             }
+            self.grant(&mut session, op, deadline).await?;
+            session.retired = old;
         } else {
             match self.renew(&mut session, op, deadline).await? {
                 Renewal::Alive => {}
@@ -356,9 +363,28 @@ impl Shared {
         })
     }
 
-    /// The `close` operation: revoke the lease.
+    /// Revokes `lease`, logging (not returning) a failure: it expires by itself anyway.
+    async fn revoke_best_effort(&self, op: &'static str, lease: i64, deadline: Instant) {
+        let revoke_by = deadline.min(Instant::now() + self.conn.attempt_timeout);
+        let revoked = self
+            .call(op, revoke_by, |mut client, _| async move {
+                client.lease_revoke(lease).await
+            })
+            .await;
+        if let Err(error) = revoked {
+            if !lease_gone(&error) {
+                tracing::debug!(lease, error = %error, "could not revoke a replaced etcd lease");
+            }
+        }
+    }
+
+    /// The `close` operation: revoke the lease (and a replaced one still alive).
     pub(crate) async fn close(&self, op: &'static str, deadline: Instant) -> Result<(), DcsError> {
         let mut session = self.session.lock().await;
+        if session.retired != 0 {
+            let old = std::mem::take(&mut session.retired);
+            self.revoke_best_effort(op, old, deadline).await;
+        }
         let id = session.lease;
         if id == 0 {
             return Ok(());

@@ -118,6 +118,7 @@ impl ZkDcs {
             create_lock: tokio::sync::Mutex::new(()),
             generations: AtomicU64::new(0),
             reported: AtomicI64::new(0),
+            retired: Mutex::new(None),
             changes,
         });
         // With TLS, a handshake probe runs next to the first connection: if the connection

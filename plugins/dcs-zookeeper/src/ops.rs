@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use spilo_sdk::{Cas, Dcs, DcsError, Entry, SessionInfo, Snapshot};
 use tokio::sync::watch;
-use zookeeper_client::{CreateMode, Error as ZkError};
+use zookeeper_client::{Acls, CreateMode, Error as ZkError, MultiWriteError};
 
 use crate::client::close_session;
 use crate::shared::map_err;
@@ -160,12 +160,24 @@ impl Dcs for ZkDcs {
                     Some((data, _)) if data != shared.member.as_bytes() => Ok(false),
                     Some((_, stat)) if stat.ephemeral_owner == client.session_id() => Ok(true),
                     Some((_, stat)) => {
-                        match client.zk.delete(&path, Some(stat.version)).await {
-                            Ok(()) | Err(ZkError::NoNode) => {}
-                            Err(ZkError::BadVersion) => return Ok(false),
-                            Err(e) => return Err(err(e)),
+                        // Delete the znode of the old session and create ours in one
+                        // transaction: there is no instant without a leader key in which
+                        // another member could take it.
+                        let mut multi = client.zk.new_multi_writer();
+                        let options = CreateMode::Ephemeral.with_acls(Acls::new(&shared.acl));
+                        multi.add_delete(&path, Some(stat.version)).map_err(err)?;
+                        multi
+                            .add_create(&path, shared.member.as_bytes(), &options)
+                            .map_err(err)?;
+                        match multi.commit().await {
+                            Ok(_) => Ok(true),
+                            // Changed or gone meanwhile: look again on the next cycle.
+                            Err(MultiWriteError::OperationFailed {
+                                source: ZkError::BadVersion | ZkError::NoNode,
+                                ..
+                            }) => Ok(false),
+                            Err(e) => Err(err(ZkError::from(e))),
                         }
-                        self.create_leader(op, &client).await
                     }
                 }
             })
@@ -296,6 +308,7 @@ impl Dcs for ZkDcs {
                 .unwrap_or_else(|e| e.into_inner())
                 .take()
         };
+        shared.close_retired().await;
         let Some(client) = taken else {
             return Ok(());
         };

@@ -2,8 +2,11 @@
 //! (session), when to replace it, the session keep-alive, and the operation deadline.
 //!
 //! Invariants: at most one client is current; a client is replaced (and its session closed)
-//! when its session ended, when its connection has been gone for longer than its session
-//! timeout, or when the TTL changed; every public entry point is bounded by `retry_timeout`.
+//! when its session ended, or when its connection has been gone for longer than its session
+//! timeout; every public entry point is bounded by `retry_timeout`. When only the TTL changed,
+//! the replaced session stays open until the next keep-alive, so that the daemon can move its
+//! leader znode to the new session in one transaction first: closing it at once would delete
+//! the leader znode and start a leader race the holder may lose.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -59,6 +62,9 @@ pub(crate) struct Shared {
     pub(crate) generations: AtomicU64,
     /// The session id the last keep-alive reported.
     pub(crate) reported: AtomicI64,
+    /// The client a TTL change replaced, still holding its session (and so the ephemeral
+    /// znodes not yet moved); closed at the next keep-alive.
+    pub(crate) retired: Mutex<Option<Arc<Client>>>,
     pub(crate) changes: watch::Sender<u64>,
 }
 
@@ -154,12 +160,30 @@ impl Shared {
             .clone()
     }
 
-    /// Makes `client` current and retires `old`: while it is still connected, its session is
-    /// closed (waiting up to [`RETIRE_GRACE`]), so its ephemeral znodes are gone when the caller
-    /// goes on; otherwise it is dropped and the server expires it.
+    /// Makes `client` current and retires `old`.
     async fn install(&self, client: Arc<Client>, old: Option<Arc<Client>>) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(client);
-        let Some(old) = old else { return };
+        if let Some(old) = old {
+            self.retire(old).await;
+        }
+    }
+
+    /// Closes the session kept after a TTL change, if any.
+    pub(crate) async fn close_retired(&self) {
+        let retired = self
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(old) = retired {
+            self.retire(old).await;
+        }
+    }
+
+    /// Retires `old`: while it is still connected, its session is closed (waiting up to
+    /// [`RETIRE_GRACE`]), so its ephemeral znodes are gone when the caller goes on; otherwise it
+    /// is dropped and the server expires it.
+    async fn retire(&self, old: Arc<Client>) {
         let connected = old.disconnected_for().is_zero() && !old.expired();
         old.mark_expired();
         if connected {
@@ -184,6 +208,24 @@ impl Shared {
             {
                 Ok(client)
             }
+            Some(old) if !old.expired() && old.disconnected_for().is_zero() && self.session => {
+                // Only the TTL changed: keep the old session until the next keep-alive.
+                tracing::info!(
+                    generation = old.generation,
+                    "making a new ZooKeeper session for the new ttl"
+                );
+                let client = self.new_client(op).await?;
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
+                let previous = self
+                    .retired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .replace(old);
+                if let Some(previous) = previous {
+                    self.retire(previous).await;
+                }
+                Ok(client)
+            }
             old => {
                 if let Some(old) = &old {
                     tracing::info!(
@@ -201,6 +243,14 @@ impl Shared {
 
     /// The `keepalive` operation: proves the session alive with a round trip.
     pub(crate) async fn keepalive(&self, op: &'static str) -> Result<SessionInfo, DcsError> {
+        // A session a TTL change replaced: the new one has been reported, so the daemon had a
+        // cycle to move its leader znode; what is left on the old one goes now.
+        let reported_current = self
+            .current()
+            .is_some_and(|c| c.session_id() == self.reported.load(Ordering::SeqCst));
+        if reported_current {
+            self.close_retired().await;
+        }
         if let Some(client) = self.current() {
             let gone = client.disconnected_for();
             if !client.expired() && gone > self.retry_timeout && gone <= client.ttl {

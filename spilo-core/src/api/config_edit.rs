@@ -239,6 +239,10 @@ fn check_command_parameters(ctx: &ApiContext, old: &Value, new: &Value) -> Resul
 
 /// Parse and check a whole dynamic configuration; the error names the problem.
 pub fn validate_config(v: &Value) -> Result<DynamicConfig, String> {
+    if let Value::Object(m) = v {
+        crate::config::limits::check_strict(m)
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+    }
     let cfg: DynamicConfig =
         serde_json::from_value(v.clone()).map_err(|e| format!("invalid configuration: {e}"))?;
     validate_dynamic(&cfg).map_err(|e| format!("invalid configuration: {e}"))?;

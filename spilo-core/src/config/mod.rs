@@ -12,6 +12,7 @@
 //! ```
 pub mod error;
 mod helpers;
+pub mod limits;
 pub mod load;
 pub mod model;
 mod schema;

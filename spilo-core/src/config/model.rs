@@ -326,6 +326,14 @@ pub struct Postgresql {
     /// A command run before this node promotes; a non-zero exit vetoes the promotion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_promote: Option<String>,
+    /// Reach the local PostgreSQL over its UNIX socket (the first absolute directory of
+    /// `unix_socket_directories`) instead of TCP to `listen`, as in Patroni.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub use_unix_socket: bool,
+    /// Use the UNIX socket for replication connections to the local PostgreSQL (Patroni's key;
+    /// spilo makes none today, so it is accepted and has no effect).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub use_unix_socket_repl: bool,
 }
 
 /// `postgresql.authentication`.

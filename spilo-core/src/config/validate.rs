@@ -3,16 +3,17 @@
 use std::net::Ipv6Addr;
 
 use super::error::ConfigError;
+use super::limits::{self, Limit};
 use super::model::{Config, Credentials, DynamicConfig, Etcd3, Zookeeper};
 
 /// The member name Patroni reserves for its strict synchronous mode bookkeeping.
 pub const PLACEHOLDER_NAME: &str = "__patroni_strict_sync_replica_placeholder__";
 /// Smallest accepted `ttl` (spilo's floor; Patroni's is 20).
-pub const TTL_MIN: u64 = 5;
+pub const TTL_MIN: u64 = limits::TTL.min;
 /// Smallest accepted `loop_wait`.
-pub const LOOP_WAIT_MIN: u64 = 1;
+pub const LOOP_WAIT_MIN: u64 = limits::LOOP_WAIT.min;
 /// Smallest accepted `retry_timeout`.
-pub const RETRY_TIMEOUT_MIN: u64 = 1;
+pub const RETRY_TIMEOUT_MIN: u64 = limits::RETRY_TIMEOUT.min;
 /// PostgreSQL's default port, used when `postgresql.listen` has none.
 pub const DEFAULT_PG_PORT: u16 = 5432;
 
@@ -396,32 +397,31 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
 }
 
 fn check_dynamic(d: &DynamicConfig) -> Result<(), (&'static str, String)> {
-    if d.ttl < TTL_MIN {
-        return Err((
-            "ttl",
-            format!("must be at least {TTL_MIN} seconds (got {})", d.ttl),
-        ));
-    }
-    if d.loop_wait < LOOP_WAIT_MIN {
-        return Err((
-            "loop_wait",
-            format!(
-                "must be at least {LOOP_WAIT_MIN} second (got {})",
-                d.loop_wait
-            ),
-        ));
-    }
-    if d.retry_timeout < RETRY_TIMEOUT_MIN {
-        return Err((
-            "retry_timeout",
-            format!(
-                "must be at least {RETRY_TIMEOUT_MIN} second (got {})",
-                d.retry_timeout
-            ),
-        ));
-    }
-    // maximum_lag_on_failover is unsigned, hence >= 0 by construction (negative values are
-    // rejected when the configuration is parsed).
+    let in_range = |limit: &Limit, v: u64| -> Result<(), (&'static str, String)> {
+        let unit = if limit.min == 1 && limit.unit == "seconds" {
+            "second"
+        } else {
+            limit.unit
+        };
+        if v < limit.min {
+            return Err((
+                limit.key,
+                format!("must be at least {} {unit} (got {v})", limit.min),
+            ));
+        }
+        if v > limit.max {
+            return Err((
+                limit.key,
+                format!("must be at most {} {} (got {v})", limit.max, limit.unit),
+            ));
+        }
+        Ok(())
+    };
+    in_range(&limits::TTL, d.ttl)?;
+    in_range(&limits::LOOP_WAIT, d.loop_wait)?;
+    in_range(&limits::RETRY_TIMEOUT, d.retry_timeout)?;
+    in_range(&limits::PRIMARY_START_TIMEOUT, d.primary_start_timeout)?;
+    in_range(&limits::MAXIMUM_LAG_ON_FAILOVER, d.maximum_lag_on_failover)?;
     Ok(())
 }
 
@@ -480,8 +480,9 @@ fn check_plugins(cfg: &Config) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// Checks the bounds of a dynamic configuration: `ttl >= 5`, `loop_wait >= 1`,
-/// `retry_timeout >= 1`, `maximum_lag_on_failover >= 0`. The error names the field, e.g.
+/// Checks the bounds of a dynamic configuration ([`limits`]: `ttl` 5..=86400, `loop_wait`
+/// and `retry_timeout` 1..=3600, `primary_start_timeout` 0..=604800,
+/// `maximum_lag_on_failover` up to `i64::MAX`). The error names the field, e.g.
 /// `ttl: must be at least 5 seconds (got 4)`.
 ///
 /// The relation `loop_wait + 2*retry_timeout <= ttl` is not checked here: [`adjust_timeouts`]
@@ -490,30 +491,42 @@ pub fn validate_dynamic(d: &DynamicConfig) -> Result<(), String> {
     check_dynamic(d).map_err(|(k, m)| format!("{k}: {m}"))
 }
 
-fn raise_to_floor(value: &mut u64, floor: u64, name: &str, warnings: &mut Vec<String>) {
-    if *value < floor {
+fn into_range(value: &mut u64, limit: &Limit, warnings: &mut Vec<String>) {
+    if *value < limit.min {
         warnings.push(format!(
-            "{name} raised from {} to the minimum {floor}",
-            *value
+            "{} raised from {} to the minimum {}",
+            limit.key, *value, limit.min
         ));
-        *value = floor;
+        *value = limit.min;
+    } else if *value > limit.max {
+        warnings.push(format!(
+            "{} lowered from {} to the maximum {}",
+            limit.key, *value, limit.max
+        ));
+        *value = limit.max;
     }
 }
 
 /// Makes the timeouts of `d` usable, never failing (it also runs on values read from the DCS).
 ///
-/// Values below their floor (`ttl` 5, `loop_wait` 1, `retry_timeout` 1) are raised to it. Then,
+/// Values outside their range ([`limits`]: `ttl` 5..=86400, `loop_wait` and `retry_timeout`
+/// 1..=3600, `primary_start_timeout` 0..=604800) are brought to the nearest end of it. Then,
 /// as in Patroni, `loop_wait + 2*retry_timeout <= ttl` is enforced: `loop_wait` is lowered first
 /// (to `max(1, ttl - 2*retry_timeout)`), and if that is not enough `retry_timeout` becomes
 /// `(ttl - 1) / 2`. Returns one warning per change.
 pub fn adjust_timeouts(d: &mut DynamicConfig) -> Vec<String> {
     let mut warnings = Vec::new();
-    raise_to_floor(&mut d.ttl, TTL_MIN, "ttl", &mut warnings);
-    raise_to_floor(&mut d.loop_wait, LOOP_WAIT_MIN, "loop_wait", &mut warnings);
-    raise_to_floor(
-        &mut d.retry_timeout,
-        RETRY_TIMEOUT_MIN,
-        "retry_timeout",
+    into_range(&mut d.ttl, &limits::TTL, &mut warnings);
+    into_range(&mut d.loop_wait, &limits::LOOP_WAIT, &mut warnings);
+    into_range(&mut d.retry_timeout, &limits::RETRY_TIMEOUT, &mut warnings);
+    into_range(
+        &mut d.primary_start_timeout,
+        &limits::PRIMARY_START_TIMEOUT,
+        &mut warnings,
+    );
+    into_range(
+        &mut d.maximum_lag_on_failover,
+        &limits::MAXIMUM_LAG_ON_FAILOVER,
         &mut warnings,
     );
 
@@ -806,9 +819,22 @@ mod tests {
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].starts_with("ttl raised from 0 to the minimum 5"));
 
+        // Absurd values are brought down to their ceilings (see config::limits), which meet
+        // the timing relation as they are.
         let mut d = dynamic(u64::MAX, u64::MAX, u64::MAX);
+        let w = adjust_timeouts(&mut d);
+        assert_eq!(
+            (d.ttl, d.loop_wait, d.retry_timeout),
+            (86_400, 3_600, 3_600)
+        );
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].starts_with("ttl lowered from 18446744073709551615 to the maximum 86400"));
+        let mut d = dynamic(9_223_372_036_854_775_807, 2, 4);
         adjust_timeouts(&mut d);
-        assert_eq!((d.loop_wait, d.retry_timeout), (1, (u64::MAX - 1) / 2));
+        assert_eq!((d.ttl, d.loop_wait, d.retry_timeout), (86_400, 2, 4));
+        assert!(validate_dynamic(&dynamic(86_401, 2, 4))
+            .unwrap_err()
+            .starts_with("ttl: must be at most 86400 seconds"));
         for ttl in 0..50 {
             for lw in 0..30 {
                 for rt in 0..30 {

@@ -72,15 +72,9 @@ impl Response {
     }
 }
 
+/// An error and its chain of sources on one line.
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
+    crate::error_chain(e)
 }
 
 /// `api_url` with its path (and query) replaced by `/<endpoint>`; an empty endpoint keeps

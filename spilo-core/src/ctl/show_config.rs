@@ -18,10 +18,31 @@ pub fn render(c: &Cluster) -> CtlResult<String> {
     Ok(to_yaml(&Value::Object(Default::default())))
 }
 
-/// `spiloctl show-config`.
+/// What the daemons do with the stored value where it is out of range or mistyped: one line per
+/// clamped or dropped key (from decoding the key, then from the timing rules), empty when the
+/// value is used as written.
+pub fn adjustments(c: &Cluster) -> Vec<String> {
+    let mut out: Vec<String> = c
+        .warnings
+        .iter()
+        .filter(|(k, _)| k == "config")
+        .map(|(_, w)| w.clone())
+        .collect();
+    if let Some(cfg) = &c.config {
+        let mut d = cfg.value.clone();
+        out.extend(crate::config::adjust_timeouts(&mut d));
+    }
+    out
+}
+
+/// `spiloctl show-config`: the stored YAML on stdout (so it can be piped and edited), and on
+/// stderr what the daemons run with instead where a stored value is out of range.
 pub async fn run(ctx: &Ctx) -> CtlResult {
     let c = ctx.cluster().await?;
     print!("{}", render(&c)?);
+    for w in adjustments(&c) {
+        eprintln!("warning: config: {w}");
+    }
     Ok(())
 }
 
@@ -31,6 +52,26 @@ mod tests {
 
     use super::*;
     use crate::dcs::Versioned;
+
+    #[test]
+    fn an_absurd_ttl_is_shown_as_stored_and_reported_as_clamped() {
+        let snap = spilo_sdk::Snapshot {
+            revision: 1,
+            entries: vec![spilo_sdk::Entry {
+                key: "config".into(),
+                value: br#"{"ttl": 9223372036854775807, "loop_wait": 2, "retry_timeout": 4}"#
+                    .to_vec(),
+                version: 1,
+                owned_by_us: false,
+            }],
+        };
+        let c = crate::dcs::decode_cluster(&snap);
+        assert!(render(&c).unwrap().contains("ttl: 9223372036854775807"));
+        let adj = adjustments(&c);
+        assert_eq!(adj.len(), 1, "{adj:?}");
+        assert!(adj[0].starts_with("ttl: 9223372036854775807 is outside 5..=86400"));
+        assert_eq!(c.config.as_ref().unwrap().value.ttl, 86_400);
+    }
 
     #[test]
     fn shows_the_raw_config() {

@@ -52,8 +52,15 @@ pub fn decode_cluster(snap: &Snapshot) -> Cluster {
                 }
             }
             "config" => match serde_json::from_str::<Value>(text) {
-                Ok(raw @ Value::Object(_)) => {
-                    match serde_json::from_value::<DynamicConfig>(raw.clone()) {
+                Ok(Value::Object(obj)) => {
+                    // Absurd or mistyped values are clamped or dropped, one warning each, so
+                    // that one bad key neither discards the rest nor reaches the timers.
+                    let mut usable = obj.clone();
+                    for w in crate::config::limits::sanitize_from_dcs(&mut usable) {
+                        c.warnings.push((e.key.clone(), w));
+                    }
+                    let raw = Value::Object(obj);
+                    match serde_json::from_value::<DynamicConfig>(Value::Object(usable)) {
                         Ok(cfg) => {
                             c.config = Some(Versioned {
                                 value: cfg,

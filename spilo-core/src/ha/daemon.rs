@@ -9,7 +9,7 @@ use crate::config::{self, Config};
 use crate::dcs::{self, registry, Dcs};
 use crate::ha::runner::{Exit, Node};
 use crate::ha::state::NodeState;
-use crate::postgres::conf::split_host_port;
+use crate::postgres::conf::{local_socket_dir, local_tcp_host, split_host_port, LocalAddress};
 use crate::postgres::{PgSettings, Postgres};
 
 /// A start-up failure.
@@ -64,14 +64,24 @@ pub fn postgres_from(cfg: &Config) -> Result<Postgres, StartError> {
             cfg.postgresql.listen
         ))
     })?;
-    let socket_dir = cfg
+    let socket_dirs = cfg
         .postgresql
         .parameters
         .get("unix_socket_directories")
-        .and_then(|v| v.as_str())
-        .and_then(|s| s.split(',').next())
-        .map(|s| s.trim().to_string())
+        .and_then(|v| v.as_str());
+    let socket_dir = socket_dirs
+        .and_then(local_socket_dir)
         .unwrap_or_else(|| "/tmp".into());
+    // As Patroni: TCP to the listen address unless use_unix_socket (and then TCP anyway when
+    // unix_socket_directories names no usable directory).
+    let local = match socket_dirs {
+        Some(dirs) if cfg.postgresql.use_unix_socket => match local_socket_dir(dirs) {
+            Some(d) => LocalAddress::Socket(d),
+            None => LocalAddress::Tcp(local_tcp_host(&host)),
+        },
+        None if cfg.postgresql.use_unix_socket => LocalAddress::Socket(socket_dir.clone()),
+        _ => LocalAddress::Tcp(local_tcp_host(&host)),
+    };
     let a = &cfg.postgresql.authentication;
     Ok(Postgres::new(PgSettings {
         name: cfg.name.clone(),
@@ -81,6 +91,7 @@ pub fn postgres_from(cfg: &Config) -> Result<Postgres, StartError> {
         listen_addresses: host,
         port,
         socket_dir,
+        local,
         pgpass: cfg.pgpass_path(),
         superuser: (a.superuser.username.clone(), a.superuser.password.clone()),
         replication: (

@@ -149,6 +149,8 @@ pub struct LocalView {
     pub promotion_gate: PromotionGate,
     /// The `choose_failover_candidate` answer for this leaderless period.
     pub candidate_choice: CandidateChoice,
+    /// This node's bootstrap failed, with the cause: it gives the bootstrap up.
+    pub bootstrap_failed: Option<String>,
 }
 
 /// May this node promote, as far as the site's hooks are concerned?
@@ -245,6 +247,8 @@ pub enum Reason {
     ChosenByHook(String),
     /// `choose_failover_candidate` allowed nobody.
     NoCandidateChosen(String),
+    /// This node's bootstrap failed (the cause).
+    BootstrapFailed(String),
 }
 
 impl fmt::Display for Reason {
@@ -306,6 +310,7 @@ impl fmt::Display for Reason {
             Reason::WaitingForHook(h) => write!(f, "waiting for the {h} hook to answer"),
             Reason::ChosenByHook(m) => write!(f, "choose_failover_candidate picked {m}"),
             Reason::NoCandidateChosen(why) => write!(f, "no failover candidate: {why}"),
+            Reason::BootstrapFailed(why) => write!(f, "bootstrap failed: {why}"),
         }
     }
 }
@@ -353,7 +358,11 @@ pub enum Action {
     LeaderHousekeeping,
     /// Write `{}` to the `failover` key if it still has this version.
     ClearFailover(i64),
-    /// Give up: the node must not run (wrong cluster).
+    /// Undo a failed bootstrap as Patroni does: stop the PostgreSQL it started, remove the data
+    /// directory it made, release the leader key and an `initialize` key holding this data
+    /// directory's system id, so that another node can bootstrap.
+    AbandonBootstrap,
+    /// Give up: the node must not run (wrong cluster, failed bootstrap).
     Fatal(String),
 }
 
@@ -380,6 +389,10 @@ impl fmt::Display for Action {
             Action::ClearFailover(_) => write!(f, "clear the failover request"),
             Action::WriteInitialize(s) => write!(f, "write initialize={s}"),
             Action::LeaderHousekeeping => write!(f, "update leader status"),
+            Action::AbandonBootstrap => write!(
+                f,
+                "give the bootstrap up (stop PostgreSQL, remove the data directory, release the keys)"
+            ),
             Action::Fatal(m) => write!(f, "exit: {m}"),
         }
     }
@@ -425,6 +438,16 @@ pub fn decide(
 ) -> Decision {
     let d = Decision::default();
     let me = policy.name.as_str();
+
+    // 0. A bootstrap that failed is given up, whatever else holds: what it left behind is
+    //    removed and the keys released so another node can try, then the daemon exits with the
+    //    cause (Patroni's behaviour).
+    if let Some(cause) = &local.bootstrap_failed {
+        return d
+            .act(Action::AbandonBootstrap)
+            .act(Action::Fatal(format!("bootstrap failed: {cause}")))
+            .because(Reason::BootstrapFailed(cause.clone()));
+    }
 
     // 1. Without the DCS nothing can be known: a primary stops accepting writes at once (it can
     //    no longer prove it holds the lease); a replica keeps serving reads.

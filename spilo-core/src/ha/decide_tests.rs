@@ -121,6 +121,7 @@ fn local(pg: Pg) -> LocalView {
         clone_from_leader: false,
         promotion_gate: PromotionGate::Open,
         candidate_choice: CandidateChoice::Default,
+        bootstrap_failed: None,
     }
 }
 
@@ -157,6 +158,32 @@ fn bootstrap_race_on_an_empty_cluster() {
         vec![Action::AcquireLeader, Action::StartBootstrap]
     );
     assert_eq!(d.reasons, vec![Reason::ClusterUninitialized]);
+}
+
+#[test]
+fn a_failed_bootstrap_is_given_up_and_the_daemon_exits_with_the_cause() {
+    // Whatever the DCS says (even unreachable) and whatever PostgreSQL does.
+    let mut c = cluster(Some("n1"), "n1");
+    c.initialize = None;
+    for (cluster, session_ok) in [(Some(&c), true), (None, false)] {
+        let mut l = local(primary(100));
+        l.session_ok = session_ok;
+        l.bootstrap_failed = Some("initdb: invalid locale name \"xx\"".into());
+        let d = run(cluster, &l, &policy("n1"));
+        assert_eq!(
+            d.actions,
+            vec![
+                Action::AbandonBootstrap,
+                Action::Fatal("bootstrap failed: initdb: invalid locale name \"xx\"".into())
+            ]
+        );
+        assert_eq!(
+            d.reasons,
+            vec![Reason::BootstrapFailed(
+                "initdb: invalid locale name \"xx\"".into()
+            )]
+        );
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::client;
 use crate::config::{self, Config, DynamicConfig};
-use crate::dcs::{self, decode_cluster, Cas, Cluster, Dcs, HistoryLine, Status};
+use crate::dcs::{self, decode_cluster, Cas, Cluster, Dcs, DcsError, HistoryLine, Status};
 use crate::ha::decide::{
     self, Action, CandidateChoice, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy,
     PromotionGate,
@@ -91,6 +91,13 @@ pub struct Node {
     state_file_busy: Arc<std::sync::atomic::AtomicBool>,
     scheduled_restart: Option<crate::ha::command::RestartRequest>,
     last_summary: String,
+    /// The DCS warnings logged last (logged again only when they change, not every cycle).
+    last_dcs_warnings: Vec<(String, String)>,
+    /// The bootstrap job failed, with its cause: the next decision gives the bootstrap up.
+    bootstrap_failed: Option<String>,
+    /// The running or last bootstrap job started on an empty data directory: what is there now
+    /// is its own, and may be removed when it fails.
+    bootstrap_made_data_dir: bool,
     phase: &'static str,
 }
 
@@ -137,6 +144,9 @@ impl Node {
             state_file_busy: Arc::default(),
             scheduled_restart: None,
             last_summary: String::new(),
+            last_dcs_warnings: Vec::new(),
+            bootstrap_failed: None,
+            bootstrap_made_data_dir: false,
             phase: "start",
         }
     }
@@ -265,6 +275,9 @@ impl Node {
         let keep_sent = Instant::now();
         let mut dcs_failed = false;
         let session = self.dcs.keepalive().await;
+        // The store answered but refused to renew (e.g. a lease TTL it does not accept): the
+        // cure may be a config written meanwhile, so the config is re-read after acting.
+        let refused = matches!(&session, Err(DcsError::Refused { .. }));
         let mut session_ok = match &session {
             Ok(info) => {
                 if info.new_session {
@@ -290,9 +303,7 @@ impl Node {
             match self.dcs.snapshot().await {
                 Ok(s) => {
                     let c = decode_cluster(&s);
-                    for (k, w) in &c.warnings {
-                        tracing::warn!(key = %k, "ignoring DCS value: {w}");
-                    }
+                    self.log_dcs_warnings(&c);
                     Some(c)
                 }
                 Err(e) => {
@@ -376,6 +387,7 @@ impl Node {
             clone_from_leader: self.clone_from_leader,
             promotion_gate: PromotionGate::Open,
             candidate_choice: CandidateChoice::Default,
+            bootstrap_failed: self.bootstrap_failed.clone(),
         };
         self.phase = "hooks";
         let (gate, choice) = self.hook_inputs(cluster.as_ref(), &local);
@@ -416,7 +428,9 @@ impl Node {
 
         // ---- publish
         self.phase = "publish";
-        if session_ok {
+        // A daemon about to exit publishes nothing more to the DCS (a failed bootstrap has
+        // just closed its session: a member key written now would make a new one).
+        if session_ok && fatal.is_none() {
             let promoting = self
                 .job
                 .as_ref()
@@ -473,7 +487,35 @@ impl Node {
         });
         self.report_transitions(&observed_pg);
         self.publish_state_file(&observed_pg);
+        if refused && fatal.is_none() {
+            self.reread_config_after_refusal().await;
+        }
         fatal.map(Exit::Fatal)
+    }
+
+    /// Logs the DCS values that were ignored, clamped or dropped, once per change.
+    fn log_dcs_warnings(&mut self, c: &Cluster) {
+        if c.warnings != self.last_dcs_warnings {
+            for (k, w) in &c.warnings {
+                tracing::warn!(key = %k, "DCS value not used as written: {w}");
+            }
+            self.last_dcs_warnings = c.warnings.clone();
+        }
+    }
+
+    /// After the store refused the keep-alive: read the cluster again and apply its dynamic
+    /// configuration, so that a repaired `ttl` reaches the backend before the next keep-alive
+    /// (which then makes a session with it). Nothing else of this read is used: the decision of
+    /// this cycle was taken without a session.
+    async fn reread_config_after_refusal(&mut self) {
+        match self.dcs.snapshot().await {
+            Ok(s) => {
+                let c = decode_cluster(&s);
+                self.log_dcs_warnings(&c);
+                self.apply_dynamic(&c);
+            }
+            Err(e) => tracing::debug!(error = %e, "DCS read after a refused keep-alive failed"),
+        }
     }
 
     /// Writes `spilo.state` for the extension, off the loop's task (an fsync can stall); skips
@@ -576,6 +618,9 @@ impl Node {
             }
             Ok(Err(e)) => {
                 tracing::error!("{} failed: {e}", job.kind);
+                if job.kind == JobKind::Bootstrap {
+                    self.bootstrap_failed = Some(e.clone());
+                }
                 if job.kind == JobKind::Rewind {
                     if self.cfg.postgresql.remove_data_directory_on_rewind_failure {
                         tracing::warn!("removing the data directory to copy it again (remove_data_directory_on_rewind_failure)");
@@ -588,7 +633,13 @@ impl Node {
                     }
                 }
             }
-            Err(e) => tracing::error!("{} job ended abnormally: {e}", job.kind),
+            Err(e) => {
+                tracing::error!("{} job ended abnormally: {e}", job.kind);
+                if job.kind == JobKind::Bootstrap {
+                    self.bootstrap_failed =
+                        Some(format!("the bootstrap job ended abnormally: {e}"));
+                }
+            }
         }
     }
 
@@ -763,6 +814,10 @@ impl Node {
                         }
                     }
                 }
+                Action::AbandonBootstrap => {
+                    self.abandon_bootstrap(cluster, local).await;
+                    true
+                }
                 Action::Fatal(msg) => return Some(msg.clone()),
             };
             if !ok {
@@ -836,15 +891,80 @@ impl Node {
         self.job = Some(Job { kind, handle });
     }
 
+    /// Undo a failed bootstrap (see [`Action::AbandonBootstrap`]). The data directory was
+    /// empty when the job started (checked before it was spawned) and only the job wrote to it,
+    /// so removing it removes only what the bootstrap made.
+    async fn abandon_bootstrap(&mut self, cluster: Option<&Cluster>, local: &LocalView) {
+        if self.pg.postmaster_pid().is_some() {
+            tracing::info!("stopping the PostgreSQL the failed bootstrap started");
+            if let Err(e) = self.pg.stop(StopMode::Immediate).await {
+                tracing::warn!(error = %e, "immediate stop failed; killing the postmaster");
+                self.pg.kill_postmaster();
+            }
+        }
+        if self.bootstrap_made_data_dir {
+            match self.pg.remove_data_dir() {
+                Ok(()) => tracing::info!(
+                    "removed the data directory the failed bootstrap made ({})",
+                    self.cfg.postgresql.data_dir.display()
+                ),
+                Err(e) => tracing::error!(error = %e, "could not remove the data directory"),
+            }
+        }
+        self.lease_renewed_at = None;
+        self.state
+            .send_modify(|s| Arc::make_mut(s).leader_renewed_at = None);
+        match self.dcs.release_leader().await {
+            Ok(true) => {
+                tracing::info!("released the leader lock so that another node can bootstrap")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the leader lock (it expires with the session)")
+            }
+        }
+        // spilo writes `initialize` only after a bootstrap succeeded; an empty one (a Patroni
+        // node's race marker) or one holding this data directory's id is this attempt's.
+        let ours = match &local.data {
+            DataDir::Initialized {
+                sysid: Some(id), ..
+            } => Some(id.as_str()),
+            _ => None,
+        };
+        if let Some(init) = cluster.and_then(|c| c.initialize.as_deref()) {
+            if init.is_empty() || Some(init) == ours {
+                match self.dcs.delete("initialize", Cas::Any).await {
+                    Ok(_) => tracing::info!("removed the initialize key"),
+                    Err(e) => tracing::warn!(error = %e, "could not remove the initialize key"),
+                }
+            }
+        }
+        // The member key goes with the session, at once rather than after ttl.
+        if let Err(e) = self.dcs.close().await {
+            tracing::debug!(error = %e, "could not close the DCS session");
+        }
+    }
+
     fn spawn_bootstrap(&mut self) {
         let pg = self.pg.clone();
+        self.bootstrap_made_data_dir = false;
         let args = match crate::postgres::conf::initdb_args(&self.cfg.bootstrap.initdb) {
             Ok(a) => a,
             Err(e) => {
-                tracing::error!("{e}");
+                self.bootstrap_failed = Some(e);
+                self.wake.notify_one();
                 return;
             }
         };
+        if !pg.data_dir_empty() {
+            self.bootstrap_failed = Some(format!(
+                "the data directory {} is not empty",
+                self.cfg.postgresql.data_dir.display()
+            ));
+            self.wake.notify_one();
+            return;
+        }
+        self.bootstrap_made_data_dir = true;
         let params = self.dynamic.postgresql.parameters.clone();
         let hba = self.hba();
         let repl = self.cfg.postgresql.authentication.replication.clone();
@@ -858,9 +978,6 @@ impl Node {
             .clone();
         let timeout = self.retry() * 3;
         self.spawn_job(JobKind::Bootstrap, "initializing new cluster", async move {
-            if !pg.data_dir_empty() {
-                return Err("the data directory is not empty".into());
-            }
             pg.initdb(&args).await.map_err(|e| e.to_string())?;
             pg.write_config(&params, &hba, false, None).map_err(|e| e.to_string())?;
             pg.start().await.map_err(|e| e.to_string())?;

@@ -37,16 +37,9 @@ pub struct LoadError {
     pub problem: String,
 }
 
-/// An error and its sources on one line.
+/// An error and its chain of sources on one line.
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
+    crate::error_chain(e)
 }
 
 fn refuse(path: &Path, problem: impl Into<String>) -> LoadError {

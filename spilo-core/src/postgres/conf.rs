@@ -216,6 +216,56 @@ pub fn render_pgpass(roles: &[(&str, Option<&str>)]) -> String {
     out
 }
 
+/// How the daemon reaches its own PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalAddress {
+    /// Over TCP to this host (Patroni's default: `postgresql.listen`'s address, or `localhost`
+    /// when PostgreSQL listens on every address or on loopback).
+    Tcp(String),
+    /// Over the UNIX socket in this directory (`postgresql.use_unix_socket: true`).
+    Socket(String),
+}
+
+impl std::fmt::Display for LocalAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalAddress::Tcp(h) => write!(f, "TCP {h}"),
+            LocalAddress::Socket(d) => write!(f, "UNIX socket in {d}"),
+        }
+    }
+}
+
+/// The host for a TCP connection to the local PostgreSQL, as Patroni picks it: `localhost`
+/// when any of the listen addresses is a wildcard or loopback (`*`, `0.0.0.0`, `::`,
+/// `127.0.0.1`, `::1`, `localhost`), else the first listen address. `localhost` resolves to
+/// every loopback address and each is tried in turn, so a `pg_hba.conf` that admits only IPv4
+/// (Patroni's example configs) still lets the daemon in.
+pub fn local_tcp_host(listen_addresses: &str) -> String {
+    let hosts: Vec<&str> = listen_addresses
+        .split(',')
+        .map(|h| h.trim().trim_start_matches('[').trim_end_matches(']'))
+        .filter(|h| !h.is_empty())
+        .collect();
+    let loopback_or_any = |h: &&str| {
+        matches!(*h, "*" | "0.0.0.0" | "::" | "127.0.0.1" | "::1")
+            || h.eq_ignore_ascii_case("localhost")
+    };
+    if hosts.is_empty() || hosts.iter().any(loopback_or_any) {
+        return "localhost".into();
+    }
+    hosts[0].to_string()
+}
+
+/// The first usable directory of `unix_socket_directories` (an absolute path; Linux abstract
+/// sockets, `@…`, cannot be connected to by path).
+pub fn local_socket_dir(unix_socket_directories: &str) -> Option<String> {
+    unix_socket_directories
+        .split(',')
+        .map(|d| d.trim().trim_matches('\'').trim_matches('"'))
+        .find(|d| d.starts_with('/'))
+        .map(str::to_string)
+}
+
 /// Split `host:port` (host may be `*`, a comma list, or `[v6]`).
 pub fn split_host_port(s: &str) -> Option<(String, u16)> {
     let (h, p) = s.trim().rsplit_once(':')?;
@@ -266,6 +316,30 @@ pub fn initdb_args(opts: &[Value]) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_tcp_host_follows_patronis_rule() {
+        assert_eq!(local_tcp_host("*"), "localhost");
+        assert_eq!(local_tcp_host("0.0.0.0"), "localhost");
+        assert_eq!(local_tcp_host("127.0.0.1"), "localhost");
+        assert_eq!(local_tcp_host("::"), "localhost");
+        assert_eq!(local_tcp_host("10.0.0.5, 127.0.0.1"), "localhost");
+        assert_eq!(local_tcp_host("10.0.0.5,10.0.0.6"), "10.0.0.5");
+        assert_eq!(local_tcp_host("db1.example.com"), "db1.example.com");
+        assert_eq!(local_tcp_host("[fd00::5]"), "fd00::5");
+        assert_eq!(local_tcp_host(""), "localhost");
+    }
+
+    #[test]
+    fn the_local_socket_is_the_first_absolute_directory() {
+        assert_eq!(
+            local_socket_dir("@abstract, /var/run/postgresql,/tmp").as_deref(),
+            Some("/var/run/postgresql")
+        );
+        assert_eq!(local_socket_dir("'/tmp'").as_deref(), Some("/tmp"));
+        assert_eq!(local_socket_dir("@x"), None);
+        assert_eq!(local_socket_dir(""), None);
+    }
 
     #[test]
     fn conf_quotes_and_manages_keys() {

@@ -74,8 +74,10 @@ pub struct PgSettings {
     pub listen_addresses: String,
     /// Port.
     pub port: u16,
-    /// The unix socket directory used for local connections.
+    /// The unix socket directory PostgreSQL creates its socket in (`unix_socket_directories`).
     pub socket_dir: String,
+    /// How the daemon connects to this PostgreSQL (TCP unless `use_unix_socket`).
+    pub local: conf::LocalAddress,
     /// The passfile.
     pub pgpass: PathBuf,
     /// Superuser name and password.
@@ -189,7 +191,20 @@ impl Postgres {
         if out.status.success() {
             Ok(text)
         } else {
-            let tail: Vec<&str> = text.lines().rev().take(6).collect();
+            // The tools write their errors to stderr and chatter to stdout: the cause is in
+            // the end of stderr when there is one.
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let source = if stderr.trim().is_empty() {
+                &text
+            } else {
+                stderr.as_ref()
+            };
+            let tail: Vec<&str> = source
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .rev()
+                .take(6)
+                .collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             Err(PgError::Command {
                 cmd: prog.to_string(),

@@ -1,10 +1,13 @@
-//! Queries over one long-lived local connection (unix socket, `search_path=pg_catalog`), each
-//! with a deadline.
+//! Queries over one long-lived local connection (TCP to `postgresql.listen` as in Patroni, or
+//! the UNIX socket with `use_unix_socket`; `search_path=pg_catalog`), each with a deadline.
+//! Errors carry PostgreSQL's own report (severity, SQLSTATE, message, detail, hint) or the
+//! connection's cause, never a bare "db error".
 
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
+use super::conf::LocalAddress;
 use super::ctl::{PgError, Postgres};
 use crate::ha::state::{PgStatus, ReplicationRow};
 
@@ -32,8 +35,25 @@ const REPLICATION_SQL: &str =
     "SELECT usename::text, application_name, client_addr::text, state, sync_state, \
     sync_priority::bigint, (flush_lsn - '0/0')::bigint FROM pg_stat_replication";
 
-fn qerr(e: impl std::fmt::Display) -> PgError {
-    PgError::Query(e.to_string())
+fn qerr(e: tokio_postgres::Error) -> PgError {
+    PgError::Query(describe(&e))
+}
+
+/// A `tokio_postgres::Error` as a line that says what happened: the server's report when there
+/// is one (`FATAL 28000: no pg_hba.conf entry for host …`), else the error and its causes
+/// (`error connecting to server: Connection refused (os error 111)`).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" (DETAIL: {d})"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!(" (HINT: {h})"));
+        }
+        return s;
+    }
+    crate::error_chain(e)
 }
 
 impl Postgres {
@@ -45,8 +65,11 @@ impl Postgres {
         let usable = guard.as_ref().map(|c| !c.is_closed()).unwrap_or(false);
         if !usable {
             let mut cfg = tokio_postgres::Config::new();
-            cfg.host_path(&self.s.socket_dir)
-                .port(self.s.port)
+            match &self.s.local {
+                LocalAddress::Tcp(host) => cfg.host(host),
+                LocalAddress::Socket(dir) => cfg.host_path(dir),
+            };
+            cfg.port(self.s.port)
                 .user(&self.s.superuser.0)
                 .dbname("postgres")
                 .application_name("spilo")
