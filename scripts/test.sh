@@ -43,7 +43,7 @@ run clippy cargo clippy --workspace --all-targets -- -D warnings
 run build cargo build --workspace --all-targets
 if [ "${RESULT[build]}" = "ok" ]; then
   # Unit tests and every test target but the integration suite.
-  run unit-tests cargo test --workspace --exclude spilo-tests
+  run unit-tests cargo test --workspace --exclude spilo-tests --no-fail-fast
   # The integration suite drives real etcd/PostgreSQL clusters: one test at a time. It includes
   # the DCS conformance suite (etcd single/cluster/TLS, ZooKeeper single/TLS/3-server ensemble)
   # and the ZooKeeper-shape HA tests (zk_quorum_loss::: ensemble quorum loss, bootstrap over

@@ -498,13 +498,11 @@ async fn set_ttl_makes_a_new_session() {
     let second = a.keepalive().await.expect("keepalive");
     assert!(second.new_session);
     assert_ne!(second.id, first.id);
-    // The old lease was revoked, taking the member key with it.
-    assert!(a
-        .snapshot()
-        .await
-        .expect("snapshot")
-        .get("members/a")
-        .is_none());
+    // The old lease lives on until the next keep-alive: the member key is still there, bound
+    // to it, so the daemon can move its keys before anything vanishes.
+    let member = a.snapshot().await.expect("snapshot");
+    let member = member.get("members/a").expect("member key kept");
+    assert!(!member.owned_by_us);
     a.put_member(b"a").await.expect("put_member");
     assert!(
         a.snapshot()
@@ -515,6 +513,14 @@ async fn set_ttl_makes_a_new_session() {
             .owned_by_us
     );
     assert!(!a.keepalive().await.expect("keepalive").new_session);
+    // That keep-alive revoked the old lease (the member key had moved off it).
+    let old = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("connect")
+        .lease_time_to_live(first.id, None)
+        .await
+        .expect("lease_time_to_live");
+    assert!(old.ttl() <= 0, "old lease still alive: ttl {}", old.ttl());
 }
 
 #[tokio::test]

@@ -527,11 +527,16 @@ async fn set_ttl_makes_a_new_session_and_acls_apply() {
     let second = a.keepalive().await.expect("keepalive");
     assert!(second.new_session);
     assert_ne!(second.id, first.id);
-    // The old session was closed: its member znode is gone until written again.
+    // The old session stays open until the next keep-alive: its member znode is still there,
+    // so the daemon can move its znodes before anything vanishes.
     let snap = a.snapshot().await.expect("snapshot");
-    assert!(snap.get("members/a").is_none());
+    assert!(!snap.get("members/a").expect("member kept").owned_by_us);
     a.put_member(b"{}").await.expect("member");
     let snap = a.snapshot().await.expect("snapshot");
     assert!(snap.get("members/a").expect("member").owned_by_us);
     assert_eq!(snap.get("config").expect("config").value, b"{}");
+    // The next keep-alive closes the old session; the moved znode stays.
+    assert!(!a.keepalive().await.expect("keepalive").new_session);
+    let snap = a.snapshot().await.expect("snapshot");
+    assert!(snap.get("members/a").expect("member").owned_by_us);
 }
