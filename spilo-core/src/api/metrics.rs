@@ -389,6 +389,24 @@ pub fn render(s: &NodeState, now: Instant) -> String {
         "Seconds left on the leader lease held by this node (0 when not holding it).",
         remaining,
     );
+    let (phase, in_phase) = s.phase.get(now);
+    e.header(
+        "spilo_loop_phase",
+        "gauge",
+        "1 for the phase the HA loop is in, 0 for the others.",
+    );
+    for p in crate::ha::phase::Phase::ALL {
+        e.sample(
+            "spilo_loop_phase",
+            &format!(",phase=\"{}\"", p.name()),
+            if p == phase { "1" } else { "0" },
+        );
+    }
+    e.gauge(
+        "spilo_loop_phase_seconds",
+        "Seconds the HA loop has been in its current phase.",
+        in_phase.as_secs_f64(),
+    );
     e.header(
         "spilo_last_decision_info",
         "gauge",
@@ -577,6 +595,9 @@ mod tests {
             .parse()
             .unwrap();
         assert!((25.0..=26.1).contains(&lease), "{lease}");
+        assert!(text.contains(",phase=\"start\"} 1\n"), "{text}");
+        assert!(text.contains(",phase=\"act\"} 0\n"), "{text}");
+        assert_eq!(text.matches("spilo_loop_phase{").count(), 12);
         assert!(text.contains(
             "action=\"renew the \\\"leader\\\" lock\",reason=\"I am the leader\\\\primary\\nstill\"} 1\n"
         ));

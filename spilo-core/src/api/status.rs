@@ -132,6 +132,10 @@ pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
             "last_decision": s.decision,
             "holds_lock": s.holds_lock(now),
             "fence_armed": s.pg.fence_armed,
+            "loop_phase": {
+                "name": s.phase.get(now).0.name(),
+                "seconds": s.phase.get(now).1.as_secs_f64(),
+            },
         }),
     );
     Value::Object(m)

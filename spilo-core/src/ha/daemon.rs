@@ -178,7 +178,10 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
     initial.dynamic = dynamic.clone();
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
 
-    let guard = tokio::spawn(crate::ha::fence::guard(tx.subscribe(), pg.clone()));
+    // The lease guard runs on a thread of its own: nothing on this runtime can delay it.
+    let guard_target: Arc<dyn crate::ha::fence::FenceTarget> = pg.clone();
+    let _guard = crate::ha::fence::spawn_guard(tx.subscribe(), guard_target)
+        .map_err(|e| StartError::Fatal(format!("cannot start the lease guard thread: {e}")))?;
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
     let restapi = crate::api::LiveRestApi::new(cfg.restapi.clone());
     let node = Node::new(cfg.clone(), dcs.clone(), pg, tx, dynamic)
@@ -201,7 +204,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
     let exit = node.run(shutdown_signal()).await;
     let _ = stop_api_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
-    guard.abort();
+    // The guard's thread ends by itself once the state channel closes with the loop.
     match exit {
         Exit::Shutdown => Ok(()),
         Exit::Fatal(m) => Err(StartError::Fatal(m)),

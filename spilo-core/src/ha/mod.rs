@@ -4,6 +4,7 @@ pub mod daemon;
 pub mod decide;
 pub mod fence;
 pub mod member;
+pub mod phase;
 pub mod runner;
 pub mod state;
 pub mod state_file;

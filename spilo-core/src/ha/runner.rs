@@ -18,6 +18,7 @@ use crate::ha::decide::{
     PromotionGate,
 };
 use crate::ha::member;
+use crate::ha::phase::Phase;
 use crate::ha::state::{DecisionReport, PgStatus, StateTx};
 use crate::ha::sync;
 use crate::postgres::conf::Upstream;
@@ -98,7 +99,6 @@ pub struct Node {
     /// The running or last bootstrap job started on an empty data directory: what is there now
     /// is its own, and may be removed when it fails.
     bootstrap_made_data_dir: bool,
-    phase: &'static str,
 }
 
 impl Node {
@@ -147,7 +147,6 @@ impl Node {
             last_dcs_warnings: Vec::new(),
             bootstrap_failed: None,
             bootstrap_made_data_dir: false,
-            phase: "start",
         }
     }
 
@@ -179,6 +178,11 @@ impl Node {
     /// A handle that wakes the loop early (REST actions use it).
     pub fn waker(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    /// Records the phase the loop enters (read by `/patroni`, `/metrics` and the lease guard).
+    fn enter(&self, phase: Phase) {
+        self.state.borrow().phase.enter(phase, Instant::now());
     }
 
     fn retry(&self) -> Duration {
@@ -229,7 +233,7 @@ impl Node {
                 self.abort_job();
                 return exit;
             }
-            self.phase = "wait";
+            self.enter(Phase::Wait);
             let wait =
                 Duration::from_secs(self.dynamic.loop_wait).saturating_sub(cycle_start.elapsed());
             tokio::select! {
@@ -271,7 +275,7 @@ impl Node {
     async fn cycle(&mut self) -> Option<Exit> {
         let now = self.started.elapsed();
         // ---- observe
-        self.phase = "keepalive";
+        self.enter(Phase::Keepalive);
         let keep_sent = Instant::now();
         let mut dcs_failed = false;
         let session = self.dcs.keepalive().await;
@@ -298,7 +302,7 @@ impl Node {
                 false
             }
         };
-        self.phase = "read DCS";
+        self.enter(Phase::ReadDcs);
         let cluster = if session_ok {
             match self.dcs.snapshot().await {
                 Ok(s) => {
@@ -333,10 +337,10 @@ impl Node {
         // The lock is held only while this cycle renewed the session and the key is bound to it.
         self.lease_renewed_at = (session_ok && holds).then_some(keep_sent);
 
-        self.phase = "reap job";
+        self.enter(Phase::ReapJob);
         self.reap_job().await;
 
-        self.phase = "observe PostgreSQL";
+        self.enter(Phase::ObservePostgres);
         let (pg_view, mut pgstat, data) = self.observe_pg().await;
         if matches!(pg_view, Pg::Stopped) && holds {
             self.down_since.get_or_insert(now);
@@ -344,7 +348,7 @@ impl Node {
             self.down_since = None;
         }
 
-        self.phase = "query peers";
+        self.enter(Phase::QueryPeers);
         // Peers matter only in a leader race, or to a leader asked to hand over.
         let me = self.cfg.name.as_str();
         let peers = match (&cluster, &pg_view) {
@@ -389,14 +393,14 @@ impl Node {
             candidate_choice: CandidateChoice::Default,
             bootstrap_failed: self.bootstrap_failed.clone(),
         };
-        self.phase = "hooks";
+        self.enter(Phase::Hooks);
         let (gate, choice) = self.hook_inputs(cluster.as_ref(), &local);
         let local = LocalView {
             promotion_gate: gate,
             candidate_choice: choice,
             ..local
         };
-        self.phase = "decide";
+        self.enter(Phase::Decide);
         let decision = decide::decide(cluster.as_ref(), &local, &self.policy(), now);
         let summary = decision.summary();
         if summary != self.last_summary {
@@ -410,7 +414,7 @@ impl Node {
         }
 
         // ---- act
-        self.phase = "act";
+        self.enter(Phase::Act);
         let fatal = self
             .execute(&decision, cluster.as_ref(), &local, &pgstat, keep_sent)
             .await;
@@ -427,7 +431,7 @@ impl Node {
         }
 
         // ---- publish
-        self.phase = "publish";
+        self.enter(Phase::Publish);
         // A daemon about to exit publishes nothing more to the DCS (a failed bootstrap has
         // just closed its session: a member key written now would make a new one).
         if session_ok && fatal.is_none() {
@@ -1626,6 +1630,7 @@ impl Node {
     /// PostgreSQL sends to connected standbys before it exits, then the session ends so both
     /// keys vanish at once); a replica stops cleanly. Paused: PostgreSQL is left alone.
     async fn shutdown(mut self) -> Exit {
+        self.enter(Phase::Shutdown);
         self.abort_job();
         if self.dynamic.pause {
             tracing::info!("paused: leaving PostgreSQL running");

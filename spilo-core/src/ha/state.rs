@@ -134,6 +134,8 @@ pub struct NodeState {
     pub scheduled_restart: Option<Value>,
     /// Loop and DCS timings for `/metrics`.
     pub stats: LoopStats,
+    /// The loop's current phase and since when (updated as the loop moves, not per cycle).
+    pub phase: Arc<crate::ha::phase::PhaseTracker>,
 }
 
 /// Upper bounds (seconds) of the loop-duration histogram buckets.
@@ -189,6 +191,7 @@ impl NodeState {
             hook_stats: [0; 6],
             scheduled_restart: None,
             stats: LoopStats::default(),
+            phase: Arc::new(crate::ha::phase::PhaseTracker::default()),
         }
     }
 
