@@ -1,0 +1,433 @@
+//! Background jobs that own the data directory for a while (bootstrap, replica copy, rewind,
+//! start, promote), and how their outcome is collected.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::dcs::{self, Cas, Cluster};
+use crate::ha::decide::{DataDir, JobKind, LocalView};
+use crate::ha::sync;
+use crate::postgres::query::{quote_ident, quote_literal};
+use crate::postgres::StopMode;
+
+use super::{Job, JobDone, Node};
+
+impl Node {
+    pub(super) fn spawn_job<F>(&mut self, kind: JobKind, label: &'static str, fut: F)
+    where
+        F: std::future::Future<Output = Result<JobDone, String>> + Send + 'static,
+    {
+        let wake = self.wake.clone();
+        self.pg_label = Some(label);
+        let handle = tokio::spawn(async move {
+            let r = fut.await;
+            // Success wakes the loop at once; a failure is retried on the next regular cycle.
+            if r.is_ok() {
+                wake.notify_one();
+            }
+            r
+        });
+        self.job = Some(Job { kind, handle });
+    }
+
+    pub(super) async fn reap_job(&mut self) {
+        let finished = self
+            .job
+            .as_ref()
+            .map(|j| j.handle.is_finished())
+            .unwrap_or(false);
+        if !finished {
+            return;
+        }
+        let Some(job) = self.job.take() else { return };
+        self.pg_label = None;
+        // A new copy or a rewind may move the data directory to another timeline.
+        if matches!(job.kind, JobKind::Clone | JobKind::Rewind) {
+            self.known_timeline = None;
+        }
+        match job.handle.await {
+            Ok(Ok(done)) => {
+                tracing::info!("{} finished", job.kind);
+                if job.kind == JobKind::Restart {
+                    self.fire(crate::hooks::Event::OnRestart, None);
+                }
+                if done.upstream.is_some() {
+                    self.upstream = done.upstream;
+                }
+                if job.kind == JobKind::Rewind {
+                    self.needs_rewind = false;
+                }
+                if job.kind == JobKind::Clone {
+                    self.clone_from_leader = false;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!("{} failed: {e}", job.kind);
+                if job.kind == JobKind::Bootstrap {
+                    self.bootstrap_failed = Some(e.clone());
+                }
+                if job.kind == JobKind::Rewind {
+                    if self.cfg.postgresql.remove_data_directory_on_rewind_failure {
+                        tracing::warn!("removing the data directory to copy it again (remove_data_directory_on_rewind_failure)");
+                        if let Err(e) = self.pg.remove_data_dir() {
+                            tracing::error!(error = %e, "could not remove the data directory");
+                        }
+                        self.needs_rewind = false;
+                    } else {
+                        self.rewind_failed = true;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("{} job ended abnormally: {e}", job.kind);
+                if job.kind == JobKind::Bootstrap {
+                    self.bootstrap_failed =
+                        Some(format!("the bootstrap job ended abnormally: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Undo a failed bootstrap (see [`Action::AbandonBootstrap`]). The data directory was
+    /// empty when the job started (checked before it was spawned) and only the job wrote to it,
+    /// so removing it removes only what the bootstrap made.
+    pub(super) async fn abandon_bootstrap(&mut self, cluster: Option<&Cluster>, local: &LocalView) {
+        if self.pg.postmaster_pid().is_some() {
+            tracing::info!("stopping the PostgreSQL the failed bootstrap started");
+            if let Err(e) = self.pg.stop(StopMode::Immediate).await {
+                tracing::warn!(error = %e, "immediate stop failed; killing the postmaster");
+                self.pg.kill_postmaster();
+            }
+        }
+        if self.bootstrap_made_data_dir {
+            match self.pg.remove_data_dir() {
+                Ok(()) => tracing::info!(
+                    "removed the data directory the failed bootstrap made ({})",
+                    self.cfg.postgresql.data_dir.display()
+                ),
+                Err(e) => tracing::error!(error = %e, "could not remove the data directory"),
+            }
+        }
+        self.lease_renewed_at = None;
+        self.state
+            .send_modify(|s| Arc::make_mut(s).leader_renewed_at = None);
+        match self.dcs.release_leader().await {
+            Ok(true) => {
+                tracing::info!("released the leader lock so that another node can bootstrap")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the leader lock (it expires with the session)")
+            }
+        }
+        // spilo writes `initialize` only after a bootstrap succeeded; an empty one (a Patroni
+        // node's race marker) or one holding this data directory's id is this attempt's.
+        let ours = match &local.data {
+            DataDir::Initialized {
+                sysid: Some(id), ..
+            } => Some(id.as_str()),
+            _ => None,
+        };
+        if let Some(init) = cluster.and_then(|c| c.initialize.as_deref()) {
+            if init.is_empty() || Some(init) == ours {
+                match self.dcs.delete("initialize", Cas::Any).await {
+                    Ok(_) => tracing::info!("removed the initialize key"),
+                    Err(e) => tracing::warn!(error = %e, "could not remove the initialize key"),
+                }
+            }
+        }
+        // The member key goes with the session, at once rather than after ttl.
+        if let Err(e) = self.dcs.close().await {
+            tracing::debug!(error = %e, "could not close the DCS session");
+        }
+    }
+
+    pub(super) fn spawn_bootstrap(&mut self) {
+        let pg = self.pg.clone();
+        self.bootstrap_made_data_dir = false;
+        let args = match crate::postgres::conf::initdb_args(&self.cfg.bootstrap.initdb) {
+            Ok(a) => a,
+            Err(e) => {
+                self.bootstrap_failed = Some(e);
+                self.wake.notify_one();
+                return;
+            }
+        };
+        if !pg.data_dir_empty() {
+            self.bootstrap_failed = Some(format!(
+                "the data directory {} is not empty",
+                self.cfg.postgresql.data_dir.display()
+            ));
+            self.wake.notify_one();
+            return;
+        }
+        self.bootstrap_made_data_dir = true;
+        let params = self.dynamic.postgresql.parameters.clone();
+        let hba = self.hba();
+        let repl = self.cfg.postgresql.authentication.replication.clone();
+        let rewind = self.cfg.postgresql.authentication.rewind.clone();
+        let su = self
+            .cfg
+            .postgresql
+            .authentication
+            .superuser
+            .username
+            .clone();
+        let timeout = self.retry() * 3;
+        self.spawn_job(JobKind::Bootstrap, "initializing new cluster", async move {
+            pg.initdb(&args).await.map_err(|e| e.to_string())?;
+            pg.write_config(&params, &hba, false, None).map_err(|e| e.to_string())?;
+            pg.start().await.map_err(|e| e.to_string())?;
+            // The fence (spilo.fence) would refuse these writes: no state file exists yet.
+            let mut sql = format!(
+                "BEGIN; SET LOCAL spilo.fence = off; SET LOCAL synchronous_commit = 'local'; \
+                 CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {};",
+                quote_ident(&repl.username),
+                quote_literal(repl.password.as_deref().unwrap_or(""))
+            );
+            if let Some(r) = rewind.filter(|r| r.username != su) {
+                sql.push_str(&format!(
+                    "CREATE ROLE {u} WITH LOGIN PASSWORD {p}; \
+                     GRANT EXECUTE ON function pg_catalog.pg_ls_dir(text, boolean, boolean) TO {u}; \
+                     GRANT EXECUTE ON function pg_catalog.pg_stat_file(text, boolean) TO {u}; \
+                     GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text) TO {u}; \
+                     GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {u};",
+                    u = quote_ident(&r.username),
+                    p = quote_literal(r.password.as_deref().unwrap_or(""))
+                ));
+            }
+            sql.push_str("COMMIT;");
+            pg.execute(&sql, timeout).await.map_err(|e| e.to_string())?;
+            // The SQL extension, when this PostgreSQL has it; it replicates to every replica.
+            match pg
+                .execute(
+                    "BEGIN; SET LOCAL spilo.fence = off; CREATE EXTENSION IF NOT EXISTS spilo; COMMIT;",
+                    timeout,
+                )
+                .await
+            {
+                Ok(()) => tracing::info!("created the spilo extension (SELECT spilo.role())"),
+                Err(e) => tracing::warn!(
+                    "the spilo extension is not available in this PostgreSQL, so spilo.* SQL \
+                     functions are missing (install it with cargo pgrx install): {e}"
+                ),
+            }
+            Ok(JobDone { upstream: Some(None) })
+        });
+    }
+
+    pub(super) fn spawn_clone(&mut self, cluster: Option<&Cluster>, from: &str) -> bool {
+        let Some(up) = self.upstream_for(cluster, &Some(from.to_string())) else {
+            tracing::warn!("cannot clone from {from}: its connection address is unknown");
+            return false;
+        };
+        let pg = self.pg.clone();
+        let params = self.dynamic.postgresql.parameters.clone();
+        let hba = self.hba();
+        let from = from.to_string();
+        let state_file = (
+            self.state_file_busy.clone(),
+            self.cfg.postgresql.data_dir.clone(),
+        );
+        self.spawn_job(JobKind::Clone, "creating replica", async move {
+            state_file_settled(&state_file.0, &state_file.1).await;
+            pg.basebackup(&up.host, up.port)
+                .await
+                .map_err(|e| e.to_string())?;
+            pg.write_config(&params, &hba, true, Some(&up))
+                .map_err(|e| e.to_string())?;
+            pg.start().await.map_err(|e| e.to_string())?;
+            Ok(JobDone {
+                upstream: Some(Some(from)),
+            })
+        });
+        true
+    }
+
+    pub(super) fn spawn_rewind(
+        &mut self,
+        cluster: Option<&Cluster>,
+        leader: &str,
+        local: &LocalView,
+    ) -> bool {
+        let Some(up) = self.upstream_for(cluster, &Some(leader.to_string())) else {
+            tracing::warn!("cannot rewind from {leader}: its connection address is unknown");
+            return false;
+        };
+        let crashed = matches!(local.data, DataDir::Initialized { crashed: true, .. });
+        let use_rewind = self.dynamic.postgresql.use_pg_rewind;
+        let recopy = self.cfg.postgresql.remove_data_directory_on_rewind_failure;
+        let pg = self.pg.clone();
+        let params = self.dynamic.postgresql.parameters.clone();
+        let hba = self.hba();
+        let leader = leader.to_string();
+        let state_file = (
+            self.state_file_busy.clone(),
+            self.cfg.postgresql.data_dir.clone(),
+        );
+        self.spawn_job(JobKind::Rewind, "starting", async move {
+            state_file_settled(&state_file.0, &state_file.1).await;
+            if use_rewind {
+                pg.write_config(&params, &hba, false, None)
+                    .map_err(|e| e.to_string())?;
+                if crashed {
+                    tracing::info!("running crash recovery in single-user mode before pg_rewind");
+                    pg.single_user_recovery().await.map_err(|e| e.to_string())?;
+                }
+                let out = pg
+                    .rewind(&up.host, up.port)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!("pg_rewind: {}", out.lines().last().unwrap_or("done"));
+            } else if recopy {
+                tracing::warn!("use_pg_rewind is off: copying the data directory again");
+                pg.basebackup(&up.host, up.port)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                tracing::warn!("use_pg_rewind is off: starting as a replica without rewinding");
+            }
+            pg.write_config(&params, &hba, true, Some(&up))
+                .map_err(|e| e.to_string())?;
+            pg.start().await.map_err(|e| e.to_string())?;
+            Ok(JobDone {
+                upstream: Some(Some(leader)),
+            })
+        });
+        true
+    }
+
+    /// Start PostgreSQL: as primary (`replica_of` None), or as a replica following the named
+    /// member (`Some(Some(m))`) or nobody (`Some(None)`). Fails when the member's address is
+    /// unknown in `cluster` rather than start a replica that follows nobody by mistake.
+    pub(super) fn spawn_start(
+        &mut self,
+        cluster: Option<&Cluster>,
+        replica_of: Option<Option<String>>,
+        standby: bool,
+    ) -> bool {
+        let up = match &replica_of {
+            Some(Some(name)) => {
+                match self.upstream_for(cluster, &Some(name.clone())) {
+                    Some(up) => Some(up),
+                    None => {
+                        tracing::warn!("cannot start as a replica of {name}: its connection address is unknown");
+                        return false;
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Err(e) = self.write_conf(standby, up.as_ref()) {
+            tracing::error!("cannot write the PostgreSQL configuration: {e}");
+            return false;
+        }
+        let pg = self.pg.clone();
+        self.spawn_job(JobKind::Start, "starting", async move {
+            pg.start().await.map_err(|e| e.to_string())?;
+            Ok(JobDone {
+                upstream: replica_of.or(Some(None)),
+            })
+        });
+        true
+    }
+
+    pub(super) async fn spawn_promote(&mut self, cluster: Option<&Cluster>) -> bool {
+        if sync::sync_mode(&self.dynamic) != sync::SyncMode::Off {
+            // Before promoting, name ourselves in the `sync` key with no standby yet, so no
+            // stale standby there can be promoted after us; in strict mode, commits wait until
+            // a standby is confirmed.
+            let version = cluster.and_then(|c| c.sync.as_ref()).map(|v| v.version);
+            let value = dcs::codec::to_compact_json(&sync::key_value(&self.cfg.name, &[]));
+            let cas = version.map(Cas::Version).unwrap_or(Cas::Absent);
+            match self.dcs.put("sync", &value, cas).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!("the sync key changed under us; postponing the promotion");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not write the sync key; postponing the promotion");
+                    return false;
+                }
+            }
+            self.ssn = Some(sync::ssn(&[], 1, sync::strict(&self.dynamic)));
+            self.ssn_since = None;
+            if let Err(e) = self.write_conf(true, None) {
+                tracing::warn!("could not write the configuration before promoting: {e}");
+            }
+        } else {
+            self.ssn = None;
+            self.ssn_since = None;
+        }
+        // A new term: the slots this node made as an earlier leader may be gone (pg_rewind
+        // and pg_basebackup do not copy them).
+        self.slots_done_for.clear();
+        let pg = self.pg.clone();
+        let params = self.conf_params(false);
+        let hba = self.hba();
+        let timeout = self.pg.s.ctl_timeout;
+        self.spawn_job(JobKind::Promote, "running", async move {
+            pg.promote().await.map_err(|e| e.to_string())?;
+            // Until this checkpoint, pg_control still names the old timeline, and a former
+            // primary rewinding from us would find nothing to rewind.
+            pg.execute("CHECKPOINT", timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Drop primary_conninfo from the files so a later restart comes up as primary.
+            pg.write_config(&params, &hba, false, None)
+                .map_err(|e| e.to_string())?;
+            Ok(JobDone {
+                upstream: Some(None),
+            })
+        });
+        true
+    }
+}
+
+/// Waits (at most 10 s) for a state-file write spawned by an earlier cycle, then removes a
+/// temporary file an interrupted write left: pg_rewind and pg_basebackup must not see the data
+/// directory change under them (no new write starts while their job runs).
+async fn state_file_settled(busy: &std::sync::atomic::AtomicBool, data_dir: &std::path::Path) {
+    let since = Instant::now();
+    while busy.load(std::sync::atomic::Ordering::SeqCst)
+        && since.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ =
+        std::fs::remove_file(data_dir.join(format!("{}.tmp", crate::ha::state_file::FILE_NAME)));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::state_file_settled;
+    use crate::ha::state_file::FILE_NAME;
+
+    /// Seen in the chaos suite: pg_rewind failed with "could not remove file
+    /// spilo.state.tmp" because a state-file write renamed it away under pg_rewind's file list.
+    /// The rewind now waits for the write in flight and starts from a directory without it.
+    #[tokio::test]
+    async fn pg_rewind_waits_for_the_state_file_write_in_flight_and_its_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path().join(format!("{FILE_NAME}.tmp"));
+        std::fs::write(&tmp, b"{}").expect("write tmp");
+        let busy = Arc::new(AtomicBool::new(true));
+        let writer = busy.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            writer.store(false, Ordering::SeqCst);
+        });
+        state_file_settled(&busy, dir.path()).await;
+        // Had it not waited, the write would still be in flight.
+        assert!(
+            !busy.load(Ordering::SeqCst),
+            "returned while the write was in flight"
+        );
+        assert!(!tmp.exists(), "the temporary file is still there");
+    }
+}

@@ -1,0 +1,337 @@
+//! The HA loop: snapshot → decide → act → wait on one `select!`.
+//!
+//! The loop records the phase it is in (visible in logs when a phase is slow). Long actions
+//! (bootstrap, replica creation, rewind, start, promote) run as a background job so that the
+//! loop keeps renewing the lease while they run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, DynamicConfig};
+use crate::dcs::{self, Cluster, Dcs};
+use crate::ha::decide::{JobKind, Policy};
+use crate::ha::phase::Phase;
+use crate::ha::state::StateTx;
+use crate::ha::sync;
+use crate::postgres::conf::Upstream;
+use crate::postgres::Postgres;
+
+mod commands;
+mod cycle;
+mod execute;
+mod hooks;
+mod jobs;
+mod leader;
+mod observe;
+mod publish;
+mod sync_keeping;
+
+/// Why the loop ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// Shut down on a signal.
+    Shutdown,
+    /// A condition that must stop the daemon.
+    Fatal(String),
+}
+
+struct Job {
+    kind: JobKind,
+    handle: JoinHandle<Result<JobDone, String>>,
+}
+
+/// What a finished job leaves behind.
+#[derive(Debug)]
+struct JobDone {
+    upstream: Option<Option<String>>,
+}
+
+/// The loop's state between cycles.
+pub struct Node {
+    cfg: Config,
+    dcs: Arc<dyn Dcs>,
+    pg: Arc<Postgres>,
+    state: StateTx,
+    started: Instant,
+    dynamic: DynamicConfig,
+    job: Option<Job>,
+    wake: Arc<Notify>,
+    upstream: Option<Option<String>>,
+    needs_rewind: bool,
+    rewind_failed: bool,
+    down_since: Option<Duration>,
+    lease_renewed_at: Option<Instant>,
+    last_member: Option<Vec<u8>>,
+    last_status: Option<Vec<u8>>,
+    slots_done_for: Vec<String>,
+    history_written_for: Option<u64>,
+    pg_label: Option<&'static str>,
+    clone_from_leader: bool,
+    known_timeline: Option<u64>,
+    /// The dynamic PostgreSQL settings changed: rewrite the configuration and reload.
+    conf_dirty: bool,
+    /// The `synchronous_standby_names` this primary runs with (None: not managed yet).
+    ssn: Option<String>,
+    /// The primary's flush position measured at the first cycle after `ssn` last changed (None:
+    /// not yet): a standby is confirmed synchronous only once it has flushed that far.
+    ssn_since: Option<u64>,
+    commands: Option<crate::ha::command::CommandRx>,
+    config_path: Option<std::path::PathBuf>,
+    /// The REST API's access settings, replaced on reload.
+    pub(crate) restapi: Option<crate::api::LiveRestApi>,
+    /// Lua hooks and shell callbacks.
+    hooks: crate::hooks::Hooks,
+    gate: hooks::Asked<crate::hooks::Gate>,
+    choice: hooks::Asked<crate::hooks::Choice>,
+    observed: hooks::Observed,
+    /// A state-file write is still running on the blocking pool.
+    state_file_busy: Arc<std::sync::atomic::AtomicBool>,
+    scheduled_restart: Option<crate::ha::command::RestartRequest>,
+    last_summary: String,
+    /// The DCS warnings logged last (logged again only when they change, not every cycle).
+    last_dcs_warnings: Vec<(String, String)>,
+    /// The bootstrap job failed, with its cause: the next decision gives the bootstrap up.
+    bootstrap_failed: Option<String>,
+    /// The running or last bootstrap job started on an empty data directory: what is there now
+    /// is its own, and may be removed when it fails.
+    bootstrap_made_data_dir: bool,
+}
+
+impl Node {
+    /// A node ready to run.
+    pub fn new(
+        cfg: Config,
+        dcs: Arc<dyn Dcs>,
+        pg: Arc<Postgres>,
+        state: StateTx,
+        dynamic: DynamicConfig,
+    ) -> Node {
+        Node {
+            cfg,
+            dcs,
+            pg,
+            state,
+            started: Instant::now(),
+            dynamic,
+            job: None,
+            wake: Arc::new(Notify::new()),
+            upstream: None,
+            needs_rewind: false,
+            rewind_failed: false,
+            down_since: None,
+            lease_renewed_at: None,
+            last_member: None,
+            last_status: None,
+            slots_done_for: Vec::new(),
+            history_written_for: None,
+            pg_label: None,
+            clone_from_leader: false,
+            known_timeline: None,
+            conf_dirty: false,
+            ssn: None,
+            ssn_since: None,
+            commands: None,
+            config_path: None,
+            restapi: None,
+            hooks: crate::hooks::Hooks::none(),
+            gate: hooks::Asked::new(),
+            choice: hooks::Asked::new(),
+            observed: hooks::Observed::default(),
+            state_file_busy: Arc::default(),
+            scheduled_restart: None,
+            last_summary: String::new(),
+            last_dcs_warnings: Vec::new(),
+            bootstrap_failed: None,
+            bootstrap_made_data_dir: false,
+        }
+    }
+
+    /// Take commands from the REST API on this channel, and reload this file on SIGHUP and
+    /// `POST /reload`.
+    pub fn with_commands(
+        mut self,
+        rx: crate::ha::command::CommandRx,
+        config_path: std::path::PathBuf,
+    ) -> Node {
+        self.commands = Some(rx);
+        self.config_path = Some(config_path);
+        self
+    }
+
+    /// Replace the REST API's access settings (authentication, allowlist, allowed command
+    /// parameters) here when the config file is reloaded.
+    pub fn with_live_restapi(mut self, restapi: crate::api::LiveRestApi) -> Node {
+        self.restapi = Some(restapi);
+        self
+    }
+
+    /// Report events to, and ask decisions of, these hooks.
+    pub fn with_hooks(mut self, hooks: crate::hooks::Hooks) -> Node {
+        self.hooks = hooks;
+        self
+    }
+
+    /// A handle that wakes the loop early (REST actions use it).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Records the phase the loop enters (read by `/patroni`, `/metrics` and the lease guard).
+    fn enter(&self, phase: Phase) {
+        self.state.borrow().phase.enter(phase, Instant::now());
+    }
+
+    fn retry(&self) -> Duration {
+        Duration::from_secs(self.dynamic.retry_timeout.max(1))
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            name: self.cfg.name.clone(),
+            ttl: Duration::from_secs(self.dynamic.ttl),
+            loop_wait: Duration::from_secs(self.dynamic.loop_wait),
+            retry_timeout: self.retry(),
+            maximum_lag_on_failover: self.dynamic.maximum_lag_on_failover,
+            primary_start_timeout: Duration::from_secs(self.dynamic.primary_start_timeout),
+            check_timeline: self.dynamic.check_timeline,
+            use_pg_rewind: self.dynamic.postgresql.use_pg_rewind,
+            remove_data_directory_on_rewind_failure: self
+                .cfg
+                .postgresql
+                .remove_data_directory_on_rewind_failure,
+            failover_priority: dcs::tags::failover_priority(&self.cfg.tags),
+            paused: self.dynamic.pause,
+            synchronous: sync::sync_mode(&self.dynamic) != sync::SyncMode::Off,
+            quorum: sync::sync_mode(&self.dynamic) == sync::SyncMode::Quorum,
+            replicatefrom: self
+                .cfg
+                .tags
+                .get("replicatefrom")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        }
+    }
+
+    /// Run until shutdown. `shutdown` resolves on SIGTERM/SIGINT.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Exit {
+        tokio::pin!(shutdown);
+        let mut changes = self.dcs.changes();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut commands = self.commands.take();
+        loop {
+            let cycle_start = Instant::now();
+            self.scheduled_restart_due();
+            let exit = self.cycle().await;
+            let took = cycle_start.elapsed().as_secs_f64();
+            self.state
+                .send_modify(|s| Arc::make_mut(s).stats.observe(took));
+            if let Some(exit) = exit {
+                self.abort_job();
+                return exit;
+            }
+            self.enter(Phase::Wait);
+            let wait =
+                Duration::from_secs(self.dynamic.loop_wait).saturating_sub(cycle_start.elapsed());
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutdown requested");
+                    return self.shutdown().await;
+                }
+                _ = tokio::time::sleep(wait) => {}
+                r = changes.changed() => {
+                    if r.is_err() {
+                        // The watch task ended; fall back to the timer.
+                        changes = self.dcs.changes();
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                // A finished job notifies too.
+                _ = self.wake.notified() => {}
+                cmd = recv_command(&mut commands) => {
+                    match cmd {
+                        Some(cmd) => self.handle_command(cmd).await,
+                        None => commands = None,
+                    }
+                }
+                _ = recv_hup(&mut hup) => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    self.reload(None).await;
+                }
+            }
+        }
+    }
+
+    fn abort_job(&mut self) {
+        if let Some(j) = self.job.take() {
+            j.handle.abort();
+        }
+    }
+
+    fn upstream_for(&self, cluster: Option<&Cluster>, name: &Option<String>) -> Option<Upstream> {
+        let name = name.as_ref()?;
+        let m = cluster?.member(name)?;
+        let (host, port) = m.host_port()?;
+        Some(Upstream {
+            host,
+            port,
+            user: self
+                .cfg
+                .postgresql
+                .authentication
+                .replication
+                .username
+                .clone(),
+            slot: self
+                .dynamic
+                .postgresql
+                .use_slots
+                .then(|| dcs::codec::slot_name(&self.cfg.name)),
+        })
+    }
+
+    fn hba(&self) -> Vec<String> {
+        let mut lines = self.cfg.bootstrap.pg_hba.clone();
+        let extra = if self.cfg.postgresql.pg_hba.is_empty() {
+            &self.dynamic.postgresql.pg_hba
+        } else {
+            &self.cfg.postgresql.pg_hba
+        };
+        if !extra.is_empty() {
+            lines = extra.clone();
+        }
+        lines
+    }
+
+    /// The parameters to write: a primary in synchronous mode also gets the SSN it runs with.
+    fn conf_params(&self, standby: bool) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let ssn = if standby { None } else { self.ssn.as_deref() };
+        sync::with_ssn(&self.dynamic.postgresql.parameters, ssn)
+    }
+
+    fn write_conf(&self, standby: bool, upstream: Option<&Upstream>) -> Result<(), String> {
+        self.pg
+            .write_config(&self.conf_params(standby), &self.hba(), standby, upstream)
+            .map_err(|e| e.to_string())
+    }
+}
+
+async fn recv_command(
+    rx: &mut Option<crate::ha::command::CommandRx>,
+) -> Option<crate::ha::command::Command> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_hup(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
