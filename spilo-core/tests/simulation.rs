@@ -72,7 +72,7 @@ use spilo_core::dcs::{
     Cluster, HistoryLine, Leader, Member, MemberData, Status, SyncState, Versioned,
 };
 use spilo_core::ha::decide::{
-    self, Action, CandidateChoice, DataDir, Decision, DemoteMode, LocalView, Pg, Policy,
+    self, Action, CandidateChoice, DataDir, Decision, DemoteMode, LocalView, Peers, Pg, Policy,
     PromotionGate,
 };
 use spilo_core::ha::state::ReplicationRow;
@@ -406,7 +406,7 @@ struct Obs {
     cluster: Option<Cluster>,
     pg: Pg,
     data: DataDir,
-    peers: Vec<PeerStatus>,
+    peers: Peers,
     /// `pg_stat_replication` and the flush position, for the leader's housekeeping.
     rows: Vec<ReplicationRow>,
     wal_flush: Option<u64>,
@@ -961,13 +961,11 @@ impl World {
                 },
             ),
         };
-        // Peers are asked only in a leader race (as the runner does).
-        let racing = matches!(pg, Pg::Running { primary: false, .. })
-            && cluster.as_ref().map(|c| c.leader.is_none()) == Some(true);
-        let peers = if racing {
-            self.peers_for(i, rng)
+        // Peers are asked when the runner's planner says so (the same function).
+        let peers = if decide::peers_needed(cluster.as_ref(), &pg, &self.nodes[i].name, false) {
+            Peers::Queried(self.peers_for(i, rng))
         } else {
-            Vec::new()
+            Peers::NotQueried
         };
         let primary = n.pg == PgState::Primary;
         Obs {

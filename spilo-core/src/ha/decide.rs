@@ -135,8 +135,10 @@ pub struct LocalView {
     pub rewind_failed: bool,
     /// Since when PostgreSQL has been down while we hold the lease (for primary_start_timeout).
     pub down_since: Option<Duration>,
-    /// Peers' answers to `GET /patroni` (fetched only when the cluster has no leader).
-    pub peers: Vec<PeerStatus>,
+    /// Peers' answers to `GET /patroni`: asked only when [`peers_needed`] says so, and
+    /// [`Peers::NotQueried`] otherwise — never an empty list standing for "not asked", which
+    /// would read as "no rivals".
+    pub peers: Peers,
     /// When we last renewed the lease while holding the leader key (monotonic, as a duration
     /// since the daemon started), None when we do not hold it.
     pub lease_renewed_at: Option<Duration>,
@@ -151,6 +153,43 @@ pub struct LocalView {
     pub candidate_choice: CandidateChoice,
     /// This node's bootstrap failed, with the cause: it gives the bootstrap up.
     pub bootstrap_failed: Option<String>,
+}
+
+/// What this cycle knows of its peers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Peers {
+    /// They were not asked this cycle: nothing is known of them.
+    #[default]
+    NotQueried,
+    /// Their answers (unreachable peers included, marked so).
+    Queried(Vec<PeerStatus>),
+}
+
+impl Peers {
+    /// The answers; empty when not asked.
+    pub fn list(&self) -> &[PeerStatus] {
+        match self {
+            Peers::NotQueried => &[],
+            Peers::Queried(v) => v,
+        }
+    }
+}
+
+/// Whether this cycle must ask its peers for their state: in a leader race (no leader, this
+/// node a running replica not named as the failover candidate), or as a leader asked to hand
+/// over (to find a healthy candidate). Nothing else reads them. The runner and the simulation
+/// both ask this function.
+pub fn peers_needed(cluster: Option<&Cluster>, pg: &Pg, me: &str, job_running: bool) -> bool {
+    let (Some(c), Pg::Running { primary, .. }) = (cluster, pg) else {
+        return false;
+    };
+    if job_running {
+        return false;
+    }
+    let candidate = c.failover.as_ref().and_then(|f| f.value.member.as_deref());
+    let leader_is_me = c.leader.as_ref().map(|l| l.name == me).unwrap_or(false);
+    (!primary && c.leader.is_none() && candidate != Some(me))
+        || (*primary && c.failover.is_some() && leader_is_me)
 }
 
 /// May this node promote, as far as the site's hooks are concerned?
@@ -249,6 +288,8 @@ pub enum Reason {
     NoCandidateChosen(String),
     /// This node's bootstrap failed (the cause).
     BootstrapFailed(String),
+    /// A decision needs the other members' state, which was not asked this cycle.
+    PeersNotQueried,
 }
 
 impl fmt::Display for Reason {
@@ -311,6 +352,9 @@ impl fmt::Display for Reason {
             Reason::ChosenByHook(m) => write!(f, "choose_failover_candidate picked {m}"),
             Reason::NoCandidateChosen(why) => write!(f, "no failover candidate: {why}"),
             Reason::BootstrapFailed(why) => write!(f, "bootstrap failed: {why}"),
+            Reason::PeersNotQueried => {
+                write!(f, "the other members' state was not asked this cycle")
+            }
         }
     }
 }
@@ -682,6 +726,10 @@ pub fn decide(
                         .act(Action::LeaderHousekeeping)
                         .because(Reason::LeaderLockHeld)
                         .because(Reason::ScheduledSwitchover(at)),
+                    FailoverStep::AskPeers => d
+                        .act(Action::LeaderHousekeeping)
+                        .because(Reason::LeaderLockHeld)
+                        .because(Reason::PeersNotQueried),
                     FailoverStep::Clear(why) => d
                         .act(Action::ClearFailover(f.version))
                         .act(Action::LeaderHousekeeping)
@@ -915,6 +963,8 @@ enum FailoverStep {
     Wait(String),
     /// Clear the key, for this reason.
     Clear(String),
+    /// The candidates' state is not known this cycle: ask them, decide next cycle.
+    AskPeers,
 }
 
 fn manual_failover_from_leader(
@@ -948,7 +998,11 @@ fn manual_failover_from_leader(
             return FailoverStep::Clear(format!("candidate {c} is not a member"));
         }
     }
-    let healthy = local.peers.iter().any(|p| {
+    let Peers::Queried(peers) = &local.peers else {
+        // Not asked this cycle: nothing proves a candidate healthy, nor that none is.
+        return FailoverStep::AskPeers;
+    };
+    let healthy = peers.iter().any(|p| {
         p.name != policy.name
             && f.member.as_ref().map(|c| c == &p.name).unwrap_or(true)
             && p.reachable
@@ -1045,7 +1099,7 @@ pub fn failover_candidates(cluster: &Cluster, policy: &Policy, local: &LocalView
     if !me_barred {
         out.push((my_pos, policy.failover_priority, policy.name.clone()));
     }
-    for p in &local.peers {
+    for p in local.peers.list() {
         if p.name == policy.name || !p.reachable || !p.in_recovery || p.barred() {
             continue;
         }
@@ -1066,7 +1120,7 @@ fn healthiest(
     policy: &Policy,
     my_tl: Option<u64>,
     my_pos: Option<u64>,
-    peers: &[PeerStatus],
+    peers: &Peers,
     chosen: Option<&str>,
 ) -> Result<(), String> {
     if policy.failover_priority <= 0 {
@@ -1078,6 +1132,7 @@ fn healthiest(
                 return Ok(());
             }
             if peers
+                .list()
                 .iter()
                 .any(|p| &p.name == candidate && p.reachable && !p.barred())
             {
@@ -1087,6 +1142,9 @@ fn healthiest(
     }
     // Synchronous mode: an acknowledged commit is guaranteed only on the standbys named in the
     // `sync` key; nobody else may be promoted automatically, and only they are compared.
+    let Peers::Queried(peers) = peers else {
+        return Err("the other members were not asked for their state this cycle".into());
+    };
     let sync = sync_set(cluster, policy);
     let peers: Vec<&PeerStatus> = peers
         .iter()

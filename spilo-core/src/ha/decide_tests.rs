@@ -115,7 +115,7 @@ fn local(pg: Pg) -> LocalView {
         needs_rewind: false,
         rewind_failed: false,
         down_since: None,
-        peers: Vec::new(),
+        peers: Peers::Queried(Vec::new()),
         lease_renewed_at: None,
         unix_now: 1_700_000_000,
         clone_from_leader: false,
@@ -314,7 +314,7 @@ fn writes_initialize_when_missing() {
 fn leader_expired_and_this_node_is_ahead_promotes() {
     let c = cluster(None, "n2");
     let mut l = local(replica(1000));
-    l.peers = vec![peer("n3", false, 900)];
+    l.peers = Peers::Queried(vec![peer("n3", false, 900)]);
     let d = run(Some(&c), &l, &policy("n2"));
     assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
     assert_eq!(d.reasons, vec![Reason::HealthiestAfterLeaderExpired]);
@@ -324,7 +324,7 @@ fn leader_expired_and_this_node_is_ahead_promotes() {
 fn leader_expired_and_another_node_is_ahead_waits() {
     let c = cluster(None, "n2");
     let mut l = local(replica(900));
-    l.peers = vec![peer("n3", false, 1000)];
+    l.peers = Peers::Queried(vec![peer("n3", false, 1000)]);
     let d = run(Some(&c), &l, &policy("n2"));
     assert!(d.actions.is_empty());
     assert!(
@@ -374,7 +374,7 @@ fn equal_position_and_lower_failover_priority_yields() {
     let mut l = local(replica(1000));
     let mut other = peer("n3", false, 1000);
     other.failover_priority = 5;
-    l.peers = vec![other];
+    l.peers = Peers::Queried(vec![other]);
     let d = run(Some(&c), &l, &policy("n2"));
     assert!(d.actions.is_empty());
     assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("failover_priority")));
@@ -384,7 +384,7 @@ fn equal_position_and_lower_failover_priority_yields() {
 fn equal_position_and_equal_priority_both_race() {
     let c = cluster(None, "n2");
     let mut l = local(replica(1000));
-    l.peers = vec![peer("n3", false, 1000)];
+    l.peers = Peers::Queried(vec![peer("n3", false, 1000)]);
     let d = run(Some(&c), &l, &policy("n2"));
     assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
 }
@@ -410,7 +410,7 @@ fn timeline_behind_with_check_timeline_does_not_race() {
 fn a_live_primary_peer_blocks_the_race() {
     let c = cluster(None, "n2");
     let mut l = local(replica(1000));
-    l.peers = vec![peer("n1", true, 1000)];
+    l.peers = Peers::Queried(vec![peer("n1", true, 1000)]);
     let d = run(Some(&c), &l, &policy("n2"));
     assert!(d.actions.is_empty());
     assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("still alive")));
@@ -424,7 +424,7 @@ fn unreachable_and_nofailover_peers_are_ignored() {
     dead.reachable = false;
     let mut nf = peer("n3", false, 5000);
     nf.nofailover = true;
-    l.peers = vec![dead, nf];
+    l.peers = Peers::Queried(vec![dead, nf]);
     let d = run(Some(&c), &l, &policy("n2"));
     assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
 }
@@ -441,7 +441,7 @@ fn manual_failover_candidate_races_even_when_behind() {
         version: 3,
     });
     let mut l = local(replica(900));
-    l.peers = vec![peer("n3", false, 1000)];
+    l.peers = Peers::Queried(vec![peer("n3", false, 1000)]);
     let d = run(Some(&c), &l, &policy("n2"));
     assert_eq!(
         d.actions,
@@ -745,7 +745,7 @@ fn with_failover(
 fn switchover_to_a_healthy_candidate_hands_over_gracefully() {
     let c = with_failover(cluster(Some("n1"), "n1"), Some("n1"), Some("n2"), None);
     let mut l = local(primary(1000));
-    l.peers = vec![peer("n2", false, 1000), peer("n3", false, 1000)];
+    l.peers = Peers::Queried(vec![peer("n2", false, 1000), peer("n3", false, 1000)]);
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Graceful)]);
     assert_eq!(
@@ -760,12 +760,12 @@ fn switchover_to_a_healthy_candidate_hands_over_gracefully() {
 fn switchover_without_candidate_needs_any_healthy_replica() {
     let c = with_failover(cluster(Some("n1"), "n1"), Some("n1"), None, None);
     let mut l = local(primary(1000));
-    l.peers = vec![peer("n3", false, 1000)];
+    l.peers = Peers::Queried(vec![peer("n3", false, 1000)]);
     assert_eq!(
         run(Some(&c), &l, &policy("n1")).actions,
         vec![Action::Demote(DemoteMode::Graceful)]
     );
-    l.peers.clear();
+    l.peers = Peers::Queried(Vec::new());
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(
         d.actions,
@@ -779,7 +779,7 @@ fn switchover_to_an_unreachable_or_nofailover_candidate_is_cleared() {
     let mut l = local(primary(1000));
     let mut dead = peer("n2", false, 1000);
     dead.reachable = false;
-    l.peers = vec![dead, peer("n3", false, 1000)];
+    l.peers = Peers::Queried(vec![dead, peer("n3", false, 1000)]);
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(
         d.actions,
@@ -787,7 +787,7 @@ fn switchover_to_an_unreachable_or_nofailover_candidate_is_cleared() {
     );
     let mut nf = peer("n2", false, 1000);
     nf.nofailover = true;
-    l.peers = vec![nf];
+    l.peers = Peers::Queried(vec![nf]);
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(d.actions[0], Action::ClearFailover(9));
 }
@@ -797,7 +797,7 @@ fn switchover_to_a_candidate_that_published_an_old_position_still_runs() {
     // The candidate's published position is a loop old; the graceful stop hands it the rest.
     let c = with_failover(cluster(Some("n1"), "n1"), Some("n1"), Some("n2"), None);
     let mut l = local(primary(50_000_000));
-    l.peers = vec![peer("n2", false, 1000)];
+    l.peers = Peers::Queried(vec![peer("n2", false, 1000)]);
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Graceful)]);
 }
@@ -811,7 +811,7 @@ fn scheduled_switchover_waits_until_due_then_runs() {
         Some("2023-11-14T22:13:30+00:00"),
     );
     let mut l = local(primary(1000));
-    l.peers = vec![peer("n2", false, 1000)];
+    l.peers = Peers::Queried(vec![peer("n2", false, 1000)]);
     l.unix_now = 1_700_000_000; // 2023-11-14T22:13:20Z: ten seconds early
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(d.actions, vec![Action::LeaderHousekeeping]);
@@ -851,7 +851,7 @@ fn the_new_leader_clears_the_failover_key_after_taking_the_lock() {
 fn a_replica_that_is_not_the_candidate_lets_the_candidate_win() {
     let c = with_failover(cluster(None, "n3"), Some("n1"), Some("n2"), None);
     let mut l = local(replica(5000));
-    l.peers = vec![peer("n2", false, 1000)];
+    l.peers = Peers::Queried(vec![peer("n2", false, 1000)]);
     let d = run(Some(&c), &l, &policy("n3"));
     assert!(d.actions.is_empty());
     assert!(
@@ -933,7 +933,7 @@ fn only_the_synchronous_standby_may_be_promoted() {
     let mut p2 = policy("n2");
     p2.synchronous = true;
     let mut l = local(replica(1000));
-    l.peers = vec![peer("n3", false, 9000)];
+    l.peers = Peers::Queried(vec![peer("n3", false, 9000)]);
     let d = run(Some(&c), &l, &p2);
     assert_eq!(d.actions, vec![Action::AcquireLeader, Action::Promote]);
 }
@@ -974,12 +974,12 @@ fn quorum_mode_needs_enough_voters_confirming_the_candidate() {
     let mut l = local(replica(1000));
     let mut dead = peer("n3", false, 900);
     dead.reachable = false;
-    l.peers = vec![dead];
+    l.peers = Peers::Queried(vec![dead]);
     let d = run(Some(&c), &l, &p);
     assert!(d.actions.is_empty(), "{d:?}");
     assert!(matches!(&d.reasons[0], Reason::NotHealthiest(w) if w.contains("quorum")));
     // n3 answers and is not ahead: one vote, enough.
-    l.peers = vec![peer("n3", false, 900)];
+    l.peers = Peers::Queried(vec![peer("n3", false, 900)]);
     assert_eq!(
         run(Some(&c), &l, &p).actions,
         vec![Action::AcquireLeader, Action::Promote]
@@ -1011,7 +1011,10 @@ fn paused_cluster_promotes_only_the_named_failover_candidate() {
 fn race(mine: u64, theirs: u64) -> (Cluster, LocalView) {
     let c = cluster(None, "n2");
     let mut l = local(replica(mine));
-    l.peers = vec![PeerStatus::unreachable("n1"), peer("n3", false, theirs)];
+    l.peers = Peers::Queried(vec![
+        PeerStatus::unreachable("n1"),
+        peer("n3", false, theirs),
+    ]);
     (c, l)
 }
 
@@ -1041,11 +1044,61 @@ fn an_unanswered_before_promote_hook_holds_the_promotion() {
 }
 
 #[test]
+fn peers_not_queried_never_read_as_no_rivals() {
+    // The same race, but nobody asked the peers: no promotion, and the reason says why.
+    let (c, mut l) = race(1000, 900);
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert_eq!(d.actions, PROMOTE.to_vec(), "asked, n2 is the healthiest");
+    l.peers = Peers::NotQueried;
+    let d = run(Some(&c), &l, &policy("n2"));
+    assert!(d.actions.is_empty(), "{d:?}");
+    assert!(
+        matches!(&d.reasons[..], [Reason::NotHealthiest(why)] if why.contains("not asked")),
+        "{d:?}"
+    );
+    // And the planner asks for them in exactly this situation.
+    assert!(peers_needed(Some(&c), &l.pg, "n2", false));
+    assert!(
+        !peers_needed(Some(&c), &l.pg, "n2", true),
+        "not while a job runs"
+    );
+}
+
+#[test]
+fn a_leader_asked_to_hand_over_waits_for_the_candidates_state_rather_than_clearing() {
+    let mut c = cluster(Some("n1"), "n1");
+    c.failover = Some(Versioned {
+        value: Failover {
+            leader: Some("n1".into()),
+            member: Some("n2".into()),
+            scheduled_at: None,
+        },
+        version: 7,
+    });
+    let mut l = local(primary(1000));
+    assert!(peers_needed(Some(&c), &l.pg, "n1", false));
+    l.peers = Peers::NotQueried;
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::LeaderHousekeeping], "{d:?}");
+    assert!(d.reasons.contains(&Reason::PeersNotQueried), "{d:?}");
+    // Asked, with n2 healthy: hand over.
+    l.peers = Peers::Queried(vec![peer("n2", false, 1000)]);
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(
+        d.actions,
+        vec![Action::Demote(DemoteMode::Graceful)],
+        "{d:?}"
+    );
+}
+
+#[test]
 fn a_peer_whose_hook_vetoed_is_skipped_even_when_ahead() {
     let (c, mut l) = race(900, 1000);
     let d = run(Some(&c), &l, &policy("n2"));
     assert!(d.actions.is_empty(), "n3 is ahead: n2 waits");
-    l.peers[1].promotion_veto = Some("before_promote: no".into());
+    if let Peers::Queried(p) = &mut l.peers {
+        p[1].promotion_veto = Some("before_promote: no".into());
+    }
     let d = run(Some(&c), &l, &policy("n2"));
     assert_eq!(d.actions, PROMOTE.to_vec());
     assert_eq!(d.reasons, vec![Reason::HealthiestAfterLeaderExpired]);
@@ -1079,7 +1132,9 @@ fn the_hook_cannot_pick_an_unhealthy_or_barred_candidate() {
     // n3 is a nofailover node: not a candidate, so the pick is ignored and n2, the
     // healthiest, promotes.
     let (c, mut l) = race(1000, 900);
-    l.peers[1].nofailover = true;
+    if let Peers::Queried(p) = &mut l.peers {
+        p[1].nofailover = true;
+    }
     l.candidate_choice = CandidateChoice::Member("n3".into());
     let d = run(Some(&c), &l, &policy("n2"));
     assert_eq!(d.actions, PROMOTE.to_vec());
@@ -1154,14 +1209,14 @@ fn failover_candidates_are_ordered_and_filtered() {
     n5.promotion_veto = Some("no".into());
     let mut n6 = peer("n6", false, 800);
     n6.nofailover = true;
-    l.peers = vec![
+    l.peers = Peers::Queried(vec![
         PeerStatus::unreachable("n1"),
         peer("n3", false, 1000),
         n4,
         n5,
         n6,
         peer("n7", true, 2000),
-    ];
+    ]);
     assert_eq!(
         failover_candidates(&c, &policy("n2"), &l),
         vec!["n4", "n3", "n2"],
@@ -1185,7 +1240,7 @@ fn a_switchover_to_a_vetoing_candidate_is_cleared() {
     let mut l = local(primary(1000));
     let mut n2 = peer("n2", false, 1000);
     n2.promotion_veto = Some("before_promote: no".into());
-    l.peers = vec![n2];
+    l.peers = Peers::Queried(vec![n2]);
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(
         d.actions,

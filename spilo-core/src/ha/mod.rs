@@ -11,5 +11,6 @@ pub mod state_file;
 pub mod sync;
 
 pub use decide::{
-    decide, Action, DataDir, Decision, DemoteMode, JobKind, LocalView, Pg, Policy, Reason,
+    decide, peers_needed, Action, DataDir, Decision, DemoteMode, JobKind, LocalView, Peers, Pg,
+    Policy, Reason,
 };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::client;
 use crate::dcs::{decode_cluster, DcsError};
-use crate::ha::decide::{CandidateChoice, JobKind, LocalView, Pg, PromotionGate};
+use crate::ha::decide::{CandidateChoice, JobKind, LocalView, Peers, Pg, PromotionGate};
 use crate::ha::phase::Phase;
 use crate::ha::state::DecisionReport;
 use crate::ha::{decide, member};
@@ -93,17 +93,9 @@ impl Node {
 
         self.enter(Phase::QueryPeers);
         // Peers matter only in a leader race, or to a leader asked to hand over.
-        let me = self.cfg.name.as_str();
-        let peers = match (&cluster, &pg_view) {
-            (Some(c), Pg::Running { primary, .. })
-                if self.job.is_none()
-                    && ((!primary
-                        && c.leader.is_none()
-                        && c.failover.as_ref().and_then(|f| f.value.member.as_deref())
-                            != Some(me))
-                        || (*primary
-                            && c.failover.is_some()
-                            && c.leader.as_ref().map(|l| l.name == me).unwrap_or(false))) =>
+        let peers = match &cluster {
+            Some(c)
+                if decide::peers_needed(Some(c), &pg_view, &self.cfg.name, self.job.is_some()) =>
             {
                 let others: Vec<(String, String)> = c
                     .members
@@ -111,9 +103,11 @@ impl Node {
                     .filter(|m| m.name != self.cfg.name && !m.data.api_url.is_empty())
                     .map(|m| (m.name.clone(), m.data.api_url.clone()))
                     .collect();
-                client::fetch_peers(&others, self.retry().min(Duration::from_secs(2))).await
+                Peers::Queried(
+                    client::fetch_peers(&others, self.retry().min(Duration::from_secs(2))).await,
+                )
             }
-            _ => Vec::new(),
+            _ => Peers::NotQueried,
         };
 
         // ---- decide
