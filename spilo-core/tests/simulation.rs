@@ -75,6 +75,10 @@ use spilo_core::ha::decide::{
     self, Action, CandidateChoice, DataDir, Decision, DemoteMode, LocalView, Peers, Pg, Policy,
     PromotionGate,
 };
+use spilo_core::ha::plan::{next_rewind_state, RemovalReason, RewindEvent, RewindState};
+
+/// The executor's rewind planner (`ha::plan::next_rewind_state`).
+type RewindFn = fn(RewindState, RewindEvent) -> (RewindState, Option<RemovalReason>);
 use spilo_core::ha::state::ReplicationRow;
 use spilo_core::ha::sync;
 
@@ -423,7 +427,11 @@ struct Node {
     /// Ran as primary since its last rewind or copy (for the forked-follower check).
     former_primary: bool,
     // The daemon's state.
-    needs_rewind: bool,
+    /// The runner's rewind state machine (`ha::plan::next_rewind_state`, the real one).
+    rewind: RewindState,
+    /// The data directory was removed (after a failed rewind, with
+    /// `remove_data_directory_on_rewind_failure`): empty until copied again.
+    empty: bool,
     upstream: Option<Option<String>>,
     /// `synchronous_standby_names` the daemon manages (None: not known).
     ssn: Option<String>,
@@ -490,6 +498,7 @@ struct Stats {
     requests_failed: u64,
     requests_delayed: u64,
     guard_stops: u64,
+    rewinds_failed: u64,
 }
 
 impl Stats {
@@ -504,6 +513,7 @@ impl Stats {
         self.requests_failed += o.requests_failed;
         self.requests_delayed += o.requests_delayed;
         self.guard_stops += o.guard_stops;
+        self.rewinds_failed += o.rewinds_failed;
     }
 }
 
@@ -543,6 +553,13 @@ struct World {
     trace: Vec<String>,
     stats: Stats,
     config: Versioned<DynamicConfig>,
+    /// How often (percent) a pg_rewind fails in this world (0 in most worlds).
+    rewind_failure_percent: u64,
+    /// `remove_data_directory_on_rewind_failure` in this world.
+    recopy_on_rewind_failure: bool,
+    /// The executor's rewind state machine (the real one, or a broken one the checks must
+    /// catch).
+    rewind_plan: RewindFn,
 }
 
 impl World {
@@ -564,6 +581,9 @@ impl World {
                 value: DynamicConfig::default(),
                 version: 1,
             },
+            rewind_failure_percent: 0,
+            recopy_on_rewind_failure: false,
+            rewind_plan: next_rewind_state,
         };
         for i in 0..NODES {
             let name = format!("n{i}");
@@ -581,7 +601,8 @@ impl World {
                 },
                 ctl_primary: i == 0,
                 former_primary: i == 0,
-                needs_rewind: false,
+                rewind: RewindState::NotNeeded,
+                empty: false,
                 upstream: Some(if i == 0 { None } else { Some("n0".into()) }),
                 ssn: (i == 0 && sync).then(String::new),
                 ssn_since: None,
@@ -937,6 +958,7 @@ impl World {
         self.nodes[i].renewed = (session_ok && holds).then_some(at);
         let n = &self.nodes[i];
         let (pg, data) = match n.pg {
+            PgState::Stopped if n.empty => (Pg::Stopped, DataDir::Empty),
             PgState::Stopped => (
                 Pg::Stopped,
                 DataDir::Initialized {
@@ -990,8 +1012,8 @@ impl World {
             pg: obs.pg.clone(),
             job: None,
             upstream: n.upstream.clone(),
-            needs_rewind: n.needs_rewind,
-            rewind_failed: false,
+            needs_rewind: n.rewind.needed(),
+            rewind_failed: n.rewind.failed(),
             down_since: None,
             peers: obs.peers.clone(),
             lease_renewed_at: n.renewed.map(Duration::from_millis),
@@ -1043,6 +1065,7 @@ impl World {
 
     /// Carries out one action as the runner does; false stops the plan.
     fn act(&mut self, i: usize, a: &Action, obs: &Obs, rng: &mut Rng) -> bool {
+        let rewind_plan = self.rewind_plan;
         let known = |name: &str| {
             obs.cluster
                 .as_ref()
@@ -1056,7 +1079,7 @@ impl World {
                     Some((true, _)) => {
                         let n = &mut self.nodes[i];
                         n.renewed = Some(obs.at);
-                        n.needs_rewind = false;
+                        n.rewind = (rewind_plan)(n.rewind, RewindEvent::AcquiredLeader).0;
                         true
                     }
                     _ => false,
@@ -1135,12 +1158,43 @@ impl World {
                 {
                     return false;
                 }
+                // Some worlds have pg_rewind fail now and then; the runner's state machine
+                // decides what follows (remove the data directory and copy it again, or wait
+                // for the operator).
+                let is_rewind = matches!(a, Action::StartRewind(_));
+                if is_rewind
+                    && self.rewind_failure_percent > 0
+                    && rng.chance(self.rewind_failure_percent)
+                {
+                    self.stats.rewinds_failed += 1;
+                    let event = RewindEvent::RewindFailed {
+                        recopy_allowed: self.recopy_on_rewind_failure,
+                    };
+                    let (state, removal) = (self.rewind_plan)(self.nodes[i].rewind, event);
+                    let n = &mut self.nodes[i];
+                    n.rewind = state;
+                    if removal.is_some() {
+                        n.empty = true;
+                        n.data = Data {
+                            lineage: vec![(1, 0)],
+                            wal: 0,
+                        };
+                        n.ctl_primary = false;
+                        n.former_primary = false;
+                    }
+                    let name = n.name.clone();
+                    self.note(|| format!("{name}: pg_rewind from {from} failed ({removal:?})"));
+                    return false;
+                }
                 // pg_rewind / pg_basebackup: our data becomes a prefix of the source's.
                 self.stats.rewinds += 1;
                 let src = self.nodes[j].data.clone();
                 let n = &mut self.nodes[i];
                 n.data = src;
-                n.needs_rewind = false;
+                n.empty = false;
+                if is_rewind {
+                    n.rewind = (rewind_plan)(n.rewind, RewindEvent::RewindDone).0;
+                }
                 n.ctl_primary = false;
                 n.former_primary = false;
                 n.pg = PgState::Replica(Some(j));
@@ -1208,6 +1262,7 @@ impl World {
     }
 
     fn demote(&mut self, i: usize, mode: DemoteMode, rng: &mut Rng) {
+        let rewind_plan = self.rewind_plan;
         self.stats.demotions += 1;
         if mode == DemoteMode::Graceful {
             // Fast stop: connected standbys receive everything first; then the status and the
@@ -1220,7 +1275,7 @@ impl World {
             let was_held = self.nodes[i].renewed.take().is_some();
             self.stop_pg(i);
             let n = &mut self.nodes[i];
-            n.needs_rewind = true;
+            n.rewind = (rewind_plan)(n.rewind, RewindEvent::StoppedAsPrimary).0;
             n.upstream = None;
             n.ssn = None;
             n.ssn_since = None;
@@ -1236,7 +1291,7 @@ impl World {
         n.renewed = None;
         n.ssn = None;
         n.ssn_since = None;
-        n.needs_rewind = true;
+        n.rewind = (rewind_plan)(n.rewind, RewindEvent::StoppedAsPrimary).0;
         n.upstream = None;
         if mode == DemoteMode::Offline {
             n.pg = PgState::Replica(None);
@@ -1476,7 +1531,11 @@ impl World {
                 n.fence_until,
                 n.dcs,
                 if n.paused { ", frozen" } else { "" },
-                if n.needs_rewind { ", needs rewind" } else { "" },
+                match n.rewind {
+                    RewindState::NotNeeded => "",
+                    RewindState::Needed => ", needs rewind",
+                    RewindState::Failed => ", rewind failed",
+                },
                 if n.slow { ", slow replication" } else { "" },
                 if cuts.is_empty() {
                     String::new()
@@ -1509,7 +1568,7 @@ impl World {
             if let PgState::Replica(Some(j)) = n.pg {
                 if self.reaches(i, j)
                     && n.former_primary
-                    && !n.needs_rewind
+                    && !n.rewind.needed()
                     && !n.data.is_prefix_of(&self.nodes[j].data)
                 {
                     // Streaming is refused by PostgreSQL itself on a fork; the invariant is
@@ -1597,6 +1656,8 @@ impl Step {
 struct RunCfg<'a> {
     sync: bool,
     decide: DecideFn,
+    /// The executor's rewind planner.
+    rewind: RewindFn,
     /// Steps to leave out (shrinking).
     skip: Option<&'a [bool]>,
     tracing: bool,
@@ -1605,6 +1666,16 @@ struct RunCfg<'a> {
 /// One random schedule: what happened, or the failure.
 fn run(seed: u64, steps: usize, cfg: RunCfg<'_>) -> Result<Stats, Box<Failure>> {
     let mut w = World::new(cfg.sync, cfg.decide, cfg.tracing);
+    w.rewind_plan = cfg.rewind;
+    // One world in three has failing rewinds, half of those with re-copying allowed.
+    match seed % 6 {
+        1 => {
+            w.rewind_failure_percent = 50;
+            w.recopy_on_rewind_failure = true;
+        }
+        4 => w.rewind_failure_percent = 50,
+        _ => {}
+    }
     for k in 0..steps {
         let mut rng = Rng::for_step(seed, k);
         let step = Step::draw(&mut rng);
@@ -1893,6 +1964,7 @@ fn random_suite(o: &Opts, sync: bool) -> Result<String, String> {
     let cfg = RunCfg {
         sync,
         decide: decide::decide,
+        rewind: next_rewind_state,
         skip: None,
         tracing: false,
     };
@@ -1930,6 +2002,7 @@ fn replay(o: &Opts) -> Result<String, String> {
         let cfg = RunCfg {
             sync,
             decide: decide::decide,
+            rewind: next_rewind_state,
             skip: None,
             tracing: false,
         };
@@ -1981,17 +2054,39 @@ fn ignore_the_sync_key(c: Option<&Cluster>, l: &LocalView, p: &Policy, now: Dura
     decide::decide(c, l, &p, now)
 }
 
+/// A deliberately broken rule of the *executor* (not of `decide()`): after a failed rewind
+/// that may not re-copy, it forgets that the node diverged, so the node follows the leader on a
+/// forked history. The checker must catch it.
+fn forget_failed_rewinds(
+    state: RewindState,
+    event: RewindEvent,
+) -> (RewindState, Option<RemovalReason>) {
+    match event {
+        RewindEvent::RewindFailed {
+            recopy_allowed: false,
+        } => (RewindState::NotNeeded, None),
+        other => next_rewind_state(state, other),
+    }
+}
+
 /// Some seed of `1..=200` must fail with `kind`; its shrunk run must fail the same way, no
 /// later than the original.
-fn caught(sync: bool, decide: DecideFn, kind: Kind, o: &Opts) -> Result<String, String> {
+fn caught(
+    sync: bool,
+    decide: DecideFn,
+    rewind: RewindFn,
+    kind: Kind,
+    o: &Opts,
+) -> Result<String, String> {
     let cfg = RunCfg {
         sync,
         decide,
+        rewind,
         skip: None,
         tracing: false,
     };
     let (seed, f) = match run_seeds(1, 200, 5_000, o.threads, cfg) {
-        Ok(_) => return Err("the checker let a broken decide() pass 200 seeds".into()),
+        Ok(_) => return Err("the checker let a broken rule pass 200 seeds".into()),
         Err(x) => x,
     };
     if f.kind != kind {
@@ -2040,10 +2135,31 @@ const TESTS: &[(&str, TestFn)] = &[
         },
     ),
     ("a_broken_decision_is_caught", |o| {
-        caught(false, promote_without_the_key, Kind::TwoWriters, o)
+        caught(
+            false,
+            promote_without_the_key,
+            next_rewind_state,
+            Kind::TwoWriters,
+            o,
+        )
     }),
     ("a_broken_sync_rule_is_caught", |o| {
-        caught(true, ignore_the_sync_key, Kind::LostWrite, o)
+        caught(
+            true,
+            ignore_the_sync_key,
+            next_rewind_state,
+            Kind::LostWrite,
+            o,
+        )
+    }),
+    ("a_broken_executor_rule_is_caught", |o| {
+        caught(
+            false,
+            decide::decide,
+            forget_failed_rewinds,
+            Kind::ForkedFollower,
+            o,
+        )
     }),
     ("replay", replay),
 ];

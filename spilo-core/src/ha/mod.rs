@@ -5,6 +5,7 @@ pub mod decide;
 pub mod fence;
 pub mod member;
 pub mod phase;
+pub mod plan;
 pub mod runner;
 pub mod state;
 pub mod state_file;

@@ -10,6 +10,7 @@ use super::{JobDone, Node};
 use crate::config;
 use crate::ha::command::{Command, CommandReply, RestartRequest};
 use crate::ha::decide::JobKind;
+use crate::ha::plan::RewindEvent;
 use crate::postgres::StopMode;
 
 fn send(reply: oneshot::Sender<CommandReply>, status: u16, msg: impl Into<String>) {
@@ -213,16 +214,13 @@ impl Node {
             tracing::warn!(error = %e, "immediate stop failed; killing the postmaster");
             self.pg.kill_postmaster();
         }
-        if let Err(e) = self.pg.remove_data_dir() {
-            return send(reply, 503, format!("reinitialize failed: {e}"));
+        if let Some(reason) = self.rewind_event(RewindEvent::Reinitialized) {
+            if let Err(e) = self.pg.remove_data_dir() {
+                return send(reply, 503, format!("reinitialize failed: {e}"));
+            }
+            tracing::info!(from_leader, "data directory removed: {reason}");
         }
-        tracing::info!(
-            from_leader,
-            "reinitialize: data directory removed, copying it again"
-        );
         self.clone_from_leader = from_leader;
-        self.needs_rewind = false;
-        self.rewind_failed = false;
         self.upstream = None;
         self.wake.notify_one();
         send(reply, 200, "reinitialize started");

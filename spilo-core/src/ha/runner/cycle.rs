@@ -117,8 +117,8 @@ impl Node {
             pg: pg_view,
             job: self.job.as_ref().map(|j| j.kind),
             upstream: self.upstream.clone(),
-            needs_rewind: self.needs_rewind,
-            rewind_failed: self.rewind_failed,
+            needs_rewind: self.rewind.needed(),
+            rewind_failed: self.rewind.failed(),
             down_since: self.down_since,
             peers,
             lease_renewed_at: self

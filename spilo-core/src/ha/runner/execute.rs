@@ -5,6 +5,7 @@ use std::time::Instant;
 use crate::dcs::{self, Cas, Cluster, Status};
 use crate::ha::decide::{Action, Decision, DemoteMode, LocalView};
 use crate::ha::phase::Phase;
+use crate::ha::plan::RewindEvent;
 use crate::ha::state::PgStatus;
 use crate::postgres::StopMode;
 
@@ -26,8 +27,7 @@ impl Node {
                     Ok(true) => {
                         tracing::info!("acquired the leader lock");
                         self.lease_renewed_at = Some(keep_sent);
-                        self.needs_rewind = false;
-                        self.rewind_failed = false;
+                        self.rewind_event(RewindEvent::AcquiredLeader);
                         true
                     }
                     Ok(false) => {
@@ -146,13 +146,13 @@ impl Node {
         self.lease_renewed_at = None;
         self.ssn = None;
         self.ssn_since = None;
-        self.slots_done_for.clear();
+        self.bookkeeping.slots_for.clear();
         tracing::warn!("demoting: stopping PostgreSQL immediately");
         if let Err(e) = self.pg.stop(StopMode::Immediate).await {
             tracing::error!(error = %e, "immediate stop failed; killing the postmaster");
             self.pg.kill_postmaster();
         }
-        self.needs_rewind = true;
+        self.rewind_event(RewindEvent::StoppedAsPrimary);
         self.upstream = None;
         if mode == DemoteMode::Offline {
             self.spawn_start(None, Some(None), true);
@@ -182,11 +182,11 @@ impl Node {
             tracing::error!(error = %e, "fast stop failed; stopping immediately");
             let _ = self.pg.stop(StopMode::Immediate).await;
         }
-        self.needs_rewind = true;
+        self.rewind_event(RewindEvent::StoppedAsPrimary);
         self.upstream = None;
         self.ssn = None;
         self.ssn_since = None;
-        self.slots_done_for.clear();
+        self.bookkeeping.slots_for.clear();
         if self.lease_renewed_at.take().is_none() {
             return;
         }

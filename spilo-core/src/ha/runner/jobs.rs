@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::dcs::{self, Cas, Cluster};
 use crate::ha::decide::{DataDir, JobKind, LocalView};
+use crate::ha::plan::{plan_promotion, plan_rejoin, PromotionPrep, RejoinPlan, RewindEvent};
 use crate::ha::sync;
 use crate::postgres::query::{quote_ident, quote_literal};
 use crate::postgres::StopMode;
@@ -55,7 +56,7 @@ impl Node {
                     self.upstream = done.upstream;
                 }
                 if job.kind == JobKind::Rewind {
-                    self.needs_rewind = false;
+                    self.rewind_event(RewindEvent::RewindDone);
                 }
                 if job.kind == JobKind::Clone {
                     self.clone_from_leader = false;
@@ -67,14 +68,14 @@ impl Node {
                     self.bootstrap_failed = Some(e.clone());
                 }
                 if job.kind == JobKind::Rewind {
-                    if self.cfg.postgresql.remove_data_directory_on_rewind_failure {
-                        tracing::warn!("removing the data directory to copy it again (remove_data_directory_on_rewind_failure)");
+                    let event = RewindEvent::RewindFailed {
+                        recopy_allowed: self.cfg.postgresql.remove_data_directory_on_rewind_failure,
+                    };
+                    if let Some(reason) = self.rewind_event(event) {
+                        tracing::warn!("removing the data directory: {reason}");
                         if let Err(e) = self.pg.remove_data_dir() {
                             tracing::error!(error = %e, "could not remove the data directory");
                         }
-                        self.needs_rewind = false;
-                    } else {
-                        self.rewind_failed = true;
                     }
                 }
             }
@@ -255,8 +256,11 @@ impl Node {
             return false;
         };
         let crashed = matches!(local.data, DataDir::Initialized { crashed: true, .. });
-        let use_rewind = self.dynamic.postgresql.use_pg_rewind;
-        let recopy = self.cfg.postgresql.remove_data_directory_on_rewind_failure;
+        let plan = plan_rejoin(
+            self.dynamic.postgresql.use_pg_rewind,
+            self.cfg.postgresql.remove_data_directory_on_rewind_failure,
+            crashed,
+        );
         let pg = self.pg.clone();
         let params = self.dynamic.postgresql.parameters.clone();
         let hba = self.hba();
@@ -267,25 +271,33 @@ impl Node {
         );
         self.spawn_job(JobKind::Rewind, "starting", async move {
             state_file_settled(&state_file.0, &state_file.1).await;
-            if use_rewind {
-                pg.write_config(&params, &hba, false, None)
-                    .map_err(|e| e.to_string())?;
-                if crashed {
-                    tracing::info!("running crash recovery in single-user mode before pg_rewind");
-                    pg.single_user_recovery().await.map_err(|e| e.to_string())?;
+            match plan {
+                RejoinPlan::Rewind {
+                    crash_recovery_first,
+                } => {
+                    pg.write_config(&params, &hba, false, None)
+                        .map_err(|e| e.to_string())?;
+                    if crash_recovery_first {
+                        tracing::info!(
+                            "running crash recovery in single-user mode before pg_rewind"
+                        );
+                        pg.single_user_recovery().await.map_err(|e| e.to_string())?;
+                    }
+                    let out = pg
+                        .rewind(&up.host, up.port)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tracing::info!("pg_rewind: {}", out.lines().last().unwrap_or("done"));
                 }
-                let out = pg
-                    .rewind(&up.host, up.port)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tracing::info!("pg_rewind: {}", out.lines().last().unwrap_or("done"));
-            } else if recopy {
-                tracing::warn!("use_pg_rewind is off: copying the data directory again");
-                pg.basebackup(&up.host, up.port)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            } else {
-                tracing::warn!("use_pg_rewind is off: starting as a replica without rewinding");
+                RejoinPlan::Recopy => {
+                    tracing::warn!("use_pg_rewind is off: copying the data directory again");
+                    pg.basebackup(&up.host, up.port)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                RejoinPlan::StartWithoutRewind => {
+                    tracing::warn!("use_pg_rewind is off: starting as a replica without rewinding");
+                }
             }
             pg.write_config(&params, &hba, true, Some(&up))
                 .map_err(|e| e.to_string())?;
@@ -333,36 +345,40 @@ impl Node {
     }
 
     pub(super) async fn spawn_promote(&mut self, cluster: Option<&Cluster>) -> bool {
-        if sync::sync_mode(&self.dynamic) != sync::SyncMode::Off {
-            // Before promoting, name ourselves in the `sync` key with no standby yet, so no
-            // stale standby there can be promoted after us; in strict mode, commits wait until
-            // a standby is confirmed.
-            let version = cluster.and_then(|c| c.sync.as_ref()).map(|v| v.version);
-            let value = dcs::codec::to_compact_json(&sync::key_value(&self.cfg.name, &[]));
-            let cas = version.map(Cas::Version).unwrap_or(Cas::Absent);
-            match self.dcs.put("sync", &value, cas).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!("the sync key changed under us; postponing the promotion");
-                    return false;
+        let prep = plan_promotion(
+            sync::sync_mode(&self.dynamic) != sync::SyncMode::Off,
+            sync::strict(&self.dynamic),
+        );
+        match prep {
+            PromotionPrep::ClaimSyncKey { ssn } => {
+                let version = cluster.and_then(|c| c.sync.as_ref()).map(|v| v.version);
+                let value = dcs::codec::to_compact_json(&sync::key_value(&self.cfg.name, &[]));
+                let cas = version.map(Cas::Version).unwrap_or(Cas::Absent);
+                match self.dcs.put("sync", &value, cas).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("the sync key changed under us; postponing the promotion");
+                        return false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not write the sync key; postponing the promotion");
+                        return false;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not write the sync key; postponing the promotion");
-                    return false;
+                self.ssn = Some(ssn);
+                self.ssn_since = None;
+                if let Err(e) = self.write_conf(true, None) {
+                    tracing::warn!("could not write the configuration before promoting: {e}");
                 }
             }
-            self.ssn = Some(sync::ssn(&[], 1, sync::strict(&self.dynamic)));
-            self.ssn_since = None;
-            if let Err(e) = self.write_conf(true, None) {
-                tracing::warn!("could not write the configuration before promoting: {e}");
+            PromotionPrep::Nothing => {
+                self.ssn = None;
+                self.ssn_since = None;
             }
-        } else {
-            self.ssn = None;
-            self.ssn_since = None;
         }
         // A new term: the slots this node made as an earlier leader may be gone (pg_rewind
         // and pg_basebackup do not copy them).
-        self.slots_done_for.clear();
+        self.bookkeeping.slots_for.clear();
         let pg = self.pg.clone();
         let params = self.conf_params(false);
         let hba = self.hba();

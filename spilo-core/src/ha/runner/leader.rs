@@ -1,6 +1,7 @@
 //! The leader's bookkeeping in the DCS: `config` if missing, `status`, `history`, slots.
 
 use crate::dcs::{Cas, Cluster, HistoryLine, Status};
+use crate::ha::plan::{plan_bookkeeping, Bookkeeping};
 use crate::ha::state::PgStatus;
 use crate::postgres::query::quote_literal;
 use crate::{config, dcs};
@@ -8,96 +9,101 @@ use crate::{config, dcs};
 use super::Node;
 
 impl Node {
+    /// Carries out [`plan_bookkeeping`]'s plan, with the synchronous-replication step (its own
+    /// planner, [`crate::ha::sync::next_step`]) before the slots.
     pub(super) async fn leader_housekeeping(&mut self, cluster: Option<&Cluster>, pgs: &PgStatus) {
         let Some(c) = cluster else { return };
-        if c.config.is_none() && c.config_raw.is_none() {
-            // `bootstrap.dcs` as written, with only the timeouts adjusted: local overrides
-            // (postgresql.parameters of this node) stay local.
-            let mut initial = self.cfg.bootstrap.dcs.clone();
-            config::adjust_timeouts(&mut initial);
-            let bytes = dcs::codec::to_compact_json(&initial);
-            if let Err(e) = self.dcs.put("config", &bytes, Cas::Absent).await {
-                tracing::warn!(error = %e, "could not write config");
+        let status = pgs.wal_flush.map(|optime| {
+            dcs::codec::to_compact_json(&Status {
+                optime: Some(optime),
+                ..Status::default()
+            })
+        });
+        let plan = plan_bookkeeping(
+            c,
+            &self.cfg.name,
+            status,
+            pgs.timeline,
+            self.dynamic.postgresql.use_slots,
+            &self.bookkeeping,
+        );
+        let mut synced = false;
+        for step in plan {
+            if matches!(step, Bookkeeping::EnsureSlots(_)) && !synced {
+                self.sync_housekeeping(c, pgs).await;
+                synced = true;
             }
+            self.bookkeep(c, step).await;
         }
-        let status = Status {
-            optime: pgs.wal_flush,
-            ..Status::default()
-        };
-        let bytes = dcs::codec::to_compact_json(&status);
-        if self.last_status.as_deref() != Some(&bytes[..]) && status.optime.is_some() {
-            match self.dcs.put("status", &bytes, Cas::Any).await {
-                Ok(_) => self.last_status = Some(bytes),
+        if !synced {
+            self.sync_housekeeping(c, pgs).await;
+        }
+    }
+
+    async fn bookkeep(&mut self, c: &Cluster, step: Bookkeeping) {
+        match step {
+            Bookkeeping::WriteInitialConfig => {
+                // `bootstrap.dcs` as written, with only the timeouts adjusted: local overrides
+                // (postgresql.parameters of this node) stay local.
+                let mut initial = self.cfg.bootstrap.dcs.clone();
+                config::adjust_timeouts(&mut initial);
+                let bytes = dcs::codec::to_compact_json(&initial);
+                if let Err(e) = self.dcs.put("config", &bytes, Cas::Absent).await {
+                    tracing::warn!(error = %e, "could not write config");
+                }
+            }
+            Bookkeeping::WriteStatus(bytes) => match self.dcs.put("status", &bytes, Cas::Any).await
+            {
+                Ok(_) => self.bookkeeping.status_written = Some(bytes),
                 Err(e) => tracing::warn!(error = %e, "could not write status"),
-            }
-        }
-        if let Some(tl) = pgs.timeline {
-            if tl > 1 && self.history_written_for != Some(tl) && c.timeline() != tl {
-                match self.read_history(tl) {
-                    Ok(mut h) => {
-                        // Earlier lines keep the time and new leader recorded when they
-                        // were written; the history file has neither.
-                        if let Some(old) = &c.history {
-                            for line in h.iter_mut() {
-                                if let Some(prev) = old.iter().find(|o| o.timeline == line.timeline)
-                                {
-                                    if line.timestamp.is_none() {
-                                        line.timestamp = prev.timestamp.clone();
-                                    }
-                                    if line.new_leader.is_none() {
-                                        line.new_leader = prev.new_leader.clone();
-                                    }
+            },
+            Bookkeeping::HistoryCurrent(tl) => self.bookkeeping.history_for = Some(tl),
+            Bookkeeping::PublishHistory(tl) => match self.read_history(tl) {
+                Ok(mut h) => {
+                    // Earlier lines keep the time and new leader recorded when they were
+                    // written; the history file has neither.
+                    if let Some(old) = &c.history {
+                        for line in h.iter_mut() {
+                            if let Some(prev) = old.iter().find(|o| o.timeline == line.timeline) {
+                                if line.timestamp.is_none() {
+                                    line.timestamp = prev.timestamp.clone();
+                                }
+                                if line.new_leader.is_none() {
+                                    line.new_leader = prev.new_leader.clone();
                                 }
                             }
                         }
-                        match self
-                            .dcs
-                            .put("history", &dcs::codec::encode_history(&h), Cas::Any)
-                            .await
-                        {
-                            Ok(_) => self.history_written_for = Some(tl),
-                            Err(e) => tracing::warn!(error = %e, "could not write history"),
+                    }
+                    match self
+                        .dcs
+                        .put("history", &dcs::codec::encode_history(&h), Cas::Any)
+                        .await
+                    {
+                        Ok(_) => self.bookkeeping.history_for = Some(tl),
+                        Err(e) => tracing::warn!(error = %e, "could not write history"),
+                    }
+                }
+                Err(e) => tracing::warn!("could not read the timeline history: {e}"),
+            },
+            Bookkeeping::EnsureSlots(wanted) => match self.pg.physical_slots(self.retry()).await {
+                Ok(existing) => {
+                    let mut ok = true;
+                    for s in wanted.iter().filter(|s| !existing.contains(s)) {
+                        let sql = format!(
+                            "SELECT pg_create_physical_replication_slot({})",
+                            quote_literal(s)
+                        );
+                        if let Err(e) = self.pg.execute(&sql, self.retry()).await {
+                            tracing::warn!(error = %e, slot = %s, "could not create slot");
+                            ok = false;
                         }
                     }
-                    Err(e) => tracing::warn!("could not read the timeline history: {e}"),
-                }
-            } else if c.timeline() == tl {
-                self.history_written_for = Some(tl);
-            }
-        }
-        self.sync_housekeeping(c, pgs).await;
-        if self.dynamic.postgresql.use_slots {
-            let wanted: Vec<String> = c
-                .members
-                .iter()
-                .filter(|m| m.name != self.cfg.name)
-                .map(|m| dcs::codec::slot_name(&m.name))
-                .collect();
-            // Re-check while some replica is not streaming: its slot may be what is missing.
-            let lagging = c.members.iter().any(|m| {
-                m.name != self.cfg.name && m.data.replication_state.as_deref() != Some("streaming")
-            });
-            if wanted != self.slots_done_for || lagging {
-                match self.pg.physical_slots(self.retry()).await {
-                    Ok(existing) => {
-                        let mut ok = true;
-                        for s in wanted.iter().filter(|s| !existing.contains(s)) {
-                            let sql = format!(
-                                "SELECT pg_create_physical_replication_slot({})",
-                                quote_literal(s)
-                            );
-                            if let Err(e) = self.pg.execute(&sql, self.retry()).await {
-                                tracing::warn!(error = %e, slot = %s, "could not create slot");
-                                ok = false;
-                            }
-                        }
-                        if ok {
-                            self.slots_done_for = wanted;
-                        }
+                    if ok {
+                        self.bookkeeping.slots_for = wanted;
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not list slots"),
                 }
-            }
+                Err(e) => tracing::warn!(error = %e, "could not list slots"),
+            },
         }
     }
 

@@ -14,6 +14,9 @@ use crate::config::{Config, DynamicConfig};
 use crate::dcs::{self, Cluster, Dcs};
 use crate::ha::decide::{JobKind, Policy};
 use crate::ha::phase::Phase;
+use crate::ha::plan::{
+    next_rewind_state, BookkeepingMemo, RemovalReason, RewindEvent, RewindState,
+};
 use crate::ha::state::StateTx;
 use crate::ha::sync;
 use crate::postgres::conf::Upstream;
@@ -60,14 +63,13 @@ pub struct Node {
     job: Option<Job>,
     wake: Arc<Notify>,
     upstream: Option<Option<String>>,
-    needs_rewind: bool,
-    rewind_failed: bool,
+    /// Where a former primary stands on its way back (a planner's state machine).
+    rewind: RewindState,
     down_since: Option<Duration>,
     lease_renewed_at: Option<Instant>,
     last_member: Option<Vec<u8>>,
-    last_status: Option<Vec<u8>>,
-    slots_done_for: Vec<String>,
-    history_written_for: Option<u64>,
+    /// What the leader's bookkeeping wrote in earlier cycles.
+    bookkeeping: BookkeepingMemo,
     pg_label: Option<&'static str>,
     clone_from_leader: bool,
     known_timeline: Option<u64>,
@@ -119,14 +121,11 @@ impl Node {
             job: None,
             wake: Arc::new(Notify::new()),
             upstream: None,
-            needs_rewind: false,
-            rewind_failed: false,
+            rewind: RewindState::NotNeeded,
             down_since: None,
             lease_renewed_at: None,
             last_member: None,
-            last_status: None,
-            slots_done_for: Vec::new(),
-            history_written_for: None,
+            bookkeeping: BookkeepingMemo::default(),
             pg_label: None,
             clone_from_leader: false,
             known_timeline: None,
@@ -177,6 +176,14 @@ impl Node {
     /// A handle that wakes the loop early (REST actions use it).
     pub fn waker(&self) -> Arc<Notify> {
         self.wake.clone()
+    }
+
+    /// Moves the rewind state machine ([`crate::ha::plan::next_rewind_state`]); returns the
+    /// data-directory removal it calls for, if any.
+    fn rewind_event(&mut self, event: RewindEvent) -> Option<RemovalReason> {
+        let (state, removal) = next_rewind_state(self.rewind, event);
+        self.rewind = state;
+        removal
     }
 
     /// Records the phase the loop enters (read by `/patroni`, `/metrics` and the lease guard).
