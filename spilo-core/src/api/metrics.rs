@@ -410,14 +410,21 @@ pub fn render(s: &NodeState, now: Instant) -> String {
     e.header(
         "spilo_last_decision_info",
         "gauge",
-        "The last decision of the HA loop, as labels.",
+        "The last decision of the HA loop: its actions' and reasons' kinds (the words are in /patroni).",
     );
+    let kinds = |k: &[&str], none: &str| {
+        if k.is_empty() {
+            none.to_string()
+        } else {
+            k.join(",")
+        }
+    };
     e.sample(
         "spilo_last_decision_info",
         &format!(
             ",action=\"{}\",reason=\"{}\"",
-            escape_label(&s.decision.actions.join("; ")),
-            escape_label(&s.decision.reasons.join("; "))
+            escape_label(&kinds(&s.decision.action_kinds, "none")),
+            escape_label(&kinds(&s.decision.reason_kinds, "none"))
         ),
         "1",
     );
@@ -512,9 +519,11 @@ mod tests {
         s.stats.dcs_errors = 2;
         s.hook_stats = [7, 2, 1, 0, 3, 1];
         s.decision = DecisionReport {
-            actions: vec!["renew the \"leader\" lock".into()],
-            reasons: vec!["I am the leader\\primary\nstill".into()],
+            actions: vec!["update leader status at 0/3000060".into()],
+            reasons: vec!["I hold the leader lock".into()],
             at: "2024-01-01T00:00:00+00:00".into(),
+            action_kinds: vec!["leader_housekeeping"],
+            reason_kinds: vec!["leader_lock_held"],
         };
         s.scope = "de\"mo".into();
         (s, now)
@@ -598,9 +607,7 @@ mod tests {
         assert!(text.contains(",phase=\"start\"} 1\n"), "{text}");
         assert!(text.contains(",phase=\"act\"} 0\n"), "{text}");
         assert_eq!(text.matches("spilo_loop_phase{").count(), 12);
-        assert!(text.contains(
-            "action=\"renew the \\\"leader\\\" lock\",reason=\"I am the leader\\\\primary\\nstill\"} 1\n"
-        ));
+        assert!(text.contains("action=\"leader_housekeeping\",reason=\"leader_lock_held\"} 1\n"));
         // Every family has HELP and TYPE.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split('{').next().unwrap();

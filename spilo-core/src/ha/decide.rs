@@ -442,6 +442,70 @@ impl fmt::Display for Action {
     }
 }
 
+impl Reason {
+    /// The variant's name alone (`snake_case`): what a metric label may carry (the free text of
+    /// [`std::fmt::Display`] holds LSNs and names, which would make a label per value).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reason::DcsUnreachable => "dcs_unreachable",
+            Reason::LeaderLockHeld => "leader_lock_held",
+            Reason::FollowingLeader(..) => "following_leader",
+            Reason::HealthiestAfterLeaderExpired => "healthiest_after_leader_expired",
+            Reason::NotHealthiest(..) => "not_healthiest",
+            Reason::ClusterUninitialized => "cluster_uninitialized",
+            Reason::WaitingForBootstrap => "waiting_for_bootstrap",
+            Reason::NoDataDirectory => "no_data_directory",
+            Reason::JobInProgress(..) => "job_in_progress",
+            Reason::CrashedWhileLeader => "crashed_while_leader",
+            Reason::PrimaryStartTimeout => "primary_start_timeout",
+            Reason::PrimaryWithoutLock(..) => "primary_without_lock",
+            Reason::PromotionPending => "promotion_pending",
+            Reason::TimelineDiverged => "timeline_diverged",
+            Reason::WaitingForLeaderTimeline(..) => "waiting_for_leader_timeline",
+            Reason::SystemIdMismatch { .. } => "system_id_mismatch",
+            Reason::Paused => "paused",
+            Reason::NoFailover => "no_failover",
+            Reason::RewindFailed => "rewind_failed",
+            Reason::LeaderKeyFromPreviousSession => "leader_key_from_previous_session",
+            Reason::ReplicatingFrom(..) => "replicating_from",
+            Reason::ManualFailover { .. } => "manual_failover",
+            Reason::ScheduledSwitchover(..) => "scheduled_switchover",
+            Reason::FailoverRequestCleared(..) => "failover_request_cleared",
+            Reason::PromotionVetoed(..) => "promotion_vetoed",
+            Reason::WaitingForHook(..) => "waiting_for_hook",
+            Reason::ChosenByHook(..) => "chosen_by_hook",
+            Reason::NoCandidateChosen(..) => "no_candidate_chosen",
+            Reason::BootstrapFailed(..) => "bootstrap_failed",
+            Reason::PeersNotQueried => "peers_not_queried",
+        }
+    }
+}
+
+impl Action {
+    /// The variant's name alone (`snake_case`): what a metric label may carry (the free text of
+    /// [`std::fmt::Display`] holds LSNs and names, which would make a label per value).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::AcquireLeader => "acquire_leader",
+            Action::ReattachLeader => "reattach_leader",
+            Action::ReleaseLeader => "release_leader",
+            Action::StartBootstrap => "start_bootstrap",
+            Action::StartClone(..) => "start_clone",
+            Action::StartRewind(..) => "start_rewind",
+            Action::StartPrimary => "start_primary",
+            Action::StartReplica(..) => "start_replica",
+            Action::Follow(..) => "follow",
+            Action::Promote => "promote",
+            Action::Demote(..) => "demote",
+            Action::WriteInitialize(..) => "write_initialize",
+            Action::LeaderHousekeeping => "leader_housekeeping",
+            Action::ClearFailover(..) => "clear_failover",
+            Action::AbandonBootstrap => "abandon_bootstrap",
+            Action::Fatal(..) => "fatal",
+        }
+    }
+}
+
 /// The answer of [`decide`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Decision {

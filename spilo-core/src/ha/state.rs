@@ -95,6 +95,12 @@ pub struct DecisionReport {
     pub reasons: Vec<String>,
     /// RFC 3339 time of the decision.
     pub at: String,
+    /// The actions' variant names (`promote`, `demote`), for metric labels.
+    #[serde(skip)]
+    pub action_kinds: Vec<&'static str>,
+    /// The reasons' variant names (`leader_lock_held`), for metric labels.
+    #[serde(skip)]
+    pub reason_kinds: Vec<&'static str>,
 }
 
 /// Everything the daemon publishes after a cycle.

@@ -208,6 +208,8 @@ impl Node {
             actions: decision.actions.iter().map(ToString::to_string).collect(),
             reasons: decision.reasons.iter().map(ToString::to_string).collect(),
             at: chrono::Utc::now().to_rfc3339(),
+            action_kinds: decision.actions.iter().map(|a| a.kind()).collect(),
+            reason_kinds: decision.reasons.iter().map(|r| r.kind()).collect(),
         };
         let tags = self.cfg.tags.clone();
         let hook_stats = self.hooks.stats.snapshot();
