@@ -8,6 +8,7 @@
 //! - [`ctl`]: the `spiloctl` commands.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod dcs;

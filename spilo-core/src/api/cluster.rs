@@ -115,7 +115,6 @@ pub fn config_json(s: &NodeState) -> Option<Value> {
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
-    use std::time::Instant;
 
     use super::*;
     use crate::dcs::{Failover, HistoryLine, Leader, MemberData, Status, Versioned};
@@ -182,7 +181,7 @@ mod tests {
         };
         let mut s = NodeState::new("a", "demo", "http://10.0.0.9:6432/patroni");
         s.cluster = Some(Arc::new(cluster));
-        s.last_cycle = Instant::now();
+        s.last_cycle = crate::clock::now();
         s
     }
 

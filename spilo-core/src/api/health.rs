@@ -240,7 +240,7 @@ mod tests {
 
     #[test]
     fn primary_paths() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let s = primary(now);
         let ok = [
             "/",
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn replica_paths() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let s = replica(now, 0x0400_0000);
         let ok = [
             "/replica",
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn primary_loses_lock_after_ttl() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let s = primary(now);
         let later = now + Duration::from_secs(s.dynamic.ttl + 1);
         assert_eq!(health_check("/primary", &[], &s, later), 503);
@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn paused_without_dcs_view_uses_pg_role() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = primary(now);
         s.leader_renewed_at = None;
         s.cluster = None;
@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn stopped_replica_is_not_ok() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = replica(now, 0x0500_0000);
         s.pg.state = "stopped".into();
         s.pg.running = false;
@@ -325,7 +325,7 @@ mod tests {
 
     #[test]
     fn replica_lag_filter() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         // Leader at 0x0500_0000, replayed 1 MiB behind.
         let s = replica(now, 0x0500_0000 - (1 << 20));
         assert_eq!(
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn lag_uses_wal_receiver_position_too() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = replica(now, 0x0500_0000);
         assert_eq!(
             health_check("/replica", &q(&[("lag", "1kB")]), &s, now),
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn replication_state_filter() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = replica(now, 0x0500_0000);
         let streaming = q(&[("replication_state", "streaming")]);
         assert_eq!(health_check("/replica", &streaming, &s, now), 200);
@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn noloadbalance_fails_replica_checks() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = replica(now, 0x0500_0000);
         s.tags.insert("noloadbalance".into(), Value::Bool(true));
         assert_eq!(health_check("/replica", &[], &s, now), 503);
@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn tag_filters() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = replica(now, 0x0500_0000);
         s.tags.insert("zone".into(), Value::from("eu-1"));
         s.tags.insert("nofailover".into(), Value::Bool(true));
@@ -433,7 +433,7 @@ mod tests {
 
     #[test]
     fn liveness_rules() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let p = primary(now);
         let ttl = p.dynamic.ttl;
         assert_eq!(liveness(&p, now), 200);
@@ -448,7 +448,7 @@ mod tests {
 
     #[test]
     fn readiness_rules() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         assert_eq!(readiness(&primary(now), &[], now), 200);
         // Default bound: maximum_lag_on_failover (1 MiB).
         let near = replica(now, 0x0500_0000 - 1000);

@@ -477,6 +477,7 @@ mod tests {
             eprintln!("{PROMTOOL} not installed; skipping the promtool check");
             return None;
         }
+        #[allow(clippy::disallowed_methods)] // the test runs promtool, the metrics format's checker
         let mut child = Command::new(PROMTOOL)
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
@@ -508,7 +509,7 @@ mod tests {
     }
 
     fn busy_primary() -> (NodeState, Instant) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = primary(now);
         s.leader_renewed_at = Some(now - Duration::from_secs(4));
         s.pg.pending_restart = true;
@@ -622,7 +623,7 @@ mod tests {
 
     #[test]
     fn replica_series() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = replica(now, 0x0400_0000);
         s.pg.replayed_timestamp = Some("2024-08-28 19:40:00+00".into());
         s.pg.replay_paused = true;

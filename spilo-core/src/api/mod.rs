@@ -271,7 +271,7 @@ async fn dispatch(State(server): State<Arc<Server>>, req: Request) -> Response<B
     let (parts, body) = req.into_parts();
     let reply = if is_read_method(&parts.method) {
         let s = server.ctx.state.borrow().clone();
-        handle(&parts.method, &parts.uri, &s, Instant::now())
+        handle(&parts.method, &parts.uri, &s, crate::clock::now())
     } else {
         mutate::mutate(
             &server.ctx,
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn unknown_get_is_503_with_status_body() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let s = primary(now);
         for path in ["/nonsense", "/failsafe/x"] {
             let r = get(path, &s, now);
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn patroni_is_always_200() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let stopped = NodeState::new("x", "demo", "");
         assert_eq!(get("/patroni", &stopped, now).status, 200);
         let r = get("/patroni", &replica(now, 1), now);
@@ -383,7 +383,7 @@ mod tests {
 
     #[test]
     fn head_and_options_have_no_body() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let s = replica(now, 0x0500_0000);
         for m in [Method::HEAD, Method::OPTIONS] {
             assert_eq!(
@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn query_string_reaches_the_checks() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let s = replica(now, 0x0500_0000 - (1 << 20));
         assert_eq!(get("/replica?lag=10MB", &s, now).status, 200);
         assert_eq!(get("/replica?lag=16kB", &s, now).status, 503);
@@ -414,7 +414,7 @@ mod tests {
 
     #[test]
     fn mutating_methods_are_501() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let s = primary(now);
         for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
             let r = handle(&m, &"/whatever".parse().unwrap(), &s, now);
@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn cluster_history_config_without_view() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let s = NodeState::new("x", "demo", "");
         assert_eq!(get("/cluster", &s, now).status, 503);
         assert_eq!(
@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn metrics_get_and_head() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let s = primary(now);
         let r = get("/metrics", &s, now);
         assert_eq!(r.status, 200);
@@ -450,7 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn serve_end_to_end() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let (ctx, tx) = testutil::context(primary(now), None, testutil::restapi(None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -474,7 +474,7 @@ mod tests {
         assert_eq!(body["xlog"]["location"], 0x0500_0000u64);
 
         // A new state is picked up by the next request.
-        tx.send(Arc::new(replica(Instant::now(), 0x0500_0000)))
+        tx.send(Arc::new(replica(crate::clock::now(), 0x0500_0000)))
             .unwrap();
         let (code, body) = get_json(&format!("{base}/primary"), t).await.unwrap();
         assert_eq!(code, 503);
@@ -507,7 +507,7 @@ mod tests {
         async fn start(
             restapi: crate::config::RestApi,
         ) -> (String, tokio::sync::oneshot::Sender<()>) {
-            let (ctx, tx) = testutil::context(primary(Instant::now()), None, restapi);
+            let (ctx, tx) = testutil::context(primary(crate::clock::now()), None, restapi);
             std::mem::forget(tx);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();

@@ -219,7 +219,7 @@ pub(crate) mod tests {
 
     #[test]
     fn primary_body() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = primary(now);
         s.tags = BTreeMap::from([
             ("nofailover".to_string(), Value::Bool(false)),
@@ -248,7 +248,7 @@ pub(crate) mod tests {
 
     #[test]
     fn replica_body() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = replica(now, 0x0400_0000);
         s.pg.received = Some(0x0480_0000);
         s.pg.replayed_timestamp = Some("2024-08-28 19:40:00+00:00".into());
@@ -270,7 +270,7 @@ pub(crate) mod tests {
 
     #[test]
     fn stopped_body_is_minimal() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = NodeState::new("pg2", "demo", "http://10.0.0.3:8008/patroni");
         s.dynamic.pause = true;
         let v = patroni_status(&s, now);
@@ -294,7 +294,7 @@ pub(crate) mod tests {
 
     #[test]
     fn leader_optime_takes_the_max() {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut s = replica(now, 0);
         assert_eq!(leader_optime(&s), Some(0x0500_0000));
         s.pg.latest_end_lsn = Some(0x0600_0000);

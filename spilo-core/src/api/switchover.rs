@@ -5,7 +5,7 @@
 //! is scheduled — watches the DCS until the leader key moves, the request is dropped, or time
 //! runs out.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
@@ -383,7 +383,7 @@ async fn wait_for_outcome(
     action: Action,
     timeout: Duration,
 ) -> Reply {
-    let start = Instant::now();
+    let start = crate::clock::now();
     loop {
         tokio::time::sleep(tuning.poll_interval).await;
         match tokio::time::timeout(tuning.dcs_timeout, dcs.snapshot()).await {
@@ -550,7 +550,7 @@ mod tests {
 
     /// Node `pg0` (primary, leader) with members pg0 and `others`.
     fn state_with(others: Vec<crate::dcs::Member>) -> NodeState {
-        let mut s = primary(std::time::Instant::now());
+        let mut s = primary(crate::clock::now());
         let mut members = vec![member("pg0", "http://127.0.0.1:1/patroni")];
         members.extend(others);
         s.cluster = Some(Arc::new(Cluster {

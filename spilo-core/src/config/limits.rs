@@ -441,7 +441,7 @@ mod tests {
             assert_eq!(limit_of(l.key), Some(l));
         }
         // A ttl at its ceiling, doubled and added to an Instant, cannot overflow.
-        assert!(std::time::Instant::now()
+        assert!(crate::clock::now()
             .checked_add(std::time::Duration::from_secs(4 * TTL.max))
             .is_some());
     }

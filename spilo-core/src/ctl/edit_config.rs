@@ -418,6 +418,7 @@ fn run_editor(yaml: &str) -> CtlResult<String> {
         f.write_all(yaml.as_bytes())
             .map_err(|e| CtlError(format!("cannot write {}: {e}", path.display())))?;
     }
+    #[allow(clippy::disallowed_methods)] // spiloctl edit-config runs the user's $EDITOR
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{editor} \"$1\""))

@@ -1,7 +1,7 @@
 //! `spiloctl pause` / `spiloctl resume`: maintenance mode through `PATCH /config`, sent to
 //! the leader first, then to the other members until one accepts it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::Method;
 use serde_json::{json, Value};
@@ -96,7 +96,7 @@ pub async fn run(ctx: &Ctx, pause: bool, wait: bool) -> CtlResult {
             "'{}' request sent, waiting until it is recognized by all nodes",
             if pause { "pause" } else { "resume" }
         );
-        let start = Instant::now();
+        let start = crate::clock::now();
         loop {
             let c = ctx.cluster().await?;
             let left = disagreeing(&c, pause);

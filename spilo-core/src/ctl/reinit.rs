@@ -1,7 +1,7 @@
 //! `spiloctl reinit`: `POST /reinitialize` to each named member (never the leader); with
 //! `--wait`, poll each member's status until PostgreSQL runs again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::Method;
 use serde_json::{json, Value};
@@ -99,7 +99,7 @@ pub async fn run(
             "Waiting for reinitialize to complete on: {}",
             names(&started)
         );
-        let begin = Instant::now();
+        let begin = crate::clock::now();
         let mut seen_other = vec![false; started.len()];
         let mut done = vec![false; started.len()];
         let mut last_state = vec![String::new(); started.len()];

@@ -97,7 +97,7 @@ pub async fn guard(mut state: StateRx, target: Arc<dyn FenceTarget>) {
                 s.phase.clone(),
             )
         };
-        let now = Instant::now();
+        let now = crate::clock::now();
         if let Some((p, age)) = phase.overrun(retry, now) {
             tracing::warn!(
                 phase = %p,
@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn the_fence_falls_before_the_lease_can_expire_and_after_a_healthy_renewal() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         for (ttl, loop_wait, retry) in [(5u64, 1u64, 2u64), (10, 2, 3), (30, 10, 10)] {
             let ttl_d = Duration::from_secs(ttl);
             let retry_d = Duration::from_secs(retry);
@@ -162,7 +162,7 @@ mod tests {
         fn stop_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
             Box::pin(async move {
                 self.running.store(false, Ordering::SeqCst);
-                *self.stopped_at.lock().unwrap() = Some(Instant::now());
+                *self.stopped_at.lock().unwrap() = Some(crate::clock::now());
             })
         }
     }
@@ -184,7 +184,7 @@ mod tests {
         let mut state = NodeState::new("n1", "s", "http://127.0.0.1:1/patroni");
         state.dynamic.ttl = ttl;
         state.dynamic.retry_timeout = retry;
-        let renewed = Instant::now();
+        let renewed = crate::clock::now();
         state.leader_renewed_at = Some(renewed);
         let (tx, rx) = tokio::sync::watch::channel(Arc::new(state));
         let target = Arc::new(Recorder {
@@ -196,6 +196,7 @@ mod tests {
         // The reader that finally unblocks the writer.
         let reader_path = fifo.clone();
         let reader = std::thread::spawn(move || {
+            #[allow(clippy::disallowed_methods)] // the test's reader thread waits, off any runtime
             std::thread::sleep(blocked_for);
             std::fs::File::open(reader_path).expect("open the FIFO for reading");
         });
@@ -210,7 +211,7 @@ mod tests {
                     .write(true)
                     .open(&fifo)
                     .expect("open the FIFO for writing");
-                Instant::now()
+                crate::clock::now()
             })
             .await
             .unwrap()

@@ -98,7 +98,7 @@ pub struct PhaseTracker {
 
 impl Default for PhaseTracker {
     fn default() -> Self {
-        PhaseTracker::new(Instant::now())
+        PhaseTracker::new(crate::clock::now())
     }
 }
 
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn an_overrun_is_reported_once_per_phase_instance_and_never_for_waiting() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let p = PhaseTracker::new(t0);
         let limit = Duration::from_secs(3);
         p.enter(Phase::Act, t0);

@@ -188,7 +188,7 @@ impl NodeState {
             leader_renewed_at: None,
             cluster: None,
             dcs_last_seen: None,
-            last_cycle: Instant::now(),
+            last_cycle: crate::clock::now(),
             tags: BTreeMap::new(),
             dynamic: DynamicConfig::default(),
             decision: DecisionReport::default(),

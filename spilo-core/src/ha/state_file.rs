@@ -24,7 +24,6 @@
 //! stopped writing), and a primary's fence engages at `lease_deadline_monotonic_ns` (see
 //! [`lease_deadline`] for why that is before any other node can be promoted).
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -57,7 +56,7 @@ pub fn instant_ns(at: Instant) -> u64 {
     // The clock first, then `now`: if the thread is preempted in between, the result comes out
     // early by that much, never late, so a deadline made from it errs on the safe side.
     let now_ns = monotonic_ns();
-    let now = Instant::now();
+    let now = crate::clock::now();
     if at <= now {
         now_ns.saturating_sub(now.duration_since(at).as_nanos() as u64)
     } else {
@@ -179,16 +178,8 @@ pub fn render(i: &StateInputs<'_>) -> Value {
 
 /// Writes `state` to `<data_dir>/spilo.state` atomically.
 pub fn write(data_dir: &Path, state: &Value) -> std::io::Result<()> {
-    let path = data_dir.join(FILE_NAME);
-    let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
     let body = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()
+    crate::postgres::datadir::write_atomically(data_dir, FILE_NAME, &body)
 }
 
 #[cfg(test)]
@@ -235,7 +226,7 @@ mod tests {
         let c = cluster();
         let p = pg("primary");
         let d = DecisionReport::default();
-        let renewed = Instant::now();
+        let renewed = crate::clock::now();
         let v = render(&StateInputs {
             scope: "demo",
             member: "n1",

@@ -112,6 +112,7 @@ impl Callbacks {
 
 /// Runs `argv` with stdin closed and output discarded; its exit code (-1 for a signal).
 async fn run_command(argv: &[String], timeout: Duration) -> Result<i32, String> {
+    #[allow(clippy::disallowed_methods)] // Patroni's shell callbacks are commands by definition
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(std::process::Stdio::null())
@@ -184,7 +185,7 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").expect("write script");
         let mut slow = callbacks(&format!("sh {}", script.display()));
         slow.timeout = Duration::from_millis(200);
-        let started = std::time::Instant::now();
+        let started = crate::clock::now();
         match slow.pre_promote(&ctx(), stats.clone()).await {
             Gate::Veto(r) => assert!(r.contains("killed after"), "{r}"),
             g => panic!("a hanging pre_promote allowed promotion: {g:?}"),

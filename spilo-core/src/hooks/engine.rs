@@ -251,7 +251,7 @@ impl Host {
         let lua = Lua::new_with(libs, LuaOptions::default())
             .map_err(|e| format!("cannot create the Lua state: {e}"))?;
         let budget = Rc::new(Cell::new(Budget {
-            deadline: Instant::now() + settings.defaults.timeout,
+            deadline: crate::clock::now() + settings.defaults.timeout,
             instructions_left: settings.defaults.instructions as i64,
             tripped: None,
         }));
@@ -327,7 +327,7 @@ impl Host {
                     b.instructions_left -= i64::from(STEP);
                     if b.instructions_left < 0 {
                         b.tripped = Some(Trip::Budget);
-                    } else if Instant::now() >= b.deadline {
+                    } else if crate::clock::now() >= b.deadline {
                         b.tripped = Some(Trip::Deadline);
                     }
                     budget.set(b);
@@ -352,7 +352,7 @@ impl Host {
 
     fn arm(&self, limits: crate::hooks::HookLimits) {
         self.budget.set(Budget {
-            deadline: Instant::now() + limits.timeout,
+            deadline: crate::clock::now() + limits.timeout,
             instructions_left: limits.instructions as i64,
             tripped: None,
         });
@@ -367,7 +367,7 @@ impl Host {
             let _ = self.install_hook();
         }
         self.budget.set(Budget {
-            deadline: Instant::now() + Duration::from_secs(3600),
+            deadline: crate::clock::now() + Duration::from_secs(3600),
             instructions_left: i64::MAX,
             tripped: None,
         });

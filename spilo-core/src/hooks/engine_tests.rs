@@ -1,7 +1,7 @@
 //! The hook engine on real Lua: registration, answers, limits, the sandbox, reloads.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -86,7 +86,7 @@ fn unknown_events_and_non_functions_are_refused_at_load() {
 fn an_endless_script_body_is_cut_off_at_load() {
     let s = Script::new();
     let p = s.write("loop.lua", "while true do end\n");
-    let started = Instant::now();
+    let started = crate::clock::now();
     let err = Engine::start(&p, settings(300, u64::MAX / 4), Arc::default())
         .err()
         .expect("must not load");
@@ -182,7 +182,7 @@ async fn an_infinite_loop_is_cut_off_even_under_pcall() {
     );
     // A budget far beyond the deadline: the deadline must stop it.
     let (e, stats) = start(&p, settings(300, u64::MAX / 4));
-    let started = Instant::now();
+    let started = crate::clock::now();
     assert_eq!(e.before_promote(ctx()).await, Gate::Allow, "on_error allow");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -209,7 +209,7 @@ async fn the_instruction_budget_stops_a_long_computation() {
         "#,
     );
     let (e, stats) = start(&p, settings(60_000, 1_000_000));
-    let started = Instant::now();
+    let started = crate::clock::now();
     assert_eq!(
         e.choose_candidate(ctx(), vec!["n2".into()]).await,
         Choice::Default
@@ -256,7 +256,7 @@ async fn a_sleeping_exec_is_cut_off_at_the_handler_deadline() {
         "#,
     );
     let (e, _) = start(&p, settings(500, u64::MAX / 4));
-    let started = Instant::now();
+    let started = crate::clock::now();
     match e.before_promote(ctx()).await {
         Gate::Veto(r) => assert!(r.contains("killed after"), "{r}"),
         g => panic!("{g:?}"),
@@ -337,7 +337,7 @@ async fn notifications_run_every_handler_in_order() {
         Event::OnRoleChange,
         json!({"role": "primary", "old_role": "replica"}),
     );
-    let started = Instant::now();
+    let started = crate::clock::now();
     let text = loop {
         let t = std::fs::read_to_string(&out).unwrap_or_default();
         if t.lines().count() >= 2 || started.elapsed() > Duration::from_secs(10) {

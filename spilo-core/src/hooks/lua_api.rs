@@ -193,7 +193,7 @@ fn option_secs(opts: &Option<Table>, key: &str) -> mlua::Result<Option<Duration>
 
 /// The requested timeout (or the default), never past the handler's deadline.
 fn bounded(requested: Option<Duration>, deadline: Instant) -> Duration {
-    let left = deadline.saturating_duration_since(Instant::now());
+    let left = deadline.saturating_duration_since(crate::clock::now());
     requested
         .unwrap_or(DEFAULT_CALL_TIMEOUT)
         .min(left)
@@ -203,6 +203,7 @@ fn bounded(requested: Option<Duration>, deadline: Instant) -> Duration {
 /// Runs `argv` without a shell: `(exit code or nil, stdout, stderr)`; on a timeout the child is
 /// killed and stderr says so.
 async fn run(argv: &[String], timeout: Duration) -> (Option<i64>, Vec<u8>, Vec<u8>) {
+    #[allow(clippy::disallowed_methods)] // spilo.exec, the hooks' bounded command runner
     let child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(std::process::Stdio::null())

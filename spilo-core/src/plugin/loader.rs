@@ -119,6 +119,7 @@ fn open_descriptor(path: &Path) -> Result<(&'static PluginDescriptor, AbiHeader)
     }
     // SAFETY: loading a library runs its initialisers; the operator named this file as a spilo
     // plugin. This is the one place spilo does it.
+    #[allow(clippy::disallowed_methods)] // the plugin loader
     let lib = unsafe { libloading::Library::new(path) }
         .map_err(|e| refuse(path, format!("cannot load: {}", chain(&e))))?;
     // SAFETY: the symbol's type is fixed by the ABI (`const SpiloPluginDescriptor *(void)`).

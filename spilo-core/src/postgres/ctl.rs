@@ -154,6 +154,7 @@ impl Postgres {
         timeout: Duration,
         stdin_null: bool,
     ) -> Result<String, PgError> {
+        #[allow(clippy::disallowed_methods)] // PostgreSQL's tools (pg_ctl, initdb, pg_rewind, …)
         let mut cmd = Command::new(self.bin(prog));
         cmd.args(args)
             .env("PGPASSFILE", &self.s.pgpass)

@@ -5,6 +5,7 @@
 
 pub mod conf;
 pub mod ctl;
+pub mod datadir;
 pub mod query;
 
 pub use ctl::{PgError, PgSettings, Postgres, StopMode};

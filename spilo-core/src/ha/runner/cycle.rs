@@ -2,7 +2,7 @@
 //! act, publish.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::api::client;
 use crate::dcs::{decode_cluster, DcsError};
@@ -19,7 +19,7 @@ impl Node {
         let now = self.started.elapsed();
         // ---- observe
         self.enter(Phase::Keepalive);
-        let keep_sent = Instant::now();
+        let keep_sent = crate::clock::now();
         let mut dcs_failed = false;
         let session = self.dcs.keepalive().await;
         // The store answered but refused to renew (e.g. a lease TTL it does not accept): the
@@ -223,7 +223,7 @@ impl Node {
                 s.cluster = Some(c);
                 s.dcs_last_seen = Some(chrono::Utc::now().timestamp());
             }
-            s.last_cycle = Instant::now();
+            s.last_cycle = crate::clock::now();
             s.dynamic = dynamic;
             s.decision = report;
             s.tags = tags;

@@ -46,7 +46,7 @@ impl<T: Clone> Asked<T> {
         if let Some(rx) = &mut self.pending {
             match rx.try_recv() {
                 Ok(v) => {
-                    self.answer = Some((v, Instant::now()));
+                    self.answer = Some((v, crate::clock::now()));
                     self.pending = None;
                 }
                 Err(oneshot::error::TryRecvError::Empty) => {}
@@ -196,7 +196,7 @@ impl Node {
         let since = *self
             .observed
             .leaderless_since
-            .get_or_insert_with(Instant::now);
+            .get_or_insert_with(crate::clock::now);
         let ttl = Duration::from_secs(self.dynamic.ttl);
 
         let gate = if self.hooks.gates_promotion() {

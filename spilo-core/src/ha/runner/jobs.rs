@@ -2,7 +2,7 @@
 //! start, promote), and how their outcome is collected.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::dcs::{self, Cas, Cluster};
 use crate::ha::decide::{DataDir, JobKind, LocalView};
@@ -405,14 +405,13 @@ impl Node {
 /// temporary file an interrupted write left: pg_rewind and pg_basebackup must not see the data
 /// directory change under them (no new write starts while their job runs).
 async fn state_file_settled(busy: &std::sync::atomic::AtomicBool, data_dir: &std::path::Path) {
-    let since = Instant::now();
+    let since = crate::clock::now();
     while busy.load(std::sync::atomic::Ordering::SeqCst)
         && since.elapsed() < Duration::from_secs(10)
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ =
-        std::fs::remove_file(data_dir.join(format!("{}.tmp", crate::ha::state_file::FILE_NAME)));
+    crate::postgres::datadir::remove_leftover_temporary(data_dir, crate::ha::state_file::FILE_NAME);
 }
 
 #[cfg(test)]

@@ -109,16 +109,10 @@ impl Node {
 
     /// The `history` key from `pg_wal/<tl>.history`.
     pub(super) fn read_history(&self, tl: u64) -> Result<Vec<HistoryLine>, String> {
-        let path = self
-            .pg
-            .s
-            .data_dir
-            .join("pg_wal")
-            .join(format!("{tl:08X}.history"));
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mtime = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
+        let (text, written) =
+            crate::postgres::datadir::read_timeline_history(&self.pg.s.data_dir, tl)
+                .map_err(|e| e.to_string())?;
+        let mtime = written
             .map(|t| chrono::DateTime::<chrono::Local>::from(t).to_rfc3339())
             .unwrap_or_default();
         let mut out = Vec::new();

@@ -116,7 +116,7 @@ impl Node {
             dcs,
             pg,
             state,
-            started: Instant::now(),
+            started: crate::clock::now(),
             dynamic,
             job: None,
             wake: Arc::new(Notify::new()),
@@ -188,7 +188,7 @@ impl Node {
 
     /// Records the phase the loop enters (read by `/patroni`, `/metrics` and the lease guard).
     fn enter(&self, phase: Phase) {
-        self.state.borrow().phase.enter(phase, Instant::now());
+        self.state.borrow().phase.enter(phase, crate::clock::now());
     }
 
     fn retry(&self) -> Duration {
@@ -229,7 +229,7 @@ impl Node {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut commands = self.commands.take();
         loop {
-            let cycle_start = Instant::now();
+            let cycle_start = crate::clock::now();
             self.scheduled_restart_due();
             let exit = self.cycle().await;
             let took = cycle_start.elapsed().as_secs_f64();
