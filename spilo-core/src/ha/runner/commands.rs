@@ -135,9 +135,13 @@ impl Node {
                 }
                 Err(e) => {
                     if let Some(r) = reply {
-                        send(r, 503, "restart failed");
+                        send(
+                            r,
+                            503,
+                            format!("restart failed: {}", crate::error_chain(&e)),
+                        );
                     }
-                    Err(e.to_string())
+                    Err(e)
                 }
             }
         });

@@ -9,14 +9,14 @@ use crate::ha::decide::{DataDir, JobKind, LocalView};
 use crate::ha::plan::{plan_promotion, plan_rejoin, PromotionPrep, RejoinPlan, RewindEvent};
 use crate::ha::sync;
 use crate::postgres::query::{quote_ident, quote_literal};
-use crate::postgres::StopMode;
+use crate::postgres::{PgError, StopMode};
 
 use super::{Job, JobDone, Node};
 
 impl Node {
     pub(super) fn spawn_job<F>(&mut self, kind: JobKind, label: &'static str, fut: F)
     where
-        F: std::future::Future<Output = Result<JobDone, String>> + Send + 'static,
+        F: std::future::Future<Output = Result<JobDone, PgError>> + Send + 'static,
     {
         let wake = self.wake.clone();
         self.pg_label = Some(label);
@@ -63,9 +63,9 @@ impl Node {
                 }
             }
             Ok(Err(e)) => {
-                tracing::error!("{} failed: {e}", job.kind);
+                tracing::error!("{} failed: {}", job.kind, crate::error_chain(&e));
                 if job.kind == JobKind::Bootstrap {
-                    self.bootstrap_failed = Some(e.clone());
+                    self.bootstrap_failed = Some(crate::error_chain(&e));
                 }
                 if job.kind == JobKind::Rewind {
                     let event = RewindEvent::RewindFailed {
@@ -176,9 +176,9 @@ impl Node {
             .clone();
         let timeout = self.retry() * 3;
         self.spawn_job(JobKind::Bootstrap, "initializing new cluster", async move {
-            pg.initdb(&args).await.map_err(|e| e.to_string())?;
-            pg.write_config(&params, &hba, false, None).map_err(|e| e.to_string())?;
-            pg.start().await.map_err(|e| e.to_string())?;
+            pg.initdb(&args).await?;
+            pg.write_config(&params, &hba, false, None)?;
+            pg.start().await?;
             // The fence (spilo.fence) would refuse these writes: no state file exists yet.
             let mut sql = format!(
                 "BEGIN; SET LOCAL spilo.fence = off; SET LOCAL synchronous_commit = 'local'; \
@@ -198,7 +198,7 @@ impl Node {
                 ));
             }
             sql.push_str("COMMIT;");
-            pg.execute(&sql, timeout).await.map_err(|e| e.to_string())?;
+            pg.execute(&sql, timeout).await?;
             // The SQL extension, when this PostgreSQL has it; it replicates to every replica.
             match pg
                 .execute(
@@ -232,12 +232,9 @@ impl Node {
         );
         self.spawn_job(JobKind::Clone, "creating replica", async move {
             state_file_settled(&state_file.0, &state_file.1).await;
-            pg.basebackup(&up.host, up.port)
-                .await
-                .map_err(|e| e.to_string())?;
-            pg.write_config(&params, &hba, true, Some(&up))
-                .map_err(|e| e.to_string())?;
-            pg.start().await.map_err(|e| e.to_string())?;
+            pg.basebackup(&up.host, up.port).await?;
+            pg.write_config(&params, &hba, true, Some(&up))?;
+            pg.start().await?;
             Ok(JobDone {
                 upstream: Some(Some(from)),
             })
@@ -275,33 +272,26 @@ impl Node {
                 RejoinPlan::Rewind {
                     crash_recovery_first,
                 } => {
-                    pg.write_config(&params, &hba, false, None)
-                        .map_err(|e| e.to_string())?;
+                    pg.write_config(&params, &hba, false, None)?;
                     if crash_recovery_first {
                         tracing::info!(
                             "running crash recovery in single-user mode before pg_rewind"
                         );
-                        pg.single_user_recovery().await.map_err(|e| e.to_string())?;
+                        pg.single_user_recovery().await?;
                     }
-                    let out = pg
-                        .rewind(&up.host, up.port)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let out = pg.rewind(&up.host, up.port).await?;
                     tracing::info!("pg_rewind: {}", out.lines().last().unwrap_or("done"));
                 }
                 RejoinPlan::Recopy => {
                     tracing::warn!("use_pg_rewind is off: copying the data directory again");
-                    pg.basebackup(&up.host, up.port)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    pg.basebackup(&up.host, up.port).await?;
                 }
                 RejoinPlan::StartWithoutRewind => {
                     tracing::warn!("use_pg_rewind is off: starting as a replica without rewinding");
                 }
             }
-            pg.write_config(&params, &hba, true, Some(&up))
-                .map_err(|e| e.to_string())?;
-            pg.start().await.map_err(|e| e.to_string())?;
+            pg.write_config(&params, &hba, true, Some(&up))?;
+            pg.start().await?;
             Ok(JobDone {
                 upstream: Some(Some(leader)),
             })
@@ -336,7 +326,7 @@ impl Node {
         }
         let pg = self.pg.clone();
         self.spawn_job(JobKind::Start, "starting", async move {
-            pg.start().await.map_err(|e| e.to_string())?;
+            pg.start().await?;
             Ok(JobDone {
                 upstream: replica_of.or(Some(None)),
             })
@@ -384,15 +374,12 @@ impl Node {
         let hba = self.hba();
         let timeout = self.pg.s.ctl_timeout;
         self.spawn_job(JobKind::Promote, "running", async move {
-            pg.promote().await.map_err(|e| e.to_string())?;
+            pg.promote().await?;
             // Until this checkpoint, pg_control still names the old timeline, and a former
             // primary rewinding from us would find nothing to rewind.
-            pg.execute("CHECKPOINT", timeout)
-                .await
-                .map_err(|e| e.to_string())?;
+            pg.execute("CHECKPOINT", timeout).await?;
             // Drop primary_conninfo from the files so a later restart comes up as primary.
-            pg.write_config(&params, &hba, false, None)
-                .map_err(|e| e.to_string())?;
+            pg.write_config(&params, &hba, false, None)?;
             Ok(JobDone {
                 upstream: Some(None),
             })

@@ -20,7 +20,7 @@ use crate::ha::plan::{
 use crate::ha::state::StateTx;
 use crate::ha::sync;
 use crate::postgres::conf::Upstream;
-use crate::postgres::Postgres;
+use crate::postgres::{PgError, Postgres};
 
 mod commands;
 mod cycle;
@@ -43,7 +43,7 @@ pub enum Exit {
 
 struct Job {
     kind: JobKind,
-    handle: JoinHandle<Result<JobDone, String>>,
+    handle: JoinHandle<Result<JobDone, PgError>>,
 }
 
 /// What a finished job leaves behind.
