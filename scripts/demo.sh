@@ -151,55 +151,22 @@ wait_until 10 "etcd's pid file" test -s "$WORK/etcd.pid"
 ETCD_PID=$(cat "$WORK/etcd.pid")
 wait_until 30 "etcd to be healthy" curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
 
+# The node configuration: examples/node.template.yml (the template the tests and the chaos
+# suite render too), its ${NAME} placeholders filled from the environment by perl.
 write_config() {
   local n=$1
   mkdir -p "${DIR[$n]}"
-  cat > "${DIR[$n]}/spilo.yml" <<YAML
-scope: $SCOPE
-namespace: /service
-name: $n
-restapi:
-  listen: 127.0.0.1:${API[$n]}
-  connect_address: 127.0.0.1:${API[$n]}
-etcd3:
-  hosts: 127.0.0.1:$ETCD_PORT
-bootstrap:
-  dcs:
-    ttl: $TTL
-    loop_wait: 2
-    retry_timeout: 3
-    maximum_lag_on_failover: 1048576
-    postgresql:
-      use_pg_rewind: true
-      use_slots: true
-      parameters:
-        wal_level: replica
-        hot_standby: "on"
-        max_wal_senders: 10
-        max_replication_slots: 10
-        wal_log_hints: "on"
-        max_connections: 50
-  initdb:
-  - encoding: UTF8
-  - data-checksums
-  pg_hba:
-  - local all all trust
-  - host replication replicator 127.0.0.1/32 scram-sha-256
-  - host all all 127.0.0.1/32 scram-sha-256
-postgresql:
-  listen: 127.0.0.1:${PG[$n]}
-  connect_address: 127.0.0.1:${PG[$n]}
-  data_dir: ${DIR[$n]}/data
-  bin_dir: $PG_BIN
-  pgpass: ${DIR[$n]}/pgpass
-  authentication:
-    superuser: {username: postgres, password: $SU_PASS}
-    replication: {username: replicator, password: rep-secret}
-  parameters:
-    shared_buffers: 32MB
-tags:
-  nofailover: false
-YAML
+  REST_AUTH= DYNAMIC_EXTRA= PG_PARAMETERS= POSTGRESQL_EXTRA= EXTRA= \
+  SCOPE=$SCOPE NAME=$n API_ADDR="127.0.0.1:${API[$n]}" PG_ADDR="127.0.0.1:${PG[$n]}" \
+  DCS=$'etcd3:\n  hosts: '"127.0.0.1:$ETCD_PORT"$'\n' \
+  TTL=$TTL LOOP_WAIT=2 RETRY_TIMEOUT=3 \
+  INITDB=$'  - encoding: UTF8\n  - data-checksums\n' \
+  PG_HBA=$'  - local all all trust\n  - host replication replicator 127.0.0.1/32 scram-sha-256\n  - host all all 127.0.0.1/32 scram-sha-256\n' \
+  DATA_DIR="${DIR[$n]}/data" PG_BIN=$PG_BIN PGPASS="${DIR[$n]}/pgpass" \
+  SUPERUSER_PASSWORD=$SU_PASS REPLICATION_PASSWORD=rep-secret TAGS=$'  nofailover: false\n' \
+    perl -ne 'if (!$body) { next if /^#/; $body = 1 } s/\$\{(\w+)\}/exists $ENV{$1} ? $ENV{$1} : ""/ge; print' \
+      examples/node.template.yml > "${DIR[$n]}/spilo.yml"
+  if grep -q '\${' "${DIR[$n]}/spilo.yml"; then die "unfilled placeholder in ${DIR[$n]}/spilo.yml"; fi
   chown -R postgres:postgres "${DIR[$n]}"
   chmod 755 "${DIR[$n]}"
   chmod 644 "${DIR[$n]}/spilo.yml"

@@ -1,6 +1,7 @@
 //! The spilo nodes of a chaos run: one daemon and its PostgreSQL per namespace, listening on
 //! the namespace's bridge address (REST 8008, PostgreSQL 5432), run as the `postgres` user.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use spilo_tests::bins::{bins, PG_BIN_DIR};
+use spilo_tests::template;
 use spilo_tests::util::{chmod, chown_postgres};
 use spilo_tests::{REPLICATION_PASSWORD, SUPERUSER_PASSWORD};
 
@@ -74,80 +76,54 @@ impl Node {
         Ok(node)
     }
 
+    /// `examples/node.template.yml` rendered for this node in its namespace.
     fn render(&self, s: &Settings) -> String {
         let addr = &self.host.addr;
-        let sync = if s.sync {
-            "    synchronous_mode: true\n    synchronous_node_count: 1\n"
-        } else {
-            ""
-        };
-        let fence = if s.fence {
-            "    shared_preload_libraries: spilo\n    spilo.fence: 'on'\n"
-        } else {
-            ""
-        };
-        format!(
-            r#"scope: chaos
-namespace: /service
-name: {name}
-restapi:
-  listen: {addr}:{API_PORT}
-  connect_address: {addr}:{API_PORT}
-{dcs}bootstrap:
-  dcs:
-    ttl: {ttl}
-    loop_wait: {lw}
-    retry_timeout: {rt}
-    maximum_lag_on_failover: 1048576
-{sync}    postgresql:
-      use_pg_rewind: true
-      use_slots: true
-      parameters:
-        wal_level: replica
-        hot_standby: "on"
-        max_wal_senders: 10
-        max_replication_slots: 10
-        wal_log_hints: "on"
-        max_connections: 50
-  initdb:
-  - encoding: UTF8
-  - data-checksums
-  pg_hba:
-  - local all all trust
-  - host replication replicator 127.0.0.1/32 scram-sha-256
-  - host replication replicator {net}.0/24 scram-sha-256
-  - host all all 127.0.0.1/32 scram-sha-256
-  - host all all {net}.0/24 scram-sha-256
-postgresql:
-  listen: {addr}:{PG_PORT}
-  connect_address: {addr}:{PG_PORT}
-  data_dir: {data}
-  bin_dir: {bin}
-  pgpass: {pgpass}
-  authentication:
-    superuser: {{username: postgres, password: {su}}}
-    replication: {{username: replicator, password: {rep}}}
-  parameters:
-    shared_buffers: 32MB
-    unix_socket_directories: '{dir}'
-    log_min_messages: log
-    log_min_error_statement: panic
-{fence}tags:
-  nofailover: false
-"#,
-            name = self.name,
-            net = crate::net::net(),
-            dcs = s.dcs_yaml,
-            ttl = s.ttl,
-            lw = s.loop_wait,
-            rt = s.retry_timeout,
-            data = self.data_dir.display(),
-            dir = self.dir.display(),
-            bin = PG_BIN_DIR,
-            pgpass = self.dir.join("pgpass").display(),
-            su = SUPERUSER_PASSWORD,
-            rep = REPLICATION_PASSWORD,
-        )
+        let net = crate::net::net();
+        let mut v = BTreeMap::new();
+        v.insert("SCOPE", "chaos".to_string());
+        v.insert("NAME", self.name.clone());
+        v.insert("API_ADDR", format!("{addr}:{API_PORT}"));
+        v.insert("PG_ADDR", format!("{addr}:{PG_PORT}"));
+        v.insert("DCS", s.dcs_yaml.clone());
+        v.insert("TTL", s.ttl.to_string());
+        v.insert("LOOP_WAIT", s.loop_wait.to_string());
+        v.insert("RETRY_TIMEOUT", s.retry_timeout.to_string());
+        if s.sync {
+            v.insert(
+                "DYNAMIC_EXTRA",
+                "    synchronous_mode: true\n    synchronous_node_count: 1\n".to_string(),
+            );
+        }
+        v.insert(
+            "INITDB",
+            template::list(&["encoding: UTF8".into(), "data-checksums".into()]),
+        );
+        v.insert(
+            "PG_HBA",
+            template::list(&[
+                "local all all trust".into(),
+                "host replication replicator 127.0.0.1/32 scram-sha-256".into(),
+                format!("host replication replicator {net}.0/24 scram-sha-256"),
+                "host all all 127.0.0.1/32 scram-sha-256".into(),
+                format!("host all all {net}.0/24 scram-sha-256"),
+            ]),
+        );
+        v.insert("DATA_DIR", self.data_dir.display().to_string());
+        v.insert("PG_BIN", PG_BIN_DIR.to_string());
+        v.insert("PGPASS", self.dir.join("pgpass").display().to_string());
+        v.insert("SUPERUSER_PASSWORD", SUPERUSER_PASSWORD.to_string());
+        v.insert("REPLICATION_PASSWORD", REPLICATION_PASSWORD.to_string());
+        let mut params = format!(
+            "    unix_socket_directories: '{}'\n    log_min_messages: log\n    log_min_error_statement: panic\n",
+            self.dir.display()
+        );
+        if s.fence {
+            params.push_str("    shared_preload_libraries: spilo\n    spilo.fence: 'on'\n");
+        }
+        v.insert("PG_PARAMETERS", params);
+        v.insert("TAGS", "  nofailover: false\n".to_string());
+        template::render(&v)
     }
 
     /// Starts the daemon in the node's namespace (no-op when it runs).

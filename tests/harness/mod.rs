@@ -22,6 +22,7 @@ pub mod etcd_cluster;
 pub mod http;
 pub mod node;
 pub mod pg;
+pub mod template;
 pub mod tools;
 pub mod util;
 pub mod zookeeper;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::bins::{bins, PG_BIN_DIR};
 use crate::http;
 use crate::pg::{self, ident, literal, PgTarget, Row};
+use crate::template;
 use crate::util::{
     chmod, chown_postgres, free_port, kill_processes_mentioning, note, pid_alive, poll,
     postgres_command, send_signal, tail, wait_pid_gone,
@@ -91,7 +92,7 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// The YAML text (Patroni's schema, the same shape as examples/node.yml).
+    /// The YAML text: `examples/node.template.yml` rendered with this node's values.
     pub fn render(&self) -> String {
         let o = &self.opts;
         let mut tags = String::from("  nofailover: false\n");
@@ -102,91 +103,50 @@ impl NodeConfig {
                 tags = tags.replace("nofailover: false", &format!("nofailover: {v}"));
             }
         }
-        let rest_auth = match &o.rest_auth {
-            Some((u, p)) => format!("  authentication: {{username: {u}, password: {p}}}\n"),
-            None => String::new(),
-        };
-        format!(
-            r#"scope: {scope}
-namespace: /service
-name: {name}
-restapi:
-  listen: 127.0.0.1:{api}
-  connect_address: 127.0.0.1:{api}
-{rest_auth}{dcs}bootstrap:
-  dcs:
-    ttl: {ttl}
-    loop_wait: {loop_wait}
-    retry_timeout: {retry}
-    maximum_lag_on_failover: 1048576
-    postgresql:
-      use_pg_rewind: true
-      use_slots: true
-      parameters:
-        wal_level: replica
-        hot_standby: "on"
-        max_wal_senders: 10
-        max_replication_slots: 10
-        wal_log_hints: "on"
-        max_connections: 50
-  initdb:
-{initdb}  pg_hba:
-{pg_hba}postgresql:
-  listen: 127.0.0.1:{pg}
-  connect_address: 127.0.0.1:{pg}
-  data_dir: {data}
-  bin_dir: {bin}
-  pgpass: {pgpass}
-  authentication:
-    superuser: {{username: postgres, password: {su}}}
-    replication: {{username: replicator, password: {rep}}}
-  parameters:
-    shared_buffers: 32MB
-{pg_parameters}{extra_postgresql}tags:
-{tags}{extra_yaml}"#,
-            scope = self.scope,
-            name = self.name,
-            api = self.api_port,
-            dcs = self.dcs.yaml(),
-            ttl = o.ttl,
-            loop_wait = o.loop_wait,
-            retry = o.retry_timeout,
-            pg = self.pg_port,
-            data = self.data_dir.display(),
-            bin = PG_BIN_DIR,
-            pgpass = self.pgpass.display(),
-            su = SUPERUSER_PASSWORD,
-            rep = REPLICATION_PASSWORD,
-            tags = tags,
-            rest_auth = rest_auth,
-            extra_postgresql = o.extra_postgresql,
-            pg_parameters = o
-                .pg_parameters
+        let initdb = o
+            .initdb
+            .clone()
+            .unwrap_or_else(|| vec!["encoding: UTF8".into(), "data-checksums".into()]);
+        let pg_hba = o.pg_hba.clone().unwrap_or_else(|| {
+            vec![
+                "local all all trust".into(),
+                "host replication replicator 127.0.0.1/32 scram-sha-256".into(),
+                "host all all 127.0.0.1/32 scram-sha-256".into(),
+            ]
+        });
+        let mut v = std::collections::BTreeMap::new();
+        v.insert("SCOPE", self.scope.clone());
+        v.insert("NAME", self.name.clone());
+        v.insert("API_ADDR", format!("127.0.0.1:{}", self.api_port));
+        v.insert("PG_ADDR", format!("127.0.0.1:{}", self.pg_port));
+        if let Some((u, p)) = &o.rest_auth {
+            v.insert(
+                "REST_AUTH",
+                format!("  authentication: {{username: {u}, password: {p}}}\n"),
+            );
+        }
+        v.insert("DCS", self.dcs.yaml());
+        v.insert("TTL", o.ttl.to_string());
+        v.insert("LOOP_WAIT", o.loop_wait.to_string());
+        v.insert("RETRY_TIMEOUT", o.retry_timeout.to_string());
+        v.insert("INITDB", template::list(&initdb));
+        v.insert("PG_HBA", template::list(&pg_hba));
+        v.insert("DATA_DIR", self.data_dir.display().to_string());
+        v.insert("PG_BIN", PG_BIN_DIR.to_string());
+        v.insert("PGPASS", self.pgpass.display().to_string());
+        v.insert("SUPERUSER_PASSWORD", SUPERUSER_PASSWORD.to_string());
+        v.insert("REPLICATION_PASSWORD", REPLICATION_PASSWORD.to_string());
+        v.insert(
+            "PG_PARAMETERS",
+            o.pg_parameters
                 .iter()
                 .map(|(k, v)| format!("    {k}: {v}\n"))
-                .collect::<String>(),
-            extra_yaml = o.extra_yaml,
-            initdb = o
-                .initdb
-                .clone()
-                .unwrap_or_else(|| vec!["encoding: UTF8".into(), "data-checksums".into()])
-                .iter()
-                .map(|l| format!("  - {l}\n"))
-                .collect::<String>(),
-            pg_hba = o
-                .pg_hba
-                .clone()
-                .unwrap_or_else(|| {
-                    vec![
-                        "local all all trust".into(),
-                        "host replication replicator 127.0.0.1/32 scram-sha-256".into(),
-                        "host all all 127.0.0.1/32 scram-sha-256".into(),
-                    ]
-                })
-                .iter()
-                .map(|l| format!("  - {l}\n"))
-                .collect::<String>(),
-        )
+                .collect(),
+        );
+        v.insert("POSTGRESQL_EXTRA", o.extra_postgresql.clone());
+        v.insert("TAGS", tags);
+        v.insert("EXTRA", o.extra_yaml.clone());
+        template::render(&v)
     }
 }
 
