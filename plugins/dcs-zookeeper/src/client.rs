@@ -166,13 +166,24 @@ pub(crate) async fn close_session(
     let session = client.zk.session().clone();
     let ttl = client.ttl;
     drop(client);
-    let closer = connector(spec, ttl)
-        .with_session(session)
-        .with_fail_eagerly();
-    let closer = match open(spec, closer).await {
-        Ok(closer) => closer,
-        Err(zookeeper_client::Error::SessionExpired) => return Ok(()),
-        Err(e) => return Err(e),
+    // One connection attempt per try (fail eagerly), tried again while the caller's deadline
+    // allows: a busy server can miss one handshake, and giving up then would leave the
+    // session (and its ephemeral znodes) to expire after the whole ttl.
+    let mut tries = 0;
+    let closer = loop {
+        let connector = connector(spec, ttl)
+            .with_session(session.clone())
+            .with_fail_eagerly();
+        match open(spec, connector).await {
+            Ok(closer) => break closer,
+            Err(zookeeper_client::Error::SessionExpired) => return Ok(()),
+            Err(e) if tries >= 2 => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "closing the ZooKeeper session: trying again");
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
     };
     let mut states = closer.state_watcher();
     drop(closer);
