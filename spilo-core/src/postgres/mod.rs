@@ -6,6 +6,8 @@
 pub mod conf;
 pub mod ctl;
 pub mod datadir;
+pub mod local;
 pub mod query;
 
 pub use ctl::{PgError, PgSettings, Postgres, StopMode};
+pub use local::{BootstrapRoles, LocalPostgres};

@@ -120,11 +120,7 @@ impl Node {
             tracing::error!("cannot write the PostgreSQL configuration: {e}");
             return false;
         }
-        match self
-            .pg
-            .execute("SELECT pg_reload_conf()", self.retry())
-            .await
-        {
+        match self.pg.reload(self.retry()).await {
             Ok(()) => {
                 tracing::info!("following {}", name.as_deref().unwrap_or("nobody"));
                 self.upstream = Some(name);
@@ -174,7 +170,7 @@ impl Node {
             .filter(|r| r.state == "streaming")
             .count();
         if checkpoint_first {
-            if let Err(e) = self.pg.execute("CHECKPOINT", self.pg.s.ctl_timeout).await {
+            if let Err(e) = self.pg.checkpoint(self.pg.ctl_timeout()).await {
                 tracing::warn!(error = %e, "CHECKPOINT before the switchover failed");
             }
         }
@@ -230,11 +226,7 @@ impl Node {
             tracing::error!("cannot write the PostgreSQL configuration: {e}");
             return;
         }
-        match self
-            .pg
-            .execute("SELECT pg_reload_conf()", self.retry())
-            .await
-        {
+        match self.pg.reload(self.retry()).await {
             Ok(()) => tracing::info!("PostgreSQL configuration reloaded"),
             Err(e) => tracing::warn!(error = %e, "reload failed"),
         }

@@ -8,8 +8,7 @@ use crate::dcs::{self, Cas, Cluster};
 use crate::ha::decide::{DataDir, JobKind, LocalView};
 use crate::ha::plan::{plan_promotion, plan_rejoin, PromotionPrep, RejoinPlan, RewindEvent};
 use crate::ha::sync;
-use crate::postgres::query::{quote_ident, quote_literal};
-use crate::postgres::{PgError, StopMode};
+use crate::postgres::{BootstrapRoles, PgError, StopMode};
 
 use super::{Job, JobDone, Node};
 
@@ -165,55 +164,31 @@ impl Node {
         self.bootstrap_made_data_dir = true;
         let params = self.dynamic.postgresql.parameters.clone();
         let hba = self.hba();
-        let repl = self.cfg.postgresql.authentication.replication.clone();
-        let rewind = self.cfg.postgresql.authentication.rewind.clone();
-        let su = self
-            .cfg
-            .postgresql
-            .authentication
-            .superuser
-            .username
-            .clone();
+        let auth = &self.cfg.postgresql.authentication;
+        let roles = BootstrapRoles {
+            replication: auth.replication.clone(),
+            rewind: auth
+                .rewind
+                .clone()
+                .filter(|r| r.username != auth.superuser.username),
+        };
         let timeout = self.retry() * 3;
         self.spawn_job(JobKind::Bootstrap, "initializing new cluster", async move {
             pg.initdb(&args).await?;
             pg.write_config(&params, &hba, false, None)?;
             pg.start().await?;
-            // The fence (spilo.fence) would refuse these writes: no state file exists yet.
-            let mut sql = format!(
-                "BEGIN; SET LOCAL spilo.fence = off; SET LOCAL synchronous_commit = 'local'; \
-                 CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {};",
-                quote_ident(&repl.username),
-                quote_literal(repl.password.as_deref().unwrap_or(""))
-            );
-            if let Some(r) = rewind.filter(|r| r.username != su) {
-                sql.push_str(&format!(
-                    "CREATE ROLE {u} WITH LOGIN PASSWORD {p}; \
-                     GRANT EXECUTE ON function pg_catalog.pg_ls_dir(text, boolean, boolean) TO {u}; \
-                     GRANT EXECUTE ON function pg_catalog.pg_stat_file(text, boolean) TO {u}; \
-                     GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text) TO {u}; \
-                     GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {u};",
-                    u = quote_ident(&r.username),
-                    p = quote_literal(r.password.as_deref().unwrap_or(""))
-                ));
-            }
-            sql.push_str("COMMIT;");
-            pg.execute(&sql, timeout).await?;
+            pg.create_bootstrap_roles(&roles, timeout).await?;
             // The SQL extension, when this PostgreSQL has it; it replicates to every replica.
-            match pg
-                .execute(
-                    "BEGIN; SET LOCAL spilo.fence = off; CREATE EXTENSION IF NOT EXISTS spilo; COMMIT;",
-                    timeout,
-                )
-                .await
-            {
+            match pg.create_spilo_extension(timeout).await {
                 Ok(()) => tracing::info!("created the spilo extension (SELECT spilo.role())"),
                 Err(e) => tracing::warn!(
                     "the spilo extension is not available in this PostgreSQL, so spilo.* SQL \
                      functions are missing (install it with cargo pgrx install): {e}"
                 ),
             }
-            Ok(JobDone { upstream: Some(None) })
+            Ok(JobDone {
+                upstream: Some(None),
+            })
         });
     }
 
@@ -372,12 +347,12 @@ impl Node {
         let pg = self.pg.clone();
         let params = self.conf_params(false);
         let hba = self.hba();
-        let timeout = self.pg.s.ctl_timeout;
+        let timeout = self.pg.ctl_timeout();
         self.spawn_job(JobKind::Promote, "running", async move {
             pg.promote().await?;
             // Until this checkpoint, pg_control still names the old timeline, and a former
             // primary rewinding from us would find nothing to rewind.
-            pg.execute("CHECKPOINT", timeout).await?;
+            pg.checkpoint(timeout).await?;
             // Drop primary_conninfo from the files so a later restart comes up as primary.
             pg.write_config(&params, &hba, false, None)?;
             Ok(JobDone {

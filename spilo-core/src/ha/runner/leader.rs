@@ -3,7 +3,6 @@
 use crate::dcs::{Cas, Cluster, HistoryLine, Status};
 use crate::ha::plan::{plan_bookkeeping, Bookkeeping};
 use crate::ha::state::PgStatus;
-use crate::postgres::query::quote_literal;
 use crate::{config, dcs};
 
 use super::Node;
@@ -89,11 +88,7 @@ impl Node {
                 Ok(existing) => {
                     let mut ok = true;
                     for s in wanted.iter().filter(|s| !existing.contains(s)) {
-                        let sql = format!(
-                            "SELECT pg_create_physical_replication_slot({})",
-                            quote_literal(s)
-                        );
-                        if let Err(e) = self.pg.execute(&sql, self.retry()).await {
+                        if let Err(e) = self.pg.create_physical_slot(s, self.retry()).await {
                             tracing::warn!(error = %e, slot = %s, "could not create slot");
                             ok = false;
                         }
@@ -109,9 +104,7 @@ impl Node {
 
     /// The `history` key from `pg_wal/<tl>.history`.
     pub(super) fn read_history(&self, tl: u64) -> Result<Vec<HistoryLine>, String> {
-        let (text, written) =
-            crate::postgres::datadir::read_timeline_history(&self.pg.s.data_dir, tl)
-                .map_err(|e| e.to_string())?;
+        let (text, written) = self.pg.timeline_history(tl).map_err(|e| e.to_string())?;
         let mtime = written
             .map(|t| chrono::DateTime::<chrono::Local>::from(t).to_rfc3339())
             .unwrap_or_default();

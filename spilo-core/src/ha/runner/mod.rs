@@ -20,7 +20,7 @@ use crate::ha::plan::{
 use crate::ha::state::StateTx;
 use crate::ha::sync;
 use crate::postgres::conf::Upstream;
-use crate::postgres::{PgError, Postgres};
+use crate::postgres::{LocalPostgres, PgError};
 
 mod commands;
 mod cycle;
@@ -56,7 +56,7 @@ struct JobDone {
 pub struct Node {
     cfg: Config,
     dcs: Arc<dyn Dcs>,
-    pg: Arc<Postgres>,
+    pg: Arc<dyn LocalPostgres>,
     state: StateTx,
     started: Instant,
     dynamic: DynamicConfig,
@@ -107,7 +107,7 @@ impl Node {
     pub fn new(
         cfg: Config,
         dcs: Arc<dyn Dcs>,
-        pg: Arc<Postgres>,
+        pg: Arc<dyn LocalPostgres>,
         state: StateTx,
         dynamic: DynamicConfig,
     ) -> Node {

@@ -178,11 +178,7 @@ impl Node {
             tracing::error!("cannot write the PostgreSQL configuration: {e}");
             return;
         }
-        if let Err(e) = self
-            .pg
-            .execute("SELECT pg_reload_conf()", self.retry())
-            .await
-        {
+        if let Err(e) = self.pg.reload(self.retry()).await {
             tracing::warn!(error = %e, "reload failed");
         }
     }
