@@ -262,6 +262,32 @@ pub fn parse_peer_status(name: &str, body: &Value) -> PeerStatus {
     }
 }
 
+/// Where the HA loop learns its peers' state: over HTTP from their REST APIs ([`HttpPeers`]),
+/// or from a simulated network in tests.
+pub trait PeerSource: Send + Sync + 'static {
+    /// The state of every `(name, api_url)`, in the input order, each asked within `timeout`;
+    /// one that does not answer is [`PeerStatus::unreachable`].
+    fn fetch(
+        &self,
+        members: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<PeerStatus>> + Send + '_>>;
+}
+
+/// Peers asked with `GET /patroni` on their REST APIs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpPeers;
+
+impl PeerSource for HttpPeers {
+    fn fetch(
+        &self,
+        members: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<PeerStatus>> + Send + '_>> {
+        Box::pin(async move { fetch_peers(&members, timeout).await })
+    }
+}
+
 /// Query every `(name, api_url)` in parallel, each bounded by `timeout`; the result keeps the
 /// input order. A peer that fails to answer is [`PeerStatus::unreachable`].
 pub async fn fetch_peers(members: &[(String, String)], timeout: Duration) -> Vec<PeerStatus> {

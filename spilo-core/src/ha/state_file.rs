@@ -24,7 +24,6 @@
 //! stopped writing), and a primary's fence engages at `lease_deadline_monotonic_ns` (see
 //! [`lease_deadline`] for why that is before any other node can be promoted).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -176,10 +175,10 @@ pub fn render(i: &StateInputs<'_>) -> Value {
     })
 }
 
-/// Writes `state` to `<data_dir>/spilo.state` atomically.
-pub fn write(data_dir: &Path, state: &Value) -> std::io::Result<()> {
+/// Writes `state` to `<data_dir>/spilo.state` atomically, through `pg`.
+pub fn write(pg: &dyn crate::postgres::LocalPostgres, state: &Value) -> std::io::Result<()> {
     let body = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-    crate::postgres::datadir::write_atomically(data_dir, FILE_NAME, &body)
+    pg.write_state_file(FILE_NAME, &body)
 }
 
 #[cfg(test)]
@@ -285,17 +284,5 @@ mod tests {
             }
         });
         assert_eq!(r["role"], "replica");
-    }
-
-    #[test]
-    fn the_file_is_replaced_atomically() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        write(dir.path(), &json!({"format": 1, "n": 1})).expect("write");
-        write(dir.path(), &json!({"format": 1, "n": 2})).expect("write again");
-        let v: Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join(FILE_NAME)).expect("read"))
-                .expect("json");
-        assert_eq!(v["n"], 2);
-        assert!(!dir.path().join(format!("{FILE_NAME}.tmp")).exists());
     }
 }

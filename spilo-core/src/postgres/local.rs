@@ -90,6 +90,11 @@ pub trait LocalPostgres: Send + Sync + 'static {
     async fn rewind(&self, host: &str, port: u16) -> Result<String, PgError>;
     /// `pg_wal/<tl>.history`: its text and when it was written.
     fn timeline_history(&self, timeline: u64) -> std::io::Result<(String, Option<SystemTime>)>;
+    /// Writes the state file the SQL extension reads (`name` in the data directory),
+    /// atomically. Blocking: call it off the loop's task.
+    fn write_state_file(&self, name: &str, body: &[u8]) -> std::io::Result<()>;
+    /// Removes what an interrupted [`LocalPostgres::write_state_file`] of `name` left.
+    fn remove_state_file_leftover(&self, name: &str);
 }
 
 #[async_trait]
@@ -206,5 +211,11 @@ impl LocalPostgres for Postgres {
     }
     fn timeline_history(&self, timeline: u64) -> std::io::Result<(String, Option<SystemTime>)> {
         super::datadir::read_timeline_history(&self.s.data_dir, timeline)
+    }
+    fn write_state_file(&self, name: &str, body: &[u8]) -> std::io::Result<()> {
+        super::datadir::write_atomically(&self.s.data_dir, name, body)
+    }
+    fn remove_state_file_leftover(&self, name: &str) {
+        super::datadir::remove_leftover_temporary(&self.s.data_dir, name)
     }
 }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::client;
 use crate::dcs::{decode_cluster, DcsError};
 use crate::ha::decide::{CandidateChoice, JobKind, LocalView, Peers, Pg, PromotionGate};
 use crate::ha::phase::Phase;
@@ -104,7 +103,9 @@ impl Node {
                     .map(|m| (m.name.clone(), m.data.api_url.clone()))
                     .collect();
                 Peers::Queried(
-                    client::fetch_peers(&others, self.retry().min(Duration::from_secs(2))).await,
+                    self.peers
+                        .fetch(others, self.retry().min(Duration::from_secs(2)))
+                        .await,
                 )
             }
             _ => Peers::NotQueried,

@@ -201,12 +201,12 @@ impl Node {
         let params = self.dynamic.postgresql.parameters.clone();
         let hba = self.hba();
         let from = from.to_string();
-        let state_file = (
-            self.state_file_busy.clone(),
-            self.cfg.postgresql.data_dir.clone(),
-        );
+        let state_file_busy = self.state_file_busy.clone();
         self.spawn_job(JobKind::Clone, "creating replica", async move {
-            state_file_settled(&state_file.0, &state_file.1).await;
+            state_file_settled(&state_file_busy, || {
+                pg.remove_state_file_leftover(crate::ha::state_file::FILE_NAME)
+            })
+            .await;
             pg.basebackup(&up.host, up.port).await?;
             pg.write_config(&params, &hba, true, Some(&up))?;
             pg.start().await?;
@@ -237,12 +237,12 @@ impl Node {
         let params = self.dynamic.postgresql.parameters.clone();
         let hba = self.hba();
         let leader = leader.to_string();
-        let state_file = (
-            self.state_file_busy.clone(),
-            self.cfg.postgresql.data_dir.clone(),
-        );
+        let state_file_busy = self.state_file_busy.clone();
         self.spawn_job(JobKind::Rewind, "starting", async move {
-            state_file_settled(&state_file.0, &state_file.1).await;
+            state_file_settled(&state_file_busy, || {
+                pg.remove_state_file_leftover(crate::ha::state_file::FILE_NAME)
+            })
+            .await;
             match plan {
                 RejoinPlan::Rewind {
                     crash_recovery_first,
@@ -366,14 +366,14 @@ impl Node {
 /// Waits (at most 10 s) for a state-file write spawned by an earlier cycle, then removes a
 /// temporary file an interrupted write left: pg_rewind and pg_basebackup must not see the data
 /// directory change under them (no new write starts while their job runs).
-async fn state_file_settled(busy: &std::sync::atomic::AtomicBool, data_dir: &std::path::Path) {
+async fn state_file_settled(busy: &std::sync::atomic::AtomicBool, remove_leftover: impl FnOnce()) {
     let since = crate::clock::now();
     while busy.load(std::sync::atomic::Ordering::SeqCst)
         && since.elapsed() < Duration::from_secs(10)
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    crate::postgres::datadir::remove_leftover_temporary(data_dir, crate::ha::state_file::FILE_NAME);
+    remove_leftover();
 }
 
 #[cfg(test)]
@@ -399,7 +399,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             writer.store(false, Ordering::SeqCst);
         });
-        state_file_settled(&busy, dir.path()).await;
+        state_file_settled(&busy, || {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .await;
         // Had it not waited, the write would still be in flight.
         assert!(
             !busy.load(Ordering::SeqCst),

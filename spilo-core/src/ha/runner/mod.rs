@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::api::client::{HttpPeers, PeerSource};
 use crate::config::{Config, DynamicConfig};
 use crate::dcs::{self, Cluster, Dcs};
 use crate::ha::decide::{JobKind, Policy};
@@ -57,6 +58,8 @@ pub struct Node {
     cfg: Config,
     dcs: Arc<dyn Dcs>,
     pg: Arc<dyn LocalPostgres>,
+    /// Where peers' state comes from in a leader race (their REST APIs).
+    peers: Arc<dyn PeerSource>,
     state: StateTx,
     started: Instant,
     dynamic: DynamicConfig,
@@ -115,6 +118,7 @@ impl Node {
             cfg,
             dcs,
             pg,
+            peers: Arc::new(HttpPeers),
             state,
             started: crate::clock::now(),
             dynamic,
@@ -164,6 +168,12 @@ impl Node {
     /// parameters) here when the config file is reloaded.
     pub fn with_live_restapi(mut self, restapi: crate::api::LiveRestApi) -> Node {
         self.restapi = Some(restapi);
+        self
+    }
+
+    /// Ask peers through this source instead of their REST APIs (a simulated network).
+    pub fn with_peer_source(mut self, peers: Arc<dyn PeerSource>) -> Node {
+        self.peers = peers;
         self
     }
 

@@ -44,10 +44,10 @@ impl Node {
             decision: &s.decision,
             fence,
         });
-        let dir = self.cfg.postgresql.data_dir.clone();
+        let pg = self.pg.clone();
         let busy = self.state_file_busy.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::ha::state_file::write(&dir, &state) {
+            if let Err(e) = crate::ha::state_file::write(pg.as_ref(), &state) {
                 tracing::warn!(error = %e, "could not write {}", crate::ha::state_file::FILE_NAME);
             }
             busy.store(false, Ordering::SeqCst);
