@@ -41,6 +41,9 @@ pub enum RewindEvent {
     StoppedAsPrimary,
     /// A rewind (or the re-copy standing in for it) finished.
     RewindDone,
+    /// A rewind could not reach its source (the leader): a network problem, retried on a
+    /// later cycle; nothing is concluded about the data.
+    RewindSourceUnreachable,
     /// A rewind failed; `recopy_allowed` is `remove_data_directory_on_rewind_failure`.
     RewindFailed {
         /// Whether the data directory may be removed to copy it again.
@@ -73,6 +76,10 @@ impl std::fmt::Display for RemovalReason {
     }
 }
 
+/// The signature of [`next_rewind_state`] (a simulation may plant a broken one in the executor
+/// to show that its checks catch it).
+pub type RewindPlanner = fn(RewindState, RewindEvent) -> (RewindState, Option<RemovalReason>);
+
 /// The rewind state after `event`, and a data directory to remove, if any.
 pub fn next_rewind_state(
     state: RewindState,
@@ -81,6 +88,7 @@ pub fn next_rewind_state(
     match event {
         RewindEvent::AcquiredLeader | RewindEvent::RewindDone => (RewindState::NotNeeded, None),
         RewindEvent::StoppedAsPrimary => (RewindState::Needed, None),
+        RewindEvent::RewindSourceUnreachable => (state, None),
         RewindEvent::RewindFailed {
             recopy_allowed: true,
         } => (RewindState::NotNeeded, Some(RemovalReason::RewindFailed)),
@@ -254,6 +262,11 @@ mod tests {
             (NotNeeded, Some(RemovalReason::RewindFailed))
         );
         assert_eq!(next_rewind_state(Failed, AcquiredLeader), (NotNeeded, None));
+        // A leader out of reach is no verdict: try again later.
+        assert_eq!(
+            next_rewind_state(Needed, RewindSourceUnreachable),
+            (Needed, None)
+        );
         assert_eq!(
             next_rewind_state(Failed, Reinitialized),
             (NotNeeded, Some(RemovalReason::Reinitialize))

@@ -41,6 +41,29 @@ pub enum PgError {
     /// A query failed.
     #[error("query failed: {0}")]
     Query(String),
+    /// A tool could not reach the server it copies from (pg_rewind, pg_basebackup): a network
+    /// problem to retry, not a verdict on the data.
+    #[error("{cmd} could not reach the source server: {message}")]
+    SourceUnreachable {
+        /// The program.
+        cmd: String,
+        /// What it said.
+        message: String,
+    },
+}
+
+/// Whether a tool's error output says it could not connect to the server it reads from
+/// (libpq's messages, PostgreSQL 12 to 16).
+pub fn says_unreachable(output: &str) -> bool {
+    const SIGNS: &[&str] = &[
+        "could not connect to server",
+        "could not connect to the source server",
+        "connection to server at",
+        "could not translate host name",
+        "Connection refused",
+        "timeout expired",
+    ];
+    SIGNS.iter().any(|s| output.contains(s))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
@@ -488,8 +511,15 @@ impl Postgres {
             format!("--source-server={conninfo}"),
             "--no-sync".into(),
         ];
-        self.run("pg_rewind", &args, Duration::from_secs(3600), true)
+        match self
+            .run("pg_rewind", &args, Duration::from_secs(3600), true)
             .await
+        {
+            Err(PgError::Command { cmd, message }) if says_unreachable(&message) => {
+                Err(PgError::SourceUnreachable { cmd, message })
+            }
+            other => other,
+        }
     }
 }
 
@@ -513,4 +543,27 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PgError> {
 /// Write a file atomically (write, fsync, rename).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PgError> {
     write_private(path, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::says_unreachable;
+
+    #[test]
+    fn connection_failures_of_the_tools_are_told_apart_from_other_errors() {
+        // PostgreSQL 15's pg_rewind and libpq, word for word.
+        assert!(says_unreachable(
+            "pg_rewind: error: could not connect to server: connection to server at \
+             \"10.0.0.2\", port 5432 failed: Connection refused"
+        ));
+        assert!(says_unreachable(
+            "pg_rewind: error: could not connect to server: could not translate host name \"db2\""
+        ));
+        assert!(!says_unreachable(
+            "pg_rewind: error: could not find common ancestor of the source and target cluster's timelines"
+        ));
+        assert!(!says_unreachable(
+            "pg_rewind: fatal: target server must be shut down cleanly"
+        ));
+    }
 }

@@ -67,8 +67,15 @@ impl Node {
                     self.bootstrap_failed = Some(crate::error_chain(&e));
                 }
                 if job.kind == JobKind::Rewind {
-                    let event = RewindEvent::RewindFailed {
-                        recopy_allowed: self.cfg.postgresql.remove_data_directory_on_rewind_failure,
+                    let event = if matches!(e, PgError::SourceUnreachable { .. }) {
+                        RewindEvent::RewindSourceUnreachable
+                    } else {
+                        RewindEvent::RewindFailed {
+                            recopy_allowed: self
+                                .cfg
+                                .postgresql
+                                .remove_data_directory_on_rewind_failure,
+                        }
                     };
                     if let Some(reason) = self.rewind_event(event) {
                         tracing::warn!("removing the data directory: {reason}");

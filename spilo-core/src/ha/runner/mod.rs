@@ -16,7 +16,7 @@ use crate::dcs::{self, Cluster, Dcs};
 use crate::ha::decide::{JobKind, Policy};
 use crate::ha::phase::Phase;
 use crate::ha::plan::{
-    next_rewind_state, BookkeepingMemo, RemovalReason, RewindEvent, RewindState,
+    next_rewind_state, BookkeepingMemo, RemovalReason, RewindEvent, RewindPlanner, RewindState,
 };
 use crate::ha::state::StateTx;
 use crate::ha::sync;
@@ -68,6 +68,8 @@ pub struct Node {
     upstream: Option<Option<String>>,
     /// Where a former primary stands on its way back (a planner's state machine).
     rewind: RewindState,
+    /// The planner that moves it ([`next_rewind_state`]).
+    rewind_planner: RewindPlanner,
     down_since: Option<Duration>,
     lease_renewed_at: Option<Instant>,
     last_member: Option<Vec<u8>>,
@@ -126,6 +128,7 @@ impl Node {
             wake: Arc::new(Notify::new()),
             upstream: None,
             rewind: RewindState::NotNeeded,
+            rewind_planner: next_rewind_state,
             down_since: None,
             lease_renewed_at: None,
             last_member: None,
@@ -177,6 +180,13 @@ impl Node {
         self
     }
 
+    /// Moves the rewind state with this planner instead of [`next_rewind_state`]: for
+    /// simulations that plant a broken rule and must see their checks catch it.
+    pub fn with_rewind_planner(mut self, planner: RewindPlanner) -> Node {
+        self.rewind_planner = planner;
+        self
+    }
+
     /// Report events to, and ask decisions of, these hooks.
     pub fn with_hooks(mut self, hooks: crate::hooks::Hooks) -> Node {
         self.hooks = hooks;
@@ -191,7 +201,7 @@ impl Node {
     /// Moves the rewind state machine ([`crate::ha::plan::next_rewind_state`]); returns the
     /// data-directory removal it calls for, if any.
     fn rewind_event(&mut self, event: RewindEvent) -> Option<RemovalReason> {
-        let (state, removal) = next_rewind_state(self.rewind, event);
+        let (state, removal) = (self.rewind_planner)(self.rewind, event);
         self.rewind = state;
         removal
     }

@@ -1,0 +1,306 @@
+//! The simulated world the real executor runs in: one in-memory DCS with sessions (leases that
+//! expire on tokio's paused clock), simulated PostgreSQL servers with WAL positions and
+//! timeline histories, and the links between them that faults cut.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How many nodes a world has.
+pub const NODES: usize = 3;
+/// The system identifier of the simulated cluster.
+pub const SYSID: &str = "7000000000000000001";
+/// The first simulated PostgreSQL port; node `i` listens on `PG_PORT0 + i`.
+pub const PG_PORT0: u16 = 15000;
+
+/// A data directory's WAL: the timelines it went through (timeline, start position) and how far
+/// it got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Data {
+    /// (timeline, position it started at), oldest first.
+    pub lineage: Vec<(u64, u64)>,
+    /// The last position written or received.
+    pub wal: u64,
+}
+
+impl Data {
+    /// A fresh cluster (what initdb makes).
+    pub fn new() -> Data {
+        Data {
+            lineage: vec![(1, 0)],
+            wal: 100,
+        }
+    }
+
+    /// The current timeline.
+    pub fn timeline(&self) -> u64 {
+        self.lineage.last().map(|l| l.0).unwrap_or(1)
+    }
+
+    /// True when `self` is a prefix of `other`'s history (it can stream from `other`).
+    pub fn is_prefix_of(&self, other: &Data) -> bool {
+        for (i, &(tl, start)) in self.lineage.iter().enumerate() {
+            match other.lineage.get(i) {
+                Some(&(otl, ostart)) if otl == tl && ostart == start => {}
+                _ => return false,
+            }
+        }
+        match other.lineage.get(self.lineage.len()) {
+            Some(&(_, branch)) => branch >= self.wal,
+            None => other.wal >= self.wal,
+        }
+    }
+}
+
+impl std::fmt::Display for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let from = self.lineage.len().saturating_sub(3);
+        if from > 0 {
+            write!(f, "… ")?;
+        }
+        for (tl, start) in &self.lineage[from..] {
+            write!(f, "tl{tl}@{start} ")?;
+        }
+        write!(f, "→ {}", self.wal)
+    }
+}
+
+/// A simulated PostgreSQL's process state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proc {
+    /// No postmaster.
+    Stopped,
+    /// Running as primary.
+    Primary,
+    /// Running in recovery.
+    Replica,
+}
+
+/// One simulated PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct PgState {
+    /// The process.
+    pub proc: Proc,
+    /// A cluster exists in the data directory.
+    pub initialized: bool,
+    /// Its WAL.
+    pub data: Data,
+    /// `standby.signal` is written.
+    pub standby: bool,
+    /// `primary_conninfo` points at this node (its index).
+    pub upstream: Option<usize>,
+    /// Streaming from the upstream right now.
+    pub streaming: bool,
+    /// pg_control: last ran as primary.
+    pub ctl_primary: bool,
+    /// pg_control: did not shut down cleanly.
+    pub crashed: bool,
+}
+
+impl PgState {
+    fn new(initialized: bool) -> PgState {
+        PgState {
+            proc: Proc::Stopped,
+            initialized,
+            data: Data::new(),
+            standby: false,
+            upstream: None,
+            streaming: false,
+            ctl_primary: false,
+            crashed: false,
+        }
+    }
+}
+
+/// A lease of the simulated DCS.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub ttl: Duration,
+    pub expires: Instant,
+}
+
+/// The simulated DCS's keys and sessions.
+#[derive(Debug, Default)]
+pub struct DcsState {
+    /// key → (value, version, lease bound to, created revision).
+    pub keys: BTreeMap<String, (Vec<u8>, i64, Option<u64>, i64)>,
+    pub revision: i64,
+    pub leases: BTreeMap<u64, Lease>,
+    pub next_lease: u64,
+}
+
+impl DcsState {
+    /// Drops leases that expired by `now`, and the keys bound to them; true when the leader,
+    /// config, failover or initialize key went with them.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let dead: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut watched = false;
+        for id in dead {
+            self.leases.remove(&id);
+            watched |= self.drop_keys_of(id);
+        }
+        watched
+    }
+
+    /// Deletes the keys bound to `lease`; true when a watched key went.
+    pub fn drop_keys_of(&mut self, lease: u64) -> bool {
+        let gone: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(_, v)| v.2 == Some(lease))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut watched = false;
+        for k in gone {
+            watched |= is_watched(&k);
+            self.keys.remove(&k);
+        }
+        watched
+    }
+
+    /// Writes `key` (a new version).
+    pub fn set(&mut self, key: &str, value: &[u8], lease: Option<u64>) {
+        self.revision += 1;
+        let created = match self.keys.get(key) {
+            Some(k) => k.3,
+            None => self.revision,
+        };
+        self.keys.insert(
+            key.to_string(),
+            (value.to_vec(), self.revision, lease, created),
+        );
+    }
+}
+
+/// The keys whose change wakes the HA loop.
+pub fn is_watched(key: &str) -> bool {
+    matches!(key, "leader" | "config" | "failover" | "initialize")
+}
+
+/// The links a fault can cut.
+#[derive(Clone, Debug)]
+pub struct Links {
+    /// Node ↔ DCS.
+    pub dcs: [bool; NODES],
+    /// Node ↔ node (PostgreSQL replication and the REST API), symmetric.
+    pub peer: [[bool; NODES]; NODES],
+}
+
+impl Default for Links {
+    fn default() -> Links {
+        Links {
+            dcs: [true; NODES],
+            peer: [[true; NODES]; NODES],
+        }
+    }
+}
+
+/// Everything the simulated components share.
+#[derive(Debug)]
+pub struct Inner {
+    pub dcs: DcsState,
+    pub pg: Vec<PgState>,
+    pub links: Links,
+    /// Violations seen by the checker.
+    pub violations: Vec<String>,
+    /// Promotions carried out.
+    pub promotions: u64,
+    /// Rewinds and copies carried out.
+    pub rewinds: u64,
+}
+
+/// The world: shared, locked for each step (never across an await).
+#[derive(Clone, Debug)]
+pub struct World {
+    inner: Arc<Mutex<Inner>>,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl World {
+    /// A world whose nodes have no data yet.
+    pub fn new() -> World {
+        World {
+            inner: Arc::new(Mutex::new(Inner {
+                dcs: DcsState::default(),
+                pg: (0..NODES).map(|_| PgState::new(false)).collect(),
+                links: Links::default(),
+                violations: Vec::new(),
+                promotions: 0,
+                rewinds: 0,
+            })),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// The shared state.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bumps the DCS change counter.
+    pub fn bump(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver of the DCS change counter.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// One tick of the world: the primary takes writes, replicas stream from their upstream.
+    pub fn tick(&self) {
+        let mut w = self.lock();
+        for i in 0..NODES {
+            if w.pg[i].proc == Proc::Primary {
+                w.pg[i].data.wal += 10;
+            }
+        }
+        for i in 0..NODES {
+            if w.pg[i].proc != Proc::Replica {
+                w.pg[i].streaming = false;
+                continue;
+            }
+            let Some(j) = w.pg[i].upstream else {
+                w.pg[i].streaming = false;
+                continue;
+            };
+            let up = &w.pg[j];
+            let ok = j != i
+                && up.proc != Proc::Stopped
+                && w.links.peer[i][j]
+                && w.pg[i].data.is_prefix_of(&up.data);
+            if ok {
+                let data = up.data.clone();
+                w.pg[i].data = data;
+                w.pg[i].streaming = true;
+            } else {
+                w.pg[i].streaming = false;
+            }
+        }
+    }
+
+    /// The checker: at most one PostgreSQL runs as primary.
+    pub fn check(&self, at: Duration) {
+        let mut w = self.lock();
+        let primaries: Vec<usize> = (0..NODES)
+            .filter(|&i| w.pg[i].proc == Proc::Primary)
+            .collect();
+        if primaries.len() > 1 {
+            let states: Vec<String> =
+                w.pg.iter()
+                    .map(|p| format!("{:?} [{}]", p.proc, p.data))
+                    .collect();
+            let v = format!("t={at:?}: two primaries {primaries:?}: {states:?}");
+            if w.violations.len() < 5 {
+                w.violations.push(v);
+            }
+        }
+    }
+}
