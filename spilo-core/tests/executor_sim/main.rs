@@ -44,15 +44,42 @@ impl Rng {
     }
 }
 
-fn config(i: usize) -> spilo_core::config::Config {
+/// The replication mode of a seed's cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Async,
+    Sync,
+    Quorum,
+}
+
+impl Mode {
+    fn of(seed: u64) -> Mode {
+        match seed % 3 {
+            0 => Mode::Async,
+            1 => Mode::Sync,
+            _ => Mode::Quorum,
+        }
+    }
+
+    fn yaml(self) -> &'static str {
+        match self {
+            Mode::Async => "",
+            Mode::Sync => ", synchronous_mode: true",
+            Mode::Quorum => ", synchronous_mode: quorum",
+        }
+    }
+}
+
+fn config(i: usize, mode: Mode) -> spilo_core::config::Config {
     let yaml = format!(
         "scope: sim\nname: n{i}\nrestapi: {{listen: '127.0.0.1:{api}', connect_address: '127.0.0.1:{api}'}}\n\
          etcd3: {{hosts: '127.0.0.1:2379'}}\n\
-         bootstrap:\n  dcs: {{ttl: {TTL}, loop_wait: {LOOP_WAIT}, retry_timeout: {RETRY}, postgresql: {{use_pg_rewind: true}}}}\n\
+         bootstrap:\n  dcs: {{ttl: {TTL}, loop_wait: {LOOP_WAIT}, retry_timeout: {RETRY}{sync}, postgresql: {{use_pg_rewind: true}}}}\n\
          postgresql:\n  listen: '127.0.0.1:{pg}'\n  connect_address: '127.0.0.1:{pg}'\n  data_dir: /nonexistent/sim/n{i}\n\
          \x20 authentication: {{superuser: {{username: postgres, password: x}}, replication: {{username: replicator, password: y}}}}\n",
         api = 18000 + i,
         pg = PG_PORT0 as usize + i,
+        sync = mode.yaml(),
     );
     spilo_core::config::load_str(&yaml, "sim.yml", &[])
         .expect("the simulation's config loads")
@@ -74,8 +101,14 @@ impl Daemon {
 
 type States = Arc<std::sync::Mutex<BTreeMap<String, (usize, spilo_core::ha::state::StateRx)>>>;
 
-fn start_daemon(world: &World, states: &States, i: usize, planner: RewindPlanner) -> Daemon {
-    let cfg = config(i);
+fn start_daemon(
+    world: &World,
+    states: &States,
+    i: usize,
+    mode: Mode,
+    planner: RewindPlanner,
+) -> Daemon {
+    let cfg = config(i, mode);
     let (dynamic, _) = spilo_core::config::effective_dynamic(None, &cfg);
     let dcs = Arc::new(SimDcs::new(
         world.clone(),
@@ -117,6 +150,7 @@ struct Outcome {
     faults: u64,
     promotions: u64,
     rewinds: u64,
+    acks: u64,
 }
 
 /// One seed: faults for `fault_secs` of virtual time, then healing and the convergence check.
@@ -128,10 +162,12 @@ fn run_seed(seed: u64, fault_secs: u64, planner: RewindPlanner) -> Result<Outcom
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let world = World::new();
+        let mode = Mode::of(seed);
+        world.lock().sync_mode = mode != Mode::Async;
         let states: States = Arc::default();
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut daemons: Vec<Option<Daemon>> =
-            (0..NODES).map(|i| Some(start_daemon(&world, &states, i, planner))).collect();
+            (0..NODES).map(|i| Some(start_daemon(&world, &states, i, mode, planner))).collect();
         let start = tokio::time::Instant::now();
         let ticker = {
             let world = world.clone();
@@ -204,7 +240,7 @@ fn run_seed(seed: u64, fault_secs: u64, planner: RewindPlanner) -> Result<Outcom
                         d.stop();
                     }
                     tokio::time::sleep(Duration::from_millis(rng.below(3000))).await;
-                    daemons[i] = Some(start_daemon(&world, &states, i, planner));
+                    daemons[i] = Some(start_daemon(&world, &states, i, mode, planner));
                 }
             }
         }
@@ -215,6 +251,7 @@ fn run_seed(seed: u64, fault_secs: u64, planner: RewindPlanner) -> Result<Outcom
             let w = world.lock();
             out.promotions = w.promotions;
             out.rewinds = w.rewinds;
+            out.acks = w.acks;
             if let Some(v) = w.violations.first() {
                 Err(format!("seed {seed}: {v}"))
             } else {
@@ -291,16 +328,18 @@ fn the_real_executor_keeps_one_primary_and_converges_under_random_faults() {
                 total.faults += o.faults;
                 total.promotions += o.promotions;
                 total.rewinds += o.rewinds;
+                total.acks += o.acks;
             }
             Err(e) => failures.push(e),
         }
     }
     eprintln!(
-        "executor simulation: {} seeds, {} faults, {} promotions, {} rewinds or copies, {} failed",
+        "executor simulation: {} seeds, {} faults, {} promotions, {} rewinds or copies, {} synchronous acknowledgements, {} failed",
         seeds.len(),
         total.faults,
         total.promotions,
         total.rewinds,
+        total.acks,
         failures.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));

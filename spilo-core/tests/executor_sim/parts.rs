@@ -19,7 +19,7 @@ use spilo_core::postgres::conf::Upstream;
 use spilo_core::postgres::{BootstrapRoles, LocalPostgres, PgError, StopMode};
 use tokio::time::Instant;
 
-use super::world::{is_watched, Data, Lease, Proc, World, NODES, PG_PORT0, SYSID};
+use super::world::{is_watched, parse_ssn, Data, Lease, Proc, World, NODES, PG_PORT0, SYSID};
 
 /// `0/1A2B` form of a WAL position.
 pub fn lsn(pos: u64) -> String {
@@ -392,13 +392,25 @@ impl LocalPostgres for SimPg {
             Proc::Primary => {
                 st.role = "primary".into();
                 st.wal_flush = Some(p.data.wal);
+                let rule = parse_ssn(&p.ssn);
                 for (j, r) in w.pg.iter().enumerate() {
                     if r.proc == Proc::Replica && r.upstream == Some(self.node) && r.streaming {
+                        let name = format!("n{j}");
+                        let sync_state = match &rule {
+                            Some(rule) if rule.names.contains(&name) => {
+                                if rule.quorum {
+                                    "quorum"
+                                } else {
+                                    "sync"
+                                }
+                            }
+                            _ => "async",
+                        };
                         st.replication.push(ReplicationRow {
                             usename: "replicator".into(),
-                            application_name: format!("n{j}"),
+                            application_name: name,
                             state: "streaming".into(),
-                            sync_state: "async".into(),
+                            sync_state: sync_state.into(),
                             flush_lsn: Some(r.data.wal),
                             ..ReplicationRow::default()
                         });
@@ -420,13 +432,18 @@ impl LocalPostgres for SimPg {
     }
     fn write_config(
         &self,
-        _parameters: &BTreeMap<String, Value>,
+        parameters: &BTreeMap<String, Value>,
         _hba: &[String],
         standby: bool,
         upstream: Option<&Upstream>,
     ) -> Result<(), PgError> {
         let mut w = self.world.lock();
         let p = &mut w.pg[self.node];
+        p.ssn = parameters
+            .get("synchronous_standby_names")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         p.standby = standby;
         p.upstream = upstream.and_then(Self::index_of);
         Ok(())
@@ -520,8 +537,12 @@ impl LocalPostgres for SimPg {
     async fn create_physical_slot(&self, _name: &str, _timeout: Duration) -> Result<(), PgError> {
         Ok(())
     }
-    async fn current_setting(&self, _name: &str, _timeout: Duration) -> Result<String, PgError> {
-        Ok(String::new())
+    async fn current_setting(&self, name: &str, _timeout: Duration) -> Result<String, PgError> {
+        let w = self.world.lock();
+        Ok(match name {
+            "synchronous_standby_names" => w.pg[self.node].ssn.clone(),
+            _ => String::new(),
+        })
     }
     fn remove_data_dir(&self) -> Result<(), PgError> {
         let mut w = self.world.lock();

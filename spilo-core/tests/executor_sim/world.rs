@@ -97,6 +97,8 @@ pub struct PgState {
     pub ctl_primary: bool,
     /// pg_control: did not shut down cleanly.
     pub crashed: bool,
+    /// `synchronous_standby_names` as last written.
+    pub ssn: String,
 }
 
 impl PgState {
@@ -110,8 +112,46 @@ impl PgState {
             streaming: false,
             ctl_primary: false,
             crashed: false,
+            ssn: String::new(),
         }
     }
+}
+
+/// How `synchronous_standby_names` asks for acknowledgements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncRule {
+    /// `ANY k (…)`: quorum commit; otherwise priority.
+    pub quorum: bool,
+    /// How many standbys must confirm.
+    pub k: usize,
+    /// The standbys named (Patroni's strict placeholder among them names nobody real).
+    pub names: Vec<String>,
+}
+
+/// Parses `synchronous_standby_names` as spilo writes it (`"n1"`, `2 (n1,n2)`,
+/// `ANY 1 (n1,n2)`); None when empty (asynchronous).
+pub fn parse_ssn(ssn: &str) -> Option<SyncRule> {
+    let s = ssn.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let (quorum, rest) = match s.strip_prefix("ANY ") {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix("FIRST ").unwrap_or(s)),
+    };
+    let (k, list) = match rest.split_once('(') {
+        Some((k, list)) => (
+            k.trim().parse().unwrap_or(1),
+            list.trim_end_matches(')').to_string(),
+        ),
+        None => (1, rest.to_string()),
+    };
+    let names = list
+        .split(',')
+        .map(|n| n.trim().trim_matches('"').to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    Some(SyncRule { quorum, k, names })
 }
 
 /// A lease of the simulated DCS.
@@ -214,6 +254,12 @@ pub struct Inner {
     pub promotions: u64,
     /// Rewinds and copies carried out.
     pub rewinds: u64,
+    /// Synchronous replication is on: acknowledged writes are tracked and checked.
+    pub sync_mode: bool,
+    /// The acknowledged history: every write a client was told is committed.
+    pub acked: Option<Data>,
+    /// Writes acknowledged.
+    pub acks: u64,
 }
 
 /// The world: shared, locked for each step (never across an await).
@@ -234,6 +280,9 @@ impl World {
                 violations: Vec::new(),
                 promotions: 0,
                 rewinds: 0,
+                sync_mode: false,
+                acked: None,
+                acks: 0,
             })),
             changes: tokio::sync::watch::channel(0).0,
         }
@@ -284,6 +333,47 @@ impl World {
                 w.pg[i].streaming = false;
             }
         }
+        // A commit on the primary is acknowledged once the standbys its
+        // synchronous_standby_names asks for have it (at once when it asks for none).
+        if !w.sync_mode {
+            return;
+        }
+        for p in 0..NODES {
+            if w.pg[p].proc != Proc::Primary {
+                continue;
+            }
+            let wal = w.pg[p].data.wal;
+            let upto = match parse_ssn(&w.pg[p].ssn) {
+                None => Some(wal),
+                Some(rule) => {
+                    let mut confirmed: Vec<u64> = (0..NODES)
+                        .filter(|&s| {
+                            let r = &w.pg[s];
+                            r.proc == Proc::Replica
+                                && r.streaming
+                                && r.upstream == Some(p)
+                                && rule.names.contains(&format!("n{s}"))
+                        })
+                        .map(|s| w.pg[s].data.wal)
+                        .collect();
+                    confirmed.sort_unstable_by(|a, b| b.cmp(a));
+                    confirmed.get(rule.k.max(1) - 1).map(|&x| x.min(wal))
+                }
+            };
+            if let Some(pos) = upto {
+                let more = match &w.acked {
+                    Some(a) => pos > a.wal && a.is_prefix_of(&w.pg[p].data),
+                    None => true,
+                };
+                if more {
+                    let mut acked = w.pg[p].data.clone();
+                    acked.lineage.retain(|l| l.1 <= pos);
+                    acked.wal = pos;
+                    w.acked = Some(acked);
+                    w.acks += 1;
+                }
+            }
+        }
     }
 
     /// The checker: at most one PostgreSQL runs as primary.
@@ -292,6 +382,19 @@ impl World {
         let primaries: Vec<usize> = (0..NODES)
             .filter(|&i| w.pg[i].proc == Proc::Primary)
             .collect();
+        if let Some(a) = w.acked.clone() {
+            for &p in &primaries {
+                if !a.is_prefix_of(&w.pg[p].data) {
+                    let v = format!(
+                        "t={at:?}: n{p} runs as primary without the acknowledged write [{a}] (its history [{}])",
+                        w.pg[p].data
+                    );
+                    if w.violations.len() < 5 {
+                        w.violations.push(v);
+                    }
+                }
+            }
+        }
         if primaries.len() > 1 {
             let states: Vec<String> =
                 w.pg.iter()
