@@ -781,6 +781,9 @@ impl World {
                 name: l.name.clone(),
                 version: l.version,
                 owned_by_us: ours(l.session),
+                // The simulated key is re-created by every acquire and re-attach, at a new
+                // revision: that revision is its creation counter.
+                term: spilo_sdk::Term::from_created(Some(l.version)),
             }),
             members: self
                 .dcs

@@ -118,6 +118,14 @@ fn timeline() -> Option<i64> {
     current().and_then(|v| v.get("timeline").and_then(Value::as_i64))
 }
 
+/// The leader term as the daemon last saw it: the store's counter at the leader key's
+/// creation, larger for every new leadership; NULL when unknown (no leader, a stale state, or
+/// a DCS plugin built for ABI 1.0).
+#[pg_extern]
+fn term() -> Option<i64> {
+    current().and_then(|v| v.get("term").and_then(Value::as_i64))
+}
+
 /// Bytes this node's replay is behind the leader's last published WAL position: 0 on the
 /// primary, NULL when unknown.
 #[pg_extern]

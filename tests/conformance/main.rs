@@ -33,6 +33,16 @@ macro_rules! conformance {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn term_grows_across_terms() {
+                suite::term_grows_across_terms::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn keepalive_reports_the_granted_ttl() {
+                suite::keepalive_reports_the_granted_ttl::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn keepalive_renews() {
                 suite::keepalive_renews::<$backend>().await;
             }

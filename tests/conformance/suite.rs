@@ -181,6 +181,74 @@ pub async fn acquire_only_if_absent<B: Backend>() {
     assert_eq!(leader(b.as_ref()).await, Some(("a".to_string(), false)));
 }
 
+/// The leader term (`created` of the leader key) of the current snapshot; panics when the
+/// key is absent or the backend reports no creation counter.
+async fn leader_term(dcs: &dyn Dcs, who: &str) -> i64 {
+    let snap = dcs.snapshot().await.expect("snapshot");
+    let e = snap
+        .get("leader")
+        .unwrap_or_else(|| panic!("[{who}] no leader key in {snap:?}"));
+    e.created.unwrap_or_else(|| {
+        panic!("[{who}] the leader key carries no creation counter: the backend reports no term")
+    })
+}
+
+/// The term grows across terms: every new leadership's leader key has a strictly larger
+/// creation counter than the one before, whoever takes it, and within one leadership the term
+/// does not move when other keys are written or the session is renewed.
+pub async fn term_grows_across_terms<B: Backend>() {
+    let ctx = Ctx::<B>::start("term");
+    let a = ctx.client("a").await;
+    let b = ctx.client("b").await;
+    a.keepalive().await.expect("keepalive a");
+    b.keepalive().await.expect("keepalive b");
+    assert!(a.acquire_leader().await.expect("acquire a"));
+    let first = leader_term(a.as_ref(), B::NAME).await;
+    // Other writes and a renewal are not a new term.
+    a.put_member(b"{\"role\":\"primary\"}")
+        .await
+        .expect("put_member");
+    assert!(a.put("status", b"{}", Cas::Any).await.expect("put status"));
+    a.keepalive().await.expect("keepalive a");
+    assert_eq!(
+        leader_term(b.as_ref(), B::NAME).await,
+        first,
+        "the term moved within one leadership"
+    );
+    // a hands over to b: a new term, larger.
+    assert!(a.release_leader().await.expect("release a"));
+    assert!(b.acquire_leader().await.expect("acquire b"));
+    let second = leader_term(a.as_ref(), B::NAME).await;
+    assert!(
+        second > first,
+        "b's term {second} is not larger than a's {first}"
+    );
+    // And back to a: larger again (the same member leading again is still a new term).
+    assert!(b.release_leader().await.expect("release b"));
+    assert!(a.acquire_leader().await.expect("acquire a again"));
+    let third = leader_term(b.as_ref(), B::NAME).await;
+    assert!(
+        third > second,
+        "a's second term {third} is not larger than b's {second}"
+    );
+}
+
+/// A keep-alive reports the session TTL the store granted (ZooKeeper negotiates it within the
+/// server's bounds, so it may differ from the one asked for).
+pub async fn keepalive_reports_the_granted_ttl<B: Backend>() {
+    let ctx = Ctx::<B>::start("granted");
+    let a = ctx.client("a").await;
+    let info = a.keepalive().await.expect("keepalive");
+    let granted = info
+        .granted_ttl
+        .unwrap_or_else(|| panic!("[{}] no granted TTL reported", B::NAME));
+    assert!(
+        granted >= Duration::from_secs(1) && granted <= Duration::from_secs(60),
+        "[{}] granted TTL {granted:?} for an asked {TTL:?}",
+        B::NAME
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. renew
 // ---------------------------------------------------------------------------------------------

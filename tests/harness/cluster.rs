@@ -323,7 +323,7 @@ impl TestCluster {
     /// through `spiloctl list` on other stores.
     pub fn leader_from_dcs(&self) -> Result<Option<String>, String> {
         match &self.dcs {
-            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e.get(&self.dcs_key("leader")),
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e, _) => e.get(&self.dcs_key("leader")),
             DcsServer::EtcdCluster(_)
             | DcsServer::ZooKeeper(_)
             | DcsServer::ZooKeeperEnsemble(_) => {

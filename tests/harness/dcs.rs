@@ -1,7 +1,8 @@
 //! The DCS a test cluster runs on, chosen by `SPILO_TEST_DCS` (default `etcd`), so the same HA
 //! tests run against every backend and shape: `etcd` (one member), `etcd-tls` (three members
 //! serving TLS with client certificates and authentication, as in production), `etcd-plugin`
-//! (etcd through the example plugin) and `zookeeper`; or given explicitly
+//! (etcd through the example plugin), `etcd-plugin-abi10` (etcd through the same plugin's
+//! source built against the frozen ABI 1.0 SDK: no leader terms) and `zookeeper`; or given explicitly
 //! ([`crate::TestCluster::start_with`]) for the tests of one DCS shape: a ZooKeeper ensemble, a
 //! TLS-only ZooKeeper, a 3-member etcd.
 
@@ -22,6 +23,9 @@ pub enum DcsKind {
     EtcdSecure,
     /// etcd v3 reached through the example `etcd-gateway` plugin (a shared library).
     EtcdPlugin,
+    /// The same plugin's source built against the frozen ABI 1.0 SDK
+    /// (`tests/plugins/abi-1.0`): a plugin binary from before ABI 1.1, which reports no terms.
+    EtcdPluginAbi10,
     /// ZooKeeper.
     ZooKeeper,
 }
@@ -33,9 +37,10 @@ impl DcsKind {
             Err(_) | Ok("") | Ok("etcd") | Ok("etcd3") => DcsKind::Etcd,
             Ok("etcd-tls") => DcsKind::EtcdSecure,
             Ok("etcd-plugin") => DcsKind::EtcdPlugin,
+            Ok("etcd-plugin-abi10") => DcsKind::EtcdPluginAbi10,
             Ok("zookeeper") | Ok("zk") => DcsKind::ZooKeeper,
             Ok(other) => panic!(
-                "SPILO_TEST_DCS={other:?}: expected etcd, etcd-tls, etcd-plugin or zookeeper"
+                "SPILO_TEST_DCS={other:?}: expected etcd, etcd-tls, etcd-plugin, etcd-plugin-abi10 or zookeeper"
             ),
         }
     }
@@ -141,8 +146,9 @@ pub enum DcsServer {
     Etcd(Etcd),
     /// A multi-member etcd (plain, or TLS + authentication).
     EtcdCluster(EtcdCluster),
-    /// A single-member etcd that the nodes reach through the `etcd-gateway` plugin.
-    EtcdViaPlugin(Etcd),
+    /// A single-member etcd that the nodes reach through the `etcd-gateway` plugin, built for
+    /// the current ABI (false) or the frozen 1.0 one (true).
+    EtcdViaPlugin(Etcd, bool),
     /// A standalone ZooKeeper (plain or TLS-only).
     ZooKeeper(ZooKeeper),
     /// A ZooKeeper ensemble; the nodes are given every server.
@@ -155,7 +161,8 @@ impl DcsServer {
         match DcsKind::from_env() {
             DcsKind::Etcd => DcsServer::Etcd(Etcd::start_in(dir)),
             DcsKind::EtcdSecure => DcsServer::etcd_cluster(EtcdCluster::start_secure(3)),
-            DcsKind::EtcdPlugin => DcsServer::EtcdViaPlugin(Etcd::start_in(dir)),
+            DcsKind::EtcdPlugin => DcsServer::EtcdViaPlugin(Etcd::start_in(dir), false),
+            DcsKind::EtcdPluginAbi10 => DcsServer::EtcdViaPlugin(Etcd::start_in(dir), true),
             DcsKind::ZooKeeper => DcsServer::ZooKeeper(ZooKeeper::start()),
         }
     }
@@ -182,7 +189,8 @@ impl DcsServer {
             DcsServer::Etcd(_) => DcsKind::Etcd,
             DcsServer::EtcdCluster(c) if c.tls.is_some() => DcsKind::EtcdSecure,
             DcsServer::EtcdCluster(_) => DcsKind::Etcd,
-            DcsServer::EtcdViaPlugin(_) => DcsKind::EtcdPlugin,
+            DcsServer::EtcdViaPlugin(_, false) => DcsKind::EtcdPlugin,
+            DcsServer::EtcdViaPlugin(_, true) => DcsKind::EtcdPluginAbi10,
             DcsServer::ZooKeeper(_) | DcsServer::ZooKeeperEnsemble(_) => DcsKind::ZooKeeper,
         }
     }
@@ -192,7 +200,7 @@ impl DcsServer {
         match self {
             DcsServer::Etcd(e) => e.host_port(),
             DcsServer::EtcdCluster(c) => c.host_ports().join(","),
-            DcsServer::EtcdViaPlugin(e) => e.host_port(),
+            DcsServer::EtcdViaPlugin(e, _) => e.host_port(),
             DcsServer::ZooKeeper(z) => z.host_port(),
             DcsServer::ZooKeeperEnsemble(z) => z.host_ports().join(", "),
         }
@@ -202,9 +210,13 @@ impl DcsServer {
     pub fn endpoint(&self) -> DcsEndpoint {
         match self {
             DcsServer::Etcd(e) => DcsEndpoint::Etcd(e.host_port()),
-            DcsServer::EtcdViaPlugin(e) => DcsEndpoint::Plugin {
+            DcsServer::EtcdViaPlugin(e, abi10) => DcsEndpoint::Plugin {
                 name: "etcd-gateway".into(),
-                path: crate::bins::plugin_lib("libspilo_plugin_etcd_gateway.so"),
+                path: crate::bins::plugin_lib(if *abi10 {
+                    "libspilo_plugin_etcd_gateway_abi10.so"
+                } else {
+                    "libspilo_plugin_etcd_gateway.so"
+                }),
                 settings: vec![("hosts".into(), format!("[\"{}\"]", e.host_port()))],
             },
             DcsServer::EtcdCluster(c) => match &c.tls {
@@ -234,7 +246,7 @@ impl DcsServer {
     /// Stops the server (every server of an ensemble), keeping its data.
     pub fn stop(&mut self) {
         match self {
-            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e.stop(),
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e, _) => e.stop(),
             DcsServer::EtcdCluster(c) => c.stop_all(),
             DcsServer::ZooKeeper(z) => z.stop(),
             DcsServer::ZooKeeperEnsemble(z) => z.stop_all(),
@@ -244,7 +256,7 @@ impl DcsServer {
     /// Starts it again on the same port and data, waiting until it answers.
     pub fn start_again(&mut self) {
         match self {
-            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e.start_again(),
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e, _) => e.start_again(),
             DcsServer::EtcdCluster(c) => c.start_all(),
             DcsServer::ZooKeeper(z) => z.start_again(),
             DcsServer::ZooKeeperEnsemble(z) => z.start_all(),
@@ -254,7 +266,7 @@ impl DcsServer {
     /// Kills it for good.
     pub fn kill(&mut self) {
         match self {
-            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e.kill(),
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e, _) => e.kill(),
             DcsServer::EtcdCluster(c) => {
                 for i in 0..c.members.len() {
                     c.kill_member(i);
@@ -276,7 +288,7 @@ impl DcsServer {
     /// The etcd server, for the tests that read keys with etcdctl; panics on ZooKeeper.
     pub fn etcd(&self) -> &Etcd {
         match self {
-            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => e,
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e, _) => e,
             DcsServer::EtcdCluster(_)
             | DcsServer::ZooKeeper(_)
             | DcsServer::ZooKeeperEnsemble(_) => {
@@ -288,7 +300,7 @@ impl DcsServer {
     /// A name and the tail of the server's log, for failure reports.
     pub fn log_tail(&self, n: usize) -> (String, String) {
         match self {
-            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e) => (
+            DcsServer::Etcd(e) | DcsServer::EtcdViaPlugin(e, _) => (
                 format!("etcd log ({})", e.log_path.display()),
                 e.log_tail(n),
             ),

@@ -370,6 +370,11 @@ impl Node {
         self.patroni().ok()?.get("timeline")?.as_u64()
     }
 
+    /// `term` from `/patroni` (the leader term; `None` when null or unreachable).
+    pub fn term(&self) -> Option<u64> {
+        self.patroni().ok()?.get("term")?.as_u64()
+    }
+
     /// Connection settings for the superuser over TCP.
     pub fn pg_target(&self) -> PgTarget {
         PgTarget {

@@ -39,6 +39,7 @@ mod spiloctl_ops;
 mod switchover;
 mod switchover_under_load;
 mod sync_mode;
+mod terms;
 mod zk_quorum_loss;
 
 use std::time::Duration;

@@ -81,7 +81,7 @@ fn a_plugin_written_in_c_runs_a_node() {
     for needle in [
         "plugin:   memdcs 1.0-c",
         "kind:     dcs",
-        "abi:      1.0",
+        "abi:      1.1",
         "accepted: yes",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
@@ -114,12 +114,12 @@ fn plugins_built_for_another_abi_are_refused_at_start() {
         (
             "libmajor2.so",
             &["-DMEMDCS_ABI_MAJOR=2"][..],
-            "built for plugin ABI 2.0, this spilo speaks 1.0",
+            "built for plugin ABI 2.1, this spilo speaks 1.1",
         ),
         (
             "libminor9.so",
             &["-DMEMDCS_ABI_MINOR=9"][..],
-            "needs plugin ABI 1.9, newer than this spilo's 1.0",
+            "needs plugin ABI 1.9, newer than this spilo's 1.1",
         ),
     ] {
         let lib = build_c_plugin(root.path(), file, defines);
@@ -245,4 +245,73 @@ fn a_panicking_plugin_costs_the_lease_not_the_daemon() {
 #[test]
 fn a_hanging_plugin_is_timed_out_like_an_unreachable_dcs() {
     fault_cycle("hang");
+}
+
+/// A plugin binary built before ABI 1.1 — `examples/plugin-etcd-gateway`'s source compiled
+/// against the frozen 1.0 SDK (`tests/plugins/abi-1.0`) — is accepted by `spiloctl plugin check`
+/// and runs a node on this host; having no creation counters, it gives no term (null), never a
+/// made-up one.
+#[test]
+fn a_plugin_built_for_abi_1_0_keeps_loading_and_runs_a_node() {
+    let lib = plugin_lib("libspilo_plugin_etcd_gateway_abi10.so");
+    let (ok, text) = spiloctl_check(&lib);
+    assert!(ok, "spiloctl plugin check refused the 1.0 plugin:\n{text}");
+    for needle in [
+        "plugin:   etcd-gateway",
+        "kind:     dcs",
+        "abi:      1.0 (this spilo: 1.1)",
+        "terms:    unknown",
+        "accepted: yes",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let root = TempRoot::new("spilo-plugin-");
+    let mut etcd = spilo_tests::Etcd::start_in(root.path());
+    let dcs = plugin_endpoint(
+        "etcd-gateway",
+        &lib,
+        vec![("hosts".into(), format!("[\"{}\"]", etcd.host_port()))],
+    );
+    let mut node = Node::create(root.path(), "n1", "abi10", "n1", &dcs, NodeOpts::default());
+    node.start();
+    wait_role(&node, "primary", BOOTSTRAP);
+    node.write_value("abi10_rows", "written through a 1.0 plugin")
+        .expect("the primary takes writes");
+    let v = node.patroni().expect("/patroni");
+    assert!(
+        v["term"].is_null(),
+        "a 1.0 DCS plugin reports no creation counter, so the term must be null: {v}"
+    );
+    assert!(
+        node.log_text().contains("plugin loaded (ABI 1.0)"),
+        "{}",
+        node.log_tail(20)
+    );
+    node.cleanup();
+    etcd.stop();
+}
+
+/// The current etcd-gateway plugin (ABI 1.1) reports the leader term on `/patroni`.
+#[test]
+fn a_1_1_dcs_plugin_gives_the_leader_term() {
+    let lib = plugin_lib("libspilo_plugin_etcd_gateway.so");
+    let (ok, text) = spiloctl_check(&lib);
+    assert!(ok && text.contains("terms:    yes"), "{text}");
+    let root = TempRoot::new("spilo-plugin-");
+    let mut etcd = spilo_tests::Etcd::start_in(root.path());
+    let dcs = plugin_endpoint(
+        "etcd-gateway",
+        &lib,
+        vec![("hosts".into(), format!("[\"{}\"]", etcd.host_port()))],
+    );
+    let mut node = Node::create(root.path(), "n1", "abi11", "n1", &dcs, NodeOpts::default());
+    node.start();
+    wait_role(&node, "primary", BOOTSTRAP);
+    wait_for("a term on /patroni", Duration::from_secs(30), || {
+        node.term()
+            .filter(|t| *t > 0)
+            .ok_or_else(|| "no term yet".to_string())
+    });
+    node.cleanup();
+    etcd.stop();
 }

@@ -370,6 +370,8 @@ pub(crate) struct Kv {
     pub(crate) key: Vec<u8>,
     pub(crate) value: Vec<u8>,
     pub(crate) mod_revision: i64,
+    #[cfg_attr(feature = "abi-1-0", allow(dead_code))]
+    pub(crate) create_revision: i64,
     pub(crate) lease: i64,
 }
 
@@ -382,6 +384,7 @@ pub(crate) fn kv(v: &Value) -> Result<Kv, Failure> {
         key: bytes(v, "key")?,
         value: bytes(v, "value")?,
         mod_revision: int(v, "mod_revision")?,
+        create_revision: int(v, "create_revision")?,
         lease: int(v, "lease")?,
     })
 }

@@ -234,12 +234,8 @@ impl DcsPlugin for EtcdGateway {
                 if key.is_empty() {
                     continue;
                 }
-                entries.push(Entry {
-                    key: String::from_utf8_lossy(key).into_owned(),
-                    value: kv.value,
-                    version: kv.mod_revision,
-                    owned_by_us: ours != 0 && kv.lease == ours,
-                });
+                let key = String::from_utf8_lossy(key).into_owned();
+                entries.push(entry(key, kv, ours));
             }
             Ok(Snapshot { revision, entries })
         };
@@ -401,3 +397,27 @@ spilo_sdk::export_dcs_plugin!(
     name = "etcd-gateway",
     version = env!("CARGO_PKG_VERSION")
 );
+
+/// A snapshot entry from an etcd key-value; `created` is its `create_revision`, which makes
+/// the leader key's the leader term (ABI 1.1).
+#[cfg(not(feature = "abi-1-0"))]
+fn entry(key: String, kv: client::Kv, ours: i64) -> Entry {
+    Entry {
+        key,
+        value: kv.value,
+        version: kv.mod_revision,
+        owned_by_us: ours != 0 && kv.lease == ours,
+        created: Some(kv.create_revision).filter(|c| *c > 0),
+    }
+}
+
+/// The same under the ABI 1.0 SDK (the test fixture build), which has no `created`.
+#[cfg(feature = "abi-1-0")]
+fn entry(key: String, kv: client::Kv, ours: i64) -> Entry {
+    Entry {
+        key,
+        value: kv.value,
+        version: kv.mod_revision,
+        owned_by_us: ours != 0 && kv.lease == ours,
+    }
+}

@@ -27,8 +27,10 @@ pub(crate) fn ttl_secs(ttl: Duration) -> i64 {
 struct Lease {
     /// Current lease id; 0 when there is none.
     id: i64,
-    /// The TTL (seconds) it was granted with.
+    /// The TTL (seconds) it was asked for with.
     granted_ttl: i64,
+    /// The TTL (seconds) etcd answered the grant with (0: not said).
+    server_ttl: i64,
     /// The lease id the last keep-alive reported, to tell new sessions.
     reported: i64,
     /// The lease a TTL change replaced, revoked at the next keep-alive; 0 when none.
@@ -88,6 +90,7 @@ impl Session {
     fn forget(&self, lease: &mut Lease) {
         lease.id = 0;
         lease.granted_ttl = 0;
+        lease.server_ttl = 0;
         self.lease_id.store(0, Ordering::SeqCst);
     }
 
@@ -107,6 +110,7 @@ impl Session {
         }
         lease.id = id;
         lease.granted_ttl = ttl;
+        lease.server_ttl = int(&answer, "TTL")?;
         self.lease_id.store(id, Ordering::SeqCst);
         Ok(id)
     }
@@ -195,10 +199,7 @@ impl Session {
         result.map_err(|f| f.during("keepalive"))?;
         let new_session = lease.id != lease.reported;
         lease.reported = lease.id;
-        Ok(SessionInfo {
-            id: lease.id,
-            new_session,
-        })
+        Ok(session_info(lease.id, new_session, lease.server_ttl))
     }
 
     /// The `close` operation: revoke the lease, so that its keys vanish now.
@@ -230,4 +231,23 @@ fn revoke(client: &Client, id: i64, deadline: Instant) -> Result<(), Failure> {
             deadline,
         )
         .map(drop)
+}
+
+/// What `keepalive` reports (the SDK 1.0 has no granted TTL; this source builds against both).
+#[cfg(not(feature = "abi-1-0"))]
+fn session_info(id: i64, new_session: bool, server_ttl: i64) -> SessionInfo {
+    SessionInfo {
+        id,
+        new_session,
+        granted_ttl: u64::try_from(server_ttl)
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+    }
+}
+
+/// What `keepalive` reports under the ABI 1.0 SDK (the test fixture build).
+#[cfg(feature = "abi-1-0")]
+fn session_info(id: i64, new_session: bool, _server_ttl: i64) -> SessionInfo {
+    SessionInfo { id, new_session }
 }

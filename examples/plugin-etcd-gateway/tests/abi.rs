@@ -41,7 +41,7 @@ fn the_descriptor_names_the_plugin_and_its_vtable_works_end_to_end() {
     // SAFETY: static strings.
     assert_eq!(unsafe { descriptor.name.as_slice() }, b"etcd-gateway");
     // SAFETY: the vtable is static data.
-    let vtable = unsafe { &*descriptor.dcs };
+    let vtable = unsafe { &*(descriptor.vtable as *const abi::DcsVTable) };
     let create = vtable.create.expect("create");
 
     // Bad settings: an error naming the key, no handle.
@@ -76,7 +76,8 @@ fn the_descriptor_names_the_plugin_and_its_vtable_works_end_to_end() {
             (vtable.keepalive.expect("keepalive"))(handle, 2000, &mut out, &mut err),
             abi::STATUS_OK
         );
-        let session = abi::decode_session(&take(vtable, out)).expect("session");
+        let session =
+            abi::decode_session(&take(vtable, out), abi::DCS_VTABLE_MINOR).expect("session");
         assert!(session.new_session);
         assert_eq!(
             (vtable.acquire_leader.expect("acquire"))(handle, 2000, &mut done, &mut err),
@@ -88,7 +89,8 @@ fn the_descriptor_names_the_plugin_and_its_vtable_works_end_to_end() {
             (vtable.snapshot.expect("snapshot"))(handle, 2000, &mut out, &mut err),
             abi::STATUS_OK
         );
-        let snapshot = abi::decode_snapshot(&take(vtable, out)).expect("snapshot");
+        let snapshot =
+            abi::decode_snapshot(&take(vtable, out), abi::DCS_VTABLE_MINOR).expect("snapshot");
         let leader = snapshot.get("leader").expect("leader");
         assert!(leader.owned_by_us && leader.value == b"n1");
         // The acquisition bumped the counter (once the watch is up, which it may not be yet).
@@ -113,7 +115,8 @@ fn the_descriptor_names_the_plugin_and_its_vtable_works_end_to_end() {
             (vtable.snapshot.expect("snapshot"))(handle, 2000, &mut out, &mut err),
             abi::STATUS_OK
         );
-        let snapshot = abi::decode_snapshot(&take(vtable, out)).expect("snapshot");
+        let snapshot =
+            abi::decode_snapshot(&take(vtable, out), abi::DCS_VTABLE_MINOR).expect("snapshot");
         assert!(
             snapshot.get("leader").is_none(),
             "destroy revoked the lease"

@@ -385,6 +385,7 @@ impl Dcs for EtcdDcs {
                             value: kv.value().to_vec(),
                             version: kv.mod_revision(),
                             owned_by_us: ours != 0 && kv.lease() == ours,
+                            created: Some(kv.create_revision()).filter(|c| *c > 0),
                         })
                     })
                     .collect();

@@ -26,8 +26,10 @@ pub(crate) struct Keeper {
 pub(crate) struct Session {
     /// Current lease id; 0 when there is none.
     pub(crate) lease: i64,
-    /// The TTL (seconds) the lease was granted with.
+    /// The TTL (seconds) the lease was asked for with.
     granted_ttl: i64,
+    /// The TTL (seconds) etcd answered the grant with (its own minimum may raise it).
+    server_ttl: i64,
     /// The lease id the last keep-alive reported, to tell new sessions.
     reported: i64,
     /// The lease replaced by a TTL change, kept until the daemon has moved its keys to the new
@@ -195,6 +197,7 @@ impl Shared {
     fn drop_lease(&self, session: &mut Session) {
         session.lease = 0;
         session.granted_ttl = 0;
+        session.server_ttl = 0;
         session.keeper = None;
         self.lease_id.store(0, Ordering::SeqCst);
     }
@@ -220,6 +223,7 @@ impl Shared {
         }
         session.lease = response.id();
         session.granted_ttl = ttl;
+        session.server_ttl = response.ttl();
         session.keeper = None;
         self.lease_id.store(response.id(), Ordering::SeqCst);
         tracing::debug!(lease = response.id(), ttl, "granted etcd lease");
@@ -360,6 +364,10 @@ impl Shared {
         Ok(spilo_sdk::SessionInfo {
             id: session.lease,
             new_session,
+            granted_ttl: u64::try_from(session.server_ttl)
+                .ok()
+                .filter(|s| *s > 0)
+                .map(std::time::Duration::from_secs),
         })
     }
 

@@ -72,6 +72,7 @@ impl Dcs for ZkDcs {
                         value,
                         version: i64::from(stat.version),
                         owned_by_us: ours != 0 && stat.ephemeral_owner == ours,
+                        created: Some(stat.czxid).filter(|c| *c > 0),
                     });
                 }
                 Ok(snapshot)

@@ -280,6 +280,8 @@ impl Shared {
             return Ok(SessionInfo {
                 id,
                 new_session: self.session && id != previous,
+                // The timeout the server negotiated within its min/maxSessionTimeout.
+                granted_ttl: Some(client.zk.session_timeout()).filter(|t| !t.is_zero()),
             });
         }
         Err(DcsError::Unreachable {

@@ -184,7 +184,8 @@ async fn leader_is_acquired_only_if_absent_and_released_only_by_holder() {
         again,
         spilo_sdk::SessionInfo {
             id: info.id,
-            new_session: false
+            new_session: false,
+            granted_ttl: info.granted_ttl,
         }
     );
 

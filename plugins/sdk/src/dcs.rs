@@ -24,6 +24,11 @@ pub struct Entry {
     pub version: i64,
     /// True when the key is bound to *this* daemon's current session.
     pub owned_by_us: bool,
+    /// The store's counter at the key's *creation* (etcd `create_revision`, ZooKeeper
+    /// `czxid`): a key deleted and created again gets a larger one. The leader key's is the
+    /// leader [`Term`](crate::term::Term). `None` when the backend cannot tell (a DCS plugin
+    /// built for ABI 1.0).
+    pub created: Option<i64>,
 }
 
 /// A read of every key under the cluster prefix.
@@ -61,6 +66,12 @@ pub struct SessionInfo {
     /// True when the previous session had expired and a new one was made: keys bound to the old
     /// one are gone, and the member key must be written again.
     pub new_session: bool,
+    /// The time-to-live the store actually granted the session, when it says: ZooKeeper
+    /// negotiates the session timeout within the server's `minSessionTimeout` and
+    /// `maxSessionTimeout`, so it may differ from the one asked for. The daemon computes its
+    /// lease and fence deadlines from `min(configured ttl, granted_ttl)`. `None` when the
+    /// backend does not report it (a DCS plugin built for ABI 1.0).
+    pub granted_ttl: Option<Duration>,
 }
 
 /// A failed DCS operation.

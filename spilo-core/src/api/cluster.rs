@@ -148,6 +148,7 @@ mod tests {
                 name: "b".into(),
                 version: 7,
                 owned_by_us: false,
+                term: None,
             }),
             members: vec![
                 member("c", 5434, None),

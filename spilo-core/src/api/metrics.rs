@@ -389,6 +389,11 @@ pub fn render(s: &NodeState, now: Instant) -> String {
         "Seconds left on the leader lease held by this node (0 when not holding it).",
         remaining,
     );
+    e.gauge(
+        "spilo_term",
+        "The leader term of the last DCS view (0 when unknown or no leader).",
+        crate::api::status::leader_term(s).map_or(0.0, |t| t.0 as f64),
+    );
     let (phase, in_phase) = s.phase.get(now);
     e.header(
         "spilo_loop_phase",
@@ -557,6 +562,17 @@ mod tests {
     }
 
     #[test]
+    fn the_term_series_is_the_leader_term() {
+        let (mut s, now) = busy_primary();
+        let mut c = (**s.cluster.as_ref().expect("a view")).clone();
+        if let Some(l) = c.leader.as_mut() {
+            l.term = Some(spilo_sdk::Term(88));
+        }
+        s.cluster = Some(std::sync::Arc::new(c));
+        assert_eq!(value(&render(&s, now), "spilo_term{"), "88");
+    }
+
+    #[test]
     fn primary_series() {
         let (s, now) = busy_primary();
         let text = render(&s, now);
@@ -568,6 +584,11 @@ mod tests {
         assert_eq!(value(&text, "patroni_primary{"), "1");
         assert_eq!(value(&text, "patroni_replica{"), "0");
         assert_eq!(value(&text, "patroni_postgres_running{"), "1");
+        assert_eq!(
+            value(&text, "spilo_term{"),
+            "0",
+            "no term known in this view"
+        );
         assert_eq!(
             value(&text, "patroni_xlog_location{"),
             (0x0500_0000u64).to_string()

@@ -29,6 +29,15 @@ pub fn cluster_unlocked(s: &NodeState) -> bool {
     s.cluster.as_ref().is_none_or(|c| c.leader.is_none())
 }
 
+/// The leader term of the last DCS view: `None` with no leader, no view, or a backend that
+/// cannot tell (a DCS plugin built for ABI 1.0).
+pub fn leader_term(s: &NodeState) -> Option<spilo_sdk::Term> {
+    s.cluster
+        .as_ref()
+        .and_then(|c| c.leader.as_ref())
+        .and_then(|l| l.term)
+}
+
 /// The `xlog` object: `{location}` on a primary, the receive/replay positions on a replica.
 fn xlog(s: &NodeState) -> Value {
     let pg = &s.pg;
@@ -56,7 +65,7 @@ fn xlog(s: &NodeState) -> Value {
 /// The status body for `s` (Patroni's `GET /patroni` body plus a `"spilo"` object).
 ///
 /// While PostgreSQL is not running the body holds only `state` and `role`, plus `pause`,
-/// `cluster_unlocked`, `dcs_last_seen` and `spilo`.
+/// `cluster_unlocked`, `dcs_last_seen`, `term` and `spilo`.
 pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
     let pg = &s.pg;
     let mut m = Map::new();
@@ -92,6 +101,8 @@ pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
         m.insert("cluster_unlocked".into(), true.into());
     }
     m.insert("dcs_last_seen".into(), s.dcs_last_seen.unwrap_or(0).into());
+    // spilo's own: the leader term (null when unknown); grows with every new leadership.
+    m.insert("term".into(), leader_term(s).map(|t| t.0).into());
     if pg.running {
         let tags = crate::dcs::tags::published(&s.tags);
         if !tags.is_empty() {
@@ -157,6 +168,7 @@ pub(crate) mod tests {
                 name: n.into(),
                 version: 1,
                 owned_by_us: false,
+                term: None,
             }),
             status: Some(Status {
                 optime,
@@ -215,6 +227,19 @@ pub(crate) mod tests {
         s.dcs_last_seen = Some(1_700_000_000);
         s.last_cycle = now;
         s
+    }
+
+    #[test]
+    fn the_body_carries_the_leader_term_or_null() {
+        let now = crate::clock::now();
+        let mut s = primary(now);
+        assert_eq!(patroni_status(&s, now)["term"], Value::Null);
+        let mut c = (**s.cluster.as_ref().expect("a view")).clone();
+        if let Some(l) = c.leader.as_mut() {
+            l.term = Some(spilo_sdk::Term(1234));
+        }
+        s.cluster = Some(Arc::new(c));
+        assert_eq!(patroni_status(&s, now)["term"], 1234);
     }
 
     #[test]
@@ -284,9 +309,11 @@ pub(crate) mod tests {
                 "pause",
                 "role",
                 "spilo",
-                "state"
+                "state",
+                "term"
             ]
         );
+        assert_eq!(v["term"], Value::Null, "no DCS view, no term");
         assert_eq!(v["state"], "stopped");
         assert_eq!(v["role"], "uninitialized");
         assert_eq!(v["cluster_unlocked"], true);

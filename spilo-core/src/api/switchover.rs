@@ -558,6 +558,7 @@ mod tests {
                 name: "pg0".into(),
                 version: 1,
                 owned_by_us: true,
+                term: None,
             }),
             members,
             ..Cluster::default()
@@ -770,6 +771,7 @@ mod tests {
                 name: "pg0".into(),
                 version: 1,
                 owned_by_us: false,
+                term: None,
             }),
             failover: Some(crate::dcs::Versioned {
                 value: Failover {
@@ -789,6 +791,7 @@ mod tests {
             name: "pg1".into(),
             version: 2,
             owned_by_us: false,
+            term: None,
         });
         assert_eq!(
             outcome(&c, Some("pg0"), Some("pg1"), sw),

@@ -215,6 +215,9 @@ fn plugin_check(path: &std::path::Path) -> ExitCode {
                 spilo_sdk::abi::ABI_MAJOR,
                 spilo_sdk::abi::ABI_MINOR
             );
+            for (label, text) in p.describe_kind() {
+                println!("{:<10}{text}", format!("{label}:"));
+            }
             println!("file:     {}", p.path.display());
             println!("accepted: yes");
             ExitCode::SUCCESS

@@ -427,6 +427,7 @@ pub(crate) mod tests {
                 name: l.into(),
                 version: 7,
                 owned_by_us: false,
+                term: None,
             }),
             members: names
                 .iter()

@@ -63,6 +63,7 @@ mod tests {
                     .to_vec(),
                 version: 1,
                 owned_by_us: false,
+                created: None,
             }],
         };
         let c = crate::dcs::decode_cluster(&snap);

@@ -48,6 +48,7 @@ pub fn decode_cluster(snap: &Snapshot) -> Cluster {
                         name: name.to_string(),
                         version: e.version,
                         owned_by_us: e.owned_by_us,
+                        term: spilo_sdk::Term::from_created(e.created),
                     })
                 }
             }
@@ -282,6 +283,7 @@ mod tests {
             value: value.as_bytes().to_vec(),
             version: 5,
             owned_by_us: false,
+            created: None,
         }
     }
 
@@ -428,6 +430,7 @@ mod tests {
                     value: vec![0xff, 0xfe],
                     version: 1,
                     owned_by_us: false,
+                    created: None,
                 },
             ],
         };

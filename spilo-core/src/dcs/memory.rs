@@ -100,6 +100,7 @@ impl Dcs for MemDcs {
                         value: v.clone(),
                         version: *ver,
                         owned_by_us: false,
+                        created: None,
                     })
                     .collect(),
             }
@@ -117,6 +118,7 @@ impl Dcs for MemDcs {
         Ok(SessionInfo {
             id: 1,
             new_session: false,
+            granted_ttl: None,
         })
     }
 

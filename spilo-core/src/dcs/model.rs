@@ -24,10 +24,15 @@ pub struct Versioned<T> {
 pub struct Leader {
     /// The holder's member name.
     pub name: String,
-    /// The key's version: the leader *generation* (etcd mod_revision grows with every term).
+    /// The key's version (etcd `mod_revision`, ZooKeeper data version): for compare-and-set
+    /// only; it is *not* a term (a fresh ZooKeeper znode is version 0 in every term).
     pub version: i64,
     /// Bound to this daemon's current session.
     pub owned_by_us: bool,
+    /// The leader term: the store's counter at the key's creation (etcd `create_revision`,
+    /// ZooKeeper `czxid`), strictly larger for every new leadership. `None` when the backend
+    /// cannot tell (a DCS plugin built for ABI 1.0): side effects needing a term are refused.
+    pub term: Option<spilo_sdk::Term>,
 }
 
 /// `members/<name>`: what each daemon publishes about itself.

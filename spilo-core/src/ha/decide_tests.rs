@@ -73,6 +73,7 @@ fn cluster(leader: Option<&str>, me: &str) -> Cluster {
             name: l.into(),
             version: 7,
             owned_by_us: l == me,
+            term: None,
         });
     }
     c

@@ -91,7 +91,7 @@ pub async fn guard(mut state: StateRx, target: Arc<dyn FenceTarget>) {
             let s = state.borrow_and_update();
             (
                 s.leader_renewed_at,
-                Duration::from_secs(s.dynamic.ttl),
+                s.lease_ttl(),
                 Duration::from_secs(s.dynamic.retry_timeout),
                 s.dynamic.pause,
                 s.phase.clone(),

@@ -115,8 +115,11 @@ pub struct NodeState {
     /// The local PostgreSQL.
     pub pg: PgStatus,
     /// When this node last renewed the leader key successfully (it holds the lock while this is
-    /// within `ttl`).
+    /// within [`NodeState::lease_ttl`]).
     pub leader_renewed_at: Option<Instant>,
+    /// The session TTL the DCS reported granting at the last keep-alive (ZooKeeper negotiates
+    /// it within the server's bounds); `None` when the backend does not say.
+    pub granted_ttl: Option<std::time::Duration>,
     /// The last DCS view (None until the first successful read).
     pub cluster: Option<Arc<Cluster>>,
     /// Unix time of the last successful DCS read.
@@ -186,6 +189,7 @@ impl NodeState {
                 ..PgStatus::default()
             },
             leader_renewed_at: None,
+            granted_ttl: None,
             cluster: None,
             dcs_last_seen: None,
             last_cycle: crate::clock::now(),
@@ -201,11 +205,20 @@ impl NodeState {
         }
     }
 
-    /// True while this node holds the leader lock: renewed within `ttl`.
+    /// True while this node holds the leader lock: renewed within [`NodeState::lease_ttl`].
     pub fn holds_lock(&self, now: Instant) -> bool {
+        let ttl = self.lease_ttl();
         self.leader_renewed_at
-            .map(|t| now.saturating_duration_since(t).as_secs_f64() < self.dynamic.ttl as f64)
+            .map(|t| now.saturating_duration_since(t) < ttl)
             .unwrap_or(false)
+    }
+
+    /// The TTL this node's lease and fence deadlines count with: see [`lease_ttl`].
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        lease_ttl(
+            std::time::Duration::from_secs(self.dynamic.ttl),
+            self.granted_ttl,
+        )
     }
 
     /// True when this node is paused.
@@ -218,3 +231,32 @@ impl NodeState {
 pub type StateTx = tokio::sync::watch::Sender<Arc<NodeState>>;
 /// The receiving end, cloned into the REST API.
 pub type StateRx = tokio::sync::watch::Receiver<Arc<NodeState>>;
+
+/// The TTL to count lease and fence deadlines with: the configured `ttl`, or the one the DCS
+/// granted when that is shorter (a ZooKeeper server clamps the session timeout to its
+/// `maxSessionTimeout`; believing the configured one would keep a primary writing after its
+/// session, and its leader key, are gone).
+pub fn lease_ttl(
+    configured: std::time::Duration,
+    granted: Option<std::time::Duration>,
+) -> std::time::Duration {
+    granted.map_or(configured, |g| configured.min(g))
+}
+
+#[cfg(test)]
+mod lease_ttl_tests {
+    use super::lease_ttl;
+    use std::time::Duration;
+
+    #[test]
+    fn deadlines_count_with_the_shorter_of_configured_and_granted_ttl() {
+        let s = Duration::from_secs;
+        assert_eq!(lease_ttl(s(30), None), s(30));
+        assert_eq!(lease_ttl(s(30), Some(s(20))), s(20), "server clamped it");
+        assert_eq!(
+            lease_ttl(s(10), Some(s(40))),
+            s(10),
+            "a longer grant is no reason to hold on longer than configured"
+        );
+    }
+}

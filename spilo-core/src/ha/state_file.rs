@@ -162,7 +162,7 @@ pub fn render(i: &StateInputs<'_>) -> Value {
         "role": role,
         "is_leader": is_leader,
         "leader": leader.map(|l| l.name.clone()),
-        "term": leader.map(|l| l.version),
+        "term": leader.and_then(|l| l.term).map(|t| t.0),
         "timeline": i.pg.timeline,
         "leader_wal_position": leader_pos,
         "written_unix_ms": chrono::Utc::now().timestamp_millis(),
@@ -205,6 +205,7 @@ mod tests {
                 name: "n1".into(),
                 version: 42,
                 owned_by_us: true,
+                term: Some(spilo_sdk::Term(40)),
             }),
             members: vec![member("n1", "primary", 5000), member("n2", "replica", 4000)],
             ..Cluster::default()
@@ -238,7 +239,10 @@ mod tests {
         });
         assert_eq!(v["format"], 1);
         assert_eq!(v["role"], "primary");
-        assert_eq!(v["term"], 42);
+        assert_eq!(
+            v["term"], 40,
+            "the term is the leader key's creation counter, not its version"
+        );
         assert_eq!(v["members"][1]["lag"], 1000);
         assert_eq!(v["members"][0]["host"], "10.0.0.1");
         let deadline = v["lease_deadline_monotonic_ns"].as_u64().expect("deadline");

@@ -1,15 +1,16 @@
 //! A plugin's DCS behind the same async [`Dcs`] trait as the built-in backends, so `decide()`
 //! cannot tell them apart.
 //!
-//! Every call runs on tokio's blocking pool with the plugin's own timeout (`retry_timeout`) and
-//! a host-side timeout a little longer. A call that hangs past it is reported as
-//! [`DcsError::Timeout`]; while it still hangs, further calls fail at once as unavailable
-//! instead of piling up blocked threads. A panic inside the plugin comes back as an error
-//! (the SDK's export macro catches it); the daemon keeps running and, if the DCS keeps
-//! failing, a primary demotes as on any lost lease.
+//! Calls go through the generic [`adapter::Instance`] (blocking pool, timeouts, no pile-up,
+//! panics as errors). A panic inside the plugin comes back as an error; the daemon keeps
+//! running and, if the DCS keeps failing, a primary demotes as on any lost lease.
+//!
+//! The wire formats follow the minor of the plugin's DCS vtable: a 1.0 plugin's snapshot has
+//! no `created` counters, so its entries' `created` is `None` and the leader term is unknown
+//! (see `spilo_sdk::term`); its keep-alive reports no granted TTL.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,79 +19,36 @@ use spilo_sdk::abi::{self, Buf, Bytes, DcsVTable};
 use spilo_sdk::{Cas, Dcs, DcsError, SessionInfo, Snapshot};
 use tokio::sync::watch;
 
+use crate::plugin::adapter::{Failure, Instance};
 use crate::plugin::loader::LoadedPlugin;
 
-/// Extra time the host waits beyond the plugin's own timeout.
-const GRACE: Duration = Duration::from_millis(500);
 /// How long one `wait_changes` call blocks.
 const WATCH_POLL: Duration = Duration::from_millis(1000);
 
-/// The plugin's instance handle. The ABI makes every entry point callable from any thread.
-#[derive(Clone, Copy)]
-struct Handle(*mut c_void);
-// SAFETY: the ABI contract requires instances to be usable from any thread, concurrently.
-unsafe impl Send for Handle {}
-// SAFETY: as above.
-unsafe impl Sync for Handle {}
-
-struct Inner {
-    name: String,
-    vt: &'static DcsVTable,
-    handle: Handle,
-    timeout: Duration,
-    /// Calls still running on the blocking pool.
-    in_flight: AtomicUsize,
-    /// The session was closed: the watch thread stops.
-    closed: AtomicBool,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::SeqCst);
-        if self.in_flight.load(Ordering::SeqCst) == 0 {
-            if let Some(destroy) = self.vt.destroy {
-                // SAFETY: the handle came from `create` and nothing else uses it now.
-                unsafe { destroy(self.handle.0) };
-            }
-        }
-        // A call still hangs inside the plugin: leak the instance rather than free it under
-        // that call.
-    }
-}
-
 /// A [`Dcs`] backed by a loaded plugin.
 pub struct PluginDcs {
-    inner: Arc<Inner>,
+    inner: Arc<Instance>,
+    vt: &'static DcsVTable,
+    /// The DCS vtable's minor: decides the wire formats.
+    minor: u32,
     changes: watch::Receiver<u64>,
 }
 
-/// Copies a plugin buffer out and frees it.
-fn take(vt: &DcsVTable, buf: Buf) -> Vec<u8> {
-    if buf.ptr.is_null() {
-        return Vec::new();
-    }
-    // SAFETY: the plugin filled `buf` with `len` readable bytes.
-    let out = unsafe { std::slice::from_raw_parts(buf.ptr, buf.len) }.to_vec();
-    if let Some(free) = vt.free_buf {
-        // SAFETY: handing the plugin's own buffer back once.
-        unsafe { free(buf) };
-    }
-    out
-}
-
-fn status_error(op: &'static str, plugin: &str, status: u32, msg: Vec<u8>) -> DcsError {
-    let message = format!("plugin {plugin}: {}", String::from_utf8_lossy(&msg));
-    match status {
-        abi::STATUS_UNAVAILABLE => DcsError::Unreachable { op, message },
-        abi::STATUS_TIMEOUT => DcsError::Unreachable { op, message },
-        abi::STATUS_PANIC => DcsError::Refused {
-            op,
-            message: format!("{message} (the plugin panicked)"),
-        },
-        abi::STATUS_REFUSED | abi::STATUS_INVALID => DcsError::Refused { op, message },
+fn dcs_error(op: &'static str, f: Failure) -> DcsError {
+    match f {
+        Failure::Status { code, .. }
+            if code == abi::STATUS_UNAVAILABLE || code == abi::STATUS_TIMEOUT =>
+        {
+            DcsError::Unreachable {
+                op,
+                message: f.describe(),
+            }
+        }
+        Failure::Busy { message } => DcsError::Unreachable { op, message },
+        Failure::TimedOut { after } => DcsError::Timeout { op, after },
         other => DcsError::Refused {
             op,
-            message: format!("{message} (unknown status {other})"),
+            message: other.describe(),
         },
     }
 }
@@ -129,7 +87,12 @@ impl PluginDcs {
     ) -> Result<PluginDcs, DcsError> {
         let vt = plugin.dcs.ok_or_else(|| DcsError::Refused {
             op: "connect",
-            message: format!("plugin {} is not a DCS plugin", plugin.name),
+            message: format!(
+                "plugin {} ({}) is a {} plugin, not a DCS plugin",
+                plugin.name,
+                plugin.path.display(),
+                plugin.kind
+            ),
         })?;
         let config = serde_json::json!({
             "spilo": {
@@ -143,100 +106,44 @@ impl PluginDcs {
             "config": settings,
         })
         .to_string();
-        let name = plugin.name.clone();
-        let create_name = name.clone();
-        let created = tokio::time::timeout(
-            host.retry_timeout + GRACE,
-            tokio::task::spawn_blocking(move || {
-                let mut handle: *mut c_void = std::ptr::null_mut();
-                let mut err = Buf::empty();
-                let create = vt.create.expect("checked at load");
-                // SAFETY: per the ABI: a JSON string valid for the call, out-pointers to locals.
-                let status = unsafe { create(Bytes::of(config.as_bytes()), &mut handle, &mut err) };
-                let msg = take(vt, err);
-                if status == abi::STATUS_OK && !handle.is_null() {
-                    Ok(Handle(handle))
-                } else if status == abi::STATUS_OK {
-                    Err(status_error(
-                        "connect",
-                        &create_name,
-                        abi::STATUS_INVALID,
-                        b"create returned a NULL handle".to_vec(),
-                    ))
-                } else {
-                    Err(status_error("connect", &create_name, status, msg))
-                }
-            }),
-        )
-        .await;
-        let handle = match created {
-            Ok(Ok(r)) => r?,
-            Ok(Err(e)) => {
-                return Err(DcsError::Refused {
-                    op: "connect",
-                    message: format!("plugin {name}: create failed: {e}"),
-                })
-            }
-            Err(_) => {
-                return Err(DcsError::Timeout {
-                    op: "connect",
-                    after: host.retry_timeout + GRACE,
-                })
-            }
+        let (Some(create), Some(destroy), Some(free)) = (vt.create, vt.destroy, vt.free_buf) else {
+            return Err(DcsError::Refused {
+                op: "connect",
+                message: format!("plugin {}: NULL entry points", plugin.name),
+            });
         };
-        let inner = Arc::new(Inner {
-            name,
-            vt,
-            handle,
-            timeout: host.retry_timeout,
-            in_flight: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-        });
+        let inner = Instance::create(plugin, create, destroy, free, config, host.retry_timeout)
+            .await
+            .map_err(|f| dcs_error("connect", f))?;
         let (tx, rx) = watch::channel(0u64);
         if host.watch {
-            let weak = Arc::downgrade(&inner);
-            let _ = std::thread::Builder::new()
-                .name(format!("spilo-plugin-watch-{}", inner.name))
-                .spawn(move || watch_loop(weak, tx));
+            if let Some(wait) = vt.wait_changes {
+                let weak = Arc::downgrade(&inner);
+                let _ = std::thread::Builder::new()
+                    .name(format!("spilo-plugin-watch-{}", plugin.name))
+                    .spawn(move || watch_loop(weak, wait, tx));
+            }
         }
-        Ok(PluginDcs { inner, changes: rx })
+        Ok(PluginDcs {
+            inner,
+            vt,
+            minor: plugin.vtable_minor,
+            changes: rx,
+        })
     }
 
-    /// Runs `call` on the blocking pool under the timeouts.
     async fn call<T: Send + 'static>(
         &self,
         op: &'static str,
-        call: impl FnOnce(&'static DcsVTable, *mut c_void, u64) -> Result<T, DcsError> + Send + 'static,
+        call: impl FnOnce(&Instance, &'static DcsVTable, *mut c_void, u64) -> Result<T, Failure>
+            + Send
+            + 'static,
     ) -> Result<T, DcsError> {
-        let inner = self.inner.clone();
-        if inner.in_flight.load(Ordering::SeqCst) >= 4 {
-            return Err(DcsError::Unreachable {
-                op,
-                message: format!(
-                    "plugin {}: earlier calls are still hanging inside the plugin",
-                    inner.name
-                ),
-            });
-        }
-        inner.in_flight.fetch_add(1, Ordering::SeqCst);
-        let timeout_ms = inner.timeout.as_millis() as u64;
-        let task_inner = inner.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let r = call(task_inner.vt, task_inner.handle.0, timeout_ms);
-            task_inner.in_flight.fetch_sub(1, Ordering::SeqCst);
-            r
-        });
-        match tokio::time::timeout(inner.timeout + GRACE, task).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(DcsError::Refused {
-                op,
-                message: format!("plugin {}: call failed: {e}", inner.name),
-            }),
-            Err(_) => Err(DcsError::Timeout {
-                op,
-                after: inner.timeout + GRACE,
-            }),
-        }
+        let vt = self.vt;
+        self.inner
+            .run(move |i, ms| call(i, vt, i.handle.0, ms))
+            .await
+            .map_err(|f| dcs_error(op, f))
     }
 
     async fn flag(
@@ -246,32 +153,40 @@ impl PluginDcs {
             &DcsVTable,
         ) -> Option<unsafe extern "C" fn(*mut c_void, u64, *mut u8, *mut Buf) -> u32>,
     ) -> Result<bool, DcsError> {
-        let name = self.inner.name.clone();
-        self.call(op, move |vt, h, ms| {
-            let entry = f(vt).expect("checked at load");
+        self.call(op, move |i, vt, h, ms| {
+            let entry = f(vt).ok_or_else(|| null_entry(i, op))?;
             let (mut done, mut err) = (0u8, Buf::empty());
             // SAFETY: per the ABI; out-pointers to locals.
             let status = unsafe { entry(h, ms, &mut done, &mut err) };
-            let msg = take(vt, err);
             if status == abi::STATUS_OK {
+                i.take(err);
                 Ok(done != 0)
             } else {
-                Err(status_error(op, &name, status, msg))
+                Err(i.status(status, err))
             }
         })
         .await
     }
 }
 
+fn null_entry(i: &Instance, op: &str) -> Failure {
+    Failure::Crashed {
+        message: format!("{}: NULL entry point {op}", i.label),
+    }
+}
+
 /// Feeds the watch channel from `wait_changes` until the instance is closed or dropped.
-fn watch_loop(inner: std::sync::Weak<Inner>, tx: watch::Sender<u64>) {
+fn watch_loop(
+    inner: std::sync::Weak<Instance>,
+    wait: unsafe extern "C" fn(*mut c_void, u64, u64) -> u64,
+    tx: watch::Sender<u64>,
+) {
     let mut seen = 0u64;
     loop {
         let Some(i) = inner.upgrade() else { return };
         if i.closed.load(Ordering::SeqCst) || tx.is_closed() {
             return;
         }
-        let wait = i.vt.wait_changes.expect("checked at load");
         // SAFETY: per the ABI; the instance lives while `i` is held.
         let now = unsafe { wait(i.handle.0, seen, WATCH_POLL.as_millis() as u64) };
         drop(i);
@@ -289,56 +204,55 @@ impl Dcs for PluginDcs {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, DcsError> {
-        let name = self.inner.name.clone();
-        self.call("snapshot", move |vt, h, ms| {
+        let minor = self.minor;
+        self.call("snapshot", move |i, vt, h, ms| {
             let (mut out, mut err) = (Buf::empty(), Buf::empty());
-            let f = vt.snapshot.expect("checked at load");
+            let f = vt.snapshot.ok_or_else(|| null_entry(i, "snapshot"))?;
             // SAFETY: per the ABI.
             let status = unsafe { f(h, ms, &mut out, &mut err) };
-            let (out, msg) = (take(vt, out), take(vt, err));
+            let out = i.take(out);
             if status != abi::STATUS_OK {
-                return Err(status_error("snapshot", &name, status, msg));
+                return Err(i.status(status, err));
             }
-            abi::decode_snapshot(&out).map_err(|e| DcsError::Refused {
-                op: "snapshot",
-                message: format!("plugin {name}: unreadable snapshot: {e}"),
+            i.take(err);
+            abi::decode_snapshot(&out, minor).map_err(|e| Failure::Crashed {
+                message: format!("{}: unreadable snapshot (DCS ABI 1.{minor}): {e}", i.label),
             })
         })
         .await
     }
 
     async fn keepalive(&self) -> Result<SessionInfo, DcsError> {
-        let name = self.inner.name.clone();
-        self.call("keepalive", move |vt, h, ms| {
+        let minor = self.minor;
+        self.call("keepalive", move |i, vt, h, ms| {
             let (mut out, mut err) = (Buf::empty(), Buf::empty());
-            let f = vt.keepalive.expect("checked at load");
+            let f = vt.keepalive.ok_or_else(|| null_entry(i, "keepalive"))?;
             // SAFETY: per the ABI.
             let status = unsafe { f(h, ms, &mut out, &mut err) };
-            let (out, msg) = (take(vt, out), take(vt, err));
+            let out = i.take(out);
             if status != abi::STATUS_OK {
-                return Err(status_error("keepalive", &name, status, msg));
+                return Err(i.status(status, err));
             }
-            abi::decode_session(&out).map_err(|e| DcsError::Refused {
-                op: "keepalive",
-                message: format!("plugin {name}: unreadable session: {e}"),
+            i.take(err);
+            abi::decode_session(&out, minor).map_err(|e| Failure::Crashed {
+                message: format!("{}: unreadable session (DCS ABI 1.{minor}): {e}", i.label),
             })
         })
         .await
     }
 
     async fn put_member(&self, value: &[u8]) -> Result<(), DcsError> {
-        let name = self.inner.name.clone();
         let value = value.to_vec();
-        self.call("put_member", move |vt, h, ms| {
+        self.call("put_member", move |i, vt, h, ms| {
             let mut err = Buf::empty();
-            let f = vt.put_member.expect("checked at load");
+            let f = vt.put_member.ok_or_else(|| null_entry(i, "put_member"))?;
             // SAFETY: per the ABI; `value` outlives the call.
             let status = unsafe { f(h, Bytes::of(&value), ms, &mut err) };
-            let msg = take(vt, err);
             if status == abi::STATUS_OK {
+                i.take(err);
                 Ok(())
             } else {
-                Err(status_error("put_member", &name, status, msg))
+                Err(i.status(status, err))
             }
         })
         .await
@@ -357,12 +271,11 @@ impl Dcs for PluginDcs {
     }
 
     async fn put(&self, key: &str, value: &[u8], cas: Cas) -> Result<bool, DcsError> {
-        let name = self.inner.name.clone();
         let (key, value) = (key.to_string(), value.to_vec());
         let (kind, version) = cas_parts(cas);
-        self.call("put", move |vt, h, ms| {
+        self.call("put", move |i, vt, h, ms| {
             let (mut done, mut err) = (0u8, Buf::empty());
-            let f = vt.put.expect("checked at load");
+            let f = vt.put.ok_or_else(|| null_entry(i, "put"))?;
             // SAFETY: per the ABI; `key` and `value` outlive the call.
             let status = unsafe {
                 f(
@@ -376,23 +289,22 @@ impl Dcs for PluginDcs {
                     &mut err,
                 )
             };
-            let msg = take(vt, err);
             if status == abi::STATUS_OK {
+                i.take(err);
                 Ok(done != 0)
             } else {
-                Err(status_error("put", &name, status, msg))
+                Err(i.status(status, err))
             }
         })
         .await
     }
 
     async fn delete(&self, key: &str, cas: Cas) -> Result<bool, DcsError> {
-        let name = self.inner.name.clone();
         let key = key.to_string();
         let (kind, version) = cas_parts(cas);
-        self.call("delete", move |vt, h, ms| {
+        self.call("delete", move |i, vt, h, ms| {
             let (mut done, mut err) = (0u8, Buf::empty());
-            let f = vt.delete.expect("checked at load");
+            let f = vt.delete.ok_or_else(|| null_entry(i, "delete"))?;
             // SAFETY: per the ABI; `key` outlives the call.
             let status = unsafe {
                 f(
@@ -405,11 +317,11 @@ impl Dcs for PluginDcs {
                     &mut err,
                 )
             };
-            let msg = take(vt, err);
             if status == abi::STATUS_OK {
+                i.take(err);
                 Ok(done != 0)
             } else {
-                Err(status_error("delete", &name, status, msg))
+                Err(i.status(status, err))
             }
         })
         .await
@@ -420,29 +332,58 @@ impl Dcs for PluginDcs {
     }
 
     fn set_ttl(&self, ttl: Duration) {
-        if let Some(f) = self.inner.vt.set_ttl {
+        if let Some(f) = self.vt.set_ttl {
             // SAFETY: per the ABI; set_ttl does not block.
             unsafe { f(self.inner.handle.0, ttl.as_millis() as u64) };
         }
     }
 
     async fn close(&self) -> Result<(), DcsError> {
-        let name = self.inner.name.clone();
         let r = self
-            .call("close", move |vt, h, ms| {
+            .call("close", move |i, vt, h, ms| {
                 let mut err = Buf::empty();
-                let f = vt.close.expect("checked at load");
+                let f = vt.close.ok_or_else(|| null_entry(i, "close"))?;
                 // SAFETY: per the ABI.
                 let status = unsafe { f(h, ms, &mut err) };
-                let msg = take(vt, err);
                 if status == abi::STATUS_OK {
+                    i.take(err);
                     Ok(())
                 } else {
-                    Err(status_error("close", &name, status, msg))
+                    Err(i.status(status, err))
                 }
             })
             .await;
         self.inner.closed.store(true, Ordering::SeqCst);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_failures_map_to_dcs_errors() {
+        let unavailable = Failure::Status {
+            code: abi::STATUS_UNAVAILABLE,
+            message: "plugin x (/x.so): down".into(),
+        };
+        assert!(matches!(
+            dcs_error("snapshot", unavailable),
+            DcsError::Unreachable { .. }
+        ));
+        let timed_out = Failure::TimedOut {
+            after: Duration::from_secs(2),
+        };
+        assert!(matches!(
+            dcs_error("snapshot", timed_out),
+            DcsError::Timeout { .. }
+        ));
+        let panicked = Failure::Status {
+            code: abi::STATUS_PANIC,
+            message: "plugin x (/x.so): boom".into(),
+        };
+        let e = dcs_error("put", panicked).to_string();
+        assert!(e.contains("/x.so") && e.contains("panicked"), "{e}");
     }
 }

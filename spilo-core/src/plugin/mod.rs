@@ -2,10 +2,15 @@
 //!
 //! [`load_configured`] loads every plugin the configuration lists, once, before the async
 //! runtime starts; the DCS registry then finds a DCS plugin by name and wraps it in
-//! [`dcs::PluginDcs`], which implements the same trait as the built-in backends.
+//! [`dcs::PluginDcs`], which implements the same trait as the built-in backends. Storage and
+//! load-balancer plugins are wrapped by [`storage::PluginStorage`] and [`lb::PluginLb`]; all
+//! three call their plugin through the one blocking-call mechanism of [`adapter`].
 
+pub mod adapter;
 pub mod dcs;
+pub mod lb;
 pub mod loader;
+pub mod storage;
 
 use std::sync::{Mutex, OnceLock};
 

@@ -101,11 +101,12 @@ impl Dcs for SimDcs {
                 .dcs
                 .keys
                 .iter()
-                .map(|(k, (v, version, lease, _))| Entry {
+                .map(|(k, (v, version, lease, created))| Entry {
                     key: k.clone(),
                     value: v.clone(),
                     version: *version,
                     owned_by_us: mine != 0 && *lease == Some(mine),
+                    created: Some(*created).filter(|c| *c > 0),
                 })
                 .collect(),
         })
@@ -157,6 +158,7 @@ impl Dcs for SimDcs {
         Ok(SessionInfo {
             id: l.0 as i64,
             new_session,
+            granted_ttl: Some(ttl),
         })
     }
 

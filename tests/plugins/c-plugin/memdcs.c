@@ -29,6 +29,7 @@ typedef struct {
     uint8_t *value;
     size_t len;
     int64_t version;
+    int64_t created; /* revision at creation: the leader key's is the term (ABI 1.1) */
     int ephemeral;  /* bound to the session */
 } Entry;
 
@@ -83,6 +84,7 @@ static int set(Store *s, const char *key, size_t klen, const uint8_t *v, size_t 
         e->key = calloc(1, klen + 1);
         memcpy(e->key, key, klen);
         e->value = NULL;
+        e->created = s->revision + 1;
     }
     free(e->value);
     e->value = malloc(vlen ? vlen : 1);
@@ -143,7 +145,8 @@ static uint32_t snapshot(SpiloHandle h, uint64_t timeout_ms, SpiloBuf *out, Spil
     Store *s = h;
     pthread_mutex_lock(&s->lock);
     size_t size = 12;
-    for (size_t i = 0; i < s->count; i++) size += 4 + strlen(s->entries[i].key) + 4 + s->entries[i].len + 9;
+    for (size_t i = 0; i < s->count; i++)
+        size += 4 + strlen(s->entries[i].key) + 4 + s->entries[i].len + 9 + (MEMDCS_ABI_MINOR >= 1 ? 8 : 0);
     uint8_t *buf = malloc(size), *p = buf;
     put_i64(&p, s->revision);
     put_u32(&p, (uint32_t)s->count);
@@ -156,6 +159,7 @@ static uint32_t snapshot(SpiloHandle h, uint64_t timeout_ms, SpiloBuf *out, Spil
         memcpy(p, e->value, e->len); p += e->len;
         put_i64(&p, e->version);
         *p++ = (uint8_t)(e->ephemeral ? 1 : 0);
+        if (MEMDCS_ABI_MINOR >= 1) put_i64(&p, e->created);
     }
     pthread_mutex_unlock(&s->lock);
     out->ptr = buf;
@@ -168,14 +172,16 @@ static uint32_t keepalive(SpiloHandle h, uint64_t timeout_ms, SpiloBuf *out, Spi
     (void)timeout_ms;
     (void)err;
     Store *s = h;
-    uint8_t b[9];
+    uint8_t b[17];
     pthread_mutex_lock(&s->lock);
     int fresh = s->session == 0;
     if (fresh) s->session = 1;
     memcpy(b, &s->session, 8);
     pthread_mutex_unlock(&s->lock);
     b[8] = (uint8_t)fresh;
-    *out = make_buf(b, 9);
+    uint64_t granted_ms = 0; /* an in-memory store grants whatever was asked: not reported */
+    memcpy(b + 9, &granted_ms, 8);
+    *out = make_buf(b, MEMDCS_ABI_MINOR >= 1 ? 17 : 9);
     return SPILO_STATUS_OK;
 }
 

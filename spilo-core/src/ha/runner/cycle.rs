@@ -26,6 +26,20 @@ impl Node {
         let refused = matches!(&session, Err(DcsError::Refused { .. }));
         let mut session_ok = match &session {
             Ok(info) => {
+                if self.granted_ttl != info.granted_ttl {
+                    if let Some(g) = info.granted_ttl {
+                        tracing::info!(
+                            granted_seconds = g.as_secs_f64(),
+                            configured_seconds = self.dynamic.ttl,
+                            "the DCS granted a session TTL of {:.1} s; lease deadlines count with the shorter of it and ttl",
+                            g.as_secs_f64()
+                        );
+                    }
+                    self.granted_ttl = info.granted_ttl;
+                    let granted = info.granted_ttl;
+                    self.state
+                        .send_modify(|s| Arc::make_mut(s).granted_ttl = granted);
+                }
                 if info.new_session {
                     self.last_member = None;
                     tracing::info!(session = info.id, "new DCS session");

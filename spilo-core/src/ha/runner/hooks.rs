@@ -117,7 +117,7 @@ impl Node {
             "role": role,
             "old_role": old_role,
             "leader": cluster.and_then(|c| c.leader.as_ref()).map(|l| l.name.clone()),
-            "term": cluster.and_then(|c| c.leader.as_ref()).map(|l| l.version),
+            "term": cluster.and_then(|c| c.leader.as_ref()).and_then(|l| l.term).map(|t| t.0),
             "timeline": s.pg.timeline,
             "wal_position": my_pos,
             "lag": if role == "primary" { Some(0) } else { lag_of(my_pos) },

@@ -72,6 +72,8 @@ pub struct Node {
     rewind_planner: RewindPlanner,
     down_since: Option<Duration>,
     lease_renewed_at: Option<Instant>,
+    /// The session TTL the DCS last reported granting.
+    granted_ttl: Option<Duration>,
     last_member: Option<Vec<u8>>,
     /// What the leader's bookkeeping wrote in earlier cycles.
     bookkeeping: BookkeepingMemo,
@@ -131,6 +133,7 @@ impl Node {
             rewind_planner: next_rewind_state,
             down_since: None,
             lease_renewed_at: None,
+            granted_ttl: None,
             last_member: None,
             bookkeeping: BookkeepingMemo::default(),
             pg_label: None,

@@ -40,7 +40,10 @@ impl Node {
             cluster: s.cluster.as_deref(),
             pg,
             lease_renewed_at: self.lease_renewed_at,
-            ttl: Duration::from_secs(self.dynamic.ttl),
+            ttl: crate::ha::state::lease_ttl(
+                Duration::from_secs(self.dynamic.ttl),
+                self.granted_ttl,
+            ),
             decision: &s.decision,
             fence,
         });

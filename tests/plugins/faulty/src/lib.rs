@@ -17,8 +17,8 @@ use spilo_sdk::{Cas, Entry, SessionInfo, Snapshot};
 
 #[derive(Default)]
 struct State {
-    /// key → (value, version, bound to the session)
-    keys: BTreeMap<String, (Vec<u8>, i64, bool)>,
+    /// key → (value, version, bound to the session, revision at creation)
+    keys: BTreeMap<String, (Vec<u8>, i64, bool, i64)>,
     revision: i64,
     session: Option<i64>,
     changes: u64,
@@ -67,8 +67,9 @@ impl Faulty {
     fn set(&self, s: &mut State, key: &str, value: &[u8], ephemeral: bool) {
         s.revision += 1;
         let rev = s.revision;
+        let created = s.keys.get(key).map_or(rev, |k| k.3);
         s.keys
-            .insert(key.to_string(), (value.to_vec(), rev, ephemeral));
+            .insert(key.to_string(), (value.to_vec(), rev, ephemeral, created));
         if matches!(key, "leader" | "config" | "failover" | "initialize") {
             s.changes += 1;
             self.changed.notify_all();
@@ -120,11 +121,12 @@ impl DcsPlugin for Faulty {
             entries: s
                 .keys
                 .iter()
-                .map(|(k, (v, ver, eph))| Entry {
+                .map(|(k, (v, ver, eph, created))| Entry {
                     key: k.clone(),
                     value: v.clone(),
                     version: *ver,
                     owned_by_us: *eph && s.session.is_some(),
+                    created: Some(*created),
                 })
                 .collect(),
         })
@@ -135,7 +137,11 @@ impl DcsPlugin for Faulty {
         let mut s = self.state();
         let new_session = s.session.is_none();
         let id = *s.session.get_or_insert(1);
-        Ok(SessionInfo { id, new_session })
+        Ok(SessionInfo {
+            id,
+            new_session,
+            granted_ttl: None,
+        })
     }
 
     fn put_member(&self, value: &[u8], _deadline: Instant) -> Result<(), PluginError> {
@@ -161,7 +167,7 @@ impl DcsPlugin for Faulty {
         self.fault()?;
         let mut s = self.state();
         match s.keys.get("leader") {
-            Some((v, _, _)) if v != self.member.as_bytes() => Ok(false),
+            Some((v, _, _, _)) if v != self.member.as_bytes() => Ok(false),
             _ => {
                 let me = self.member.clone();
                 self.set(&mut s, "leader", me.as_bytes(), true);
@@ -174,7 +180,7 @@ impl DcsPlugin for Faulty {
         self.fault()?;
         let mut s = self.state();
         match s.keys.get("leader") {
-            Some((v, _, _)) if v == self.member.as_bytes() => {
+            Some((v, _, _, _)) if v == self.member.as_bytes() => {
                 self.remove(&mut s, "leader");
                 Ok(true)
             }
