@@ -18,6 +18,7 @@
 mod backend;
 mod etcd;
 mod plugin;
+mod storage;
 mod suite;
 mod zookeeper;
 
@@ -97,6 +98,48 @@ conformance!(zookeeper_single, crate::zookeeper::ZkSingle);
 conformance!(zookeeper_tls, crate::zookeeper::ZkTlsSingle);
 conformance!(zookeeper_ensemble, crate::zookeeper::ZkEnsemble3);
 conformance!(plugin_etcd_gateway, crate::plugin::EtcdGatewayPlugin);
+
+/// Instantiates every storage conformance test for one backend, in a module named `$name`.
+macro_rules! storage_conformance {
+    ($name:ident, $backend:ty) => {
+        mod $name {
+            use super::storage;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn streamed_put_and_get_round_trip() {
+                storage::streamed_put_and_get_round_trip::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn unfinished_uploads_are_invisible() {
+                storage::unfinished_uploads_are_invisible::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn put_if_absent_never_replaces() {
+                storage::put_if_absent_never_replaces::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn missing_objects_are_not_found() {
+                storage::missing_objects_are_not_found::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn list_paginates_by_prefix_in_key_order() {
+                storage::list_paginates_by_prefix_in_key_order::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn bad_keys_are_refused() {
+                storage::bad_keys_are_refused::<$backend>().await;
+            }
+        }
+    };
+}
+
+storage_conformance!(storage_fs, crate::storage::FsInProcess);
+storage_conformance!(storage_fs_plugin, crate::storage::FsThroughPlugin);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_cluster3_survives_losing_its_raft_leader() {
