@@ -17,6 +17,7 @@
 
 mod backend;
 mod etcd;
+mod lb;
 mod plugin;
 mod storage;
 mod suite;
@@ -136,6 +137,33 @@ macro_rules! storage_conformance {
             }
         }
     };
+}
+
+/// Instantiates every load-balancer conformance test for one backend, in a module `$name`.
+macro_rules! lb_conformance {
+    ($name:ident, $backend:ty) => {
+        mod $name {
+            use super::lb;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn routes_are_described() {
+                lb::routes_are_described::<$backend>().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stale_terms_are_refused_and_change_nothing() {
+                lb::stale_terms_are_refused_and_change_nothing::<$backend>().await;
+            }
+        }
+    };
+}
+
+lb_conformance!(lb_memory_plugin, crate::lb::LbMemory);
+lb_conformance!(lb_c_plugin, crate::lb::CMemLb);
+
+#[test]
+fn lb_c_plugin_with_a_null_entry_point_is_refused_naming_it() {
+    lb::a_null_entry_point_is_refused_naming_it();
 }
 
 storage_conformance!(storage_fs, crate::storage::FsInProcess);

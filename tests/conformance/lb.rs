@@ -1,0 +1,174 @@
+//! Load-balancer conformance: one set of tests, generic over an [`LbBackend`], run against two
+//! plugins loaded through spilo's loader and adapter: `lb-memory` (Rust, the SDK's
+//! `export_lb_plugin!`) and `memlb` (C, against `spilo_plugin.h`, compiled with `cc` here).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use spilo_core::plugin::lb::PluginLb;
+use spilo_core::plugin::loader;
+use spilo_sdk::{LoadBalancer, Term};
+use spilo_tests::bins::{plugin_lib, workspace_dir};
+use spilo_tests::util::run_with_timeout;
+
+/// One load-balancer backend under test: a fresh instance per test.
+#[async_trait]
+pub trait LbBackend: Sized + Send + Sync + 'static {
+    /// Name used in messages.
+    const NAME: &'static str;
+    /// Makes an instance; `dir` is the test's scratch directory.
+    async fn open(dir: &Path) -> Box<dyn LoadBalancer>;
+}
+
+async fn connect(path: &Path, name: &str) -> Box<dyn LoadBalancer> {
+    let p = loader::load(path, name, "load_balancer").unwrap_or_else(|e| panic!("{e}"));
+    Box::new(
+        PluginLb::connect(&p, serde_json::json!({}), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("connect {name}: {e}")),
+    )
+}
+
+/// `tests/plugins/lb-memory`.
+pub struct LbMemory;
+
+#[async_trait]
+impl LbBackend for LbMemory {
+    const NAME: &'static str = "lb-memory (Rust plugin)";
+    async fn open(_dir: &Path) -> Box<dyn LoadBalancer> {
+        connect(
+            &plugin_lib("libspilo_test_plugin_lb_memory.so"),
+            "lb-memory",
+        )
+        .await
+    }
+}
+
+/// Compiles `tests/plugins/c-lb/memlb.c` into `dir` with extra `-D` flags.
+pub fn build_c_lb(dir: &Path, file: &str, defines: &[&str]) -> PathBuf {
+    let out = dir.join(file);
+    let src = workspace_dir().join("tests/plugins/c-lb/memlb.c");
+    let mut cmd = Command::new("cc");
+    cmd.args(["-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O2"])
+        .args(defines)
+        .arg("-I")
+        .arg(workspace_dir().join("plugins/sdk/include"))
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .arg("-lpthread");
+    let r = run_with_timeout(cmd, Duration::from_secs(60)).expect("run cc");
+    assert!(
+        r.status.success(),
+        "cc {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    out
+}
+
+/// `tests/plugins/c-lb` (C).
+pub struct CMemLb;
+
+#[async_trait]
+impl LbBackend for CMemLb {
+    const NAME: &'static str = "memlb (C plugin)";
+    async fn open(dir: &Path) -> Box<dyn LoadBalancer> {
+        let lib = tokio::task::block_in_place(|| build_c_lb(dir, "libspilo_memlb.so", &[]));
+        connect(&lib, "memlb").await
+    }
+}
+
+async fn instance<B: LbBackend>() -> (tempfile::TempDir, Box<dyn LoadBalancer>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lb = B::open(dir.path()).await;
+    (dir, lb)
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// What was set is what `describe` reports, with the newest term.
+pub async fn routes_are_described<B: LbBackend>() {
+    let (_dir, lb) = instance::<B>().await;
+    let fresh = lb.describe().await.expect("describe");
+    assert_eq!((fresh.primary, fresh.term), (None, None), "[{}]", B::NAME);
+    lb.set_primary(Some("n1"), Term(5))
+        .await
+        .expect("set_primary");
+    lb.set_replicas(&names(&["n2", "n3"]), Term(5))
+        .await
+        .expect("set_replicas");
+    let s = lb.describe().await.expect("describe");
+    assert_eq!(s.primary.as_deref(), Some("n1"), "[{}]", B::NAME);
+    assert_eq!(s.replicas, names(&["n2", "n3"]), "[{}]", B::NAME);
+    assert_eq!(s.term, Some(Term(5)), "[{}]", B::NAME);
+    // Read-write traffic to nobody (a primary leaving before it demotes).
+    lb.set_primary(None, Term(5))
+        .await
+        .expect("set_primary none");
+    assert_eq!(lb.describe().await.expect("describe").primary, None);
+}
+
+/// A call with an older term than the newest seen is refused as stale and changes nothing;
+/// the same term again and newer terms are admitted.
+pub async fn stale_terms_are_refused_and_change_nothing<B: LbBackend>() {
+    let (_dir, lb) = instance::<B>().await;
+    lb.set_primary(Some("n1"), Term(7)).await.expect("term 7");
+    lb.set_replicas(&names(&["n2"]), Term(7))
+        .await
+        .expect("term 7");
+    let stale = lb.set_primary(Some("n9"), Term(6)).await;
+    assert!(
+        stale.as_ref().is_err_and(|e| e.is_stale_term()),
+        "[{}] a stale set_primary: {stale:?}",
+        B::NAME
+    );
+    let stale = lb.set_replicas(&names(&["n9"]), Term(3)).await;
+    assert!(
+        stale.as_ref().is_err_and(|e| e.is_stale_term()),
+        "[{}] a stale set_replicas: {stale:?}",
+        B::NAME
+    );
+    let s = lb.describe().await.expect("describe");
+    assert_eq!(
+        (s.primary.as_deref(), s.replicas, s.term),
+        (Some("n1"), names(&["n2"]), Some(Term(7))),
+        "[{}] a refused call changed the routes",
+        B::NAME
+    );
+    lb.set_primary(Some("n1"), Term(7))
+        .await
+        .expect("the same term again");
+    lb.set_primary(Some("n2"), Term(8))
+        .await
+        .expect("a newer term");
+    let s = lb.describe().await.expect("describe");
+    assert_eq!((s.primary.as_deref(), s.term), (Some("n2"), Some(Term(8))));
+}
+
+/// A C plugin with a NULL entry point is refused at load, naming the file and the entry.
+pub fn a_null_entry_point_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = build_c_lb(dir.path(), "libnulldescribe.so", &["-DMEMLB_NULL_DESCRIBE"]);
+    let e = loader::load(&lib, "memlb", "load_balancer")
+        .expect_err("a NULL describe must be refused")
+        .to_string();
+    assert!(
+        e.contains(&lib.display().to_string())
+            && e.contains("the load-balancer vtable has NULL entry points: describe"),
+        "{e}"
+    );
+    // And a kind mismatch with the configuration is named too.
+    let ok = build_c_lb(dir.path(), "libmemlb.so", &[]);
+    let e = loader::load(&ok, "memlb", "dcs")
+        .expect_err("kind mismatch")
+        .to_string();
+    assert!(
+        e.contains("is a load_balancer plugin, the configuration says dcs"),
+        "{e}"
+    );
+}
