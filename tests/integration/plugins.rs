@@ -14,10 +14,15 @@ use spilo_tests::{note, wait_for, DcsEndpoint, Node, NodeOpts, TempRoot};
 
 use crate::BOOTSTRAP;
 
-/// Compiles the C plugin into `dir` with extra `-D` flags; the library's path.
+/// Compiles the C DCS plugin into `dir` with extra `-D` flags; the library's path.
 fn build_c_plugin(dir: &Path, file: &str, defines: &[&str]) -> PathBuf {
+    build_c(dir, "tests/plugins/c-plugin/memdcs.c", file, defines)
+}
+
+/// Compiles the C source `source` (relative to the workspace) into `dir`.
+fn build_c(dir: &Path, source: &str, file: &str, defines: &[&str]) -> PathBuf {
     let out = dir.join(file);
-    let src = workspace_dir().join("tests/plugins/c-plugin/memdcs.c");
+    let src = workspace_dir().join(source);
     let include = workspace_dir().join("plugins/sdk/include");
     let mut cmd = Command::new("cc");
     cmd.args(["-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O2"])
@@ -314,4 +319,61 @@ fn a_1_1_dcs_plugin_gives_the_leader_term() {
     });
     node.cleanup();
     etcd.stop();
+}
+
+/// `spiloctl plugin check` describes each kind: a storage plugin, a load-balancer plugin in
+/// Rust and one in C, and a DCS plugin built for 1.0 by the C header (`-DMEMDCS_ABI_MINOR=0`).
+#[test]
+fn spiloctl_plugin_check_describes_each_kind() {
+    let root = TempRoot::new("spilo-plugin-");
+    let c_lb = build_c(
+        root.path(),
+        "tests/plugins/c-lb/memlb.c",
+        "libmemlb.so",
+        &[],
+    );
+    let c_dcs10 = build_c_plugin(root.path(), "libmemdcs10.so", &["-DMEMDCS_ABI_MINOR=0"]);
+    for (lib, needles) in [
+        (
+            plugin_lib("libspilo_storage_fs_plugin.so"),
+            vec![
+                "plugin:   fs ",
+                "kind:     storage",
+                "vtable:   storage 1.1: put_open, put_write, put_finish, put_abort",
+                "accepted: yes",
+            ],
+        ),
+        (
+            plugin_lib("libspilo_test_plugin_lb_memory.so"),
+            vec![
+                "plugin:   lb-memory ",
+                "kind:     load_balancer",
+                "vtable:   load balancer 1.1: set_primary(member, term)",
+                "accepted: yes",
+            ],
+        ),
+        (
+            c_lb,
+            vec![
+                "plugin:   memlb 1.1-c",
+                "kind:     load_balancer",
+                "accepted: yes",
+            ],
+        ),
+        (
+            c_dcs10,
+            vec![
+                "kind:     dcs",
+                "abi:      1.0 (this spilo: 1.1)",
+                "terms:    unknown",
+                "accepted: yes",
+            ],
+        ),
+    ] {
+        let (ok, text) = spiloctl_check(&lib);
+        assert!(ok, "{} refused:\n{text}", lib.display());
+        for needle in needles {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
 }
