@@ -35,6 +35,19 @@ pub struct Leader {
     pub term: Option<spilo_sdk::Term>,
 }
 
+/// A side effect outside the database was about to be sent without a known leader term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the leader term is unknown (the DCS backend reports no creation counter, e.g. a DCS plugin built for ABI 1.0): a side effect that must carry a term is refused")]
+pub struct UnknownTerm;
+
+impl Leader {
+    /// The term to stamp on a side effect (a load-balancer change, …). With no known term
+    /// the side effect is refused, never sent with a made-up one.
+    pub fn term_for_side_effects(&self) -> Result<spilo_sdk::Term, UnknownTerm> {
+        self.term.ok_or(UnknownTerm)
+    }
+}
+
 /// `members/<name>`: what each daemon publishes about itself.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct MemberData {
@@ -285,5 +298,23 @@ impl Cluster {
     /// True while the cluster is paused.
     pub fn paused(&self) -> bool {
         self.config.as_ref().map(|c| c.value.pause).unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod term_tests {
+    use super::*;
+
+    #[test]
+    fn a_side_effect_needs_a_known_term() {
+        let mut l = Leader {
+            name: "n1".into(),
+            version: 0,
+            owned_by_us: true,
+            term: None,
+        };
+        assert_eq!(l.term_for_side_effects(), Err(UnknownTerm));
+        l.term = Some(spilo_sdk::Term(17));
+        assert_eq!(l.term_for_side_effects(), Ok(spilo_sdk::Term(17)));
     }
 }
