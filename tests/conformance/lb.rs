@@ -23,12 +23,82 @@ pub trait LbBackend: Sized + Send + Sync + 'static {
 }
 
 async fn connect(path: &Path, name: &str) -> Box<dyn LoadBalancer> {
+    connect_with(path, name, serde_json::json!({}), Duration::from_secs(5)).await
+}
+
+async fn connect_with(
+    path: &Path,
+    name: &str,
+    settings: serde_json::Value,
+    timeout: Duration,
+) -> Box<dyn LoadBalancer> {
     let p = loader::load(path, name, "load_balancer").unwrap_or_else(|e| panic!("{e}"));
     Box::new(
-        PluginLb::connect(&p, serde_json::json!({}), Duration::from_secs(5))
+        PluginLb::connect(&p, settings, timeout)
             .await
             .unwrap_or_else(|e| panic!("connect {name}: {e}")),
     )
+}
+
+/// The host's blocking-call adapter (shared by every plugin kind) on a load-balancer plugin:
+/// a panic is an error naming the plugin's file and the instance keeps working; a hung call
+/// is a timeout shortly after the deadline; and while four calls hang, further calls fail at
+/// once instead of parking more threads.
+pub async fn plugin_panics_and_hangs_are_errors() {
+    let path = plugin_lib("libspilo_test_plugin_lb_memory.so");
+    let lb = connect_with(
+        &path,
+        "lb-memory",
+        serde_json::json!({"fault": "panic"}),
+        Duration::from_secs(5),
+    )
+    .await;
+    let e = lb
+        .set_primary(Some("n1"), Term(1))
+        .await
+        .expect_err("a panic is an error")
+        .to_string();
+    assert!(
+        e.contains("injected fault in set_primary")
+            && e.contains("panicked")
+            && e.contains(&path.display().to_string()),
+        "{e}"
+    );
+    lb.describe()
+        .await
+        .expect("the instance survives the panic");
+
+    let timeout = Duration::from_millis(300);
+    let lb = connect_with(
+        &path,
+        "lb-memory",
+        serde_json::json!({"fault": "hang"}),
+        timeout,
+    )
+    .await;
+    // Four calls at once (the adapter's limit), each hanging past its deadline: each is a
+    // timeout shortly after it, while the plugin still holds all four threads.
+    assert_eq!(spilo_core::plugin::adapter::MAX_IN_FLIGHT, 4);
+    let started = std::time::Instant::now();
+    let call = || lb.set_primary(Some("n1"), Term(1));
+    let (a, b, c, d) = tokio::join!(call(), call(), call(), call());
+    for (i, r) in [a, b, c, d].into_iter().enumerate() {
+        assert!(
+            matches!(r, Err(spilo_sdk::LbError::Timeout { .. })),
+            "call {i}: {r:?}"
+        );
+    }
+    assert!(started.elapsed() < timeout + Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let r = lb.describe().await;
+    assert!(
+        matches!(&r, Err(spilo_sdk::LbError::Unreachable { message, .. }) if message.contains("still hanging")),
+        "{r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "a call behind hung ones must fail at once"
+    );
 }
 
 /// `tests/plugins/lb-memory`.

@@ -161,6 +161,11 @@ macro_rules! lb_conformance {
 lb_conformance!(lb_memory_plugin, crate::lb::LbMemory);
 lb_conformance!(lb_c_plugin, crate::lb::CMemLb);
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_plugin_panics_and_hangs_are_errors() {
+    lb::plugin_panics_and_hangs_are_errors().await;
+}
+
 #[test]
 fn lb_c_plugin_with_a_null_entry_point_is_refused_naming_it() {
     lb::a_null_entry_point_is_refused_naming_it();

@@ -1,6 +1,9 @@
 //! `lb-memory`: a load balancer that only remembers. It keeps the routes in memory, records
 //! every call it admitted or refused (`describe` lists them under `calls`), and refuses stale
 //! terms with the SDK's [`TermFence`]. The LB conformance suite runs it through the loader.
+//!
+//! Configured with `{"fault": "panic"}` or `{"fault": "hang"}`, its `set_primary` panics or
+//! blocks for 3 s, for the tests of the host's blocking-call adapter (`describe` still works).
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -18,6 +21,7 @@ struct Routes {
 
 /// The plugin.
 pub struct MemoryLb {
+    fault: Option<String>,
     fence: TermFence,
     routes: Mutex<Routes>,
 }
@@ -46,8 +50,18 @@ impl MemoryLb {
 }
 
 impl LbPlugin for MemoryLb {
-    fn create(_config: &Value) -> Result<Self, PluginError> {
+    fn create(config: &Value) -> Result<Self, PluginError> {
+        let fault = match &config["fault"] {
+            Value::Null => None,
+            Value::String(f) if f == "panic" || f == "hang" => Some(f.clone()),
+            other => {
+                return Err(PluginError::invalid(format!(
+                    "fault: {other}: panic or hang"
+                )))
+            }
+        };
         Ok(MemoryLb {
+            fault,
             fence: TermFence::new(),
             routes: Mutex::new(Routes::default()),
         })
@@ -59,6 +73,11 @@ impl LbPlugin for MemoryLb {
         term: Term,
         _deadline: Instant,
     ) -> Result<(), PluginError> {
+        match self.fault.as_deref() {
+            Some("panic") => panic!("injected fault in set_primary"),
+            Some(_) => std::thread::sleep(std::time::Duration::from_secs(3)),
+            None => {}
+        }
         let member = member.map(str::to_string);
         self.change(json!({"set_primary": member}), term, |r| {
             r.primary = member.clone()
