@@ -728,6 +728,21 @@ tags:
     }
 
     #[test]
+    fn plugins_of_every_kind_may_be_listed_and_unknown_kinds_are_named() {
+        let with = |kind: &str| {
+            format!("{NODE}plugins:\n- {{name: p, path: /usr/lib/spilo/libp.so, kind: {kind}}}\n")
+        };
+        for kind in ["dcs", "storage", "load_balancer"] {
+            let c = load(&with(kind)).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!(c.config.plugins[0].kind, kind);
+        }
+        assert_eq!(
+            err(&with("cache")),
+            "node.yml: plugins[0].kind: 'cache' is not a plugin kind spilo loads (dcs, storage, load_balancer)"
+        );
+    }
+
+    #[test]
     fn invalid_values_name_the_key() {
         assert_eq!(
             err(&NODE.replace("  listen: 0.0.0.0:8008\n", "  listen: abc\n")),

@@ -437,10 +437,13 @@ fn check_plugins(cfg: &Config) -> Result<(), (String, String)> {
         if !seen.insert(p.name.as_str()) {
             return Err((key("name"), format!("'{}' is listed twice", p.name)));
         }
-        if p.kind != "dcs" {
+        if !matches!(p.kind.as_str(), "dcs" | "storage" | "load_balancer") {
             return Err((
                 key("kind"),
-                format!("'{}' is not a plugin kind spilo loads (dcs)", p.kind),
+                format!(
+                    "'{}' is not a plugin kind spilo loads (dcs, storage, load_balancer)",
+                    p.kind
+                ),
             ));
         }
         if !p.path.is_absolute() {

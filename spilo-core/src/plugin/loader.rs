@@ -177,7 +177,7 @@ unsafe fn read_struct<T: AbiStruct>(ptr: *const T, header: &AbiHeader) -> &'stat
     // SAFETY: `n` bytes are readable at `ptr` (per the caller) and writable in `out`; the two
     // do not overlap.
     unsafe { std::ptr::copy_nonoverlapping(ptr as *const u8, out.as_mut_ptr() as *mut u8, n) };
-    // The header of the copy says what the host reads: its own size from now on.
+    // The copy keeps the plugin's header (its minor and size); fields past `n` stay zero.
     // SAFETY: zeroed plus copied bytes form a valid `T` (per the caller).
     let value: &'static T = Box::leak(unsafe { Box::from_raw(Box::into_raw(out) as *mut T) });
     value
