@@ -380,7 +380,7 @@ pub fn render(s: &NodeState, now: Instant) -> String {
     }
     let remaining = match s.leader_renewed_at {
         Some(t) if s.holds_lock(now) => {
-            (s.dynamic.ttl as f64 - now.saturating_duration_since(t).as_secs_f64()).max(0.0)
+            (s.lease_ttl().as_secs_f64() - now.saturating_duration_since(t).as_secs_f64()).max(0.0)
         }
         _ => 0.0,
     };
