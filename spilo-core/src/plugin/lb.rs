@@ -153,3 +153,35 @@ impl LoadBalancer for PluginLb {
             .map_err(|f| lb_error("describe", f))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_term_status_is_a_stale_term_error_and_others_are_not() {
+        let stale = lb_error(
+            "set_primary",
+            Failure::Status {
+                code: abi::STATUS_STALE_TERM,
+                message: "plugin l (/l.so): stale term 3".into(),
+            },
+        );
+        assert!(stale.is_stale_term(), "{stale}");
+        let refused = lb_error(
+            "set_primary",
+            Failure::Status {
+                code: abi::STATUS_REFUSED,
+                message: "plugin l (/l.so): no".into(),
+            },
+        );
+        assert!(!refused.is_stale_term());
+        let timed_out = lb_error(
+            "describe",
+            Failure::TimedOut {
+                after: Duration::from_secs(1),
+            },
+        );
+        assert!(matches!(timed_out, LbError::Timeout { .. }));
+    }
+}

@@ -377,3 +377,43 @@ impl Download for PluginDownload {
             .map_err(|f| storage_error("get_read", &self.key, f))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u32) -> Failure {
+        Failure::Status {
+            code,
+            message: "plugin s (/s.so): said so".into(),
+        }
+    }
+
+    #[test]
+    fn plugin_statuses_map_to_storage_errors() {
+        assert!(matches!(
+            storage_error("head", "k", status(abi::STATUS_NOT_FOUND)),
+            StorageError::NotFound { key } if key == "k"
+        ));
+        assert!(matches!(
+            storage_error("put_finish", "k", status(abi::STATUS_EXISTS)),
+            StorageError::Exists { .. }
+        ));
+        assert!(matches!(
+            storage_error("list", "", status(abi::STATUS_UNAVAILABLE)),
+            StorageError::Unreachable { .. }
+        ));
+        let odd = storage_error("get_read", "k", status(99)).to_string();
+        assert!(
+            odd.contains("/s.so") && odd.contains("unknown status 99"),
+            "{odd}"
+        );
+        let busy = Failure::Busy {
+            message: "plugin s (/s.so): earlier calls are still hanging inside the plugin".into(),
+        };
+        assert!(matches!(
+            storage_error("head", "k", busy),
+            StorageError::Unreachable { .. }
+        ));
+    }
+}
