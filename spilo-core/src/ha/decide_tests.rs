@@ -621,7 +621,8 @@ fn stopped_node_without_a_leader_starts_read_only_to_race() {
     assert_eq!(d.actions, vec![Action::StartReplica(None)]);
 }
 
-/// Found by the simulation (`tests/simulation.rs`): the lease guard stopped primary n1; with no
+/// Found by the first, hand-written simulation of `decide()` (since replaced by
+/// `tests/executor_sim`): the lease guard stopped primary n1; with no
 /// leader, its daemon started it read-only following nobody, and its pg_control then said
 /// "replica". n2, whose copy lagged a few records behind n1's last writes, won the race, and
 /// n1 followed n2 without a rewind: a forked history PostgreSQL refuses to stream. A former

@@ -80,6 +80,15 @@ impl std::fmt::Display for RemovalReason {
 /// to show that its checks catch it).
 pub type RewindPlanner = fn(RewindState, RewindEvent) -> (RewindState, Option<RemovalReason>);
 
+/// The decision function the executor calls each cycle: [`crate::ha::decide::decide`], or in a
+/// simulation a deliberately broken one whose checks must catch it.
+pub type Decider = fn(
+    Option<&crate::dcs::Cluster>,
+    &crate::ha::decide::LocalView,
+    &crate::ha::decide::Policy,
+    std::time::Duration,
+) -> crate::ha::decide::Decision;
+
 /// The rewind state after `event`, and a data directory to remove, if any.
 pub fn next_rewind_state(
     state: RewindState,
