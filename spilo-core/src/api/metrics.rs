@@ -511,7 +511,7 @@ mod tests {
     fn busy_primary() -> (NodeState, Instant) {
         let now = crate::clock::now();
         let mut s = primary(now);
-        s.leader_renewed_at = Some(now - Duration::from_secs(4));
+        s.leader_renewed_at = now.checked_sub(Duration::from_secs(4));
         s.pg.pending_restart = true;
         s.stats.observe(0.003);
         s.stats.observe(0.02);

@@ -525,7 +525,7 @@ fn postgres_crashed_while_holding_the_lease_restarts_in_place() {
         crashed: true,
         timeline: Some(1),
     };
-    l.down_since = Some(NOW - Duration::from_secs(5));
+    l.down_since = Some(NOW.saturating_sub(Duration::from_secs(5)));
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(d.actions, vec![Action::StartPrimary]);
     assert_eq!(d.reasons, vec![Reason::CrashedWhileLeader]);
@@ -541,7 +541,7 @@ fn postgres_down_past_primary_start_timeout_releases_the_lock() {
         crashed: true,
         timeline: Some(1),
     };
-    l.down_since = Some(NOW - Duration::from_secs(301));
+    l.down_since = Some(NOW.saturating_sub(Duration::from_secs(301)));
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(d.actions, vec![Action::ReleaseLeader]);
     assert_eq!(d.reasons, vec![Reason::PrimaryStartTimeout]);
