@@ -9,7 +9,6 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-
 use super::status::{cluster_unlocked, is_primary_role};
 use crate::dcs::tags;
 use crate::ha::state::{NodeState, LOOP_BUCKETS};
