@@ -7,6 +7,10 @@
 //! - [`api`]: the Patroni-compatible REST API;
 //! - [`ctl`]: the `spiloctl` commands.
 
+// `Instant - Duration` panics when it would go before the clock's origin (boot, for the monotonic
+// clock), which a day-long `ttl` on a freshly booted machine reaches: use checked_sub.
+#![deny(clippy::unchecked_time_subtraction)]
+
 pub mod api;
 pub mod clock;
 pub mod config;
@@ -16,6 +20,7 @@ pub mod ha;
 pub mod hooks;
 pub mod plugin;
 pub mod postgres;
+pub mod timestamp;
 
 /// The version spilo advertises to peers: a Patroni 4.x version, so Patroni-aware tools use
 /// their modern code paths.

@@ -40,7 +40,20 @@ fn killed_postmaster_restarts_in_place_on_same_timeline() {
         },
     );
 
-    let v = p.patroni().expect("/patroni answers");
+    // The daemon publishes what it saw at its last cycle: PostgreSQL can accept writes a moment
+    // before the start job ends and the status says so. Wait for it, then check what it says.
+    let v = wait_for(
+        &format!("{primary} to report itself running again"),
+        Duration::from_secs(30),
+        || {
+            let v = p.patroni()?;
+            if v["state"] == "running" {
+                Ok(v)
+            } else {
+                Err(format!("/patroni = {v}"))
+            }
+        },
+    );
     assert_eq!(v["role"], "primary", "{primary}: /patroni = {v}");
     assert_eq!(
         v["timeline"].as_u64(),

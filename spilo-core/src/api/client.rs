@@ -1,10 +1,11 @@
-//! A small HTTP client for peers' REST APIs (plain HTTP for now), and the parsing of a peer's
-//! status body as the leader race reads it.
+//! The one small HTTP client (plain HTTP for now) — for peers' REST APIs in the leader race,
+//! hooks' `spilo.http` and `spiloctl` (`ctl::http` adds its URLs, auth and answers on top) —
+//! and the parsing of a peer's status body as the leader race reads it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::header::{ACCEPT, USER_AGENT};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,7 +18,7 @@ use crate::dcs::tags;
 /// The largest response body read from a peer.
 const MAX_BODY: usize = 4 << 20;
 
-/// Why a request to a peer failed.
+/// Why an HTTP exchange failed (an HTTP error status is not a failure here).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The URL does not parse or has no host.
@@ -26,10 +27,13 @@ pub enum ClientError {
     /// Only `http://` URLs are supported.
     #[error("unsupported URL scheme in {0:?} (only http is supported)")]
     UnsupportedScheme(String),
+    /// Nothing accepted the connection.
+    #[error("cannot connect: {0}")]
+    Connect(String),
     /// The whole exchange did not finish within the timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// Connecting, sending or receiving the response head failed.
+    /// Sending the request or receiving the response head failed.
     #[error("request failed: {0}")]
     Request(String),
     /// Reading the response body failed (or it was too large).
@@ -45,71 +49,68 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// True when the request certainly never reached the server.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect(_)
+                | ClientError::InvalidUrl(_)
+                | ClientError::UnsupportedScheme(_)
+        )
+    }
+}
+
 /// An error and its chain of sources on one line.
 fn chain(e: &dyn std::error::Error) -> String {
     crate::error_chain(e)
 }
 
-/// `GET url` and parse the body as JSON, all within `timeout`. An empty body yields
-/// `Value::Null`. Returns the status code and the body whatever the status.
-pub async fn get_json(url: &str, timeout: Duration) -> Result<(u16, Value), ClientError> {
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|_| ClientError::InvalidUrl(url.to_string()))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(ClientError::UnsupportedScheme(url.to_string()));
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(ClientError::InvalidUrl(url.to_string()));
-    }
-    match tokio::time::timeout(timeout, fetch(uri)).await {
-        Ok(r) => r,
-        Err(_) => Err(ClientError::Timeout(timeout)),
-    }
-}
-
-/// `METHOD url` with an optional body and extra headers, within `timeout`: the status code
-/// and the raw body (at most 4 MiB). Plain `http://` only.
-pub async fn request(
-    method: &str,
+/// The one HTTP exchange every caller uses (the leader race's peer reads, hooks' `spilo.http`,
+/// `spiloctl`): `METHOD url` with these headers and body, the whole exchange within `timeout`;
+/// the status code and the raw body (at most 4 MiB), whatever the status. Plain `http://`
+/// only; no connection is kept.
+pub async fn exchange(
+    method: hyper::Method,
     url: &str,
-    body: Option<Vec<u8>>,
-    headers: &[(String, String)],
+    headers: &[(hyper::header::HeaderName, String)],
+    body: Vec<u8>,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), ClientError> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|_| ClientError::InvalidUrl(url.to_string()))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(ClientError::UnsupportedScheme(url.to_string()));
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(_) => return Err(ClientError::UnsupportedScheme(url.to_string())),
+        None => return Err(ClientError::InvalidUrl(url.to_string())),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(ClientError::InvalidUrl(url.to_string()));
     }
-    let method = hyper::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| ClientError::Request(format!("invalid method {method:?}")))?;
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(USER_AGENT, concat!("spilo/", env!("CARGO_PKG_VERSION")));
+    let mut req = hyper::Request::builder().method(method).uri(uri);
+    if !headers.iter().any(|(k, _)| k == USER_AGENT) {
+        req = req.header(USER_AGENT, concat!("spilo/", env!("CARGO_PKG_VERSION")));
+    }
     for (k, v) in headers {
-        req = req.header(k.as_str(), v.as_str());
+        req = req.header(k, v.as_str());
     }
     let req = req
-        .body(http_body_util::Full::new(Bytes::from(
-            body.unwrap_or_default(),
-        )))
+        .body(Full::new(Bytes::from(body)))
         .map_err(|e| ClientError::Request(chain(&e)))?;
-    let exchange = async {
+    let run = async {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let client: Client<_, http_body_util::Full<Bytes>> = Client::builder(TokioExecutor::new())
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(connector);
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| ClientError::Request(chain(&e)))?;
+        let resp = client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                ClientError::Connect(chain(&e))
+            } else {
+                ClientError::Request(chain(&e))
+            }
+        })?;
         let status = resp.status().as_u16();
         let body = Limited::new(resp.into_body(), MAX_BODY)
             .collect()
@@ -118,33 +119,23 @@ pub async fn request(
             .to_bytes();
         Ok((status, body.to_vec()))
     };
-    match tokio::time::timeout(timeout, exchange).await {
+    match tokio::time::timeout(timeout, run).await {
         Ok(r) => r,
         Err(_) => Err(ClientError::Timeout(timeout)),
     }
 }
 
-async fn fetch(uri: hyper::Uri) -> Result<(u16, Value), ClientError> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector);
-    let req = hyper::Request::get(uri)
-        .header(USER_AGENT, concat!("spilo/", env!("CARGO_PKG_VERSION")))
-        .header(ACCEPT, "application/json")
-        .body(Empty::new())
-        .map_err(|e| ClientError::Request(chain(&e)))?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| ClientError::Request(chain(&e)))?;
-    let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| ClientError::Body(chain(&*e)))?
-        .to_bytes();
+/// `GET url` and parse the body as JSON, all within `timeout`. An empty body yields
+/// `Value::Null`. Returns the status code and the body whatever the status.
+pub async fn get_json(url: &str, timeout: Duration) -> Result<(u16, Value), ClientError> {
+    let (status, body) = exchange(
+        hyper::Method::GET,
+        url,
+        &[(ACCEPT, "application/json".to_string())],
+        Vec::new(),
+        timeout,
+    )
+    .await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok((status, Value::Null));
     }
@@ -154,6 +145,26 @@ async fn fetch(uri: hyper::Uri) -> Result<(u16, Value), ClientError> {
             status,
             message: e.to_string(),
         })
+}
+
+/// `METHOD url` with an optional body and extra headers (by name), within `timeout`: the
+/// status code and the raw body.
+pub async fn request(
+    method: &str,
+    url: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    let method = hyper::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| ClientError::Request(format!("invalid method {method:?}")))?;
+    let mut named = Vec::with_capacity(headers.len());
+    for (k, v) in headers {
+        let name = hyper::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| ClientError::Request(format!("invalid header name {k:?}")))?;
+        named.push((name, v.clone()));
+    }
+    exchange(method, url, &named, body.unwrap_or_default(), timeout).await
 }
 
 /// A peer's state as the leader race sees it.

@@ -34,7 +34,7 @@ fn same_value(a: &Value, b: &Value) -> bool {
 }
 
 /// `v` without any `null` object member, at any depth (a null in a patch means "absent").
-fn strip_nulls(v: &Value) -> Value {
+pub fn strip_nulls(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.iter()

@@ -9,8 +9,6 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime};
-
 use super::status::{cluster_unlocked, is_primary_role};
 use crate::dcs::tags;
 use crate::ha::state::{NodeState, LOOP_BUCKETS};
@@ -88,24 +86,8 @@ pub fn zero_padded_version(v: &str) -> String {
 /// (`2024-08-28 19:39:26.352526+00`, `…+00:00`, ISO-8601 with `T`); `None` when it does not
 /// parse.
 pub fn parse_pg_timestamp(text: &str) -> Option<f64> {
-    let t = text.trim();
-    let parsed: Option<DateTime<FixedOffset>> =
-        DateTime::parse_from_rfc3339(t).ok().or_else(|| {
-            ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"]
-                .iter()
-                .find_map(|f| DateTime::parse_from_str(t, f).ok())
-        });
-    if let Some(ts) = parsed {
-        return Some(ts.timestamp() as f64 + f64::from(ts.timestamp_subsec_micros()) / 1e6);
-    }
-    // Without an offset: UTC.
-    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
-        .map(|n| {
-            let u = n.and_utc();
-            u.timestamp() as f64 + f64::from(u.timestamp_subsec_micros()) / 1e6
-        })
+    crate::timestamp::parse_assuming_utc(text)
+        .map(|ts| ts.timestamp() as f64 + f64::from(ts.timestamp_subsec_micros()) / 1e6)
 }
 
 /// Format a sample value the way Prometheus parses it.
@@ -516,7 +498,7 @@ mod tests {
     fn busy_primary() -> (NodeState, Instant) {
         let now = crate::clock::now();
         let mut s = primary(now);
-        s.leader_renewed_at = Some(now - Duration::from_secs(4));
+        s.leader_renewed_at = now.checked_sub(Duration::from_secs(4));
         s.pg.pending_restart = true;
         s.stats.observe(0.003);
         s.stats.observe(0.02);

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Map, Value};
 
 use super::client::fetch_peers;
@@ -17,53 +17,7 @@ use crate::dcs::codec::to_compact_json;
 use crate::dcs::{decode_cluster, Cas, Cluster, Dcs, Failover};
 use crate::ha::state::NodeState;
 
-/// Why a timestamp was not accepted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TimestampError {
-    /// A date and time without an offset.
-    NoTimezone,
-    /// Not a timestamp at all.
-    Invalid,
-}
-
-/// Parse an ISO-8601 / RFC 3339 timestamp with an offset: `2030-01-01T12:00:00+00:00`, `…Z`,
-/// a space instead of `T`, fractional seconds, offsets `+HH`, `+HHMM`, `+HH:MM`, seconds
-/// optional. A date-time without an offset is [`TimestampError::NoTimezone`].
-pub fn parse_timestamp(text: &str) -> Result<DateTime<FixedOffset>, TimestampError> {
-    let t = text.trim();
-    if let Ok(ts) = DateTime::parse_from_rfc3339(t) {
-        return Ok(ts);
-    }
-    let zulu = match t.strip_suffix(['Z', 'z']) {
-        Some(rest) => format!("{rest}+00:00"),
-        None => t.to_string(),
-    };
-    let with_offset = [
-        "%Y-%m-%dT%H:%M:%S%.f%#z",
-        "%Y-%m-%d %H:%M:%S%.f%#z",
-        "%Y-%m-%dT%H:%M%#z",
-        "%Y-%m-%d %H:%M%#z",
-    ];
-    for fmt in with_offset {
-        if let Ok(ts) = DateTime::parse_from_str(&zulu, fmt) {
-            return Ok(ts);
-        }
-    }
-    let naive = [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-    ];
-    if naive
-        .iter()
-        .any(|fmt| NaiveDateTime::parse_from_str(t, fmt).is_ok())
-        || NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok()
-    {
-        return Err(TimestampError::NoTimezone);
-    }
-    Err(TimestampError::Invalid)
-}
+pub use crate::timestamp::{parse_timestamp, TimestampError};
 
 /// Check a `scheduled_at` / `schedule` value for `action` (`switchover`, `restart`): 400
 /// without a timezone, 422 when unparseable or in the past.

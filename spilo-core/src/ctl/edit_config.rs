@@ -131,38 +131,15 @@ pub fn delete_path(doc: &mut Value, path: &[String]) {
     }
 }
 
-/// `v` without the `null` members of its objects (recursively).
-fn without_nulls(v: &Value) -> Value {
-    match v {
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), without_nulls(v)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
-/// Merge `patch` into `base`: objects recursively, a `null` deletes the key, anything else
-/// replaces.
+/// Merge `patch` into `base` (RFC 7396 JSON merge-patch, as `PATCH /config` does it:
+/// [`crate::api::config_edit::merge_patch`]): objects recursively, a `null` deletes the key,
+/// anything else replaces.
 pub fn merge(base: &mut Value, patch: &Value) {
-    let (Some(b), Some(p)) = (base.as_object_mut(), patch.as_object()) else {
-        *base = without_nulls(patch);
-        return;
-    };
-    for (k, v) in p {
-        if v.is_null() {
-            b.remove(k);
-        } else if let (Some(existing), true) = (b.get_mut(k), v.is_object()) {
-            if existing.is_object() {
-                merge(existing, v);
-            } else {
-                *existing = without_nulls(v);
-            }
-        } else {
-            b.insert(k.clone(), without_nulls(v));
+    match (base.as_object_mut(), patch.as_object()) {
+        (Some(b), Some(p)) => {
+            crate::api::config_edit::merge_patch(b, p);
         }
+        _ => *base = crate::api::config_edit::strip_nulls(patch),
     }
 }
 
@@ -188,7 +165,7 @@ pub fn apply_changes(current: &Value, changes: &Changes) -> Value {
     let mut doc = changes
         .replace
         .as_ref()
-        .map(without_nulls)
+        .map(crate::api::config_edit::strip_nulls)
         .unwrap_or_else(|| current.clone());
     for a in &changes.apply {
         merge(&mut doc, a);

@@ -1,50 +1,17 @@
-//! REST calls to members' APIs: any method, an optional JSON body, Basic auth, one deadline.
+//! REST calls to members' APIs: any method, an optional JSON body, Basic auth, one deadline,
+//! over the one HTTP client (`api::client::exchange`).
 
 use std::time::Duration;
 
 use base64::Engine as _;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
 use hyper::Method;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::config::BasicAuth;
 
-const MAX_BODY: usize = 4 << 20;
-
-/// Why a REST call failed (an HTTP error status is not a failure here).
-#[derive(Debug, thiserror::Error)]
-pub enum HttpError {
-    /// The URL does not parse or has no host.
-    #[error("invalid URL {0:?}")]
-    InvalidUrl(String),
-    /// Only `http://` is supported.
-    #[error("unsupported URL scheme in {0:?} (only http is supported)")]
-    UnsupportedScheme(String),
-    /// Nothing accepted the connection.
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    /// No complete answer within the deadline.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// Sending the request or reading the answer failed.
-    #[error("request failed: {0}")]
-    Request(String),
-}
-
-impl HttpError {
-    /// True when the request certainly never reached the server.
-    pub fn never_sent(&self) -> bool {
-        matches!(
-            self,
-            HttpError::Connect(_) | HttpError::InvalidUrl(_) | HttpError::UnsupportedScheme(_)
-        )
-    }
-}
+/// Why a REST call failed: the one client's error (an HTTP error status is not a failure).
+pub type HttpError = crate::api::client::ClientError;
 
 /// An answer.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,11 +37,6 @@ impl Response {
     pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)
     }
-}
-
-/// An error and its chain of sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    crate::error_chain(e)
 }
 
 /// `api_url` with its path (and query) replaced by `/<endpoint>`; an empty endpoint keeps
@@ -113,60 +75,25 @@ pub async fn request_json(
     auth: Option<&BasicAuth>,
     timeout: Duration,
 ) -> Result<Response, HttpError> {
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|_| HttpError::InvalidUrl(url.to_string()))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some(_) => return Err(HttpError::UnsupportedScheme(url.to_string())),
-        None => return Err(HttpError::InvalidUrl(url.to_string())),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(HttpError::InvalidUrl(url.to_string()));
-    }
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = hyper::Request::builder()
-        .method(method.clone())
-        .uri(uri)
-        .header(USER_AGENT, concat!("spiloctl/", env!("CARGO_PKG_VERSION")))
-        .header(ACCEPT, "application/json");
+    let mut headers = vec![
+        (
+            USER_AGENT,
+            concat!("spiloctl/", env!("CARGO_PKG_VERSION")).to_string(),
+        ),
+        (ACCEPT, "application/json".to_string()),
+    ];
     if body.is_some() {
-        req = req.header(CONTENT_TYPE, "application/json");
+        headers.push((CONTENT_TYPE, "application/json".to_string()));
     }
     if method != Method::GET && method != Method::HEAD {
-        req = req.header(CONTENT_LENGTH, payload.len());
+        headers.push((CONTENT_LENGTH, payload.len().to_string()));
     }
     if let Some(a) = auth {
-        req = req.header(AUTHORIZATION, basic_auth_header(a));
+        headers.push((AUTHORIZATION, basic_auth_header(a)));
     }
-    let req = req
-        .body(Full::new(Bytes::from(payload)))
-        .map_err(|e| HttpError::Request(chain(&e)))?;
-    match tokio::time::timeout(timeout, send(req)).await {
-        Ok(r) => r,
-        Err(_) => Err(HttpError::Timeout(timeout)),
-    }
-}
-
-async fn send(req: hyper::Request<Full<Bytes>>) -> Result<Response, HttpError> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector);
-    let resp = client.request(req).await.map_err(|e| {
-        if e.is_connect() {
-            HttpError::Connect(chain(&e))
-        } else {
-            HttpError::Request(chain(&e))
-        }
-    })?;
-    let status = resp.status().as_u16();
-    let bytes = Limited::new(resp.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| HttpError::Request(chain(&*e)))?
-        .to_bytes();
+    let (status, bytes) =
+        crate::api::client::exchange(method, url, &headers, payload.into_bytes(), timeout).await?;
     Ok(Response {
         status,
         body: String::from_utf8_lossy(&bytes).into_owned(),

@@ -1046,11 +1046,13 @@ fn manual_failover_from_leader(
         return FailoverStep::Clear("I am the candidate and already the leader".into());
     }
     if let Some(at) = &f.scheduled_at {
-        match chrono::DateTime::parse_from_rfc3339(at) {
+        match crate::timestamp::parse_timestamp(at) {
             Ok(t) if t.timestamp() > local.unix_now => return FailoverStep::Wait(at.clone()),
             Ok(_) => {}
             Err(_) => {
-                return FailoverStep::Clear(format!("scheduled_at '{at}' is not an RFC 3339 time"))
+                return FailoverStep::Clear(format!(
+                    "scheduled_at '{at}' is not a time with a timezone"
+                ))
             }
         }
     }

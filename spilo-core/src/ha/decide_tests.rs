@@ -526,7 +526,7 @@ fn postgres_crashed_while_holding_the_lease_restarts_in_place() {
         crashed: true,
         timeline: Some(1),
     };
-    l.down_since = Some(NOW - Duration::from_secs(5));
+    l.down_since = Some(NOW.saturating_sub(Duration::from_secs(5)));
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(d.actions, vec![Action::StartPrimary]);
     assert_eq!(d.reasons, vec![Reason::CrashedWhileLeader]);
@@ -542,7 +542,7 @@ fn postgres_down_past_primary_start_timeout_releases_the_lock() {
         crashed: true,
         timeline: Some(1),
     };
-    l.down_since = Some(NOW - Duration::from_secs(301));
+    l.down_since = Some(NOW.saturating_sub(Duration::from_secs(301)));
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(d.actions, vec![Action::ReleaseLeader]);
     assert_eq!(d.reasons, vec![Reason::PrimaryStartTimeout]);
@@ -622,7 +622,8 @@ fn stopped_node_without_a_leader_starts_read_only_to_race() {
     assert_eq!(d.actions, vec![Action::StartReplica(None)]);
 }
 
-/// Found by the simulation (`tests/simulation.rs`): the lease guard stopped primary n1; with no
+/// Found by the first, hand-written simulation of `decide()` (since replaced by
+/// `tests/executor_sim`): the lease guard stopped primary n1; with no
 /// leader, its daemon started it read-only following nobody, and its pg_control then said
 /// "replica". n2, whose copy lagged a few records behind n1's last writes, won the race, and
 /// n1 followed n2 without a rewind: a forked history PostgreSQL refuses to stream. A former

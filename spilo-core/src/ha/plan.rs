@@ -1,10 +1,12 @@
 //! Pure planners beside [`crate::ha::decide`]: the smaller decisions the executor used to make on
 //! its own — how a former primary rejoins, what happens after a failed rewind, what the leader
-//! writes to the DCS this cycle, what must happen before a promotion in synchronous mode. Each
+//! writes to the DCS this cycle, what must happen before a promotion in synchronous mode, what a
+//! REST restart or reinitialize does. Each
 //! returns a value (with its reason where there is a choice); the executor carries it out and
 //! the simulation runs the same functions.
 
 use crate::dcs::Cluster;
+use crate::ha::decide::JobKind;
 
 /// Where a former primary stands on its way back as a replica.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,6 +81,15 @@ impl std::fmt::Display for RemovalReason {
 /// The signature of [`next_rewind_state`] (a simulation may plant a broken one in the executor
 /// to show that its checks catch it).
 pub type RewindPlanner = fn(RewindState, RewindEvent) -> (RewindState, Option<RemovalReason>);
+
+/// The decision function the executor calls each cycle: [`crate::ha::decide::decide`], or in a
+/// simulation a deliberately broken one whose checks must catch it.
+pub type Decider = fn(
+    Option<&crate::dcs::Cluster>,
+    &crate::ha::decide::LocalView,
+    &crate::ha::decide::Policy,
+    std::time::Duration,
+) -> crate::ha::decide::Decision;
 
 /// The rewind state after `event`, and a data directory to remove, if any.
 pub fn next_rewind_state(
@@ -229,6 +240,123 @@ pub fn plan_promotion(synchronous: bool, strict: bool) -> PromotionPrep {
     }
 }
 
+/// What a REST restart request becomes when it arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestartArrival {
+    /// Refused with this HTTP status and message.
+    Refuse(u16, String),
+    /// Kept and run when due.
+    Schedule,
+    /// Checked against the node now ([`plan_restart`]).
+    Now,
+}
+
+/// A restart request on arrival: scheduled restarts are refused in maintenance mode and when
+/// another is scheduled (Patroni's answers).
+pub fn restart_arrival(
+    request: &crate::ha::command::RestartRequest,
+    paused: bool,
+    already_scheduled: bool,
+) -> RestartArrival {
+    if request.schedule.is_none() {
+        return RestartArrival::Now;
+    }
+    if paused {
+        return RestartArrival::Refuse(500, "Can't schedule restart in the paused state".into());
+    }
+    if already_scheduled {
+        return RestartArrival::Refuse(409, "Another restart is already scheduled".into());
+    }
+    RestartArrival::Schedule
+}
+
+/// The node as a restart sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestartView {
+    /// A job already runs.
+    pub job: Option<JobKind>,
+    /// PostgreSQL runs as primary.
+    pub primary: bool,
+    /// `server_version_num` of the running server.
+    pub server_version: Option<i64>,
+    /// `pg_settings` says a restart is pending.
+    pub pending_restart: bool,
+}
+
+/// What a due restart does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestartPlan {
+    /// Not now: HTTP status and message (for a scheduled restart, logged).
+    Refuse(u16, String),
+    /// Stop (fast) and start PostgreSQL in its current role: as a standby when it is not the
+    /// primary.
+    Run {
+        /// Start with `standby.signal`.
+        standby: bool,
+    },
+}
+
+/// A restart that is due (asked for now, or scheduled and its time came): refused while a job
+/// runs or when the request's conditions (role, version below, restart pending) do not hold.
+pub fn plan_restart(request: &crate::ha::command::RestartRequest, v: &RestartView) -> RestartPlan {
+    if let Some(j) = v.job {
+        return RestartPlan::Refuse(503, format!("{j} already in progress"));
+    }
+    let unmet = || RestartPlan::Refuse(503, "restart conditions are not satisfied".into());
+    if let Some(want) = &request.role {
+        let want_primary = matches!(want.as_str(), "primary" | "master");
+        if want_primary != v.primary {
+            return unmet();
+        }
+    }
+    if let Some(below) = request.postgres_version {
+        if v.server_version.map(|cur| cur >= below).unwrap_or(true) {
+            return unmet();
+        }
+    }
+    if request.restart_pending && !v.pending_restart {
+        return unmet();
+    }
+    RestartPlan::Run {
+        standby: !v.primary,
+    }
+}
+
+/// What a REST reinitialize does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReinitPlan {
+    /// Refused: HTTP 503 with this message.
+    Refuse(String),
+    /// Stop PostgreSQL (immediately), cancel the running job if any, let the rewind planner
+    /// decide about the data directory ([`RewindEvent::Reinitialized`]), then rebuild the
+    /// replica (from the leader when asked).
+    Run {
+        /// The job to cancel first (`force`).
+        cancel: Option<JobKind>,
+    },
+}
+
+/// A REST reinitialize: only a replica of a cluster with a leader, and over a running job only
+/// with `force` (Patroni's rules and answers).
+pub fn plan_reinitialize(
+    leader: Option<&str>,
+    me: &str,
+    job: Option<JobKind>,
+    force: bool,
+) -> ReinitPlan {
+    match leader {
+        None => return ReinitPlan::Refuse("Cluster has no leader, can not reinitialize".into()),
+        Some(l) if l == me => {
+            return ReinitPlan::Refuse("I am the leader, can not reinitialize".into())
+        }
+        Some(_) => {}
+    }
+    match job {
+        Some(j) if !force => ReinitPlan::Refuse(format!("{j} already in progress")),
+        cancel => ReinitPlan::Run { cancel },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +485,120 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn req(
+        role: Option<&str>,
+        version: Option<i64>,
+        pending: bool,
+    ) -> crate::ha::command::RestartRequest {
+        crate::ha::command::RestartRequest {
+            schedule: None,
+            role: role.map(str::to_string),
+            postgres_version: version,
+            timeout: None,
+            restart_pending: pending,
+        }
+    }
+
+    fn view(primary: bool) -> RestartView {
+        RestartView {
+            job: None,
+            primary,
+            server_version: Some(150_020),
+            pending_restart: false,
+        }
+    }
+
+    #[test]
+    fn a_restart_checks_its_conditions_and_keeps_the_role() {
+        assert_eq!(
+            plan_restart(&req(None, None, false), &view(true)),
+            RestartPlan::Run { standby: false }
+        );
+        assert_eq!(
+            plan_restart(&req(Some("master"), None, false), &view(true)),
+            RestartPlan::Run { standby: false }
+        );
+        assert_eq!(
+            plan_restart(&req(Some("replica"), None, false), &view(false)),
+            RestartPlan::Run { standby: true }
+        );
+        let unmet = RestartPlan::Refuse(503, "restart conditions are not satisfied".into());
+        assert_eq!(
+            plan_restart(&req(Some("primary"), None, false), &view(false)),
+            unmet
+        );
+        assert_eq!(
+            plan_restart(&req(Some("replica"), None, false), &view(true)),
+            unmet
+        );
+        // Restart only if the running version is below the one asked for.
+        assert_eq!(
+            plan_restart(&req(None, Some(150_020), false), &view(true)),
+            unmet
+        );
+        assert_eq!(
+            plan_restart(&req(None, Some(150_021), false), &view(true)),
+            RestartPlan::Run { standby: false }
+        );
+        let mut unknown = view(true);
+        unknown.server_version = None;
+        assert_eq!(
+            plan_restart(&req(None, Some(160_000), false), &unknown),
+            unmet
+        );
+        assert_eq!(plan_restart(&req(None, None, true), &view(true)), unmet);
+        let mut pending = view(false);
+        pending.pending_restart = true;
+        assert_eq!(
+            plan_restart(&req(None, None, true), &pending),
+            RestartPlan::Run { standby: true }
+        );
+        let mut busy = view(true);
+        busy.job = Some(JobKind::Rewind);
+        assert!(
+            matches!(plan_restart(&req(None, None, false), &busy), RestartPlan::Refuse(503, m) if m.contains("already in progress"))
+        );
+    }
+
+    #[test]
+    fn a_scheduled_restart_is_refused_when_paused_or_already_scheduled() {
+        let mut r = req(None, None, false);
+        assert_eq!(restart_arrival(&r, true, true), RestartArrival::Now);
+        r.schedule = chrono::DateTime::parse_from_rfc3339("2030-01-01T00:00:00+00:00").ok();
+        assert_eq!(restart_arrival(&r, false, false), RestartArrival::Schedule);
+        assert!(matches!(
+            restart_arrival(&r, true, false),
+            RestartArrival::Refuse(500, _)
+        ));
+        assert!(matches!(
+            restart_arrival(&r, false, true),
+            RestartArrival::Refuse(409, _)
+        ));
+    }
+
+    #[test]
+    fn reinitialize_needs_a_leader_that_is_not_me_and_force_over_a_job() {
+        assert!(
+            matches!(plan_reinitialize(None, "n1", None, false), ReinitPlan::Refuse(m) if m.contains("no leader"))
+        );
+        assert!(
+            matches!(plan_reinitialize(Some("n1"), "n1", None, true), ReinitPlan::Refuse(m) if m.contains("I am the leader"))
+        );
+        assert_eq!(
+            plan_reinitialize(Some("n2"), "n1", None, false),
+            ReinitPlan::Run { cancel: None }
+        );
+        assert!(matches!(
+            plan_reinitialize(Some("n2"), "n1", Some(JobKind::Clone), false),
+            ReinitPlan::Refuse(m) if m.contains("already in progress")
+        ));
+        assert_eq!(
+            plan_reinitialize(Some("n2"), "n1", Some(JobKind::Clone), true),
+            ReinitPlan::Run {
+                cancel: Some(JobKind::Clone)
+            }
+        );
     }
 }

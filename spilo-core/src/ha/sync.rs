@@ -506,7 +506,8 @@ mod tests {
         );
     }
 
-    /// Found by the simulation (`tests/simulation.rs`): right after its promotion n2 ran with
+    /// Found by the first, hand-written simulation of `decide()` (since replaced by
+    /// `tests/executor_sim`, which runs the executor itself): right after its promotion n2 ran with
     /// an empty SSN and acknowledged commits alone; it then named n1 in SSN, and n1, streaming
     /// but a few records behind, was reported `sync` at once and went into the key. n2 froze,
     /// and n1 was promoted without commits n2 had acknowledged. A standby is confirmed only

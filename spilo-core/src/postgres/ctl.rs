@@ -148,12 +148,15 @@ impl Postgres {
     }
 
     /// The postmaster's pid if one runs on our data directory.
-    pub fn postmaster_pid(&self) -> Option<i32> {
+    /// The pid written in postmaster.pid, whether or not that process still runs.
+    fn lock_file_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.s.data_dir.join("postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        if pid <= 0 {
-            return None;
-        }
+        (pid > 0).then_some(pid)
+    }
+
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let pid = self.lock_file_pid()?;
         // SAFETY: kill with signal 0 only checks that the process exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
@@ -338,9 +341,98 @@ impl Postgres {
         self.s.data_dir.join("spilo-postgres.log")
     }
 
+    /// Processes still working in the data directory (their current directory is it), other
+    /// than a live postmaster: after a SIGKILL of the postmaster its backends, walsenders and
+    /// background workers linger until they notice, and hold the shared memory segment, so a
+    /// new postmaster refuses to start ("pre-existing shared memory block is still in use").
+    pub fn orphaned_backends(&self) -> Vec<i32> {
+        let Ok(dir) = self.s.data_dir.canonicalize() else {
+            return Vec::new();
+        };
+        let live = self.postmaster_pid();
+        let me = std::process::id() as i32;
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == me || Some(pid) == live {
+                continue;
+            }
+            let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+                continue;
+            };
+            if cwd != dir {
+                continue;
+            }
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim_end().starts_with("postgres") || comm.trim_end().starts_with("postmaster")
+            {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    /// Before a start with no live postmaster: wait for the processes a killed postmaster left
+    /// behind to exit (they do once they notice the postmaster is gone), and kill the ones that
+    /// are still there after `grace`, so the new postmaster can take the shared memory.
+    async fn reap_orphans(&self, grace: Duration) {
+        if self.postmaster_pid().is_some() {
+            return;
+        }
+        // The killed postmaster itself counts until its pid is gone: PostgreSQL refuses to start
+        // while the pid in postmaster.pid still exists ("lock file already exists"), and a
+        // killed process keeps its pid until its parent reaps it.
+        let leftovers = || {
+            let mut l = self.orphaned_backends();
+            if let Some(pid) = self.lock_file_pid() {
+                // SAFETY: kill with signal 0 only checks that the process exists.
+                if unsafe { libc::kill(pid, 0) } == 0 && !l.contains(&pid) {
+                    l.push(pid);
+                }
+            }
+            l
+        };
+        let mut left = leftovers();
+        if left.is_empty() {
+            return;
+        }
+        tracing::info!(
+            pids = ?left,
+            "waiting for processes of the previous postmaster to exit before starting"
+        );
+        let until = crate::clock::now() + grace;
+        while !left.is_empty() && crate::clock::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = leftovers();
+        }
+        left = self.orphaned_backends();
+        if left.is_empty() {
+            return;
+        }
+        tracing::warn!(pids = ?left, "processes of the previous postmaster did not exit; killing them");
+        for pid in &left {
+            // SAFETY: signalling a pid whose current directory is our data directory and whose
+            // name is postgres: a leftover of our own killed postmaster.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        let until = crate::clock::now() + Duration::from_secs(5);
+        while !self.orphaned_backends().is_empty() && crate::clock::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `pg_ctl start`, waiting until it accepts connections (or the deadline).
     pub async fn start(&self) -> Result<(), PgError> {
         *self.client.lock().await = None;
+        self.reap_orphans(self.s.ctl_timeout.min(Duration::from_secs(15)))
+            .await;
         let args = vec![
             "start".into(),
             "-w".into(),

@@ -21,6 +21,15 @@ use tokio::time::Instant;
 
 use super::world::{is_watched, parse_ssn, Data, Lease, Proc, World, NODES, PG_PORT0, SYSID};
 
+/// Waits while node `node`'s daemon is frozen: every call it makes (to the DCS, its
+/// PostgreSQL, its peers) stalls, so its loop and its lease guard resume where they stopped,
+/// acting on what they saw before.
+pub async fn thaw(world: &World, node: usize) {
+    while world.lock().frozen[node] {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `0/1A2B` form of a WAL position.
 pub fn lsn(pos: u64) -> String {
     format!("{:X}/{:X}", pos >> 32, pos & 0xFFFF_FFFF)
@@ -59,7 +68,9 @@ impl SimDcs {
     /// Waits a little (a round trip), then fails the call when the link is cut (after the
     /// deadline, as a real client would).
     async fn gate(&self, op: &'static str) -> Result<(), DcsError> {
+        thaw(&self.world, self.node).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
+        thaw(&self.world, self.node).await;
         let up = self.world.lock().links.dcs[self.node];
         if up {
             return Ok(());
@@ -71,50 +82,56 @@ impl SimDcs {
         })
     }
 
-    fn current_lease(&self) -> u64 {
-        self.lease.lock().unwrap().0
+    /// The answer to a call already applied: lost when the DCS's answers to this node are cut
+    /// (the caller times out, not knowing its request took effect).
+    async fn reply<T>(&self, op: &'static str, value: T) -> Result<T, DcsError> {
+        if self.world.lock().links.dcs_answers[self.node] {
+            return Ok(value);
+        }
+        Err(self.lost(op).await)
     }
 
-    /// Expires leases, bumping the watch when a watched key went.
-    fn expire(&self) {
-        let gone = self.world.lock().dcs.expire(Instant::now());
-        if gone {
+    /// Sends a write: `apply` runs on the DCS's state and answers (the result, whether a
+    /// watched key changed). Normally at once; while the node's requests are held up, it lands
+    /// a little after the caller has given up on it (the caller sees a timeout); while answers
+    /// are lost, it lands at once and the caller sees a timeout.
+    async fn send<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        apply: impl FnOnce(&mut super::world::Inner) -> (T, bool) + Send + 'static,
+    ) -> Result<T, DcsError> {
+        let late = self.world.lock().links.dcs_late[self.node];
+        if late {
+            let world = self.world.clone();
+            let delay = self.retry + Duration::from_millis(300);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let (_, bump) = apply(&mut world.lock());
+                if bump {
+                    world.bump();
+                }
+            });
+            return Err(self.lost(op).await);
+        }
+        let (value, bump) = apply(&mut self.world.lock());
+        if bump {
             self.world.bump();
         }
-    }
-}
-
-#[async_trait]
-impl Dcs for SimDcs {
-    fn backend(&self) -> &'static str {
-        "sim"
+        self.reply(op, value).await
     }
 
-    async fn snapshot(&self) -> Result<Snapshot, DcsError> {
-        self.gate("snapshot").await?;
-        self.expire();
-        let mine = self.current_lease();
-        let w = self.world.lock();
-        Ok(Snapshot {
-            revision: w.dcs.revision,
-            entries: w
-                .dcs
-                .keys
-                .iter()
-                .map(|(k, (v, version, lease, created))| Entry {
-                    key: k.clone(),
-                    value: v.clone(),
-                    version: *version,
-                    owned_by_us: mine != 0 && *lease == Some(mine),
-                    created: Some(*created).filter(|c| *c > 0),
-                })
-                .collect(),
-        })
+    /// A call whose answer never comes: the caller gives up after its deadline.
+    async fn lost(&self, op: &'static str) -> DcsError {
+        tokio::time::sleep(self.retry).await;
+        DcsError::Timeout {
+            op,
+            after: self.retry,
+        }
     }
 
-    async fn keepalive(&self) -> Result<SessionInfo, DcsError> {
-        self.gate("keepalive").await?;
-        self.expire();
+    /// Renews the session's lease (a new one after expiry or a TTL change); None when the
+    /// answer is lost on the way back.
+    fn apply_keepalive(&self) -> Option<SessionInfo> {
         let now = Instant::now();
         let ttl = self.ttl();
         let mut l = self.lease.lock().unwrap();
@@ -153,110 +170,173 @@ impl Dcs for SimDcs {
             );
             l.0 = id;
         }
+        if !w.links.dcs_answers[self.node] {
+            return None;
+        }
         let new_session = l.0 != l.1;
         l.1 = l.0;
-        Ok(SessionInfo {
+        Some(SessionInfo {
             id: l.0 as i64,
             new_session,
             granted_ttl: Some(ttl),
         })
     }
 
+    fn current_lease(&self) -> u64 {
+        self.lease.lock().unwrap().0
+    }
+
+    /// Expires leases, bumping the watch when a watched key went.
+    fn expire(&self) {
+        let gone = self.world.lock().dcs.expire(Instant::now());
+        if gone {
+            self.world.bump();
+        }
+    }
+}
+
+#[async_trait]
+impl Dcs for SimDcs {
+    fn backend(&self) -> &'static str {
+        "sim"
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, DcsError> {
+        self.gate("snapshot").await?;
+        self.expire();
+        if !self.world.lock().links.dcs_answers[self.node] {
+            return Err(self.lost("snapshot").await);
+        }
+        let mine = self.current_lease();
+        let w = self.world.lock();
+        Ok(Snapshot {
+            revision: w.dcs.revision,
+            entries: w
+                .dcs
+                .keys
+                .iter()
+                .map(|(k, (v, version, lease, created))| Entry {
+                    key: k.clone(),
+                    value: v.clone(),
+                    version: *version,
+                    owned_by_us: mine != 0 && *lease == Some(mine),
+                    created: Some(*created).filter(|c| *c > 0),
+                })
+                .collect(),
+        })
+    }
+
+    async fn keepalive(&self) -> Result<SessionInfo, DcsError> {
+        self.gate("keepalive").await?;
+        self.expire();
+        let info = self.apply_keepalive();
+        match info {
+            Some(info) => Ok(info),
+            // Renewed (or created) on the DCS; the daemon never hears of it.
+            None => Err(self.lost("keepalive").await),
+        }
+    }
+
     async fn put_member(&self, value: &[u8]) -> Result<(), DcsError> {
         self.gate("put_member").await?;
         let lease = self.current_lease();
-        let mut w = self.world.lock();
-        if !w.dcs.leases.contains_key(&lease) {
+        let stored = {
+            let mut w = self.world.lock();
+            let ok = w.dcs.leases.contains_key(&lease);
+            if ok {
+                w.dcs
+                    .set(&format!("members/{}", self.member), value, Some(lease));
+            }
+            ok
+        };
+        if !stored {
             return Err(DcsError::Refused {
                 op: "put_member",
                 message: "lease not found".into(),
             });
         }
-        w.dcs
-            .set(&format!("members/{}", self.member), value, Some(lease));
-        Ok(())
+        self.reply("put_member", ()).await
     }
 
     async fn acquire_leader(&self) -> Result<bool, DcsError> {
         self.gate("acquire_leader").await?;
         self.expire();
-        let lease = self.current_lease();
-        let mut w = self.world.lock();
-        if w.dcs.keys.contains_key("leader") || !w.dcs.leases.contains_key(&lease) {
-            return Ok(false);
-        }
-        w.dcs.set("leader", self.member.as_bytes(), Some(lease));
-        drop(w);
-        self.world.bump();
-        Ok(true)
+        let (member, lease) = (self.member.clone(), self.current_lease());
+        self.send("acquire_leader", move |w| {
+            let free = !w.dcs.keys.contains_key("leader") && w.dcs.leases.contains_key(&lease);
+            if free {
+                w.dcs.set("leader", member.as_bytes(), Some(lease));
+            }
+            (free, free)
+        })
+        .await
     }
 
     async fn reattach_leader(&self) -> Result<bool, DcsError> {
         self.gate("reattach_leader").await?;
         self.expire();
-        let lease = self.current_lease();
-        let mut w = self.world.lock();
-        if !w.dcs.leases.contains_key(&lease) {
-            return Ok(false);
-        }
-        let ours = match w.dcs.keys.get("leader") {
-            None => true,
-            Some((v, ..)) => v == self.member.as_bytes(),
-        };
-        if ours {
-            w.dcs.set("leader", self.member.as_bytes(), Some(lease));
-        }
-        Ok(ours)
+        let (member, lease) = (self.member.clone(), self.current_lease());
+        self.send("reattach_leader", move |w| {
+            let ours = w.dcs.leases.contains_key(&lease)
+                && match w.dcs.keys.get("leader") {
+                    None => true,
+                    Some((v, ..)) => v == member.as_bytes(),
+                };
+            if ours {
+                w.dcs.set("leader", member.as_bytes(), Some(lease));
+            }
+            (ours, ours)
+        })
+        .await
     }
 
     async fn release_leader(&self) -> Result<bool, DcsError> {
         self.gate("release_leader").await?;
-        let mut w = self.world.lock();
-        let ours = matches!(w.dcs.keys.get("leader"), Some((v, ..)) if v == self.member.as_bytes());
-        if ours {
-            w.dcs.keys.remove("leader");
-            drop(w);
-            self.world.bump();
-        }
-        Ok(ours)
+        let member = self.member.clone();
+        self.send("release_leader", move |w| {
+            let ours = matches!(w.dcs.keys.get("leader"), Some((v, ..)) if v == member.as_bytes());
+            if ours {
+                w.dcs.keys.remove("leader");
+            }
+            (ours, ours)
+        })
+        .await
     }
 
     async fn put(&self, key: &str, value: &[u8], cas: Cas) -> Result<bool, DcsError> {
         self.gate("put").await?;
-        let mut w = self.world.lock();
-        let current = w.dcs.keys.get(key).map(|k| k.1);
-        let ok = match cas {
-            Cas::Any => true,
-            Cas::Absent => current.is_none(),
-            Cas::Version(v) => current == Some(v),
-        };
-        if ok {
-            w.dcs.set(key, value, None);
-            drop(w);
-            if is_watched(key) {
-                self.world.bump();
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.send("put", move |w| {
+            let current = w.dcs.keys.get(&key).map(|k| k.1);
+            let ok = match cas {
+                Cas::Any => true,
+                Cas::Absent => current.is_none(),
+                Cas::Version(v) => current == Some(v),
+            };
+            if ok {
+                w.dcs.set(&key, &value, None);
             }
-        }
-        Ok(ok)
+            (ok, ok && is_watched(&key))
+        })
+        .await
     }
 
     async fn delete(&self, key: &str, cas: Cas) -> Result<bool, DcsError> {
         self.gate("delete").await?;
-        let mut w = self.world.lock();
-        let current = w.dcs.keys.get(key).map(|k| k.1);
-        let ok = match cas {
-            Cas::Any => current.is_some(),
-            Cas::Absent => false,
-            Cas::Version(v) => current == Some(v),
-        };
-        if ok {
-            w.dcs.keys.remove(key);
-            drop(w);
-            if is_watched(key) {
-                self.world.bump();
+        let key = key.to_string();
+        self.send("delete", move |w| {
+            let current = w.dcs.keys.get(&key).map(|k| k.1);
+            let ok = match cas {
+                Cas::Any => current.is_some(),
+                Cas::Absent => false,
+                Cas::Version(v) => current == Some(v),
+            };
+            if ok {
+                w.dcs.keys.remove(&key);
             }
-        }
-        Ok(ok)
+            (ok, ok && is_watched(&key))
+        })
+        .await
     }
 
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -317,6 +397,7 @@ impl SimPg {
 
     /// Copies node `from`'s data (pg_basebackup, or what pg_rewind leaves), when reachable.
     async fn copy_from(&self, cmd: &str, host: &str, port: u16) -> Result<(), PgError> {
+        thaw(&self.world, self.node).await;
         let _ = host;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let from = (port.checked_sub(PG_PORT0).map(usize::from))
@@ -361,6 +442,7 @@ impl LocalPostgres for SimPg {
         !self.world.lock().pg[self.node].initialized
     }
     async fn controldata(&self) -> Result<BTreeMap<String, String>, PgError> {
+        thaw(&self.world, self.node).await;
         let w = self.world.lock();
         let p = &w.pg[self.node];
         let state = match (p.proc, p.ctl_primary, p.crashed) {
@@ -380,6 +462,7 @@ impl LocalPostgres for SimPg {
         ]))
     }
     async fn query_status(&self, _timeout: Duration) -> Result<PgStatus, PgError> {
+        thaw(&self.world, self.node).await;
         let w = self.world.lock();
         let p = &w.pg[self.node];
         let mut st = PgStatus {
@@ -468,6 +551,7 @@ impl LocalPostgres for SimPg {
         Ok(())
     }
     async fn start(&self) -> Result<(), PgError> {
+        thaw(&self.world, self.node).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut w = self.world.lock();
         let p = &mut w.pg[self.node];
@@ -486,6 +570,7 @@ impl LocalPostgres for SimPg {
         Ok(())
     }
     async fn stop(&self, mode: StopMode) -> Result<(), PgError> {
+        thaw(&self.world, self.node).await;
         let mut w = self.world.lock();
         let p = &mut w.pg[self.node];
         if p.proc != Proc::Stopped {
@@ -507,6 +592,7 @@ impl LocalPostgres for SimPg {
         }
     }
     async fn promote(&self) -> Result<(), PgError> {
+        thaw(&self.world, self.node).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut w = self.world.lock();
         let p = &mut w.pg[self.node];
@@ -524,12 +610,15 @@ impl LocalPostgres for SimPg {
         p.standby = false;
         p.streaming = false;
         w.promotions += 1;
+        w.promoted[self.node] += 1;
         Ok(())
     }
     async fn checkpoint(&self, _timeout: Duration) -> Result<(), PgError> {
+        thaw(&self.world, self.node).await;
         Ok(())
     }
     async fn reload(&self, _timeout: Duration) -> Result<(), PgError> {
+        thaw(&self.world, self.node).await;
         // The new primary_conninfo takes effect (the world's tick streams from it).
         Ok(())
     }
@@ -581,7 +670,27 @@ impl LocalPostgres for SimPg {
         }
         Ok((text, None))
     }
-    fn write_state_file(&self, _name: &str, _body: &[u8]) -> std::io::Result<()> {
+    /// What the extension's fence reads: the lease deadline and the file's validity, moved
+    /// from `CLOCK_MONOTONIC` (which the file is written in) onto the simulated clock. A frozen
+    /// daemon writes nothing.
+    fn write_state_file(&self, _name: &str, body: &[u8]) -> std::io::Result<()> {
+        let v: Value = serde_json::from_slice(body).map_err(std::io::Error::other)?;
+        let now = Instant::now();
+        let written = v["written_monotonic_ns"].as_u64().unwrap_or(0);
+        let at = |key: &str| {
+            v[key]
+                .as_u64()
+                .map(|ns| now + Duration::from_nanos(ns.saturating_sub(written)))
+        };
+        let fence = super::world::Fence {
+            deadline: at("lease_deadline_monotonic_ns")
+                .filter(|_| v["is_leader"].as_bool() == Some(true)),
+            valid_until: at("valid_until_monotonic_ns"),
+        };
+        let mut w = self.world.lock();
+        if !w.frozen[self.node] {
+            w.fence[self.node] = fence;
+        }
         Ok(())
     }
     fn remove_state_file_leftover(&self, _name: &str) {}
@@ -593,6 +702,7 @@ impl FenceTarget for SimPg {
     }
     fn stop_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
+            // `stop` waits while the daemon is frozen.
             let _ = LocalPostgres::stop(self, StopMode::Immediate).await;
         })
     }
@@ -617,13 +727,18 @@ impl PeerSource for SimPeers {
         _timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = Vec<PeerStatus>> + Send + '_>> {
         Box::pin(async move {
+            thaw(&self.world, self.node).await;
             tokio::time::sleep(Duration::from_millis(5)).await;
             let states = self.states.lock().unwrap().clone();
-            let links = self.world.lock().links.clone();
+            let (links, frozen) = {
+                let w = self.world.lock();
+                (w.links.clone(), w.frozen)
+            };
             members
                 .iter()
                 .map(|(name, _)| match states.get(name) {
-                    Some((j, rx)) if links.peer[self.node][*j] => {
+                    // A frozen daemon's REST API does not answer either.
+                    Some((j, rx)) if links.peer[self.node][*j] && !frozen[*j] => {
                         let s = rx.borrow().clone();
                         let body =
                             spilo_core::api::status::patroni_status(&s, spilo_core::clock::now());

@@ -229,6 +229,12 @@ pub fn is_watched(key: &str) -> bool {
 pub struct Links {
     /// Node ↔ DCS.
     pub dcs: [bool; NODES],
+    /// DCS → node answers (a one-way cut: requests arrive and are applied, their answers are
+    /// lost and the caller times out).
+    pub dcs_answers: [bool; NODES],
+    /// Requests from the node are held up in the network: they land on the DCS after the
+    /// caller gave up on them.
+    pub dcs_late: [bool; NODES],
     /// Node ↔ node (PostgreSQL replication and the REST API), symmetric.
     pub peer: [[bool; NODES]; NODES],
 }
@@ -237,14 +243,44 @@ impl Default for Links {
     fn default() -> Links {
         Links {
             dcs: [true; NODES],
+            dcs_answers: [true; NODES],
+            dcs_late: [false; NODES],
             peer: [[true; NODES]; NODES],
         }
+    }
+}
+
+/// What a node's PostgreSQL last read from its state file: the extension's fence (with
+/// `spilo.fence = on`) lets commits through only while the file is current, says this node is
+/// the leader, and its lease deadline has not passed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fence {
+    /// The leader's lease deadline, on the simulated clock; None when the file says this node
+    /// is not the leader.
+    pub deadline: Option<Instant>,
+    /// The file's own validity.
+    pub valid_until: Option<Instant>,
+}
+
+impl Fence {
+    /// Commits are acknowledged at `now`.
+    pub fn open(&self, now: Instant) -> bool {
+        matches!((self.deadline, self.valid_until), (Some(d), Some(v)) if now < d && now < v)
     }
 }
 
 /// Everything the simulated components share.
 #[derive(Debug)]
 pub struct Inner {
+    /// A node's daemon is frozen (SIGSTOP: its loop and its lease guard make no progress; its
+    /// PostgreSQL keeps running).
+    pub frozen: [bool; NODES],
+    /// When each node last thawed.
+    pub thawed_at: [Option<Instant>; NODES],
+    /// Each node's fence, from the state file its daemon wrote last.
+    pub fence: [Fence; NODES],
+    /// Promotions per node.
+    pub promoted: [u64; NODES],
     pub dcs: DcsState,
     pub pg: Vec<PgState>,
     pub links: Links,
@@ -260,6 +296,8 @@ pub struct Inner {
     pub acked: Option<Data>,
     /// Writes acknowledged.
     pub acks: u64,
+    /// Ticks so far.
+    pub ticks: u64,
 }
 
 /// The world: shared, locked for each step (never across an await).
@@ -269,11 +307,22 @@ pub struct World {
     changes: tokio::sync::watch::Sender<u64>,
 }
 
+impl Inner {
+    /// Node `i` acknowledges commits now: PostgreSQL runs as primary and its fence is open.
+    pub fn writer(&self, i: usize, now: Instant) -> bool {
+        self.pg[i].proc == Proc::Primary && self.fence[i].open(now)
+    }
+}
+
 impl World {
     /// A world whose nodes have no data yet.
     pub fn new() -> World {
         World {
             inner: Arc::new(Mutex::new(Inner {
+                frozen: [false; NODES],
+                thawed_at: [None; NODES],
+                fence: [Fence::default(); NODES],
+                promoted: [0; NODES],
                 dcs: DcsState::default(),
                 pg: (0..NODES).map(|_| PgState::new(false)).collect(),
                 links: Links::default(),
@@ -283,6 +332,7 @@ impl World {
                 sync_mode: false,
                 acked: None,
                 acks: 0,
+                ticks: 0,
             })),
             changes: tokio::sync::watch::channel(0).0,
         }
@@ -306,8 +356,10 @@ impl World {
     /// One tick of the world: the primary takes writes, replicas stream from their upstream.
     pub fn tick(&self) {
         let mut w = self.lock();
+        let now = Instant::now();
+        w.ticks += 1;
         for i in 0..NODES {
-            if w.pg[i].proc == Proc::Primary {
+            if w.writer(i, now) {
                 w.pg[i].data.wal += 10;
             }
         }
@@ -321,13 +373,21 @@ impl World {
                 continue;
             };
             let up = &w.pg[j];
+            // Replicas its synchronous_standby_names does not name apply WAL in bursts (every
+            // half second), so an asynchronous standby is usually a little behind.
+            let named = parse_ssn(&up.ssn)
+                .map(|r| r.names.contains(&format!("n{i}")))
+                .unwrap_or(false);
+            let applies = named || (w.ticks + i as u64).is_multiple_of(5);
             let ok = j != i
                 && up.proc != Proc::Stopped
                 && w.links.peer[i][j]
                 && w.pg[i].data.is_prefix_of(&up.data);
             if ok {
-                let data = up.data.clone();
-                w.pg[i].data = data;
+                if applies {
+                    let data = up.data.clone();
+                    w.pg[i].data = data;
+                }
                 w.pg[i].streaming = true;
             } else {
                 w.pg[i].streaming = false;
@@ -339,7 +399,7 @@ impl World {
             return;
         }
         for p in 0..NODES {
-            if w.pg[p].proc != Proc::Primary {
+            if !w.writer(p, now) {
                 continue;
             }
             let wal = w.pg[p].data.wal;
@@ -376,14 +436,34 @@ impl World {
         }
     }
 
-    /// The checker: at most one PostgreSQL runs as primary.
+    /// The checker: at most one node acknowledges commits; at most one PostgreSQL runs as
+    /// primary among the nodes whose daemon runs (a frozen daemon cannot stop its PostgreSQL,
+    /// only its fence keeps it from acknowledging; once thawed, its lease guard stops it within
+    /// a second); no writer lacks an acknowledged commit.
     pub fn check(&self, at: Duration) {
         let mut w = self.lock();
+        let now = Instant::now();
+        let writers: Vec<usize> = (0..NODES).filter(|&i| w.writer(i, now)).collect();
+        if writers.len() > 1 {
+            let states: Vec<String> = (0..NODES)
+                .map(|i| format!("{:?} {:?} [{}]", w.pg[i].proc, w.fence[i], w.pg[i].data))
+                .collect();
+            let v = format!("t={at:?}: two nodes acknowledge commits {writers:?}: {states:?}");
+            if w.violations.len() < 5 {
+                w.violations.push(v);
+            }
+        }
         let primaries: Vec<usize> = (0..NODES)
             .filter(|&i| w.pg[i].proc == Proc::Primary)
+            .filter(|&i| {
+                !w.frozen[i]
+                    && w.thawed_at[i]
+                        .map(|t| now.duration_since(t) > Duration::from_secs(1))
+                        .unwrap_or(true)
+            })
             .collect();
         if let Some(a) = w.acked.clone() {
-            for &p in &primaries {
+            for &p in &writers {
                 if !a.is_prefix_of(&w.pg[p].data) {
                     let v = format!(
                         "t={at:?}: n{p} runs as primary without the acknowledged write [{a}] (its history [{}])",

@@ -10,7 +10,10 @@ use super::{JobDone, Node};
 use crate::config;
 use crate::ha::command::{Command, CommandReply, RestartRequest};
 use crate::ha::decide::JobKind;
-use crate::ha::plan::RewindEvent;
+use crate::ha::plan::{
+    plan_reinitialize, plan_restart, restart_arrival, ReinitPlan, RestartArrival, RestartPlan,
+    RestartView, RewindEvent,
+};
 use crate::postgres::StopMode;
 
 fn send(reply: oneshot::Sender<CommandReply>, status: u16, msg: impl Into<String>) {
@@ -40,19 +43,22 @@ impl Node {
     }
 
     fn restart_command(&mut self, request: RestartRequest, reply: oneshot::Sender<CommandReply>) {
-        if let Some(at) = request.schedule {
-            if self.dynamic.pause {
-                return send(reply, 500, "Can't schedule restart in the paused state");
+        match restart_arrival(
+            &request,
+            self.dynamic.pause,
+            self.scheduled_restart.is_some(),
+        ) {
+            RestartArrival::Refuse(status, msg) => send(reply, status, msg),
+            RestartArrival::Schedule => {
+                if let Some(at) = request.schedule {
+                    tracing::info!("restart scheduled at {at}");
+                }
+                self.scheduled_restart = Some(request);
+                self.publish_scheduled_restart();
+                send(reply, 202, "Restart scheduled");
             }
-            if self.scheduled_restart.is_some() {
-                return send(reply, 409, "Another restart is already scheduled");
-            }
-            tracing::info!("restart scheduled at {at}");
-            self.scheduled_restart = Some(request);
-            self.publish_scheduled_restart();
-            return send(reply, 202, "Restart scheduled");
+            RestartArrival::Now => self.start_restart(request, Some(reply)),
         }
-        self.start_restart(request, Some(reply));
     }
 
     /// Restart now if the request's conditions hold; answer on `reply` when done.
@@ -68,34 +74,19 @@ impl Node {
                 tracing::warn!("scheduled restart not done: {msg}");
             }
         };
-        if let Some(j) = &self.job {
-            return answer(reply, 503, format!("{} already in progress", j.kind));
-        }
-        let pg = self.state.borrow().pg.clone();
-        let role = if pg.role == "primary" {
-            "primary"
-        } else {
-            "replica"
+        let view = {
+            let pg = &self.state.borrow().pg;
+            RestartView {
+                job: self.job.as_ref().map(|j| j.kind),
+                primary: pg.role == "primary",
+                server_version: pg.server_version,
+                pending_restart: pg.pending_restart,
+            }
         };
-        if let Some(want) = &request.role {
-            let want = if want == "master" {
-                "primary"
-            } else {
-                want.as_str()
-            };
-            if want != role {
-                return answer(reply, 503, "restart conditions are not satisfied".into());
-            }
-        }
-        if let Some(v) = request.postgres_version {
-            if pg.server_version.map(|cur| cur >= v).unwrap_or(true) {
-                return answer(reply, 503, "restart conditions are not satisfied".into());
-            }
-        }
-        if request.restart_pending && !pg.pending_restart {
-            return answer(reply, 503, "restart conditions are not satisfied".into());
-        }
-        let standby = role != "primary";
+        let standby = match plan_restart(&request, &view) {
+            RestartPlan::Refuse(status, msg) => return answer(reply, status, msg),
+            RestartPlan::Run { standby } => standby,
+        };
         let cluster = self.state.borrow().cluster.clone();
         let upstream = if standby {
             self.upstream
@@ -195,24 +186,22 @@ impl Node {
         from_leader: bool,
         reply: oneshot::Sender<CommandReply>,
     ) {
-        let cluster = self.state.borrow().cluster.clone();
-        let leader = cluster
-            .as_ref()
-            .and_then(|c| c.leader.as_ref())
-            .map(|l| l.name.clone());
-        match leader {
-            None => return send(reply, 503, "Cluster has no leader, can not reinitialize"),
-            Some(l) if l == self.cfg.name => {
-                return send(reply, 503, "I am the leader, can not reinitialize")
+        let leader = {
+            let state = self.state.borrow();
+            state
+                .cluster
+                .as_ref()
+                .and_then(|c| c.leader.as_ref())
+                .map(|l| l.name.clone())
+        };
+        let job = self.job.as_ref().map(|j| j.kind);
+        match plan_reinitialize(leader.as_deref(), &self.cfg.name, job, force) {
+            ReinitPlan::Refuse(msg) => return send(reply, 503, msg),
+            ReinitPlan::Run { cancel: Some(kind) } => {
+                tracing::warn!("reinitialize: cancelling the running {kind}");
+                self.abort_job();
             }
-            Some(_) => {}
-        }
-        if let Some(j) = &self.job {
-            if !force {
-                return send(reply, 503, format!("{} already in progress", j.kind));
-            }
-            tracing::warn!("reinitialize: cancelling the running {}", j.kind);
-            self.abort_job();
+            ReinitPlan::Run { cancel: None } => {}
         }
         if let Err(e) = self.pg.stop(StopMode::Immediate).await {
             tracing::warn!(error = %e, "immediate stop failed; killing the postmaster");

@@ -153,7 +153,7 @@ impl Node {
             ..local
         };
         self.enter(Phase::Decide);
-        let decision = decide::decide(cluster.as_ref(), &local, &self.policy(), now);
+        let decision = (self.decider)(cluster.as_ref(), &local, &self.policy(), now);
         let summary = decision.summary();
         if summary != self.last_summary {
             tracing::info!(

@@ -70,6 +70,8 @@ pub struct Node {
     rewind: RewindState,
     /// The planner that moves it ([`next_rewind_state`]).
     rewind_planner: RewindPlanner,
+    /// What decides each cycle ([`crate::ha::decide::decide`]).
+    decider: crate::ha::plan::Decider,
     down_since: Option<Duration>,
     lease_renewed_at: Option<Instant>,
     /// The session TTL the DCS last reported granting.
@@ -131,6 +133,7 @@ impl Node {
             upstream: None,
             rewind: RewindState::NotNeeded,
             rewind_planner: next_rewind_state,
+            decider: crate::ha::decide::decide,
             down_since: None,
             lease_renewed_at: None,
             granted_ttl: None,
@@ -187,6 +190,13 @@ impl Node {
     /// simulations that plant a broken rule and must see their checks catch it.
     pub fn with_rewind_planner(mut self, planner: RewindPlanner) -> Node {
         self.rewind_planner = planner;
+        self
+    }
+
+    /// Decides each cycle with this function instead of [`crate::ha::decide::decide`]: for
+    /// simulations that plant a broken decision and must see their checks catch it.
+    pub fn with_decider(mut self, decider: crate::ha::plan::Decider) -> Node {
+        self.decider = decider;
         self
     }
 
