@@ -218,6 +218,15 @@ fn example_hooks_veto_the_backup_dc_and_report_each_transition_once() {
         zone.contains(&format!("IN CNAME {main}.")),
         "primary.zone: {zone:?}"
     );
+    // The hook context carries the leader term the node reports on /patroni.
+    let v = c.node(&main).patroni().expect("/patroni");
+    let t = v["term"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no term on {main}'s /patroni: {v}"));
+    assert!(
+        zone.contains(&format!("; term {t} ")),
+        "primary.zone {zone:?} does not carry term {t}"
+    );
     let cb = dir(&main).join("callbacks.log");
     wait_for(
         "the on_role_change callback",

@@ -81,5 +81,15 @@ fn the_term_grows_on_switchover_and_on_failover() {
     if DcsKind::from_env() != DcsKind::EtcdPluginAbi10 {
         assert!(t1.is_some() && t2 > t1 && t3 > t2, "{t1:?} {t2:?} {t3:?}");
     }
+    // SQL sees the same term, from the state file the daemon writes (NULL when unknown).
+    let want = t3.map(|t| t.to_string());
+    wait_for(
+        &format!("SELECT spilo.term() on {third} to say {want:?}"),
+        Duration::from_secs(30),
+        || match c.node(&third).sql_value("SELECT spilo.term()") {
+            Ok(v) if v == want => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
     c.node_mut(&second).restart_daemon();
 }
