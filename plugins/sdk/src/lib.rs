@@ -20,6 +20,7 @@ pub mod abi;
 pub mod dcs;
 pub mod lb;
 pub mod plugin;
+pub mod state_file;
 pub mod storage;
 pub mod term;
 

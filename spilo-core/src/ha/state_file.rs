@@ -31,24 +31,10 @@ use serde_json::{json, Value};
 use crate::dcs::Cluster;
 use crate::ha::state::{DecisionReport, PgStatus};
 
-/// The format version readers check.
-pub const FORMAT: u64 = 1;
-/// The file name in the data directory.
-pub const FILE_NAME: &str = "spilo.state";
+/// The format number, the file name and the clock, shared with the extension's reader.
+pub use spilo_sdk::state_file::{monotonic_ns, FILE_NAME, FORMAT};
 /// How long before the leader key can expire anywhere the fence engages.
 pub const FENCE_MARGIN: Duration = Duration::from_secs(1);
-
-/// `CLOCK_MONOTONIC` now, in nanoseconds.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we pass; CLOCK_MONOTONIC always exists on
-    // Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
-}
 
 /// `at` on `CLOCK_MONOTONIC` (Rust's `Instant` is that clock on Linux, but opaque).
 pub fn instant_ns(at: Instant) -> u64 {
