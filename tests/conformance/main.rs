@@ -23,71 +23,43 @@ mod storage;
 mod suite;
 mod zookeeper;
 
-/// Instantiates every conformance test for one backend, in a module named `$name`.
+/// One `#[tokio::test]` per case, each calling `$suite::$case::<$backend>()`: the boilerplate of
+/// every suite, written once.
+macro_rules! cases {
+    ($suite:ident, $backend:ty, [$($case:ident),* $(,)?]) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $suite::$case::<$backend>().await;
+            }
+        )*
+    };
+}
+
+/// Instantiates every DCS conformance test for one backend, in a module named `$name`.
 macro_rules! conformance {
     ($name:ident, $backend:ty) => {
         mod $name {
             use super::suite;
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn acquire_only_if_absent() {
-                suite::acquire_only_if_absent::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn term_grows_across_terms() {
-                suite::term_grows_across_terms::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn keepalive_reports_the_granted_ttl() {
-                suite::keepalive_reports_the_granted_ttl::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn keepalive_renews() {
-                suite::keepalive_renews::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn ttl_change_keeps_the_leader_key() {
-                suite::ttl_change_keeps_the_leader_key::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn release_only_by_holder() {
-                suite::release_only_by_holder::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn abandoned_session_expires() {
-                suite::abandoned_session_expires::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn compare_and_set() {
-                suite::compare_and_set::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn watch_wakes() {
-                suite::watch_wakes::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn garbage_values_are_skipped() {
-                suite::garbage_values_are_skipped::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn reconnects_after_restart() {
-                suite::reconnects_after_restart::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn frozen_store_fails_fast() {
-                suite::frozen_store_fails_fast::<$backend>().await;
-            }
+            cases!(
+                suite,
+                $backend,
+                [
+                    acquire_only_if_absent,
+                    term_grows_across_terms,
+                    keepalive_reports_the_granted_ttl,
+                    keepalive_renews,
+                    ttl_change_keeps_the_leader_key,
+                    release_only_by_holder,
+                    abandoned_session_expires,
+                    compare_and_set,
+                    watch_wakes,
+                    garbage_values_are_skipped,
+                    reconnects_after_restart,
+                    frozen_store_fails_fast,
+                ]
+            );
         }
     };
 }
@@ -106,35 +78,18 @@ macro_rules! storage_conformance {
         mod $name {
             use super::storage;
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn streamed_put_and_get_round_trip() {
-                storage::streamed_put_and_get_round_trip::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn unfinished_uploads_are_invisible() {
-                storage::unfinished_uploads_are_invisible::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn put_if_absent_never_replaces() {
-                storage::put_if_absent_never_replaces::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn missing_objects_are_not_found() {
-                storage::missing_objects_are_not_found::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn list_paginates_by_prefix_in_key_order() {
-                storage::list_paginates_by_prefix_in_key_order::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn bad_keys_are_refused() {
-                storage::bad_keys_are_refused::<$backend>().await;
-            }
+            cases!(
+                storage,
+                $backend,
+                [
+                    streamed_put_and_get_round_trip,
+                    unfinished_uploads_are_invisible,
+                    put_if_absent_never_replaces,
+                    missing_objects_are_not_found,
+                    list_paginates_by_prefix_in_key_order,
+                    bad_keys_are_refused,
+                ]
+            );
         }
     };
 }
@@ -145,15 +100,14 @@ macro_rules! lb_conformance {
         mod $name {
             use super::lb;
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn routes_are_described() {
-                lb::routes_are_described::<$backend>().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn stale_terms_are_refused_and_change_nothing() {
-                lb::stale_terms_are_refused_and_change_nothing::<$backend>().await;
-            }
+            cases!(
+                lb,
+                $backend,
+                [
+                    routes_are_described,
+                    stale_terms_are_refused_and_change_nothing,
+                ]
+            );
         }
     };
 }
