@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::status::{is_primary_role, leader_optime};
-use crate::ha::state::NodeState;
+use super::status::leader_optime;
+use crate::ha::state::{NodeState, PgState, Role};
 
 /// Query parameters, in request order; the first occurrence of a key wins.
 pub type Params = [(String, String)];
@@ -49,7 +49,7 @@ fn lag_param(q: &Params) -> Option<u64> {
 /// True when this node counts as the leader for the health checks: it holds the lock, or —
 /// with no DCS view while paused — its PostgreSQL is a primary.
 pub fn is_leader(s: &NodeState, now: Instant) -> bool {
-    s.holds_lock(now) || (s.cluster.is_none() && s.paused() && is_primary_role(&s.pg.role))
+    s.holds_lock(now) || (s.cluster.is_none() && s.paused() && s.pg.role.is_primary())
 }
 
 /// True when the replica is behind the leader by more than `?lag=` (never without it).
@@ -66,7 +66,7 @@ pub fn replica_ok(s: &NodeState, q: &Params) -> bool {
     if crate::dcs::tags::tag_bool(&s.tags, "noloadbalance") {
         return false;
     }
-    if s.pg.role != "replica" || s.pg.state != "running" || is_lagging(s, q) {
+    if s.pg.role != Role::Replica || s.pg.state != PgState::Running || is_lagging(s, q) {
         return false;
     }
     match param(q, "replication_state") {
@@ -123,7 +123,7 @@ pub fn health_check(path: &str, q: &Params, s: &NodeState, now: Instant) -> u16 
     } else if path.contains("read-only") && !path.contains("sync") && !path.contains("quorum") {
         primary_ok || standby_leader_ok || replica_ok(s, q)
     } else if path.contains("health") {
-        s.pg.state == "running"
+        s.pg.state == PgState::Running
     } else {
         match path {
             "/sync" | "/synchronous" => s.cluster.is_some() && sync_standby && replica_ok(s, q),
@@ -170,7 +170,7 @@ pub fn readiness(s: &NodeState, q: &Params, now: Instant) -> u16 {
     if s.holds_lock(now) {
         return 200;
     }
-    if s.pg.state != "running" || s.pg.replication_state.as_deref() != Some("streaming") {
+    if s.pg.state != PgState::Running || s.pg.replication_state.as_deref() != Some("streaming") {
         return 503;
     }
     // Without a leader position (no DCS view, no WAL receiver) only failsafe mode would
@@ -299,7 +299,7 @@ mod tests {
     fn stopped_replica_is_not_ok() {
         let now = crate::clock::now();
         let mut s = replica(now, 0x0500_0000);
-        s.pg.state = "stopped".into();
+        s.pg.state = PgState::Stopped;
         s.pg.running = false;
         assert_eq!(health_check("/replica", &[], &s, now), 503);
         assert_eq!(health_check("/health", &[], &s, now), 503);

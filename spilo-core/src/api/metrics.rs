@@ -9,9 +9,9 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use super::status::{cluster_unlocked, is_primary_role};
+use super::status::cluster_unlocked;
 use crate::dcs::tags;
-use crate::ha::state::{NodeState, LOOP_BUCKETS};
+use crate::ha::state::{NodeState, Role, LOOP_BUCKETS};
 
 /// The `Content-Type` of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -139,8 +139,8 @@ pub fn render(s: &NodeState, now: Instant) -> String {
             escape_label(&s.name)
         ),
     };
-    let primary = is_primary_role(&pg.role);
-    let replica = pg.role == "replica";
+    let primary = pg.role.is_primary();
+    let replica = pg.role == Role::Replica;
 
     e.header(
         "patroni_version",
@@ -178,7 +178,7 @@ pub fn render(s: &NodeState, now: Instant) -> String {
     e.flag(
         "patroni_standby_leader",
         "1 if this node is the standby leader, 0 otherwise.",
-        pg.role == "standby_leader",
+        pg.role == Role::StandbyLeader,
     );
     let (sync, quorum) = sync_roles(s);
     e.flag(
@@ -283,7 +283,7 @@ pub fn render(s: &NodeState, now: Instant) -> String {
     e.sample(
         "patroni_postgres_state",
         "",
-        &postgres_state_index(&pg.state).to_string(),
+        &postgres_state_index(pg.state.as_str()).to_string(),
     );
     e.gauge(
         "patroni_failover_priority",
@@ -431,7 +431,7 @@ fn sync_roles(s: &NodeState) -> (bool, bool) {
             }
             _ => false,
         };
-    if !on || s.pg.role != "replica" {
+    if !on || s.pg.role != Role::Replica {
         return (false, false);
     }
     let listed = s

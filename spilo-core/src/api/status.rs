@@ -9,11 +9,6 @@ use serde_json::{json, Map, Value};
 
 use crate::ha::state::NodeState;
 
-/// True for the role a primary reports (`master` is Patroni < 4's word for it).
-pub(crate) fn is_primary_role(role: &str) -> bool {
-    matches!(role, "primary" | "master")
-}
-
 /// The leader's WAL position as the health checks see it:
 /// `max(status.optime, latest_end_lsn of the WAL receiver)`, `None` when neither is known.
 pub fn leader_optime(s: &NodeState) -> Option<u64> {
@@ -42,7 +37,7 @@ pub fn leader_term(s: &NodeState) -> Option<spilo_sdk::Term> {
 fn xlog(s: &NodeState) -> Value {
     let pg = &s.pg;
     let mut x = Map::new();
-    if is_primary_role(&pg.role) {
+    if pg.role.is_primary() {
         if let Some(l) = pg.wal_flush {
             x.insert("location".into(), l.into());
         }
@@ -69,13 +64,8 @@ fn xlog(s: &NodeState) -> Value {
 pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
     let pg = &s.pg;
     let mut m = Map::new();
-    let state = if pg.state.is_empty() {
-        "unknown"
-    } else {
-        pg.state.as_str()
-    };
-    m.insert("state".into(), state.into());
-    m.insert("role".into(), pg.role.clone().into());
+    m.insert("state".into(), pg.state.as_str().into());
+    m.insert("role".into(), pg.role.as_str().into());
     if pg.running {
         if let Some(t) = &pg.postmaster_start_time {
             m.insert("postmaster_start_time".into(), t.clone().into());
@@ -90,7 +80,7 @@ pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
         if let Some(r) = &pg.replication_state {
             m.insert("replication_state".into(), r.clone().into());
         }
-        if is_primary_role(&pg.role) && !pg.replication.is_empty() {
+        if pg.role.is_primary() && !pg.replication.is_empty() {
             m.insert("replication".into(), json!(pg.replication));
         }
     }
@@ -159,7 +149,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::dcs::{Cluster, Leader, Status};
-    use crate::ha::state::{PgStatus, ReplicationRow};
+    use crate::ha::state::{PgState, PgStatus, ReplicationRow, Role};
 
     /// A cluster view with `leader` holding the lock (if any) and `status.optime`.
     pub(crate) fn cluster(leader: Option<&str>, optime: Option<u64>) -> Arc<Cluster> {
@@ -182,8 +172,8 @@ pub(crate) mod tests {
     pub(crate) fn primary(now: Instant) -> NodeState {
         let mut s = NodeState::new("pg0", "demo", "http://10.0.0.1:8008/patroni");
         s.pg = PgStatus {
-            state: "running".into(),
-            role: "primary".into(),
+            state: PgState::Running,
+            role: Role::Primary,
             running: true,
             server_version: Some(160004),
             postmaster_start_time: Some("2024-08-28 19:39:26.352526+00:00".into()),
@@ -212,8 +202,8 @@ pub(crate) mod tests {
     pub(crate) fn replica(now: Instant, replayed: u64) -> NodeState {
         let mut s = NodeState::new("pg1", "demo", "http://10.0.0.2:8008/patroni");
         s.pg = PgStatus {
-            state: "running".into(),
-            role: "replica".into(),
+            state: PgState::Running,
+            role: Role::Replica,
             running: true,
             server_version: Some(160004),
             timeline: Some(3),

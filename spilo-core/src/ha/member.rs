@@ -12,8 +12,8 @@ pub fn member_data(cfg: &Config, pg: &PgStatus, paused: bool, promoting: bool) -
     let mut m = MemberData {
         conn_url: format!("postgres://{}/postgres", cfg.postgresql.connect_address),
         api_url: format!("http://{}/patroni", cfg.restapi.connect_address),
-        state: pg.state.clone(),
-        role: pg.role.clone(),
+        state: pg.state.as_str().to_string(),
+        role: pg.role.as_str().to_string(),
         version: crate::PATRONI_COMPAT_VERSION.to_string(),
         tags: tags::published(&cfg.tags),
         pause: paused.then_some(true),
@@ -28,7 +28,7 @@ pub fn member_data(cfg: &Config, pg: &PgStatus, paused: bool, promoting: bool) -
     if running {
         m.pending_restart = pg.pending_restart.then_some(true);
         m.timeline = pg.timeline;
-        if pg.role == "primary" {
+        if pg.role.is_primary() {
             m.xlog_location = pg.wal_flush;
         } else {
             m.xlog_location = pg.wal_position();

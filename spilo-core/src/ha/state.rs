@@ -11,14 +11,98 @@ use serde_json::Value;
 use crate::config::DynamicConfig;
 use crate::dcs::Cluster;
 
+/// The role the local PostgreSQL runs in, as `GET /patroni` names it (Patroni's strings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// No data directory yet.
+    #[default]
+    Uninitialized,
+    /// Runs as the primary.
+    Primary,
+    /// Runs in recovery (or is not running and last ran as one).
+    Replica,
+    /// The leader of a standby cluster.
+    StandbyLeader,
+    /// Not running, and pg_control says it last ran as a primary.
+    Demoted,
+}
+
+impl Role {
+    /// Patroni's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Uninitialized => "uninitialized",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::StandbyLeader => "standby_leader",
+            Role::Demoted => "demoted",
+        }
+    }
+
+    /// Accepts writes (the primary; Patroni also says `master`).
+    pub fn is_primary(self) -> bool {
+        self == Role::Primary
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the local PostgreSQL is doing, as `GET /patroni` names it (Patroni's strings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum PgState {
+    /// No postmaster.
+    #[default]
+    #[serde(rename = "stopped")]
+    Stopped,
+    /// Running and answering queries.
+    #[serde(rename = "running")]
+    Running,
+    /// The postmaster runs but does not answer yet, or the daemon is starting it.
+    #[serde(rename = "starting")]
+    Starting,
+    /// A requested restart is under way.
+    #[serde(rename = "restarting")]
+    Restarting,
+    /// initdb and the first start of a new cluster.
+    #[serde(rename = "initializing new cluster")]
+    InitializingNewCluster,
+    /// A replica is being copied from another member.
+    #[serde(rename = "creating replica")]
+    CreatingReplica,
+}
+
+impl PgState {
+    /// Patroni's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PgState::Stopped => "stopped",
+            PgState::Running => "running",
+            PgState::Starting => "starting",
+            PgState::Restarting => "restarting",
+            PgState::InitializingNewCluster => "initializing new cluster",
+            PgState::CreatingReplica => "creating replica",
+        }
+    }
+}
+
+impl std::fmt::Display for PgState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The local PostgreSQL as last observed.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct PgStatus {
-    /// Patroni state string: `running`, `stopped`, `starting`, `crashed`, `creating replica`,
-    /// `initializing new cluster`, `stopping`, `restarting`, `start failed`, …
-    pub state: String,
-    /// `primary`, `replica`, `uninitialized`, `demoted`, `promoted`.
-    pub role: String,
+    /// What it is doing.
+    pub state: PgState,
+    /// The role it runs in.
+    pub role: Role,
     /// True when the postmaster runs and answers queries.
     pub running: bool,
     /// `server_version_num`.
@@ -55,7 +139,7 @@ impl PgStatus {
     /// The WAL position Patroni compares in the leader race: flush on a primary,
     /// max(received, replayed) on a replica.
     pub fn wal_position(&self) -> Option<u64> {
-        if self.role == "primary" {
+        if self.role.is_primary() {
             self.wal_flush
         } else {
             match (self.received, self.replayed) {
@@ -184,8 +268,8 @@ impl NodeState {
             scope: scope.to_string(),
             api_url: api_url.to_string(),
             pg: PgStatus {
-                state: "stopped".into(),
-                role: "uninitialized".into(),
+                state: PgState::Stopped,
+                role: Role::Uninitialized,
                 ..PgStatus::default()
             },
             leader_renewed_at: None,

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::dcs::Cluster;
-use crate::ha::state::{DecisionReport, PgStatus};
+use crate::ha::state::{DecisionReport, PgState, PgStatus, Role};
 
 /// The format number, the file name and the clock, shared with the extension's reader.
 pub use spilo_sdk::state_file::{monotonic_ns, FILE_NAME, FORMAT};
@@ -93,10 +93,10 @@ pub fn render(i: &StateInputs<'_>) -> Value {
         .and_then(|c| c.config.as_ref())
         .map(|c| c.value.extra.contains_key("standby_cluster"))
         .unwrap_or(false);
-    let role = match (is_leader, i.pg.role.as_str(), i.pg.state.as_str()) {
-        (true, "primary", "running") => "primary",
-        (true, _, "running") if standby_cluster => "standby_leader",
-        (false, "replica", "running") => "replica",
+    let role = match (is_leader, i.pg.role, i.pg.state) {
+        (true, Role::Primary, PgState::Running) => "primary",
+        (true, _, PgState::Running) if standby_cluster => "standby_leader",
+        (false, Role::Replica, PgState::Running) => "replica",
         _ => "unknown",
     };
     let optime = i.cluster.and_then(Cluster::optime);
@@ -198,10 +198,10 @@ mod tests {
         }
     }
 
-    fn pg(role: &str) -> PgStatus {
+    fn pg(role: Role) -> PgStatus {
         PgStatus {
-            role: role.into(),
-            state: "running".into(),
+            role,
+            state: PgState::Running,
             timeline: Some(3),
             ..PgStatus::default()
         }
@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn a_leader_publishes_primary_with_a_lease_deadline_before_expiry() {
         let c = cluster();
-        let p = pg("primary");
+        let p = pg(Role::Primary);
         let d = DecisionReport::default();
         let renewed = crate::clock::now();
         let v = render(&StateInputs {
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn without_the_lease_the_role_is_never_primary() {
         let c = cluster();
-        let p = pg("primary");
+        let p = pg(Role::Primary);
         let d = DecisionReport::default();
         let v = render(&StateInputs {
             scope: "demo",
@@ -261,7 +261,7 @@ mod tests {
         assert!(v["lease_deadline_monotonic_ns"].is_null());
         let r = render(&StateInputs {
             member: "n2",
-            pg: &pg("replica"),
+            pg: &pg(Role::Replica),
             ..StateInputs {
                 scope: "demo",
                 member: "n1",

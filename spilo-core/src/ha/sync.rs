@@ -112,7 +112,7 @@ pub fn listed(list: &[String], name: &str) -> bool {
 /// For the health checks: (sync standby, quorum standby) for this node.
 pub fn standby_roles(s: &NodeState) -> (bool, bool) {
     let mode = sync_mode(&s.dynamic);
-    if mode == SyncMode::Off || s.pg.role != "replica" {
+    if mode == SyncMode::Off || s.pg.role != crate::ha::state::Role::Replica {
         return (false, false);
     }
     let on = s

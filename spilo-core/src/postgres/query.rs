@@ -9,7 +9,7 @@ use tokio_postgres::NoTls;
 
 use super::conf::LocalAddress;
 use super::ctl::{PgError, Postgres};
-use crate::ha::state::{PgStatus, ReplicationRow};
+use crate::ha::state::{PgStatus, ReplicationRow, Role};
 
 const STATUS_SQL: &str = "SELECT pg_is_in_recovery(), \
     current_setting('server_version_num')::int, \
@@ -110,9 +110,9 @@ impl Postgres {
             let mut st = PgStatus {
                 running: true,
                 role: if in_recovery {
-                    "replica".into()
+                    Role::Replica
                 } else {
-                    "primary".into()
+                    Role::Primary
                 },
                 server_version: r.try_get::<_, Option<i32>>(1).ok().flatten().map(i64::from),
                 postmaster_start_time: r.try_get(2).ok().flatten(),

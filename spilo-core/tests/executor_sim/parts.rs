@@ -14,7 +14,7 @@ use serde_json::Value;
 use spilo_core::api::client::{parse_peer_status, PeerSource, PeerStatus};
 use spilo_core::dcs::{Cas, Dcs, DcsError, Entry, SessionInfo, Snapshot};
 use spilo_core::ha::fence::FenceTarget;
-use spilo_core::ha::state::{PgStatus, ReplicationRow, StateRx};
+use spilo_core::ha::state::{PgStatus, ReplicationRow, Role, StateRx};
 use spilo_core::postgres::conf::Upstream;
 use spilo_core::postgres::{BootstrapRoles, LocalPostgres, PgError, StopMode};
 use tokio::time::Instant;
@@ -475,7 +475,7 @@ impl LocalPostgres for SimPg {
         match p.proc {
             Proc::Stopped => return Err(PgError::Query("connection refused".into())),
             Proc::Primary => {
-                st.role = "primary".into();
+                st.role = Role::Primary;
                 st.wal_flush = Some(p.data.wal);
                 let rule = parse_ssn(&p.ssn);
                 for (j, r) in w.pg.iter().enumerate() {
@@ -503,7 +503,7 @@ impl LocalPostgres for SimPg {
                 }
             }
             Proc::Replica => {
-                st.role = "replica".into();
+                st.role = Role::Replica;
                 st.received = Some(p.data.wal);
                 st.replayed = Some(p.data.wal);
                 st.replication_state = Some(if p.streaming {

@@ -78,7 +78,7 @@ impl Node {
             let pg = &self.state.borrow().pg;
             RestartView {
                 job: self.job.as_ref().map(|j| j.kind),
-                primary: pg.role == "primary",
+                primary: pg.role.is_primary(),
                 server_version: pg.server_version,
                 pending_restart: pg.pending_restart,
             }
@@ -102,40 +102,44 @@ impl Node {
         let pg = self.pg.clone();
         let timeout = request.timeout;
         tracing::info!("restarting PostgreSQL on request");
-        self.spawn_job(JobKind::Restart, "restarting", async move {
-            let run = async {
-                pg.stop(StopMode::Fast).await?;
-                pg.start().await
-            };
-            let res = match timeout {
-                Some(t) => tokio::time::timeout(std::time::Duration::from_secs(t), run)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(crate::postgres::PgError::Query(format!(
-                            "PostgreSQL did not come back within {t} s"
-                        )))
-                    }),
-                None => run.await,
-            };
-            match res {
-                Ok(()) => {
-                    if let Some(r) = reply {
-                        send(r, 200, "restarted successfully");
+        self.spawn_job(
+            JobKind::Restart,
+            crate::ha::state::PgState::Restarting,
+            async move {
+                let run = async {
+                    pg.stop(StopMode::Fast).await?;
+                    pg.start().await
+                };
+                let res = match timeout {
+                    Some(t) => tokio::time::timeout(std::time::Duration::from_secs(t), run)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(crate::postgres::PgError::Query(format!(
+                                "PostgreSQL did not come back within {t} s"
+                            )))
+                        }),
+                    None => run.await,
+                };
+                match res {
+                    Ok(()) => {
+                        if let Some(r) = reply {
+                            send(r, 200, "restarted successfully");
+                        }
+                        Ok(JobDone { upstream: None })
                     }
-                    Ok(JobDone { upstream: None })
-                }
-                Err(e) => {
-                    if let Some(r) = reply {
-                        send(
-                            r,
-                            503,
-                            format!("restart failed: {}", crate::error_chain(&e)),
-                        );
+                    Err(e) => {
+                        if let Some(r) = reply {
+                            send(
+                                r,
+                                503,
+                                format!("restart failed: {}", crate::error_chain(&e)),
+                            );
+                        }
+                        Err(e)
                     }
-                    Err(e)
                 }
-            }
-        });
+            },
+        );
     }
 
     /// Run a scheduled restart once it is due.

@@ -213,7 +213,7 @@ impl Node {
     /// Rewrite the configuration files for the role PostgreSQL runs in and reload it; settings
     /// that need a restart then show up as `pending_restart`.
     pub(super) async fn reload_postgres(&mut self, cluster: Option<&Cluster>) {
-        let standby = self.state.borrow().pg.role != "primary";
+        let standby = !self.state.borrow().pg.role.is_primary();
         let upstream = if standby {
             self.upstream
                 .clone()

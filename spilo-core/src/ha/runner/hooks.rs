@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::dcs::Cluster;
 use crate::ha::decide::{self, CandidateChoice, LocalView, Pg, PromotionGate};
-use crate::ha::state::PgStatus;
+use crate::ha::state::{PgState, PgStatus, Role};
 use crate::hooks::{Choice, Event, Gate};
 
 use super::Node;
@@ -65,8 +65,8 @@ impl<T: Clone> Asked<T> {
 pub(super) struct Observed {
     /// PostgreSQL was running at the last observation (None before the first).
     running: Option<bool>,
-    /// The role it last ran in (`primary` / `replica`).
-    role: Option<String>,
+    /// The role it last ran in (primary or replica).
+    role: Option<Role>,
     /// Since when the cluster has had no leader while this node could take over.
     leaderless_since: Option<Instant>,
 }
@@ -76,11 +76,7 @@ impl Node {
     pub(super) fn hook_context(&self, event: Event, old_role: Option<&str>) -> Value {
         let s = self.state.borrow();
         let cluster = s.cluster.as_deref();
-        let role = match s.pg.role.as_str() {
-            "primary" => "primary",
-            "" => "unknown",
-            r => r,
-        };
+        let role = s.pg.role.as_str();
         let optime = cluster.and_then(Cluster::optime);
         let member_pos = |d: &crate::dcs::MemberData| {
             d.xlog_location.or(match (d.receive_lsn, d.replay_lsn) {
@@ -136,25 +132,25 @@ impl Node {
         if restarting {
             return; // on_restart is reported when the restart job ends.
         }
-        let running = pgstat.state == "running";
+        let running = pgstat.state == PgState::Running;
         let was = self.observed.running.replace(running);
         match was {
             Some(false) if running => self.fire(Event::OnStart, None),
             Some(true) if !running => self.fire(Event::OnStop, None),
             _ => {}
         }
-        if !running || !matches!(pgstat.role.as_str(), "primary" | "replica") {
+        if !running || !matches!(pgstat.role, Role::Primary | Role::Replica) {
             return;
         }
-        let role = pgstat.role.clone();
-        let old = self.observed.role.replace(role.clone());
+        let role = pgstat.role;
+        let old = self.observed.role.replace(role);
         if let Some(old) = old {
             if old != role {
-                self.fire(Event::OnRoleChange, Some(&old));
-                if role == "primary" {
-                    self.fire(Event::OnPromote, Some(&old));
-                } else if old == "primary" {
-                    self.fire(Event::OnDemote, Some(&old));
+                self.fire(Event::OnRoleChange, Some(old.as_str()));
+                if role == Role::Primary {
+                    self.fire(Event::OnPromote, Some(old.as_str()));
+                } else if old == Role::Primary {
+                    self.fire(Event::OnDemote, Some(old.as_str()));
                 }
             }
         }

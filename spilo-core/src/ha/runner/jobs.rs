@@ -7,13 +7,14 @@ use std::time::Duration;
 use crate::dcs::{self, Cas, Cluster};
 use crate::ha::decide::{DataDir, JobKind, LocalView};
 use crate::ha::plan::{plan_promotion, plan_rejoin, PromotionPrep, RejoinPlan, RewindEvent};
+use crate::ha::state::PgState;
 use crate::ha::sync;
 use crate::postgres::{BootstrapRoles, PgError, StopMode};
 
 use super::{Job, JobDone, Node};
 
 impl Node {
-    pub(super) fn spawn_job<F>(&mut self, kind: JobKind, label: &'static str, fut: F)
+    pub(super) fn spawn_job<F>(&mut self, kind: JobKind, label: PgState, fut: F)
     where
         F: std::future::Future<Output = Result<JobDone, PgError>> + Send + 'static,
     {
@@ -180,23 +181,27 @@ impl Node {
                 .filter(|r| r.username != auth.superuser.username),
         };
         let timeout = self.retry() * 3;
-        self.spawn_job(JobKind::Bootstrap, "initializing new cluster", async move {
-            pg.initdb(&args).await?;
-            pg.write_config(&params, &hba, false, None)?;
-            pg.start().await?;
-            pg.create_bootstrap_roles(&roles, timeout).await?;
-            // The SQL extension, when this PostgreSQL has it; it replicates to every replica.
-            match pg.create_spilo_extension(timeout).await {
-                Ok(()) => tracing::info!("created the spilo extension (SELECT spilo.role())"),
-                Err(e) => tracing::warn!(
-                    "the spilo extension is not available in this PostgreSQL, so spilo.* SQL \
+        self.spawn_job(
+            JobKind::Bootstrap,
+            PgState::InitializingNewCluster,
+            async move {
+                pg.initdb(&args).await?;
+                pg.write_config(&params, &hba, false, None)?;
+                pg.start().await?;
+                pg.create_bootstrap_roles(&roles, timeout).await?;
+                // The SQL extension, when this PostgreSQL has it; it replicates to every replica.
+                match pg.create_spilo_extension(timeout).await {
+                    Ok(()) => tracing::info!("created the spilo extension (SELECT spilo.role())"),
+                    Err(e) => tracing::warn!(
+                        "the spilo extension is not available in this PostgreSQL, so spilo.* SQL \
                      functions are missing (install it with cargo pgrx install): {e}"
-                ),
-            }
-            Ok(JobDone {
-                upstream: Some(None),
-            })
-        });
+                    ),
+                }
+                Ok(JobDone {
+                    upstream: Some(None),
+                })
+            },
+        );
     }
 
     pub(super) fn spawn_clone(&mut self, cluster: Option<&Cluster>, from: &str) -> bool {
@@ -209,7 +214,7 @@ impl Node {
         let hba = self.hba();
         let from = from.to_string();
         let state_file_busy = self.state_file_busy.clone();
-        self.spawn_job(JobKind::Clone, "creating replica", async move {
+        self.spawn_job(JobKind::Clone, PgState::CreatingReplica, async move {
             state_file_settled(&state_file_busy, || {
                 pg.remove_state_file_leftover(crate::ha::state_file::FILE_NAME)
             })
@@ -245,7 +250,7 @@ impl Node {
         let hba = self.hba();
         let leader = leader.to_string();
         let state_file_busy = self.state_file_busy.clone();
-        self.spawn_job(JobKind::Rewind, "starting", async move {
+        self.spawn_job(JobKind::Rewind, PgState::Starting, async move {
             state_file_settled(&state_file_busy, || {
                 pg.remove_state_file_leftover(crate::ha::state_file::FILE_NAME)
             })
@@ -307,7 +312,7 @@ impl Node {
             return false;
         }
         let pg = self.pg.clone();
-        self.spawn_job(JobKind::Start, "starting", async move {
+        self.spawn_job(JobKind::Start, PgState::Starting, async move {
             pg.start().await?;
             Ok(JobDone {
                 upstream: replica_of.or(Some(None)),
@@ -355,7 +360,7 @@ impl Node {
         let params = self.conf_params(false);
         let hba = self.hba();
         let timeout = self.pg.ctl_timeout();
-        self.spawn_job(JobKind::Promote, "running", async move {
+        self.spawn_job(JobKind::Promote, PgState::Running, async move {
             pg.promote().await?;
             // Until this checkpoint, pg_control still names the old timeline, and a former
             // primary rewinding from us would find nothing to rewind.

@@ -79,7 +79,7 @@ pub struct Node {
     last_member: Option<Vec<u8>>,
     /// What the leader's bookkeeping wrote in earlier cycles.
     bookkeeping: BookkeepingMemo,
-    pg_label: Option<&'static str>,
+    pg_label: Option<crate::ha::state::PgState>,
     clone_from_leader: bool,
     known_timeline: Option<u64>,
     /// The dynamic PostgreSQL settings changed: rewrite the configuration and reload.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::config;
 use crate::dcs::{decode_cluster, Cluster};
 use crate::ha::decide::{DataDir, Pg};
-use crate::ha::state::PgStatus;
+use crate::ha::state::{PgState, PgStatus, Role};
 
 use super::Node;
 
@@ -52,36 +52,39 @@ impl Node {
         } else {
             DataDir::Empty
         };
+        // The role PostgreSQL reports, when it answers.
+        let mut role: Option<Role> = None;
         if running {
             match self.pg.query_status(self.retry()).await {
                 Ok(mut q) => {
                     // Without a WAL receiver a replica only knows the timeline of its last
                     // restartpoint, which lags; the timeline it streamed last is better.
-                    if q.role == "primary" || q.replication_state.as_deref() == Some("streaming") {
+                    if q.role.is_primary() || q.replication_state.as_deref() == Some("streaming") {
                         self.known_timeline = q.timeline;
                     } else if let (Some(t), Some(k)) = (q.timeline, self.known_timeline) {
                         q.timeline = Some(t.max(k));
                     }
                     view = Pg::Running {
-                        primary: q.role == "primary",
+                        primary: q.role.is_primary(),
                         timeline: q.timeline,
                         wal_position: q.wal_position(),
                         streaming: q.replication_state.as_deref() == Some("streaming"),
                     };
                     data = DataDir::Initialized {
                         sysid: q.sysid.clone(),
-                        was_primary: q.role == "primary",
+                        was_primary: q.role.is_primary(),
                         crashed: false,
                         timeline: q.timeline,
                     };
+                    role = Some(q.role);
                     st = q;
-                    st.state = "running".into();
+                    st.state = PgState::Running;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "PostgreSQL does not answer");
                     view = Pg::Unresponsive;
-                    st.state = "starting".into();
-                    st.role = "replica".into();
+                    st.state = PgState::Starting;
+                    role = Some(Role::Replica);
                 }
             }
         } else if initialized && self.job.is_none() {
@@ -102,22 +105,20 @@ impl Node {
                 }
                 Err(e) => tracing::warn!(error = %e, "pg_controldata failed"),
             }
-            st.state = "stopped".into();
+            st.state = PgState::Stopped;
         } else {
-            st.state = "stopped".into();
+            st.state = PgState::Stopped;
         }
         if let Some(label) = self.pg_label {
-            st.state = label.into();
+            st.state = label;
         }
-        if st.role.is_empty() {
-            st.role = match &data {
-                DataDir::Empty => "uninitialized".into(),
-                DataDir::Initialized {
-                    was_primary: true, ..
-                } if !running => "demoted".into(),
-                _ => "replica".into(),
-            };
-        }
+        st.role = role.unwrap_or(match &data {
+            DataDir::Empty => Role::Uninitialized,
+            DataDir::Initialized {
+                was_primary: true, ..
+            } if !running => Role::Demoted,
+            _ => Role::Replica,
+        });
         (view, st, data)
     }
 
