@@ -86,7 +86,7 @@ pub fn decode_cluster(snap: &Snapshot) -> Cluster {
             },
             "status" => match decode_status(text) {
                 Ok(s) => c.status = Some(s),
-                Err(err) => c.warnings.push((e.key.clone(), err)),
+                Err(err) => c.warnings.push((e.key.clone(), crate::error_chain(&err))),
             },
             "optime/leader" => legacy_optime = text.trim().parse().ok(),
             "failover" => match decode_failover(text) {
@@ -97,7 +97,7 @@ pub fn decode_cluster(snap: &Snapshot) -> Cluster {
                     })
                 }
                 Ok(None) => {}
-                Err(err) => c.warnings.push((e.key.clone(), err)),
+                Err(err) => c.warnings.push((e.key.clone(), crate::error_chain(&err))),
             },
             "sync" => match serde_json::from_str::<SyncState>(text) {
                 Ok(s) => {
@@ -115,7 +115,7 @@ pub fn decode_cluster(snap: &Snapshot) -> Cluster {
             },
             "history" => match decode_history(text) {
                 Ok(h) => c.history = Some(h),
-                Err(err) => c.warnings.push((e.key.clone(), err)),
+                Err(err) => c.warnings.push((e.key.clone(), crate::error_chain(&err))),
             },
             k if k.starts_with("members/") && !k["members/".len()..].contains('/') => {
                 let name = &k["members/".len()..];
@@ -129,7 +129,7 @@ pub fn decode_cluster(snap: &Snapshot) -> Cluster {
                         version: e.version,
                         owned_by_us: e.owned_by_us,
                     }),
-                    Err(err) => c.warnings.push((e.key.clone(), err)),
+                    Err(err) => c.warnings.push((e.key.clone(), crate::error_chain(&err))),
                 }
             }
             _ => {}
@@ -147,8 +147,29 @@ pub fn decode_cluster(snap: &Snapshot) -> Cluster {
     c
 }
 
+/// Why a DCS value was not understood (the value is then skipped with a warning naming the key).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON, or JSON of the wrong types.
+    #[error("invalid {what}")]
+    Json {
+        /// Which value.
+        what: &'static str,
+        /// The parser's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Well-formed, but not the shape this value has.
+    #[error("{0}")]
+    Shape(String),
+}
+
+fn json_err(what: &'static str) -> impl FnOnce(serde_json::Error) -> DecodeError {
+    move |source| DecodeError::Json { what, source }
+}
+
 /// Decode a member value (JSON object; the legacy `postgres://…?application_name=` string too).
-pub fn decode_member(text: &str) -> Result<MemberData, String> {
+pub fn decode_member(text: &str) -> Result<MemberData, DecodeError> {
     let t = text.trim();
     if t.starts_with("postgres://") || t.starts_with("postgresql://") {
         let (conn, query) = t.split_once('?').unwrap_or((t, ""));
@@ -165,29 +186,32 @@ pub fn decode_member(text: &str) -> Result<MemberData, String> {
             ..MemberData::default()
         });
     }
-    let v: Value = serde_json::from_str(t).map_err(|e| format!("invalid member JSON: {e}"))?;
+    let v: Value = serde_json::from_str(t).map_err(json_err("member JSON"))?;
     if !v.is_object() {
-        return Err("member value is not a JSON object".into());
+        return Err(DecodeError::Shape(
+            "member value is not a JSON object".into(),
+        ));
     }
-    serde_json::from_value(v).map_err(|e| format!("invalid member value: {e}"))
+    serde_json::from_value(v).map_err(json_err("member value"))
 }
 
 /// Decode `status` (an object, or a bare integer meaning `optime`).
-pub fn decode_status(text: &str) -> Result<Status, String> {
-    let v: Value =
-        serde_json::from_str(text.trim()).map_err(|e| format!("invalid status JSON: {e}"))?;
+pub fn decode_status(text: &str) -> Result<Status, DecodeError> {
+    let v: Value = serde_json::from_str(text.trim()).map_err(json_err("status JSON"))?;
     match v {
         Value::Number(n) => Ok(Status {
             optime: n.as_u64(),
             ..Status::default()
         }),
-        Value::Object(_) => serde_json::from_value(v).map_err(|e| format!("invalid status: {e}")),
-        _ => Err("status is neither an object nor an integer".into()),
+        Value::Object(_) => serde_json::from_value(v).map_err(json_err("status")),
+        _ => Err(DecodeError::Shape(
+            "status is neither an object nor an integer".into(),
+        )),
     }
 }
 
 /// Decode `failover` (`{}`/empty mean none; legacy `leader:candidate` accepted).
-pub fn decode_failover(text: &str) -> Result<Option<Failover>, String> {
+pub fn decode_failover(text: &str) -> Result<Option<Failover>, DecodeError> {
     let t = text.trim();
     if t.is_empty() || t == "{}" {
         return Ok(None);
@@ -201,30 +225,34 @@ pub fn decode_failover(text: &str) -> Result<Option<Failover>, String> {
             };
             return Ok(Some(f).filter(|f| !f.is_empty()));
         }
-        return Err("failover is neither JSON nor leader:candidate".into());
+        return Err(DecodeError::Shape(
+            "failover is neither JSON nor leader:candidate".into(),
+        ));
     }
-    let f: Failover = serde_json::from_str(t).map_err(|e| format!("invalid failover: {e}"))?;
+    let f: Failover = serde_json::from_str(t).map_err(json_err("failover"))?;
     Ok(Some(f).filter(|f| !f.is_empty()))
 }
 
 /// Decode `history` (array of 3–5 element arrays).
-pub fn decode_history(text: &str) -> Result<Vec<HistoryLine>, String> {
-    let v: Value =
-        serde_json::from_str(text.trim()).map_err(|e| format!("invalid history JSON: {e}"))?;
-    let arr = v.as_array().ok_or("history is not an array")?;
+pub fn decode_history(text: &str) -> Result<Vec<HistoryLine>, DecodeError> {
+    let v: Value = serde_json::from_str(text.trim()).map_err(json_err("history JSON"))?;
+    let shape = |m: String| DecodeError::Shape(m);
+    let arr = v
+        .as_array()
+        .ok_or_else(|| shape("history is not an array".into()))?;
     let mut out = Vec::with_capacity(arr.len());
     for (i, line) in arr.iter().enumerate() {
         let l = line
             .as_array()
-            .ok_or_else(|| format!("history line {i} is not an array"))?;
+            .ok_or_else(|| shape(format!("history line {i} is not an array")))?;
         let tl = l
             .first()
             .and_then(Value::as_u64)
-            .ok_or_else(|| format!("history line {i}: bad timeline"))?;
+            .ok_or_else(|| shape(format!("history line {i}: bad timeline")))?;
         let lsn = l
             .get(1)
             .and_then(Value::as_u64)
-            .ok_or_else(|| format!("history line {i}: bad lsn"))?;
+            .ok_or_else(|| shape(format!("history line {i}: bad lsn")))?;
         out.push(HistoryLine {
             timeline: tl,
             lsn,
@@ -460,5 +488,16 @@ mod tests {
         assert_eq!(slot_name("Node-1.a"), "node_1_a");
         assert_eq!(slot_name("né"), "nu0233");
         assert_eq!(slot_name(&"x".repeat(80)).len(), 63);
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error_with_its_cause() {
+        let e = decode_member("{\"role\": ").unwrap_err();
+        let line = crate::error_chain(&e);
+        assert!(line.starts_with("invalid member JSON: "), "{line}");
+        assert!(line.contains("line 1"), "{line}");
+        assert!(matches!(decode_status("[1]"), Err(DecodeError::Shape(_))));
+        let e = decode_history("[[1, \"x\"]]").unwrap_err();
+        assert_eq!(e.to_string(), "history line 0: bad lsn");
     }
 }

@@ -139,7 +139,8 @@ async fn someone_answers(api_url: &str) -> bool {
 /// SIGHUP and `POST /reload`.
 pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
     // A broken hook script stops the start before anything else happens.
-    let hooks = crate::hooks::Hooks::start(&cfg).map_err(StartError::Config)?;
+    let hooks =
+        crate::hooks::Hooks::start(&cfg).map_err(|e| StartError::Config(crate::error_chain(&e)))?;
     let (dynamic, warnings) = config::effective_dynamic(None, &cfg);
     for w in warnings {
         tracing::warn!("{w}");

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::config::OnError;
-use crate::hooks::{Choice, Context, Event, Gate, HookError, HookSettings, HookStats};
+use crate::hooks::{Choice, Context, Event, Gate, HookError, HookSettings, HookStats, LoadError};
 
 /// Requests waiting for the hook thread.
 const QUEUE: usize = 64;
@@ -41,7 +41,7 @@ enum Request {
     Reload(
         PathBuf,
         HookSettings,
-        oneshot::Sender<Result<BTreeSet<Event>, String>>,
+        oneshot::Sender<Result<BTreeSet<Event>, LoadError>>,
     ),
 }
 
@@ -61,7 +61,7 @@ impl Engine {
         script: &Path,
         settings: HookSettings,
         stats: Arc<HookStats>,
-    ) -> Result<Engine, String> {
+    ) -> Result<Engine, LoadError> {
         let (tx, rx) = sync_channel::<Request>(QUEUE);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let path = script.to_path_buf();
@@ -84,10 +84,10 @@ impl Engine {
                     host.serve(req, &thread_stats);
                 }
             })
-            .map_err(|e| format!("cannot start the hook thread: {e}"))?;
-        let handled = ready_rx
-            .recv()
-            .map_err(|_| "the hook thread ended while loading the script".to_string())??;
+            .map_err(|e| LoadError::Thread(format!("cannot start the hook thread: {e}")))?;
+        let handled = ready_rx.recv().map_err(|_| {
+            LoadError::Thread("the hook thread ended while loading the script".into())
+        })??;
         for e in &handled {
             tracing::info!(event = %e, script = %script.display(), "hook handler registered");
         }
@@ -200,14 +200,14 @@ impl Engine {
 
     /// Loads `script` into a new state; on success it replaces the old one, on failure the old
     /// one stays and the error is returned.
-    pub async fn reload(&self, script: PathBuf, settings: HookSettings) -> Result<(), String> {
+    pub async fn reload(&self, script: PathBuf, settings: HookSettings) -> Result<(), LoadError> {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Reload(script.clone(), settings.clone(), tx))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| LoadError::Thread(e.to_string()))?;
         let handled = tokio::time::timeout(settings.defaults.timeout + GRACE, rx)
             .await
-            .map_err(|_| "loading the new hook script timed out".to_string())?
-            .map_err(|_| "the hook thread has stopped".to_string())??;
+            .map_err(|_| LoadError::Thread("loading the new hook script timed out".into()))?
+            .map_err(|_| LoadError::Thread("the hook thread has stopped".into()))??;
         if let Ok(mut h) = self.handled.write() {
             *h = handled;
         }
@@ -244,12 +244,14 @@ struct Host {
 
 impl Host {
     /// A new state with `script` loaded.
-    fn load(path: &Path, settings: &HookSettings) -> Result<Host, String> {
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| format!("hooks.script {}: {e}", path.display()))?;
+    fn load(path: &Path, settings: &HookSettings) -> Result<Host, LoadError> {
+        let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::OS;
         let lua = Lua::new_with(libs, LuaOptions::default())
-            .map_err(|e| format!("cannot create the Lua state: {e}"))?;
+            .map_err(|e| LoadError::Lua(e.to_string()))?;
         let budget = Rc::new(Cell::new(Budget {
             deadline: crate::clock::now() + settings.defaults.timeout,
             instructions_left: settings.defaults.instructions as i64,
@@ -261,12 +263,11 @@ impl Host {
             handled: BTreeSet::new(),
             budget,
         };
-        host.sandbox()
-            .map_err(|e| format!("cannot prepare the Lua state: {e}"))?;
+        host.sandbox().map_err(|e| LoadError::Lua(e.to_string()))?;
         host.install_hook()
-            .map_err(|e| format!("cannot prepare the Lua state: {e}"))?;
+            .map_err(|e| LoadError::Lua(e.to_string()))?;
         crate::hooks::lua_api::install(&host.lua, host.budget_deadline_reader())
-            .map_err(|e| format!("cannot prepare the Lua state: {e}"))?;
+            .map_err(|e| LoadError::Lua(e.to_string()))?;
         let limits = settings.defaults;
         host.arm(limits);
         let chunk = host
@@ -277,16 +278,18 @@ impl Host {
         let tripped = host.budget.get().tripped;
         host.disarm();
         if let Some(t) = tripped {
-            return Err(format!(
-                "hooks.script {}: loading the script ran past its {}",
-                path.display(),
-                match t {
+            return Err(LoadError::Limit {
+                path: path.to_path_buf(),
+                limit: match t {
                     Trip::Deadline => format!("{:?} deadline", limits.timeout),
                     Trip::Budget => format!("budget of {} instructions", limits.instructions),
-                }
-            ));
+                },
+            });
         }
-        loaded.map_err(|e| format!("hooks.script {}: {e}", path.display()))?;
+        loaded.map_err(|e| LoadError::Script {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let mut host = host;
         host.handled = host.registered();
         Ok(host)

@@ -102,6 +102,49 @@ impl std::fmt::Display for Event {
     }
 }
 
+/// Why the hooks could not be loaded, or reloaded (then the running ones are kept).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A `hooks:` or callback setting is wrong; the message names the key.
+    #[error("{0}")]
+    Setting(String),
+    /// The script could not be read.
+    #[error("hooks.script {}: {source}", path.display())]
+    Read {
+        /// The script.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The script does not load: a syntax error, or an error it raised while running.
+    #[error("hooks.script {}: {message}", path.display())]
+    Script {
+        /// The script.
+        path: std::path::PathBuf,
+        /// Lua's message (it names the file and line; Lua's error value cannot leave the hook
+        /// thread, so its text does).
+        message: String,
+    },
+    /// Loading the script ran past its deadline or its instruction budget.
+    #[error("hooks.script {}: loading the script ran past its {limit}", path.display())]
+    Limit {
+        /// The script.
+        path: std::path::PathBuf,
+        /// Which limit.
+        limit: String,
+    },
+    /// The Lua state could not be set up (Lua's message).
+    #[error("cannot prepare the Lua state: {0}")]
+    Lua(String),
+    /// The hook thread could not be started, has stopped, or did not answer in time.
+    #[error("{0}")]
+    Thread(String),
+    /// The change needs a daemon restart.
+    #[error("{0}")]
+    NeedsRestart(&'static str),
+}
+
 /// Why a handler call failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HookError {
@@ -233,7 +276,7 @@ pub struct Hooks {
 impl Hooks {
     /// Hooks from the config: loads and checks the script (a syntax error is returned, naming
     /// the file and line) and prepares the callbacks.
-    pub fn start(cfg: &crate::config::Config) -> Result<Hooks, String> {
+    pub fn start(cfg: &crate::config::Config) -> Result<Hooks, LoadError> {
         let settings = HookSettings::from_config(cfg)?;
         let stats = Arc::new(HookStats::default());
         let engine = match &settings.script {
@@ -323,7 +366,7 @@ impl Hooks {
 
     /// Loads the script again (after a reload of the config); a broken script is refused and
     /// the old one kept.
-    pub async fn reload(&self, cfg: &crate::config::Config) -> Result<(), String> {
+    pub async fn reload(&self, cfg: &crate::config::Config) -> Result<(), LoadError> {
         let settings = HookSettings::from_config(cfg)?;
         let new_callbacks = Arc::new(callbacks::Callbacks::from_config(cfg, &settings));
         if let Ok(mut c) = self.callbacks.write() {
@@ -331,12 +374,12 @@ impl Hooks {
         }
         match (&self.engine, &settings.script) {
             (Some(e), Some(path)) => e.reload(path.clone(), settings.clone()).await,
-            (None, Some(_)) => {
-                Err("hooks.script was added: restart the daemon to start the hook engine".into())
-            }
-            (Some(_), None) => {
-                Err("hooks.script was removed: restart the daemon to stop the hooks".into())
-            }
+            (None, Some(_)) => Err(LoadError::NeedsRestart(
+                "hooks.script was added: restart the daemon to start the hook engine",
+            )),
+            (Some(_), None) => Err(LoadError::NeedsRestart(
+                "hooks.script was removed: restart the daemon to stop the hooks",
+            )),
             (None, None) => Ok(()),
         }
     }

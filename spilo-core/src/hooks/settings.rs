@@ -58,7 +58,11 @@ fn positive(key: &str, v: u64) -> Result<u64, String> {
 
 impl HookSettings {
     /// From the config; errors name the key.
-    pub fn from_config(cfg: &Config) -> Result<HookSettings, String> {
+    pub fn from_config(cfg: &Config) -> Result<HookSettings, crate::hooks::LoadError> {
+        Self::parse(cfg).map_err(crate::hooks::LoadError::Setting)
+    }
+
+    fn parse(cfg: &Config) -> Result<HookSettings, String> {
         let h = cfg.hooks.clone().unwrap_or_default();
         let defaults = HookLimits {
             timeout: match h.timeout {

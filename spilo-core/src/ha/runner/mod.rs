@@ -351,10 +351,9 @@ impl Node {
         sync::with_ssn(&self.dynamic.postgresql.parameters, ssn)
     }
 
-    fn write_conf(&self, standby: bool, upstream: Option<&Upstream>) -> Result<(), String> {
+    fn write_conf(&self, standby: bool, upstream: Option<&Upstream>) -> Result<(), PgError> {
         self.pg
             .write_config(&self.conf_params(standby), &self.hba(), standby, upstream)
-            .map_err(|e| e.to_string())
     }
 }
 
