@@ -268,11 +268,11 @@ pub fn to_yaml(v: &Value) -> String {
 }
 
 /// Parse YAML text into JSON. An empty document is `null`.
-pub fn from_yaml(text: &str) -> Result<Value, String> {
+pub fn from_yaml(text: &str) -> Result<Value, serde_yaml::Error> {
     if text.trim().is_empty() {
         return Ok(Value::Null);
     }
-    serde_yaml::from_str::<Value>(text).map_err(|e| e.to_string())
+    serde_yaml::from_str::<Value>(text)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::api::client::PeerStatus;
 use crate::dcs::Cluster;
+pub use crate::ha::refusal::NotHealthiest;
 
 /// Settings that shape decisions.
 #[derive(Clone, Debug)]
@@ -230,7 +231,7 @@ pub enum Reason {
     /// The cluster has no leader and this node is the healthiest candidate.
     HealthiestAfterLeaderExpired,
     /// The cluster has no leader, and this node is not the one to take it.
-    NotHealthiest(String),
+    NotHealthiest(NotHealthiest),
     /// Nobody has initialised the cluster yet.
     ClusterUninitialized,
     /// The bootstrap race was lost or is in progress elsewhere.
@@ -715,8 +716,8 @@ pub fn decide(
                 .and_then(|f| f.value.member.as_deref())
             {
                 if c != me && cluster.member(c).is_some() {
-                    return d.because(Reason::NotHealthiest(format!(
-                        "waiting for {c} to take over"
+                    return d.because(Reason::NotHealthiest(NotHealthiest::WaitingForCandidate(
+                        c.to_string(),
                     )));
                 }
             }
@@ -728,19 +729,17 @@ pub fn decide(
             if was_primary && !local.needs_rewind {
                 return d
                     .act(Action::Demote(DemoteMode::Offline))
-                    .because(Reason::NotHealthiest(
-                        "PostgreSQL is not running and I was a primary".into(),
-                    ));
+                    .because(Reason::NotHealthiest(NotHealthiest::NotRunningWasPrimary));
             }
             return d
                 .act(Action::StartReplica(None))
-                .because(Reason::NotHealthiest("PostgreSQL is not running".into()));
+                .because(Reason::NotHealthiest(NotHealthiest::NotRunning));
         }
         Pg::Unresponsive => {
             if leader_is_me {
                 return d.because(Reason::LeaderLockHeld);
             }
-            return d.because(Reason::NotHealthiest("PostgreSQL does not answer".into()));
+            return d.because(Reason::NotHealthiest(NotHealthiest::Unresponsive));
         }
         Pg::Running { .. } => {}
     }
@@ -851,9 +850,10 @@ pub fn decide(
         if my_tl.map(|t| t < cluster_tl).unwrap_or(false) {
             return d
                 .act(Action::Demote(DemoteMode::Offline))
-                .because(Reason::NotHealthiest(format!(
-                    "my timeline is behind the cluster's ({cluster_tl})"
-                )));
+                .because(Reason::NotHealthiest(NotHealthiest::TimelineBehind {
+                    mine: None,
+                    cluster: cluster_tl,
+                }));
         }
         return d
             .act(Action::AcquireLeader)
@@ -1188,9 +1188,9 @@ fn healthiest(
     my_pos: Option<u64>,
     peers: &Peers,
     chosen: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), NotHealthiest> {
     if policy.failover_priority <= 0 {
-        return Err("nofailover".into());
+        return Err(NotHealthiest::NoFailover);
     }
     if let Some(f) = &cluster.failover {
         if let Some(candidate) = &f.value.member {
@@ -1202,14 +1202,14 @@ fn healthiest(
                 .iter()
                 .any(|p| &p.name == candidate && p.reachable && !p.barred())
             {
-                return Err(format!("manual failover to {candidate} requested"));
+                return Err(NotHealthiest::ManualFailoverTo(candidate.clone()));
             }
         }
     }
     // Synchronous mode: an acknowledged commit is guaranteed only on the standbys named in the
     // `sync` key; nobody else may be promoted automatically, and only they are compared.
     let Peers::Queried(peers) = peers else {
-        return Err("the other members were not asked for their state this cycle".into());
+        return Err(NotHealthiest::PeersNotQueried);
     };
     let sync = sync_set(cluster, policy);
     let peers: Vec<&PeerStatus> = peers
@@ -1222,25 +1222,19 @@ fn healthiest(
     let my_pos = my_pos.unwrap_or(0);
     match position_bar(cluster, policy, &sync, &policy.name, my_tl, my_pos) {
         None => {}
-        Some(Bar::NotSynchronous(list)) => {
-            return Err(format!(
-                "synchronous_mode is on and I am not a synchronous standby (sync standbys: {})",
-                if list.is_empty() {
-                    "none".to_string()
-                } else {
-                    list.join(",")
-                }
-            ))
-        }
+        Some(Bar::NotSynchronous(list)) => return Err(NotHealthiest::NotSynchronous(list)),
         Some(Bar::Lag { pos, optime }) => {
-            return Err(format!(
-                "my WAL position {pos} is {} bytes behind the last known leader position {optime}, more than maximum_lag_on_failover {}",
-                optime - pos,
-                policy.maximum_lag_on_failover
-            ))
+            return Err(NotHealthiest::Lagging {
+                pos,
+                optime,
+                max: policy.maximum_lag_on_failover,
+            })
         }
         Some(Bar::Timeline { tl, cluster: ctl }) => {
-            return Err(format!("my timeline {tl:?} is behind the cluster's {ctl}"))
+            return Err(NotHealthiest::TimelineBehind {
+                mine: tl,
+                cluster: ctl,
+            })
         }
     }
     if policy.quorum {
@@ -1256,10 +1250,11 @@ fn healthiest(
                     })
                     .count() as u64;
                 if votes < need {
-                    return Err(format!(
-                        "quorum: {votes} of the voters ({}) confirm I am not behind, {need} needed",
-                        list.join(",")
-                    ));
+                    return Err(NotHealthiest::Quorum {
+                        votes,
+                        need,
+                        voters: list.clone(),
+                    });
                 }
             }
         }
@@ -1269,25 +1264,30 @@ fn healthiest(
             continue;
         }
         if !p.in_recovery {
-            return Err(format!("primary {} is still alive", p.name));
+            return Err(NotHealthiest::PrimaryAlive(p.name.clone()));
         }
         match chosen {
             Some(c) if c == policy.name => continue,
             Some(c) if c == p.name => {
-                return Err(format!("choose_failover_candidate picked {c}"));
+                return Err(NotHealthiest::HookPicked(c.to_string()));
             }
             Some(_) => continue,
             None => {}
         }
         let their = p.wal_position.unwrap_or(0);
         if their > my_pos {
-            return Err(format!("{} is ahead of me ({their} > {my_pos})", p.name));
+            return Err(NotHealthiest::Behind {
+                member: p.name.clone(),
+                theirs: their,
+                mine: my_pos,
+            });
         }
         if their == my_pos && p.failover_priority > policy.failover_priority {
-            return Err(format!(
-                "{} has the same WAL position and a higher failover_priority ({} > {})",
-                p.name, p.failover_priority, policy.failover_priority
-            ));
+            return Err(NotHealthiest::LowerPriority {
+                member: p.name.clone(),
+                theirs: p.failover_priority,
+                mine: policy.failover_priority,
+            });
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ pub mod fence;
 pub mod member;
 pub mod phase;
 pub mod plan;
+pub mod refusal;
 pub mod runner;
 pub mod state;
 pub mod state_file;

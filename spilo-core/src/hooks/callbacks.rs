@@ -76,7 +76,7 @@ impl Callbacks {
                 }
                 Err(e) => {
                     stats.callback_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(callback = %argv.join(" "), "callback failed: {e}");
+                    tracing::warn!(callback = %argv.join(" "), "callback failed: {}", crate::error_chain(&e));
                 }
             }
         });
@@ -110,8 +110,40 @@ impl Callbacks {
     }
 }
 
+/// A callback command that did not run to an exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    /// The command could not be started.
+    #[error("{command}: could not start")]
+    Spawn {
+        /// The program.
+        command: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for the command failed.
+    #[error("{command}: could not wait for it")]
+    Wait {
+        /// The program.
+        command: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command ran past its timeout and was killed.
+    #[error("{command}: killed after {after:?}")]
+    TimedOut {
+        /// The program.
+        command: String,
+        /// The timeout.
+        after: Duration,
+    },
+}
+
 /// Runs `argv` with stdin closed and output discarded; its exit code (-1 for a signal).
-async fn run_command(argv: &[String], timeout: Duration) -> Result<i32, String> {
+async fn run_command(argv: &[String], timeout: Duration) -> Result<i32, CallbackError> {
+    let command = || argv[0].clone();
     #[allow(clippy::disallowed_methods)] // Patroni's shell callbacks are commands by definition
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
@@ -120,13 +152,22 @@ async fn run_command(argv: &[String], timeout: Duration) -> Result<i32, String> 
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("{}: {e}", argv[0]))?;
+        .map_err(|source| CallbackError::Spawn {
+            command: command(),
+            source,
+        })?;
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => Ok(status.code().unwrap_or(-1)),
-        Ok(Err(e)) => Err(format!("{}: {e}", argv[0])),
+        Ok(Err(source)) => Err(CallbackError::Wait {
+            command: command(),
+            source,
+        }),
         Err(_) => {
             let _ = child.kill().await;
-            Err(format!("{}: killed after {timeout:?}", argv[0]))
+            Err(CallbackError::TimedOut {
+                command: command(),
+                after: timeout,
+            })
         }
     }
 }

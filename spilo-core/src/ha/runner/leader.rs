@@ -103,8 +103,8 @@ impl Node {
     }
 
     /// The `history` key from `pg_wal/<tl>.history`.
-    pub(super) fn read_history(&self, tl: u64) -> Result<Vec<HistoryLine>, String> {
-        let (text, written) = self.pg.timeline_history(tl).map_err(|e| e.to_string())?;
+    pub(super) fn read_history(&self, tl: u64) -> std::io::Result<Vec<HistoryLine>> {
+        let (text, written) = self.pg.timeline_history(tl)?;
         let mtime = written
             .map(|t| chrono::DateTime::<chrono::Local>::from(t).to_rfc3339())
             .unwrap_or_default();
