@@ -12,6 +12,7 @@
 #![deny(clippy::unchecked_time_subtraction)]
 
 pub mod api;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod ctl;

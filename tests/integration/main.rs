@@ -10,6 +10,7 @@
 //! metrics, patronictl, haproxy, switchover_under_load) also need HAProxy, promtool and the
 //! Patroni virtualenv with an unmodified patronictl, all from scripts/install-deps.sh.
 
+mod archive;
 mod bootstrap;
 mod config_api;
 mod config_errors;

@@ -8,7 +8,7 @@ use spilo_tests::{note, wait_for, ClusterOpts, Node, TestCluster};
 use crate::BOOTSTRAP;
 
 /// The value of the sample `metric{...}` whose labels include `scope` and `name`.
-fn sample(text: &str, metric: &str, scope: &str, name: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, metric: &str, scope: &str, name: &str) -> Option<f64> {
     let want_scope = format!("scope=\"{scope}\"");
     let want_name = format!("name=\"{name}\"");
     text.lines().find_map(|line| {
@@ -24,7 +24,7 @@ fn sample(text: &str, metric: &str, scope: &str, name: &str) -> Option<f64> {
 }
 
 /// `GET /metrics` on `n`: 200, `text/plain`, the text.
-fn metrics(n: &Node) -> String {
+pub(crate) fn metrics(n: &Node) -> String {
     let r = n
         .api("GET", "/metrics", None)
         .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
@@ -48,7 +48,7 @@ const PATRONI_NAMED_COUNTERS: [&str; 3] = [
 ];
 
 /// Asserts that promtool parses `text` and finds nothing but the known Patroni counter names.
-fn assert_promtool_accepts(node: &str, text: &str) {
+pub(crate) fn assert_promtool_accepts(node: &str, text: &str) {
     let rep = promtool_check_metrics(text);
     note(format!(
         "promtool check metrics ({node}): exit {:?}\n{}",

@@ -360,6 +360,9 @@ pub fn render(s: &NodeState, now: Instant) -> String {
         e.header(name, "counter", help);
         e.sample(name, "", &v.to_string());
     }
+    if let Some(a) = &s.archive {
+        archive_metrics(&mut e, a);
+    }
     let remaining = match s.leader_renewed_at {
         Some(t) if s.holds_lock(now) => {
             (s.lease_ttl().as_secs_f64() - now.saturating_duration_since(t).as_secs_f64()).max(0.0)
@@ -444,6 +447,75 @@ fn sync_roles(s: &NodeState) -> (bool, bool) {
                 .any(|n| n.trim().eq_ignore_ascii_case(&s.name))
         });
     (listed && !quorum_mode, listed && quorum_mode)
+}
+
+/// The WAL archiver's counters (only on nodes with a `storage:` section).
+fn archive_metrics(e: &mut Exposition, a: &crate::backup::archiver::ArchiveStats) {
+    use crate::backup::archiver::Cause;
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, help, v) in [
+        (
+            "spilo_wal_archived_total",
+            "WAL files reported archived to PostgreSQL (each stored durably first).",
+            a.archived.load(Relaxed),
+        ),
+        (
+            "spilo_wal_archived_ahead_total",
+            "Of those, files already uploaded ahead of PostgreSQL's request.",
+            a.ahead_hits.load(Relaxed),
+        ),
+        (
+            "spilo_wal_archive_duplicates_total",
+            "Files found already stored with the same content (a retried upload).",
+            a.duplicates.load(Relaxed),
+        ),
+        (
+            "spilo_wal_archive_bytes_total",
+            "Bytes of WAL uploaded, before compression.",
+            a.bytes_in.load(Relaxed),
+        ),
+        (
+            "spilo_wal_archive_stored_bytes_total",
+            "Bytes stored for uploaded WAL, after compression.",
+            a.bytes_out.load(Relaxed),
+        ),
+    ] {
+        e.header(name, "counter", help);
+        e.sample(name, "", &v.to_string());
+    }
+    e.header(
+        "spilo_wal_archive_failures_total",
+        "counter",
+        "WAL archive requests that failed, by cause.",
+    );
+    for c in Cause::ALL {
+        e.sample(
+            "spilo_wal_archive_failures_total",
+            &format!(",cause=\"{}\"", c.label()),
+            &a.failures_of(c).to_string(),
+        );
+    }
+    e.gauge(
+        "spilo_wal_archive_waiting",
+        "WAL files PostgreSQL has marked ready that are not archived yet.",
+        a.ready.load(Relaxed) as f64,
+    );
+    let last = a.last_success_unix.load(Relaxed);
+    e.gauge(
+        "spilo_wal_archive_last_success_timestamp_seconds",
+        "Unix time of the last WAL file archived (0: none yet).",
+        last as f64,
+    );
+    e.gauge(
+        "spilo_pg_wal_bytes",
+        "Size of pg_wal at the archiver's last look.",
+        a.pg_wal_bytes.load(Relaxed) as f64,
+    );
+    e.flag(
+        "spilo_pg_wal_over_warning",
+        "pg_wal is past backup.archive.pg_wal_warning_mb (WAL is not archived fast enough).",
+        a.pg_wal_over.load(Relaxed),
+    );
 }
 
 #[cfg(test)]

@@ -33,7 +33,43 @@ struct Args {
     config: PathBuf,
 }
 
+/// `spilo wal-push`: PostgreSQL's `archive_command` when spilo archives (it sets it itself).
+#[derive(Parser, Debug)]
+#[command(
+    name = "spilo wal-push",
+    about = "Hand one WAL file to the spilo daemon's archiver; exits 0 once it is stored"
+)]
+struct WalPush {
+    /// The daemon's archive socket.
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    /// How long to wait for the daemon's answer, in seconds.
+    #[arg(long, default_value_t = 65, value_name = "SECONDS")]
+    timeout: u64,
+    /// The file, as PostgreSQL passes it (%p: pg_wal/NAME).
+    path: String,
+}
+
+fn wal_push() -> ExitCode {
+    let args = WalPush::parse_from(std::env::args().skip(1));
+    let timeout = Duration::from_secs(args.timeout.clamp(1, 86_400));
+    match spilo_core::backup::socket::push(&args.socket, &args.path, timeout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "spilo wal-push {}: {}",
+                args.path,
+                spilo_core::error_chain(&e)
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("wal-push") {
+        return wal_push();
+    }
     let args = Args::parse();
     let loaded = match spilo_core::config::load_file(&args.config) {
         Ok(l) => l,

@@ -177,8 +177,9 @@ pub fn load_str(yaml: &str, origin: &str, env: &[(String, String)]) -> Result<Lo
     let doc = parse_document(yaml, origin)?;
     let mut warnings = schema::unknown_keys(&doc, origin);
 
-    let env_layers = env_layers(env, &mut warnings);
+    let mut env_layers = env_layers(env, &mut warnings);
     check_single_dcs(&doc, &env_layers, origin)?;
+    env_layers.extend(spilo_env_layers(&doc, env)?);
 
     let mut defaults = Dict::new();
     defaults.insert("namespace".into(), FValue::from(DEFAULT_NAMESPACE));
@@ -323,6 +324,121 @@ fn env_layers(env: &[(String, String)], warnings: &mut Vec<String>) -> Vec<Layer
     unsupported.dedup();
     warnings.extend(unsupported);
     layers
+}
+
+/// Spilo's environment names for backups and WAL (no prefix), as its image reads them. They
+/// apply when the document has a `storage:` section or the environment names a bucket
+/// (`WAL_S3_BUCKET`, `WALE_S3_PREFIX`, `WALG_S3_PREFIX`): `AWS_REGION` alone must not turn
+/// archiving on.
+pub const SPILO_ENV: &[(&str, &str)] = &[
+    ("WAL_S3_BUCKET", "storage.bucket (and storage.type: s3)"),
+    (
+        "WALE_S3_PREFIX",
+        "storage.bucket and storage.prefix (s3://bucket/prefix)",
+    ),
+    (
+        "WALG_S3_PREFIX",
+        "storage.bucket and storage.prefix (s3://bucket/prefix)",
+    ),
+    ("WAL_BUCKET_SCOPE_PREFIX", "storage.scope_prefix"),
+    ("WAL_BUCKET_SCOPE_SUFFIX", "storage.scope_suffix"),
+    ("AWS_ENDPOINT", "storage.endpoint"),
+    ("AWS_REGION", "storage.region"),
+    ("WALG_S3_SSE", "storage.sse"),
+    ("WALG_S3_SSE_KMS_ID", "storage.sse_kms_key_id"),
+    ("BACKUP_SCHEDULE", "backup.schedule"),
+    ("BACKUP_NUM_TO_RETAIN", "backup.retain.count"),
+    ("WALG_BACKUP_FROM_REPLICA", "backup.from_replica"),
+    ("WALG_UPLOAD_CONCURRENCY", "backup.upload_concurrency"),
+];
+
+fn spilo_env_layers(doc: &Mapping, env: &[(String, String)]) -> Result<Vec<Layer>, ConfigError> {
+    let get = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let bucket_vars = ["WAL_S3_BUCKET", "WALE_S3_PREFIX", "WALG_S3_PREFIX"];
+    let names_bucket = bucket_vars.iter().any(|v| get(v).is_some());
+    if !names_bucket && !doc.contains_key("storage") {
+        return Ok(Vec::new());
+    }
+    let mut layers = Vec::new();
+    let mut set = |var: &str, key: &str, value: FValue| {
+        if let FValue::Dict(_, dict) = figment::util::nest(key, value) {
+            layers.push(Layer {
+                name: var.to_string(),
+                dict,
+            });
+        }
+    };
+    if names_bucket {
+        set("WAL_S3_BUCKET", "storage.type", FValue::from("s3"));
+    }
+    if let Some(b) = get("WAL_S3_BUCKET") {
+        set("WAL_S3_BUCKET", "storage.bucket", FValue::from(b));
+    }
+    for var in ["WALE_S3_PREFIX", "WALG_S3_PREFIX"] {
+        let Some(url) = get(var) else { continue };
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(ConfigError::invalid(
+                var,
+                "storage.prefix",
+                format!("'{url}' is not an s3://bucket/prefix URL"),
+            ));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        set(var, "storage.bucket", FValue::from(bucket.to_string()));
+        if !prefix.trim_matches('/').is_empty() {
+            set(var, "storage.prefix", FValue::from(prefix.to_string()));
+        }
+    }
+    let text_vars = [
+        ("WAL_BUCKET_SCOPE_PREFIX", "storage.scope_prefix"),
+        ("WAL_BUCKET_SCOPE_SUFFIX", "storage.scope_suffix"),
+        ("AWS_ENDPOINT", "storage.endpoint"),
+        ("AWS_REGION", "storage.region"),
+        ("WALG_S3_SSE", "storage.sse"),
+        ("WALG_S3_SSE_KMS_ID", "storage.sse_kms_key_id"),
+        ("BACKUP_SCHEDULE", "backup.schedule"),
+    ];
+    for (var, key) in text_vars {
+        if let Some(v) = get(var) {
+            set(var, key, FValue::from(v));
+        }
+    }
+    let numbers = [
+        ("BACKUP_NUM_TO_RETAIN", "backup.retain.count"),
+        ("WALG_UPLOAD_CONCURRENCY", "backup.upload_concurrency"),
+    ];
+    for (var, key) in numbers {
+        if let Some(v) = get(var) {
+            let n: u32 = v.parse().map_err(|_| {
+                ConfigError::invalid(var, key, format!("'{v}' is not a whole number"))
+            })?;
+            set(var, key, FValue::from(n));
+        }
+    }
+    if let Some(v) = get("WALG_BACKUP_FROM_REPLICA") {
+        let b = match v.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => true,
+            "false" | "no" | "off" | "0" => false,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "WALG_BACKUP_FROM_REPLICA",
+                    "backup.from_replica",
+                    format!("'{v}' is not true or false"),
+                ))
+            }
+        };
+        set(
+            "WALG_BACKUP_FROM_REPLICA",
+            "backup.from_replica",
+            FValue::from(b),
+        );
+    }
+    Ok(layers)
 }
 
 /// Exactly one DCS may be configured (spilo supports only etcd3; the others are warned about).
@@ -964,5 +1080,91 @@ tags:
         assert_eq!(parse_env_list(" [ 'a:1' , \"b:2\" ] "), vec!["a:1", "b:2"]);
         assert_eq!(parse_env_list("a:1,"), vec!["a:1"]);
         assert!(parse_env_list("").is_empty());
+    }
+
+    #[test]
+    fn spilo_backup_variables_map_onto_storage_and_backup() {
+        let e = env(&[
+            ("WAL_S3_BUCKET", "team-backups"),
+            ("WAL_BUCKET_SCOPE_PREFIX", "eu-"),
+            ("AWS_REGION", "eu-central-1"),
+            ("AWS_ENDPOINT", "http://127.0.0.1:9000"),
+            ("WALG_S3_SSE", "aws:kms"),
+            ("WALG_S3_SSE_KMS_ID", "alias/spilo"),
+            ("BACKUP_SCHEDULE", "30 2 * * *"),
+            ("BACKUP_NUM_TO_RETAIN", "5"),
+            ("WALG_BACKUP_FROM_REPLICA", "true"),
+            ("WALG_UPLOAD_CONCURRENCY", "8"),
+        ]);
+        let c = load_str(NODE, "node.yml", &e).unwrap().config;
+        let s = c.storage.clone().expect("storage from WAL_S3_BUCKET");
+        assert_eq!(s.kind, "s3");
+        assert_eq!(s.bucket.as_deref(), Some("team-backups"));
+        assert_eq!(s.region.as_deref(), Some("eu-central-1"));
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s.sse_kms_key_id.as_deref(), Some("alias/spilo"));
+        assert_eq!(
+            s.base_prefix(&c.scope, 15),
+            format!("spilo/eu-{}/wal/15", c.scope)
+        );
+        let b = c.backup_settings().expect("backup settings");
+        assert_eq!(b.schedule, "30 2 * * *");
+        assert_eq!(b.retain.count, Some(5));
+        assert!(b.from_replica);
+        assert_eq!(b.upload_concurrency, 8);
+
+        // WAL-G's prefix URL: bucket and prefix.
+        let e = env(&[("WALG_S3_PREFIX", "s3://other/spilo/x/wal/15")]);
+        let s = load_str(NODE, "node.yml", &e)
+            .unwrap()
+            .config
+            .storage
+            .unwrap();
+        assert_eq!(s.bucket.as_deref(), Some("other"));
+        assert_eq!(s.base_prefix("ignored", 15), "spilo/x/wal/15");
+
+        // AWS_REGION alone (no bucket, no storage: section) turns nothing on.
+        let c = load_str(NODE, "node.yml", &env(&[("AWS_REGION", "us-east-1")]))
+            .unwrap()
+            .config;
+        assert!(c.storage.is_none() && c.backup_settings().is_none());
+
+        // Bad values name the variable.
+        let e = load_str(NODE, "node.yml", &env(&[("WALE_S3_PREFIX", "gs://b/p")])).unwrap_err();
+        assert!(e.to_string().contains("WALE_S3_PREFIX"), "{e}");
+        let e = load_str(
+            NODE,
+            "node.yml",
+            &env(&[("WAL_S3_BUCKET", "b-1"), ("BACKUP_NUM_TO_RETAIN", "five")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("BACKUP_NUM_TO_RETAIN"), "{e}");
+        let e = load_str(
+            NODE,
+            "node.yml",
+            &env(&[("WAL_S3_BUCKET", "b-1"), ("BACKUP_SCHEDULE", "0 25 * * *")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("BACKUP_SCHEDULE") && e.to_string().contains("hour"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn storage_and_backup_sections_from_the_file() {
+        let yaml = format!(
+            "{NODE}storage:\n  type: fs\n  path: /var/lib/spilo/backups\nbackup:\n  retain:\n    pitr_window: 7d\n"
+        );
+        let c = load_str(&yaml, "node.yml", &[]).unwrap().config;
+        assert_eq!(c.storage.unwrap().kind, "fs");
+        assert_eq!(c.backup.unwrap().retain.pitr_window.as_deref(), Some("7d"));
+        let bad =
+            format!("{NODE}storage:\n  type: fs\n  path: /b\nbackup:\n  retian: {{count: 3}}\n");
+        let e = load_str(&bad, "node.yml", &[]).unwrap_err();
+        assert!(e.to_string().contains("retian"), "{e}");
+        let relative = format!("{NODE}storage:\n  type: fs\n  path: backups\n");
+        let e = load_str(&relative, "node.yml", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.path"), "{e}");
     }
 }

@@ -48,6 +48,12 @@ pub struct Config {
     /// A DCS provided by a plugin: `{plugin: <name>, …its own settings…}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dcs: Option<BTreeMap<String, Value>>,
+    /// Where WAL and base backups go (spilo's own section); nothing is archived without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<super::backup::StorageConfig>,
+    /// How backups are taken and kept (spilo's own section; defaults apply with `storage:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<super::backup::BackupConfig>,
 }
 
 /// `plugins: [{name, path, kind}]`.
@@ -62,6 +68,13 @@ pub struct PluginSpec {
 }
 
 impl Config {
+    /// The `backup:` settings in force: the section, or its defaults when only `storage:` is
+    /// set; `None` without storage.
+    pub fn backup_settings(&self) -> Option<super::backup::BackupConfig> {
+        self.storage.as_ref()?;
+        Some(self.backup.clone().unwrap_or_default())
+    }
+
     /// The plugin named in `dcs.plugin`, if the DCS comes from a plugin.
     pub fn dcs_plugin(&self) -> Option<&str> {
         self.dcs

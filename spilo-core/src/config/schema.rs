@@ -76,6 +76,8 @@ const TOP: &[Key] = &[
     k("hooks", Shape::Section(HOOKS, Unknown::Ignored)),
     v("plugins"),
     k("dcs", Shape::Free),
+    k("storage", Shape::Free),
+    k("backup", Shape::Free),
     u("etcd"),
     u("consul"),
     u("kubernetes"),

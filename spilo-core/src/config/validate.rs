@@ -388,6 +388,14 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
     if cfg.dcs.is_none() {
         check_plugins(cfg).map_err(|(k, m)| err(&k, m))?;
     }
+    let storage_plugins: Vec<&str> = cfg
+        .plugins
+        .iter()
+        .filter(|p| p.kind == "storage")
+        .map(|p| p.name.as_str())
+        .collect();
+    super::backup::check(cfg.storage.as_ref(), cfg.backup.as_ref(), &storage_plugins)
+        .map_err(|(k, m)| err(&k, m))?;
     check_dynamic(&cfg.bootstrap.dcs).map_err(|(k, m)| err(&format!("bootstrap.dcs.{k}"), m))?;
     let mut dcs = cfg.bootstrap.dcs.clone();
     for w in adjust_timeouts(&mut dcs) {

@@ -103,7 +103,99 @@ pub fn postgres_from(cfg: &Config) -> Result<Postgres, StartError> {
             .as_ref()
             .map(|r| (r.username.clone(), r.password.clone())),
         ctl_timeout: Duration::from_secs(cfg.postgresql.pg_ctl_timeout.unwrap_or(60)),
+        archive_command: archive_command(cfg),
     }))
+}
+
+/// The archive socket of this node (with a `storage:` section).
+pub fn archive_socket(cfg: &Config) -> Option<PathBuf> {
+    let b = cfg.backup_settings()?;
+    Some(
+        b.archive
+            .socket
+            .clone()
+            .unwrap_or_else(|| crate::backup::socket::default_path(&cfg.postgresql.data_dir)),
+    )
+}
+
+/// `archive_command` when spilo archives: this binary's `wal-push` through the daemon's socket,
+/// waiting a little longer than one upload may take.
+fn archive_command(cfg: &Config) -> Option<String> {
+    let b = cfg.backup_settings()?;
+    let socket = archive_socket(cfg)?;
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spilo"));
+    Some(format!(
+        "{} wal-push --socket {} --timeout {} %p",
+        sh_quote(&exe.display().to_string()),
+        sh_quote(&socket.display().to_string()),
+        b.archive.timeout.saturating_add(5)
+    ))
+}
+
+/// Quotes a word for `sh -c` (how PostgreSQL runs `archive_command`).
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Starts the WAL archiver and its socket when the configuration has a `storage:` section.
+async fn start_archiver(
+    cfg: &Config,
+    node: tokio::sync::watch::Receiver<Arc<NodeState>>,
+    stats: Arc<crate::backup::archiver::ArchiveStats>,
+) -> Result<(), StartError> {
+    let (Some(storage_cfg), Some(b), Some(socket)) =
+        (&cfg.storage, cfg.backup_settings(), archive_socket(cfg))
+    else {
+        return Ok(());
+    };
+    let storage = crate::backup::open_storage(storage_cfg)
+        .await
+        .map_err(|e| {
+            StartError::Config(format!(
+                "storage: cannot open the {} store: {}",
+                storage_cfg.kind,
+                crate::error_chain(&e)
+            ))
+        })?;
+    let major = crate::postgres::ctl::server_major(&bin_dir(cfg))
+        .map_err(|e| StartError::Fatal(crate::error_chain(&e)))?;
+    let base = storage_cfg.base_prefix(&cfg.scope, major);
+    let settings = crate::backup::archiver::ArchiverSettings {
+        base: base.clone(),
+        pg_wal: cfg.postgresql.data_dir.join("pg_wal"),
+        level: b.compression_level,
+        timeout: Duration::from_secs(b.archive.timeout),
+        readahead: b.archive.readahead as usize,
+        concurrency: b.upload_concurrency as usize,
+        pg_wal_warning_bytes: b.archive.pg_wal_warning_mb.saturating_mul(1 << 20),
+    };
+    let archiver = crate::backup::archiver::Archiver::new(storage, settings, node, stats);
+    let listener = crate::backup::socket::bind(&socket).map_err(|e| {
+        StartError::Fatal(format!(
+            "cannot listen on the archive socket {}: {e}",
+            socket.display()
+        ))
+    })?;
+    tracing::info!(
+        store = %storage_cfg.kind,
+        prefix = %base,
+        socket = %socket.display(),
+        "WAL archiving to object storage is on"
+    );
+    tokio::spawn(crate::backup::socket::serve(listener, archiver.clone()));
+    tokio::spawn(async move {
+        loop {
+            archiver.tick().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    Ok(())
 }
 
 /// Connect to the DCS, retrying with a logged, growing back-off until it answers.
@@ -177,7 +269,15 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
     let mut initial = NodeState::new(&cfg.name, &cfg.scope, &cfg.api_url());
     initial.tags = cfg.tags.clone();
     initial.dynamic = dynamic.clone();
+    let archive_stats = cfg
+        .storage
+        .as_ref()
+        .map(|_| Arc::new(crate::backup::archiver::ArchiveStats::default()));
+    initial.archive = archive_stats.clone();
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
+    if let Some(stats) = archive_stats {
+        start_archiver(&cfg, tx.subscribe(), stats).await?;
+    }
 
     // The lease guard runs on a thread of its own: nothing on this runtime can delay it.
     let guard_target: Arc<dyn crate::ha::fence::FenceTarget> = pg.clone();

@@ -229,6 +229,8 @@ pub struct NodeState {
     pub stats: LoopStats,
     /// The loop's current phase and since when (updated as the loop moves, not per cycle).
     pub phase: Arc<crate::ha::phase::PhaseTracker>,
+    /// The WAL archiver's counters, when this node archives (a `storage:` section).
+    pub archive: Option<Arc<crate::backup::archiver::ArchiveStats>>,
 }
 
 /// Upper bounds (seconds) of the loop-duration histogram buckets.
@@ -286,6 +288,7 @@ impl NodeState {
             scheduled_restart: None,
             stats: LoopStats::default(),
             phase: Arc::new(crate::ha::phase::PhaseTracker::default()),
+            archive: None,
         }
     }
 

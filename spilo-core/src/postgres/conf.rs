@@ -116,6 +116,9 @@ pub struct ConfInput<'a> {
     pub member: &'a str,
     /// Unix socket directory.
     pub socket_dir: &'a str,
+    /// spilo's `archive_command` when it archives (a `storage:` section): it replaces
+    /// `archive_mode`/`archive_command`/`archive_library` from the parameters.
+    pub archive_command: Option<&'a str>,
 }
 
 /// Render `postgresql.conf`. It includes `postgresql.base.conf` (what initdb wrote).
@@ -172,6 +175,11 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
         }
     }
     params.insert("recovery_target_timeline".into(), quote_conf("latest"));
+    if let Some(cmd) = i.archive_command {
+        params.insert("archive_mode".into(), "on".into());
+        params.insert("archive_command".into(), quote_conf(cmd));
+        params.remove("archive_library");
+    }
     for (k, v) in params {
         // Values that are already quoted (from DEFAULTS or guc_value) are written as they are;
         // bare defaults like `replica` are written unquoted, which PostgreSQL accepts.
@@ -363,6 +371,7 @@ mod tests {
             passfile: Path::new("/tmp/pgpass"),
             member: "node2",
             socket_dir: "/tmp",
+            archive_command: None,
         });
         assert!(conf.contains("port = 5432\n"), "{conf}");
         assert!(!conf.contains("port = 1\n"));
@@ -393,11 +402,41 @@ mod tests {
             passfile: Path::new("/tmp/p"),
             member: "n",
             socket_dir: "/tmp",
+            archive_command: None,
         });
         assert!(!conf.contains("archive_command"), "{conf}");
         assert!(!conf.contains("work_mem"), "{conf}");
         assert!(conf.contains("auto_explain.log_min_duration = 5"));
         assert!(!valid_guc_name("1abc") && !valid_guc_name("") && valid_guc_name("shared_buffers"));
+    }
+
+    #[test]
+    fn spilo_archiving_replaces_the_users_archive_settings() {
+        let mut p = BTreeMap::new();
+        p.insert("archive_mode".into(), Value::from("off"));
+        p.insert("archive_command".into(), Value::from("cp %p /elsewhere/%f"));
+        p.insert("archive_library".into(), Value::from("basic_archive"));
+        p.insert("archive_timeout".into(), Value::from(60));
+        let conf = render_postgresql_conf(&ConfInput {
+            listen_addresses: "*",
+            port: 5432,
+            cluster_name: "c",
+            parameters: &p,
+            upstream: None,
+            passfile: Path::new("/tmp/p"),
+            member: "n",
+            socket_dir: "/tmp",
+            archive_command: Some("/opt/spilo wal-push --socket '/tmp/a b.sock' %p"),
+        });
+        assert!(conf.contains("archive_mode = on\n"), "{conf}");
+        assert!(
+            conf.contains(
+                "archive_command = '/opt/spilo wal-push --socket ''/tmp/a b.sock'' %p'\n"
+            ),
+            "{conf}"
+        );
+        assert!(!conf.contains("archive_library"), "{conf}");
+        assert!(conf.contains("archive_timeout = 60\n"), "{conf}");
     }
 
     #[test]

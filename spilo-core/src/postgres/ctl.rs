@@ -111,6 +111,31 @@ pub struct PgSettings {
     pub rewind: Option<(String, Option<String>)>,
     /// Deadline for pg_ctl start/stop/promote.
     pub ctl_timeout: Duration,
+    /// The `archive_command` spilo sets when it archives WAL itself.
+    pub archive_command: Option<String>,
+}
+
+/// The major version of the PostgreSQL server in `bin_dir` (`postgres --version`).
+pub fn server_major(bin_dir: &Path) -> Result<u32, PgError> {
+    let exe = bin_dir.join("postgres");
+    let cmd = exe.display().to_string();
+    #[allow(clippy::disallowed_methods)] // PostgreSQL's own binary, once at start-up
+    let out = std::process::Command::new(&exe)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err(&exe))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_major(&text).ok_or(PgError::Command {
+        cmd,
+        message: format!("cannot read a version in '{}'", text.trim()),
+    })
+}
+
+/// `postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)` → 15.
+fn parse_major(text: &str) -> Option<u32> {
+    let v = text.split(')').nth(1)?.split_whitespace().next()?;
+    v.split(['.', 'b', 'r']).next()?.parse().ok()
 }
 
 /// The local PostgreSQL.
@@ -299,6 +324,7 @@ impl Postgres {
             passfile: &self.s.pgpass,
             member: &self.s.name,
             socket_dir: &self.s.socket_dir,
+            archive_command: self.s.archive_command.as_deref(),
         });
         write_atomic(&main, text.as_bytes())?;
         let hba_path = d.join("pg_hba.conf");
@@ -639,6 +665,20 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), PgError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn major_versions() {
+        assert_eq!(
+            super::parse_major("postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)\n"),
+            Some(15)
+        );
+        assert_eq!(
+            super::parse_major("postgres (PostgreSQL) 17beta2"),
+            Some(17)
+        );
+        assert_eq!(super::parse_major("postgres (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(super::parse_major("garbage"), None);
+    }
+
     use super::says_unreachable;
 
     #[test]

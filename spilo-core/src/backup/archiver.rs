@@ -1,0 +1,584 @@
+//! The WAL archiver: one long-lived uploader in the daemon instead of a process per segment.
+//!
+//! PostgreSQL's `archive_command` is `spilo wal-push`, a thin client of the daemon's archive
+//! socket ([`super::socket`]). For each request the daemon answers from what it already
+//! uploaded ahead, waits for an upload in flight, or uploads now; and it starts uploading the
+//! next `.ready` files (up to `readahead`, at most `upload_concurrency` at once) so that the
+//! following requests find their segment already stored. Throughput therefore does not hang on
+//! one round trip per segment.
+//!
+//! Promises:
+//! - "archived" is answered only after the object is durably stored (the backend's `finish`);
+//!   nothing is ever skipped or dropped: a failure is an error to PostgreSQL, which keeps the
+//!   segment and asks again;
+//! - put-if-absent: an object already at the key with the same original bytes (its trailer's
+//!   SHA-256) is success; different bytes are refused, naming the file and its timeline;
+//! - every upload is bounded by `backup.archive.timeout` (with retries inside it);
+//! - only the node holding the leader lease as a running primary archives: a node that lost it
+//!   refuses at once and forgets what it uploaded ahead.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spilo_sdk::storage::{get_all, PutMode, Storage, StorageError};
+use tokio::sync::{watch, Semaphore};
+
+use super::layout::{self, WalFile};
+use super::object::{self, Trailer};
+use crate::ha::state::NodeState;
+
+/// Why a WAL file was not archived.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// Not a WAL file name PostgreSQL archives.
+    #[error("'{0}' is not a WAL segment, partial segment, history or backup label file name")]
+    BadName(String),
+    /// This node does not hold the leader lease as a running primary.
+    #[error("{0}: not archived: this node is not the primary holding the leader lease")]
+    NotPrimary(String),
+    /// Reading the file failed.
+    #[error("{name}: cannot read it")]
+    Read {
+        /// The file.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error("{name}: upload failed")]
+    Storage {
+        /// The file.
+        name: String,
+        /// The store's error.
+        #[source]
+        source: StorageError,
+    },
+    /// Another object is already stored for this file: two primaries wrote it differently.
+    #[error("{name} (timeline {timeline}): a different object is already archived at {key} (stored sha256 {stored}, this file's {ours}); refusing to overwrite it")]
+    Conflict {
+        /// The file.
+        name: String,
+        /// Its timeline.
+        timeline: u32,
+        /// The key.
+        key: String,
+        /// The stored object's digest (or what was found instead).
+        stored: String,
+        /// This file's digest.
+        ours: String,
+    },
+    /// The upload did not finish in time.
+    #[error("{name}: upload timed out after {after:?}")]
+    Timeout {
+        /// The file.
+        name: String,
+        /// The limit.
+        after: Duration,
+    },
+}
+
+impl ArchiveError {
+    /// The cause's label in `/metrics`.
+    pub fn cause(&self) -> Cause {
+        match self {
+            ArchiveError::BadName(_) => Cause::BadName,
+            ArchiveError::NotPrimary(_) => Cause::NotPrimary,
+            ArchiveError::Read { .. } => Cause::Read,
+            ArchiveError::Storage { source, .. } => match source {
+                StorageError::Timeout { .. } => Cause::Timeout,
+                StorageError::Unreachable { .. } => Cause::Unreachable,
+                _ => Cause::Storage,
+            },
+            ArchiveError::Conflict { .. } => Cause::Conflict,
+            ArchiveError::Timeout { .. } => Cause::Timeout,
+        }
+    }
+}
+
+/// Failure causes, as `/metrics` labels them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Not a WAL file name.
+    BadName,
+    /// Not the primary.
+    NotPrimary,
+    /// The file could not be read.
+    Read,
+    /// The store did not answer in time.
+    Timeout,
+    /// The store could not be reached.
+    Unreachable,
+    /// The store refused.
+    Storage,
+    /// Different content already stored.
+    Conflict,
+}
+
+impl Cause {
+    /// Every cause, in label order.
+    pub const ALL: [Cause; 7] = [
+        Cause::BadName,
+        Cause::NotPrimary,
+        Cause::Read,
+        Cause::Timeout,
+        Cause::Unreachable,
+        Cause::Storage,
+        Cause::Conflict,
+    ];
+
+    /// The label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::BadName => "bad_name",
+            Cause::NotPrimary => "not_primary",
+            Cause::Read => "read",
+            Cause::Timeout => "timeout",
+            Cause::Unreachable => "unreachable",
+            Cause::Storage => "storage",
+            Cause::Conflict => "conflict",
+        }
+    }
+}
+
+/// Counters for `/metrics` and `/patroni`.
+#[derive(Debug, Default)]
+pub struct ArchiveStats {
+    /// Files PostgreSQL was told are archived.
+    pub archived: AtomicU64,
+    /// Of those, files uploaded ahead of PostgreSQL's request.
+    pub ahead_hits: AtomicU64,
+    /// Files found already stored with the same content (retries).
+    pub duplicates: AtomicU64,
+    /// Original bytes uploaded.
+    pub bytes_in: AtomicU64,
+    /// Stored (compressed) bytes uploaded.
+    pub bytes_out: AtomicU64,
+    /// Failures by [`Cause`] (index in [`Cause::ALL`]).
+    pub failures: [AtomicU64; 7],
+    /// Unix time of the last file archived (0: never).
+    pub last_success_unix: AtomicI64,
+    /// Unix time of the last failure (0: never).
+    pub last_failure_unix: AtomicI64,
+    /// `.ready` files waiting at the last look.
+    pub ready: AtomicU64,
+    /// Bytes in `pg_wal` at the last look.
+    pub pg_wal_bytes: AtomicU64,
+    /// `pg_wal` is past `backup.archive.pg_wal_warning_mb`.
+    pub pg_wal_over: AtomicBool,
+}
+
+impl ArchiveStats {
+    fn fail(&self, e: &ArchiveError) {
+        let i = Cause::ALL.iter().position(|c| *c == e.cause()).unwrap_or(0);
+        self.failures[i].fetch_add(1, Ordering::Relaxed);
+        self.last_failure_unix
+            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+    }
+
+    /// Failures of `cause` so far.
+    pub fn failures_of(&self, cause: Cause) -> u64 {
+        let i = Cause::ALL.iter().position(|c| *c == cause).unwrap_or(0);
+        self.failures[i].load(Ordering::Relaxed)
+    }
+}
+
+/// The archiver's settings.
+#[derive(Clone, Debug)]
+pub struct ArchiverSettings {
+    /// The cluster's key prefix (see [`crate::config::backup::StorageConfig::base_prefix`]).
+    pub base: String,
+    /// `pg_wal` of the local data directory.
+    pub pg_wal: PathBuf,
+    /// zstd level.
+    pub level: i32,
+    /// Per-file limit.
+    pub timeout: Duration,
+    /// Files uploaded ahead of requests.
+    pub readahead: usize,
+    /// Uploads at once.
+    pub concurrency: usize,
+    /// Warn when `pg_wal` exceeds this many bytes (0: never).
+    pub pg_wal_warning_bytes: u64,
+}
+
+type Outcome = Option<Result<(), Arc<ArchiveError>>>;
+
+#[derive(Default)]
+struct Table {
+    /// Uploaded ahead, not yet asked for.
+    done: HashSet<String>,
+    /// Uploads in flight; each publishes its outcome once.
+    inflight: HashMap<String, watch::Receiver<Outcome>>,
+}
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    s: ArchiverSettings,
+    permits: Semaphore,
+    node: watch::Receiver<Arc<NodeState>>,
+    stats: Arc<ArchiveStats>,
+    table: Mutex<Table>,
+}
+
+/// The archiver (cheap to clone).
+#[derive(Clone)]
+pub struct Archiver {
+    sh: Arc<Shared>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+impl Archiver {
+    /// An archiver uploading to `storage`, archiving while `node` says this node holds the
+    /// lease as a running primary, counting into `stats`.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        s: ArchiverSettings,
+        node: watch::Receiver<Arc<NodeState>>,
+        stats: Arc<ArchiveStats>,
+    ) -> Archiver {
+        let permits = Semaphore::new(s.concurrency.max(1));
+        Archiver {
+            sh: Arc::new(Shared {
+                storage,
+                s,
+                permits,
+                node,
+                stats,
+                table: Mutex::new(Table::default()),
+            }),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<ArchiveStats> {
+        self.sh.stats.clone()
+    }
+
+    fn allowed(&self) -> bool {
+        let n = self.sh.node.borrow();
+        n.pg.role.is_primary() && n.holds_lock(crate::clock::now())
+    }
+
+    /// Archives `name` (a file in `pg_wal`) for PostgreSQL: `Ok` only once it is stored.
+    pub async fn push(&self, name: &str) -> Result<(), Arc<ArchiveError>> {
+        let r = self.push_inner(name).await;
+        match &r {
+            Ok(()) => {
+                self.sh.stats.archived.fetch_add(1, Ordering::Relaxed);
+                self.sh
+                    .stats
+                    .last_success_unix
+                    .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.sh.stats.fail(e);
+                tracing::warn!(
+                    file = name,
+                    "WAL archiving failed: {}",
+                    crate::error_chain(&**e)
+                );
+            }
+        }
+        r
+    }
+
+    async fn push_inner(&self, name: &str) -> Result<(), Arc<ArchiveError>> {
+        if layout::classify(name).is_none() {
+            return Err(Arc::new(ArchiveError::BadName(name.to_string())));
+        }
+        if !self.allowed() {
+            self.forget();
+            return Err(Arc::new(ArchiveError::NotPrimary(name.to_string())));
+        }
+        let waiting = {
+            let mut t = self.sh.table.lock().unwrap_or_else(|p| p.into_inner());
+            if t.done.remove(name) {
+                self.sh.stats.ahead_hits.fetch_add(1, Ordering::Relaxed);
+                None
+            } else {
+                Some(match t.inflight.get(name) {
+                    Some(rx) => rx.clone(),
+                    None => self.start(&mut t, name),
+                })
+            }
+        };
+        self.kick();
+        let Some(mut rx) = waiting else {
+            return Ok(());
+        };
+        let outcome = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone(),
+            Err(_) => None,
+        };
+        // Taken by this request: it is not "ahead" any more.
+        self.sh
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .done
+            .remove(name);
+        outcome.unwrap_or_else(|| {
+            Err(Arc::new(ArchiveError::Timeout {
+                name: name.to_string(),
+                after: self.sh.s.timeout,
+            }))
+        })
+    }
+
+    /// Starts the upload of `name` (the table is locked by the caller).
+    fn start(&self, t: &mut Table, name: &str) -> watch::Receiver<Outcome> {
+        let (tx, rx) = watch::channel(None);
+        t.inflight.insert(name.to_string(), rx.clone());
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let r = me.upload_bounded(&name).await.map_err(Arc::new);
+            {
+                let mut t = me.sh.table.lock().unwrap_or_else(|p| p.into_inner());
+                t.inflight.remove(&name);
+                if r.is_ok() {
+                    t.done.insert(name.clone());
+                }
+            }
+            let _ = tx.send(Some(r));
+        });
+        rx
+    }
+
+    /// Forgets uploads made ahead (the node is no longer the primary).
+    fn forget(&self) {
+        self.sh
+            .table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .done
+            .clear();
+    }
+
+    /// Starts uploads of the next `.ready` files, up to `readahead` ahead.
+    pub fn kick(&self) {
+        if self.sh.s.readahead == 0 || !self.allowed() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let dir = me.sh.s.pg_wal.join("archive_status");
+            let Ok(Ok(ready)) = tokio::task::spawn_blocking(move || ready_files(&dir)).await else {
+                return;
+            };
+            me.sh
+                .stats
+                .ready
+                .store(ready.len() as u64, Ordering::Relaxed);
+            if !me.allowed() {
+                return;
+            }
+            let mut t = me.sh.table.lock().unwrap_or_else(|p| p.into_inner());
+            for name in ready {
+                if t.done.len() + t.inflight.len() >= me.sh.s.readahead {
+                    break;
+                }
+                if t.done.contains(&name) || t.inflight.contains_key(&name) {
+                    continue;
+                }
+                me.start(&mut t, &name);
+            }
+        });
+    }
+
+    async fn upload_bounded(&self, name: &str) -> Result<(), ArchiveError> {
+        let limit = self.sh.s.timeout;
+        let _permit = match tokio::time::timeout(limit, self.sh.permits.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(ArchiveError::Timeout {
+                    name: name.into(),
+                    after: limit,
+                })
+            }
+        };
+        let attempts = async {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                if !self.allowed() {
+                    return Err(ArchiveError::NotPrimary(name.to_string()));
+                }
+                match self.upload(name).await {
+                    Err(ArchiveError::Storage { source, .. })
+                        if matches!(
+                            source,
+                            StorageError::Unreachable { .. } | StorageError::Timeout { .. }
+                        ) =>
+                    {
+                        tracing::info!(file = name, "retrying the upload in {backoff:?}: {source}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(limit, attempts).await {
+            Ok(r) => r,
+            Err(_) => Err(ArchiveError::Timeout {
+                name: name.into(),
+                after: limit,
+            }),
+        }
+    }
+
+    /// One attempt: compress the file into the store.
+    async fn upload(&self, name: &str) -> Result<(), ArchiveError> {
+        let key = layout::wal_key(&self.sh.s.base, name);
+        let storage_err = |source| ArchiveError::Storage {
+            name: name.to_string(),
+            source,
+        };
+        let path = self.sh.s.pg_wal.join(name);
+        let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
+            .await
+            .map_err(|e| ArchiveError::Read {
+                name: name.to_string(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| ArchiveError::Read {
+                name: name.to_string(),
+                source,
+            })?;
+        let mut up = self
+            .sh
+            .storage
+            .put_open(&key, PutMode::IfAbsent)
+            .await
+            .map_err(storage_err)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let level = self.sh.s.level;
+        let encoder = tokio::task::spawn_blocking(move || {
+            object::encode_stream(file, level, CHUNK, |c| {
+                tx.blocking_send(c)
+                    .map_err(|_| std::io::Error::other("the upload stopped"))
+            })
+        });
+        let mut out = 0u64;
+        while let Some(c) = rx.recv().await {
+            out += c.len() as u64;
+            if let Err(e) = up.write(&c).await {
+                up.abort().await;
+                return Err(storage_err(e));
+            }
+        }
+        let trailer = match encoder.await {
+            Ok(Ok(t)) => t,
+            Ok(Err(source)) => {
+                up.abort().await;
+                return Err(ArchiveError::Read {
+                    name: name.to_string(),
+                    source,
+                });
+            }
+            Err(e) => {
+                up.abort().await;
+                return Err(ArchiveError::Read {
+                    name: name.to_string(),
+                    source: std::io::Error::other(e),
+                });
+            }
+        };
+        match up.finish().await {
+            Ok(()) => {
+                self.sh
+                    .stats
+                    .bytes_in
+                    .fetch_add(trailer.size, Ordering::Relaxed);
+                self.sh.stats.bytes_out.fetch_add(out, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(StorageError::Exists { .. }) => self.compare(name, &key, &trailer).await,
+            Err(e) => Err(storage_err(e)),
+        }
+    }
+
+    /// A put-if-absent found an object: the same original bytes are success.
+    async fn compare(&self, name: &str, key: &str, ours: &Trailer) -> Result<(), ArchiveError> {
+        let stored = get_all(&*self.sh.storage, key, CHUNK)
+            .await
+            .map_err(|source| ArchiveError::Storage {
+                name: name.to_string(),
+                source,
+            })?;
+        match Trailer::find(&stored) {
+            Some(t) if t == *ours => {
+                self.sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(file = name, "already archived with the same content");
+                Ok(())
+            }
+            found => Err(ArchiveError::Conflict {
+                name: name.to_string(),
+                timeline: layout::timeline(name).unwrap_or(0),
+                key: key.to_string(),
+                stored: found.map_or_else(
+                    || "unknown: the object has no spilo trailer".into(),
+                    |t| t.sha256_hex(),
+                ),
+                ours: ours.sha256_hex(),
+            }),
+        }
+    }
+
+    /// Looks at `pg_wal` (size, `.ready` files) for the gauges and the warning, and uploads
+    /// ahead; the daemon calls it every few seconds.
+    pub async fn tick(&self) {
+        if !self.allowed() {
+            self.forget();
+        }
+        let dir = self.sh.s.pg_wal.clone();
+        let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || dir_bytes(&dir)).await else {
+            return;
+        };
+        self.sh.stats.pg_wal_bytes.store(bytes, Ordering::Relaxed);
+        let limit = self.sh.s.pg_wal_warning_bytes;
+        let over = limit > 0 && bytes > limit;
+        let was = self.sh.stats.pg_wal_over.swap(over, Ordering::Relaxed);
+        if over && !was {
+            tracing::warn!(
+                pg_wal_bytes = bytes,
+                limit,
+                waiting = self.sh.stats.ready.load(Ordering::Relaxed),
+                "pg_wal has grown past backup.archive.pg_wal_warning_mb: WAL is not being archived fast enough (nothing is dropped; PostgreSQL keeps it until it is stored)"
+            );
+        }
+        self.kick();
+    }
+}
+
+/// `.ready` WAL files in `archive_status`, history files first, then by name.
+fn ready_files(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            let base = n.strip_suffix(".ready")?;
+            layout::classify(base).map(|_| base.to_string())
+        })
+        .collect();
+    out.sort_by_key(|n| (layout::classify(n) != Some(WalFile::History), n.clone()));
+    Ok(out)
+}
+
+fn dir_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    for e in std::fs::read_dir(dir)? {
+        let Ok(e) = e else { continue };
+        if let Ok(m) = e.metadata() {
+            if m.is_file() {
+                total = total.saturating_add(m.len());
+            }
+        }
+    }
+    Ok(total)
+}

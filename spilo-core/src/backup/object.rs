@@ -1,0 +1,241 @@
+//! The stored form of a WAL file: a zstd stream of its bytes followed by a zstd *skippable
+//! frame* (which every zstd decoder passes over, so `zstd -d` and WAL-G read the object as a
+//! plain `.zst`) holding spilo's trailer: the SHA-256 and the length of the original bytes.
+//!
+//! ```text
+//! [zstd frame(s) of the file][magic 0x184D2A5E LE][payload length 45 LE]["SPLO" 1 sha256(32) size(8 LE)]
+//! ```
+//!
+//! The trailer is what makes "same content" decidable when a put-if-absent finds an object
+//! already there (a retried upload, or another primary's WAL): the originals are compared, not
+//! the compressed bytes (which differ between compression levels).
+
+use std::io::{Read, Write};
+
+use sha2::{Digest, Sha256};
+
+/// Skippable-frame magic (0x184D2A50–0x184D2A5F are all skippable); spilo uses 0x…5E.
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
+const TAG: &[u8; 4] = b"SPLO";
+const VERSION: u8 = 1;
+const PAYLOAD: usize = 4 + 1 + 32 + 8;
+/// Bytes the trailer adds to an object.
+pub const TRAILER_LEN: usize = 8 + PAYLOAD;
+
+/// What the trailer records about the original file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trailer {
+    /// SHA-256 of the original bytes.
+    pub sha256: [u8; 32],
+    /// Their length.
+    pub size: u64,
+}
+
+impl Trailer {
+    /// The digest as lowercase hex.
+    pub fn sha256_hex(&self) -> String {
+        self.sha256.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The trailer's bytes.
+    pub fn encode(&self) -> [u8; TRAILER_LEN] {
+        let mut out = [0u8; TRAILER_LEN];
+        out[..4].copy_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        out[4..8].copy_from_slice(&(PAYLOAD as u32).to_le_bytes());
+        out[8..12].copy_from_slice(TAG);
+        out[12] = VERSION;
+        out[13..45].copy_from_slice(&self.sha256);
+        out[45..53].copy_from_slice(&self.size.to_le_bytes());
+        out
+    }
+
+    /// The trailer at the end of `object`, if it has one.
+    pub fn find(object: &[u8]) -> Option<Trailer> {
+        let t = object.get(object.len().checked_sub(TRAILER_LEN)?..)?;
+        if t[..4] != SKIPPABLE_MAGIC.to_le_bytes()
+            || t[4..8] != (PAYLOAD as u32).to_le_bytes()
+            || &t[8..12] != TAG
+            || t[12] != VERSION
+        {
+            return None;
+        }
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(&t[13..45]);
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&t[45..53]);
+        Some(Trailer {
+            sha256,
+            size: u64::from_le_bytes(size),
+        })
+    }
+}
+
+/// A failure to read back a stored object.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// The object has no spilo trailer (not written by spilo, or cut short).
+    #[error("{key}: no spilo trailer (not written by spilo, or truncated)")]
+    NoTrailer {
+        /// The object.
+        key: String,
+    },
+    /// The zstd stream does not decode.
+    #[error("{key}: corrupt compressed data")]
+    Corrupt {
+        /// The object.
+        key: String,
+        /// The decoder's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The decoded bytes do not match the trailer.
+    #[error("{key}: checksum mismatch (stored sha256 {expected}, {size} bytes; decoded sha256 {actual}, {actual_size} bytes)")]
+    Mismatch {
+        /// The object.
+        key: String,
+        /// The recorded digest.
+        expected: String,
+        /// The recorded size.
+        size: u64,
+        /// The decoded bytes' digest.
+        actual: String,
+        /// Their length.
+        actual_size: u64,
+    },
+}
+
+/// Compresses a file read from `input` in chunks of `chunk` bytes, calling `emit` with each
+/// piece of the object as it is produced (the trailer last). Memory: one chunk plus the
+/// encoder's window.
+pub fn encode_stream(
+    mut input: impl Read,
+    level: i32,
+    chunk: usize,
+    mut emit: impl FnMut(Vec<u8>) -> std::io::Result<()>,
+) -> std::io::Result<Trailer> {
+    let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(chunk), level)?;
+    enc.include_checksum(true)?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+        enc.write_all(&buf[..n])?;
+        let out = enc.get_mut();
+        if out.len() >= chunk / 2 {
+            emit(std::mem::take(out))?;
+        }
+    }
+    let rest = enc.finish()?;
+    if !rest.is_empty() {
+        emit(rest)?;
+    }
+    let trailer = Trailer {
+        sha256: hasher.finalize().into(),
+        size,
+    };
+    emit(trailer.encode().to_vec())?;
+    Ok(trailer)
+}
+
+/// Decodes a whole object and checks it against its trailer.
+pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, ObjectError> {
+    let trailer = Trailer::find(object).ok_or_else(|| ObjectError::NoTrailer {
+        key: key.to_string(),
+    })?;
+    let mut out = Vec::with_capacity(usize::try_from(trailer.size).unwrap_or(0).min(1 << 26));
+    zstd::stream::read::Decoder::new(object)
+        .and_then(|mut d| d.read_to_end(&mut out))
+        .map_err(|source| ObjectError::Corrupt {
+            key: key.to_string(),
+            source,
+        })?;
+    let actual: [u8; 32] = Sha256::digest(&out).into();
+    if actual != trailer.sha256 || out.len() as u64 != trailer.size {
+        return Err(ObjectError::Mismatch {
+            key: key.to_string(),
+            expected: trailer.sha256_hex(),
+            size: trailer.size,
+            actual: Trailer {
+                sha256: actual,
+                size: 0,
+            }
+            .sha256_hex(),
+            actual_size: out.len() as u64,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(data: &[u8], level: i32) -> (Vec<u8>, Trailer) {
+        let mut obj = Vec::new();
+        let t = encode_stream(data, level, 4096, |c| {
+            obj.extend_from_slice(&c);
+            Ok(())
+        })
+        .unwrap();
+        (obj, t)
+    }
+
+    fn wal_like(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (((i / 7) as u32).wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn round_trip_and_plain_zstd_readers_skip_the_trailer() {
+        let data = wal_like(300_000);
+        let (obj, t) = encode(&data, 3);
+        assert_eq!(t.size, 300_000);
+        assert!(obj.len() < data.len());
+        assert_eq!(decode("k", &obj).unwrap(), data);
+        // A plain zstd decoder (what `zstd -d` or WAL-G does) passes over the skippable frame.
+        assert_eq!(zstd::stream::decode_all(&obj[..]).unwrap(), data);
+        // Another level gives other bytes but the same trailer.
+        let (obj9, t9) = encode(&data, 9);
+        assert_eq!(t, t9);
+        assert_eq!(Trailer::find(&obj9), Some(t));
+    }
+
+    #[test]
+    fn corruption_and_truncation_are_named() {
+        let data = wal_like(50_000);
+        let (mut obj, _) = encode(&data, 3);
+        let cut = &obj[..obj.len() - 1];
+        assert!(matches!(
+            decode("k", cut),
+            Err(ObjectError::NoTrailer { .. })
+        ));
+        let mid = obj.len() / 2;
+        obj[mid] ^= 0xff;
+        let e = decode("wal_005/x.zst", &obj).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ObjectError::Corrupt { .. } | ObjectError::Mismatch { .. }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("wal_005/x.zst"), "{e}");
+        assert!(decode("k", b"").is_err());
+    }
+
+    #[test]
+    fn empty_file() {
+        let (obj, t) = encode(b"", 3);
+        assert_eq!(t.size, 0);
+        assert_eq!(decode("k", &obj).unwrap(), b"");
+    }
+}

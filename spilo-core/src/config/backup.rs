@@ -1,0 +1,452 @@
+//! `storage:` (where WAL and base backups go) and `backup:` (how: compression, schedule,
+//! retention, the archiver's limits). Spilo's own sections; Patroni has neither.
+//!
+//! ```yaml
+//! storage:
+//!   type: s3                 # fs | s3 | the name of a storage plugin
+//!   bucket: my-backups
+//!   region: eu-central-1
+//!   # endpoint: http://127.0.0.1:9000   (path-style addressing unless force_path_style: false)
+//!   # sse: aws:kms
+//!   # sse_kms_key_id: arn:aws:kms:…
+//! backup:
+//!   schedule: "0 1 * * *"
+//!   compression_level: 3
+//!   archive:
+//!     timeout: 60
+//! ```
+//!
+//! Keys are laid out as Spilo lays them out: everything of one cluster lives under
+//! `spilo/{scope_prefix}{scope}{scope_suffix}/wal/{PostgreSQL major}/` (or under `prefix` when
+//! it is set), WAL segments in `wal_005/`, base backups in `basebackups_005/`, as WAL-G names
+//! them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The backends built into spilo; any other `type` names a storage plugin.
+pub const BUILTIN_STORAGE: &[&str] = &["fs", "s3"];
+
+/// `storage:`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StorageConfig {
+    /// `fs`, `s3`, or the name of a loaded storage plugin.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `fs`: the directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// `s3`: the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// The key prefix of this cluster's WAL and backups (replaces Spilo's default layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `s3`: a custom endpoint URL (S3-compatible servers, tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `s3`: the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// `s3`: path-style addressing (default: on when `endpoint` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+    /// `s3`: server-side encryption, `AES256` or `aws:kms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
+    /// `s3`: the KMS key for `sse: aws:kms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse_kms_key_id: Option<String>,
+    /// Spilo's `WAL_BUCKET_SCOPE_PREFIX`: put before the scope in the default layout.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope_prefix: String,
+    /// Spilo's `WAL_BUCKET_SCOPE_SUFFIX`: put after the scope in the default layout.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope_suffix: String,
+    /// Everything else: the backend's own settings (`storage_class`, `part_size`, a
+    /// plugin's keys), passed on as they are.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+impl StorageConfig {
+    /// The key prefix of a cluster's WAL and backups, without a trailing `/`.
+    pub fn base_prefix(&self, scope: &str, pg_major: u32) -> String {
+        match &self.prefix {
+            Some(p) if !p.trim_matches('/').is_empty() => p.trim_matches('/').to_string(),
+            _ => format!(
+                "spilo/{}{scope}{}/wal/{pg_major}",
+                self.scope_prefix, self.scope_suffix
+            ),
+        }
+    }
+
+    /// The settings handed to the backend: every key but `type`, `prefix` and the layout's
+    /// scope affixes (spilo builds whole keys itself).
+    pub fn backend_settings(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), v);
+            }
+        };
+        put(
+            "path",
+            self.path.as_ref().map(|p| p.display().to_string().into()),
+        );
+        put("bucket", self.bucket.clone().map(Value::from));
+        put("endpoint", self.endpoint.clone().map(Value::from));
+        put("region", self.region.clone().map(Value::from));
+        put("force_path_style", self.force_path_style.map(Value::from));
+        put("sse", self.sse.clone().map(Value::from));
+        put(
+            "sse_kms_key_id",
+            self.sse_kms_key_id.clone().map(Value::from),
+        );
+        for (k, v) in &self.other {
+            m.insert(k.clone(), v.clone());
+        }
+        Value::Object(m)
+    }
+}
+
+/// `backup:`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// When base backups run (cron: minute hour day-of-month month day-of-week, UTC); empty
+    /// for none. Spilo's default.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// zstd level of WAL and backups (1–19).
+    #[serde(default = "default_level")]
+    pub compression_level: i32,
+    /// Take scheduled backups from a replica rather than the primary.
+    #[serde(default)]
+    pub from_replica: bool,
+    /// Uploads in flight at once (WAL segments ahead of PostgreSQL, backup parts).
+    #[serde(default = "default_concurrency")]
+    pub upload_concurrency: u32,
+    /// What to keep.
+    #[serde(default)]
+    pub retain: Retain,
+    /// The WAL archiver.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            schedule: default_schedule(),
+            compression_level: default_level(),
+            from_replica: false,
+            upload_concurrency: default_concurrency(),
+            retain: Retain::default(),
+            archive: ArchiveConfig::default(),
+        }
+    }
+}
+
+/// `backup.retain`: one meaning per knob; a backup is kept when any rule keeps it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Retain {
+    /// Keep the newest N full backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// Keep backups younger than this many days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age: Option<u32>,
+    /// Keep every point of this window restorable (`7d`, `36h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pitr_window: Option<String>,
+}
+
+/// `backup.archive`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Seconds one segment's upload (and one `wal-push`) may take before it fails and
+    /// PostgreSQL retries it.
+    #[serde(default = "default_archive_timeout")]
+    pub timeout: u64,
+    /// Segments uploaded ahead of PostgreSQL's requests (0: only what PostgreSQL asks for).
+    #[serde(default = "default_readahead")]
+    pub readahead: u32,
+    /// The daemon's archive socket (default: derived from the data directory, in `/tmp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Warn (log and `/metrics`) when `pg_wal` grows past this many megabytes; 0: off.
+    #[serde(default)]
+    pub pg_wal_warning_mb: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            timeout: default_archive_timeout(),
+            readahead: default_readahead(),
+            socket: None,
+            pg_wal_warning_mb: 0,
+        }
+    }
+}
+
+fn default_schedule() -> String {
+    "0 1 * * *".into()
+}
+fn default_level() -> i32 {
+    3
+}
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_archive_timeout() -> u64 {
+    60
+}
+fn default_readahead() -> u32 {
+    8
+}
+
+/// Checks `storage:` and `backup:`; the error is `(key, message)`.
+pub fn check(
+    storage: Option<&StorageConfig>,
+    backup: Option<&BackupConfig>,
+    plugin_names: &[&str],
+) -> Result<(), (String, String)> {
+    let err = |k: &str, m: String| Err((k.to_string(), m));
+    if let Some(s) = storage {
+        match s.kind.as_str() {
+            "fs" => match &s.path {
+                None => return err("storage.path", "required for type fs".into()),
+                Some(p) if !p.is_absolute() => {
+                    return err(
+                        "storage.path",
+                        format!("'{}' must be an absolute path", p.display()),
+                    )
+                }
+                _ => {}
+            },
+            "s3" => {
+                let Some(b) = &s.bucket else {
+                    return err("storage.bucket", "required for type s3".into());
+                };
+                if b.len() < 3 || b.len() > 63 || b.contains('/') || b.trim() != b {
+                    return err(
+                        "storage.bucket",
+                        format!("'{b}' is not a bucket name (3–63 characters, no '/')"),
+                    );
+                }
+                if let Some(e) = &s.endpoint {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        return err(
+                            "storage.endpoint",
+                            format!("'{e}' must be an http:// or https:// URL"),
+                        );
+                    }
+                }
+                match s.sse.as_deref() {
+                    None | Some("AES256") => {
+                        if s.sse_kms_key_id.is_some() {
+                            return err(
+                                "storage.sse_kms_key_id",
+                                "needs sse: aws:kms".to_string(),
+                            );
+                        }
+                    }
+                    Some("aws:kms") => {}
+                    Some(other) => {
+                        return err(
+                            "storage.sse",
+                            format!("'{other}' is not AES256 or aws:kms"),
+                        )
+                    }
+                }
+            }
+            other if plugin_names.contains(&other) => {}
+            other => {
+                return err(
+                    "storage.type",
+                    format!(
+                        "'{other}' is neither a built-in backend ({}) nor a storage plugin listed under plugins",
+                        BUILTIN_STORAGE.join(", ")
+                    ),
+                )
+            }
+        }
+        for k in [&s.scope_prefix, &s.scope_suffix] {
+            if k.contains("..") || k.starts_with('/') {
+                return err(
+                    "storage.scope_prefix",
+                    format!("'{k}' must not contain '..' or start with '/'"),
+                );
+            }
+        }
+        if let Some(p) = &s.prefix {
+            if p.split('/').any(|c| c == "..") {
+                return err("storage.prefix", format!("'{p}' must not contain '..'"));
+            }
+        }
+    }
+    let Some(b) = backup else { return Ok(()) };
+    if storage.is_none() {
+        return err(
+            "backup",
+            "needs a storage: section (where the backups go)".into(),
+        );
+    }
+    if !b.schedule.trim().is_empty() {
+        if let Err(e) = crate::backup::schedule::Schedule::parse(&b.schedule) {
+            return err("backup.schedule", e.to_string());
+        }
+    }
+    if !(1..=19).contains(&b.compression_level) {
+        return err(
+            "backup.compression_level",
+            format!("{} is not between 1 and 19", b.compression_level),
+        );
+    }
+    if !(1..=64).contains(&b.upload_concurrency) {
+        return err(
+            "backup.upload_concurrency",
+            format!("{} is not between 1 and 64", b.upload_concurrency),
+        );
+    }
+    if !(1..=3600).contains(&b.archive.timeout) {
+        return err(
+            "backup.archive.timeout",
+            format!("{} seconds is not between 1 and 3600", b.archive.timeout),
+        );
+    }
+    if b.archive.readahead > 256 {
+        return err(
+            "backup.archive.readahead",
+            format!("{} is more than 256 segments", b.archive.readahead),
+        );
+    }
+    if b.archive.pg_wal_warning_mb > 1 << 30 {
+        return err(
+            "backup.archive.pg_wal_warning_mb",
+            format!("{} is absurd", b.archive.pg_wal_warning_mb),
+        );
+    }
+    if let Some(s) = &b.archive.socket {
+        if !s.is_absolute() || s.as_os_str().len() > 100 {
+            return err(
+                "backup.archive.socket",
+                format!(
+                    "'{}' must be an absolute path of at most 100 bytes",
+                    s.display()
+                ),
+            );
+        }
+    }
+    if let Some(w) = &b.retain.pitr_window {
+        if let Err(e) = parse_window(w) {
+            return err("backup.retain.pitr_window", e);
+        }
+    }
+    if b.retain.count == Some(0) {
+        return err(
+            "backup.retain.count",
+            "0 would delete every backup; the newest is always kept (use 1)".into(),
+        );
+    }
+    if b.retain.age.is_some_and(|a| a > 36_500) {
+        return err("backup.retain.age", "more than 100 years".into());
+    }
+    Ok(())
+}
+
+/// A window such as `7d`, `36h`, `90m` in seconds.
+pub fn parse_window(w: &str) -> Result<u64, String> {
+    let w = w.trim();
+    let bad = || format!("'{w}' is not a window such as 7d, 36h or 90m");
+    let (num, unit) = w.split_at(w.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(mult).ok_or_else(bad)?;
+    if secs == 0 || secs > 100 * 365 * 86_400 {
+        return Err(format!("'{w}' must be between 1 minute and 100 years"));
+    }
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fs(path: &str) -> StorageConfig {
+        serde_json::from_value(serde_json::json!({"type": "fs", "path": path})).unwrap()
+    }
+
+    #[test]
+    fn spilo_layout_and_explicit_prefix() {
+        let mut s = fs("/b");
+        assert_eq!(s.base_prefix("demo", 15), "spilo/demo/wal/15");
+        s.scope_prefix = "team-".into();
+        s.scope_suffix = "-x".into();
+        assert_eq!(s.base_prefix("demo", 15), "spilo/team-demo-x/wal/15");
+        s.prefix = Some("/custom/path/".into());
+        assert_eq!(s.base_prefix("demo", 15), "custom/path");
+    }
+
+    #[test]
+    fn bad_sections_name_the_key() {
+        let no_path: StorageConfig =
+            serde_json::from_value(serde_json::json!({"type": "fs"})).unwrap();
+        assert_eq!(
+            check(Some(&no_path), None, &[]).unwrap_err().0,
+            "storage.path"
+        );
+        let s3: StorageConfig =
+            serde_json::from_value(serde_json::json!({"type": "s3", "bucket": "ab"})).unwrap();
+        assert_eq!(check(Some(&s3), None, &[]).unwrap_err().0, "storage.bucket");
+        let odd: StorageConfig =
+            serde_json::from_value(serde_json::json!({"type": "ftp"})).unwrap();
+        let (k, m) = check(Some(&odd), None, &[]).unwrap_err();
+        assert_eq!(k, "storage.type");
+        assert!(m.contains("'ftp'"), "{m}");
+        assert!(check(Some(&odd), None, &["ftp"]).is_ok());
+        let b = BackupConfig {
+            compression_level: 40,
+            ..BackupConfig::default()
+        };
+        assert_eq!(
+            check(Some(&fs("/b")), Some(&b), &[]).unwrap_err().0,
+            "backup.compression_level"
+        );
+        assert_eq!(
+            check(None, Some(&BackupConfig::default()), &[])
+                .unwrap_err()
+                .0,
+            "backup"
+        );
+        let mut b = BackupConfig::default();
+        b.archive.timeout = u64::MAX;
+        assert_eq!(
+            check(Some(&fs("/b")), Some(&b), &[]).unwrap_err().0,
+            "backup.archive.timeout"
+        );
+    }
+
+    #[test]
+    fn windows() {
+        assert_eq!(parse_window("7d"), Ok(7 * 86_400));
+        assert_eq!(parse_window("36h"), Ok(36 * 3_600));
+        assert!(parse_window("7").is_err());
+        assert!(parse_window("d").is_err());
+        assert!(parse_window("0d").is_err());
+        assert!(parse_window("99999999999999999999d").is_err());
+        assert!(parse_window("18446744073709551615d").is_err());
+    }
+}

@@ -1,0 +1,309 @@
+//! WAL archiving to object storage through the daemon's archiver (`storage: {type: fs}`), on
+//! real PostgreSQL 15: every file PostgreSQL archived is in the store and decodes to the same
+//! bytes as the file in `pg_wal`; a store that refuses writes holds archiving back (PostgreSQL
+//! keeps the WAL and retries; the metrics show the backlog and the cause) and nothing is lost
+//! once it accepts them again; a different object already at a segment's key is refused and
+//! reported, never overwritten; after a switchover the new primary archives its timeline's
+//! history file and the old one archives nothing.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use spilo_core::backup::layout;
+use spilo_core::backup::object;
+use spilo_tests::{note, wait_for, ClusterOpts, Node, TestCluster};
+
+use crate::metrics::{assert_promtool_accepts, metrics};
+use crate::ops::{call, expect};
+use crate::BOOTSTRAP;
+
+/// A store directory the `postgres` user can write, removed at the end.
+struct Store {
+    dir: tempfile::TempDir,
+}
+
+impl Store {
+    fn new() -> Store {
+        let dir = tempfile::Builder::new()
+            .prefix("spilo-it-store-")
+            .tempdir_in("/tmp")
+            .expect("store dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod store");
+        Store { dir }
+    }
+
+    fn yaml(&self) -> String {
+        format!(
+            "storage:\n  type: fs\n  path: {}\nbackup:\n  schedule: ''\n  archive:\n    timeout: 10\n    readahead: 4\n",
+            self.dir.path().display()
+        )
+    }
+
+    /// `wal_005` of the cluster (PostgreSQL 15, the default layout).
+    fn wal_dir(&self, scope: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("spilo/{scope}/wal/15/{}", layout::WAL_DIR))
+    }
+
+    /// The WAL file names stored for `scope`.
+    fn names(&self, scope: &str) -> BTreeSet<String> {
+        let Ok(rd) = std::fs::read_dir(self.wal_dir(scope)) else {
+            return BTreeSet::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().into_string().ok()?;
+                layout::wal_name(&n).map(str::to_string)
+            })
+            .collect()
+    }
+}
+
+fn archiver_stats(n: &Node) -> (u64, u64, Option<String>) {
+    let row = n
+        .sql("SELECT archived_count::text, failed_count::text, coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+        .unwrap_or_default();
+    let get = |i: usize| row.first().and_then(|r| r.get(i).cloned()).flatten();
+    (
+        get(0).and_then(|v| v.parse().ok()).unwrap_or(0),
+        get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
+        get(2).filter(|s| !s.is_empty()),
+    )
+}
+
+/// Writes some WAL and switches to a new segment; returns the name of the segment closed.
+fn fill_and_switch(n: &Node, rows: u32) -> String {
+    n.sql(&format!(
+        "CREATE TABLE IF NOT EXISTS archive_fill(x int, pad text); \
+         INSERT INTO archive_fill SELECT g, repeat('x', 200) FROM generate_series(1, {rows}) g"
+    ))
+    .unwrap_or_else(|e| panic!("fill: {e}"));
+    n.sql_value("SELECT pg_walfile_name(pg_switch_wal())")
+        .unwrap_or_else(|e| panic!("pg_switch_wal: {e}"))
+        .expect("a segment name")
+}
+
+/// Waits until PostgreSQL reports `name` (or a later file) archived.
+fn wait_archived(n: &Node, name: &str, timeout: Duration) {
+    wait_for(
+        &format!("{name} archived on {}", n.name),
+        timeout,
+        || match archiver_stats(n) {
+            (_, _, Some(last)) if last.as_str() >= name && !last.ends_with(".history") => Ok(()),
+            s => Err(format!("pg_stat_archiver {s:?}")),
+        },
+    );
+}
+
+/// The count of `spilo_wal_archive_failures_total{cause="…"}`.
+fn failures(text: &str, cause: &str) -> u64 {
+    let want = format!("cause=\"{cause}\"");
+    text.lines()
+        .filter(|l| l.starts_with("spilo_wal_archive_failures_total{") && l.contains(&want))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .next()
+        .unwrap_or(0)
+}
+
+fn gauge(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .next()
+        .unwrap_or(-1.0)
+}
+
+/// Every stored object of `names` that is still in `pg_wal` decodes to its bytes; returns how
+/// many were compared.
+fn compare_with_pg_wal(
+    store: &Store,
+    scope: &str,
+    data_dir: &Path,
+    names: &BTreeSet<String>,
+) -> usize {
+    let mut compared = 0;
+    for name in names {
+        let obj = std::fs::read(store.wal_dir(scope).join(format!("{name}.zst")))
+            .unwrap_or_else(|e| panic!("read the object of {name}: {e}"));
+        let decoded = object::decode(name, &obj).unwrap_or_else(|e| panic!("{e}"));
+        if let Ok(orig) = std::fs::read(data_dir.join("pg_wal").join(name)) {
+            assert!(
+                decoded == orig,
+                "{name}: the stored object decodes to {} bytes that differ from pg_wal's {} bytes",
+                decoded.len(),
+                orig.len()
+            );
+            compared += 1;
+        }
+    }
+    compared
+}
+
+#[test]
+fn wal_is_archived_whole_refused_when_different_and_caught_up_after_an_outage() {
+    let store = Store::new();
+    let mut opts = ClusterOpts::named("archive");
+    opts.node.extra_yaml = store.yaml();
+    let c = TestCluster::start(2, opts);
+    let primary = c.wait_for_replicas_streaming(BOOTSTRAP);
+    let replica = c.others(&primary)[0].clone();
+    let scope = c.scope.clone();
+
+    // 1. Under load: every archived file is stored and byte-identical.
+    let p = c.node(&primary);
+    let mut last = String::new();
+    for _ in 0..6 {
+        last = fill_and_switch(p, 40_000);
+    }
+    wait_archived(p, &last, Duration::from_secs(120));
+    let names = store.names(&scope);
+    assert!(names.contains(&last), "{last} not in the store: {names:?}");
+    let (archived, failed, _) = archiver_stats(p);
+    let segments = names.iter().filter(|n| n.len() == 24).count() as u64;
+    assert!(
+        segments >= 6 && segments >= archived.saturating_sub(2),
+        "PostgreSQL archived {archived} files, the store holds {segments} segments: {names:?}"
+    );
+    let compared = compare_with_pg_wal(&store, &scope, &p.data_dir, &names);
+    assert!(
+        compared >= 4,
+        "only {compared} stored segments were still in pg_wal to compare"
+    );
+    note(format!(
+        "archived {archived} files ({failed} failures), {compared} compared byte for byte"
+    ));
+    let m = metrics(p);
+    assert_promtool_accepts(&primary, &m);
+    assert!(gauge(&m, "spilo_wal_archived_total") >= 6.0, "{m}");
+
+    // 2. The store refuses writes: nothing is reported archived, the backlog and the cause
+    //    show; then it accepts again and archiving catches up without a gap.
+    let wal_dir = store.wal_dir(&scope);
+    std::fs::set_permissions(&wal_dir, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let (before, failed_before, last_before) = archiver_stats(p);
+    let mut blocked = Vec::new();
+    for _ in 0..3 {
+        blocked.push(fill_and_switch(p, 20_000));
+    }
+    wait_for("archive failures to show", Duration::from_secs(60), || {
+        let (a, f, l) = archiver_stats(p);
+        let m = metrics(p);
+        let storage_failures = failures(&m, "storage");
+        let waiting = gauge(&m, "spilo_wal_archive_waiting");
+        if f > failed_before && storage_failures > 0 && waiting >= 1.0 {
+            Ok((a, l))
+        } else {
+            Err(format!(
+                "pg_stat_archiver archived {a} failed {f}; metrics storage failures {storage_failures}, waiting {waiting}"
+            ))
+        }
+    });
+    let (during, _, last_during) = archiver_stats(p);
+    assert_eq!(
+        (during, last_during.clone()),
+        (before, last_before),
+        "files were reported archived while the store refused writes"
+    );
+    std::fs::set_permissions(&wal_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let last_blocked = blocked.last().expect("blocked").clone();
+    wait_archived(p, &last_blocked, Duration::from_secs(120));
+    let names = store.names(&scope);
+    for b in &blocked {
+        assert!(names.contains(b), "{b} lost after the outage: {names:?}");
+    }
+    compare_with_pg_wal(&store, &scope, &p.data_dir, &names);
+
+    // 3. A different object at the next segment's key (another primary's WAL): refused and
+    //    reported, the object left as it was; archiving resumes once it is gone.
+    // (Some WAL first: at a segment boundary pg_walfile_name names the previous segment.)
+    p.sql("INSERT INTO archive_fill VALUES (0, 'x')")
+        .expect("insert");
+    let next = p
+        .sql_value("SELECT pg_walfile_name(pg_current_wal_insert_lsn())")
+        .expect("current segment")
+        .expect("a name");
+    let key = wal_dir.join(format!("{next}.zst"));
+    assert!(
+        !key.exists(),
+        "{next} is already stored before it was closed"
+    );
+    let mut bogus = Vec::new();
+    object::encode_stream(&b"not this cluster's WAL"[..], 3, 4096, |c| {
+        bogus.extend_from_slice(&c);
+        Ok(())
+    })
+    .expect("encode");
+    std::fs::write(&key, &bogus).expect("plant an object");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    fill_and_switch(p, 1_000);
+    wait_for(
+        "the conflict to be reported",
+        Duration::from_secs(60),
+        || {
+            let m = metrics(p);
+            let conflicts = failures(&m, "conflict");
+            if conflicts > 0 && p.log_text().contains("refusing to overwrite") {
+                Ok(())
+            } else {
+                Err(format!("conflict failures {conflicts}"))
+            }
+        },
+    );
+    assert_eq!(
+        std::fs::read(&key).expect("planted object"),
+        bogus,
+        "the planted object was overwritten"
+    );
+    let (_, _, last_now) = archiver_stats(p);
+    assert!(
+        last_now.as_deref().is_none_or(|l| l < next.as_str()),
+        "{next} reported archived over a conflicting object ({last_now:?})"
+    );
+    std::fs::remove_file(&key).expect("remove the planted object");
+    wait_archived(p, &next, Duration::from_secs(60));
+
+    // 4. The replica archives nothing (archive_mode = on archives on the primary only); after
+    //    a switchover the new primary archives its history file.
+    assert!(
+        metrics(c.node(&replica)).contains("spilo_wal_archived_total{"),
+        "the replica exposes the archiver's series too"
+    );
+    assert_eq!(
+        gauge(&metrics(c.node(&replica)), "spilo_wal_archived_total"),
+        0.0
+    );
+    let r = call(
+        c.node(&primary),
+        "POST",
+        "/switchover",
+        Some(&json!({"leader": primary, "candidate": replica})),
+    );
+    expect("POST /switchover", r, 200, None);
+    c.wait_for_primary_except(&[primary.as_str()], Duration::from_secs(60));
+    let tl = c
+        .node(&replica)
+        .timeline()
+        .expect("the new primary's timeline");
+    let history = format!("{tl:08X}.history");
+    wait_for(
+        &format!("{history} in the store"),
+        Duration::from_secs(60),
+        || {
+            let names = store.names(&scope);
+            if names.contains(&history) {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
+        },
+    );
+    let new_primary = c.node(&replica);
+    let segment = fill_and_switch(new_primary, 1_000);
+    wait_archived(new_primary, &segment, Duration::from_secs(60));
+    assert!(store.names(&scope).contains(&segment));
+}
