@@ -479,6 +479,16 @@ fn archive_metrics(e: &mut Exposition, a: &crate::backup::archiver::ArchiveStats
             "Bytes stored for uploaded WAL, after compression.",
             a.bytes_out.load(Relaxed),
         ),
+        (
+            "spilo_backups_total",
+            "Base backups this node took.",
+            a.backups.load(Relaxed),
+        ),
+        (
+            "spilo_backup_failures_total",
+            "Base backups that failed on this node.",
+            a.backup_failures.load(Relaxed),
+        ),
     ] {
         e.header(name, "counter", help);
         e.sample(name, "", &v.to_string());
@@ -510,6 +520,26 @@ fn archive_metrics(e: &mut Exposition, a: &crate::backup::archiver::ArchiveStats
         "spilo_pg_wal_bytes",
         "Size of pg_wal at the archiver's last look.",
         a.pg_wal_bytes.load(Relaxed) as f64,
+    );
+    e.gauge(
+        "spilo_backup_last_timestamp_seconds",
+        "Unix time the last base backup this node took finished (0: none).",
+        a.backup_last_unix.load(Relaxed) as f64,
+    );
+    e.gauge(
+        "spilo_backup_last_size_bytes",
+        "Size of the last base backup before compression.",
+        a.backup_last_bytes.load(Relaxed) as f64,
+    );
+    e.gauge(
+        "spilo_backup_last_stored_bytes",
+        "Stored size of the last base backup.",
+        a.backup_last_stored_bytes.load(Relaxed) as f64,
+    );
+    e.gauge(
+        "spilo_backup_last_duration_seconds",
+        "Duration of the last base backup.",
+        a.backup_last_millis.load(Relaxed) as f64 / 1000.0,
     );
     e.flag(
         "spilo_pg_wal_over_warning",

@@ -169,6 +169,18 @@ pub struct ArchiveStats {
     pub pg_wal_bytes: AtomicU64,
     /// `pg_wal` is past `backup.archive.pg_wal_warning_mb`.
     pub pg_wal_over: AtomicBool,
+    /// Unix time the last base backup this node took finished (0: none).
+    pub backup_last_unix: AtomicI64,
+    /// Its size in bytes (before compression).
+    pub backup_last_bytes: AtomicU64,
+    /// Its stored size.
+    pub backup_last_stored_bytes: AtomicU64,
+    /// Its duration in milliseconds.
+    pub backup_last_millis: AtomicU64,
+    /// Base backups this node took.
+    pub backups: AtomicU64,
+    /// Base backups that failed on this node.
+    pub backup_failures: AtomicU64,
 }
 
 impl ArchiveStats {

@@ -3,9 +3,13 @@
 //! schedules ([`schedule`]), and opening the configured store ([`open_storage`]).
 
 pub mod archiver;
+pub mod base;
+pub mod catalog;
 pub mod layout;
 pub mod object;
+pub mod run;
 pub mod schedule;
+pub mod scheduler;
 pub mod socket;
 
 use std::sync::Arc;

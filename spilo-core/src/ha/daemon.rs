@@ -146,6 +146,7 @@ fn sh_quote(s: &str) -> String {
 /// Starts the WAL archiver and its socket when the configuration has a `storage:` section.
 async fn start_archiver(
     cfg: &Config,
+    dcs: Arc<dyn Dcs>,
     node: tokio::sync::watch::Receiver<Arc<NodeState>>,
     stats: Arc<crate::backup::archiver::ArchiveStats>,
 ) -> Result<(), StartError> {
@@ -175,6 +176,23 @@ async fn start_archiver(
         concurrency: b.upload_concurrency as usize,
         pg_wal_warning_bytes: b.archive.pg_wal_warning_mb.saturating_mul(1 << 20),
     };
+    if !b.schedule.trim().is_empty() {
+        let schedule = crate::backup::schedule::Schedule::parse(&b.schedule)
+            .map_err(|e| StartError::Config(format!("backup.schedule: {e}")))?;
+        let job = crate::backup::run::Job {
+            storage: storage.clone(),
+            base: base.clone(),
+            cfg: cfg.clone(),
+            pg_version: major,
+        };
+        tokio::spawn(crate::backup::scheduler::run(
+            schedule,
+            dcs,
+            job,
+            node.clone(),
+            stats.clone(),
+        ));
+    }
     let archiver = crate::backup::archiver::Archiver::new(storage, settings, node, stats);
     let listener = crate::backup::socket::bind(&socket).map_err(|e| {
         StartError::Fatal(format!(
@@ -276,7 +294,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
     initial.archive = archive_stats.clone();
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
     if let Some(stats) = archive_stats {
-        start_archiver(&cfg, tx.subscribe(), stats).await?;
+        start_archiver(&cfg, dcs.clone(), tx.subscribe(), stats).await?;
     }
 
     // The lease guard runs on a thread of its own: nothing on this runtime can delay it.

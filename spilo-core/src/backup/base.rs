@@ -1,0 +1,349 @@
+//! Taking a base backup: `pg_basebackup`'s tar → zstd (with the SHA-256 trailer of
+//! [`super::object`]) → the store, streamed in chunks (never staged on local disk), then the
+//! manifest. A backup is complete only when its manifest (`…_backup_stop_sentinel.json`, as
+//! WAL-G names it) exists, and the manifest is written last: a backup cut short (daemon killed,
+//! failover, store down) never shows as complete.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use spilo_sdk::storage::{put_all, PutMode, Storage, StorageError};
+
+use super::layout::BACKUP_DIR;
+use super::object;
+use crate::dcs::codec::format_lsn;
+use crate::postgres::basebackup::{self, Said, Source};
+use crate::postgres::PgError;
+
+/// What a complete backup records (its manifest).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// `base_<start segment>`.
+    pub name: String,
+    /// When it started (RFC 3339, UTC).
+    pub start_time: String,
+    /// When it finished.
+    pub finish_time: String,
+    /// WAL position of the backup's start (`0/2000028`).
+    pub start_lsn: String,
+    /// WAL position of its end: the earliest point it can be restored to.
+    pub stop_lsn: String,
+    /// The timeline it was taken on.
+    pub timeline: u32,
+    /// The cluster's system identifier (from the DCS `initialize` key), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+    /// PostgreSQL major version.
+    pub pg_version: u32,
+    /// Bytes of the tar.
+    pub size: u64,
+    /// Bytes stored.
+    pub compressed_size: u64,
+    /// Seconds it took.
+    pub duration_secs: f64,
+    /// The member it was taken from.
+    pub member: String,
+    /// Taken from a replica.
+    pub from_replica: bool,
+    /// SHA-256 of the tar.
+    pub sha256: String,
+    /// The objects holding the data, relative to the cluster's base prefix.
+    pub objects: Vec<String>,
+    /// `tar.zst`.
+    pub format: String,
+    /// The spilo that wrote it.
+    pub spilo_version: String,
+}
+
+impl Manifest {
+    /// The start position as a number.
+    pub fn start(&self) -> u64 {
+        crate::dcs::codec::parse_lsn(&self.start_lsn).unwrap_or(0)
+    }
+
+    /// The stop position as a number.
+    pub fn stop(&self) -> u64 {
+        crate::dcs::codec::parse_lsn(&self.stop_lsn).unwrap_or(0)
+    }
+
+    /// When it finished, parsed.
+    pub fn finished(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        chrono::DateTime::parse_from_rfc3339(&self.finish_time)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
+    /// When it started, parsed.
+    pub fn started(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        chrono::DateTime::parse_from_rfc3339(&self.start_time)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+}
+
+/// The key of a backup's manifest.
+pub fn sentinel_key(base: &str, name: &str) -> String {
+    format!("{base}/{BACKUP_DIR}/{name}_backup_stop_sentinel.json")
+}
+
+/// The WAL segment name of `lsn` on `timeline` (16 MiB segments).
+pub fn segment_name(timeline: u32, lsn: u64) -> String {
+    format!(
+        "{timeline:08X}{:08X}{:08X}",
+        lsn >> 32,
+        (lsn & 0xffff_ffff) >> 24
+    )
+}
+
+/// Why a backup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// `pg_basebackup` could not start or failed.
+    #[error("pg_basebackup failed")]
+    Tool(#[source] PgError),
+    /// `pg_basebackup` did not report its start point.
+    #[error("pg_basebackup did not start a backup: {0}")]
+    NoStart(String),
+    /// The store failed.
+    #[error("uploading the backup failed")]
+    Storage(#[source] StorageError),
+    /// Reading the tar failed.
+    #[error("reading pg_basebackup's output failed")]
+    Read(#[source] std::io::Error),
+    /// Another backup holds the cluster's backup lock.
+    #[error("another backup is running: {0}")]
+    Busy(String),
+}
+
+/// What to back up and how.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The cluster's key prefix.
+    pub base: String,
+    /// The server to copy.
+    pub source: Source,
+    /// The member's name.
+    pub member: String,
+    /// It is a replica.
+    pub from_replica: bool,
+    /// PostgreSQL binaries.
+    pub bin_dir: std::path::PathBuf,
+    /// zstd level.
+    pub level: i32,
+    /// The cluster's system identifier.
+    pub system_identifier: Option<String>,
+    /// PostgreSQL major version.
+    pub pg_version: u32,
+}
+
+/// Progress of a running backup.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Tar bytes read so far.
+    pub done: AtomicU64,
+    /// `pg_basebackup`'s estimate of the total (0: not yet known).
+    pub total: AtomicU64,
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// A reader counting what passes through it.
+struct Counting<R> {
+    inner: R,
+    progress: Arc<Progress>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.done.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Takes a backup into `storage`; returns its manifest once the manifest is stored.
+pub async fn take(
+    storage: Arc<dyn Storage>,
+    req: &Request,
+    progress: Arc<Progress>,
+) -> Result<Manifest, BackupError> {
+    let t0 = crate::clock::now();
+    let started = chrono::Utc::now();
+    let label = format!("spilo {}", started.format("%Y-%m-%dT%H:%M:%SZ"));
+    let basebackup::TarStream {
+        child,
+        stdout,
+        stderr,
+    } = basebackup::spawn_tar(&req.bin_dir, &req.source, &label).map_err(BackupError::Tool)?;
+    let child = Arc::new(Mutex::new(child));
+    let kill = {
+        let child = child.clone();
+        move || {
+            let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = c.kill();
+        }
+    };
+    let said = Arc::new(Mutex::new(Said::default()));
+    let (start_tx, mut start_rx) = tokio::sync::watch::channel(None::<(u64, u32)>);
+    let reader = {
+        let said = said.clone();
+        let progress = progress.clone();
+        std::thread::spawn(move || {
+            basebackup::read_messages(stderr, |line| {
+                let mut s = said.lock().unwrap_or_else(|p| p.into_inner());
+                s.line(line);
+                if let Some(t) = s.total_bytes {
+                    progress.total.store(t, Ordering::Relaxed);
+                }
+                if s.start.is_some() && start_tx.borrow().is_none() {
+                    let _ = start_tx.send(s.start);
+                }
+            });
+        })
+    };
+    let tail = |said: &Mutex<Said>| {
+        said.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tail
+            .join(" / ")
+    };
+    // Waits for the process and the message reader; the exit status.
+    let finish_child = {
+        let child = child.clone();
+        move || async move {
+            tokio::task::spawn_blocking(move || {
+                let status = child.lock().unwrap_or_else(|p| p.into_inner()).wait();
+                let _ = reader.join();
+                status
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+        }
+    };
+    // The start point comes once the checkpoint is done (-c fast); give it a generous bound.
+    let start = tokio::time::timeout(Duration::from_secs(600), start_rx.wait_for(Option::is_some))
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|v| *v));
+    let Some((start_lsn, timeline)) = start else {
+        kill();
+        drop(stdout);
+        let _ = finish_child().await;
+        return Err(BackupError::NoStart(tail(&said)));
+    };
+    let mut name = format!("base_{}", segment_name(timeline, start_lsn));
+    if storage.head(&sentinel_key(&req.base, &name)).await.is_ok() {
+        name = format!("{name}_{}", started.timestamp());
+    }
+    let data_rel = format!("{BACKUP_DIR}/{name}/tar_partitions/part_1.tar.zst");
+    let data_key = format!("{}/{data_rel}", req.base);
+    let mut up = match storage.put_open(&data_key, PutMode::Overwrite).await {
+        Ok(u) => u,
+        Err(e) => {
+            kill();
+            drop(stdout);
+            let _ = finish_child().await;
+            return Err(BackupError::Storage(e));
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let level = req.level;
+    let counting = Counting {
+        inner: stdout,
+        progress: progress.clone(),
+    };
+    let encoder = tokio::task::spawn_blocking(move || {
+        object::encode_stream(counting, level, CHUNK, |c| {
+            tx.blocking_send(c)
+                .map_err(|_| std::io::Error::other("the upload stopped"))
+        })
+    });
+    let mut stored = 0u64;
+    let mut failed = None;
+    while let Some(c) = rx.recv().await {
+        stored += c.len() as u64;
+        if let Err(e) = up.write(&c).await {
+            failed = Some(BackupError::Storage(e));
+            break;
+        }
+    }
+    drop(rx);
+    if failed.is_some() {
+        kill();
+    }
+    let encoded = encoder.await;
+    let status = finish_child().await;
+    let trailer = match (failed, encoded, status) {
+        (Some(e), _, _) => {
+            up.abort().await;
+            return Err(e);
+        }
+        (None, Ok(Ok(t)), Ok(st)) if st.success() => t,
+        (None, Ok(Ok(_)), Ok(st)) => {
+            up.abort().await;
+            return Err(BackupError::Tool(PgError::Command {
+                cmd: "pg_basebackup".into(),
+                message: format!("{st}: {}", tail(&said)),
+            }));
+        }
+        (None, Ok(Err(e)), _) | (None, _, Err(e)) => {
+            up.abort().await;
+            return Err(BackupError::Read(e));
+        }
+        (None, Err(e), _) => {
+            up.abort().await;
+            return Err(BackupError::Read(std::io::Error::other(e)));
+        }
+    };
+    let Some(stop) = said.lock().unwrap_or_else(|p| p.into_inner()).end else {
+        up.abort().await;
+        return Err(BackupError::NoStart(format!(
+            "no end point reported: {}",
+            tail(&said)
+        )));
+    };
+    up.finish().await.map_err(BackupError::Storage)?;
+    let manifest = Manifest {
+        name: name.clone(),
+        start_time: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finish_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        start_lsn: format_lsn(start_lsn),
+        stop_lsn: format_lsn(stop),
+        timeline,
+        system_identifier: req.system_identifier.clone(),
+        pg_version: req.pg_version,
+        size: trailer.size,
+        compressed_size: stored,
+        duration_secs: crate::clock::now().saturating_duration_since(t0).as_secs_f64(),
+        member: req.member.clone(),
+        from_replica: req.from_replica,
+        sha256: trailer.sha256_hex(),
+        objects: vec![data_rel],
+        format: "tar.zst".into(),
+        spilo_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    put_all(
+        &*storage,
+        &sentinel_key(&req.base, &name),
+        PutMode::Overwrite,
+        &body,
+    )
+    .await
+    .map_err(BackupError::Storage)?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names() {
+        assert_eq!(segment_name(1, 0x200_0028), "000000010000000000000002");
+        assert_eq!(segment_name(3, 0x1_0A00_0000), "00000003000000010000000A");
+    }
+}

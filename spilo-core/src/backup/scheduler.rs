@@ -1,0 +1,87 @@
+//! The backup schedule in the daemon: every node follows the cron schedule; when it fires, the
+//! member [`super::run::choose_source`] picks (the leader, or the first streaming replica with
+//! `from_replica`) takes the backup, under the cluster's backup lock.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::archiver::ArchiveStats;
+use super::run::{backup_now, choose_source, Job};
+use super::schedule::Schedule;
+use crate::dcs::Dcs;
+use crate::ha::state::NodeState;
+
+/// Runs the schedule for ever.
+pub async fn run(
+    schedule: Schedule,
+    dcs: Arc<dyn Dcs>,
+    job: Job,
+    node: watch::Receiver<Arc<NodeState>>,
+    stats: Arc<ArchiveStats>,
+) {
+    let from_replica = job
+        .cfg
+        .backup_settings()
+        .map(|b| b.from_replica)
+        .unwrap_or(false);
+    loop {
+        let Some(next) = schedule.next_after(chrono::Utc::now()) else {
+            tracing::warn!("the backup schedule never fires; no scheduled backups");
+            return;
+        };
+        // Sleep in short steps so that a clock that jumps is noticed.
+        loop {
+            let left = (next - chrono::Utc::now()).num_milliseconds();
+            if left <= 0 {
+                break;
+            }
+            let step = u64::try_from(left).unwrap_or(0).min(30_000);
+            tokio::time::sleep(Duration::from_millis(step)).await;
+        }
+        let cluster = node.borrow().cluster.clone();
+        let Some(cluster) = cluster else { continue };
+        match choose_source(&cluster, from_replica) {
+            Ok((name, ..)) if name == job.cfg.name => {}
+            _ => continue,
+        }
+        match backup_now(
+            dcs.clone(),
+            &cluster,
+            &job,
+            from_replica,
+            Arc::new(super::base::Progress::default()),
+        )
+        .await
+        {
+            Ok((m, retention)) => {
+                record(&stats, &m);
+                if let Err(e) = retention {
+                    tracing::warn!("retention after the scheduled backup failed: {e}");
+                }
+            }
+            Err(e) => {
+                stats.backup_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("scheduled base backup failed: {}", crate::error_chain(&e));
+            }
+        }
+    }
+}
+
+/// Records a finished backup in the counters.
+pub fn record(stats: &ArchiveStats, m: &super::base::Manifest) {
+    stats.backups.fetch_add(1, Ordering::Relaxed);
+    stats.backup_last_unix.store(
+        m.finished().map_or(0, |t| t.timestamp()),
+        Ordering::Relaxed,
+    );
+    stats.backup_last_bytes.store(m.size, Ordering::Relaxed);
+    stats
+        .backup_last_stored_bytes
+        .store(m.compressed_size, Ordering::Relaxed);
+    stats
+        .backup_last_millis
+        .store((m.duration_secs * 1000.0) as u64, Ordering::Relaxed);
+}
