@@ -158,6 +158,9 @@ mod storage_s3 {
         multipart_round_trip_moto => s3::multipart_round_trip(Moto, false);
         multipart_round_trip_s3sfs => s3::multipart_round_trip(S3sFs, false);
         multipart_round_trip_s3sfs_plugin => s3::multipart_round_trip(S3sFs, true);
+        aborted_multipart_leaves_nothing_moto => s3::aborted_multipart_leaves_nothing(Moto, false);
+        aborted_multipart_leaves_nothing_s3sfs => s3::aborted_multipart_leaves_nothing(S3sFs, false);
+        aborted_multipart_leaves_nothing_moto_plugin => s3::aborted_multipart_leaves_nothing(Moto, true);
         put_if_absent_over_multipart_moto => s3::put_if_absent_over_multipart(Moto, false, true);
         put_if_absent_over_multipart_s3sfs => s3::put_if_absent_over_multipart(S3sFs, false, true);
         put_if_absent_over_multipart_moto_plugin => s3::put_if_absent_over_multipart(Moto, true, true);

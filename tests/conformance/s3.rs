@@ -304,6 +304,54 @@ pub async fn multipart_round_trip(kind: S3Kind, plugin: bool) {
     );
 }
 
+/// A multipart upload aborted after three parts, and another dropped without finish or abort,
+/// leave no object and no open multipart upload.
+pub async fn aborted_multipart_leaves_nothing(kind: S3Kind, plugin: bool) {
+    let s = open(kind, plugin, json!({})).await;
+    let part = part(kind);
+    let data = body(3 * part + 5, 9);
+    let mut up = s
+        .put_open("base/aborted", PutMode::IfAbsent)
+        .await
+        .expect("put_open");
+    for c in data.chunks(part / 2) {
+        up.write(c).await.expect("write");
+    }
+    assert_eq!(
+        open_multipart_uploads(&s.server).await.len(),
+        1,
+        "[{kind:?}] no multipart upload open after three parts"
+    );
+    up.abort().await;
+    assert_eq!(
+        open_multipart_uploads(&s.server).await,
+        Vec::<String>::new()
+    );
+    let mut up = s
+        .put_open("base/dropped", PutMode::Overwrite)
+        .await
+        .expect("put_open");
+    for c in data.chunks(part / 2) {
+        up.write(c).await.expect("write");
+    }
+    drop(up);
+    // The abort of a dropped upload runs in the background.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = open_multipart_uploads(&s.server).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "[{kind:?}] a dropped upload left {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = s.list("", None, 10).await.expect("list");
+    assert!(page.objects.is_empty(), "[{kind:?}] {:?}", page.objects);
+}
+
 /// Put-if-absent of multipart objects: the same bytes again are success; different bytes of
 /// the same length (one byte in the last part) are `Exists` and leave the object as it was;
 /// a single put over a multipart object likewise; nothing is left open. With

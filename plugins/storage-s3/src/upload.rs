@@ -191,7 +191,8 @@ impl S3Upload {
     }
 
     async fn put_single(&mut self, conditional: bool) -> Result<(), StorageError> {
-        let body = std::mem::take(&mut self.buf);
+        // Shared, not copied, by each attempt.
+        let body = bytes::Bytes::from(std::mem::take(&mut self.buf));
         let c = &self.inner.cfg;
         for attempt in 1..=CONFLICT_ATTEMPTS {
             let mut req = self
@@ -294,8 +295,10 @@ impl S3Upload {
             .send()
             .await
             .map_err(|e| self.inner.error(op, &self.key, e))?;
-        if out.content_length().and_then(|n| u64::try_from(n).ok()) != Some(self.size) {
-            return Err(exists());
+        if let Some(n) = out.content_length().and_then(|n| u64::try_from(n).ok()) {
+            if n != self.size {
+                return Err(exists());
+            }
         }
         let mut body = out.body;
         let mut sha = Sha256::new();
