@@ -179,3 +179,136 @@ pub(crate) enum Precondition {
     /// Another conditional write to the key is in progress: retry.
     Conflict,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::error::{ConnectorError, ErrorMetadata};
+    use aws_sdk_s3::operation::put_object::PutObjectError;
+    use aws_sdk_s3::primitives::SdkBody;
+
+    fn inner() -> Inner {
+        let cfg = crate::S3Settings {
+            bucket: "b-1".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("settings");
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .build();
+        Inner {
+            client: Client::from_conf(conf),
+            cfg,
+        }
+    }
+
+    /// An S3 answer with `status` and, if given, an error code and message.
+    fn answer(
+        status: u16,
+        code: Option<&str>,
+        msg: &str,
+    ) -> SdkError<PutObjectError, HttpResponse> {
+        let mut meta = ErrorMetadata::builder().message(msg);
+        if let Some(c) = code {
+            meta = meta.code(c);
+        }
+        let status = status.try_into().expect("status code");
+        SdkError::service_error(
+            PutObjectError::generic(meta.build()),
+            HttpResponse::new(status, SdkBody::empty()),
+        )
+    }
+
+    #[test]
+    fn lost_conditional_writes_are_recognised() {
+        let cases = [
+            (412, Some("PreconditionFailed"), Some(Precondition::Exists)),
+            (412, None, Some(Precondition::Exists)),
+            (
+                409,
+                Some("ConditionalRequestConflict"),
+                Some(Precondition::Conflict),
+            ),
+            (409, Some("OperationAborted"), None),
+            (403, Some("AccessDenied"), None),
+            (404, Some("NoSuchBucket"), None),
+        ];
+        for (status, code, want) in cases {
+            assert_eq!(
+                precondition(&answer(status, code, "m")),
+                want,
+                "{status} {code:?}"
+            );
+        }
+        let other: SdkError<PutObjectError, HttpResponse> =
+            SdkError::timeout_error("slow".to_string());
+        assert_eq!(precondition(&other), None);
+    }
+
+    #[test]
+    fn errors_keep_what_s3_said() {
+        let i = inner();
+        let e = i.error("get_open", "wal/1", answer(404, Some("NoSuchKey"), "gone"));
+        assert!(
+            matches!(e, StorageError::NotFound { ref key } if key == "wal/1"),
+            "{e:?}"
+        );
+        let e = i.error("head", "wal/1", answer(404, None, ""));
+        assert!(matches!(e, StorageError::NotFound { .. }), "{e:?}");
+        let e = i.error(
+            "list",
+            "",
+            answer(
+                404,
+                Some("NoSuchBucket"),
+                "The specified bucket does not exist",
+            ),
+        );
+        let msg = e.to_string();
+        assert!(matches!(e, StorageError::Refused { .. }), "{e:?}");
+        assert!(
+            msg.contains("NoSuchBucket: The specified bucket does not exist (HTTP 404, bucket b-1")
+                && !msg.contains("service error"),
+            "{msg}"
+        );
+        let msg = i
+            .error("put_finish", "k", answer(403, Some("AccessDenied"), "nope"))
+            .to_string();
+        assert!(msg.contains("AccessDenied: nope (HTTP 403"), "{msg}");
+        let msg = i
+            .error("put_finish", "k", answer(500, None, ""))
+            .to_string();
+        assert!(
+            msg.contains("no error code") && msg.contains("HTTP 500"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn timeouts_and_connection_failures() {
+        let i = inner();
+        let t: SdkError<PutObjectError, HttpResponse> = SdkError::timeout_error("slow".to_string());
+        assert!(matches!(
+            i.error("head", "k", t),
+            StorageError::Timeout { op: "head", .. }
+        ));
+        let t: SdkError<PutObjectError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::timeout("read timed out".into()));
+        assert!(matches!(
+            i.error("head", "k", t),
+            StorageError::Timeout { .. }
+        ));
+        let refused: SdkError<PutObjectError, HttpResponse> = SdkError::dispatch_failure(
+            ConnectorError::io("Connection refused (os error 111)".into()),
+        );
+        match i.error("head", "k", refused) {
+            StorageError::Unreachable { message, .. } => {
+                assert!(message.contains("Connection refused"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
