@@ -160,6 +160,38 @@ else
   "$PATRONI_VENV/bin/patronictl" version >/dev/null
 fi
 
+# Local S3 servers for the S3 storage backend's tests (tests/harness/s3.rs looks for them here,
+# or at $SPILO_MOTO_VENV / $SPILO_S3S_FS). moto in server mode, from PyPI, in a virtualenv of
+# its own (Debian's python3): 5.2.5, because 5.2.1 answers CompleteMultipartUpload with the
+# XML root CompleteMultipartUploadResponse, which the Rust AWS SDK refuses.
+MOTO_VENV="${SPILO_MOTO_VENV:-/opt/spilo-moto-venv}"
+MOTO_VERSION=5.2.5
+moto_version() { "$MOTO_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null; }
+if [ -x "$MOTO_VENV/bin/moto_server" ] && [ "$(moto_version)" = "$MOTO_VERSION" ]; then
+  log "moto $MOTO_VERSION present in $MOTO_VENV"
+else
+  log "installing moto[server]==$MOTO_VERSION into $MOTO_VENV"
+  if [ ! -x "$MOTO_VENV/bin/pip" ]; then
+    "${SUDO[@]}" rm -rf "$MOTO_VENV"
+    "${SUDO[@]}" /usr/bin/python3 -m venv "$MOTO_VENV"
+  fi
+  "${SUDO[@]}" "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  "${SUDO[@]}" chmod -R a+rX "$MOTO_VENV"
+fi
+# s3s-fs, an S3 server over a directory (Rust, from crates.io): 0.14.1 is the newest that
+# builds with Rust 1.95 (0.15 and later need 1.96). About 4 minutes on 2 cores.
+S3S_FS_ROOT="${SPILO_S3S_FS_ROOT:-/opt/spilo-s3s-fs}"
+S3S_FS_VERSION=0.14.1
+s3s_fs_version() { "$S3S_FS_ROOT/bin/s3s-fs" --version 2>/dev/null; }
+if [ "$(s3s_fs_version)" = "s3s-fs $S3S_FS_VERSION" ]; then
+  log "s3s-fs $S3S_FS_VERSION present in $S3S_FS_ROOT"
+else
+  log "installing s3s-fs $S3S_FS_VERSION into $S3S_FS_ROOT (cargo install)"
+  "${SUDO[@]}" env PATH="$PATH" cargo install s3s-fs --version "=$S3S_FS_VERSION" --features binary \
+    --locked --force --root "$S3S_FS_ROOT"
+  "${SUDO[@]}" chmod -R a+rX "$S3S_FS_ROOT"
+fi
+
 fi # CHECK_ONLY
 
 # ---- The check: every tool the build, demo, benchmarks and tests use, actually working. ----
@@ -223,6 +255,18 @@ check "python3 -m venv (Debian's python3)" "packages python3 and python3-venv" \
   /usr/bin/python3 -m venv "$CHECK_DIR/venv"
 check "patronictl in $PATRONI_VENV" "created by scripts/install-deps.sh from PyPI" \
   "$PATRONI_VENV/bin/patronictl" version
+MOTO_VENV="${SPILO_MOTO_VENV:-/opt/spilo-moto-venv}"
+moto_ok() {
+  local v; v=$("$MOTO_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))') &&
+    [ "$v" = 5.2.5 ] && "$MOTO_VENV/bin/moto_server" --help
+}
+check "moto_server 5.2.5 in $MOTO_VENV" "created by scripts/install-deps.sh from PyPI" moto_ok
+S3S_FS_ROOT="${SPILO_S3S_FS_ROOT:-/opt/spilo-s3s-fs}"
+s3s_fs_ok() {
+  local v; v=$("$S3S_FS_ROOT/bin/s3s-fs" --version) && [ "$v" = "s3s-fs 0.14.1" ] &&
+    "$S3S_FS_ROOT/bin/s3s-fs" --help
+}
+check "s3s-fs 0.14.1 in $S3S_FS_ROOT/bin" "cargo install s3s-fs --features binary (scripts/install-deps.sh)" s3s_fs_ok
 check "cargo" "the Rust toolchain (rustup)" cargo --version
 check "cargo fmt" "rustup component add rustfmt" cargo fmt --version
 check "cargo clippy" "rustup component add clippy" cargo clippy --version

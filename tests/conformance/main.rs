@@ -14,11 +14,17 @@
 //! - `zookeeper_ensemble`: three ZooKeeper servers, the client given all three;
 //! - `plugin_etcd_gateway`: one etcd process reached through the example `etcd-gateway` plugin
 //!   (a `cdylib` loaded through the C ABI by spilo's loader).
+//!
+//! The storage suite (`storage.rs`, every test named `storage_*`) runs on the filesystem
+//! backend and on the S3 backend against moto and s3s-fs, in-process and as a plugin
+//! (`s3.rs`, which also holds the S3-specific tests): `cargo test -p spilo-tests --test
+//! conformance storage_`.
 
 mod backend;
 mod etcd;
 mod lb;
 mod plugin;
+mod s3;
 mod storage;
 mod suite;
 mod zookeeper;
@@ -127,6 +133,68 @@ fn lb_c_plugin_with_a_null_entry_point_is_refused_naming_it() {
 
 storage_conformance!(storage_fs, crate::storage::FsInProcess);
 storage_conformance!(storage_fs_plugin, crate::storage::FsThroughPlugin);
+storage_conformance!(storage_s3_moto, crate::s3::S3MotoInProcess);
+storage_conformance!(storage_s3_s3sfs, crate::s3::S3sFsInProcess);
+storage_conformance!(storage_s3_moto_plugin, crate::s3::S3MotoThroughPlugin);
+storage_conformance!(storage_s3_s3sfs_plugin, crate::s3::S3sFsThroughPlugin);
+
+/// The S3 backend's own tests: `storage_s3_<what>_<server>[_plugin]`.
+mod storage_s3 {
+    use super::s3;
+    use spilo_tests::s3::S3Kind::{Moto, S3sFs};
+
+    macro_rules! s3_tests {
+        ($($name:ident => $body:expr;)*) => {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $body.await;
+                }
+            )*
+        };
+    }
+
+    s3_tests! {
+        multipart_round_trip_moto => s3::multipart_round_trip(Moto, false);
+        multipart_round_trip_s3sfs => s3::multipart_round_trip(S3sFs, false);
+        multipart_round_trip_s3sfs_plugin => s3::multipart_round_trip(S3sFs, true);
+        aborted_multipart_leaves_nothing_moto => s3::aborted_multipart_leaves_nothing(Moto, false);
+        aborted_multipart_leaves_nothing_s3sfs => s3::aborted_multipart_leaves_nothing(S3sFs, false);
+        aborted_multipart_leaves_nothing_moto_plugin => s3::aborted_multipart_leaves_nothing(Moto, true);
+        put_if_absent_over_multipart_moto => s3::put_if_absent_over_multipart(Moto, false, true);
+        put_if_absent_over_multipart_s3sfs => s3::put_if_absent_over_multipart(S3sFs, false, true);
+        put_if_absent_over_multipart_moto_plugin => s3::put_if_absent_over_multipart(Moto, true, true);
+        put_if_absent_head_fallback_moto => s3::put_if_absent_over_multipart(Moto, false, false);
+        put_if_absent_head_fallback_s3sfs => s3::put_if_absent_over_multipart(S3sFs, false, false);
+        missing_bucket_is_named_moto => s3::missing_bucket_is_named(Moto, false);
+        missing_bucket_is_named_s3sfs => s3::missing_bucket_is_named(S3sFs, false);
+        missing_bucket_is_named_moto_plugin => s3::missing_bucket_is_named(Moto, true);
+        wrong_secret_is_named_s3sfs => s3::wrong_secret_is_named(false);
+        wrong_secret_is_named_s3sfs_plugin => s3::wrong_secret_is_named(true);
+        silent_server_times_out => s3::silent_server_times_out(false);
+        silent_server_times_out_plugin => s3::silent_server_times_out(true);
+        bad_settings_are_refused => s3::bad_settings_are_refused(false);
+        bad_settings_are_refused_plugin => s3::bad_settings_are_refused(true);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn if_none_match_moto() {
+        let (put, complete) = s3::honours_if_none_match(Moto).await;
+        assert!(
+            put && complete,
+            "moto: PutObject {put}, CompleteMultipartUpload {complete}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn if_none_match_s3sfs() {
+        let (put, complete) = s3::honours_if_none_match(S3sFs).await;
+        assert!(
+            put && complete,
+            "s3s-fs: PutObject {put}, CompleteMultipartUpload {complete}"
+        );
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_cluster3_survives_losing_its_raft_leader() {

@@ -9,6 +9,7 @@
 //! - [`node`]: one daemon, its config, log, signals, REST API and SQL;
 //! - [`cluster`]: etcd plus n nodes, waits on cluster-wide conditions, cleanup on drop;
 //! - [`http`], [`pg`], [`util`]: a tiny HTTP client, SQL helpers, ports/polling/processes;
+//! - [`s3`]: local S3 servers (moto in server mode, s3s-fs) for the S3 storage backend;
 //! - [`tools`]: the third-party tools of the operations tests (patronictl, promtool, HAProxy).
 //!
 //! Every wait is a polling loop with a generous timeout and a panic message naming what was
@@ -22,6 +23,7 @@ pub mod etcd_cluster;
 pub mod http;
 pub mod node;
 pub mod pg;
+pub mod s3;
 pub mod template;
 pub mod tools;
 pub mod util;
