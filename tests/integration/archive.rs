@@ -21,17 +21,20 @@ use crate::ops::{call, expect};
 use crate::BOOTSTRAP;
 
 /// A store directory the `postgres` user can write, removed at the end.
-struct Store {
+pub(crate) struct Store {
     dir: tempfile::TempDir,
 }
 
 impl Store {
-    fn new() -> Store {
+    pub(crate) fn new() -> Store {
         let dir = tempfile::Builder::new()
             .prefix("spilo-it-store-")
             .tempdir_in("/tmp")
             .expect("store dir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+        // Owned by the daemons' OS user, as a real store directory is.
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown store");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod store");
         Store { dir }
     }
@@ -43,15 +46,23 @@ impl Store {
         )
     }
 
-    /// `wal_005` of the cluster (PostgreSQL 15, the default layout).
-    fn wal_dir(&self, scope: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join(format!("spilo/{scope}/wal/15/{}", layout::WAL_DIR))
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The cluster's base prefix (PostgreSQL 15, the default layout).
+    pub(crate) fn base(&self, scope: &str) -> PathBuf {
+        self.dir.path().join(format!("spilo/{scope}/wal/15"))
+    }
+
+    /// `wal_005` of the cluster.
+    pub(crate) fn wal_dir(&self, scope: &str) -> PathBuf {
+        self.base(scope).join(layout::WAL_DIR)
     }
 
     /// The WAL file names stored for `scope`.
-    fn names(&self, scope: &str) -> BTreeSet<String> {
+    pub(crate) fn names(&self, scope: &str) -> BTreeSet<String> {
         let Ok(rd) = std::fs::read_dir(self.wal_dir(scope)) else {
             return BTreeSet::new();
         };
@@ -62,6 +73,16 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// The `postgres` user's uid and gid.
+fn postgres_ids() -> (u32, u32) {
+    let name = std::ffi::CString::new("postgres").expect("name");
+    // SAFETY: getpwnam with a valid C string; the result is read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pw.is_null(), "no postgres OS user");
+    // SAFETY: non-null pointer from getpwnam.
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
 }
 
 fn archiver_stats(n: &Node) -> (u64, u64, Option<String>) {

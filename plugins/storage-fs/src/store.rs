@@ -131,10 +131,25 @@ impl FsStore {
     pub fn open(root: PathBuf) -> Result<FsStore, FsError> {
         let tmp = root.join(TMP_DIR);
         fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
-        Ok(FsStore {
+        let store = FsStore {
             root,
             next_tmp: AtomicU64::new(0),
-        })
+        };
+        store.give_to_owner(&tmp);
+        Ok(store)
+    }
+
+    /// Files and directories created by another user than the store's owner (root running
+    /// `spiloctl backup create` on the daemon's store) are handed to the owner, so that the
+    /// daemon can still write next to them. Best effort: only root can, and only root needs to.
+    fn give_to_owner(&self, path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(root), Ok(this)) = (fs::metadata(&self.root), fs::symlink_metadata(path)) else {
+            return;
+        };
+        if this.uid() != root.uid() || this.gid() != root.gid() {
+            let _ = std::os::unix::fs::chown(path, Some(root.uid()), Some(root.gid()));
+        }
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, FsError> {
@@ -162,6 +177,7 @@ impl FsStore {
             .create_new(true)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
+        self.give_to_owner(&tmp);
         Ok(FsUpload {
             file,
             tmp,
@@ -197,7 +213,11 @@ impl FsStore {
             fs::create_dir_all(&parent).map_err(io_err("create directory", &parent))?;
             // The new directories' names must survive a crash too.
             let mut d = parent.as_path();
+            self.give_to_owner(d);
             while let Some(up_dir) = d.parent() {
+                if up_dir != self.root {
+                    self.give_to_owner(up_dir);
+                }
                 sync_dir(up_dir)?;
                 if up_dir == self.root {
                     break;

@@ -13,6 +13,7 @@ use spilo_sdk::storage::{put_all, PutMode, Storage, StorageError};
 
 use super::layout::BACKUP_DIR;
 use super::object;
+use super::tarscan::TarScan;
 use crate::dcs::codec::format_lsn;
 use crate::postgres::basebackup::{self, Said, Source};
 use crate::postgres::PgError;
@@ -149,16 +150,21 @@ pub struct Progress {
 
 const CHUNK: usize = 1 << 20;
 
-/// A reader counting what passes through it.
-struct Counting<R> {
+/// A reader counting what passes through it and showing it to the tar scanner.
+struct Scanning<R> {
     inner: R,
+    scan: Arc<Mutex<TarScan>>,
     progress: Arc<Progress>,
 }
 
-impl<R: std::io::Read> std::io::Read for Counting<R> {
+impl<R: std::io::Read> std::io::Read for Scanning<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.progress.done.fetch_add(n as u64, Ordering::Relaxed);
+        self.scan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .feed(&buf[..n]);
         Ok(n)
     }
 }
@@ -177,6 +183,7 @@ pub async fn take(
         stdout,
         stderr,
     } = basebackup::spawn_tar(&req.bin_dir, &req.source, &label).map_err(BackupError::Tool)?;
+    let pid = i32::try_from(child.id()).unwrap_or(0);
     let child = Arc::new(Mutex::new(child));
     let kill = {
         let child = child.clone();
@@ -186,7 +193,6 @@ pub async fn take(
         }
     };
     let said = Arc::new(Mutex::new(Said::default()));
-    let (start_tx, mut start_rx) = tokio::sync::watch::channel(None::<(u64, u32)>);
     let reader = {
         let said = said.clone();
         let progress = progress.clone();
@@ -197,8 +203,18 @@ pub async fn take(
                 if let Some(t) = s.total_bytes {
                     progress.total.store(t, Ordering::Relaxed);
                 }
-                if s.start.is_some() && start_tx.borrow().is_none() {
-                    let _ = start_tx.send(s.start);
+                // The server waits for ever for WAL that is not being archived: give up at its
+                // first complaint (after a minute) rather than hang.
+                if line.contains("still waiting for all required WAL segments to be archived")
+                    && pid > 0
+                {
+                    s.tail.push(
+                        "the WAL this backup needs is not being archived (see the archiver's errors and spilo_wal_archive_failures_total)".into(),
+                    );
+                    // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+                    unsafe {
+                        libc::kill(pid, libc::SIGTERM);
+                    }
                 }
             });
         })
@@ -223,16 +239,51 @@ pub async fn take(
             .and_then(|r| r)
         }
     };
-    // The start point comes once the checkpoint is done (-c fast); give it a generous bound.
-    let start = tokio::time::timeout(Duration::from_secs(600), start_rx.wait_for(Option::is_some))
-        .await
-        .ok()
-        .and_then(|r| r.ok().and_then(|v| *v));
+    // The tar's first member, backup_label, names the start: read up to it (the checkpoint
+    // comes first; -c fast), keeping what was read.
+    let scan = Arc::new(Mutex::new(TarScan::default()));
+    let mut scanning = Scanning {
+        inner: stdout,
+        scan: scan.clone(),
+        progress: progress.clone(),
+    };
+    let head = tokio::task::spawn_blocking(move || {
+        let mut prefix = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let found = {
+                let s = scanning.scan.lock().unwrap_or_else(|p| p.into_inner());
+                s.label.is_some() || s.broken.is_some()
+            };
+            if found || prefix.len() > 64 << 20 {
+                return (prefix, scanning);
+            }
+            match std::io::Read::read(&mut scanning, &mut buf) {
+                Ok(0) | Err(_) => return (prefix, scanning),
+                Ok(n) => prefix.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    let (prefix, scanning) = match tokio::time::timeout(Duration::from_secs(600), head).await {
+        Ok(Ok(v)) => v,
+        _ => {
+            kill();
+            let _ = finish_child().await;
+            return Err(BackupError::NoStart(tail(&said)));
+        }
+    };
+    let start = scan.lock().unwrap_or_else(|p| p.into_inner()).start();
     let Some((start_lsn, timeline)) = start else {
         kill();
-        drop(stdout);
+        drop(scanning);
         let _ = finish_child().await;
-        return Err(BackupError::NoStart(tail(&said)));
+        let why = scan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .broken
+            .clone()
+            .unwrap_or_else(|| "no backup_label at the start of the tar".into());
+        return Err(BackupError::NoStart(format!("{why}: {}", tail(&said))));
     };
     let mut name = format!("base_{}", segment_name(timeline, start_lsn));
     if storage.head(&sentinel_key(&req.base, &name)).await.is_ok() {
@@ -244,19 +295,16 @@ pub async fn take(
         Ok(u) => u,
         Err(e) => {
             kill();
-            drop(stdout);
+            drop(scanning);
             let _ = finish_child().await;
             return Err(BackupError::Storage(e));
         }
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let level = req.level;
-    let counting = Counting {
-        inner: stdout,
-        progress: progress.clone(),
-    };
     let encoder = tokio::task::spawn_blocking(move || {
-        object::encode_stream(counting, level, CHUNK, |c| {
+        let input = std::io::Read::chain(std::io::Cursor::new(prefix), scanning);
+        object::encode_stream(input, level, CHUNK, |c| {
             tx.blocking_send(c)
                 .map_err(|_| std::io::Error::other("the upload stopped"))
         })
@@ -298,10 +346,10 @@ pub async fn take(
             return Err(BackupError::Read(std::io::Error::other(e)));
         }
     };
-    let Some(stop) = said.lock().unwrap_or_else(|p| p.into_inner()).end else {
+    let Some(stop) = scan.lock().unwrap_or_else(|p| p.into_inner()).stop() else {
         up.abort().await;
         return Err(BackupError::NoStart(format!(
-            "no end point reported: {}",
+            "no backup_manifest with WAL-Ranges at the end of the tar: {}",
             tail(&said)
         )));
     };
@@ -317,7 +365,9 @@ pub async fn take(
         pg_version: req.pg_version,
         size: trailer.size,
         compressed_size: stored,
-        duration_secs: crate::clock::now().saturating_duration_since(t0).as_secs_f64(),
+        duration_secs: crate::clock::now()
+            .saturating_duration_since(t0)
+            .as_secs_f64(),
         member: req.member.clone(),
         from_replica: req.from_replica,
         sha256: trailer.sha256_hex(),

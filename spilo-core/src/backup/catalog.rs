@@ -25,7 +25,9 @@ pub async fn list_all(s: &dyn Storage, prefix: &str) -> Result<Vec<(String, u64)
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = s.list(&format!("{prefix}/"), after.as_deref(), 1000).await?;
+        let page = s
+            .list(&format!("{prefix}/"), after.as_deref(), 1000)
+            .await?;
         let last = page.objects.last().map(|(k, _)| k.clone());
         out.extend(page.objects);
         match (page.more, last) {
@@ -131,8 +133,7 @@ pub fn window(backups: &[Manifest], wal: &[WalEntry]) -> Option<Window> {
         .collect();
     // Every segment from the start to the stop point, on the backup's timeline.
     let usable = |m: &Manifest| {
-        (lsn_position(m.start())..=lsn_position(m.stop()))
-            .all(|p| have.contains(&(m.timeline, p)))
+        (lsn_position(m.start())..=lsn_position(m.stop())).all(|p| have.contains(&(m.timeline, p)))
     };
     let oldest = backups.iter().find(|m| usable(m))?;
     let newest = backups.iter().rev().find(|m| usable(m))?;
@@ -329,7 +330,15 @@ mod tests {
 
     fn four_backups() -> Vec<Manifest> {
         (1..=4)
-            .map(|d| manifest(&format!("b{d}"), 1, u64::from(d) * 10 * MB16, u64::from(d) * 10 * MB16 + 100, d))
+            .map(|d| {
+                manifest(
+                    &format!("b{d}"),
+                    1,
+                    u64::from(d) * 10 * MB16,
+                    u64::from(d) * 10 * MB16 + 100,
+                    d,
+                )
+            })
             .collect()
     }
 
@@ -344,7 +353,10 @@ mod tests {
         let none = plan_retention(&b, &wal, &Retain::default(), now()).unwrap();
         assert!(none.delete.is_empty() && none.delete_wal.is_empty());
 
-        let count = Retain { count: Some(2), ..Retain::default() };
+        let count = Retain {
+            count: Some(2),
+            ..Retain::default()
+        };
         let p = plan_retention(&b, &wal, &count, now()).unwrap();
         assert_eq!(p.keep, ["b3", "b4"]);
         assert_eq!(p.delete, ["b1", "b2"]);
@@ -353,25 +365,55 @@ mod tests {
         assert!(!p.delete_wal.contains(&seg(1, 30).name));
 
         // Age: started within 2 days of Dec 4 12:00 → Dec 3 and Dec 4.
-        let age = Retain { age: Some(2), ..Retain::default() };
-        assert_eq!(plan_retention(&b, &wal, &age, now()).unwrap().keep, ["b3", "b4"]);
+        let age = Retain {
+            age: Some(2),
+            ..Retain::default()
+        };
+        assert_eq!(
+            plan_retention(&b, &wal, &age, now()).unwrap().keep,
+            ["b3", "b4"]
+        );
 
         // PITR window of 36 h: the window starts Dec 3 00:00; b2 (finished Dec 2) covers it.
-        let pitr = Retain { pitr_window: Some("36h".into()), ..Retain::default() };
-        assert_eq!(plan_retention(&b, &wal, &pitr, now()).unwrap().keep, ["b2", "b3", "b4"]);
+        let pitr = Retain {
+            pitr_window: Some("36h".into()),
+            ..Retain::default()
+        };
+        assert_eq!(
+            plan_retention(&b, &wal, &pitr, now()).unwrap().keep,
+            ["b2", "b3", "b4"]
+        );
 
         // A window older than every backup keeps them all.
-        let long = Retain { pitr_window: Some("30d".into()), ..Retain::default() };
-        assert!(plan_retention(&b, &wal, &long, now()).unwrap().delete.is_empty());
+        let long = Retain {
+            pitr_window: Some("30d".into()),
+            ..Retain::default()
+        };
+        assert!(plan_retention(&b, &wal, &long, now())
+            .unwrap()
+            .delete
+            .is_empty());
 
         // The newest is always kept.
-        let old = Retain { age: Some(0), ..Retain::default() };
-        let p = plan_retention(&b, &wal, &old, chrono::Utc.with_ymd_and_hms(2027, 6, 1, 0, 0, 0).unwrap()).unwrap();
+        let old = Retain {
+            age: Some(0),
+            ..Retain::default()
+        };
+        let p = plan_retention(
+            &b,
+            &wal,
+            &old,
+            chrono::Utc.with_ymd_and_hms(2027, 6, 1, 0, 0, 0).unwrap(),
+        )
+        .unwrap();
         assert_eq!(p.keep, ["b4"]);
 
         // History files are never deleted.
         let mut w = wal.clone();
-        w.push(WalEntry { name: "00000002.history".into(), size: 1 });
+        w.push(WalEntry {
+            name: "00000002.history".into(),
+            size: 1,
+        });
         let p = plan_retention(&b, &w, &count, now()).unwrap();
         assert!(!p.delete_wal.iter().any(|n| n.ends_with(".history")));
     }
@@ -383,7 +425,14 @@ mod tests {
         let gap = vec![seg(1, 2), seg(1, 4)];
         assert!(window(&b, &gap).is_none());
         // 2..=5 on timeline 1, then 6, 7 on timeline 2.
-        let wal = vec![seg(1, 2), seg(1, 3), seg(1, 4), seg(1, 5), seg(2, 6), seg(2, 7)];
+        let wal = vec![
+            seg(1, 2),
+            seg(1, 3),
+            seg(1, 4),
+            seg(1, 5),
+            seg(2, 6),
+            seg(2, 7),
+        ];
         let w = window(&b, &wal).unwrap();
         assert_eq!(w.from_backup, "b1");
         assert_eq!(w.to_segment, "000000020000000000000007");

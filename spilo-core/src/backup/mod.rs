@@ -11,6 +11,7 @@ pub mod run;
 pub mod schedule;
 pub mod scheduler;
 pub mod socket;
+pub mod tarscan;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,28 @@ use spilo_sdk::storage::{Storage, StorageError};
 
 use crate::config::backup::StorageConfig;
 
-/// Opens the store `storage:` names: `fs` in-process, or a loaded storage plugin (the `s3`
-/// backend is a plugin of its own crate).
+/// The S3 backend's plugin file, looked for next to the running binary and in the usual
+/// library directories when `type: s3` is used without a `plugins:` entry named `s3`. (S3
+/// lives in a plugin so that nodes without it never map the AWS SDK.)
+pub const S3_PLUGIN_FILE: &str = "libspilo_storage_s3_plugin.so";
+
+fn s3_plugin_candidates() -> Vec<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
+    {
+        dirs.push(d.join(S3_PLUGIN_FILE));
+        dirs.push(d.join("../lib/spilo").join(S3_PLUGIN_FILE));
+    }
+    for d in ["/usr/local/lib/spilo", "/usr/lib/spilo"] {
+        dirs.push(std::path::Path::new(d).join(S3_PLUGIN_FILE));
+    }
+    dirs
+}
+
+/// Opens the store `storage:` names: `fs` in-process, `s3` through its plugin (found as
+/// [`S3_PLUGIN_FILE`] unless `plugins:` names one `s3`), or any loaded storage plugin.
 pub async fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError> {
     match cfg.kind.as_str() {
         "fs" => {
@@ -29,6 +50,37 @@ pub async fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, Stora
                 message: "storage.path is required for type fs".into(),
             })?;
             Ok(Arc::new(spilo_storage_fs::FsStorage::open(path)?))
+        }
+        "s3" if crate::plugin::get("s3").is_none() => {
+            let candidates = s3_plugin_candidates();
+            let path =
+                candidates
+                    .iter()
+                    .find(|p| p.exists())
+                    .ok_or_else(|| StorageError::Refused {
+                        op: "open",
+                        message: format!(
+                            "storage type s3: the S3 plugin {S3_PLUGIN_FILE} is in none of {}",
+                            candidates
+                                .iter()
+                                .map(|p| p.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })?;
+            let plugin = crate::plugin::loader::load(path, "s3", "storage").map_err(|e| {
+                StorageError::Refused {
+                    op: "open",
+                    message: e.to_string(),
+                }
+            })?;
+            let s = crate::plugin::storage::PluginStorage::connect(
+                &plugin,
+                cfg.backend_settings(),
+                Duration::from_secs(60),
+            )
+            .await?;
+            Ok(Arc::new(s))
         }
         name => {
             let plugin = crate::plugin::get(name).ok_or_else(|| StorageError::Refused {

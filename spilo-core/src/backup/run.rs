@@ -22,7 +22,10 @@ const STALE_SECS: i64 = 600;
 
 /// The member to copy: the leader, or with `from_replica` the first streaming replica by
 /// name (the leader when there is none). `(name, host, port, is_replica)`.
-pub fn choose_source(c: &Cluster, from_replica: bool) -> Result<(String, String, u16, bool), String> {
+pub fn choose_source(
+    c: &Cluster,
+    from_replica: bool,
+) -> Result<(String, String, u16, bool), String> {
     let leader = c
         .leader
         .as_ref()

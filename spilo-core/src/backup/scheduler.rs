@@ -73,10 +73,9 @@ pub async fn run(
 /// Records a finished backup in the counters.
 pub fn record(stats: &ArchiveStats, m: &super::base::Manifest) {
     stats.backups.fetch_add(1, Ordering::Relaxed);
-    stats.backup_last_unix.store(
-        m.finished().map_or(0, |t| t.timestamp()),
-        Ordering::Relaxed,
-    );
+    stats
+        .backup_last_unix
+        .store(m.finished().map_or(0, |t| t.timestamp()), Ordering::Relaxed);
     stats.backup_last_bytes.store(m.size, Ordering::Relaxed);
     stats
         .backup_last_stored_bytes

@@ -11,8 +11,8 @@ use spilo_core::ctl::common::{
 };
 use spilo_core::ctl::output::Format;
 use spilo_core::ctl::{
-    edit_config, failover, flush, history, list, pause, reinit, reload, restart, show_config,
-    switchover, topology, version,
+    backup, edit_config, failover, flush, history, list, pause, reinit, reload, restart,
+    show_config, switchover, topology, version,
 };
 
 #[derive(Parser, Debug)]
@@ -190,6 +190,66 @@ enum Cmd {
         #[command(subcommand)]
         action: PluginCmd,
     },
+    /// Base backups in the configured storage.
+    Backup {
+        #[command(subcommand)]
+        action: BackupCmd,
+    },
+    /// Archived WAL in the configured storage.
+    Wal {
+        #[command(subcommand)]
+        action: WalCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupCmd {
+    /// Take a base backup now (from the leader, or a streaming replica with --from-replica),
+    /// then apply retention.
+    Create {
+        /// Copy a streaming replica instead of the leader.
+        #[arg(long, conflicts_with = "from_leader")]
+        from_replica: bool,
+        /// Copy the leader even when backup.from_replica is set.
+        #[arg(long)]
+        from_leader: bool,
+    },
+    /// The complete backups and the point-in-time window.
+    List {
+        /// Output format (json: every manifest field and the window).
+        #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
+        format: Format,
+    },
+    /// One backup's manifest.
+    Show {
+        /// The backup's name (base_…).
+        name: String,
+    },
+    /// Delete one backup.
+    Delete {
+        /// The backup's name (base_…).
+        name: String,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Apply the retention rules of backup.retain (the newest backup and the WAL kept backups
+    /// need always stay).
+    Prune {
+        /// Print what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WalCmd {
+    /// The archived WAL files.
+    List {
+        /// Output format.
+        #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -307,6 +367,26 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> CtlResult {
         Cmd::Flush { args, force } => flush::run(ctx, &args, force).await,
         Cmd::Version { members } => version::run(ctx, &members).await,
         Cmd::Plugin { .. } => Ok(()),
+        Cmd::Backup { action } => match action {
+            BackupCmd::Create {
+                from_replica,
+                from_leader,
+            } => {
+                let choice = match (from_replica, from_leader) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                };
+                backup::create(ctx, choice).await
+            }
+            BackupCmd::List { format } => backup::list(ctx, format).await,
+            BackupCmd::Show { name } => backup::show(ctx, &name).await,
+            BackupCmd::Delete { name, force } => backup::delete(ctx, &name, force).await,
+            BackupCmd::Prune { dry_run } => backup::prune(ctx, dry_run).await,
+        },
+        Cmd::Wal {
+            action: WalCmd::List { format },
+        } => backup::wal_list(ctx, format).await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `pg_basebackup` streaming a tar of the data directory to its standard output, for base
-//! backups to object storage: `-D - -Ft -X none -c fast -v -P`. WAL is not included: the
+//! backups to object storage: `-D - -Ft -X none -c fast -v -P` (with its manifest, whose
+//! `WAL-Ranges` give the stop position; see `backup::tarscan`). WAL is not included: the
 //! archive holds it (the server waits for the backup's last segment to be archived before it
 //! ends the backup), and the manifest records the start and stop positions.
 //!
@@ -47,18 +48,26 @@ pub fn spawn_tar(bin_dir: &Path, src: &Source, label: &str) -> Result<TarStream,
     let exe = bin_dir.join("pg_basebackup");
     #[allow(clippy::disallowed_methods)] // PostgreSQL's own tool
     let mut cmd = Command::new(&exe);
-    cmd.args(["-D", "-", "-F", "t", "-X", "none", "-c", "fast", "-v", "-P", "-w"])
-        .arg("--no-manifest")
-        .arg(format!("--label={label}"))
-        .args(["-h", &src.host, "-p", &src.port.to_string(), "-U", &src.user])
-        .env("LC_ALL", "C")
-        .env("LANG", "C")
-        .env("PGAPPNAME", "spilo_backup")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .env_remove("PGPASSWORD")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-D", "-", "-F", "t", "-X", "none", "-c", "fast", "-v", "-P", "-w",
+    ])
+    .arg(format!("--label={label}"))
+    .args([
+        "-h",
+        &src.host,
+        "-p",
+        &src.port.to_string(),
+        "-U",
+        &src.user,
+    ])
+    .env("LC_ALL", "C")
+    .env("LANG", "C")
+    .env("PGAPPNAME", "spilo_backup")
+    .env("PGCONNECT_TIMEOUT", "10")
+    .env_remove("PGPASSWORD")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     if let Some(p) = &src.password {
         cmd.env("PGPASSWORD", p);
     }
@@ -118,7 +127,10 @@ impl Said {
                 .and_then(crate::dcs::codec::parse_lsn);
         } else if let Some((done, rest)) = l.split_once(" kB (") {
             // "12345/67890 kB (18%), 0/1 tablespace"
-            let total = done.rsplit('/').next().and_then(|t| t.trim().parse::<u64>().ok());
+            let total = done
+                .rsplit('/')
+                .next()
+                .and_then(|t| t.trim().parse::<u64>().ok());
             if let Some(t) = total.filter(|_| rest.contains('%')) {
                 self.total_bytes = Some(t.saturating_mul(1024));
             }
@@ -171,7 +183,10 @@ mod tests {
         assert_eq!(s.start, Some((0x200_0028, 3)));
         assert_eq!(s.end, Some(0x200_0100));
         assert_eq!(s.total_bytes, Some(31050 * 1024));
-        assert_eq!(s.tail.last().map(String::as_str), Some("pg_basebackup: base backup completed"));
+        assert_eq!(
+            s.tail.last().map(String::as_str),
+            Some("pg_basebackup: base backup completed")
+        );
         let mut e = Said::default();
         e.line("pg_basebackup: error: connection to server failed: FATAL:  no pg_hba.conf entry");
         assert!(e.start.is_none() && e.tail[0].contains("pg_hba"));
