@@ -156,7 +156,8 @@ wait_until 30 "etcd to be healthy" curl -fsS "http://127.0.0.1:$ETCD_PORT/health
 write_config() {
   local n=$1
   mkdir -p "${DIR[$n]}"
-  REST_AUTH= DYNAMIC_EXTRA= PG_PARAMETERS= POSTGRESQL_EXTRA= EXTRA= \
+  REST_AUTH= DYNAMIC_EXTRA= PG_PARAMETERS= POSTGRESQL_EXTRA= \
+  EXTRA=$'storage:\n  type: fs\n  path: '"$STORE"$'\nbackup:\n  schedule: "0 1 * * *"\n  retain:\n    count: 3\n' \
   SCOPE=$SCOPE NAME=$n API_ADDR="127.0.0.1:${API[$n]}" PG_ADDR="127.0.0.1:${PG[$n]}" \
   DCS=$'etcd3:\n  hosts: '"127.0.0.1:$ETCD_PORT"$'\n' \
   TTL=$TTL LOOP_WAIT=2 RETRY_TIMEOUT=3 \
@@ -210,6 +211,11 @@ all_replicas_streaming() {
 }
 
 say "Starting ${#NODES[@]} nodes (scope $SCOPE)"
+# WAL and base backups go to a directory store (the embedded default; an S3 bucket in production).
+STORE="$WORK/backups"
+mkdir -p "$STORE"
+chown postgres:postgres "$STORE"
+info "backups and WAL: $STORE"
 for n in "${NODES[@]}"; do write_config "$n"; done
 for n in "${NODES[@]}"; do start_node "$n"; done
 
@@ -229,6 +235,10 @@ for n in "${NODES[@]}"; do
   [ "$n" = "$PRIMARY" ] || wait_until 60 "the row on $n" has_row "$n"
 done
 info "the row is on every replica"
+
+say "A base backup into the store, and the catalog"
+ctl backup create
+ctl backup list
 
 OLD=$PRIMARY
 OLD_TL=$(field "$OLD" timeline)
@@ -264,6 +274,12 @@ deadline=$((SECONDS + 30))
 until listed_streaming 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; do sleep 1; done
 listed_streaming 2>/dev/null || info "(note: spiloctl does not show $OLD as streaming yet)"
 ctl list
+
+say "WAL archived across the failover (the new timeline's history file included)"
+psql_on "$NEW" -qc "SELECT pg_switch_wal()" >/dev/null
+archived_history() { ctl wal list --format json | jq -e --arg h "$(printf '%08X' "$NEW_TL").history" 'any(.[]; .name == $h)' >/dev/null; }
+wait_until 60 "the timeline $NEW_TL history file in the store" archived_history
+ctl wal list
 
 if [ "$KEEP" -eq 1 ]; then
   STOP="$WORK/stop.sh"

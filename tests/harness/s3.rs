@@ -89,13 +89,47 @@ impl S3Server {
         });
         let port = free_port();
         let log_path = root.path().join("server.log");
+        let (access_key, secret_key) = ("spilotestkey".to_string(), "spilotestsecret".to_string());
+        let mut s = S3Server {
+            kind,
+            port,
+            access_key,
+            secret_key,
+            log_path,
+            child: None,
+            root,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Kills the server (its files stay).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            note(format!(
+                "{:?} S3 server on {} stopped",
+                self.kind, self.port
+            ));
+        }
+    }
+
+    /// Starts it again on the same port over the same files (s3s-fs keeps them on disk; moto
+    /// starts empty).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let (kind, port) = (self.kind, self.port);
         let log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", log_path.display()));
+            .open(&self.log_path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path.display()));
         let log2 = log.try_clone().expect("clone log file handle");
-        let (access_key, secret_key) = ("spilotestkey".to_string(), "spilotestsecret".to_string());
         // setpriv --pdeathsig: the server dies with the test thread even if the harness is
         // killed.
         let mut cmd = Command::new("setpriv");
@@ -108,17 +142,22 @@ impl S3Server {
                     .env("PYTHONUNBUFFERED", "1");
             }
             S3Kind::S3sFs => {
-                let data = root.path().join("data");
+                let data = self.root.path().join("data");
                 std::fs::create_dir_all(&data)
                     .unwrap_or_else(|e| panic!("create {}: {e}", data.display()));
                 cmd.arg(s3s_fs_bin())
                     .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                    .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                    .args([
+                        "--access-key",
+                        &self.access_key,
+                        "--secret-key",
+                        &self.secret_key,
+                    ])
                     .arg(&data);
             }
         }
         let child = cmd
-            .current_dir(root.path())
+            .current_dir(self.root.path())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -128,17 +167,9 @@ impl S3Server {
             "{kind:?} S3 server (pid {}) on 127.0.0.1:{port}",
             child.id()
         ));
-        let mut s = S3Server {
-            kind,
-            port,
-            access_key,
-            secret_key,
-            log_path,
-            child: Some(child),
-            root,
-        };
+        self.child = Some(child);
         let r = poll(READY_TIMEOUT, Duration::from_millis(50), || {
-            if let Some(Ok(Some(status))) = s.child.as_mut().map(|c| c.try_wait()) {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return Err(format!("exited with {status}"));
             }
             TcpStream::connect(("127.0.0.1", port))
@@ -148,10 +179,9 @@ impl S3Server {
         if let Err(e) = r {
             panic!(
                 "{kind:?} S3 server not listening on {port}: {e}; log:\n{}",
-                tail(&s.log_path, 30)
+                tail(&self.log_path, 30)
             );
         }
-        s
     }
 
     /// `http://127.0.0.1:<port>`.
