@@ -121,6 +121,28 @@ fn wait_archived(n: &Node, name: &str, timeout: Duration) {
     );
 }
 
+/// The metric names the example Grafana dashboard's queries use.
+fn dashboard_metrics() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/grafana-dashboard.json"),
+    )
+    .expect("examples/grafana-dashboard.json");
+    let d: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut out = BTreeSet::new();
+    for p in d["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("spilo_") || word.starts_with("patroni_") {
+                    out.insert(word.to_string());
+                }
+            }
+        }
+    }
+    assert!(out.len() >= 10, "{out:?}");
+    out
+}
+
 /// The count of `spilo_wal_archive_failures_total{cause="…"}`.
 fn failures(text: &str, cause: &str) -> u64 {
     let want = format!("cause=\"{cause}\"");
@@ -201,6 +223,35 @@ fn wal_is_archived_whole_refused_when_different_and_caught_up_after_an_outage() 
     let m = metrics(p);
     assert_promtool_accepts(&primary, &m);
     assert!(gauge(&m, "spilo_wal_archived_total") >= 6.0, "{m}");
+    // Every series the example Grafana dashboard draws exists (on the primary or the replica).
+    let both = format!("{m}\n{}", metrics(c.node(&replica)));
+    for name in dashboard_metrics() {
+        assert!(
+            both.contains(&format!("\n{name}{{")),
+            "examples/grafana-dashboard.json uses {name}, which /metrics does not have"
+        );
+    }
+    // GET /patroni and spiloctl list say how the archive is doing.
+    let st = p.patroni().expect("/patroni");
+    assert_eq!(st["archive"]["state"], "ok", "{st}");
+    assert!(st["archive"]["archived"].as_u64().unwrap_or(0) >= 6, "{st}");
+    wait_for(
+        "the Archive column in spiloctl list",
+        Duration::from_secs(30),
+        || {
+            let l = c.spiloctl_list_json()?;
+            let row = l
+                .as_array()
+                .and_then(|a| a.iter().find(|r| r["Member"] == primary.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            if row["Archive"] == "ok" {
+                Ok(())
+            } else {
+                Err(format!("{row}"))
+            }
+        },
+    );
 
     // 2. The store refuses writes: nothing is reported archived, the backlog and the cause
     //    show; then it accepts again and archiving catches up without a gap.
@@ -329,8 +380,9 @@ fn wal_is_archived_whole_refused_when_different_and_caught_up_after_an_outage() 
     assert!(store.names(&scope).contains(&segment));
 }
 
-/// The same archiver into S3 (`type: s3`, through the S3 plugin) on s3s-fs: segments land in
-/// the bucket byte-identical; the S3 server killed → failures (unreachable), nothing reported
+/// The same archiver into S3 (`type: s3`, through the S3 plugin) on s3s-fs, with client-side
+/// encryption: segments land in the bucket sealed (not readable as zstd, nor with another key)
+/// and open to the same bytes as `pg_wal`'s; the S3 server killed → failures, nothing reported
 /// archived meanwhile; restarted over the same files → the archiver catches up, no gap.
 #[test]
 fn wal_is_archived_to_s3_and_survives_the_server_restarting() {
@@ -341,12 +393,19 @@ fn wal_is_archived_to_s3_and_survives_the_server_restarting() {
     std::fs::create_dir_all(&bucket_dir).expect("bucket");
     // The plugin next to the copied binaries, where spilo looks for it.
     spilo_tests::bins::plugin_lib(spilo_core::backup::S3_PLUGIN_FILE);
+    let key_dir = Store::new();
+    let key_file = key_dir.path().join("wal.key");
+    std::fs::write(&key_file, "11".repeat(32)).expect("key file");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let key = spilo_core::backup::crypt::SecretKey::parse(&"11".repeat(32), "k").expect("key");
+    let other = spilo_core::backup::crypt::SecretKey::parse(&"22".repeat(32), "k").expect("key");
     let mut opts = ClusterOpts::named("archive-s3");
     opts.node.extra_yaml = format!(
-        "storage:\n  type: s3\n  bucket: spilo-wal\n  endpoint: {}\n  region: us-east-1\n  access_key_id: {}\n  secret_access_key: {}\n  timeout: 3\n  max_attempts: 1\nbackup:\n  schedule: ''\n  archive:\n    timeout: 8\n",
+        "storage:\n  type: s3\n  bucket: spilo-wal\n  endpoint: {}\n  region: us-east-1\n  access_key_id: {}\n  secret_access_key: {}\n  timeout: 3\n  max_attempts: 1\nbackup:\n  schedule: ''\n  archive:\n    timeout: 8\n  encryption:\n    key_file: {}\n",
         s3.endpoint(),
         s3.access_key,
-        s3.secret_key
+        s3.secret_key,
+        key_file.display()
     );
     let c = TestCluster::start(1, opts);
     let primary = c.wait_for_primary(BOOTSTRAP);
@@ -368,7 +427,13 @@ fn wal_is_archived_to_s3_and_survives_the_server_restarting() {
     let compare = |names: &BTreeSet<String>| {
         for name in names {
             let obj = std::fs::read(wal_dir.join(format!("{name}.zst"))).expect("object");
-            let decoded = object::decode(name, &obj).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                object::decode(name, &obj).is_err() && zstd::stream::decode_all(&obj[..]).is_err(),
+                "{name} is stored in the clear"
+            );
+            let wrong = object::read(Some(&other), name, &obj).unwrap_err();
+            assert!(wrong.to_string().contains("key id"), "{wrong}");
+            let decoded = object::read(Some(&key), name, &obj).unwrap_or_else(|e| panic!("{e}"));
             if let Ok(orig) = std::fs::read(p.data_dir.join("pg_wal").join(name)) {
                 assert!(decoded == orig, "{name} differs from pg_wal");
             }

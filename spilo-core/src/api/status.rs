@@ -93,6 +93,10 @@ pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
     m.insert("dcs_last_seen".into(), s.dcs_last_seen.unwrap_or(0).into());
     // spilo's own: the leader term (null when unknown); grows with every new leadership.
     m.insert("term".into(), leader_term(s).map(|t| t.0).into());
+    // spilo's own: the WAL archive and the last base backup, on nodes with `storage:`.
+    if let Some(a) = &s.archive {
+        m.insert("archive".into(), a.status_json());
+    }
     if pg.running {
         let tags = crate::dcs::tags::published(&s.tags);
         if !tags.is_empty() {

@@ -181,14 +181,63 @@ pub struct ArchiveStats {
     pub backups: AtomicU64,
     /// Base backups that failed on this node.
     pub backup_failures: AtomicU64,
+    /// The cause of the last failure (index in [`Cause::ALL`] + 1; 0: none).
+    pub last_failure_cause: std::sync::atomic::AtomicUsize,
 }
 
 impl ArchiveStats {
     fn fail(&self, e: &ArchiveError) {
         let i = Cause::ALL.iter().position(|c| *c == e.cause()).unwrap_or(0);
         self.failures[i].fetch_add(1, Ordering::Relaxed);
+        self.last_failure_cause.store(i + 1, Ordering::Relaxed);
         self.last_failure_unix
             .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+    }
+
+    /// One word on the archive for the member key and `spiloctl list` (changes rarely, so the
+    /// member key is not rewritten every cycle): `ok`, `behind (N waiting)`, or `failing:
+    /// <cause>` when the last attempt failed; `None` before anything was archived or tried.
+    pub fn summary(&self) -> Option<String> {
+        let ok = self.last_success_unix.load(Ordering::Relaxed);
+        let bad = self.last_failure_unix.load(Ordering::Relaxed);
+        if ok == 0 && bad == 0 {
+            return None;
+        }
+        if bad > ok {
+            let i = self.last_failure_cause.load(Ordering::Relaxed);
+            let cause = i
+                .checked_sub(1)
+                .and_then(|i| Cause::ALL.get(i))
+                .map_or("unknown", |c| c.label());
+            return Some(format!("failing: {cause}"));
+        }
+        let waiting = self.ready.load(Ordering::Relaxed);
+        if waiting > 2 {
+            return Some(format!("behind ({waiting} waiting)"));
+        }
+        Some("ok".into())
+    }
+
+    /// The archive's figures for `GET /patroni`.
+    pub fn status_json(&self) -> serde_json::Value {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut failures = serde_json::Map::new();
+        for c in Cause::ALL {
+            let n = self.failures_of(c);
+            if n > 0 {
+                failures.insert(c.label().into(), n.into());
+            }
+        }
+        serde_json::json!({
+            "state": self.summary(),
+            "archived": l(&self.archived),
+            "waiting": l(&self.ready),
+            "failures": failures,
+            "last_archived_at": self.last_success_unix.load(Ordering::Relaxed),
+            "pg_wal_bytes": l(&self.pg_wal_bytes),
+            "last_backup_at": self.backup_last_unix.load(Ordering::Relaxed),
+            "last_backup_bytes": l(&self.backup_last_bytes),
+        })
     }
 
     /// Failures of `cause` so far.
@@ -215,6 +264,8 @@ pub struct ArchiverSettings {
     pub concurrency: usize,
     /// Warn when `pg_wal` exceeds this many bytes (0: never).
     pub pg_wal_warning_bytes: u64,
+    /// Seal objects with this key (`backup.encryption`).
+    pub key: Option<super::crypt::SecretKey>,
 }
 
 type Outcome = Option<Result<(), Arc<ArchiveError>>>;
@@ -470,8 +521,9 @@ impl Archiver {
             .map_err(storage_err)?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
         let level = self.sh.s.level;
+        let seal_key = self.sh.s.key.clone();
         let encoder = tokio::task::spawn_blocking(move || {
-            object::encode_stream(file, level, CHUNK, |c| {
+            object::encode_sealed(file, level, CHUNK, seal_key.as_ref(), |c| {
                 tx.blocking_send(c)
                     .map_err(|_| std::io::Error::other("the upload stopped"))
             })
@@ -523,7 +575,25 @@ impl Archiver {
                 name: name.to_string(),
                 source,
             })?;
-        match Trailer::find(&stored) {
+        let plain;
+        let stored = if super::crypt::is_sealed(&stored) {
+            match self
+                .sh
+                .s
+                .key
+                .as_ref()
+                .map(|k| super::crypt::open(k, key, &stored))
+            {
+                Some(Ok(p)) => {
+                    plain = p;
+                    &plain[..]
+                }
+                _ => &stored[..0],
+            }
+        } else {
+            &stored[..]
+        };
+        match Trailer::find(stored) {
             Some(t) if t == *ours => {
                 self.sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(file = name, "already archived with the same content");

@@ -52,7 +52,7 @@ pub struct Manifest {
     pub sha256: String,
     /// The objects holding the data, relative to the cluster's base prefix.
     pub objects: Vec<String>,
-    /// `tar.zst`.
+    /// `tar.zst`, or `tar.zst.sealed` when encrypted.
     pub format: String,
     /// The spilo that wrote it.
     pub spilo_version: String,
@@ -137,6 +137,8 @@ pub struct Request {
     pub system_identifier: Option<String>,
     /// PostgreSQL major version.
     pub pg_version: u32,
+    /// Seal the backup with this key.
+    pub key: Option<super::crypt::SecretKey>,
 }
 
 /// Progress of a running backup.
@@ -302,9 +304,10 @@ pub async fn take(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let level = req.level;
+    let key = req.key.clone();
     let encoder = tokio::task::spawn_blocking(move || {
         let input = std::io::Read::chain(std::io::Cursor::new(prefix), scanning);
-        object::encode_stream(input, level, CHUNK, |c| {
+        object::encode_sealed(input, level, CHUNK, key.as_ref(), |c| {
             tx.blocking_send(c)
                 .map_err(|_| std::io::Error::other("the upload stopped"))
         })
@@ -372,7 +375,11 @@ pub async fn take(
         from_replica: req.from_replica,
         sha256: trailer.sha256_hex(),
         objects: vec![data_rel],
-        format: "tar.zst".into(),
+        format: if req.key.is_some() {
+            "tar.zst.sealed".into()
+        } else {
+            "tar.zst".into()
+        },
         spilo_version: env!("CARGO_PKG_VERSION").into(),
     };
     let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();

@@ -5,6 +5,7 @@
 pub mod archiver;
 pub mod base;
 pub mod catalog;
+pub mod crypt;
 pub mod layout;
 pub mod object;
 pub mod run;

@@ -145,6 +145,60 @@ pub fn encode_stream(
     Ok(trailer)
 }
 
+/// Reads a stored object: opens it first when it is sealed (with `key`; a sealed object and no
+/// key is an error naming it), then [`decode`]s it.
+pub fn read(
+    key: Option<&super::crypt::SecretKey>,
+    name: &str,
+    object: &[u8],
+) -> Result<Vec<u8>, ReadError> {
+    if super::crypt::is_sealed(object) {
+        let k = key.ok_or_else(|| ReadError::NoKey(name.to_string()))?;
+        let plain = super::crypt::open(k, name, object)?;
+        return Ok(decode(name, &plain)?);
+    }
+    Ok(decode(name, object)?)
+}
+
+/// Why a stored object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The object is encrypted and no key is configured.
+    #[error("{0}: encrypted, and no backup.encryption key is configured")]
+    NoKey(String),
+    /// It does not open.
+    #[error(transparent)]
+    Crypt(#[from] super::crypt::CryptError),
+    /// It does not decode.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+}
+
+/// Compresses (and with `key` seals) `input` like [`encode_stream`]; `emit` gets the stored
+/// bytes.
+pub fn encode_sealed(
+    input: impl Read,
+    level: i32,
+    chunk: usize,
+    key: Option<&super::crypt::SecretKey>,
+    mut emit: impl FnMut(Vec<u8>) -> std::io::Result<()>,
+) -> std::io::Result<Trailer> {
+    let Some(k) = key else {
+        return encode_stream(input, level, chunk, emit);
+    };
+    let mut sealer = super::crypt::Sealer::new(k);
+    let t = encode_stream(input, level, chunk, |c| {
+        let out = sealer.update(&c);
+        if out.is_empty() {
+            Ok(())
+        } else {
+            emit(out)
+        }
+    })?;
+    emit(sealer.finish())?;
+    Ok(t)
+}
+
 /// Decodes a whole object and checks it against its trailer.
 pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, ObjectError> {
     let trailer = Trailer::find(object).ok_or_else(|| ObjectError::NoTrailer {

@@ -165,6 +165,10 @@ pub async fn backup_now(
         level: settings.compression_level,
         system_identifier: c.sysid().map(str::to_string),
         pg_version: job.pg_version,
+        key: match &settings.encryption {
+            Some(e) => Some(e.load().map_err(BackupError::NoStart)?),
+            None => None,
+        },
     };
     let lock = Lock::acquire(dcs, &job.cfg.name).await?;
     tracing::info!(source = %member, from_replica = is_replica, "base backup started");

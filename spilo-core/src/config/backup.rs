@@ -136,6 +136,41 @@ pub struct BackupConfig {
     /// The WAL archiver.
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// Client-side encryption of WAL and backups (ChaCha20-Poly1305).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `backup.encryption`: where the 256-bit key is (64 hex digits or base64 of 32 bytes).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// A file holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// An environment variable holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+}
+
+impl EncryptionConfig {
+    /// Reads the key.
+    pub fn load(&self) -> Result<crate::backup::crypt::SecretKey, String> {
+        match (&self.key_file, &self.key_env) {
+            (Some(f), None) => {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| format!("backup.encryption.key_file {}: {e}", f.display()))?;
+                crate::backup::crypt::SecretKey::parse(&text, &f.display().to_string())
+                    .map_err(|e| e.to_string())
+            }
+            (None, Some(v)) => {
+                let text = std::env::var(v)
+                    .map_err(|_| format!("backup.encryption.key_env: {v} is not set"))?;
+                crate::backup::crypt::SecretKey::parse(&text, v).map_err(|e| e.to_string())
+            }
+            _ => Err("backup.encryption: give exactly one of key_file and key_env".into()),
+        }
+    }
 }
 
 impl Default for BackupConfig {
@@ -147,6 +182,7 @@ impl Default for BackupConfig {
             upload_concurrency: default_concurrency(),
             retain: Retain::default(),
             archive: ArchiveConfig::default(),
+            encryption: None,
         }
     }
 }
@@ -348,6 +384,22 @@ pub fn check(
     if let Some(w) = &b.retain.pitr_window {
         if let Err(e) = parse_window(w) {
             return err("backup.retain.pitr_window", e);
+        }
+    }
+    if let Some(e) = &b.encryption {
+        if e.key_file.is_some() == e.key_env.is_some() {
+            return err(
+                "backup.encryption",
+                "give exactly one of key_file and key_env".into(),
+            );
+        }
+        if let Some(f) = &e.key_file {
+            if !f.is_absolute() {
+                return err(
+                    "backup.encryption.key_file",
+                    format!("'{}' must be an absolute path", f.display()),
+                );
+            }
         }
     }
     if b.retain.count == Some(0) {

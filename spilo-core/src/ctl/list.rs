@@ -12,7 +12,13 @@ use crate::dcs::Cluster;
 /// The columns always shown in the table and TSV, in order.
 const BASE_COLUMNS: [&str; 6] = ["Member", "Host", "Role", "State", "TL", "Lag in MB"];
 /// Columns shown only when some member has a value.
-const OPTIONAL_COLUMNS: [&str; 4] = ["Pending restart", "Scheduled restart", "Hooks", "Fence"];
+const OPTIONAL_COLUMNS: [&str; 5] = [
+    "Pending restart",
+    "Scheduled restart",
+    "Hooks",
+    "Fence",
+    "Archive",
+];
 
 /// The names in the `sync` key's `sync_standby` (comma-joined).
 fn sync_standbys(c: &Cluster) -> Vec<String> {
@@ -106,6 +112,10 @@ pub fn rows(scope: &str, c: &Cluster) -> Vec<Value> {
             }
             if let Some(f) = m.data.extra.get("fence").and_then(Value::as_str) {
                 row["Fence"] = json!(f);
+            }
+            // spilo's own: the WAL archive's state on the member that archives.
+            if let Some(a) = m.data.extra.get("archive").and_then(Value::as_str) {
+                row["Archive"] = json!(a);
             }
             if !m.data.tags.is_empty() {
                 row["Tags"] = json!(m.data.tags);

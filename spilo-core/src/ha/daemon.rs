@@ -175,6 +175,10 @@ async fn start_archiver(
         readahead: b.archive.readahead as usize,
         concurrency: b.upload_concurrency as usize,
         pg_wal_warning_bytes: b.archive.pg_wal_warning_mb.saturating_mul(1 << 20),
+        key: match &b.encryption {
+            Some(e) => Some(e.load().map_err(StartError::Config)?),
+            None => None,
+        },
     };
     if !b.schedule.trim().is_empty() {
         let schedule = crate::backup::schedule::Schedule::parse(&b.schedule)

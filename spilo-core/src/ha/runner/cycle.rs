@@ -207,6 +207,9 @@ impl Node {
                 if pgstat.fence_armed {
                     m.extra.insert("fence".into(), "armed".into());
                 }
+                if let Some(a) = st.archive.as_ref().and_then(|a| a.summary()) {
+                    m.extra.insert("archive".into(), a.into());
+                }
             }
             let bytes = member::encode(&m);
             if self.last_member.as_deref() != Some(&bytes[..]) {
