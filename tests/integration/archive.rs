@@ -488,3 +488,67 @@ fn wal_is_archived_to_s3_and_survives_the_server_restarting() {
         names.len()
     ));
 }
+
+/// A store that accepts connections and never answers: every archive attempt ends within its
+/// timeout with a failure PostgreSQL sees (and retries), the backlog shows, nothing is reported
+/// archived, and the node stays healthy: its REST API answers and the primary takes writes.
+#[test]
+fn a_silent_store_times_out_without_hanging_the_node() {
+    use std::net::TcpListener;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Accept and hold every connection, answering nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    spilo_tests::bins::plugin_lib(spilo_core::backup::S3_PLUGIN_FILE);
+    let mut opts = ClusterOpts::named("archive-silent");
+    opts.node.extra_yaml = format!(
+        "storage:\n  type: s3\n  bucket: silent\n  endpoint: http://127.0.0.1:{port}\n  region: us-east-1\n  access_key_id: k\n  secret_access_key: s\n  timeout: 2\n  max_attempts: 1\nbackup:\n  schedule: ''\n  archive:\n    timeout: 5\n"
+    );
+    let c = TestCluster::start(1, opts);
+    let primary = c.wait_for_primary(BOOTSTRAP);
+    let p = c.node(&primary);
+    let (archived_before, failed_before, _) = archiver_stats(p);
+    fill_and_switch(p, 5_000);
+    wait_for("archive failures", Duration::from_secs(60), || {
+        let (a, f, _) = archiver_stats(p);
+        let m = metrics(p);
+        let timeouts = failures(&m, "timeout") + failures(&m, "unreachable");
+        if f >= failed_before + 2 && timeouts >= 2 {
+            Ok((a, f))
+        } else {
+            Err(format!(
+                "pg_stat_archiver archived {a} failed {f}; timeouts {timeouts}"
+            ))
+        }
+    });
+    let (archived, _, _) = archiver_stats(p);
+    assert_eq!(
+        archived, archived_before,
+        "reported archived into a silent store"
+    );
+    // The node is fine: quick answers, writes accepted, still the primary.
+    let t0 = std::time::Instant::now();
+    let st = p.patroni().expect("/patroni answers");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "/patroni took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(st["role"], "primary", "{st}");
+    assert!(
+        st["archive"]["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("failing")),
+        "{st}"
+    );
+    p.sql("CREATE TABLE still_writable(x int); INSERT INTO still_writable VALUES (1)")
+        .expect("the primary takes writes while archiving fails");
+    let waiting = gauge(&metrics(p), "spilo_wal_archive_waiting");
+    assert!(waiting >= 1.0, "backlog not shown: {waiting}");
+    note(format!("silent store: backlog {waiting}, the node healthy"));
+}
