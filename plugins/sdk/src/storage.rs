@@ -18,6 +18,20 @@ use async_trait::async_trait;
 
 pub use crate::abi::ListPage;
 
+/// The key rule every backend applies, so that a key valid on one is valid on all: `/`-separated
+/// components of `[A-Za-z0-9._-]`, none empty, `.` or `..` (nothing like `../x` or `a//b`
+/// reaches a directory or a bucket).
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+}
+
 /// How a put treats an existing object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutMode {

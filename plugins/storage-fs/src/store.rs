@@ -71,15 +71,7 @@ pub struct FsDownload {
 
 /// Checks that `key` is a plain relative path.
 fn check_key(key: &str) -> Result<(), FsError> {
-    let ok = !key.is_empty()
-        && key.split('/').all(|c| {
-            !c.is_empty()
-                && c != "."
-                && c != ".."
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        })
-        && !key.starts_with(TMP_DIR);
+    let ok = spilo_sdk::storage::valid_key(key) && !key.starts_with(TMP_DIR);
     if ok {
         Ok(())
     } else {

@@ -8,15 +8,7 @@ pub struct BadKey(pub String);
 
 /// Checks that `key` is `/`-separated components of `[A-Za-z0-9._-]`, none empty, `.` or `..`.
 pub fn check_key(key: &str) -> Result<(), BadKey> {
-    let ok = !key.is_empty()
-        && key.split('/').all(|c| {
-            !c.is_empty()
-                && c != "."
-                && c != ".."
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        });
-    if ok {
+    if spilo_sdk::storage::valid_key(key) {
         Ok(())
     } else {
         Err(BadKey(key.to_string()))

@@ -370,14 +370,27 @@ async fn abort_upload(inner: &Inner, object: &str, upload_id: &str) {
     if upload_id.is_empty() {
         return;
     }
-    let _ = inner
-        .client
-        .abort_multipart_upload()
-        .bucket(&inner.cfg.bucket)
-        .key(object)
-        .upload_id(upload_id)
-        .send()
-        .await;
+    // A few tries: an upload left open costs storage until a lifecycle rule removes it.
+    for attempt in 1..=3u64 {
+        let r = inner
+            .client
+            .abort_multipart_upload()
+            .bucket(&inner.cfg.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        match r {
+            Ok(_) => return,
+            Err(e) => {
+                let text = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+                if text.contains("NoSuchUpload") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+        }
+    }
 }
 
 #[async_trait]

@@ -75,13 +75,7 @@ pub async fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, Stora
                     message: e.to_string(),
                 }
             })?;
-            let s = crate::plugin::storage::PluginStorage::connect(
-                &plugin,
-                cfg.backend_settings(),
-                Duration::from_secs(60),
-            )
-            .await?;
-            Ok(Arc::new(s))
+            connect(&plugin, cfg).await
         }
         name => {
             let plugin = crate::plugin::get(name).ok_or_else(|| StorageError::Refused {
@@ -90,13 +84,22 @@ pub async fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, Stora
                     "storage type '{name}': no storage plugin of that name is loaded (list it under plugins:)"
                 ),
             })?;
-            let s = crate::plugin::storage::PluginStorage::connect(
-                &plugin,
-                cfg.backend_settings(),
-                Duration::from_secs(60),
-            )
-            .await?;
-            Ok(Arc::new(s))
+            connect(&plugin, cfg).await
         }
     }
+}
+
+/// An instance of a storage plugin with the section's settings (each call bounded by 60 s;
+/// the archiver and backups bound their own work more tightly).
+async fn connect(
+    plugin: &crate::plugin::LoadedPlugin,
+    cfg: &StorageConfig,
+) -> Result<Arc<dyn Storage>, StorageError> {
+    let s = crate::plugin::storage::PluginStorage::connect(
+        plugin,
+        cfg.backend_settings(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    Ok(Arc::new(s))
 }

@@ -152,34 +152,36 @@ pub async fn list(ctx: &Ctx, format: Format) -> CtlResult {
     Ok(())
 }
 
-/// `spiloctl backup show NAME`.
-pub async fn show(ctx: &Ctx, name: &str) -> CtlResult {
-    let job = job(ctx).await?;
+/// The complete backups, and the one named `name` among them.
+async fn find(job: &Job, name: &str) -> CtlResult<(Vec<Manifest>, Manifest)> {
     let (backups, _) = catalog::backups(&*job.storage, &job.base)
         .await
         .map_err(|e| CtlError(crate::error_chain(&e)))?;
-    let m = backups.iter().find(|m| m.name == name).ok_or_else(|| {
-        CtlError(format!(
-            "no complete backup named {name} under {}",
-            job.base
-        ))
-    })?;
-    println!("{}", serde_json::to_string_pretty(m).unwrap_or_default());
+    let m = backups
+        .iter()
+        .find(|m| m.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            CtlError(format!(
+                "no complete backup named {name} under {}",
+                job.base
+            ))
+        })?;
+    Ok((backups, m))
+}
+
+/// `spiloctl backup show NAME`.
+pub async fn show(ctx: &Ctx, name: &str) -> CtlResult {
+    let job = job(ctx).await?;
+    let (_, m) = find(&job, name).await?;
+    println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
     Ok(())
 }
 
 /// `spiloctl backup delete NAME`.
 pub async fn delete(ctx: &Ctx, name: &str, force: bool) -> CtlResult {
     let job = job(ctx).await?;
-    let (backups, _) = catalog::backups(&*job.storage, &job.base)
-        .await
-        .map_err(|e| CtlError(crate::error_chain(&e)))?;
-    let m = backups.iter().find(|m| m.name == name).ok_or_else(|| {
-        CtlError(format!(
-            "no complete backup named {name} under {}",
-            job.base
-        ))
-    })?;
+    let (backups, m) = find(&job, name).await?;
     if backups.last().is_some_and(|l| l.name == name) {
         ctx.console.confirm(
             &format!("{name} is the newest backup; delete it anyway?"),
@@ -189,7 +191,7 @@ pub async fn delete(ctx: &Ctx, name: &str, force: bool) -> CtlResult {
         ctx.console
             .confirm(&format!("Delete backup {name}?"), force)?;
     }
-    catalog::delete_backup(&*job.storage, &job.base, m)
+    catalog::delete_backup(&*job.storage, &job.base, &m)
         .await
         .map_err(|e| CtlError(crate::error_chain(&e)))?;
     println!("deleted {name}");
