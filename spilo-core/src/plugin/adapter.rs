@@ -79,7 +79,40 @@ pub enum Failure {
     },
 }
 
+/// What a [`Failure`] means to a backend of any kind; each kind's error type takes it from
+/// here after its own special statuses (not found, exists, stale term).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// The backend could not be reached (or the plugin is stuck): retry later.
+    Unreachable(String),
+    /// No answer in time.
+    Timeout(Duration),
+    /// A refusal, a crash or a broken contract.
+    Refused(String),
+}
+
+/// The failure of a vtable entry the plugin left NULL.
+pub fn null_entry(i: &Instance, op: &str) -> Failure {
+    Failure::Crashed {
+        message: format!("{}: NULL entry point {op}", i.label),
+    }
+}
+
 impl Failure {
+    /// How it counts (see [`Class`]).
+    pub fn class(&self) -> Class {
+        match self {
+            Failure::Status { code, .. }
+                if *code == abi::STATUS_UNAVAILABLE || *code == abi::STATUS_TIMEOUT =>
+            {
+                Class::Unreachable(self.describe())
+            }
+            Failure::Busy { message } => Class::Unreachable(message.clone()),
+            Failure::TimedOut { after } => Class::Timeout(*after),
+            other => Class::Refused(other.describe()),
+        }
+    }
+
     /// A one-line description.
     pub fn describe(&self) -> String {
         match self {

@@ -19,7 +19,7 @@ use spilo_sdk::abi::{self, Buf, Bytes, DcsVTable};
 use spilo_sdk::{Cas, Dcs, DcsError, SessionInfo, Snapshot};
 use tokio::sync::watch;
 
-use crate::plugin::adapter::{Failure, Instance};
+use crate::plugin::adapter::{null_entry, Class, Failure, Instance};
 use crate::plugin::loader::LoadedPlugin;
 
 /// How long one `wait_changes` call blocks.
@@ -35,21 +35,10 @@ pub struct PluginDcs {
 }
 
 fn dcs_error(op: &'static str, f: Failure) -> DcsError {
-    match f {
-        Failure::Status { code, .. }
-            if code == abi::STATUS_UNAVAILABLE || code == abi::STATUS_TIMEOUT =>
-        {
-            DcsError::Unreachable {
-                op,
-                message: f.describe(),
-            }
-        }
-        Failure::Busy { message } => DcsError::Unreachable { op, message },
-        Failure::TimedOut { after } => DcsError::Timeout { op, after },
-        other => DcsError::Refused {
-            op,
-            message: other.describe(),
-        },
+    match f.class() {
+        Class::Unreachable(message) => DcsError::Unreachable { op, message },
+        Class::Timeout(after) => DcsError::Timeout { op, after },
+        Class::Refused(message) => DcsError::Refused { op, message },
     }
 }
 
@@ -166,12 +155,6 @@ impl PluginDcs {
             }
         })
         .await
-    }
-}
-
-fn null_entry(i: &Instance, op: &str) -> Failure {
-    Failure::Crashed {
-        message: format!("{}: NULL entry point {op}", i.label),
     }
 }
 

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use spilo_sdk::abi::{self, Buf, Bytes, LbVTable};
 use spilo_sdk::{LbError, LbState, LoadBalancer, Term};
 
-use crate::plugin::adapter::{Failure, Instance};
+use crate::plugin::adapter::{null_entry, Class, Failure, Instance};
 use crate::plugin::loader::LoadedPlugin;
 
 /// `set_primary` and `set_replicas`: one argument, a term, a timeout.
@@ -29,26 +29,11 @@ fn lb_error(op: &'static str, f: Failure) -> LbError {
         Failure::Status { code, message } if code == abi::STATUS_STALE_TERM => {
             LbError::StaleTermReported { message }
         }
-        Failure::Status { code, .. }
-            if code == abi::STATUS_UNAVAILABLE || code == abi::STATUS_TIMEOUT =>
-        {
-            LbError::Unreachable {
-                op,
-                message: f.describe(),
-            }
-        }
-        Failure::Busy { message } => LbError::Unreachable { op, message },
-        Failure::TimedOut { after } => LbError::Timeout { op, after },
-        other => LbError::Refused {
-            op,
-            message: other.describe(),
+        other => match other.class() {
+            Class::Unreachable(message) => LbError::Unreachable { op, message },
+            Class::Timeout(after) => LbError::Timeout { op, after },
+            Class::Refused(message) => LbError::Refused { op, message },
         },
-    }
-}
-
-fn null_entry(i: &Instance, op: &str) -> Failure {
-    Failure::Crashed {
-        message: format!("{}: NULL entry point {op}", i.label),
     }
 }
 

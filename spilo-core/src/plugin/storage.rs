@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use spilo_sdk::abi::{self, Buf, Bytes, ListPage, StorageVTable};
 use spilo_sdk::storage::{Download, PutMode, Storage, StorageError, Upload};
 
-use crate::plugin::adapter::{Failure, Instance, RawHandle};
+use crate::plugin::adapter::{null_entry, Class, Failure, Instance, RawHandle};
 use crate::plugin::loader::LoadedPlugin;
 
 /// A [`Storage`] backed by a loaded plugin.
@@ -28,26 +28,11 @@ fn storage_error(op: &'static str, key: &str, f: Failure) -> StorageError {
         Failure::Status { code, .. } if code == abi::STATUS_EXISTS => StorageError::Exists {
             key: key.to_string(),
         },
-        Failure::Status { code, .. }
-            if code == abi::STATUS_UNAVAILABLE || code == abi::STATUS_TIMEOUT =>
-        {
-            StorageError::Unreachable {
-                op,
-                message: f.describe(),
-            }
-        }
-        Failure::Busy { message } => StorageError::Unreachable { op, message },
-        Failure::TimedOut { after } => StorageError::Timeout { op, after },
-        other => StorageError::Refused {
-            op,
-            message: other.describe(),
+        other => match other.class() {
+            Class::Unreachable(message) => StorageError::Unreachable { op, message },
+            Class::Timeout(after) => StorageError::Timeout { op, after },
+            Class::Refused(message) => StorageError::Refused { op, message },
         },
-    }
-}
-
-fn null_entry(i: &Instance, op: &str) -> Failure {
-    Failure::Crashed {
-        message: format!("{}: NULL entry point {op}", i.label),
     }
 }
 

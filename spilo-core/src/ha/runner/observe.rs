@@ -87,26 +87,26 @@ impl Node {
                     role = Some(Role::Replica);
                 }
             }
-        } else if initialized && self.job.is_none() {
-            match self.pg.controldata().await {
-                Ok(cd) => {
-                    let state = cd
-                        .get("Database cluster state")
-                        .cloned()
-                        .unwrap_or_default();
-                    data = DataDir::Initialized {
-                        sysid: cd.get("Database system identifier").cloned(),
-                        was_primary: state == "in production" || state == "shut down",
-                        crashed: state == "in production" || state.contains("crash"),
-                        timeline: cd
-                            .get("Latest checkpoint's TimeLineID")
-                            .and_then(|t| t.parse().ok()),
-                    };
-                }
-                Err(e) => tracing::warn!(error = %e, "pg_controldata failed"),
-            }
-            st.state = PgState::Stopped;
         } else {
+            if initialized && self.job.is_none() {
+                match self.pg.controldata().await {
+                    Ok(cd) => {
+                        let state = cd
+                            .get("Database cluster state")
+                            .cloned()
+                            .unwrap_or_default();
+                        data = DataDir::Initialized {
+                            sysid: cd.get("Database system identifier").cloned(),
+                            was_primary: state == "in production" || state == "shut down",
+                            crashed: state == "in production" || state.contains("crash"),
+                            timeline: cd
+                                .get("Latest checkpoint's TimeLineID")
+                                .and_then(|t| t.parse().ok()),
+                        };
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pg_controldata failed"),
+                }
+            }
             st.state = PgState::Stopped;
         }
         if let Some(label) = self.pg_label {
