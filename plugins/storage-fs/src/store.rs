@@ -51,6 +51,8 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FsError 
 #[derive(Debug)]
 pub struct FsStore {
     root: PathBuf,
+    /// The store directory's owner (uid, gid), read once at open.
+    owner: Option<(u32, u32)>,
     next_tmp: AtomicU64,
 }
 
@@ -123,8 +125,13 @@ impl FsStore {
     pub fn open(root: PathBuf) -> Result<FsStore, FsError> {
         let tmp = root.join(TMP_DIR);
         fs::create_dir_all(&tmp).map_err(io_err("create directory", &tmp))?;
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(&root).ok().map(|m| (m.uid(), m.gid()))
+        };
         let store = FsStore {
             root,
+            owner,
             next_tmp: AtomicU64::new(0),
         };
         store.give_to_owner(&tmp);
@@ -136,11 +143,12 @@ impl FsStore {
     /// daemon can still write next to them. Best effort: only root can, and only root needs to.
     fn give_to_owner(&self, path: &Path) {
         use std::os::unix::fs::MetadataExt;
-        let (Ok(root), Ok(this)) = (fs::metadata(&self.root), fs::symlink_metadata(path)) else {
+        let Some((uid, gid)) = self.owner else { return };
+        let Ok(this) = fs::symlink_metadata(path) else {
             return;
         };
-        if this.uid() != root.uid() || this.gid() != root.gid() {
-            let _ = std::os::unix::fs::chown(path, Some(root.uid()), Some(root.gid()));
+        if this.uid() != uid || this.gid() != gid {
+            let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
         }
     }
 

@@ -117,6 +117,12 @@ impl Exposition {
         let _ = writeln!(self.out, "{name}{{{}{extra_labels}}} {value}", self.labels);
     }
 
+    /// A one-sample counter.
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.header(name, "counter", help);
+        self.sample(name, "", &value.to_string());
+    }
+
     /// A one-sample gauge.
     fn gauge(&mut self, name: &str, help: &str, value: f64) {
         self.header(name, "gauge", help);
@@ -357,8 +363,7 @@ pub fn render(s: &NodeState, now: Instant) -> String {
             callback_errors,
         ),
     ] {
-        e.header(name, "counter", help);
-        e.sample(name, "", &v.to_string());
+        e.counter(name, help, v);
     }
     if let Some(a) = &s.archive {
         archive_metrics(&mut e, a);
@@ -490,8 +495,7 @@ fn archive_metrics(e: &mut Exposition, a: &crate::backup::archiver::ArchiveStats
             a.backup_failures.load(Relaxed),
         ),
     ] {
-        e.header(name, "counter", help);
-        e.sample(name, "", &v.to_string());
+        e.counter(name, help, v);
     }
     e.header(
         "spilo_wal_archive_failures_total",

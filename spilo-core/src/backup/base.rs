@@ -113,6 +113,9 @@ pub enum BackupError {
     /// Reading the tar failed.
     #[error("reading pg_basebackup's output failed")]
     Read(#[source] std::io::Error),
+    /// The backup could not be set up (no leader to copy, an unreadable encryption key).
+    #[error("cannot take a backup: {0}")]
+    Setup(String),
     /// Another backup holds the cluster's backup lock.
     #[error("another backup is running: {0}")]
     Busy(String),

@@ -57,6 +57,13 @@ pub fn choose_source(
     Ok((n, h, p, false))
 }
 
+/// The lock key's value: who holds it, since when, and a heartbeat (now).
+fn lock_value(who: &str, started: i64) -> Vec<u8> {
+    json!({"member": who, "started": started, "heartbeat": chrono::Utc::now().timestamp()})
+        .to_string()
+        .into_bytes()
+}
+
 /// Holds the backup lock; refreshes it while alive, deletes it when dropped.
 pub struct Lock {
     refresh: tokio::task::JoinHandle<()>,
@@ -66,11 +73,7 @@ pub struct Lock {
 impl Lock {
     /// Takes the lock for `who`, taking over one left stale.
     pub async fn acquire(dcs: Arc<dyn Dcs>, who: &str) -> Result<Lock, BackupError> {
-        let value = |started: i64| {
-            json!({"member": who, "started": started, "heartbeat": chrono::Utc::now().timestamp()})
-                .to_string()
-                .into_bytes()
-        };
+        let value = |started: i64| lock_value(who, started);
         let started = chrono::Utc::now().timestamp();
         let busy = |m: String| BackupError::Busy(m);
         let got = dcs
@@ -111,9 +114,7 @@ impl Lock {
         let refresh = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                let v = json!({"member": who, "started": started, "heartbeat": chrono::Utc::now().timestamp()})
-                    .to_string();
-                let _ = d.put(LOCK_KEY, v.as_bytes(), Cas::Any).await;
+                let _ = d.put(LOCK_KEY, &lock_value(&who, started), Cas::Any).await;
             }
         });
         Ok(Lock { refresh, dcs })
@@ -148,7 +149,7 @@ pub async fn backup_now(
     progress: Arc<Progress>,
 ) -> Result<(Manifest, Result<RetentionPlan, String>), BackupError> {
     let (member, host, port, is_replica) =
-        choose_source(c, from_replica).map_err(BackupError::NoStart)?;
+        choose_source(c, from_replica).map_err(BackupError::Setup)?;
     let settings = job.cfg.backup_settings().unwrap_or_default();
     let rep = &job.cfg.postgresql.authentication.replication;
     let req = Request {
@@ -166,7 +167,7 @@ pub async fn backup_now(
         system_identifier: c.sysid().map(str::to_string),
         pg_version: job.pg_version,
         key: match &settings.encryption {
-            Some(e) => Some(e.load().map_err(BackupError::NoStart)?),
+            Some(e) => Some(e.load().map_err(BackupError::Setup)?),
             None => None,
         },
     };

@@ -73,14 +73,20 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
+    /// Where Spilo's layout keeps a cluster's WAL and backups of every PostgreSQL version:
+    /// `spilo/{scope_prefix}{scope}{scope_suffix}/wal`.
+    pub fn scope_root(&self, scope: &str) -> String {
+        format!(
+            "spilo/{}{scope}{}/wal",
+            self.scope_prefix, self.scope_suffix
+        )
+    }
+
     /// The key prefix of a cluster's WAL and backups, without a trailing `/`.
     pub fn base_prefix(&self, scope: &str, pg_major: u32) -> String {
         match &self.prefix {
             Some(p) if !p.trim_matches('/').is_empty() => p.trim_matches('/').to_string(),
-            _ => format!(
-                "spilo/{}{scope}{}/wal/{pg_major}",
-                self.scope_prefix, self.scope_suffix
-            ),
+            _ => format!("{}/{pg_major}", self.scope_root(scope)),
         }
     }
 

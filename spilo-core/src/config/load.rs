@@ -326,20 +326,11 @@ fn env_layers(env: &[(String, String)], warnings: &mut Vec<String>) -> Vec<Layer
     layers
 }
 
-/// Spilo's environment names for backups and WAL (no prefix), as its image reads them. They
-/// apply when the document has a `storage:` section or the environment names a bucket
-/// (`WAL_S3_BUCKET`, `WALE_S3_PREFIX`, `WALG_S3_PREFIX`): `AWS_REGION` alone must not turn
-/// archiving on.
-pub const SPILO_ENV: &[(&str, &str)] = &[
-    ("WAL_S3_BUCKET", "storage.bucket (and storage.type: s3)"),
-    (
-        "WALE_S3_PREFIX",
-        "storage.bucket and storage.prefix (s3://bucket/prefix)",
-    ),
-    (
-        "WALG_S3_PREFIX",
-        "storage.bucket and storage.prefix (s3://bucket/prefix)",
-    ),
+/// Spilo's environment names for backups and WAL that set one text key each (no prefix). The
+/// others — `WAL_S3_BUCKET`, `WALE_S3_PREFIX`/`WALG_S3_PREFIX` (bucket and prefix),
+/// `BACKUP_NUM_TO_RETAIN`, `WALG_UPLOAD_CONCURRENCY` (numbers), `WALG_BACKUP_FROM_REPLICA` (a
+/// boolean) — are read by [`spilo_env_layers`] itself.
+const SPILO_TEXT_ENV: &[(&str, &str)] = &[
     ("WAL_BUCKET_SCOPE_PREFIX", "storage.scope_prefix"),
     ("WAL_BUCKET_SCOPE_SUFFIX", "storage.scope_suffix"),
     ("AWS_ENDPOINT", "storage.endpoint"),
@@ -347,11 +338,11 @@ pub const SPILO_ENV: &[(&str, &str)] = &[
     ("WALG_S3_SSE", "storage.sse"),
     ("WALG_S3_SSE_KMS_ID", "storage.sse_kms_key_id"),
     ("BACKUP_SCHEDULE", "backup.schedule"),
-    ("BACKUP_NUM_TO_RETAIN", "backup.retain.count"),
-    ("WALG_BACKUP_FROM_REPLICA", "backup.from_replica"),
-    ("WALG_UPLOAD_CONCURRENCY", "backup.upload_concurrency"),
 ];
 
+/// Layers for Spilo's environment names. They apply when the document has a `storage:` section
+/// or the environment names a bucket (`WAL_S3_BUCKET`, `WALE_S3_PREFIX`, `WALG_S3_PREFIX`):
+/// `AWS_REGION` alone must not turn archiving on.
 fn spilo_env_layers(doc: &Mapping, env: &[(String, String)]) -> Result<Vec<Layer>, ConfigError> {
     let get = |name: &str| {
         env.iter()
@@ -394,16 +385,7 @@ fn spilo_env_layers(doc: &Mapping, env: &[(String, String)]) -> Result<Vec<Layer
             set(var, "storage.prefix", FValue::from(prefix.to_string()));
         }
     }
-    let text_vars = [
-        ("WAL_BUCKET_SCOPE_PREFIX", "storage.scope_prefix"),
-        ("WAL_BUCKET_SCOPE_SUFFIX", "storage.scope_suffix"),
-        ("AWS_ENDPOINT", "storage.endpoint"),
-        ("AWS_REGION", "storage.region"),
-        ("WALG_S3_SSE", "storage.sse"),
-        ("WALG_S3_SSE_KMS_ID", "storage.sse_kms_key_id"),
-        ("BACKUP_SCHEDULE", "backup.schedule"),
-    ];
-    for (var, key) in text_vars {
+    for &(var, key) in SPILO_TEXT_ENV {
         if let Some(v) = get(var) {
             set(var, key, FValue::from(v));
         }

@@ -90,13 +90,10 @@ pub fn spawn_tar(bin_dir: &Path, src: &Source, label: &str) -> Result<TarStream,
     })
 }
 
-/// What `pg_basebackup -v -P` says, line by line (`\n` or `\r` separated).
+/// What `pg_basebackup -v -P` says, line by line (`\n` or `\r` separated). (With `-D -` it
+/// prints neither its start nor its end point: those come from the tar, `backup::tarscan`.)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Said {
-    /// `write-ahead log start point: X on timeline T`.
-    pub start: Option<(u64, u32)>,
-    /// `write-ahead log end point: X`.
-    pub end: Option<u64>,
     /// The estimated total from the progress line, in bytes.
     pub total_bytes: Option<u64>,
     /// The last lines (for error messages).
@@ -110,22 +107,7 @@ impl Said {
         if l.is_empty() {
             return;
         }
-        if let Some(rest) = l.split("write-ahead log start point: ").nth(1) {
-            let mut w = rest.split_whitespace();
-            let lsn = w.next().and_then(crate::dcs::codec::parse_lsn);
-            let tl = rest
-                .split("on timeline ")
-                .nth(1)
-                .and_then(|t| t.trim().parse::<u32>().ok());
-            if let (Some(lsn), Some(tl)) = (lsn, tl) {
-                self.start = Some((lsn, tl));
-            }
-        } else if let Some(rest) = l.split("write-ahead log end point: ").nth(1) {
-            self.end = rest
-                .split_whitespace()
-                .next()
-                .and_then(crate::dcs::codec::parse_lsn);
-        } else if let Some((done, rest)) = l.split_once(" kB (") {
+        if let Some((done, rest)) = l.split_once(" kB (") {
             // "12345/67890 kB (18%), 0/1 tablespace"
             let total = done
                 .rsplit('/')
@@ -180,8 +162,6 @@ mod tests {
                     pg_basebackup: base backup completed\n";
         let mut s = Said::default();
         read_messages(text.as_bytes(), |l| s.line(l));
-        assert_eq!(s.start, Some((0x200_0028, 3)));
-        assert_eq!(s.end, Some(0x200_0100));
         assert_eq!(s.total_bytes, Some(31050 * 1024));
         assert_eq!(
             s.tail.last().map(String::as_str),
@@ -189,6 +169,6 @@ mod tests {
         );
         let mut e = Said::default();
         e.line("pg_basebackup: error: connection to server failed: FATAL:  no pg_hba.conf entry");
-        assert!(e.start.is_none() && e.tail[0].contains("pg_hba"));
+        assert!(e.tail[0].contains("pg_hba"));
     }
 }
