@@ -64,6 +64,11 @@ PACKAGES=(
   # nftables drop rules inside the namespaces.
   iproute2
   nftables
+  # The archive benchmark (scripts/bench.sh --only archive) compares against pgBackRest and
+  # barman-cloud-wal-archive (a Python tool on boto3, named explicitly).
+  pgbackrest
+  barman-cli-cloud
+  python3-boto3
 )
 
 log() { printf '[install-deps] %s\n' "$*"; }
@@ -239,6 +244,9 @@ check "nft" "package nftables" nft --version
 check "ip" "package iproute2" ip -V
 check "setpriv" "package util-linux" setpriv --version
 check "openssl" "package openssl" openssl version
+check "pgbackrest" "package pgbackrest" pgbackrest version
+check "barman-cloud-wal-archive" "packages barman-cli-cloud and python3-boto3" barman-cloud-wal-archive --version
+check "boto3 for barman-cloud" "package python3-boto3" /usr/bin/python3 -c "import boto3"
 check "curl" "package curl" curl --version
 check "jq" "package jq" jq --version
 cat >"$CHECK_DIR/c.c" <<'C'

@@ -8,13 +8,18 @@
 //! `--loop-wait S` (default 2), `--idle-secs S` (default 20), `--wrk-secs S` (default 10),
 //! `--switchover-rounds N` (default 10), `--no-patroni` (skip the Patroni side-by-side run),
 //! `--dcs-load-secs N` (default 30; 0 skips it), `--dcs-load-backend etcd|zookeeper|both`
-//! (default both), `--only all|dcs-load` (default all).
+//! (default both), `--only all|ha|dcs-load|archive` (default all).
+//!
+//! The archive part (`archive.rs`): `--archive-segments N` (default 128 WAL segments),
+//! `--archive-scale N` (pgbench scale, default 50), `--archive-level N` (zstd, default 3),
+//! `--archive-parallel N` (default 4, spilo's own default).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use spilo_tests::{ClusterOpts, DcsKind, NodeOpts, TestCluster};
 
+mod archive;
 mod dcs_counters;
 mod dcs_keys;
 mod dcs_load;
@@ -30,7 +35,9 @@ struct Opts {
     patroni: bool,
     dcs_load_secs: u64,
     dcs_load_backends: Vec<DcsKind>,
-    only_dcs_load: bool,
+    /// Which parts run: (HA, DCS load, archive).
+    parts: (bool, bool, bool),
+    archive: archive::Opts,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -44,7 +51,13 @@ fn parse_args() -> Result<Opts, String> {
         patroni: true,
         dcs_load_secs: 30,
         dcs_load_backends: vec![DcsKind::Etcd, DcsKind::ZooKeeper],
-        only_dcs_load: false,
+        parts: (true, true, true),
+        archive: archive::Opts {
+            segments: 128,
+            scale: 50,
+            level: 3,
+            parallel: 4,
+        },
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -67,10 +80,16 @@ fn parse_args() -> Result<Opts, String> {
             .ok_or_else(|| format!("{} needs a value", args[i]))?;
         match args[i].as_str() {
             "--only" => {
-                o.only_dcs_load = match val.as_str() {
-                    "all" => false,
-                    "dcs-load" => true,
-                    other => return Err(format!("--only: '{other}' is not all or dcs-load")),
+                o.parts = match val.as_str() {
+                    "all" => (true, true, true),
+                    "ha" => (true, false, false),
+                    "dcs-load" => (false, true, false),
+                    "archive" => (false, false, true),
+                    other => {
+                        return Err(format!(
+                            "--only: '{other}' is not all, ha, dcs-load or archive"
+                        ))
+                    }
                 };
                 i += 2;
                 continue;
@@ -102,6 +121,12 @@ fn parse_args() -> Result<Opts, String> {
             "--wrk-secs" => o.wrk_secs = num,
             "--switchover-rounds" => o.switchover_rounds = num as usize,
             "--dcs-load-secs" => o.dcs_load_secs = num,
+            "--archive-segments" if (8..=4096).contains(&num) => o.archive.segments = num as usize,
+            "--archive-scale" if (1..=10_000).contains(&num) => o.archive.scale = num as u32,
+            "--archive-level" if (1..=19).contains(&num) => o.archive.level = num as i32,
+            "--archive-parallel" if (1..=64).contains(&num) => o.archive.parallel = num as usize,
+            a @ ("--archive-segments" | "--archive-scale" | "--archive-level"
+            | "--archive-parallel") => return Err(format!("{a}: {num} is out of range")),
             other => return Err(format!("unknown option {other}")),
         }
         i += 2;
@@ -203,11 +228,14 @@ fn main() {
         }
     };
     let retry = ((o.ttl.saturating_sub(o.loop_wait)) / 2).max(1);
-    if !o.only_dcs_load {
+    if o.parts.0 {
         classic(&o, retry);
     }
-    if o.dcs_load_secs > 0 {
+    if o.parts.1 && o.dcs_load_secs > 0 {
         dcs_load_section(&o, retry);
+    }
+    if o.parts.2 {
+        archive::run(&o.archive);
     }
 }
 

@@ -294,6 +294,9 @@ pub struct Archiver {
 }
 
 const CHUNK: usize = 1 << 20;
+/// How long a request waits for this node to become the archiving primary before it is
+/// refused (`not_primary`).
+const PROMOTION_GRACE: Duration = Duration::from_secs(3);
 
 impl Archiver {
     /// An archiver uploading to `storage`, archiving while `node` says this node holds the
@@ -327,6 +330,30 @@ impl Archiver {
         n.pg.role.is_primary() && n.holds_lock(crate::clock::now())
     }
 
+    /// Whether this node becomes the archiving primary within a short grace. Just after a
+    /// promotion PostgreSQL archives before the daemon has published its new role; a refusal
+    /// then would cost a second of PostgreSQL's retry sleep. Nothing is uploaded meanwhile.
+    async fn becomes_allowed(&self) -> bool {
+        let grace = PROMOTION_GRACE.min(self.sh.s.timeout);
+        let mut node = self.sh.node.clone();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            if self.allowed() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            // A changed node state, or a fresh look at the lease's clock.
+            let step = left.min(Duration::from_millis(100));
+            if let Ok(Err(_)) = tokio::time::timeout(step, node.changed()).await {
+                // The daemon is going away: no state will change any more.
+                tokio::time::sleep(step).await;
+            }
+        }
+    }
+
     /// Archives `name` (a file in `pg_wal`) for PostgreSQL: `Ok` only once it is stored.
     pub async fn push(&self, name: &str) -> Result<(), Arc<ArchiveError>> {
         let r = self.push_inner(name).await;
@@ -354,7 +381,7 @@ impl Archiver {
         if layout::classify(name).is_none() {
             return Err(Arc::new(ArchiveError::BadName(name.to_string())));
         }
-        if !self.allowed() {
+        if !self.allowed() && !self.becomes_allowed().await {
             self.forget();
             return Err(Arc::new(ArchiveError::NotPrimary(name.to_string())));
         }
@@ -408,7 +435,13 @@ impl Archiver {
                     t.done.insert(name.clone());
                 }
             }
+            let ok = r.is_ok();
             let _ = tx.send(Some(r));
+            // A slot is free: keep the read-ahead full instead of waiting for PostgreSQL's
+            // next request (it may be waiting on a slower upload).
+            if ok {
+                me.kick();
+            }
         });
         rx
     }

@@ -120,6 +120,15 @@ fn main() -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    // The archiver compresses and uploads on blocking-pool threads; glibc would give each of
+    // them an arena of its own (up to 8 per core) and keep freed segment buffers in each, so
+    // the resident set would grow with the number of threads that ever ran an upload. Two
+    // arenas keep it bounded by the work in flight.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     // Plugins load before the async runtime exists, and stay loaded.
     if let Err(e) = spilo_core::plugin::load_configured(&loaded.config) {
         tracing::error!("CRITICAL: {e}");
