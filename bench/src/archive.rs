@@ -42,6 +42,8 @@ pub struct Opts {
     pub level: i32,
     /// Parts/segments in flight for spilo, pgBackRest's process-max and the raw PUT.
     pub parallel: usize,
+    /// spilo's read-ahead (segments uploaded before PostgreSQL asks).
+    pub readahead: usize,
 }
 
 /// One line of the result table.
@@ -120,13 +122,18 @@ fn mkdir_pg(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
-/// The daemon's resident set now, from /proc (kB).
-fn rss_kb(pid: i32) -> Option<u64> {
+/// A field of /proc/PID/status in kB.
+fn status_kb(pid: i32, field: &str) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// The daemon's resident set now (kB).
+fn rss_kb(pid: i32) -> Option<u64> {
+    status_kb(pid, "VmRSS:")
 }
 
 /// User plus system CPU seconds of `pid` so far (threads included).
@@ -140,34 +147,52 @@ fn cpu_secs(pid: i32) -> Option<f64> {
     Some(ticks / hz.max(1.0))
 }
 
-/// Waits until `data` has no `.ready` file left, sampling `pid`'s RSS; the elapsed time and
-/// the highest RSS seen.
-fn drain(data: &Path, t0: Instant, pid: Option<i32>) -> Result<(f64, Option<u64>), String> {
+/// Waits until `data` has no `.ready` file left, sampling `pid`'s RSS.
+fn drain(data: &Path, t0: Instant, pid: Option<i32>) -> Result<Drained, String> {
     let mut peak = None;
+    let mut peak_anon = 0;
+    let start = ready(data).len();
+    let mut first = None;
     loop {
         if let Some(kb) = pid.and_then(rss_kb) {
             peak = Some(peak.unwrap_or(0).max(kb));
+            peak_anon = peak_anon.max(pid.and_then(|p| status_kb(p, "RssAnon:")).unwrap_or(0));
         }
-        if ready(data).is_empty() {
-            return Ok((t0.elapsed().as_secs_f64(), peak));
+        let left = ready(data).len();
+        if first.is_none() && left < start {
+            first = Some(t0.elapsed().as_secs_f64());
+        }
+        if left == 0 {
+            return Ok(Drained {
+                secs: t0.elapsed().as_secs_f64(),
+                first: first.unwrap_or(0.0),
+                peak,
+                peak_anon,
+            });
         }
         if t0.elapsed() > DRAIN_LIMIT {
             return Err(format!(
-                "{} segments still waiting after {DRAIN_LIMIT:?}",
-                ready(data).len()
+                "{left} segments still waiting after {DRAIN_LIMIT:?}"
             ));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// How a drain went: seconds to the end, seconds to the first archived segment, peak RSS (kB).
+struct Drained {
+    secs: f64,
+    first: f64,
+    peak: Option<u64>,
+    /// Of which anonymous memory (heap, stacks), the rest being mapped files (the binary).
+    peak_anon: u64,
 }
 
 /// The spilo config lines of a store.
 fn storage_yaml(store: &str, o: &Opts) -> String {
     format!(
         "{store}backup:\n  schedule: ''\n  compression_level: {}\n  upload_concurrency: {}\n  archive:\n    timeout: 60\n    readahead: {}\n",
-        o.level,
-        o.parallel,
-        o.parallel * 2
+        o.level, o.parallel, o.readahead
     )
 }
 
@@ -272,7 +297,25 @@ fn run_spilo(
     let t0 = Instant::now();
     let pid = c.nodes[idx].daemon_pid();
     let cpu0 = pid.and_then(cpu_secs);
+    // SPILO_BENCH_PERF=DIR: `perf record -g` of the daemon during the drain, into DIR.
+    let perf = std::env::var_os("SPILO_BENCH_PERF").and_then(|dir| {
+        let out = Path::new(&dir).join(format!("{}.perf.data", what.replace([',', ' '], "")));
+        Command::new("perf")
+            .args(["record", "-g", "-q", "-o"])
+            .arg(out)
+            .arg("-p")
+            .arg(pid?.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()
+    });
     let drained = drain(&data, t0, pid);
+    if let Some(mut p) = perf {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+        let _ = p.wait();
+    }
     let mut cpu = match (pid.and_then(cpu_secs), cpu0) {
         (Some(b), Some(a)) => format!(", daemon CPU {:.1} s", b - a),
         _ => String::new(),
@@ -297,12 +340,32 @@ fn run_spilo(
         if !failures.is_empty() {
             cpu.push_str(&format!(", failures {}", failures.join(" ")));
         }
+        // Uploads that found their object already stored (work done twice).
+        let dup: f64 = r
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("spilo_wal_archive_duplicates_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if dup > 0.0 {
+            cpu.push_str(&format!(", {dup} uploads found their object stored"));
+        }
     }
-    if let Ok((_, Some(kb))) = &drained {
-        cpu.push_str(&format!(", peak RSS {:.1} MB", *kb as f64 / 1024.0));
+    if let Ok(Drained {
+        first,
+        peak: Some(kb),
+        peak_anon,
+        ..
+    }) = &drained
+    {
+        cpu.push_str(&format!(
+            ", first segment after {first:.2} s, peak RSS {:.1} MB ({:.1} MB anonymous)",
+            *kb as f64 / 1024.0,
+            *peak_anon as f64 / 1024.0
+        ));
     }
     let (secs, peak) = match drained {
-        Ok(v) => v,
+        Ok(d) => (d.secs, d.peak),
         Err(e) => {
             c.dump_logs(40);
             return Err(format!("{what}: {e}"));
@@ -316,9 +379,7 @@ fn run_spilo(
         stored: Some(du(stored_at)),
         note: format!(
             "zstd {}, {} in flight, read-ahead {}{cpu}",
-            o.level,
-            o.parallel,
-            o.parallel * 2
+            o.level, o.parallel, o.readahead
         ),
     };
     let mut base = Vec::new();
@@ -516,7 +577,8 @@ fn run_pgbackrest(
             "/usr/bin/pgbackrest --config={} --stanza=bench archive-push %p",
             conf.display()
         ))?;
-        let (secs, _) = drain(&pg.data, t0, None)?;
+        let d = drain(&pg.data, t0, None)?;
+        let secs = d.secs;
         let fig = Figure {
             what: what.into(),
             secs: Some(secs),
@@ -524,9 +586,10 @@ fn run_pgbackrest(
             segments,
             stored: Some(du(stored_at)),
             note: format!(
-                "archive-async, process-max {}, zst {}",
+                "archive-async, process-max {}, zst {}, first segment after {:.2} s",
                 o.parallel.max(4),
-                o.level
+                o.level,
+                d.first
             ),
         };
         let mut base = None;
@@ -573,7 +636,8 @@ fn run_barman(s3: &S3Server, template: &Path, work: &Path) -> Result<Figure, Str
             "/usr/bin/barman-cloud-wal-archive --endpoint-url {} s3://bench-barman/wal bench %p",
             s3.endpoint()
         ))?;
-        let (secs, _) = drain(&pg.data, t0, None)?;
+        let d = drain(&pg.data, t0, None)?;
+        let secs = d.secs;
         Ok(Figure {
             what: "barman-cloud-wal-archive, S3".into(),
             secs: Some(secs),

@@ -12,7 +12,8 @@
 //!
 //! The archive part (`archive.rs`): `--archive-segments N` (default 128 WAL segments),
 //! `--archive-scale N` (pgbench scale, default 50), `--archive-level N` (zstd, default 3),
-//! `--archive-parallel N` (default 4, spilo's own default).
+//! `--archive-parallel N` (default 4, spilo's own default), `--archive-readahead N` (default 8,
+//! spilo's own default).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -57,6 +58,7 @@ fn parse_args() -> Result<Opts, String> {
             scale: 50,
             level: 3,
             parallel: 4,
+            readahead: 8,
         },
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -125,8 +127,12 @@ fn parse_args() -> Result<Opts, String> {
             "--archive-scale" if (1..=10_000).contains(&num) => o.archive.scale = num as u32,
             "--archive-level" if (1..=19).contains(&num) => o.archive.level = num as i32,
             "--archive-parallel" if (1..=64).contains(&num) => o.archive.parallel = num as usize,
-            a @ ("--archive-segments" | "--archive-scale" | "--archive-level"
-            | "--archive-parallel") => return Err(format!("{a}: {num} is out of range")),
+            "--archive-readahead" if num <= 256 => o.archive.readahead = num as usize,
+            a @ ("--archive-segments"
+            | "--archive-scale"
+            | "--archive-level"
+            | "--archive-parallel"
+            | "--archive-readahead") => return Err(format!("{a}: {num} is out of range")),
             other => return Err(format!("unknown option {other}")),
         }
         i += 2;

@@ -223,6 +223,13 @@ fn wal_is_archived_whole_refused_when_different_and_caught_up_after_an_outage() 
     let m = metrics(p);
     assert_promtool_accepts(&primary, &m);
     assert!(gauge(&m, "spilo_wal_archived_total") >= 6.0, "{m}");
+    // Nothing was uploaded twice: a segment answered to PostgreSQL is not uploaded ahead again
+    // while its `.ready` file waits to be renamed.
+    assert_eq!(
+        gauge(&m, "spilo_wal_archive_duplicates_total"),
+        0.0,
+        "uploads found their object already stored: {m}"
+    );
     // Every series the example Grafana dashboard draws exists (on the primary or the replica).
     let both = format!("{m}\n{}", metrics(c.node(&replica)));
     for name in dashboard_metrics() {

@@ -276,6 +276,11 @@ struct Table {
     done: HashSet<String>,
     /// Uploads in flight; each publishes its outcome once.
     inflight: HashMap<String, watch::Receiver<Outcome>>,
+    /// Answered as stored to PostgreSQL, whose `.ready` file may still be there until it
+    /// renames it: never uploaded ahead again (a second upload would cost a compression and
+    /// a comparison). Dropped once a listing taken after the answer shows the `.ready` file
+    /// gone.
+    answered: HashMap<String, std::time::Instant>,
 }
 
 struct Shared {
@@ -389,6 +394,7 @@ impl Archiver {
             let mut t = self.sh.table.lock().unwrap_or_else(|p| p.into_inner());
             if t.done.remove(name) {
                 self.sh.stats.ahead_hits.fetch_add(1, Ordering::Relaxed);
+                t.answered.insert(name.to_string(), crate::clock::now());
                 None
             } else {
                 Some(match t.inflight.get(name) {
@@ -406,12 +412,13 @@ impl Archiver {
             Err(_) => None,
         };
         // Taken by this request: it is not "ahead" any more.
-        self.sh
-            .table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .done
-            .remove(name);
+        {
+            let mut t = self.sh.table.lock().unwrap_or_else(|p| p.into_inner());
+            t.done.remove(name);
+            if matches!(outcome, Some(Ok(()))) {
+                t.answered.insert(name.to_string(), crate::clock::now());
+            }
+        }
         outcome.unwrap_or_else(|| {
             Err(Arc::new(ArchiveError::Timeout {
                 name: name.to_string(),
@@ -448,12 +455,9 @@ impl Archiver {
 
     /// Forgets uploads made ahead (the node is no longer the primary).
     fn forget(&self) {
-        self.sh
-            .table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .done
-            .clear();
+        let mut t = self.sh.table.lock().unwrap_or_else(|p| p.into_inner());
+        t.done.clear();
+        t.answered.clear();
     }
 
     /// Starts uploads of the next `.ready` files, up to `readahead` ahead.
@@ -464,6 +468,7 @@ impl Archiver {
         let me = self.clone();
         tokio::spawn(async move {
             let dir = me.sh.s.pg_wal.join("archive_status");
+            let listed_at = crate::clock::now();
             let Ok(Ok(ready)) = tokio::task::spawn_blocking(move || ready_files(&dir)).await else {
                 return;
             };
@@ -475,14 +480,22 @@ impl Archiver {
                 return;
             }
             let mut t = me.sh.table.lock().unwrap_or_else(|p| p.into_inner());
-            for name in ready {
+            let still: HashSet<&str> = ready.iter().map(String::as_str).collect();
+            // An answer newer than the listing may be missing from it only because the
+            // listing is old: keep it.
+            t.answered
+                .retain(|n, at| *at >= listed_at || still.contains(n.as_str()));
+            for name in &ready {
                 if t.done.len() + t.inflight.len() >= me.sh.s.readahead {
                     break;
                 }
-                if t.done.contains(&name) || t.inflight.contains_key(&name) {
+                if t.done.contains(name)
+                    || t.inflight.contains_key(name)
+                    || t.answered.contains_key(name)
+                {
                     continue;
                 }
-                me.start(&mut t, &name);
+                me.start(&mut t, name);
             }
         });
     }

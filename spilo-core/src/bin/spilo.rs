@@ -123,11 +123,14 @@ fn main() -> ExitCode {
     // The archiver compresses and uploads on blocking-pool threads; glibc would give each of
     // them an arena of its own (up to 8 per core) and keep freed segment buffers in each, so
     // the resident set would grow with the number of threads that ever ran an upload. Two
-    // arenas keep it bounded by the work in flight.
+    // arenas keep it bounded by the work in flight. A fixed mmap threshold gives buffers of
+    // 256 KiB and more (read buffers, compressor windows, upload parts) back to the system
+    // when they are freed, instead of glibc raising the threshold and keeping them.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
     // Plugins load before the async runtime exists, and stay loaded.
     if let Err(e) = spilo_core::plugin::load_configured(&loaded.config) {
