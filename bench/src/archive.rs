@@ -514,7 +514,7 @@ impl PlainPg {
 }
 
 /// pgBackRest's configuration for `repo` (`s3` through the TLS port, or `posix`).
-fn pgbackrest_conf(o: &Opts, work: &Path, pg: &PlainPg, repo: &str) -> PathBuf {
+fn pgbackrest_conf(o: &Opts, work: &Path, pg: &PlainPg, repo: &str, zst: bool) -> PathBuf {
     let mut s = String::from("[global]\n");
     s.push_str(repo);
     for (k, v) in [
@@ -524,8 +524,9 @@ fn pgbackrest_conf(o: &Opts, work: &Path, pg: &PlainPg, repo: &str) -> PathBuf {
             mkdir_pg(&work.join("spool")).display().to_string(),
         ),
         ("process-max", o.parallel.max(4).to_string()),
-        ("compress-type", "zst".into()),
-        ("compress-level", o.level.to_string()),
+        // Without zst, pgBackRest's own default (gz, level 6).
+        ("compress-type", if zst { "zst" } else { "gz" }.into()),
+        ("compress-level", if zst { o.level } else { 6 }.to_string()),
         (
             "log-path",
             mkdir_pg(&work.join("log")).display().to_string(),
@@ -559,11 +560,16 @@ fn run_pgbackrest(
     what: &str,
     (template, work, stored_at): (&Path, &Path, &Path),
     repo: &str,
-    backup: bool,
+    (backup, zst): (bool, bool),
 ) -> Result<(Figure, Option<Figure>), String> {
     let pg = PlainPg::start(template, work, &[])?;
     let r = (|| {
-        let conf = pgbackrest_conf(o, work, &pg, repo);
+        let conf = pgbackrest_conf(o, work, &pg, repo, zst);
+        let compress = if zst {
+            format!("zst {}", o.level)
+        } else {
+            "gz 6, its default".to_string()
+        };
         let pgbr = |args: &[&str]| {
             let mut cmd = as_postgres("/usr/bin/pgbackrest");
             cmd.arg(format!("--config={}", conf.display()))
@@ -586,9 +592,8 @@ fn run_pgbackrest(
             segments,
             stored: Some(du(stored_at)),
             note: format!(
-                "archive-async, process-max {}, zst {}, first segment after {:.2} s",
+                "archive-async, process-max {}, {compress}, first segment after {:.2} s",
                 o.parallel.max(4),
-                o.level,
                 d.first
             ),
         };
@@ -606,7 +611,7 @@ fn run_pgbackrest(
                 bytes: size,
                 segments: 0,
                 stored: None,
-                note: format!("process-max {}, zst {}", o.parallel.max(4), o.level),
+                note: format!("process-max {}, {compress}", o.parallel.max(4)),
             });
         }
         Ok((fig, base))
@@ -863,13 +868,28 @@ pub fn run(o: &Opts) {
         "pgBackRest 2.45, S3 (TLS)",
         (&template, &w, &at),
         &pgbr_s3,
-        true,
+        (true, true),
     ) {
         Ok((f, b)) => {
             archive.push(f);
             base.extend(b);
         }
         Err(e) => archive.push(failed("pgBackRest 2.45, S3 (TLS)", e)),
+    }
+    let _ = fs::remove_dir_all(&w);
+    // pgBackRest as it comes (gz), in a repository of its own in the same bucket.
+    let w = work.join("pgbr-s3-gz");
+    mkdir_pg(&w);
+    let at = s3.dir().join("data/bench-pgbackrest/pgbackrest-gz");
+    match run_pgbackrest(
+        o,
+        "pgBackRest 2.45, S3 (TLS), default gz",
+        (&template, &w, &at),
+        &pgbr_s3.replace("repo1-path=/pgbackrest\n", "repo1-path=/pgbackrest-gz\n"),
+        (false, false),
+    ) {
+        Ok((f, _)) => archive.push(f),
+        Err(e) => archive.push(failed("pgBackRest 2.45, S3 (TLS), default gz", e)),
     }
     let _ = fs::remove_dir_all(&w);
     let w = work.join("barman");
@@ -908,7 +928,7 @@ pub fn run(o: &Opts) {
         "pgBackRest 2.45, posix",
         (&template, &w, &repo),
         &format!("repo1-type=posix\nrepo1-path={}\n", repo.display()),
-        false,
+        (false, true),
     ) {
         Ok((f, _)) => {
             archive.push(f);
@@ -934,6 +954,12 @@ pub fn run(o: &Opts) {
     if let (Some(a), Some(b)) = (by("spilo, S3"), by("pgBackRest 2.45, S3")) {
         verdicts.insert(
             "spilo vs pgBackRest, S3 (target ≥ 2×)",
+            format!("{:.2}×", a / b),
+        );
+    }
+    if let (Some(a), Some(b)) = (by("spilo, S3"), by("pgBackRest 2.45, S3 (TLS), default gz")) {
+        verdicts.insert(
+            "spilo vs pgBackRest with its default compression, S3",
             format!("{:.2}×", a / b),
         );
     }
