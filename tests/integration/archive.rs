@@ -386,6 +386,10 @@ fn wal_is_archived_whole_refused_when_different_and_caught_up_after_an_outage() 
     let segment = fill_and_switch(new_primary, 1_000);
     wait_archived(new_primary, &segment, Duration::from_secs(60));
     assert!(store.names(&scope).contains(&segment));
+    // Its first requests came right after the promotion: none was refused for a role the
+    // daemon had not published yet.
+    let m = metrics(new_primary);
+    assert_eq!(failures(&m, "not_primary"), 0, "{m}");
 }
 
 /// The same archiver into S3 (`type: s3`, through the S3 plugin) on s3s-fs, with client-side
