@@ -13,7 +13,6 @@
 //! HTTPS, so it reaches s3s-fs through HAProxy terminating TLS (a hop the others do not pay;
 //! its posix run has no such hop).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,6 +28,14 @@ use spilo_tests::{ClusterOpts, TestCluster};
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const SEGMENT: u64 = 16 * 1024 * 1024;
 const S3_PLUGIN_FILE: &str = "libspilo_storage_s3_plugin.so";
+/// The rows of the archive table (also the names the ratios look up).
+const RAW: &str = "raw parallel PUT (the limit)";
+const SPILO_S3: &str = "spilo, S3";
+const PGBR_S3: &str = "pgBackRest 2.45, S3 (TLS)";
+const PGBR_S3_GZ: &str = "pgBackRest 2.45, S3 (TLS), default gz";
+const BARMAN: &str = "barman-cloud-wal-archive, S3";
+const SPILO_FS: &str = "spilo, directory";
+const PGBR_POSIX: &str = "pgBackRest 2.45, posix";
 /// The limit on one drain; a run past it is reported as failed.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1800);
 
@@ -44,6 +51,39 @@ pub struct Opts {
     pub parallel: usize,
     /// spilo's read-ahead (segments uploaded before PostgreSQL asks).
     pub readahead: usize,
+}
+
+/// What one tool's run gave: its archive figure, its base backup figures and the daemon's
+/// peak RSS (kB, spilo only).
+type Run = (Figure, Vec<Figure>, Option<u64>);
+
+/// The figures of every run.
+#[derive(Default)]
+struct Results {
+    archive: Vec<Figure>,
+    base: Vec<Figure>,
+    peak_rss: Option<u64>,
+}
+
+impl Results {
+    fn record(&mut self, what: &str, r: Result<Run, String>) {
+        match r {
+            Ok((f, base, peak)) => {
+                self.archive.push(f);
+                self.base.extend(base);
+                self.peak_rss = self.peak_rss.max(peak);
+            }
+            Err(e) => self.archive.push(failed(what, e)),
+        }
+    }
+
+    /// MB/s of the row named `what`.
+    fn mbps(&self, what: &str) -> Option<f64> {
+        self.archive
+            .iter()
+            .find(|f| f.what == what)
+            .and_then(Figure::mbps)
+    }
 }
 
 /// One line of the result table.
@@ -273,7 +313,7 @@ fn run_spilo(
     template: &Path,
     work: &Path,
     backups: bool,
-) -> Result<(Figure, Option<u64>, Vec<Figure>), String> {
+) -> Result<Run, String> {
     let mut opts = ClusterOpts::named("bench-archive");
     opts.node.extra_yaml = storage_yaml(&store_yaml, o);
     opts.node.pg_parameters = vec![("max_wal_size".into(), "4GB".into())];
@@ -425,7 +465,7 @@ fn run_spilo(
         let _ = fs::remove_dir_all(&dest);
     }
     drop(c);
-    Ok((fig, peak, base))
+    Ok((fig, base, peak))
 }
 
 /// A plain PostgreSQL on a copy of the template, archiving with `archive_command`.
@@ -561,7 +601,7 @@ fn run_pgbackrest(
     (template, work, stored_at): (&Path, &Path, &Path),
     repo: &str,
     (backup, zst): (bool, bool),
-) -> Result<(Figure, Option<Figure>), String> {
+) -> Result<Run, String> {
     let pg = PlainPg::start(template, work, &[])?;
     let r = (|| {
         let conf = pgbackrest_conf(o, work, &pg, repo, zst);
@@ -597,7 +637,7 @@ fn run_pgbackrest(
                 d.first
             ),
         };
-        let mut base = None;
+        let mut base = Vec::new();
         if backup {
             let size: u64 = pg
                 .sql("SELECT sum(pg_database_size(oid)) FROM pg_database")?
@@ -605,7 +645,7 @@ fn run_pgbackrest(
                 .unwrap_or(0);
             let t = Instant::now();
             pgbr(&["backup", "--type=full"])?;
-            base = Some(Figure {
+            base.push(Figure {
                 what: format!("pgBackRest backup --type=full ({what})"),
                 secs: Some(t.elapsed().as_secs_f64()),
                 bytes: size,
@@ -614,7 +654,7 @@ fn run_pgbackrest(
                 note: format!("process-max {}, {compress}", o.parallel.max(4)),
             });
         }
-        Ok((fig, base))
+        Ok((fig, base, None))
     })();
     if r.is_err() {
         note(format!(
@@ -627,7 +667,7 @@ fn run_pgbackrest(
 }
 
 /// barman-cloud-wal-archive (one process per segment, as PostgreSQL calls it).
-fn run_barman(s3: &S3Server, template: &Path, work: &Path) -> Result<Figure, String> {
+fn run_barman(s3: &S3Server, template: &Path, work: &Path) -> Result<Run, String> {
     let stored_at = s3.dir().join("data/bench-barman");
     let env = vec![
         ("AWS_ACCESS_KEY_ID".to_string(), s3.access_key.clone()),
@@ -643,14 +683,15 @@ fn run_barman(s3: &S3Server, template: &Path, work: &Path) -> Result<Figure, Str
         ))?;
         let d = drain(&pg.data, t0, None)?;
         let secs = d.secs;
-        Ok(Figure {
-            what: "barman-cloud-wal-archive, S3".into(),
+        let fig = Figure {
+            what: BARMAN.into(),
             secs: Some(secs),
             bytes: segments as u64 * SEGMENT,
             segments,
             stored: Some(du(&stored_at)),
             note: "one process per segment, no compression".into(),
-        })
+        };
+        Ok((fig, Vec::new(), None))
     })();
     if r.is_err() {
         note(format!(
@@ -663,7 +704,7 @@ fn run_barman(s3: &S3Server, template: &Path, work: &Path) -> Result<Figure, Str
 }
 
 /// The raw parallel PUT of the template's segments (uncompressed) to the same server.
-fn raw_put(o: &Opts, s3: &S3Server, template: &Path, names: &[String]) -> Result<Figure, String> {
+fn raw_put(o: &Opts, s3: &S3Server, template: &Path, names: &[String]) -> Result<Run, String> {
     use spilo_sdk::storage::{put_all, PutMode, Storage};
     let settings = serde_json::json!({
         "bucket": "bench-raw",
@@ -718,14 +759,15 @@ fn raw_put(o: &Opts, s3: &S3Server, template: &Path, names: &[String]) -> Result
         }
         Ok::<f64, String>(t0.elapsed().as_secs_f64())
     })?;
-    Ok(Figure {
-        what: "raw parallel PUT (the limit)".into(),
+    let fig = Figure {
+        what: RAW.into(),
         secs: Some(secs),
         bytes: count as u64 * SEGMENT,
         segments: count,
         stored: None,
         note: format!("{parallel} uncompressed segments in flight"),
-    })
+    };
+    Ok((fig, Vec::new(), None))
 }
 
 fn self_signed(dir: &Path) -> Result<PathBuf, String> {
@@ -836,157 +878,120 @@ pub fn run(o: &Opts) {
         None,
         &[tls_port],
     );
-    let mut archive = Vec::new();
-    let mut base = Vec::new();
-    let mut peak_rss = None;
-
-    match raw_put(o, &s3, &template, &names) {
-        Ok(f) => archive.push(f),
-        Err(e) => archive.push(failed("raw parallel PUT (the limit)", e)),
-    }
+    let mut r = Results::default();
+    r.record(RAW, raw_put(o, &s3, &template, &names));
     let _ = fs::remove_dir_all(s3.dir().join("data/bench-raw/raw"));
 
     let spilo_s3 = s3_store(&s3, "bench-spilo", &s3.endpoint());
     let at = s3.dir().join("data/bench-spilo");
-    match run_spilo(o, "spilo, S3", spilo_s3, &at, &template, work, true) {
-        Ok((f, peak, b)) => {
-            archive.push(f);
-            peak_rss = peak;
-            base.extend(b);
-        }
-        Err(e) => archive.push(failed("spilo, S3", e)),
-    }
+    r.record(
+        SPILO_S3,
+        run_spilo(o, SPILO_S3, spilo_s3, &at, &template, work, true),
+    );
     let pgbr_s3 = format!(
         "repo1-type=s3\nrepo1-path=/pgbackrest\nrepo1-s3-bucket=bench-pgbackrest\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={tls_port}\nrepo1-s3-region=us-east-1\nrepo1-s3-key={}\nrepo1-s3-key-secret={}\nrepo1-s3-uri-style=path\nrepo1-storage-verify-tls=n\n",
         s3.access_key, s3.secret_key
     );
-    let w = work.join("pgbr-s3");
-    mkdir_pg(&w);
+    let w = mkdir_pg(&work.join("pgbr-s3"));
     let at = s3.dir().join("data/bench-pgbackrest");
-    match run_pgbackrest(
-        o,
-        "pgBackRest 2.45, S3 (TLS)",
-        (&template, &w, &at),
-        &pgbr_s3,
-        (true, true),
-    ) {
-        Ok((f, b)) => {
-            archive.push(f);
-            base.extend(b);
-        }
-        Err(e) => archive.push(failed("pgBackRest 2.45, S3 (TLS)", e)),
-    }
+    r.record(
+        PGBR_S3,
+        run_pgbackrest(o, PGBR_S3, (&template, &w, &at), &pgbr_s3, (true, true)),
+    );
     let _ = fs::remove_dir_all(&w);
     // pgBackRest as it comes (gz), in a repository of its own in the same bucket.
-    let w = work.join("pgbr-s3-gz");
-    mkdir_pg(&w);
+    let w = mkdir_pg(&work.join("pgbr-s3-gz"));
     let at = s3.dir().join("data/bench-pgbackrest/pgbackrest-gz");
-    match run_pgbackrest(
-        o,
-        "pgBackRest 2.45, S3 (TLS), default gz",
-        (&template, &w, &at),
-        &pgbr_s3.replace("repo1-path=/pgbackrest\n", "repo1-path=/pgbackrest-gz\n"),
-        (false, false),
-    ) {
-        Ok((f, _)) => archive.push(f),
-        Err(e) => archive.push(failed("pgBackRest 2.45, S3 (TLS), default gz", e)),
-    }
+    let gz_repo = pgbr_s3.replace("repo1-path=/pgbackrest\n", "repo1-path=/pgbackrest-gz\n");
+    r.record(
+        PGBR_S3_GZ,
+        run_pgbackrest(
+            o,
+            PGBR_S3_GZ,
+            (&template, &w, &at),
+            &gz_repo,
+            (false, false),
+        ),
+    );
     let _ = fs::remove_dir_all(&w);
-    let w = work.join("barman");
-    mkdir_pg(&w);
-    match run_barman(&s3, &template, &w) {
-        Ok(f) => archive.push(f),
-        Err(e) => archive.push(failed("barman-cloud-wal-archive, S3", e)),
-    }
+    let w = mkdir_pg(&work.join("barman"));
+    r.record(BARMAN, run_barman(&s3, &template, &w));
     let _ = fs::remove_dir_all(&w);
     drop(_haproxy);
     s3.stop();
 
     // The same disk: spilo's directory store against pgBackRest's posix repository.
     let fs_store = mkdir_pg(&work.join("spilo-fs-store"));
-    match run_spilo(
-        o,
-        "spilo, directory",
-        format!("storage:\n  type: fs\n  path: {}\n", fs_store.display()),
-        &fs_store,
-        &template,
-        work,
-        false,
-    ) {
-        Ok((f, peak, _)) => {
-            archive.push(f);
-            peak_rss = peak_rss.max(peak);
-        }
-        Err(e) => archive.push(failed("spilo, directory", e)),
-    }
+    let fs_yaml = format!("storage:\n  type: fs\n  path: {}\n", fs_store.display());
+    r.record(
+        SPILO_FS,
+        run_spilo(o, SPILO_FS, fs_yaml, &fs_store, &template, work, false),
+    );
     let _ = fs::remove_dir_all(&fs_store);
-    let w = work.join("pgbr-posix");
-    mkdir_pg(&w);
+    let w = mkdir_pg(&work.join("pgbr-posix"));
     let repo = mkdir_pg(&w.join("repo"));
-    match run_pgbackrest(
-        o,
-        "pgBackRest 2.45, posix",
-        (&template, &w, &repo),
-        &format!("repo1-type=posix\nrepo1-path={}\n", repo.display()),
-        (false, true),
-    ) {
-        Ok((f, _)) => {
-            archive.push(f);
-        }
-        Err(e) => archive.push(failed("pgBackRest 2.45, posix", e)),
-    }
+    let posix = format!("repo1-type=posix\nrepo1-path={}\n", repo.display());
+    r.record(
+        PGBR_POSIX,
+        run_pgbackrest(o, PGBR_POSIX, (&template, &w, &repo), &posix, (false, true)),
+    );
     let _ = fs::remove_dir_all(&w);
 
     print_table(
         &format!(
             "WAL archive throughput (MB/s of WAL, {wal_mb} MB backlog; 'vs ref' against the raw PUT)"
         ),
-        &archive,
-        Some("raw parallel PUT"),
+        &r.archive,
+        Some(RAW),
     );
-    let by = |p: &str| {
-        archive
-            .iter()
-            .find(|f| f.what.starts_with(p))
-            .and_then(Figure::mbps)
-    };
-    let mut verdicts: BTreeMap<&str, String> = BTreeMap::new();
-    if let (Some(a), Some(b)) = (by("spilo, S3"), by("pgBackRest 2.45, S3")) {
-        verdicts.insert(
+    let mut verdicts = Vec::new();
+    for (label, num, den, percent) in [
+        (
             "spilo vs pgBackRest, S3 (target ≥ 2×)",
-            format!("{:.2}×", a / b),
-        );
-    }
-    if let (Some(a), Some(b)) = (by("spilo, S3"), by("pgBackRest 2.45, S3 (TLS), default gz")) {
-        verdicts.insert(
+            SPILO_S3,
+            PGBR_S3,
+            false,
+        ),
+        (
             "spilo vs pgBackRest with its default compression, S3",
-            format!("{:.2}×", a / b),
-        );
-    }
-    if let (Some(a), Some(b)) = (by("spilo, directory"), by("pgBackRest 2.45, posix")) {
-        verdicts.insert(
+            SPILO_S3,
+            PGBR_S3_GZ,
+            false,
+        ),
+        (
             "spilo vs pgBackRest, same disk (target ≥ 2×)",
-            format!("{:.2}×", a / b),
-        );
-    }
-    if let (Some(a), Some(b)) = (by("spilo, S3"), by("raw parallel PUT")) {
-        verdicts.insert(
+            SPILO_FS,
+            PGBR_POSIX,
+            false,
+        ),
+        (
             "spilo vs the raw PUT limit (target ≥ 70 %)",
-            format!("{:.0} %", 100.0 * a / b),
-        );
+            SPILO_S3,
+            RAW,
+            true,
+        ),
+    ] {
+        if let (Some(a), Some(b)) = (r.mbps(num), r.mbps(den)) {
+            let v = if percent {
+                format!("{:.0} %", 100.0 * a / b)
+            } else {
+                format!("{:.2}×", a / b)
+            };
+            verdicts.push((label, v));
+        }
     }
-    if let Some(kb) = peak_rss {
-        verdicts.insert(
+    if let Some(kb) = r.peak_rss {
+        verdicts.push((
             "spilo daemon peak RSS while archiving (target ≤ 64 MB)",
             format!("{:.1} MB", kb as f64 / 1024.0),
-        );
+        ));
     }
     print_table(
         &format!(
             "Base backup throughput (MB/s of database, scale {}; 'vs ref' against pgBackRest)",
             o.scale
         ),
-        &base,
+        &r.base,
         Some("pgBackRest backup"),
     );
     println!();
