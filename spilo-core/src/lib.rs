@@ -21,6 +21,7 @@ pub mod ha;
 pub mod hooks;
 pub mod plugin;
 pub mod postgres;
+pub mod secret;
 pub mod timestamp;
 
 /// The version spilo advertises to peers: a Patroni 4.x version, so Patroni-aware tools use

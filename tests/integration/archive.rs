@@ -501,6 +501,153 @@ fn wal_is_archived_to_s3_and_survives_the_server_restarting() {
     ));
 }
 
+/// The encryption key as a KMS secret (moto's KMS; the store a directory): the key file holds
+/// `aws:kms:<base64>` made by `spiloctl aws kms generate-key`, the daemon opens it at start
+/// through `spiloctl aws kms decrypt`, and every segment is sealed with the data key KMS
+/// generated; a secret KMS refuses stops the daemon at start with KMS's error code and the
+/// key file's name, and archives nothing.
+#[test]
+fn the_encryption_key_is_opened_with_kms() {
+    use aws_sdk_kms::config::{Credentials, Region};
+    use spilo_core::backup::crypt::SecretKey;
+    use spilo_tests::s3::{S3Kind, S3Server};
+    let moto = S3Server::start(S3Kind::Moto);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let kms = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::Config::builder()
+            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+            .region(Region::new("eu-central-1"))
+            .endpoint_url(moto.endpoint())
+            .credentials_provider(Credentials::new(
+                &moto.access_key,
+                &moto.secret_key,
+                None,
+                None,
+                "spilo-tests",
+            ))
+            .build(),
+    );
+    let key_id = rt
+        .block_on(kms.create_key().send())
+        .unwrap_or_else(|e| {
+            panic!(
+                "create key: {}",
+                aws_sdk_kms::error::DisplayErrorContext(&e)
+            )
+        })
+        .key_metadata
+        .expect("key metadata")
+        .key_id;
+    let env: Vec<(String, String)> = vec![
+        ("AWS_ACCESS_KEY_ID".into(), moto.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".into(), moto.secret_key.clone()),
+        ("AWS_REGION".into(), "eu-central-1".into()),
+        ("AWS_ENDPOINT_URL_KMS".into(), moto.endpoint()),
+    ];
+    let spiloctl = |args: &[&str], input: &[u8]| -> Vec<u8> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(&spilo_tests::bins::bins().spiloctl)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spiloctl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("spiloctl output");
+        assert!(
+            out.status.success(),
+            "spiloctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let secret = String::from_utf8(spiloctl(
+        &["aws", "kms", "generate-key", "--key-id", &key_id],
+        b"",
+    ))
+    .expect("text");
+    assert!(secret.starts_with("aws:kms:"), "{secret}");
+    // What the daemon will get: the 32-byte data key.
+    let plain = spiloctl(&["aws", "kms", "decrypt"], secret.as_bytes());
+    assert_eq!(plain.len(), 32, "a 256-bit data key");
+    let key = SecretKey::from_opened(&plain, "kms").expect("key");
+
+    let store = Store::new();
+    let key_file = store.path().join("wal.key");
+    std::fs::write(&key_file, &secret).expect("key file");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut opts = ClusterOpts::named("archive-kms");
+    opts.node.extra_yaml = format!(
+        "{}  encryption:\n    key_file: {}\n",
+        store.yaml(),
+        key_file.display()
+    );
+    opts.node.env = env.clone();
+    let mut c = TestCluster::start(1, opts);
+    let primary = c.wait_for_primary(BOOTSTRAP);
+    let scope = c.scope.clone();
+    let p = c.node(&primary);
+    let mut last = String::new();
+    for _ in 0..2 {
+        last = fill_and_switch(p, 20_000);
+    }
+    wait_archived(p, &last, Duration::from_secs(120));
+    let names = store.names(&scope);
+    assert!(names.contains(&last), "{last} not stored: {names:?}");
+    let mut compared = 0;
+    for name in &names {
+        let obj = std::fs::read(store.wal_dir(&scope).join(format!("{name}.zst"))).expect("object");
+        assert!(
+            object::decode(name, &obj).is_err(),
+            "{name} is stored in the clear"
+        );
+        let opened = object::read(Some(&key), name, &obj).unwrap_or_else(|e| panic!("{e}"));
+        if let Ok(orig) = std::fs::read(p.data_dir.join("pg_wal").join(name)) {
+            assert!(opened == orig, "{name} differs from pg_wal");
+            compared += 1;
+        }
+    }
+    assert!(compared > 0, "no stored segment left in pg_wal to compare");
+
+    // A sealed key KMS cannot open (one byte of the ciphertext changed): the daemon refuses
+    // to start, naming the key file and KMS's error code.
+    let mut blob = spilo_aws::kms::parse_secret(&secret).expect("blob");
+    let n = blob.len();
+    blob[n - 5] ^= 0x5a;
+    std::fs::write(&key_file, spilo_aws::kms::format_secret(&blob)).expect("key file");
+    let node = c.node_mut(&primary);
+    let log_before = node.log_text().len();
+    node.restart_daemon();
+    let status = node
+        .wait_daemon_exit(Duration::from_secs(90))
+        .expect("the daemon still runs with a key KMS refuses");
+    assert!(!status.success(), "exit status {status}");
+    let log = node.log_text();
+    let said = &log[log_before.min(log.len())..];
+    assert!(
+        said.contains("InvalidCiphertextException")
+            && said.contains(&key_file.display().to_string()),
+        "the refusal does not name KMS's error and the key file: {said}"
+    );
+    let line = said
+        .lines()
+        .find(|l| l.contains("InvalidCiphertextException"))
+        .unwrap_or_default();
+    note(format!(
+        "{compared} segments opened with the KMS data key; a bad secret refused: {line}"
+    ));
+}
+
 /// The archive end to end on moto (the S3 server closest to AWS's behaviour), read back
 /// through the S3 API: every archived segment is an object under Spilo's layout, and each one
 /// still in `pg_wal` decodes to the same bytes.

@@ -89,6 +89,15 @@ impl SecretKey {
         Ok(SecretKey { key })
     }
 
+    /// A key opened from a KMS secret: 32 raw bytes (a KMS data key), or the key's text.
+    pub fn from_opened(plain: &[u8], origin: &str) -> Result<SecretKey, CryptError> {
+        if let Ok(key) = <[u8; 32]>::try_from(plain) {
+            return Ok(SecretKey { key });
+        }
+        let text = std::str::from_utf8(plain).map_err(|_| CryptError::BadKey(origin.into()))?;
+        SecretKey::parse(text, origin)
+    }
+
     /// The first 8 bytes of the key's SHA-256 (stored in objects; says nothing of the key).
     pub fn id(&self) -> [u8; 8] {
         let d = Sha256::digest(self.key);

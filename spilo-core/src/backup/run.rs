@@ -137,6 +137,9 @@ pub struct Job {
     pub cfg: Config,
     /// PostgreSQL major version.
     pub pg_version: u32,
+    /// The `backup.encryption` key, read once when the job is made (a KMS secret is opened
+    /// then, not at every backup).
+    pub key: Option<crate::backup::crypt::SecretKey>,
 }
 
 /// Takes a backup of the cluster `c` under the lock, then applies retention (a failure there is
@@ -166,10 +169,7 @@ pub async fn backup_now(
         level: settings.compression_level,
         system_identifier: c.sysid().map(str::to_string),
         pg_version: job.pg_version,
-        key: match &settings.encryption {
-            Some(e) => Some(e.load().map_err(BackupError::Setup)?),
-            None => None,
-        },
+        key: job.key.clone(),
     };
     let lock = Lock::acquire(dcs, &job.cfg.name).await?;
     tracing::info!(source = %member, from_replica = is_replica, "base backup started");

@@ -200,6 +200,83 @@ enum Cmd {
         #[command(subcommand)]
         action: WalCmd,
     },
+    /// AWS helpers that need no cluster.
+    Aws {
+        #[command(subcommand)]
+        action: AwsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AwsCmd {
+    /// KMS secrets, written aws:kms:<base64> (backup.encryption keys).
+    Kms {
+        #[command(subcommand)]
+        action: KmsCmd,
+    },
+}
+
+/// Where KMS is.
+#[derive(clap::Args, Debug)]
+struct KmsAt {
+    /// The AWS region (default: AWS_REGION, the profile's, the instance's).
+    #[arg(long)]
+    region: Option<String>,
+    /// A KMS endpoint URL (default: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, else AWS's).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// The longest one call may take, retries included, in seconds (1-300).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=300))]
+    timeout: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum KmsCmd {
+    /// Seal standard input (1-4096 bytes; one final newline is dropped) under a KMS key and
+    /// print it as aws:kms:<base64>.
+    Encrypt {
+        /// The KMS key: id, ARN or alias/NAME.
+        #[arg(long)]
+        key_id: String,
+        #[command(flatten)]
+        at: KmsAt,
+    },
+    /// A new random 256-bit key for backup.encryption, sealed under a KMS key, printed as
+    /// aws:kms:<base64>; its plaintext never leaves KMS.
+    GenerateKey {
+        /// The KMS key: id, ARN or alias/NAME.
+        #[arg(long)]
+        key_id: String,
+        #[command(flatten)]
+        at: KmsAt,
+    },
+    /// Open the aws:kms:<base64> secret on standard input and write its plaintext to standard
+    /// output (what the daemon runs at start).
+    Decrypt {
+        #[command(flatten)]
+        at: KmsAt,
+    },
+}
+
+impl KmsAt {
+    fn options(&self) -> spilo_aws::kms::Options {
+        spilo_aws::kms::Options {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            timeout: Duration::from_secs(self.timeout),
+        }
+    }
+}
+
+/// `spiloctl aws kms …` (needs no configuration and no DCS).
+fn aws(cmd: AwsCmd) -> ExitCode {
+    use spilo_core::ctl::aws::{run, KmsAction};
+    let AwsCmd::Kms { action } = cmd;
+    match action {
+        KmsCmd::Encrypt { key_id, at } => run(KmsAction::Encrypt { key_id }, at.options()),
+        KmsCmd::GenerateKey { key_id, at } => run(KmsAction::GenerateKey { key_id }, at.options()),
+        KmsCmd::Decrypt { at } => run(KmsAction::Decrypt, at.options()),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -366,7 +443,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> CtlResult {
         } => reload::run(ctx, &members, role, force).await,
         Cmd::Flush { args, force } => flush::run(ctx, &args, force).await,
         Cmd::Version { members } => version::run(ctx, &members).await,
-        Cmd::Plugin { .. } => Ok(()),
+        Cmd::Plugin { .. } | Cmd::Aws { .. } => Ok(()),
         Cmd::Backup { action } => match action {
             BackupCmd::Create {
                 from_replica,
@@ -398,6 +475,10 @@ fn main() -> ExitCode {
     {
         return plugin_check(path);
     }
+    let args = match args.cmd {
+        Cmd::Aws { action } => return aws(action),
+        cmd => Args { cmd, ..args },
+    };
     let path = args.config.clone().unwrap_or_else(default_config_path);
     let cfg = match load_config(&path) {
         Ok(c) => c,

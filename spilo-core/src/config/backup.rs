@@ -160,23 +160,53 @@ pub struct EncryptionConfig {
 }
 
 impl EncryptionConfig {
-    /// Reads the key.
-    pub fn load(&self) -> Result<crate::backup::crypt::SecretKey, String> {
-        match (&self.key_file, &self.key_env) {
-            (Some(f), None) => {
-                let text = std::fs::read_to_string(f)
-                    .map_err(|e| format!("backup.encryption.key_file {}: {e}", f.display()))?;
-                crate::backup::crypt::SecretKey::parse(&text, &f.display().to_string())
-                    .map_err(|e| e.to_string())
-            }
-            (None, Some(v)) => {
-                let text = std::env::var(v)
-                    .map_err(|_| format!("backup.encryption.key_env: {v} is not set"))?;
-                crate::backup::crypt::SecretKey::parse(&text, v).map_err(|e| e.to_string())
-            }
-            _ => Err("backup.encryption: give exactly one of key_file and key_env".into()),
+    /// Reads the key. A value written `aws:kms:<base64>` is opened with KMS (`region`: the
+    /// storage section's, else AWS's chain) and may hold the key's text or 32 raw bytes (a KMS
+    /// data key, as `spiloctl aws kms generate-key` makes).
+    pub async fn load(
+        &self,
+        region: Option<&str>,
+    ) -> Result<crate::backup::crypt::SecretKey, String> {
+        use crate::backup::crypt::SecretKey;
+        let (text, origin, place) = match (&self.key_file, &self.key_env) {
+            (Some(f), None) => (
+                read_small(f)
+                    .map_err(|e| format!("backup.encryption.key_file {}: {e}", f.display()))?,
+                f.display().to_string(),
+                format!("backup.encryption.key_file {}", f.display()),
+            ),
+            (None, Some(v)) => (
+                std::env::var(v)
+                    .map_err(|_| format!("backup.encryption.key_env: {v} is not set"))?,
+                v.clone(),
+                format!("backup.encryption.key_env {v}"),
+            ),
+            _ => return Err("backup.encryption: give exactly one of key_file and key_env".into()),
+        };
+        if crate::secret::is_secret(&text) {
+            let plain = crate::secret::open_kms(&text, &place, region)
+                .await
+                .map_err(|e| e.to_string())?;
+            return SecretKey::from_opened(&plain, &place).map_err(|e| e.to_string());
         }
+        SecretKey::parse(&text, &origin).map_err(|e| e.to_string())
     }
+}
+
+/// A key file's text, refusing anything larger than a key or a KMS secret could be (a
+/// misnamed device or log file).
+fn read_small(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read as _;
+    const MAX: u64 = 64 * 1024;
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    f.take(MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX {
+        return Err(format!("larger than {} KiB: not a key", MAX / 1024));
+    }
+    Ok(text)
 }
 
 impl Default for BackupConfig {

@@ -29,11 +29,16 @@ async fn job(ctx: &Ctx) -> CtlResult<Job> {
         ))
     })?;
     let pg_version = pg_major(ctx, &*storage).await?;
+    let key = match ctx.cfg.backup_settings().and_then(|b| b.encryption) {
+        Some(e) => Some(e.load(s.region.as_deref()).await.map_err(CtlError)?),
+        None => None,
+    };
     Ok(Job {
         base: s.base_prefix(&ctx.cfg.scope, pg_version),
         storage,
         cfg: ctx.cfg.clone(),
         pg_version,
+        key,
     })
 }
 

@@ -1,6 +1,7 @@
 //! `spiloctl`: the commands, like `patronictl`'s. Reads (`list`, `topology`, `history`,
 //! `show-config`) and `edit-config` go to the DCS directly; actions go to the members' REST
 //! APIs.
+pub mod aws;
 pub mod backup;
 pub mod common;
 pub mod edit_config;

@@ -176,7 +176,11 @@ async fn start_archiver(
         concurrency: b.upload_concurrency as usize,
         pg_wal_warning_bytes: b.archive.pg_wal_warning_mb.saturating_mul(1 << 20),
         key: match &b.encryption {
-            Some(e) => Some(e.load().map_err(StartError::Config)?),
+            Some(e) => Some(
+                e.load(storage_cfg.region.as_deref())
+                    .await
+                    .map_err(StartError::Config)?,
+            ),
             None => None,
         },
     };
@@ -188,6 +192,7 @@ async fn start_archiver(
             base: base.clone(),
             cfg: cfg.clone(),
             pg_version: major,
+            key: settings.key.clone(),
         };
         tokio::spawn(crate::backup::scheduler::run(
             schedule,

@@ -1,0 +1,120 @@
+//! `spiloctl aws kms encrypt|generate-key|decrypt`: KMS secrets (`aws:kms:<base64>`), with no
+//! configuration and no DCS. The daemon runs `spiloctl aws kms decrypt` to open a secret at
+//! start (see [`crate::secret`]).
+
+use std::io::{Read as _, Write as _};
+use std::process::ExitCode;
+
+use spilo_aws::kms::{format_secret, parse_secret, Kms, KmsError, Options};
+
+/// What to do.
+#[derive(Debug)]
+pub enum KmsAction {
+    /// Seal standard input under a key.
+    Encrypt {
+        /// Key id, ARN or alias.
+        key_id: String,
+    },
+    /// A new 256-bit data key sealed under a key.
+    GenerateKey {
+        /// Key id, ARN or alias.
+        key_id: String,
+    },
+    /// Open the secret on standard input.
+    Decrypt,
+}
+
+/// The most a secret or a plaintext read from standard input may be.
+const MAX_INPUT: u64 = 64 * 1024;
+
+/// Runs the action; prints the result on standard output, errors on standard error.
+pub fn run(action: KmsAction, opts: Options) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spiloctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(act(action, &opts)) {
+        Ok(out) => match std::io::stdout().lock().write_all(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("spiloctl: standard output: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Err(e) => {
+            eprintln!("spiloctl: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn read_stdin() -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_INPUT + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("standard input: {e}"))?;
+    if buf.len() as u64 > MAX_INPUT {
+        return Err(format!(
+            "standard input: more than {} KiB",
+            MAX_INPUT / 1024
+        ));
+    }
+    Ok(buf)
+}
+
+/// The plaintext to seal: standard input without one final newline (what `echo` adds).
+fn plaintext(mut buf: Vec<u8>) -> Vec<u8> {
+    if buf.ends_with(b"\n") {
+        buf.pop();
+        if buf.ends_with(b"\r") {
+            buf.pop();
+        }
+    }
+    buf
+}
+
+async fn act(action: KmsAction, opts: &Options) -> Result<Vec<u8>, String> {
+    let kms_err = |e: KmsError| e.to_string();
+    match action {
+        KmsAction::Decrypt => {
+            let input = read_stdin()?;
+            let text = String::from_utf8(input)
+                .map_err(|_| "standard input: not text (an aws:kms:<base64> secret)".to_string())?;
+            let blob = parse_secret(&text).map_err(kms_err)?;
+            let kms = Kms::connect(opts).await.map_err(kms_err)?;
+            kms.decrypt(&blob).await.map_err(kms_err)
+        }
+        KmsAction::Encrypt { key_id } => {
+            let plain = plaintext(read_stdin()?);
+            let kms = Kms::connect(opts).await.map_err(kms_err)?;
+            let blob = kms.encrypt(&key_id, &plain).await.map_err(kms_err)?;
+            Ok(format!("{}\n", format_secret(&blob)).into_bytes())
+        }
+        KmsAction::GenerateKey { key_id } => {
+            let kms = Kms::connect(opts).await.map_err(kms_err)?;
+            let blob = kms.generate_data_key(&key_id).await.map_err(kms_err)?;
+            Ok(format!("{}\n", format_secret(&blob)).into_bytes())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plaintext;
+
+    #[test]
+    fn one_final_newline_is_not_part_of_the_secret() {
+        assert_eq!(plaintext(b"pw\n".to_vec()), b"pw");
+        assert_eq!(plaintext(b"pw\r\n".to_vec()), b"pw");
+        assert_eq!(plaintext(b"pw\n\n".to_vec()), b"pw\n");
+        assert_eq!(plaintext(b"pw".to_vec()), b"pw");
+    }
+}
