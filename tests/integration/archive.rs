@@ -40,7 +40,7 @@ impl Store {
         Store { dir }
     }
 
-    fn yaml(&self) -> String {
+    pub(crate) fn yaml(&self) -> String {
         format!(
             "storage:\n  type: fs\n  path: {}\nbackup:\n  schedule: ''\n  archive:\n    timeout: 10\n    readahead: 4\n",
             self.dir.path().display()
@@ -99,7 +99,7 @@ fn archiver_stats(n: &Node) -> (u64, u64, Option<String>) {
 }
 
 /// Writes some WAL and switches to a new segment; returns the name of the segment closed.
-fn fill_and_switch(n: &Node, rows: u32) -> String {
+pub(crate) fn fill_and_switch(n: &Node, rows: u32) -> String {
     n.sql(&format!(
         "CREATE TABLE IF NOT EXISTS archive_fill(x int, pad text); \
          INSERT INTO archive_fill SELECT g, repeat('x', 200) FROM generate_series(1, {rows}) g"
@@ -111,7 +111,7 @@ fn fill_and_switch(n: &Node, rows: u32) -> String {
 }
 
 /// Waits until PostgreSQL reports `name` (or a later file) archived.
-fn wait_archived(n: &Node, name: &str, timeout: Duration) {
+pub(crate) fn wait_archived(n: &Node, name: &str, timeout: Duration) {
     wait_for(
         &format!("{name} archived on {}", n.name),
         timeout,
@@ -154,7 +154,7 @@ fn failures(text: &str, cause: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn gauge(text: &str, name: &str) -> f64 {
+pub(crate) fn gauge(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())

@@ -36,6 +36,7 @@ mod pgext_fence;
 mod plugins;
 mod rest_api;
 mod restart_reinit_reload;
+mod restore;
 mod spiloctl;
 mod spiloctl_ops;
 mod switchover;

@@ -485,6 +485,31 @@ fn archive_metrics(e: &mut Exposition, a: &crate::backup::archiver::ArchiveStats
             a.bytes_out.load(Relaxed),
         ),
         (
+            "spilo_wal_fetched_total",
+            "WAL files restored from the archive for restore_command.",
+            a.fetched.load(Relaxed),
+        ),
+        (
+            "spilo_wal_fetch_prefetched_total",
+            "Of those, files the prefetch had already downloaded.",
+            a.fetch_prefetched.load(Relaxed),
+        ),
+        (
+            "spilo_wal_fetch_missing_total",
+            "restore_command requests for files the archive does not hold.",
+            a.fetch_missing.load(Relaxed),
+        ),
+        (
+            "spilo_wal_fetch_failures_total",
+            "restore_command requests that failed (store, object, timeout).",
+            a.fetch_failures.load(Relaxed),
+        ),
+        (
+            "spilo_wal_fetch_bytes_total",
+            "Bytes of WAL restored from the archive.",
+            a.fetch_bytes.load(Relaxed),
+        ),
+        (
             "spilo_backups_total",
             "Base backups this node took.",
             a.backups.load(Relaxed),

@@ -183,6 +183,16 @@ pub struct ArchiveStats {
     pub backup_failures: AtomicU64,
     /// The cause of the last failure (index in [`Cause::ALL`] + 1; 0: none).
     pub last_failure_cause: std::sync::atomic::AtomicUsize,
+    /// WAL files restored for `restore_command`.
+    pub fetched: AtomicU64,
+    /// Of those, files the prefetch had ready.
+    pub fetch_prefetched: AtomicU64,
+    /// Requests for files the archive does not hold.
+    pub fetch_missing: AtomicU64,
+    /// Requests that failed (store, object, timeout).
+    pub fetch_failures: AtomicU64,
+    /// Bytes of WAL restored.
+    pub fetch_bytes: AtomicU64,
 }
 
 impl ArchiveStats {

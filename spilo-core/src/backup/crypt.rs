@@ -194,49 +194,113 @@ pub fn is_sealed(object: &[u8]) -> bool {
 
 /// Opens a whole sealed object.
 pub fn open(key: &SecretKey, name: &str, object: &[u8]) -> Result<Vec<u8>, CryptError> {
-    if !is_sealed(object) || object[4] != VERSION {
-        return Err(CryptError::NotEncrypted(name.into()));
+    let mut o = Opener::new(key, name);
+    let mut out = o.update(object)?;
+    out.extend_from_slice(&o.finish()?);
+    Ok(out)
+}
+
+/// Opens a sealed stream: feed sealed bytes, take plaintext; [`Opener::finish`] opens the last
+/// chunk (which must be flagged last: an object cut short does not open). Memory: one chunk.
+pub struct Opener {
+    key: SecretKey,
+    name: String,
+    /// Cipher, nonce prefix and chunk size, once the header is read.
+    head: Option<(ChaCha20Poly1305, [u8; 7], usize)>,
+    counter: u32,
+    buf: Vec<u8>,
+}
+
+impl Opener {
+    /// An opener for the object `name`.
+    pub fn new(key: &SecretKey, name: &str) -> Opener {
+        Opener {
+            key: key.clone(),
+            name: name.to_string(),
+            head: None,
+            counter: 0,
+            buf: Vec::new(),
+        }
     }
-    let stored: [u8; 8] = object[5..13].try_into().unwrap_or_default();
-    if stored != key.id() {
-        return Err(CryptError::WrongKey {
-            key: name.into(),
-            stored: hex(&stored),
-            ours: hex(&key.id()),
-        });
+
+    fn corrupt(&self, chunk: u32) -> CryptError {
+        CryptError::Corrupt {
+            key: self.name.clone(),
+            chunk,
+        }
     }
-    let prefix: [u8; 7] = object[13..20].try_into().unwrap_or_default();
-    let chunk = u32::from_le_bytes(object[20..24].try_into().unwrap_or_default()) as usize;
-    let corrupt = |chunk: u32| CryptError::Corrupt {
-        key: name.into(),
-        chunk,
-    };
-    if chunk == 0 || chunk > 1 << 26 {
-        return Err(corrupt(0));
+
+    fn read_header(&mut self) -> Result<(), CryptError> {
+        let h = &self.buf[..HEADER];
+        if &h[..4] != MAGIC || h[4] != VERSION {
+            return Err(CryptError::NotEncrypted(self.name.clone()));
+        }
+        let stored: [u8; 8] = h[5..13].try_into().unwrap_or_default();
+        if stored != self.key.id() {
+            return Err(CryptError::WrongKey {
+                key: self.name.clone(),
+                stored: hex(&stored),
+                ours: hex(&self.key.id()),
+            });
+        }
+        let prefix: [u8; 7] = h[13..20].try_into().unwrap_or_default();
+        let chunk = u32::from_le_bytes(h[20..24].try_into().unwrap_or_default()) as usize;
+        if chunk == 0 || chunk > 1 << 26 {
+            return Err(self.corrupt(0));
+        }
+        self.head = Some((self.key.cipher(), prefix, chunk));
+        self.buf.drain(..HEADER);
+        Ok(())
     }
-    let cipher = key.cipher();
-    let mut rest = &object[HEADER..];
-    let mut out = Vec::with_capacity(rest.len());
-    let mut counter = 0u32;
-    loop {
-        let last = rest.len() <= chunk + TAG;
-        let take = rest.len().min(chunk + TAG);
-        let n = nonce(&prefix, counter, last);
-        let plain = cipher
+
+    fn open_chunk(&self, sealed: &[u8], last: bool) -> Result<Vec<u8>, CryptError> {
+        let Some((cipher, prefix, _)) = &self.head else {
+            return Err(CryptError::NotEncrypted(self.name.clone()));
+        };
+        let n = nonce(prefix, self.counter, last);
+        cipher
             .decrypt(
                 Nonce::from_slice(&n),
                 Payload {
-                    msg: &rest[..take],
+                    msg: sealed,
                     aad: MAGIC,
                 },
             )
-            .map_err(|_| corrupt(counter))?;
-        out.extend_from_slice(&plain);
-        rest = &rest[take..];
-        if last {
-            return Ok(out);
+            .map_err(|_| self.corrupt(self.counter))
+    }
+
+    /// Takes sealed bytes; returns the plaintext of the chunks complete so far (a chunk is
+    /// opened once bytes beyond it show it is not the last).
+    pub fn update(&mut self, data: &[u8]) -> Result<Vec<u8>, CryptError> {
+        self.buf.extend_from_slice(data);
+        if self.head.is_none() {
+            if self.buf.len() < HEADER {
+                return Ok(Vec::new());
+            }
+            self.read_header()?;
         }
-        counter = counter.checked_add(1).ok_or_else(|| corrupt(counter))?;
+        let step = self.head.as_ref().map_or(0, |h| h.2) + TAG;
+        let mut out = Vec::with_capacity(self.buf.len());
+        let mut at = 0;
+        while self.buf.len() - at > step {
+            let plain = self.open_chunk(&self.buf[at..at + step], false)?;
+            out.extend_from_slice(&plain);
+            at += step;
+            self.counter = self
+                .counter
+                .checked_add(1)
+                .ok_or_else(|| self.corrupt(self.counter))?;
+        }
+        self.buf.drain(..at);
+        Ok(out)
+    }
+
+    /// Opens the last chunk.
+    pub fn finish(self) -> Result<Vec<u8>, CryptError> {
+        if self.head.is_none() {
+            return Err(CryptError::NotEncrypted(self.name.clone()));
+        }
+        self.open_chunk(&self.buf, true)
     }
 }
 
@@ -326,6 +390,30 @@ mod tests {
         ));
         // Two seals of the same data differ (fresh nonce prefix).
         assert_ne!(seal_all(&key(1), &data, 4096), sealed);
+    }
+
+    #[test]
+    fn the_streaming_opener_takes_any_piece_sizes() {
+        let k = key(9);
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let sealed = seal_all(&k, &data, 1000);
+            for piece in [1, 7, 4096, CHUNK + TAG, sealed.len().max(1)] {
+                let mut o = Opener::new(&k, "x");
+                let mut out = Vec::new();
+                for c in sealed.chunks(piece) {
+                    out.extend_from_slice(&o.update(c).expect("update"));
+                }
+                out.extend_from_slice(&o.finish().expect("finish"));
+                assert!(out == data, "len {len}, pieces of {piece}");
+            }
+            // Cut short at a chunk boundary: the last chunk seen is not flagged last.
+            if len > CHUNK {
+                let mut o = Opener::new(&k, "x");
+                let _ = o.update(&sealed[..HEADER + CHUNK + TAG]).expect("update");
+                assert!(o.finish().is_err(), "len {len}: a truncated object opened");
+            }
+        }
     }
 
     #[test]

@@ -66,9 +66,54 @@ fn wal_push() -> ExitCode {
     }
 }
 
+/// `spilo wal-fetch`: PostgreSQL's `restore_command` when spilo archives (it sets it itself).
+#[derive(Parser, Debug)]
+#[command(
+    name = "spilo wal-fetch",
+    about = "Ask the spilo daemon to restore one WAL file from the archive; exits 0 once it is in place, 1 when the archive does not hold it or on an error"
+)]
+struct WalFetch {
+    /// The daemon's archive socket.
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    /// How long to wait for the daemon's answer, in seconds.
+    #[arg(long, default_value_t = 65, value_name = "SECONDS")]
+    timeout: u64,
+    /// The file's name, as PostgreSQL passes it (%f).
+    name: String,
+    /// Where to put it, as PostgreSQL passes it (%p, relative to the data directory).
+    path: String,
+}
+
+fn wal_fetch() -> ExitCode {
+    // PostgreSQL takes an exit status above 125 as fatal: every failure is 1.
+    let args = match WalFetch::try_parse_from(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
+    };
+    let timeout = Duration::from_secs(args.timeout.clamp(1, 86_400));
+    match spilo_core::backup::socket::fetch(&args.socket, &args.name, &args.path, timeout) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!(
+                "spilo wal-fetch {}: {}",
+                args.name,
+                spilo_core::error_chain(&e)
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("wal-push") {
-        return wal_push();
+    match std::env::args().nth(1).as_deref() {
+        Some("wal-push") => return wal_push(),
+        Some("wal-fetch") => return wal_fetch(),
+        _ => {}
     }
     let args = Args::parse();
     let loaded = match spilo_core::config::load_file(&args.config) {

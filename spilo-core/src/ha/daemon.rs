@@ -104,6 +104,7 @@ pub fn postgres_from(cfg: &Config) -> Result<Postgres, StartError> {
             .map(|r| (r.username.clone(), r.password.clone())),
         ctl_timeout: Duration::from_secs(cfg.postgresql.pg_ctl_timeout.unwrap_or(60)),
         archive_command: archive_command(cfg),
+        restore_command: restore_command(cfg),
     }))
 }
 
@@ -126,6 +127,19 @@ fn archive_command(cfg: &Config) -> Option<String> {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spilo"));
     Some(format!(
         "{} wal-push --socket {} --timeout {} %p",
+        sh_quote(&exe.display().to_string()),
+        sh_quote(&socket.display().to_string()),
+        b.archive.timeout.saturating_add(5)
+    ))
+}
+
+/// `restore_command` when spilo archives: this binary's `wal-fetch` through the same socket.
+fn restore_command(cfg: &Config) -> Option<String> {
+    let b = cfg.backup_settings()?;
+    let socket = archive_socket(cfg)?;
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spilo"));
+    Some(format!(
+        "{} wal-fetch --socket {} --timeout {} %f %p",
         sh_quote(&exe.display().to_string()),
         sh_quote(&socket.display().to_string()),
         b.archive.timeout.saturating_add(5)
@@ -202,6 +216,18 @@ async fn start_archiver(
             stats.clone(),
         ));
     }
+    let fetcher = crate::backup::fetch::Fetcher::new(
+        storage.clone(),
+        crate::backup::fetch::FetchSettings {
+            base: base.clone(),
+            pg_wal: cfg.postgresql.data_dir.join("pg_wal"),
+            timeout: Duration::from_secs(b.archive.timeout),
+            prefetch: crate::backup::fetch::PREFETCH,
+            concurrency: b.upload_concurrency as usize,
+            key: settings.key.clone(),
+        },
+        stats.clone(),
+    );
     let archiver = crate::backup::archiver::Archiver::new(storage, settings, node, stats);
     let listener = crate::backup::socket::bind(&socket).map_err(|e| {
         StartError::Fatal(format!(
@@ -215,7 +241,11 @@ async fn start_archiver(
         socket = %socket.display(),
         "WAL archiving to object storage is on"
     );
-    tokio::spawn(crate::backup::socket::serve(listener, archiver.clone()));
+    tokio::spawn(crate::backup::socket::serve(
+        listener,
+        archiver.clone(),
+        fetcher,
+    ));
     tokio::spawn(async move {
         loop {
             archiver.tick().await;

@@ -119,6 +119,8 @@ pub struct ConfInput<'a> {
     /// spilo's `archive_command` when it archives (a `storage:` section): it replaces
     /// `archive_mode`/`archive_command`/`archive_library` from the parameters.
     pub archive_command: Option<&'a str>,
+    /// spilo's `restore_command` (the same socket), unless the parameters set one.
+    pub restore_command: Option<&'a str>,
 }
 
 /// Render `postgresql.conf`. It includes `postgresql.base.conf` (what initdb wrote).
@@ -179,6 +181,11 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
         params.insert("archive_mode".into(), "on".into());
         params.insert("archive_command".into(), quote_conf(cmd));
         params.remove("archive_library");
+    }
+    if let Some(cmd) = i.restore_command {
+        params
+            .entry("restore_command".into())
+            .or_insert_with(|| quote_conf(cmd));
     }
     for (k, v) in params {
         // Values that are already quoted (from DEFAULTS or guc_value) are written as they are;
@@ -372,6 +379,7 @@ mod tests {
             member: "node2",
             socket_dir: "/tmp",
             archive_command: None,
+            restore_command: None,
         });
         assert!(conf.contains("port = 5432\n"), "{conf}");
         assert!(!conf.contains("port = 1\n"));
@@ -403,6 +411,7 @@ mod tests {
             member: "n",
             socket_dir: "/tmp",
             archive_command: None,
+            restore_command: None,
         });
         assert!(!conf.contains("archive_command"), "{conf}");
         assert!(!conf.contains("work_mem"), "{conf}");
@@ -427,7 +436,14 @@ mod tests {
             member: "n",
             socket_dir: "/tmp",
             archive_command: Some("/opt/spilo wal-push --socket '/tmp/a b.sock' %p"),
+            restore_command: Some("/opt/spilo wal-fetch --socket '/tmp/a b.sock' %f %p"),
         });
+        assert!(
+            conf.contains(
+                "restore_command = '/opt/spilo wal-fetch --socket ''/tmp/a b.sock'' %f %p'\n"
+            ),
+            "{conf}"
+        );
         assert!(conf.contains("archive_mode = on\n"), "{conf}");
         assert!(
             conf.contains(

@@ -113,6 +113,8 @@ pub struct PgSettings {
     pub ctl_timeout: Duration,
     /// The `archive_command` spilo sets when it archives WAL itself.
     pub archive_command: Option<String>,
+    /// The `restore_command` spilo sets when it archives (unless the parameters set one).
+    pub restore_command: Option<String>,
 }
 
 /// The major version of the PostgreSQL server in `bin_dir` (`postgres --version`).
@@ -325,6 +327,7 @@ impl Postgres {
             member: &self.s.name,
             socket_dir: &self.s.socket_dir,
             archive_command: self.s.archive_command.as_deref(),
+            restore_command: self.s.restore_command.as_deref(),
         });
         write_atomic(&main, text.as_bytes())?;
         let hba_path = d.join("pg_hba.conf");

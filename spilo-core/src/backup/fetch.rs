@@ -1,0 +1,485 @@
+//! WAL fetching for PostgreSQL's `restore_command` (`spilo wal-fetch %f %p`, a thin client of
+//! the daemon's archive socket): the daemon reads the object, opens it (decryption, zstd, the
+//! trailer's length and SHA-256 checked) and writes the file where PostgreSQL asked. After each
+//! segment it has restored it **prefetches** the next ones of the same timeline in parallel into
+//! a bounded cache (`pg_wal/.spilo-prefetch/`, on the same filesystem, so handing a cached
+//! segment over is a rename), so that replay is not one round trip per segment. A file the
+//! archive does not hold is answered "missing" at once (PostgreSQL takes that as the end of the
+//! archive); every fetch is bounded by a timeout.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spilo_sdk::storage::{get_all, Storage, StorageError};
+use tokio::sync::{Notify, Semaphore};
+
+use super::archiver::ArchiveStats;
+use super::layout::{self, WalFile};
+use super::object::{self, ReadError};
+
+/// What the fetcher needs.
+#[derive(Clone)]
+pub struct FetchSettings {
+    /// The cluster's key prefix.
+    pub base: String,
+    /// `pg_wal` of the local data directory (files are restored only into it).
+    pub pg_wal: PathBuf,
+    /// Per-file limit.
+    pub timeout: Duration,
+    /// Segments fetched ahead of the one asked for (0: none).
+    pub prefetch: usize,
+    /// Downloads at once for the prefetch.
+    pub concurrency: usize,
+    /// The `backup.encryption` key.
+    pub key: Option<super::crypt::SecretKey>,
+}
+
+/// The outcome of a fetch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// The file is where PostgreSQL asked for it.
+    Restored,
+    /// The archive does not hold it.
+    Missing,
+}
+
+/// Why a fetch failed (PostgreSQL then tries again, or streams).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Not a WAL file name.
+    #[error("'{0}' is not a WAL file name")]
+    BadName(String),
+    /// The destination is not in this node's `pg_wal`.
+    #[error("{0}: not a file in this node's pg_wal")]
+    BadDest(String),
+    /// The store failed.
+    #[error("{name}: {source}")]
+    Storage {
+        /// The file.
+        name: String,
+        /// Why.
+        #[source]
+        source: StorageError,
+    },
+    /// The object does not open (wrong key, corrupted, truncated).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The fetch did not finish in time.
+    #[error("{name}: not fetched within {after:?}")]
+    Timeout {
+        /// The file.
+        name: String,
+        /// The limit.
+        after: Duration,
+    },
+}
+
+/// Segments fetched ahead of the one PostgreSQL asked for.
+pub const PREFETCH: usize = 8;
+
+/// The longest a history file's fetch may take.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The prefetch cache's directory under `pg_wal`.
+pub const CACHE_DIR: &str = ".spilo-prefetch";
+
+#[derive(Default)]
+struct Table {
+    /// Prefetches in flight.
+    inflight: HashSet<String>,
+    /// Segment size, learnt from the first segment restored.
+    seg_size: Option<u64>,
+}
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    stats: Arc<ArchiveStats>,
+    s: FetchSettings,
+    cache: PathBuf,
+    table: Mutex<Table>,
+    /// Signalled whenever a prefetch ends.
+    ended: Notify,
+    permits: Semaphore,
+}
+
+/// Fetches WAL for `restore_command`; cheap to clone.
+#[derive(Clone)]
+pub struct Fetcher {
+    sh: Arc<Shared>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+impl Fetcher {
+    /// A fetcher reading from `storage`; empties the prefetch cache (what an earlier run left
+    /// may be from another timeline's history).
+    pub fn new(storage: Arc<dyn Storage>, s: FetchSettings, stats: Arc<ArchiveStats>) -> Fetcher {
+        let cache = s.pg_wal.join(CACHE_DIR);
+        let _ = std::fs::remove_dir_all(&cache);
+        let permits = Semaphore::new(s.concurrency.max(1));
+        Fetcher {
+            sh: Arc::new(Shared {
+                storage,
+                stats,
+                s,
+                cache,
+                table: Mutex::new(Table::default()),
+                ended: Notify::new(),
+                permits,
+            }),
+        }
+    }
+
+    /// Restores `name` to `dest` (an absolute path in `pg_wal`), within the timeout.
+    pub async fn fetch(&self, name: &str, dest: &Path) -> Result<Fetched, FetchError> {
+        let kind = layout::classify(name).ok_or_else(|| FetchError::BadName(name.into()))?;
+        if !matches!(kind, WalFile::Segment | WalFile::History | WalFile::Partial)
+            || dest.parent() != Some(self.sh.s.pg_wal.as_path())
+            || dest.file_name().is_none_or(|f| f == CACHE_DIR)
+        {
+            return Err(FetchError::BadDest(dest.display().to_string()));
+        }
+        // PostgreSQL probes history files while it promotes (to choose a timeline no one has
+        // used): a store that hangs must not hold a failover for the whole timeout.
+        let after = match kind {
+            WalFile::History => self.sh.s.timeout.min(HISTORY_TIMEOUT),
+            _ => self.sh.s.timeout,
+        };
+        let r = match tokio::time::timeout(after, self.fetch_inner(name, kind, dest)).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout {
+                name: name.into(),
+                after,
+            }),
+        };
+        let st = &self.sh.stats;
+        match &r {
+            Ok(Fetched::Restored) => {
+                st.fetched.fetch_add(1, Relaxed);
+                if let Ok(m) = tokio::fs::metadata(dest).await {
+                    st.fetch_bytes.fetch_add(m.len(), Relaxed);
+                }
+            }
+            Ok(Fetched::Missing) => {
+                st.fetch_missing.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                st.fetch_failures.fetch_add(1, Relaxed);
+                tracing::warn!("restore_command: {}", crate::error_chain(e));
+            }
+        }
+        r
+    }
+
+    async fn fetch_inner(
+        &self,
+        name: &str,
+        kind: WalFile,
+        dest: &Path,
+    ) -> Result<Fetched, FetchError> {
+        // A prefetch of this very file in flight: wait for it rather than download twice.
+        loop {
+            let ended = self.sh.ended.notified();
+            if !self.lock().inflight.contains(name) {
+                break;
+            }
+            ended.await;
+        }
+        let cached = self.sh.cache.join(name);
+        let got = match tokio::fs::rename(&cached, dest).await {
+            Ok(()) => {
+                self.sh.stats.fetch_prefetched.fetch_add(1, Relaxed);
+                Fetched::Restored
+            }
+            Err(_) => match self.download(name).await? {
+                None => Fetched::Missing,
+                Some(bytes) => {
+                    write_file(dest, &bytes).await?;
+                    if kind == WalFile::Segment {
+                        self.lock().seg_size.get_or_insert(bytes.len() as u64);
+                    }
+                    Fetched::Restored
+                }
+            },
+        };
+        if got == Fetched::Restored && kind == WalFile::Segment {
+            self.prefetch_after(name).await;
+        }
+        Ok(got)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.sh.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The object of `name`, opened; `None` when the archive does not hold it.
+    async fn download(&self, name: &str) -> Result<Option<Vec<u8>>, FetchError> {
+        let key = layout::wal_key(&self.sh.s.base, name);
+        let obj = match get_all(&*self.sh.storage, &key, CHUNK).await {
+            Ok(o) => o,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(source) => {
+                return Err(FetchError::Storage {
+                    name: name.into(),
+                    source,
+                })
+            }
+        };
+        let key = self.sh.s.key.clone();
+        let name = name.to_string();
+        // zstd and SHA-256 of a 16 MiB segment: off the runtime's threads.
+        let plain = tokio::task::spawn_blocking(move || object::read(key.as_ref(), &name, &obj))
+            .await
+            .map_err(|e| FetchError::Io {
+                path: "decode".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        Ok(Some(plain))
+    }
+
+    /// Starts fetching the segments after `name` that are neither cached nor in flight, and
+    /// drops cached segments before it.
+    async fn prefetch_after(&self, name: &str) {
+        let n = self.sh.s.prefetch;
+        if n == 0 {
+            return;
+        }
+        let seg_size = self.lock().seg_size.unwrap_or(16 << 20);
+        let wanted = following(name, seg_size, n);
+        let _ = tokio::fs::create_dir_all(&self.sh.cache).await;
+        if let Ok(mut rd) = tokio::fs::read_dir(&self.sh.cache).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let f = e.file_name().to_string_lossy().into_owned();
+                if !wanted.contains(&f) {
+                    let _ = tokio::fs::remove_file(e.path()).await;
+                }
+            }
+        }
+        for next in wanted {
+            if self.sh.cache.join(&next).exists() || !self.lock().inflight.insert(next.clone()) {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(me.sh.s.timeout, me.prefetch_one(&next)).await;
+                me.lock().inflight.remove(&next);
+                me.sh.ended.notify_waiters();
+            });
+        }
+    }
+
+    async fn prefetch_one(&self, name: &str) {
+        let Ok(_permit) = self.sh.permits.acquire().await else {
+            return;
+        };
+        match self.download(name).await {
+            Ok(Some(bytes)) => {
+                let path = self.sh.cache.join(name);
+                if let Err(e) = write_file(&path, &bytes).await {
+                    tracing::debug!("prefetch of {name}: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("prefetch of {name}: {e}"),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so PostgreSQL or the cache
+/// never sees half a file.
+async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), FetchError> {
+    let tmp = path.with_extension("spilo-tmp");
+    let io = |source| FetchError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    tokio::fs::write(&tmp, bytes).await.map_err(io)?;
+    tokio::fs::rename(&tmp, path).await.map_err(io)
+}
+
+/// The `n` segment names after `name` on its timeline, for segments of `seg_size` bytes.
+pub fn following(name: &str, seg_size: u64, n: usize) -> Vec<String> {
+    let parse = |r: std::ops::Range<usize>| u64::from_str_radix(name.get(r)?, 16).ok();
+    let (Some(tli), Some(log), Some(seg)) = (parse(0..8), parse(8..16), parse(16..24)) else {
+        return Vec::new();
+    };
+    let per_log = (1u64 << 32) / seg_size.clamp(1 << 20, 1 << 30);
+    let mut at = log.saturating_mul(per_log).saturating_add(seg);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        at = match at.checked_add(1) {
+            Some(a) => a,
+            None => break,
+        };
+        let (l, s) = (at / per_log, at % per_log);
+        if l > u64::from(u32::MAX) {
+            break;
+        }
+        out.push(format!("{tli:08X}{l:08X}{s:08X}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store under `dir/store` holding `names` (each segment 1 MiB of its own bytes), and a
+    /// fetcher restoring into `dir/pg_wal`.
+    async fn world(
+        dir: &Path,
+        names: &[&str],
+        key: Option<crate::backup::crypt::SecretKey>,
+    ) -> (Fetcher, Arc<ArchiveStats>) {
+        let storage: Arc<dyn Storage> =
+            Arc::new(spilo_storage_fs::FsStorage::open(dir.join("store")).expect("store"));
+        for (i, n) in names.iter().enumerate() {
+            let body = vec![i as u8 + 1; 1 << 20];
+            let mut obj = Vec::new();
+            object::encode_sealed(&body[..], 1, 1 << 16, key.as_ref(), |c| {
+                obj.extend_from_slice(&c);
+                Ok(())
+            })
+            .expect("encode");
+            spilo_sdk::storage::put_all(
+                &*storage,
+                &layout::wal_key("c", n),
+                spilo_sdk::storage::PutMode::IfAbsent,
+                &obj,
+            )
+            .await
+            .expect("put");
+        }
+        std::fs::create_dir_all(dir.join("pg_wal")).expect("pg_wal");
+        let stats = Arc::new(ArchiveStats::default());
+        let f = Fetcher::new(
+            storage,
+            FetchSettings {
+                base: "c".into(),
+                pg_wal: dir.join("pg_wal"),
+                timeout: Duration::from_secs(10),
+                prefetch: 2,
+                concurrency: 2,
+                key,
+            },
+            stats.clone(),
+        );
+        (f, stats)
+    }
+
+    #[tokio::test]
+    async fn restores_prefetches_and_says_missing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let names = [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000003",
+        ];
+        let key = crate::backup::crypt::SecretKey::parse(&"ab".repeat(32), "k").expect("key");
+        let (f, stats) = world(dir.path(), &names, Some(key)).await;
+        let dest = dir.path().join("pg_wal").join("RECOVERYXLOG");
+        assert_eq!(
+            f.fetch(names[0], &dest).await.expect("fetch"),
+            Fetched::Restored
+        );
+        assert_eq!(std::fs::read(&dest).expect("restored"), vec![1u8; 1 << 20]);
+        // The next two were prefetched; the second request is served from the cache.
+        for _ in 0..100 {
+            if f.lock().inflight.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            f.fetch(names[1], &dest).await.expect("fetch"),
+            Fetched::Restored
+        );
+        assert_eq!(std::fs::read(&dest).expect("restored"), vec![2u8; 1 << 20]);
+        assert_eq!(stats.fetch_prefetched.load(Relaxed), 1);
+        // Not in the archive: missing at once, not an error.
+        assert_eq!(
+            f.fetch("00000002.history", &dest).await.expect("fetch"),
+            Fetched::Missing
+        );
+        assert_eq!(
+            f.fetch("000000010000000000000009", &dest)
+                .await
+                .expect("fetch"),
+            Fetched::Missing
+        );
+        assert_eq!(stats.fetched.load(Relaxed), 2);
+        assert_eq!(stats.fetch_missing.load(Relaxed), 2);
+        // Only into pg_wal, only WAL names.
+        for (name, to) in [
+            (names[2], dir.path().join("elsewhere")),
+            (names[2], dir.path().join("pg_wal").join(CACHE_DIR)),
+            ("../../etc/passwd", dest.clone()),
+            ("000000010000000000000001.00000028.backup", dest.clone()),
+        ] {
+            assert!(
+                f.fetch(name, &to).await.is_err(),
+                "{name} -> {}",
+                to.display()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_or_a_corrupt_object_is_an_error_not_a_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let name = "000000010000000000000001";
+        let k1 = crate::backup::crypt::SecretKey::parse(&"11".repeat(32), "k").expect("key");
+        let (_, _) = world(dir.path(), &[name], Some(k1)).await;
+        let k2 = crate::backup::crypt::SecretKey::parse(&"22".repeat(32), "k").expect("key");
+        let storage: Arc<dyn Storage> =
+            Arc::new(spilo_storage_fs::FsStorage::open(dir.path().join("store")).expect("store"));
+        let stats = Arc::new(ArchiveStats::default());
+        let f = Fetcher::new(
+            storage,
+            FetchSettings {
+                base: "c".into(),
+                pg_wal: dir.path().join("pg_wal"),
+                timeout: Duration::from_secs(10),
+                prefetch: 0,
+                concurrency: 1,
+                key: Some(k2),
+            },
+            stats.clone(),
+        );
+        let dest = dir.path().join("pg_wal").join("RECOVERYXLOG");
+        let e = f.fetch(name, &dest).await.unwrap_err();
+        assert!(e.to_string().contains("key id"), "{e}");
+        assert!(!dest.exists());
+        assert_eq!(stats.fetch_failures.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn following_segments_cross_log_boundaries() {
+        let n = following("0000000200000001000000FE", 16 << 20, 3);
+        assert_eq!(
+            n,
+            [
+                "0000000200000001000000FF",
+                "000000020000000200000000",
+                "000000020000000200000001"
+            ]
+        );
+        // 64 MiB segments: 64 per log file.
+        let n = following("00000001000000000000003F", 64 << 20, 1);
+        assert_eq!(n, ["000000010000000100000000"]);
+        assert!(following("00000001.history", 16 << 20, 2).is_empty());
+        assert!(following("00000001FFFFFFFF000000FF", 16 << 20, 2).is_empty());
+    }
+}

@@ -1,0 +1,501 @@
+//! Restoring a base backup into an empty data directory, streamed: the objects are read from
+//! the store chunk by chunk, opened (when sealed), decompressed and unpacked as they arrive —
+//! never staged whole on local disk or in memory — and the tar's SHA-256 and length are checked
+//! against the manifest before the directory counts as restored. What makes it a running
+//! PostgreSQL (`standby.signal` or `recovery.signal`, `restore_command`) is the caller's.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use spilo_sdk::storage::{Storage, StorageError};
+
+use super::base::Manifest;
+use super::crypt::{CryptError, Opener, SecretKey};
+
+/// Chunks in flight between the download and the unpacking.
+const QUEUE: usize = 8;
+const CHUNK: usize = 1 << 20;
+
+/// What a restore did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Restored {
+    /// Bytes of tar unpacked.
+    pub bytes: u64,
+    /// Bytes read from the store.
+    pub stored: u64,
+}
+
+/// Why a restore failed (the directory is then left for the caller to remove).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The target is not an empty directory.
+    #[error("{0}: not empty; a backup is restored only into an empty data directory")]
+    NotEmpty(PathBuf),
+    /// The backup is sealed and no key is configured.
+    #[error("backup {0} is encrypted, and no backup.encryption key is configured")]
+    NoKey(String),
+    /// The manifest names no objects or an unknown format.
+    #[error("backup {name}: {what}")]
+    Manifest {
+        /// The backup.
+        name: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// Reading an object failed.
+    #[error("backup {name}: reading {key}")]
+    Storage {
+        /// The backup.
+        name: String,
+        /// The object.
+        key: String,
+        /// Why.
+        #[source]
+        source: StorageError,
+    },
+    /// A sealed object does not open.
+    #[error(transparent)]
+    Crypt(#[from] CryptError),
+    /// Decompressing or unpacking failed.
+    #[error("backup {name}: unpacking into {dir}")]
+    Unpack {
+        /// The backup.
+        name: String,
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The unpacked tar is not the one the backup recorded.
+    #[error("backup {name}: the restored tar has SHA-256 {got} and {got_size} bytes; the manifest records {want} and {want_size} bytes")]
+    Checksum {
+        /// The backup.
+        name: String,
+        /// The manifest's digest.
+        want: String,
+        /// The manifest's length.
+        want_size: u64,
+        /// What was restored.
+        got: String,
+        /// Its length.
+        got_size: u64,
+    },
+}
+
+/// Reads chunks handed over from the async side.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+    cur: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.cur.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(c)) => {
+                    self.cur = c;
+                    self.at = 0;
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.at);
+        buf[..n].copy_from_slice(&self.cur[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Opens a sealed stream as it is read.
+struct OpenReader<R> {
+    inner: R,
+    opener: Option<Opener>,
+    out: Vec<u8>,
+    at: usize,
+    /// The error that stopped it (tar and zstd wrap the io errors they pass on).
+    failed: Arc<std::sync::Mutex<Option<CryptError>>>,
+}
+
+impl<R> OpenReader<R> {
+    fn fail(&self, e: CryptError) -> std::io::Error {
+        let text = e.to_string();
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert(e);
+        }
+        std::io::Error::other(text)
+    }
+}
+
+impl<R: Read> Read for OpenReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut sealed = vec![0u8; CHUNK];
+        while self.at == self.out.len() {
+            let Some(o) = self.opener.as_mut() else {
+                return Ok(0);
+            };
+            let n = self.inner.read(&mut sealed)?;
+            let opened = if n == 0 {
+                match self.opener.take() {
+                    Some(o) => o.finish(),
+                    None => Ok(Vec::new()),
+                }
+            } else {
+                o.update(&sealed[..n])
+            };
+            self.out = opened.map_err(|e| self.fail(e))?;
+            self.at = 0;
+        }
+        let n = buf.len().min(self.out.len() - self.at);
+        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Hashes and counts what is read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// Whether `dir` is missing or an empty directory.
+fn empty_or_missing(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(mut rd) => rd.next().is_none(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// Restores backup `m` of the cluster at `base` into `dir` (missing or empty).
+pub async fn restore_base(
+    storage: Arc<dyn Storage>,
+    base: &str,
+    m: &Manifest,
+    key: Option<&SecretKey>,
+    dir: &Path,
+) -> Result<Restored, RestoreError> {
+    if !empty_or_missing(dir) {
+        return Err(RestoreError::NotEmpty(dir.to_path_buf()));
+    }
+    let bad = |what: &str| RestoreError::Manifest {
+        name: m.name.clone(),
+        what: what.to_string(),
+    };
+    let sealed = match m.format.as_str() {
+        "tar.zst" => false,
+        "tar.zst.sealed" => true,
+        other => return Err(bad(&format!("unknown format '{other}'"))),
+    };
+    if m.objects.is_empty() {
+        return Err(bad("the manifest names no objects"));
+    }
+    if m.objects
+        .iter()
+        .any(|o| o.split('/').any(|p| p == ".." || p.is_empty()))
+    {
+        return Err(bad("an object name leaves the cluster's prefix"));
+    }
+    let key = match (sealed, key) {
+        (true, None) => return Err(RestoreError::NoKey(m.name.clone())),
+        (true, Some(k)) => Some(k.clone()),
+        (false, _) => None,
+    };
+    let unpack_err = |source| RestoreError::Unpack {
+        name: m.name.clone(),
+        dir: dir.to_path_buf(),
+        source,
+    };
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(unpack_err)?;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+    let crypt_failed = Arc::new(std::sync::Mutex::new(None));
+    let crypt_slot = crypt_failed.clone();
+    let target = dir.to_path_buf();
+    let name = m.name.clone();
+    let unpack = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+        let input = ChannelReader {
+            rx,
+            cur: Vec::new(),
+            at: 0,
+        };
+        let opened: Box<dyn Read + Send> = match key {
+            Some(k) => Box::new(OpenReader {
+                inner: input,
+                opener: Some(Opener::new(&k, &name)),
+                out: Vec::new(),
+                at: 0,
+                failed: crypt_slot,
+            }),
+            None => Box::new(input),
+        };
+        // zstd passes over the skippable frame holding spilo's trailer.
+        let tar_stream = Hashing {
+            inner: zstd::stream::read::Decoder::new(opened)?,
+            hasher: Sha256::new(),
+            size: 0,
+        };
+        let mut archive = tar::Archive::new(tar_stream);
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(false);
+        archive.unpack(&target)?;
+        // The tar's end-of-archive blocks and padding count in its digest.
+        let mut rest = archive.into_inner();
+        std::io::copy(&mut rest, &mut std::io::sink())?;
+        let digest: String = rest
+            .hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok((digest, rest.size))
+    });
+    let mut stored = 0u64;
+    let mut failed = None;
+    'objects: for obj in &m.objects {
+        let key = format!("{base}/{obj}");
+        let mut down = match storage.get_open(&key).await {
+            Ok(d) => d,
+            Err(source) => {
+                failed = Some(RestoreError::Storage {
+                    name: m.name.clone(),
+                    key,
+                    source,
+                });
+                break;
+            }
+        };
+        loop {
+            match down.read(CHUNK).await {
+                Ok(c) if c.is_empty() => break,
+                Ok(c) => {
+                    stored += c.len() as u64;
+                    if tx.send(Ok(c)).await.is_err() {
+                        // The unpacking side stopped: its error says why.
+                        break 'objects;
+                    }
+                }
+                Err(source) => {
+                    let _ = tx
+                        .send(Err(std::io::Error::other("the download failed")))
+                        .await;
+                    failed = Some(RestoreError::Storage {
+                        name: m.name.clone(),
+                        key,
+                        source,
+                    });
+                    break 'objects;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let unpacked = unpack
+        .await
+        .map_err(|e| unpack_err(std::io::Error::other(e.to_string())))?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let crypt = crypt_failed.lock().ok().and_then(|mut f| f.take());
+    let (got, got_size) = match (unpacked, crypt) {
+        (Ok(r), _) => r,
+        // A sealed object that does not open is reported as such.
+        (Err(_), Some(c)) => return Err(RestoreError::Crypt(c)),
+        (Err(e), None) => return Err(unpack_err(e)),
+    };
+    if got != m.sha256 || got_size != m.size {
+        return Err(RestoreError::Checksum {
+            name: m.name.clone(),
+            want: m.sha256.clone(),
+            want_size: m.size,
+            got,
+            got_size,
+        });
+    }
+    // pg_basebackup -X none leaves pg_wal out; PostgreSQL needs it and archive_status.
+    std::fs::create_dir_all(dir.join("pg_wal").join("archive_status")).map_err(unpack_err)?;
+    Ok(Restored {
+        bytes: got_size,
+        stored,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spilo_sdk::storage::{put_all, PutMode};
+
+    /// A tar of a tiny data directory, stored as backup `base_1` (sealed with `key` if given);
+    /// returns the store and the manifest.
+    async fn stored_backup(dir: &Path, key: Option<&SecretKey>) -> (Arc<dyn Storage>, Manifest) {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, body, mode) in [
+            ("PG_VERSION", &b"15\n"[..], 0o600),
+            ("base/1/1259", &[7u8; 100_000][..], 0o600),
+            (
+                "backup_label",
+                &b"START WAL LOCATION: 0/2000028\n"[..],
+                0o600,
+            ),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(mode);
+            h.set_cksum();
+            b.append_data(&mut h, path, body).expect("append");
+        }
+        let tar_bytes = b.into_inner().expect("tar");
+        let storage: Arc<dyn Storage> =
+            Arc::new(spilo_storage_fs::FsStorage::open(dir.join("store")).expect("store"));
+        let mut obj = Vec::new();
+        super::super::object::encode_sealed(&tar_bytes[..], 1, 1 << 16, key, |c| {
+            obj.extend_from_slice(&c);
+            Ok(())
+        })
+        .expect("encode");
+        put_all(
+            &*storage,
+            "c/basebackups_005/base_1/base.tar.zst",
+            PutMode::IfAbsent,
+            &obj,
+        )
+        .await
+        .expect("put");
+        let m = Manifest {
+            name: "base_1".into(),
+            start_time: "2026-12-04T00:00:00Z".into(),
+            finish_time: "2026-12-04T00:00:01Z".into(),
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+            timeline: 1,
+            system_identifier: None,
+            pg_version: 15,
+            size: tar_bytes.len() as u64,
+            compressed_size: obj.len() as u64,
+            duration_secs: 1.0,
+            member: "n1".into(),
+            from_replica: false,
+            sha256: Sha256::digest(&tar_bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            objects: vec!["basebackups_005/base_1/base.tar.zst".into()],
+            format: if key.is_some() {
+                "tar.zst.sealed".into()
+            } else {
+                "tar.zst".into()
+            },
+            spilo_version: "test".into(),
+        };
+        (storage, m)
+    }
+
+    #[tokio::test]
+    async fn restores_a_sealed_backup_and_checks_its_digest() {
+        let dir = tempfile::tempdir().expect("dir");
+        let k = SecretKey::parse(&"5a".repeat(32), "k").expect("key");
+        let (storage, m) = stored_backup(dir.path(), Some(&k)).await;
+        let target = dir.path().join("data");
+        let r = restore_base(storage.clone(), "c", &m, Some(&k), &target)
+            .await
+            .expect("restore");
+        assert_eq!(r.bytes, m.size);
+        assert_eq!(
+            std::fs::read(target.join("base/1/1259")).expect("file"),
+            vec![7u8; 100_000]
+        );
+        assert!(target.join("pg_wal/archive_status").is_dir());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        // Not into a directory that has files.
+        let e = restore_base(storage.clone(), "c", &m, Some(&k), &target)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RestoreError::NotEmpty(_)), "{e}");
+        // No key, a wrong key, a manifest that does not match.
+        let e = restore_base(storage.clone(), "c", &m, None, &dir.path().join("d2"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RestoreError::NoKey(_)), "{e}");
+        let other = SecretKey::parse(&"77".repeat(32), "k").expect("key");
+        let e = restore_base(
+            storage.clone(),
+            "c",
+            &m,
+            Some(&other),
+            &dir.path().join("d3"),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("key id"), "{e}");
+        let mut wrong = m.clone();
+        wrong.sha256 = "00".repeat(32);
+        let e = restore_base(
+            storage.clone(),
+            "c",
+            &wrong,
+            Some(&k),
+            &dir.path().join("d4"),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, RestoreError::Checksum { .. }), "{e}");
+        let mut missing = m.clone();
+        missing.objects = vec!["basebackups_005/base_9/base.tar.zst".into()];
+        let e = restore_base(
+            storage.clone(),
+            "c",
+            &missing,
+            Some(&k),
+            &dir.path().join("d5"),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, RestoreError::Storage { .. }), "{e}");
+        let mut escape = m.clone();
+        escape.objects = vec!["../other/x".into()];
+        let e = restore_base(storage, "c", &escape, Some(&k), &dir.path().join("d6"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RestoreError::Manifest { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn restores_a_plain_backup() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (storage, m) = stored_backup(dir.path(), None).await;
+        let target = dir.path().join("data");
+        restore_base(storage, "c", &m, None, &target)
+            .await
+            .expect("restore");
+        assert_eq!(
+            std::fs::read(target.join("PG_VERSION")).expect("file"),
+            b"15\n"
+        );
+    }
+}
