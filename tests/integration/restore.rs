@@ -126,3 +126,111 @@ fn a_replica_catches_up_from_the_archive() {
         "a restored segment stays in the prefetch cache"
     );
 }
+
+/// Wipes `name`'s data directory (daemon and PostgreSQL stopped) and starts its daemon again,
+/// which then builds a new replica; returns the length of its log before the start.
+fn rebuild(c: &mut TestCluster, name: &str) -> usize {
+    let n = c.node_mut(name);
+    n.kill_daemon_now();
+    n.stop_postgres_immediate();
+    std::fs::remove_dir_all(&n.data_dir).expect("remove the data directory");
+    let before = n.log_text().len();
+    n.start();
+    before
+}
+
+/// Waits until `name` has `rows` rows in `archive_fill`.
+fn wait_rows(c: &TestCluster, name: &str, rows: &str) {
+    let n = c.node(name);
+    wait_for(
+        &format!("{name} has every row"),
+        Duration::from_secs(180),
+        || match n.sql_value("SELECT count(*)::text FROM archive_fill") {
+            Ok(Some(v)) if v == rows => Ok(()),
+            other => Err(format!("{other:?} of {rows}")),
+        },
+    );
+}
+
+/// A new replica is built from the newest backup (`spilo_restore`, the default first method
+/// with a store), replays the WAL written since from the archive and then streams; with a
+/// threshold the backup does not meet, the same node is built by `pg_basebackup` instead, and
+/// the log says why.
+#[test]
+fn a_new_replica_is_restored_from_the_newest_backup() {
+    let store = Store::new();
+    let mut opts = ClusterOpts::named("replica-backup");
+    opts.node.extra_yaml = store.yaml();
+    // A test database is tiny and each pg_switch_wal() skips to the next 16 MiB: the default
+    // 30 % of the backup's size would always send this node to pg_basebackup.
+    opts.node.extra_postgresql = "  spilo_restore: {threshold_percentage: 10000}\n".into();
+    let mut c = TestCluster::start(2, opts);
+    let primary = c.wait_for_replicas_streaming(BOOTSTRAP);
+    let replica = c.others(&primary)[0].clone();
+    fill_and_switch(c.node(&primary), 20_000);
+    let out = c
+        .spiloctl(&["backup", "create", "--from-leader"])
+        .expect("spiloctl");
+    assert!(
+        out.status.success(),
+        "backup create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // WAL written after the backup: the restored replica must replay it from the archive.
+    let mut last = String::new();
+    for _ in 0..3 {
+        last = fill_and_switch(c.node(&primary), 20_000);
+    }
+    wait_archived(c.node(&primary), &last, Duration::from_secs(120));
+    let rows = c
+        .node(&primary)
+        .sql_value("SELECT count(*)::text FROM archive_fill")
+        .expect("count")
+        .expect("a count");
+
+    let before = rebuild(&mut c, &replica);
+    wait_rows(&c, &replica, &rows);
+    c.wait_for_replicas_streaming(Duration::from_secs(120));
+    let log = c.node(&replica).log_text();
+    let said = &log[before.min(log.len())..];
+    assert!(
+        said.contains("building this replica from backup base_"),
+        "the replica was not restored from the backup: {}",
+        c.node(&replica).log_tail(40)
+    );
+    assert!(
+        !said.contains("with pg_basebackup"),
+        "pg_basebackup ran as well"
+    );
+    let fetched = gauge(&metrics(c.node(&replica)), "spilo_wal_fetched_total");
+    assert!(
+        fetched >= 1.0,
+        "nothing replayed from the archive ({fetched})"
+    );
+    note(format!(
+        "{replica} restored from the backup, {fetched} WAL files from the archive, {rows} rows"
+    ));
+
+    // The same node with a threshold the backup does not meet: pg_basebackup, with the reason.
+    c.node_mut(&replica).rewrite_config(|o| {
+        o.extra_postgresql =
+            "  spilo_restore: {threshold_megabytes: 0, threshold_percentage: 10000}\n".into()
+    });
+    fill_and_switch(c.node(&primary), 1_000);
+    let rows = c
+        .node(&primary)
+        .sql_value("SELECT count(*)::text FROM archive_fill")
+        .expect("count")
+        .expect("a count");
+    let before = rebuild(&mut c, &replica);
+    wait_rows(&c, &replica, &rows);
+    let log = c.node(&replica).log_text();
+    let said = &log[before.min(log.len())..];
+    assert!(
+        said.contains("replica method skipped: spilo_restore")
+            && said.contains("threshold_megabytes 0")
+            && said.contains("with pg_basebackup"),
+        "no fallback to pg_basebackup with its reason: {}",
+        c.node(&replica).log_tail(40)
+    );
+}

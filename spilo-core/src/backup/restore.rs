@@ -340,6 +340,64 @@ pub async fn restore_base(
     })
 }
 
+/// The daemon's store as the executor's [`crate::ha::replica::ReplicaBackups`].
+pub struct StoreBackups {
+    /// The store.
+    pub storage: Arc<dyn Storage>,
+    /// The cluster's key prefix.
+    pub base: String,
+    /// The `backup.encryption` key.
+    pub key: Option<SecretKey>,
+}
+
+impl StoreBackups {
+    async fn manifest(&self, name: &str) -> Result<Option<Manifest>, String> {
+        let (all, _) = super::catalog::backups(&*self.storage, &self.base)
+            .await
+            .map_err(|e| crate::error_chain(&e))?;
+        Ok(all.into_iter().find(|m| m.name == name))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::ha::replica::ReplicaBackups for StoreBackups {
+    async fn newest(&self) -> Result<Option<crate::ha::replica::BackupFacts>, String> {
+        let (all, _) = super::catalog::backups(&*self.storage, &self.base)
+            .await
+            .map_err(|e| crate::error_chain(&e))?;
+        Ok(all
+            .into_iter()
+            .max_by_key(|m| (m.stop(), m.finish_time.clone()))
+            .map(|m| crate::ha::replica::BackupFacts {
+                start_lsn: m.start(),
+                size: m.size,
+                system_identifier: m.system_identifier.clone(),
+                name: m.name,
+            }))
+    }
+
+    async fn restore(&self, name: &str, dir: &Path) -> Result<String, String> {
+        let m = self
+            .manifest(name)
+            .await?
+            .ok_or_else(|| format!("backup {name} is no longer in the store"))?;
+        let t0 = crate::clock::now();
+        let r = restore_base(self.storage.clone(), &self.base, &m, self.key.as_ref(), dir)
+            .await
+            .map_err(|e| crate::error_chain(&e))?;
+        let secs = crate::clock::now()
+            .saturating_duration_since(t0)
+            .as_secs_f64();
+        Ok(format!(
+            "restored {} MiB ({} MiB stored) in {secs:.1} s, from {} at {}",
+            r.bytes >> 20,
+            r.stored >> 20,
+            m.member,
+            m.start_lsn
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -393,6 +393,14 @@ fn spilo_env_layers(doc: &Mapping, env: &[(String, String)]) -> Result<Vec<Layer
     let numbers = [
         ("BACKUP_NUM_TO_RETAIN", "backup.retain.count"),
         ("WALG_UPLOAD_CONCURRENCY", "backup.upload_concurrency"),
+        (
+            "WALE_BACKUP_THRESHOLD_MEGABYTES",
+            "postgresql.spilo_restore.threshold_megabytes",
+        ),
+        (
+            "WALE_BACKUP_THRESHOLD_PERCENTAGE",
+            "postgresql.spilo_restore.threshold_percentage",
+        ),
     ];
     for (var, key) in numbers {
         if let Some(v) = get(var) {
@@ -1077,8 +1085,16 @@ tags:
             ("BACKUP_NUM_TO_RETAIN", "5"),
             ("WALG_BACKUP_FROM_REPLICA", "true"),
             ("WALG_UPLOAD_CONCURRENCY", "8"),
+            ("WALE_BACKUP_THRESHOLD_MEGABYTES", "2048"),
+            ("WALE_BACKUP_THRESHOLD_PERCENTAGE", "50"),
         ]);
         let c = load_str(NODE, "node.yml", &e).unwrap().config;
+        assert_eq!(c.postgresql.spilo_restore.threshold_megabytes, 2048);
+        assert_eq!(c.postgresql.spilo_restore.threshold_percentage, 50);
+        assert_eq!(
+            c.postgresql.replica_methods(true),
+            ["spilo_restore", "basebackup"]
+        );
         let s = c.storage.clone().expect("storage from WAL_S3_BUCKET");
         assert_eq!(s.kind, "s3");
         assert_eq!(s.bucket.as_deref(), Some("team-backups"));

@@ -347,6 +347,62 @@ pub struct Postgresql {
     /// spilo makes none today, so it is accepted and has no effect).
     #[serde(default, skip_serializing_if = "is_false")]
     pub use_unix_socket_repl: bool,
+    /// Patroni's `create_replica_methods`: how a new replica is built, tried in order until one
+    /// works — `spilo_restore` (the newest suitable backup in the store, then WAL from the
+    /// archive, then streaming) and `basebackup` (`pg_basebackup` from the leader). Default:
+    /// both in that order with a `storage:` section, else `basebackup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_replica_methods: Option<Vec<String>>,
+    /// Settings of the `spilo_restore` method.
+    #[serde(default)]
+    pub spilo_restore: RestoreMethod,
+}
+
+/// `postgresql.spilo_restore`: when a new replica is restored from a backup rather than copied
+/// from the leader (Spilo's rule: only when the WAL written since the backup started is small
+/// both in bytes and against the backup's size).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreMethod {
+    /// At most this many MiB of WAL between the backup's start and the leader's position.
+    #[serde(default = "d_threshold_mb")]
+    pub threshold_megabytes: u64,
+    /// At most this percentage of the backup's size.
+    #[serde(default = "d_threshold_pct")]
+    pub threshold_percentage: u64,
+}
+
+fn d_threshold_mb() -> u64 {
+    102_400
+}
+
+fn d_threshold_pct() -> u64 {
+    30
+}
+
+impl Default for RestoreMethod {
+    fn default() -> Self {
+        RestoreMethod {
+            threshold_megabytes: d_threshold_mb(),
+            threshold_percentage: d_threshold_pct(),
+        }
+    }
+}
+
+/// The built-in replica method restoring a backup.
+pub const METHOD_RESTORE: &str = "spilo_restore";
+/// Patroni's replica method copying the leader.
+pub const METHOD_BASEBACKUP: &str = "basebackup";
+
+impl Postgresql {
+    /// The replica methods in force (see [`Postgresql::create_replica_methods`]).
+    pub fn replica_methods(&self, has_storage: bool) -> Vec<String> {
+        match &self.create_replica_methods {
+            Some(m) => m.clone(),
+            None if has_storage => vec![METHOD_RESTORE.into(), METHOD_BASEBACKUP.into()],
+            None => vec![METHOD_BASEBACKUP.into()],
+        }
+    }
 }
 
 /// `postgresql.authentication`.

@@ -365,6 +365,42 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
             ));
         }
     }
+    if let Some(methods) = &pg.create_replica_methods {
+        use super::model::{METHOD_BASEBACKUP, METHOD_RESTORE};
+        if methods.is_empty() {
+            return Err(err(
+                "postgresql.create_replica_methods",
+                "an empty list leaves no way to build a replica (leave it out for the default)"
+                    .to_string(),
+            ));
+        }
+        for m in methods {
+            if m != METHOD_RESTORE && m != METHOD_BASEBACKUP {
+                warnings.push(format!(
+                    "{origin}: postgresql.create_replica_methods: '{m}' is not supported yet \
+                     (skipped; spilo builds replicas with {METHOD_RESTORE} and {METHOD_BASEBACKUP})"
+                ));
+            } else if m == METHOD_RESTORE && cfg.storage.is_none() {
+                warnings.push(format!(
+                    "{origin}: postgresql.create_replica_methods: {METHOD_RESTORE} needs a storage: \
+                     section (skipped)"
+                ));
+            }
+        }
+    }
+    let r = &pg.spilo_restore;
+    if r.threshold_megabytes > 1 << 40 {
+        return Err(err(
+            "postgresql.spilo_restore.threshold_megabytes",
+            format!("{} is more than 2^40 MiB", r.threshold_megabytes),
+        ));
+    }
+    if r.threshold_percentage > 100_000 {
+        return Err(err(
+            "postgresql.spilo_restore.threshold_percentage",
+            format!("{} is more than 100000", r.threshold_percentage),
+        ));
+    }
 
     match (&cfg.etcd3, &cfg.zookeeper) {
         (Some(etcd), None) => check_etcd3(etcd, origin, &mut warnings)?,
@@ -684,6 +720,8 @@ mod tests {
             (|c| c.postgresql.data_dir = "".into(), "c.yml: postgresql.data_dir: must not be empty"),
             (|c| c.postgresql.authentication.replication.username = String::new(), "c.yml: postgresql.authentication.replication.username: must not be empty"),
             (|c| c.etcd3 = None, "c.yml: etcd3: no DCS configured (an etcd3 or zookeeper section with hosts is required)"),
+            (|c| c.postgresql.create_replica_methods = Some(vec![]), "c.yml: postgresql.create_replica_methods: an empty list leaves no way to build a replica (leave it out for the default)"),
+            (|c| c.postgresql.spilo_restore.threshold_megabytes = u64::MAX, "c.yml: postgresql.spilo_restore.threshold_megabytes: 18446744073709551615 is more than 2^40 MiB"),
             (|c| c.etcd3.as_mut().unwrap().protocol = Some("ftp".into()), "c.yml: etcd3.protocol: invalid protocol 'ftp' (expected http or https)"),
             (|c| c.etcd3.as_mut().unwrap().hosts = None, "c.yml: etcd3: no etcd endpoint: set etcd3.hosts or etcd3.host"),
             (|c| c.etcd3.as_mut().unwrap().host = Some("e3".into()), "c.yml: etcd3.host: invalid address 'e3' (expected host:port)"),

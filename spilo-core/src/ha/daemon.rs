@@ -163,11 +163,11 @@ async fn start_archiver(
     dcs: Arc<dyn Dcs>,
     node: tokio::sync::watch::Receiver<Arc<NodeState>>,
     stats: Arc<crate::backup::archiver::ArchiveStats>,
-) -> Result<(), StartError> {
+) -> Result<Option<Arc<dyn crate::ha::replica::ReplicaBackups>>, StartError> {
     let (Some(storage_cfg), Some(b), Some(socket)) =
         (&cfg.storage, cfg.backup_settings(), archive_socket(cfg))
     else {
-        return Ok(());
+        return Ok(None);
     };
     let storage = crate::backup::open_storage(storage_cfg)
         .await
@@ -228,6 +228,12 @@ async fn start_archiver(
         },
         stats.clone(),
     );
+    let backups: Arc<dyn crate::ha::replica::ReplicaBackups> =
+        Arc::new(crate::backup::restore::StoreBackups {
+            storage: storage.clone(),
+            base: base.clone(),
+            key: settings.key.clone(),
+        });
     let archiver = crate::backup::archiver::Archiver::new(storage, settings, node, stats);
     let listener = crate::backup::socket::bind(&socket).map_err(|e| {
         StartError::Fatal(format!(
@@ -252,7 +258,7 @@ async fn start_archiver(
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });
-    Ok(())
+    Ok(Some(backups))
 }
 
 /// Connect to the DCS, retrying with a logged, growing back-off until it answers.
@@ -332,9 +338,10 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
         .map(|_| Arc::new(crate::backup::archiver::ArchiveStats::default()));
     initial.archive = archive_stats.clone();
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
-    if let Some(stats) = archive_stats {
-        start_archiver(&cfg, dcs.clone(), tx.subscribe(), stats).await?;
-    }
+    let backups = match archive_stats {
+        Some(stats) => start_archiver(&cfg, dcs.clone(), tx.subscribe(), stats).await?,
+        None => None,
+    };
 
     // The lease guard runs on a thread of its own: nothing on this runtime can delay it.
     let guard_target: Arc<dyn crate::ha::fence::FenceTarget> = pg.clone();
@@ -346,6 +353,10 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
         .with_commands(cmd_rx, config_path)
         .with_live_restapi(restapi.clone())
         .with_hooks(hooks);
+    let node = match backups {
+        Some(b) => node.with_backups(b),
+        None => node,
+    };
 
     let ctx = crate::api::ApiContext {
         state: rx,

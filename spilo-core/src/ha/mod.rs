@@ -7,6 +7,7 @@ pub mod member;
 pub mod phase;
 pub mod plan;
 pub mod refusal;
+pub mod replica;
 pub mod runner;
 pub mod state;
 pub mod state_file;

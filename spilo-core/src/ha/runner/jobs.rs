@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::model::{METHOD_BASEBACKUP, METHOD_RESTORE};
 use crate::dcs::{self, Cas, Cluster};
 use crate::ha::decide::{DataDir, JobKind, LocalView};
 use crate::ha::plan::{plan_promotion, plan_rejoin, PromotionPrep, RejoinPlan, RewindEvent};
+use crate::ha::replica::{plan_replica, ReplicaInput, ReplicaStep};
 use crate::ha::state::PgState;
 use crate::ha::sync;
 use crate::postgres::{BootstrapRoles, PgError, StopMode};
@@ -214,12 +216,87 @@ impl Node {
         let hba = self.hba();
         let from = from.to_string();
         let state_file_busy = self.state_file_busy.clone();
+        let methods = self
+            .cfg
+            .postgresql
+            .replica_methods(self.cfg.storage.is_some());
+        let limits = self.cfg.postgresql.spilo_restore.clone();
+        let backups = self.backups.clone();
+        let leader_lsn = cluster.and_then(|c| {
+            c.leader_member()
+                .and_then(|m| m.data.xlog_location)
+                .or_else(|| c.optime())
+        });
+        let sysid = cluster.and_then(|c| c.initialize.clone());
         self.spawn_job(JobKind::Clone, PgState::CreatingReplica, async move {
             state_file_settled(&state_file_busy, || {
                 pg.remove_state_file_leftover(crate::ha::state_file::FILE_NAME)
             })
             .await;
-            pg.basebackup(&up.host, up.port).await?;
+            let wants_backup = methods.iter().any(|m| m == METHOD_RESTORE);
+            let newest = match (&backups, wants_backup) {
+                (Some(b), true) => b.newest().await.unwrap_or_else(|e| {
+                    tracing::warn!("cannot list the backups in the store: {e}");
+                    None
+                }),
+                _ => None,
+            };
+            let (steps, skipped) = plan_replica(&ReplicaInput {
+                methods: &methods,
+                has_store: backups.is_some(),
+                newest: newest.as_ref(),
+                leader_lsn,
+                system_identifier: sysid.as_deref().filter(|s| !s.is_empty()),
+                limits: &limits,
+            });
+            for s in &skipped {
+                tracing::info!("replica method skipped: {s}");
+            }
+            let mut built = None;
+            for step in &steps {
+                match step {
+                    ReplicaStep::Restore { backup, reason } => {
+                        let Some(b) = &backups else { continue };
+                        tracing::info!(
+                            "building this replica from backup {backup} ({METHOD_RESTORE}): {reason}"
+                        );
+                        match b.restore(backup, pg.data_dir()).await {
+                            Ok(what) => {
+                                tracing::info!("backup {backup}: {what}; replaying WAL from the archive, then streaming from {from}");
+                                built = Some(step.method());
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(
+                                    "restoring backup {backup} failed: {e}; trying the next method"
+                                );
+                                pg.remove_data_dir()?;
+                            }
+                        }
+                    }
+                    ReplicaStep::BaseBackup => {
+                        tracing::info!(
+                            "building this replica with pg_basebackup from {from} ({METHOD_BASEBACKUP})"
+                        );
+                        pg.basebackup(&up.host, up.port).await?;
+                        built = Some(step.method());
+                        break;
+                    }
+                }
+            }
+            if built.is_none() {
+                return Err(PgError::Command {
+                    cmd: "create_replica_methods".into(),
+                    message: format!(
+                        "no method built this replica ({})",
+                        if skipped.is_empty() {
+                            "every method failed".to_string()
+                        } else {
+                            skipped.join("; ")
+                        }
+                    ),
+                });
+            }
             pg.write_config(&params, &hba, true, Some(&up))?;
             pg.start().await?;
             Ok(JobDone {

@@ -109,6 +109,8 @@ pub struct Node {
     /// The running or last bootstrap job started on an empty data directory: what is there now
     /// is its own, and may be removed when it fails.
     bootstrap_made_data_dir: bool,
+    /// The store new replicas may be restored from (with a `storage:` section).
+    backups: Option<Arc<dyn crate::ha::replica::ReplicaBackups>>,
 }
 
 impl Node {
@@ -158,7 +160,14 @@ impl Node {
             last_dcs_warnings: Vec::new(),
             bootstrap_failed: None,
             bootstrap_made_data_dir: false,
+            backups: None,
         }
+    }
+
+    /// Restore new replicas from this store when `create_replica_methods` allows.
+    pub fn with_backups(mut self, backups: Arc<dyn crate::ha::replica::ReplicaBackups>) -> Node {
+        self.backups = Some(backups);
+        self
     }
 
     /// Take commands from the REST API on this channel, and reload this file on SIGHUP and

@@ -1,0 +1,230 @@
+//! How a new replica is built (Patroni's `create_replica_methods`), as a pure planner: from the
+//! configured methods, the newest backup in the store and the leader's WAL position it returns
+//! the steps to try in order, each with its reason, and the methods it skipped with theirs. The
+//! executor (`runner/jobs.rs`) tries the steps until one works.
+//!
+//! Spilo's rule for restoring a backup instead of copying the leader: the WAL written since the
+//! backup started must be at most `threshold_megabytes` **and** at most `threshold_percentage`
+//! of the backup's size; else replaying it would cost more than a fresh copy.
+
+use crate::config::model::{RestoreMethod, METHOD_BASEBACKUP, METHOD_RESTORE};
+
+/// The store a replica can be restored from (the daemon's `storage:`), as the executor reaches
+/// it: a port like [`crate::postgres::LocalPostgres`], so the executor holds no storage code.
+#[async_trait::async_trait]
+pub trait ReplicaBackups: Send + Sync + 'static {
+    /// The newest complete backup, if any.
+    async fn newest(&self) -> Result<Option<BackupFacts>, String>;
+    /// Restores the backup `name` into the (empty) data directory `dir`; what it did, in words.
+    async fn restore(&self, name: &str, dir: &std::path::Path) -> Result<String, String>;
+}
+
+/// What the planner needs of a backup's manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupFacts {
+    /// Its name.
+    pub name: String,
+    /// Its start position.
+    pub start_lsn: u64,
+    /// Bytes of its tar (the database's size then).
+    pub size: u64,
+    /// The system identifier it records.
+    pub system_identifier: Option<String>,
+}
+
+/// One way to build the replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaStep {
+    /// Restore this backup, then replay from the archive and stream.
+    Restore {
+        /// The backup.
+        backup: String,
+        /// Why it qualifies.
+        reason: String,
+    },
+    /// `pg_basebackup` from the leader.
+    BaseBackup,
+}
+
+impl ReplicaStep {
+    /// The method's name.
+    pub fn method(&self) -> &'static str {
+        match self {
+            ReplicaStep::Restore { .. } => METHOD_RESTORE,
+            ReplicaStep::BaseBackup => METHOD_BASEBACKUP,
+        }
+    }
+}
+
+/// What the planner knows.
+#[derive(Clone, Debug)]
+pub struct ReplicaInput<'a> {
+    /// The methods in force, in order.
+    pub methods: &'a [String],
+    /// A store to restore from is configured.
+    pub has_store: bool,
+    /// The newest complete backup, if any was found.
+    pub newest: Option<&'a BackupFacts>,
+    /// The leader's WAL position, if known.
+    pub leader_lsn: Option<u64>,
+    /// The cluster's system identifier (DCS `initialize`), if known.
+    pub system_identifier: Option<&'a str>,
+    /// The `spilo_restore` thresholds.
+    pub limits: &'a RestoreMethod,
+}
+
+/// The steps to try, in order, and the methods skipped with why.
+pub fn plan_replica(i: &ReplicaInput<'_>) -> (Vec<ReplicaStep>, Vec<String>) {
+    let mut steps = Vec::new();
+    let mut skipped = Vec::new();
+    for m in i.methods {
+        match m.as_str() {
+            METHOD_BASEBACKUP => {
+                if !steps.contains(&ReplicaStep::BaseBackup) {
+                    steps.push(ReplicaStep::BaseBackup);
+                }
+            }
+            METHOD_RESTORE => match restore_step(i) {
+                Ok(s) => steps.push(s),
+                Err(why) => skipped.push(format!("{METHOD_RESTORE}: {why}")),
+            },
+            other => skipped.push(format!("{other}: not supported")),
+        }
+    }
+    (steps, skipped)
+}
+
+fn restore_step(i: &ReplicaInput<'_>) -> Result<ReplicaStep, String> {
+    if !i.has_store {
+        return Err("no storage: section".into());
+    }
+    let Some(b) = i.newest else {
+        return Err("no complete backup in the store".into());
+    };
+    if let (Some(ours), Some(theirs)) = (i.system_identifier, b.system_identifier.as_deref()) {
+        if ours != theirs {
+            return Err(format!(
+                "backup {} is of system {theirs}, this cluster is {ours}",
+                b.name
+            ));
+        }
+    }
+    let Some(leader) = i.leader_lsn else {
+        return Err("the leader's WAL position is not known".into());
+    };
+    let behind = leader.saturating_sub(b.start_lsn);
+    let mib = behind / (1 << 20);
+    let limit_bytes = i.limits.threshold_megabytes.saturating_mul(1 << 20);
+    // behind ≤ pct % of size, without overflow: behind × 100 ≤ pct × size.
+    let pct_ok =
+        u128::from(behind) * 100 <= u128::from(i.limits.threshold_percentage) * u128::from(b.size);
+    if behind > limit_bytes {
+        return Err(format!(
+            "backup {} is {mib} MiB of WAL behind the leader, more than threshold_megabytes {}",
+            b.name, i.limits.threshold_megabytes
+        ));
+    }
+    if !pct_ok {
+        return Err(format!(
+            "backup {} is {mib} MiB of WAL behind the leader, more than threshold_percentage {} % \
+             of its {} MiB",
+            b.name,
+            i.limits.threshold_percentage,
+            b.size / (1 << 20)
+        ));
+    }
+    Ok(ReplicaStep::Restore {
+        backup: b.name.clone(),
+        reason: format!(
+            "{mib} MiB of WAL behind the leader, within {} MiB and {} % of its {} MiB",
+            i.limits.threshold_megabytes,
+            i.limits.threshold_percentage,
+            b.size / (1 << 20)
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(start: u64, size: u64) -> BackupFacts {
+        BackupFacts {
+            name: "base_1".into(),
+            start_lsn: start,
+            size,
+            system_identifier: Some("42".into()),
+        }
+    }
+
+    fn plan(
+        methods: &[&str],
+        newest: Option<&BackupFacts>,
+        leader: Option<u64>,
+    ) -> (Vec<&'static str>, Vec<String>) {
+        let methods: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+        let limits = RestoreMethod {
+            threshold_megabytes: 100,
+            threshold_percentage: 30,
+        };
+        let (steps, skipped) = plan_replica(&ReplicaInput {
+            methods: &methods,
+            has_store: true,
+            newest,
+            leader_lsn: leader,
+            system_identifier: Some("42"),
+            limits: &limits,
+        });
+        (steps.iter().map(ReplicaStep::method).collect(), skipped)
+    }
+
+    #[test]
+    fn restores_only_within_both_thresholds() {
+        let mib = 1u64 << 20;
+        let both = ["spilo_restore", "basebackup"];
+        // 10 MiB behind a 1000 MiB backup: within 100 MiB and 30 %.
+        let b = facts(0, 1000 * mib);
+        assert_eq!(plan(&both, Some(&b), Some(10 * mib)).0, both);
+        // 150 MiB behind: over threshold_megabytes.
+        let (steps, why) = plan(&both, Some(&b), Some(150 * mib));
+        assert_eq!(steps, ["basebackup"]);
+        assert!(why[0].contains("threshold_megabytes"), "{why:?}");
+        // 40 MiB behind a 100 MiB backup: over 30 %.
+        let small = facts(0, 100 * mib);
+        let (steps, why) = plan(&both, Some(&small), Some(40 * mib));
+        assert_eq!(steps, ["basebackup"]);
+        assert!(why[0].contains("threshold_percentage"), "{why:?}");
+        // Exactly at both limits still qualifies.
+        let edge = facts(0, 100 * mib);
+        assert_eq!(plan(&both, Some(&edge), Some(30 * mib)).0, both);
+    }
+
+    #[test]
+    fn skips_what_it_cannot_use_and_keeps_the_order() {
+        let b = facts(0, 1 << 30);
+        let (steps, why) = plan(&["spilo_restore", "basebackup"], None, Some(0));
+        assert_eq!(steps, ["basebackup"]);
+        assert!(why[0].contains("no complete backup"), "{why:?}");
+        let (steps, why) = plan(&["spilo_restore"], Some(&b), None);
+        assert!(steps.is_empty());
+        assert!(why[0].contains("not known"), "{why:?}");
+        let other = BackupFacts {
+            system_identifier: Some("7".into()),
+            ..b.clone()
+        };
+        let (_, why) = plan(&["spilo_restore"], Some(&other), Some(0));
+        assert!(why[0].contains("system 7"), "{why:?}");
+        let (steps, why) = plan(
+            &["wal_e", "basebackup", "basebackup", "spilo_restore"],
+            Some(&b),
+            Some(1),
+        );
+        assert_eq!(steps, ["basebackup", "spilo_restore"]);
+        assert_eq!(why, ["wal_e: not supported"]);
+        // A leader behind the backup's start (a stale position) counts as 0 behind.
+        assert_eq!(
+            plan(&["spilo_restore"], Some(&facts(500, 1 << 30)), Some(10)).0,
+            ["spilo_restore"]
+        );
+    }
+}
