@@ -156,7 +156,7 @@ wait_until 30 "etcd to be healthy" curl -fsS "http://127.0.0.1:$ETCD_PORT/health
 write_config() {
   local n=$1
   mkdir -p "${DIR[$n]}"
-  REST_AUTH= DYNAMIC_EXTRA= PG_PARAMETERS= POSTGRESQL_EXTRA= \
+  REST_AUTH= DYNAMIC_EXTRA= BOOTSTRAP_EXTRA= PG_PARAMETERS= POSTGRESQL_EXTRA= \
   EXTRA=$'storage:\n  type: fs\n  path: '"$STORE"$'\nbackup:\n  schedule: "0 1 * * *"\n  retain:\n    count: 3\n' \
   SCOPE=$SCOPE NAME=$n API_ADDR="127.0.0.1:${API[$n]}" PG_ADDR="127.0.0.1:${PG[$n]}" \
   DCS=$'etcd3:\n  hosts: '"127.0.0.1:$ETCD_PORT"$'\n' \

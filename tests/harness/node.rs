@@ -42,6 +42,9 @@ pub struct NodeOpts {
     pub extra_postgresql: String,
     /// Environment variables for the daemon.
     pub env: Vec<(String, String)>,
+    /// YAML lines added to the `bootstrap:` section, indented by two spaces, each ending in a
+    /// newline (e.g. `  method: clone\n`).
+    pub bootstrap_extra: String,
     /// Extra `postgresql.parameters` (name, YAML value), e.g.
     /// `("shared_preload_libraries", "spilo")`.
     pub pg_parameters: Vec<(String, String)>,
@@ -63,6 +66,7 @@ impl Default for NodeOpts {
             extra_yaml: String::new(),
             extra_postgresql: String::new(),
             env: Vec::new(),
+            bootstrap_extra: String::new(),
             pg_parameters: Vec::new(),
             pg_hba: None,
             initdb: None,
@@ -144,6 +148,7 @@ impl NodeConfig {
                 .collect(),
         );
         v.insert("POSTGRESQL_EXTRA", o.extra_postgresql.clone());
+        v.insert("BOOTSTRAP_EXTRA", o.bootstrap_extra.clone());
         v.insert("TAGS", tags);
         v.insert("EXTRA", o.extra_yaml.clone());
         template::render(&v)

@@ -8,12 +8,13 @@ pub const NODE_TEMPLATE: &str = include_str!("../../examples/node.template.yml")
 
 /// Renders the template: every `${NAME}` replaced by `values[NAME]`, names not given replaced
 /// by nothing when they stand for optional whole lines (`REST_AUTH`, `DYNAMIC_EXTRA`,
-/// `PG_PARAMETERS`, `POSTGRESQL_EXTRA`, `EXTRA`). Panics naming a required placeholder left
+/// `BOOTSTRAP_EXTRA`, `PG_PARAMETERS`, `POSTGRESQL_EXTRA`, `EXTRA`). Panics naming a required placeholder left
 /// unfilled or a value given for a name the template does not have.
 pub fn render(values: &BTreeMap<&str, String>) -> String {
     const OPTIONAL: &[&str] = &[
         "REST_AUTH",
         "DYNAMIC_EXTRA",
+        "BOOTSTRAP_EXTRA",
         "PG_PARAMETERS",
         "POSTGRESQL_EXTRA",
         "EXTRA",

@@ -234,3 +234,113 @@ fn a_new_replica_is_restored_from_the_newest_backup() {
         c.node(&replica).log_tail(40)
     );
 }
+
+/// Every file under `dir`, with its size, relative to it.
+fn listing(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if let Ok(m) = e.metadata() {
+                let rel = p.strip_prefix(dir).unwrap_or(&p).display().to_string();
+                out.insert(rel, m.len());
+            }
+        }
+    }
+    out
+}
+
+/// A point-in-time clone (`bootstrap.method: clone`): a new cluster made from another
+/// cluster's backup and archived WAL stops at the target time — it has every row committed
+/// before it and none after — is promoted on a new timeline, takes writes, archives into its
+/// own prefix, and leaves its source's prefix exactly as it was.
+#[test]
+fn a_clone_recovers_to_a_point_in_time_and_never_writes_into_its_source() {
+    let store = Store::new();
+    let mut src_opts = ClusterOpts::named("clone-src");
+    src_opts.node.extra_yaml = store.yaml();
+    let src = TestCluster::start(1, src_opts);
+    let sp = src.wait_for_primary(BOOTSTRAP);
+    let p = src.node(&sp);
+    p.sql("CREATE TABLE pitr(id int, phase text); INSERT INTO pitr SELECT g, 'before backup' FROM generate_series(1, 100) g")
+        .expect("rows before the backup");
+    let out = src.spiloctl(&["backup", "create"]).expect("spiloctl");
+    assert!(
+        out.status.success(),
+        "backup create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.sql("INSERT INTO pitr SELECT g, 'before target' FROM generate_series(101, 200) g")
+        .expect("rows before the target");
+    let target = p
+        .sql_value("SELECT clock_timestamp()::text")
+        .expect("time")
+        .expect("a time");
+    std::thread::sleep(Duration::from_millis(300));
+    p.sql("INSERT INTO pitr SELECT g, 'after target' FROM generate_series(201, 300) g")
+        .expect("rows after the target");
+    let last = fill_and_switch(p, 1_000);
+    wait_archived(p, &last, Duration::from_secs(120));
+    let src_scope = src.scope.clone();
+    let src_base = store.base(&src_scope);
+    drop(src);
+    let before = listing(&src_base);
+    assert!(!before.is_empty(), "nothing under the source's prefix");
+
+    let mut opts = ClusterOpts::named("clone-dst");
+    opts.node.extra_yaml = store.yaml();
+    opts.node.bootstrap_extra =
+        format!("  method: clone\n  clone:\n    scope: {src_scope}\n    target_time: '{target}'\n");
+    let c = TestCluster::start(1, opts);
+    let primary = c.wait_for_primary(Duration::from_secs(240));
+    let n = c.node(&primary);
+    let phases = n
+        .sql_value(
+            "SELECT string_agg(DISTINCT phase, ',' ORDER BY phase) || ' ' || count(*) FROM pitr",
+        )
+        .expect("query")
+        .expect("a row");
+    assert_eq!(
+        phases, "before backup,before target 200",
+        "the clone did not stop at {target}"
+    );
+    n.sql("INSERT INTO pitr VALUES (1000, 'the clone writes')")
+        .expect("the clone takes writes");
+    let tl = n
+        .sql_value("SELECT timeline_id::text FROM pg_control_checkpoint()")
+        .expect("timeline")
+        .expect("a timeline");
+    wait_for(
+        "the clone archives its timeline's history into its own prefix",
+        Duration::from_secs(60),
+        || {
+            let names = store.names(&c.scope);
+            if names.iter().any(|f| f.ends_with(".history")) {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
+        },
+    );
+    let log = n.log_text();
+    assert!(
+        log.contains(&format!("cloning {src_scope}")) && log.contains("promoted"),
+        "the clone's log does not say what it restored: {}",
+        n.log_tail(30)
+    );
+    assert_eq!(
+        listing(&src_base),
+        before,
+        "the clone changed its source's prefix"
+    );
+    note(format!(
+        "clone of {src_scope} at {target}: {phases}, timeline {tl}, its own prefix has {} WAL files",
+        store.names(&c.scope).len()
+    ));
+}

@@ -103,8 +103,19 @@ struct Table {
     seg_size: Option<u64>,
 }
 
+/// Another cluster's archive to read instead of this one's (a clone's recovery).
+#[derive(Clone)]
+pub struct Source {
+    /// Its store.
+    pub storage: Arc<dyn Storage>,
+    /// Its key prefix.
+    pub base: String,
+}
+
 struct Shared {
     storage: Arc<dyn Storage>,
+    /// While set, files are read from here (and nothing is prefetched from this cluster's own).
+    source: std::sync::RwLock<Option<Source>>,
     stats: Arc<ArchiveStats>,
     s: FetchSettings,
     cache: PathBuf,
@@ -132,6 +143,7 @@ impl Fetcher {
         Fetcher {
             sh: Arc::new(Shared {
                 storage,
+                source: std::sync::RwLock::new(None),
                 stats,
                 s,
                 cache,
@@ -140,6 +152,15 @@ impl Fetcher {
                 permits,
             }),
         }
+    }
+
+    /// Reads from `source` instead of this cluster's archive until called with `None` (a
+    /// clone replays its source's WAL, and only that); empties the prefetch cache.
+    pub fn set_source(&self, source: Option<Source>) {
+        if let Ok(mut s) = self.sh.source.write() {
+            *s = source;
+        }
+        let _ = std::fs::remove_dir_all(&self.sh.cache);
     }
 
     /// Restores `name` to `dest` (an absolute path in `pg_wal`), within the timeout.
@@ -226,8 +247,12 @@ impl Fetcher {
 
     /// The object of `name`, opened; `None` when the archive does not hold it.
     async fn download(&self, name: &str) -> Result<Option<Vec<u8>>, FetchError> {
-        let key = layout::wal_key(&self.sh.s.base, name);
-        let obj = match get_all(&*self.sh.storage, &key, CHUNK).await {
+        let (storage, base) = match self.sh.source.read().ok().and_then(|s| s.clone()) {
+            Some(src) => (src.storage, src.base),
+            None => (self.sh.storage.clone(), self.sh.s.base.clone()),
+        };
+        let key = layout::wal_key(&base, name);
+        let obj = match get_all(&*storage, &key, CHUNK).await {
             Ok(o) => o,
             Err(StorageError::NotFound { .. }) => return Ok(None),
             Err(source) => {

@@ -5,6 +5,7 @@
 pub mod archiver;
 pub mod base;
 pub mod catalog;
+pub mod clone;
 pub mod crypt;
 pub mod fetch;
 pub mod layout;

@@ -538,3 +538,165 @@ mod tests {
         assert!(parse_window("18446744073709551615d").is_err());
     }
 }
+
+/// `bootstrap.clone`: a point-in-time clone of cluster `scope` from its backups and archived WAL
+/// (Patroni's shape for a bootstrap method). Exactly one target.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CloneConfig {
+    /// The source cluster's scope.
+    pub scope: String,
+    /// Where its backups and WAL are (the form of the top-level `storage:`); default: this
+    /// cluster's own `storage:` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageConfig>,
+    /// Recover to this time (with a time zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_time: Option<String>,
+    /// Recover to this WAL position (`0/3000028`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_lsn: Option<String>,
+    /// Recover to this restore point (`pg_create_restore_point`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_name: Option<String>,
+    /// Recover to this transaction id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_xid: Option<u64>,
+    /// Recover only until the backup is consistent.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub target_immediate: bool,
+    /// `latest` (the default), `current`, or a timeline number.
+    #[serde(default = "latest")]
+    pub target_timeline: String,
+    /// Stop just after the target (the default) or just before it.
+    #[serde(default = "yes")]
+    pub inclusive: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn latest() -> String {
+    "latest".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where a clone's recovery stops.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CloneTarget {
+    /// A time.
+    Time(chrono::DateTime<chrono::FixedOffset>),
+    /// A WAL position.
+    Lsn(u64),
+    /// A restore point.
+    Name(String),
+    /// A transaction.
+    Xid(u64),
+    /// The end of the backup.
+    Immediate,
+}
+
+impl CloneConfig {
+    /// The one target, checked.
+    pub fn target(&self) -> Result<CloneTarget, (String, String)> {
+        let key = |k: &str| format!("bootstrap.clone.{k}");
+        let given = [
+            self.target_time.is_some(),
+            self.target_lsn.is_some(),
+            self.target_name.is_some(),
+            self.target_xid.is_some(),
+            self.target_immediate,
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given != 1 {
+            return Err((
+                "bootstrap.clone".into(),
+                format!(
+                    "give exactly one of target_time, target_lsn, target_name, target_xid, \
+                     target_immediate ({given} given)"
+                ),
+            ));
+        }
+        if let Some(t) = &self.target_time {
+            return match crate::timestamp::parse_timestamp(t) {
+                Ok(ts) => Ok(CloneTarget::Time(ts)),
+                Err(crate::timestamp::TimestampError::NoTimezone) => Err((
+                    key("target_time"),
+                    format!("'{t}' has no time zone (write it as 2026-12-04T10:00:00+00:00)"),
+                )),
+                Err(_) => Err((key("target_time"), format!("'{t}' is not a timestamp"))),
+            };
+        }
+        if let Some(l) = &self.target_lsn {
+            return crate::dcs::codec::parse_lsn(l)
+                .map(CloneTarget::Lsn)
+                .ok_or_else(|| {
+                    (
+                        key("target_lsn"),
+                        format!("'{l}' is not a WAL position like 0/3000028"),
+                    )
+                });
+        }
+        if let Some(n) = &self.target_name {
+            if n.is_empty() || n.len() > 63 || n.contains(['\n', '\r', '\0']) {
+                return Err((key("target_name"), "not a restore point name".into()));
+            }
+            return Ok(CloneTarget::Name(n.clone()));
+        }
+        if let Some(x) = self.target_xid {
+            return Ok(CloneTarget::Xid(x));
+        }
+        Ok(CloneTarget::Immediate)
+    }
+
+    /// Checks the section; `own` is this cluster's storage and scope.
+    pub fn check(
+        &self,
+        own: Option<&StorageConfig>,
+        own_scope: &str,
+    ) -> Result<(), (String, String)> {
+        if self.scope.trim().is_empty() || self.scope.contains(['/', '\n']) {
+            return Err((
+                "bootstrap.clone.scope".into(),
+                format!("'{}' is not a scope", self.scope),
+            ));
+        }
+        self.target()?;
+        let tl = self.target_timeline.as_str();
+        if tl != "latest" && tl != "current" && tl.parse::<u32>().map_or(true, |n| n == 0) {
+            return Err((
+                "bootstrap.clone.target_timeline".into(),
+                format!("'{tl}' is not latest, current or a timeline number"),
+            ));
+        }
+        let Some(own) = own else {
+            return Err((
+                "bootstrap.clone".into(),
+                "a clone needs this cluster's own storage: section (it archives there, never into the source's)".into(),
+            ));
+        };
+        let source = self.storage.as_ref().unwrap_or(own);
+        if source.kind == own.kind
+            && source.path == own.path
+            && source.bucket == own.bucket
+            && source.endpoint == own.endpoint
+            && source.base_prefix(&self.scope, 0) == own.base_prefix(own_scope, 0)
+        {
+            return Err((
+                "bootstrap.clone.scope".into(),
+                format!(
+                    "the source '{}' resolves to this cluster's own prefix {}: a clone would write into its source",
+                    self.scope,
+                    own.base_prefix(own_scope, 0)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

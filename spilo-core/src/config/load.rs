@@ -180,6 +180,7 @@ pub fn load_str(yaml: &str, origin: &str, env: &[(String, String)]) -> Result<Lo
     let mut env_layers = env_layers(env, &mut warnings);
     check_single_dcs(&doc, &env_layers, origin)?;
     env_layers.extend(spilo_env_layers(&doc, env)?);
+    env_layers.extend(clone_env_layers(env)?);
 
     let mut defaults = Dict::new();
     defaults.insert("namespace".into(), FValue::from(DEFAULT_NAMESPACE));
@@ -425,6 +426,81 @@ fn spilo_env_layers(doc: &Mapping, env: &[(String, String)]) -> Result<Vec<Layer
         set(
             "WALG_BACKUP_FROM_REPLICA",
             "backup.from_replica",
+            FValue::from(b),
+        );
+    }
+    Ok(layers)
+}
+
+/// Spilo's clone variables: `CLONE_METHOD=CLONE_WITH_WALE` (or `CLONE_WITH_WALG`) makes the
+/// bootstrap a clone of `CLONE_SCOPE` to `CLONE_TARGET_TIME` (`CLONE_TARGET_TIMELINE`,
+/// `CLONE_TARGET_INCLUSIVE`), from `CLONE_WAL_S3_BUCKET` (`CLONE_AWS_ENDPOINT`,
+/// `CLONE_AWS_REGION`) or else this cluster's own store.
+fn clone_env_layers(env: &[(String, String)]) -> Result<Vec<Layer>, ConfigError> {
+    let get = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let Some(method) = get("CLONE_METHOD") else {
+        return Ok(Vec::new());
+    };
+    if method != "CLONE_WITH_WALE" && method != "CLONE_WITH_WALG" {
+        return Err(ConfigError::invalid(
+            "CLONE_METHOD",
+            "bootstrap.method",
+            format!("'{method}' is not supported (CLONE_WITH_WALE or CLONE_WITH_WALG)"),
+        ));
+    }
+    let mut layers = Vec::new();
+    let mut set = |var: &str, key: &str, value: FValue| {
+        if let FValue::Dict(_, dict) = figment::util::nest(key, value) {
+            layers.push(Layer {
+                name: var.to_string(),
+                dict,
+            });
+        }
+    };
+    set("CLONE_METHOD", "bootstrap.method", FValue::from("clone"));
+    for (var, key) in [
+        ("CLONE_SCOPE", "bootstrap.clone.scope"),
+        ("CLONE_TARGET_TIME", "bootstrap.clone.target_time"),
+        ("CLONE_TARGET_TIMELINE", "bootstrap.clone.target_timeline"),
+        ("CLONE_AWS_ENDPOINT", "bootstrap.clone.storage.endpoint"),
+        ("CLONE_AWS_REGION", "bootstrap.clone.storage.region"),
+    ] {
+        if let Some(v) = get(var) {
+            set(var, key, FValue::from(v));
+        }
+    }
+    if let Some(b) = get("CLONE_WAL_S3_BUCKET") {
+        set(
+            "CLONE_WAL_S3_BUCKET",
+            "bootstrap.clone.storage.type",
+            FValue::from("s3"),
+        );
+        set(
+            "CLONE_WAL_S3_BUCKET",
+            "bootstrap.clone.storage.bucket",
+            FValue::from(b),
+        );
+    }
+    if let Some(v) = get("CLONE_TARGET_INCLUSIVE") {
+        let b = match v.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => true,
+            "false" | "no" | "off" | "0" => false,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "CLONE_TARGET_INCLUSIVE",
+                    "bootstrap.clone.inclusive",
+                    format!("'{v}' is not true or false"),
+                ))
+            }
+        };
+        set(
+            "CLONE_TARGET_INCLUSIVE",
+            "bootstrap.clone.inclusive",
             FValue::from(b),
         );
     }
@@ -1110,6 +1186,48 @@ tags:
         assert_eq!(b.retain.count, Some(5));
         assert!(b.from_replica);
         assert_eq!(b.upload_concurrency, 8);
+
+        // Spilo's clone variables.
+        let e = env(&[
+            ("WAL_S3_BUCKET", "team-backups"),
+            ("CLONE_METHOD", "CLONE_WITH_WALE"),
+            ("CLONE_SCOPE", "orders"),
+            ("CLONE_TARGET_TIME", "2026-12-01 10:00:00+00"),
+            ("CLONE_TARGET_INCLUSIVE", "false"),
+            ("CLONE_WAL_S3_BUCKET", "old-backups"),
+        ]);
+        let c = load_str(NODE, "node.yml", &e).unwrap().config;
+        let cl = c.bootstrap.clone_source().expect("clone");
+        assert_eq!(cl.scope, "orders");
+        assert_eq!(cl.target_time.as_deref(), Some("2026-12-01 10:00:00+00"));
+        assert!(!cl.inclusive);
+        let src = cl.storage.as_ref().expect("source storage");
+        assert_eq!(
+            (src.kind.as_str(), src.bucket.as_deref()),
+            ("s3", Some("old-backups"))
+        );
+        let e = load_str(
+            NODE,
+            "node.yml",
+            &env(&[
+                ("WAL_S3_BUCKET", "b-1"),
+                ("CLONE_METHOD", "CLONE_WITH_BASEBACKUP"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("CLONE_METHOD"), "{e}");
+        let e = load_str(
+            NODE,
+            "node.yml",
+            &env(&[
+                ("WAL_S3_BUCKET", "b-1"),
+                ("CLONE_METHOD", "CLONE_WITH_WALE"),
+                ("CLONE_SCOPE", "orders"),
+                ("CLONE_TARGET_TIME", "2026-12-01 10:00:00"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no time zone"), "{e}");
 
         // WAL-G's prefix URL: bucket and prefix.
         let e = env(&[("WALG_S3_PREFIX", "s3://other/spilo/x/wal/15")]);

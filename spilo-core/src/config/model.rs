@@ -297,6 +297,23 @@ pub struct Bootstrap {
     /// Lines added to `pg_hba.conf` at bootstrap.
     #[serde(default)]
     pub pg_hba: Vec<String>,
+    /// How a new cluster is made: `initdb` (the default) or `clone` (a point-in-time copy of
+    /// another cluster from its backups and archived WAL, `bootstrap.clone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `bootstrap.clone`: the source and the target of a clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone: Option<super::backup::CloneConfig>,
+}
+
+impl Bootstrap {
+    /// The clone settings when `method` is `clone`.
+    pub fn clone_source(&self) -> Option<&super::backup::CloneConfig> {
+        match self.method.as_deref() {
+            Some("clone") => self.clone.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// `postgresql:` (local).

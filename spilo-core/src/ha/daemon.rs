@@ -163,7 +163,7 @@ async fn start_archiver(
     dcs: Arc<dyn Dcs>,
     node: tokio::sync::watch::Receiver<Arc<NodeState>>,
     stats: Arc<crate::backup::archiver::ArchiveStats>,
-) -> Result<Option<Arc<dyn crate::ha::replica::ReplicaBackups>>, StartError> {
+) -> Result<Option<Restores>, StartError> {
     let (Some(storage_cfg), Some(b), Some(socket)) =
         (&cfg.storage, cfg.backup_settings(), archive_socket(cfg))
     else {
@@ -234,6 +234,15 @@ async fn start_archiver(
             base: base.clone(),
             key: settings.key.clone(),
         });
+    let cloner = cfg.bootstrap.clone_source().map(|c| {
+        Arc::new(crate::backup::clone::Cloner {
+            cfg: c.clone(),
+            source: c.storage.clone().unwrap_or_else(|| storage_cfg.clone()),
+            major,
+            key: settings.key.clone(),
+            fetcher: fetcher.clone(),
+        }) as Arc<dyn crate::ha::replica::ClusterClone>
+    });
     let archiver = crate::backup::archiver::Archiver::new(storage, settings, node, stats);
     let listener = crate::backup::socket::bind(&socket).map_err(|e| {
         StartError::Fatal(format!(
@@ -258,7 +267,13 @@ async fn start_archiver(
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });
-    Ok(Some(backups))
+    Ok(Some(Restores { backups, cloner }))
+}
+
+/// What the executor restores from (with a `storage:` section).
+struct Restores {
+    backups: Arc<dyn crate::ha::replica::ReplicaBackups>,
+    cloner: Option<Arc<dyn crate::ha::replica::ClusterClone>>,
 }
 
 /// Connect to the DCS, retrying with a logged, growing back-off until it answers.
@@ -354,7 +369,14 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
         .with_live_restapi(restapi.clone())
         .with_hooks(hooks);
     let node = match backups {
-        Some(b) => node.with_backups(b),
+        Some(Restores {
+            backups,
+            cloner: Some(c),
+        }) => node.with_backups(backups).with_cloner(c),
+        Some(Restores {
+            backups,
+            cloner: None,
+        }) => node.with_backups(backups),
         None => node,
     };
 

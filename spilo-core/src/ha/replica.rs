@@ -19,6 +19,26 @@ pub trait ReplicaBackups: Send + Sync + 'static {
     async fn restore(&self, name: &str, dir: &std::path::Path) -> Result<String, String>;
 }
 
+/// A point-in-time clone's source (`bootstrap.method: clone`), as the executor reaches it.
+#[async_trait::async_trait]
+pub trait ClusterClone: Send + Sync + 'static {
+    /// Restores the source's backup for the target into the (empty) data directory `dir` and
+    /// points `restore_command` at the source's archive; returns the recovery settings to
+    /// start with and what was done, in words.
+    async fn restore(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<
+        (
+            std::collections::BTreeMap<String, serde_json::Value>,
+            String,
+        ),
+        String,
+    >;
+    /// Points `restore_command` back at this cluster's own archive.
+    fn done(&self);
+}
+
 /// What the planner needs of a backup's manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupFacts {

@@ -83,6 +83,12 @@ pub trait LocalPostgres: Send + Sync + 'static {
     fn remove_data_dir(&self) -> Result<(), PgError>;
     /// A new copy of the upstream's data directory.
     async fn basebackup(&self, host: &str, port: u16) -> Result<(), PgError>;
+    /// Writes `recovery.signal` (after [`LocalPostgres::write_config`], which removes it): the
+    /// next start runs a targeted archive recovery (a clone). Worlds without clones keep the
+    /// default.
+    fn write_recovery_signal(&self) -> Result<(), PgError> {
+        Ok(())
+    }
     /// Single-user crash recovery (before a rewind of a data directory that did not shut down
     /// cleanly).
     async fn single_user_recovery(&self) -> Result<(), PgError>;
@@ -139,21 +145,38 @@ impl LocalPostgres for Postgres {
     ) -> Result<(), PgError> {
         // The fence (spilo.fence) would refuse these writes: no state file exists yet.
         let repl = &roles.replication;
+        // Created, or altered when they exist (a clone brings its source's roles along).
+        let ensure = |name: &str, attrs: &str, pw: Option<&str>| {
+            let (u, p) = (quote_ident(name), quote_literal(pw.unwrap_or("")));
+            // A dollar-quote tag that occurs in neither the name nor the password.
+            let tag = (0u32..)
+                .map(|i| format!("$spilo{i}$"))
+                .find(|t| !u.contains(t.as_str()) && !p.contains(t.as_str()))
+                .unwrap_or_default();
+            format!(
+                "DO {tag} BEGIN IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {n}) \
+                 THEN ALTER ROLE {u} WITH {attrs} PASSWORD {p}; \
+                 ELSE CREATE ROLE {u} WITH {attrs} PASSWORD {p}; END IF; END {tag};",
+                n = quote_literal(name)
+            )
+        };
         let mut sql = format!(
-            "BEGIN; SET LOCAL spilo.fence = off; SET LOCAL synchronous_commit = 'local'; \
-             CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {};",
-            quote_ident(&repl.username),
-            quote_literal(repl.password.as_deref().unwrap_or(""))
+            "BEGIN; SET LOCAL spilo.fence = off; SET LOCAL synchronous_commit = 'local'; {}",
+            ensure(
+                &repl.username,
+                "LOGIN REPLICATION",
+                repl.password.as_deref()
+            )
         );
         if let Some(r) = &roles.rewind {
+            sql.push_str(&ensure(&r.username, "LOGIN", r.password.as_deref()));
             sql.push_str(&format!(
-                "CREATE ROLE {u} WITH LOGIN PASSWORD {p}; \
+                "\
                  GRANT EXECUTE ON function pg_catalog.pg_ls_dir(text, boolean, boolean) TO {u}; \
                  GRANT EXECUTE ON function pg_catalog.pg_stat_file(text, boolean) TO {u}; \
                  GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text) TO {u}; \
                  GRANT EXECUTE ON function pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {u};",
                 u = quote_ident(&r.username),
-                p = quote_literal(r.password.as_deref().unwrap_or(""))
             ));
         }
         sql.push_str("COMMIT;");
@@ -196,6 +219,13 @@ impl LocalPostgres for Postgres {
     }
     async fn current_setting(&self, name: &str, timeout: Duration) -> Result<String, PgError> {
         Postgres::current_setting(self, name, timeout).await
+    }
+    fn write_recovery_signal(&self) -> Result<(), PgError> {
+        let sig = self.data_dir().join("recovery.signal");
+        std::fs::write(&sig, b"").map_err(|source| PgError::Io {
+            path: sig.clone(),
+            source,
+        })
     }
     fn remove_data_dir(&self) -> Result<(), PgError> {
         Postgres::remove_data_dir(self)

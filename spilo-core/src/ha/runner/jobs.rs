@@ -183,13 +183,19 @@ impl Node {
                 .filter(|r| r.username != auth.superuser.username),
         };
         let timeout = self.retry() * 3;
+        let cloner = self.cloner.clone();
         self.spawn_job(
             JobKind::Bootstrap,
             PgState::InitializingNewCluster,
             async move {
-                pg.initdb(&args).await?;
-                pg.write_config(&params, &hba, false, None)?;
-                pg.start().await?;
+                match &cloner {
+                    Some(cl) => clone_cluster(&*pg, &**cl, &params, &hba).await?,
+                    None => {
+                        pg.initdb(&args).await?;
+                        pg.write_config(&params, &hba, false, None)?;
+                        pg.start().await?;
+                    }
+                }
                 pg.create_bootstrap_roles(&roles, timeout).await?;
                 // The SQL extension, when this PostgreSQL has it; it replicates to every replica.
                 match pg.create_spilo_extension(timeout).await {
@@ -463,6 +469,62 @@ async fn state_file_settled(busy: &std::sync::atomic::AtomicBool, remove_leftove
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     remove_leftover();
+}
+
+/// The clone bootstrap: the source's backup restored, a targeted recovery from the source's
+/// archive, promotion at the target, then the configuration without the recovery settings and
+/// `restore_command` back on this cluster's archive.
+async fn clone_cluster(
+    pg: &dyn crate::postgres::LocalPostgres,
+    cl: &dyn crate::ha::replica::ClusterClone,
+    params: &std::collections::BTreeMap<String, serde_json::Value>,
+    hba: &[String],
+) -> Result<(), PgError> {
+    let failed = |message: String| PgError::Command {
+        cmd: "bootstrap.method clone".into(),
+        message,
+    };
+    let (recovery, said) = cl.restore(pg.data_dir()).await.map_err(failed)?;
+    tracing::info!("{said}");
+    let mut with_target = params.clone();
+    with_target.extend(recovery);
+    pg.write_config(&with_target, hba, false, None)?;
+    pg.write_recovery_signal()?;
+    let started = pg.start().await;
+    let promoted = match started {
+        Ok(()) => wait_until_promoted(pg).await,
+        Err(e) => Err(e),
+    };
+    cl.done();
+    if let Err(e) = promoted {
+        return Err(failed(format!(
+            "the clone's recovery did not reach its target and promote ({e}); PostgreSQL's log \
+             says why (a target past the end of the source's archive ends recovery with an error)"
+        )));
+    }
+    tracing::info!("the clone reached its target and was promoted");
+    // The targets must not apply to a later recovery (this node as a replica).
+    pg.write_config(params, hba, false, None)?;
+    Ok(())
+}
+
+/// Polls until PostgreSQL runs as a primary (recovery ended with `recovery_target_action =
+/// promote`); an error once the postmaster is gone.
+async fn wait_until_promoted(pg: &dyn crate::postgres::LocalPostgres) -> Result<(), PgError> {
+    loop {
+        match pg.query_status(Duration::from_secs(5)).await {
+            Ok(s) if s.running && s.role == crate::ha::state::Role::Primary => return Ok(()),
+            Ok(_) => {}
+            Err(e) if pg.postmaster_pid().is_none() => return Err(e),
+            Err(_) => {}
+        }
+        if pg.postmaster_pid().is_none() {
+            return Err(PgError::Query(
+                "the postmaster stopped during recovery".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,8 @@ pub struct Node {
     bootstrap_made_data_dir: bool,
     /// The store new replicas may be restored from (with a `storage:` section).
     backups: Option<Arc<dyn crate::ha::replica::ReplicaBackups>>,
+    /// A new cluster is a clone of this source (`bootstrap.method: clone`).
+    cloner: Option<Arc<dyn crate::ha::replica::ClusterClone>>,
 }
 
 impl Node {
@@ -161,7 +163,14 @@ impl Node {
             bootstrap_failed: None,
             bootstrap_made_data_dir: false,
             backups: None,
+            cloner: None,
         }
+    }
+
+    /// Bootstrap a new cluster as a clone of this source instead of with `initdb`.
+    pub fn with_cloner(mut self, cloner: Arc<dyn crate::ha::replica::ClusterClone>) -> Node {
+        self.cloner = Some(cloner);
+        self
     }
 
     /// Restore new replicas from this store when `create_replica_methods` allows.
