@@ -117,13 +117,17 @@ fn a_replica_catches_up_from_the_archive() {
     );
     assert!(prefetched >= 1.0, "no segment came from the prefetch");
     assert_eq!(failures, 0.0, "restore_command failures");
+    // The cache holds only segments ahead of replay, at most the prefetch depth.
+    let cached: Vec<String> = std::fs::read_dir(r.data_dir.join("pg_wal").join(".spilo-prefetch"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     assert!(
-        !r.data_dir
-            .join("pg_wal")
-            .join(".spilo-prefetch")
-            .join(&first)
-            .exists(),
-        "a restored segment stays in the prefetch cache"
+        cached.len() <= spilo_core::backup::fetch::PREFETCH && !cached.contains(&first),
+        "prefetch cache after catching up: {cached:?}"
     );
 }
 
@@ -339,8 +343,195 @@ fn a_clone_recovers_to_a_point_in_time_and_never_writes_into_its_source() {
         before,
         "the clone changed its source's prefix"
     );
+    // `spiloctl clone` prints the plan the daemon followed.
+    let out = c
+        .spiloctl(&["clone", "--format", "json"])
+        .expect("spiloctl clone");
+    assert!(
+        out.status.success(),
+        "spiloctl clone: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
+    let backup = plan["backup"]["name"].as_str().unwrap_or_default();
+    assert!(
+        backup.starts_with("base_") && log.contains(&format!("backup {backup} ")),
+        "the plan's backup {backup} is not the one restored: {plan}"
+    );
+    assert!(plan["wal"]["files"].as_u64().unwrap_or(0) >= 1, "{plan}");
+    assert!(
+        plan["download_bytes_at_most"].as_u64() > plan["backup"]["compressed_size"].as_u64(),
+        "{plan}"
+    );
     note(format!(
         "clone of {src_scope} at {target}: {phases}, timeline {tl}, its own prefix has {} WAL files",
         store.names(&c.scope).len()
     ));
+}
+
+/// Starts a one-node clone of `src_scope` with `target` (YAML lines of `bootstrap.clone`) and
+/// returns the ids it holds, in order.
+fn clone_ids(store: &Store, src_scope: &str, target: &str) -> Vec<i64> {
+    let mut opts = ClusterOpts::named("pitr-clone");
+    opts.node.extra_yaml = store.yaml();
+    opts.node.bootstrap_extra =
+        format!("  method: clone\n  clone:\n    scope: {src_scope}\n{target}");
+    let c = TestCluster::start(1, opts);
+    let p = c.wait_for_primary(Duration::from_secs(240));
+    let ids = c
+        .node(&p)
+        .sql_value("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM pitr")
+        .expect("query")
+        .unwrap_or_default();
+    ids.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("id"))
+        .collect()
+}
+
+/// PITR to the row, for every target kind: rows committed one per transaction with their
+/// timestamps, positions, restore points and transaction ids recorded; a switchover in the
+/// middle (timeline 2). Each clone holds exactly the rows up to its target (inclusive and
+/// exclusive), before and after the timeline switch; a target before every backup is refused
+/// before anything is downloaded.
+#[test]
+fn clones_stop_exactly_at_every_kind_of_target() {
+    let store = Store::new();
+    let mut src_opts = ClusterOpts::named("pitr-src");
+    src_opts.node.extra_yaml = store.yaml();
+    let src = TestCluster::start(2, src_opts);
+    let first = src.wait_for_replicas_streaming(BOOTSTRAP);
+    let p = src.node(&first);
+    p.sql("CREATE TABLE pitr(id int PRIMARY KEY)")
+        .expect("table");
+    let before_backup = p
+        .sql_value("SELECT clock_timestamp()::text")
+        .expect("time")
+        .expect("a time");
+    let out = src.spiloctl(&["backup", "create"]).expect("spiloctl");
+    assert!(
+        out.status.success(),
+        "backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Rows 1..15, one transaction each: a restore point and the transaction id at row 5, a
+    // timestamp and a WAL position right after row 13.
+    let mut xid5 = String::new();
+    let mut marks = std::collections::BTreeMap::new();
+    for id in 1..=15 {
+        let xid = p
+            .sql_value(&format!(
+                "INSERT INTO pitr VALUES ({id}) RETURNING txid_current()::text"
+            ))
+            .expect("insert")
+            .expect("xid");
+        if id == 5 {
+            xid5 = xid;
+            p.sql("SELECT pg_create_restore_point('after_5')")
+                .expect("restore point");
+        }
+        if id == 13 {
+            let t = p
+                .sql_value("SELECT clock_timestamp()::text")
+                .expect("t")
+                .expect("t");
+            let l = p
+                .sql_value("SELECT pg_current_wal_lsn()::text")
+                .expect("l")
+                .expect("l");
+            marks.insert("time13", t);
+            marks.insert("lsn13", l);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // A switchover: the rest is on timeline 2.
+    let replica = src.others(&first)[0].clone();
+    expect(
+        "switchover",
+        call(
+            p,
+            "POST",
+            "/switchover",
+            Some(&json!({"leader": first, "candidate": replica})),
+        ),
+        200,
+        None,
+    );
+    let second = src.wait_for_primary_except(&[first.as_str()], Duration::from_secs(60));
+    let q = src.node(&second);
+    wait_for(
+        "the new primary takes writes",
+        Duration::from_secs(60),
+        || {
+            q.sql("INSERT INTO pitr VALUES (16)")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    );
+    for id in 17..=20 {
+        q.sql(&format!("INSERT INTO pitr VALUES ({id})"))
+            .expect("insert");
+        if id == 18 {
+            let t = q
+                .sql_value("SELECT clock_timestamp()::text")
+                .expect("t")
+                .expect("t");
+            marks.insert("time18", t);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let last = fill_and_switch(q, 10);
+    wait_archived(q, &last, Duration::from_secs(120));
+    let scope = src.scope.clone();
+    drop(src);
+
+    let upto = |n: i64| (1..=n).collect::<Vec<i64>>();
+    let cases: Vec<(String, Vec<i64>)> = vec![
+        ("    target_name: after_5\n".to_string(), upto(5)),
+        (format!("    target_xid: {xid5}\n"), upto(5)),
+        (
+            format!("    target_xid: {xid5}\n    inclusive: false\n"),
+            upto(4),
+        ),
+        (
+            format!("    target_time: '{}'\n", marks["time13"]),
+            upto(13),
+        ),
+        (format!("    target_lsn: '{}'\n", marks["lsn13"]), upto(13)),
+        (
+            format!("    target_time: '{}'\n", marks["time18"]),
+            upto(18),
+        ),
+        ("    target_immediate: true\n".to_string(), Vec::new()),
+    ];
+    for (target, want) in &cases {
+        let got = clone_ids(&store, &scope, target);
+        assert_eq!(&got, want, "clone with {}", target.trim());
+        note(format!(
+            "clone with {}: rows {:?}",
+            target.trim(),
+            got.last()
+        ));
+    }
+
+    // A target before every backup finished: refused, nothing restored.
+    let mut opts = ClusterOpts::named("pitr-early");
+    opts.node.extra_yaml = store.yaml();
+    opts.node.bootstrap_extra = format!(
+        "  method: clone\n  clone:\n    scope: {scope}\n    target_time: '{before_backup}'\n"
+    );
+    let c = TestCluster::start(1, opts);
+    let n = &c.nodes[0];
+    wait_for("the early target refused", Duration::from_secs(60), || {
+        let log = n.log_text();
+        if log.contains("no backup of the source finished before") {
+            Ok(())
+        } else {
+            Err(n.log_tail(5))
+        }
+    });
+    assert!(
+        !n.data_dir.join("PG_VERSION").exists(),
+        "something was restored for a target before every backup"
+    );
 }

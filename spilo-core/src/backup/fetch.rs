@@ -166,8 +166,15 @@ impl Fetcher {
     /// Restores `name` to `dest` (an absolute path in `pg_wal`), within the timeout.
     pub async fn fetch(&self, name: &str, dest: &Path) -> Result<Fetched, FetchError> {
         let kind = layout::classify(name).ok_or_else(|| FetchError::BadName(name.into()))?;
+        // Compared resolved: the client's path comes from getcwd (symlinks resolved), the
+        // configured data directory may go through a symlink, pg_wal may be one (--waldir).
+        let real = |p: &Path| std::fs::canonicalize(p).ok();
+        let in_pg_wal = dest
+            .parent()
+            .and_then(real)
+            .is_some_and(|d| Some(d) == real(&self.sh.s.pg_wal));
         if !matches!(kind, WalFile::Segment | WalFile::History | WalFile::Partial)
-            || dest.parent() != Some(self.sh.s.pg_wal.as_path())
+            || !in_pg_wal
             || dest.file_name().is_none_or(|f| f == CACHE_DIR)
         {
             return Err(FetchError::BadDest(dest.display().to_string()));
@@ -283,11 +290,18 @@ impl Fetcher {
         }
         let seg_size = self.lock().seg_size.unwrap_or(16 << 20);
         let wanted = following(name, seg_size, n);
-        let _ = tokio::fs::create_dir_all(&self.sh.cache).await;
+        // Never recreate a removed data directory (a replica being rebuilt): the cache is made
+        // only inside an existing pg_wal.
+        let _ = tokio::fs::create_dir(&self.sh.cache).await;
+        if !self.sh.cache.is_dir() {
+            return;
+        }
         if let Ok(mut rd) = tokio::fs::read_dir(&self.sh.cache).await {
             while let Ok(Some(e)) = rd.next_entry().await {
                 let f = e.file_name().to_string_lossy().into_owned();
-                if !wanted.contains(&f) {
+                // A prefetch in flight writes NAME.spilo-tmp first: leave it be.
+                let stem = f.strip_suffix(".spilo-tmp").unwrap_or(&f);
+                if !wanted.iter().any(|w| w == stem) {
                     let _ = tokio::fs::remove_file(e.path()).await;
                 }
             }
@@ -446,6 +460,14 @@ mod tests {
         );
         assert_eq!(stats.fetched.load(Relaxed), 2);
         assert_eq!(stats.fetch_missing.load(Relaxed), 2);
+        // The same pg_wal reached through a symlink (as getcwd would not show it).
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).expect("symlink");
+        let via = link.join("pg_wal").join("RECOVERYXLOG");
+        assert_eq!(
+            f.fetch(names[2], &via).await.expect("fetch"),
+            Fetched::Restored
+        );
         // Only into pg_wal, only WAL names.
         for (name, to) in [
             (names[2], dir.path().join("elsewhere")),
@@ -488,6 +510,22 @@ mod tests {
         assert!(e.to_string().contains("key id"), "{e}");
         assert!(!dest.exists());
         assert_eq!(stats.fetch_failures.load(Relaxed), 1);
+
+        // A stored object with one byte changed: an error naming it, no file.
+        let (f2, stats2) = world(dir.path().join("plain").as_path(), &[name], None).await;
+        let obj = dir
+            .path()
+            .join("plain/store")
+            .join(layout::wal_key("c", name));
+        let mut bytes = std::fs::read(&obj).expect("object");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&obj, &bytes).expect("write");
+        let dest2 = dir.path().join("plain/pg_wal/RECOVERYXLOG");
+        let e = f2.fetch(name, &dest2).await.unwrap_err();
+        assert!(e.to_string().contains(name), "{e}");
+        assert!(!dest2.exists());
+        assert_eq!(stats2.fetch_failures.load(Relaxed), 1);
     }
 
     #[test]

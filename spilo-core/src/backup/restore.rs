@@ -371,6 +371,7 @@ impl crate::ha::replica::ReplicaBackups for StoreBackups {
             .map(|m| crate::ha::replica::BackupFacts {
                 start_lsn: m.start(),
                 size: m.size,
+                timeline: u64::from(m.timeline),
                 system_identifier: m.system_identifier.clone(),
                 name: m.name,
             }))

@@ -200,6 +200,14 @@ enum Cmd {
         #[command(subcommand)]
         action: WalCmd,
     },
+    /// The plan of the configuration's point-in-time clone (bootstrap.method: clone): which
+    /// backup of the source, which archived WAL, how much to download. The daemon runs it when
+    /// it bootstraps.
+    Clone {
+        /// Output format (json: every field).
+        #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
+        format: Format,
+    },
     /// AWS helpers that need no cluster.
     Aws {
         #[command(subcommand)]
@@ -444,6 +452,7 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> CtlResult {
         Cmd::Flush { args, force } => flush::run(ctx, &args, force).await,
         Cmd::Version { members } => version::run(ctx, &members).await,
         Cmd::Plugin { .. } | Cmd::Aws { .. } => Ok(()),
+        Cmd::Clone { format } => spilo_core::ctl::clone::plan(ctx, format).await,
         Cmd::Backup { action } => match action {
             BackupCmd::Create {
                 from_replica,

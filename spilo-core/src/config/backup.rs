@@ -682,10 +682,17 @@ impl CloneConfig {
             ));
         };
         let source = self.storage.as_ref().unwrap_or(own);
-        if source.kind == own.kind
-            && source.path == own.path
-            && source.bucket == own.bucket
-            && source.endpoint == own.endpoint
+        // The same place, however it is written: paths resolved, trailing slashes and
+        // endpoints aside (one bucket name and prefix is one place as far as this check goes).
+        let place = |s: &StorageConfig| {
+            let path = s.path.as_ref().map(|p| {
+                std::fs::canonicalize(p).unwrap_or_else(|_| {
+                    std::path::PathBuf::from(p.display().to_string().trim_end_matches('/'))
+                })
+            });
+            (s.kind.clone(), path, s.bucket.clone())
+        };
+        if place(source) == place(own)
             && source.base_prefix(&self.scope, 0) == own.base_prefix(own_scope, 0)
         {
             return Err((

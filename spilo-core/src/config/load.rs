@@ -180,7 +180,7 @@ pub fn load_str(yaml: &str, origin: &str, env: &[(String, String)]) -> Result<Lo
     let mut env_layers = env_layers(env, &mut warnings);
     check_single_dcs(&doc, &env_layers, origin)?;
     env_layers.extend(spilo_env_layers(&doc, env)?);
-    env_layers.extend(clone_env_layers(env)?);
+    env_layers.extend(clone_env_layers(env, &mut warnings)?);
 
     let mut defaults = Dict::new();
     defaults.insert("namespace".into(), FValue::from(DEFAULT_NAMESPACE));
@@ -436,7 +436,10 @@ fn spilo_env_layers(doc: &Mapping, env: &[(String, String)]) -> Result<Vec<Layer
 /// bootstrap a clone of `CLONE_SCOPE` to `CLONE_TARGET_TIME` (`CLONE_TARGET_TIMELINE`,
 /// `CLONE_TARGET_INCLUSIVE`), from `CLONE_WAL_S3_BUCKET` (`CLONE_AWS_ENDPOINT`,
 /// `CLONE_AWS_REGION`) or else this cluster's own store.
-fn clone_env_layers(env: &[(String, String)]) -> Result<Vec<Layer>, ConfigError> {
+fn clone_env_layers(
+    env: &[(String, String)],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Layer>, ConfigError> {
     let get = |name: &str| {
         env.iter()
             .find(|(k, _)| k == name)
@@ -447,11 +450,12 @@ fn clone_env_layers(env: &[(String, String)]) -> Result<Vec<Layer>, ConfigError>
         return Ok(Vec::new());
     };
     if method != "CLONE_WITH_WALE" && method != "CLONE_WITH_WALG" {
-        return Err(ConfigError::invalid(
-            "CLONE_METHOD",
-            "bootstrap.method",
-            format!("'{method}' is not supported (CLONE_WITH_WALE or CLONE_WITH_WALG)"),
+        // Spilo's CLONE_WITH_BASEBACKUP and the like: not supported yet, ignored as before.
+        warnings.push(format!(
+            "CLONE_METHOD: '{method}' is not supported yet (ignored; spilo clones with \
+             CLONE_WITH_WALE or CLONE_WITH_WALG)"
         ));
+        return Ok(Vec::new());
     }
     let mut layers = Vec::new();
     let mut set = |var: &str, key: &str, value: FValue| {
@@ -1206,7 +1210,7 @@ tags:
             (src.kind.as_str(), src.bucket.as_deref()),
             ("s3", Some("old-backups"))
         );
-        let e = load_str(
+        let l = load_str(
             NODE,
             "node.yml",
             &env(&[
@@ -1214,8 +1218,15 @@ tags:
                 ("CLONE_METHOD", "CLONE_WITH_BASEBACKUP"),
             ]),
         )
-        .unwrap_err();
-        assert!(e.to_string().contains("CLONE_METHOD"), "{e}");
+        .unwrap();
+        assert!(l.config.bootstrap.clone_source().is_none());
+        assert!(
+            l.warnings
+                .iter()
+                .any(|w| w.contains("CLONE_WITH_BASEBACKUP")),
+            "{:?}",
+            l.warnings
+        );
         let e = load_str(
             NODE,
             "node.yml",

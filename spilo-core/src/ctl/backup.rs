@@ -30,7 +30,11 @@ async fn job(ctx: &Ctx) -> CtlResult<Job> {
     })?;
     let pg_version = pg_major(ctx, &*storage).await?;
     let key = match ctx.cfg.backup_settings().and_then(|b| b.encryption) {
-        Some(e) => Some(e.load(s.region.as_deref()).await.map_err(CtlError)?),
+        Some(e) => Some(
+            e.load(crate::ha::daemon::kms_region(s))
+                .await
+                .map_err(CtlError)?,
+        ),
         None => None,
     };
     Ok(Job {

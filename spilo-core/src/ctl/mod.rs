@@ -3,6 +3,7 @@
 //! APIs.
 pub mod aws;
 pub mod backup;
+pub mod clone;
 pub mod common;
 pub mod edit_config;
 pub mod failover;

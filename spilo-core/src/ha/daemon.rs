@@ -133,6 +133,18 @@ fn archive_command(cfg: &Config) -> Option<String> {
     ))
 }
 
+/// The region for KMS: AWS's own settings first; else the storage section's.
+pub fn kms_region(s: &crate::config::backup::StorageConfig) -> Option<&str> {
+    let aws_set = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if aws_set {
+        None
+    } else {
+        s.region.as_deref()
+    }
+}
+
 /// `restore_command` when spilo archives: this binary's `wal-fetch` through the same socket.
 fn restore_command(cfg: &Config) -> Option<String> {
     let b = cfg.backup_settings()?;
@@ -191,7 +203,7 @@ async fn start_archiver(
         pg_wal_warning_bytes: b.archive.pg_wal_warning_mb.saturating_mul(1 << 20),
         key: match &b.encryption {
             Some(e) => Some(
-                e.load(storage_cfg.region.as_deref())
+                e.load(kms_region(storage_cfg))
                     .await
                     .map_err(StartError::Config)?,
             ),

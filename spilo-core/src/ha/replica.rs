@@ -48,6 +48,8 @@ pub struct BackupFacts {
     pub start_lsn: u64,
     /// Bytes of its tar (the database's size then).
     pub size: u64,
+    /// The timeline it was taken on.
+    pub timeline: u64,
     /// The system identifier it records.
     pub system_identifier: Option<String>,
 }
@@ -87,6 +89,10 @@ pub struct ReplicaInput<'a> {
     pub newest: Option<&'a BackupFacts>,
     /// The leader's WAL position, if known.
     pub leader_lsn: Option<u64>,
+    /// The leader's timeline, if known.
+    pub leader_timeline: Option<u64>,
+    /// Where each earlier timeline of the leader's history ended (DCS `history`).
+    pub history: &'a [(u64, u64)],
     /// The cluster's system identifier (DCS `initialize`), if known.
     pub system_identifier: Option<&'a str>,
     /// The `spilo_restore` thresholds.
@@ -111,6 +117,18 @@ pub fn plan_replica(i: &ReplicaInput<'_>) -> (Vec<ReplicaStep>, Vec<String>) {
             other => skipped.push(format!("{other}: not supported")),
         }
     }
+    // A list of methods spilo does not know at all (Spilo's `[wal_e, basebackup_fast_xlog]`,
+    // a site's command) still builds the replica, as before these were interpreted.
+    if !i
+        .methods
+        .iter()
+        .any(|m| m == METHOD_BASEBACKUP || m == METHOD_RESTORE)
+    {
+        skipped.push(format!(
+            "no method spilo knows is listed: {METHOD_BASEBACKUP}"
+        ));
+        steps.push(ReplicaStep::BaseBackup);
+    }
     (steps, skipped)
 }
 
@@ -132,7 +150,40 @@ fn restore_step(i: &ReplicaInput<'_>) -> Result<ReplicaStep, String> {
     let Some(leader) = i.leader_lsn else {
         return Err("the leader's WAL position is not known".into());
     };
-    let behind = leader.saturating_sub(b.start_lsn);
+    // The backup must lie on the leader's history: not past its position, not on a timeline
+    // it left before the backup started (a diverged former primary's WAL).
+    if b.start_lsn > leader {
+        return Err(format!(
+            "backup {} starts past the leader's position (another history)",
+            b.name
+        ));
+    }
+    match i.leader_timeline {
+        None => return Err("the leader's timeline is not known".into()),
+        Some(tl) if b.timeline > tl => {
+            return Err(format!(
+                "backup {} is of timeline {}, the leader is on {tl}",
+                b.name, b.timeline
+            ))
+        }
+        Some(tl) if b.timeline < tl => match i.history.iter().find(|(t, _)| *t == b.timeline) {
+            Some((_, end)) if b.start_lsn < *end => {}
+            Some(_) => {
+                return Err(format!(
+                    "backup {} started on timeline {} after the leader's history left it",
+                    b.name, b.timeline
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "backup {} is of timeline {}, which the leader's history does not show",
+                    b.name, b.timeline
+                ))
+            }
+        },
+        Some(_) => {}
+    }
+    let behind = leader - b.start_lsn;
     let mib = behind / (1 << 20);
     let limit_bytes = i.limits.threshold_megabytes.saturating_mul(1 << 20);
     // behind ≤ pct % of size, without overflow: behind × 100 ≤ pct × size.
@@ -168,11 +219,46 @@ fn restore_step(i: &ReplicaInput<'_>) -> Result<ReplicaStep, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_backup_off_the_leaders_history_is_not_used() {
+        let limits = RestoreMethod::default();
+        let methods = vec!["spilo_restore".to_string()];
+        let on = |tl: u64, start: u64, leader_tl: u64, history: &[(u64, u64)]| {
+            let b = BackupFacts {
+                name: "b".into(),
+                start_lsn: start,
+                size: 1 << 30,
+                timeline: tl,
+                system_identifier: None,
+            };
+            let (steps, why) = plan_replica(&ReplicaInput {
+                methods: &methods,
+                has_store: true,
+                newest: Some(&b),
+                leader_lsn: Some(10_000),
+                leader_timeline: Some(leader_tl),
+                history,
+                system_identifier: None,
+                limits: &limits,
+            });
+            (steps.len(), why.join("; "))
+        };
+        // Timeline 1 ended at 5000: a backup there before it is on the history, after it not.
+        assert_eq!(on(1, 4000, 2, &[(1, 5000)]).0, 1);
+        assert!(on(1, 6000, 2, &[(1, 5000)])
+            .1
+            .contains("after the leader's history left it"));
+        assert!(on(1, 4000, 2, &[]).1.contains("does not show"));
+        assert!(on(3, 4000, 2, &[(1, 5000)]).1.contains("timeline 3"));
+        assert_eq!(on(2, 6000, 2, &[(1, 5000)]).0, 1);
+    }
+
     fn facts(start: u64, size: u64) -> BackupFacts {
         BackupFacts {
             name: "base_1".into(),
             start_lsn: start,
             size,
+            timeline: 1,
             system_identifier: Some("42".into()),
         }
     }
@@ -192,6 +278,8 @@ mod tests {
             has_store: true,
             newest,
             leader_lsn: leader,
+            leader_timeline: Some(1),
+            history: &[],
             system_identifier: Some("42"),
             limits: &limits,
         });
@@ -241,10 +329,15 @@ mod tests {
         );
         assert_eq!(steps, ["basebackup", "spilo_restore"]);
         assert_eq!(why, ["wal_e: not supported"]);
-        // A leader behind the backup's start (a stale position) counts as 0 behind.
-        assert_eq!(
-            plan(&["spilo_restore"], Some(&facts(500, 1 << 30)), Some(10)).0,
-            ["spilo_restore"]
+        // A backup starting past the leader's position is of another history.
+        let (steps, why) = plan(&["spilo_restore"], Some(&facts(500, 1 << 30)), Some(10));
+        assert!(
+            steps.is_empty() && why[0].contains("past the leader"),
+            "{why:?}"
         );
+        // Only methods spilo does not know: pg_basebackup, as before.
+        let (steps, why) = plan(&["wal_e", "basebackup_fast_xlog"], Some(&b), Some(1));
+        assert_eq!(steps, ["basebackup"]);
+        assert_eq!(why.len(), 3, "{why:?}");
     }
 }

@@ -23,6 +23,8 @@ pub struct BootstrapRoles {
     pub replication: Credentials,
     /// The rewind role, when it is not the superuser.
     pub rewind: Option<Credentials>,
+    /// The superuser, to be made to match the configuration (a clone brings its source's).
+    pub superuser: Option<Credentials>,
 }
 
 /// The local PostgreSQL: its data directory, its processes and the few statements the daemon
@@ -88,6 +90,11 @@ pub trait LocalPostgres: Send + Sync + 'static {
     /// default.
     fn write_recovery_signal(&self) -> Result<(), PgError> {
         Ok(())
+    }
+    /// `recovery.signal` is still there: PostgreSQL removes it when the targeted recovery
+    /// ends.
+    fn recovery_pending(&self) -> bool {
+        false
     }
     /// Single-user crash recovery (before a rewind of a data directory that did not shut down
     /// cleanly).
@@ -168,6 +175,13 @@ impl LocalPostgres for Postgres {
                 repl.password.as_deref()
             )
         );
+        if let Some(su) = &roles.superuser {
+            sql.push_str(&ensure(
+                &su.username,
+                "LOGIN SUPERUSER",
+                su.password.as_deref(),
+            ));
+        }
         if let Some(r) = &roles.rewind {
             sql.push_str(&ensure(&r.username, "LOGIN", r.password.as_deref()));
             sql.push_str(&format!(
@@ -219,6 +233,9 @@ impl LocalPostgres for Postgres {
     }
     async fn current_setting(&self, name: &str, timeout: Duration) -> Result<String, PgError> {
         Postgres::current_setting(self, name, timeout).await
+    }
+    fn recovery_pending(&self) -> bool {
+        self.data_dir().join("recovery.signal").exists()
     }
     fn write_recovery_signal(&self) -> Result<(), PgError> {
         let sig = self.data_dir().join("recovery.signal");

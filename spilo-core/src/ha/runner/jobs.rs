@@ -181,6 +181,7 @@ impl Node {
                 .rewind
                 .clone()
                 .filter(|r| r.username != auth.superuser.username),
+            superuser: self.cloner.as_ref().map(|_| auth.superuser.clone()),
         };
         let timeout = self.retry() * 3;
         let cloner = self.cloner.clone();
@@ -234,6 +235,11 @@ impl Node {
                 .or_else(|| c.optime())
         });
         let sysid = cluster.and_then(|c| c.initialize.clone());
+        let leader_timeline = cluster.and_then(|c| c.leader_member().and_then(|m| m.data.timeline));
+        let history: Vec<(u64, u64)> = cluster
+            .and_then(|c| c.history.as_ref())
+            .map(|h| h.iter().map(|l| (l.timeline, l.lsn)).collect())
+            .unwrap_or_default();
         self.spawn_job(JobKind::Clone, PgState::CreatingReplica, async move {
             state_file_settled(&state_file_busy, || {
                 pg.remove_state_file_leftover(crate::ha::state_file::FILE_NAME)
@@ -252,6 +258,8 @@ impl Node {
                 has_store: backups.is_some(),
                 newest: newest.as_ref(),
                 leader_lsn,
+                leader_timeline,
+                history: &history,
                 system_identifier: sysid.as_deref().filter(|s| !s.is_empty()),
                 limits: &limits,
             });
@@ -259,6 +267,7 @@ impl Node {
                 tracing::info!("replica method skipped: {s}");
             }
             let mut built = None;
+            let mut last_error: Option<PgError> = None;
             for step in &steps {
                 match step {
                     ReplicaStep::Restore { backup, reason } => {
@@ -284,13 +293,27 @@ impl Node {
                         tracing::info!(
                             "building this replica with pg_basebackup from {from} ({METHOD_BASEBACKUP})"
                         );
-                        pg.basebackup(&up.host, up.port).await?;
-                        built = Some(step.method());
-                        break;
+                        match pg.basebackup(&up.host, up.port).await {
+                            Ok(()) => {
+                                built = Some(step.method());
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(
+                                    "pg_basebackup from {from} failed: {}; trying the next method",
+                                    crate::error_chain(&e)
+                                );
+                                last_error = Some(e);
+                                pg.remove_data_dir()?;
+                            }
+                        }
                     }
                 }
             }
             if built.is_none() {
+                if let Some(e) = last_error {
+                    return Err(e);
+                }
                 return Err(PgError::Command {
                     cmd: "create_replica_methods".into(),
                     message: format!(
@@ -473,54 +496,80 @@ async fn state_file_settled(busy: &std::sync::atomic::AtomicBool, remove_leftove
 
 /// The clone bootstrap: the source's backup restored, a targeted recovery from the source's
 /// archive, promotion at the target, then the configuration without the recovery settings and
-/// `restore_command` back on this cluster's archive.
+/// `restore_command` back on this cluster's archive — on every path once the restore pointed it
+/// at the source.
 async fn clone_cluster(
     pg: &dyn crate::postgres::LocalPostgres,
     cl: &dyn crate::ha::replica::ClusterClone,
     params: &std::collections::BTreeMap<String, serde_json::Value>,
     hba: &[String],
 ) -> Result<(), PgError> {
-    let failed = |message: String| PgError::Command {
-        cmd: "bootstrap.method clone".into(),
-        message,
-    };
-    let (recovery, said) = cl.restore(pg.data_dir()).await.map_err(failed)?;
+    let (recovery, said) = cl.restore(pg.data_dir()).await.map_err(clone_failed)?;
     tracing::info!("{said}");
-    let mut with_target = params.clone();
-    with_target.extend(recovery);
-    pg.write_config(&with_target, hba, false, None)?;
-    pg.write_recovery_signal()?;
-    let started = pg.start().await;
-    let promoted = match started {
-        Ok(()) => wait_until_promoted(pg).await,
-        Err(e) => Err(e),
-    };
+    let recovered = recover_clone(pg, recovery, params, hba).await;
     cl.done();
-    if let Err(e) = promoted {
-        return Err(failed(format!(
-            "the clone's recovery did not reach its target and promote ({e}); PostgreSQL's log \
-             says why (a target past the end of the source's archive ends recovery with an error)"
-        )));
-    }
+    recovered?;
     tracing::info!("the clone reached its target and was promoted");
     // The targets must not apply to a later recovery (this node as a replica).
     pg.write_config(params, hba, false, None)?;
     Ok(())
 }
 
-/// Polls until PostgreSQL runs as a primary (recovery ended with `recovery_target_action =
-/// promote`); an error once the postmaster is gone.
+fn clone_failed(message: String) -> PgError {
+    PgError::Command {
+        cmd: "bootstrap.method clone".into(),
+        message,
+    }
+}
+
+async fn recover_clone(
+    pg: &dyn crate::postgres::LocalPostgres,
+    recovery: std::collections::BTreeMap<String, serde_json::Value>,
+    params: &std::collections::BTreeMap<String, serde_json::Value>,
+    hba: &[String],
+) -> Result<(), PgError> {
+    let mut with_target = params.clone();
+    with_target.extend(recovery);
+    pg.write_config(&with_target, hba, false, None)?;
+    pg.write_recovery_signal()?;
+    if let Err(e) = pg.start().await {
+        // pg_ctl stops waiting after its timeout while a long replay goes on (or, without
+        // hot_standby, until the promotion): only a postmaster that is gone has failed.
+        if pg.postmaster_pid().is_none() {
+            return Err(clone_failed(format!(
+                "PostgreSQL did not start for the clone's recovery: {}",
+                crate::error_chain(&e)
+            )));
+        }
+        tracing::info!("the clone's recovery goes on after pg_ctl stopped waiting: {e}");
+    }
+    wait_until_promoted(pg).await.map_err(|e| {
+        clone_failed(format!(
+            "the clone's recovery did not reach its target and promote ({}); PostgreSQL's log \
+             says why (a target past the end of the source's archive ends recovery with an \
+             error; a missing or damaged segment is named in this log by restore_command)",
+            crate::error_chain(&e)
+        ))
+    })
+}
+
+/// Waits until the control file says the cluster is in production and `recovery.signal` is
+/// gone (recovery ended with `recovery_target_action = promote`); read without logging in, so a
+/// source's passwords do not matter. An error once the postmaster is gone.
 async fn wait_until_promoted(pg: &dyn crate::postgres::LocalPostgres) -> Result<(), PgError> {
     loop {
-        match pg.query_status(Duration::from_secs(5)).await {
-            Ok(s) if s.running && s.role == crate::ha::state::Role::Primary => return Ok(()),
-            Ok(_) => {}
-            Err(e) if pg.postmaster_pid().is_none() => return Err(e),
-            Err(_) => {}
+        if let Ok(c) = pg.controldata().await {
+            // A restored pg_control already says "in production" (the source was running):
+            // the signal file PostgreSQL removes at the end of recovery tells the two apart.
+            if c.get("Database cluster state").map(String::as_str) == Some("in production")
+                && !pg.recovery_pending()
+            {
+                return Ok(());
+            }
         }
         if pg.postmaster_pid().is_none() {
             return Err(PgError::Query(
-                "the postmaster stopped during recovery".into(),
+                "the postmaster stopped during the recovery".into(),
             ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
