@@ -480,6 +480,8 @@ fn clones_stop_exactly_at_every_kind_of_target() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    // The segment holding rows 16..20, then one more, so that it has a successor archived.
+    let tl2_rows = fill_and_switch(q, 10);
     let last = fill_and_switch(q, 10);
     wait_archived(q, &last, Duration::from_secs(120));
     let scope = src.scope.clone();
@@ -534,4 +536,34 @@ fn clones_stop_exactly_at_every_kind_of_target() {
         !n.data_dir.join("PG_VERSION").exists(),
         "something was restored for a target before every backup"
     );
+    drop(c);
+
+    // A hole in the source's archive (the segment with rows 16..20 gone, the next one there):
+    // the clone's bootstrap fails naming the missing segment, not "recovery ended early".
+    let obj = store.wal_dir(&scope).join(format!("{tl2_rows}.zst"));
+    std::fs::rename(&obj, obj.with_extension("moved")).expect("move the segment away");
+    let mut opts = ClusterOpts::named("pitr-hole");
+    opts.node.extra_yaml = store.yaml();
+    opts.node.bootstrap_extra = format!(
+        "  method: clone\n  clone:\n    scope: {scope}\n    target_time: '{}'\n",
+        marks["time18"]
+    );
+    let c = TestCluster::start(1, opts);
+    let n = &c.nodes[0];
+    wait_for("the hole named", Duration::from_secs(120), || {
+        let log = n.log_text();
+        match log
+            .lines()
+            .find(|l| l.contains("bootstrap.method clone failed") && l.contains(&tl2_rows))
+        {
+            Some(l) if l.contains("hole") => Ok(()),
+            _ => Err(n.log_tail(5)),
+        }
+    });
+    let log = n.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("bootstrap.method clone failed"))
+        .unwrap_or_default();
+    note(format!("a hole in the source's archive: {line}"));
 }

@@ -56,6 +56,19 @@ pub fn choose_backup<'a>(
     }
 }
 
+/// Where the archived segments end (16 MiB segments): the end of the highest segment.
+pub fn archive_end(wal: &[super::catalog::WalEntry]) -> u64 {
+    wal.iter()
+        .filter(|w| super::layout::classify(&w.name) == Some(super::layout::WalFile::Segment))
+        .filter_map(|w| {
+            let log = u64::from_str_radix(&w.name[8..16], 16).ok()?;
+            let seg = u64::from_str_radix(&w.name[16..24], 16).ok()?;
+            Some((log << 32) + (seg + 1) * (16 << 20))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// The recovery settings a clone starts with (removed again once it is promoted).
 pub fn recovery_settings(c: &CloneConfig, target: &CloneTarget) -> BTreeMap<String, Value> {
     let mut p = BTreeMap::new();
@@ -111,6 +124,26 @@ impl crate::ha::replica::ClusterClone for Cloner {
                 )
             })?;
         let m = choose_backup(&backups, &target)?.clone();
+        // What can be known before downloading anything: a target past the archive's end.
+        match &target {
+            CloneTarget::Time(t) if *t > chrono::Utc::now() => {
+                return Err(format!("target_time {t} is in the future"));
+            }
+            CloneTarget::Lsn(l) => {
+                let wal = super::catalog::wal(&*storage, &base)
+                    .await
+                    .map_err(|e| format!("listing the source's WAL: {}", crate::error_chain(&e)))?;
+                let end = archive_end(&wal);
+                if *l > end {
+                    return Err(format!(
+                        "target_lsn {} is past the end of the source's archive ({})",
+                        format_lsn(*l),
+                        format_lsn(end)
+                    ));
+                }
+            }
+            _ => {}
+        }
         let t0 = crate::clock::now();
         let r = super::restore::restore_base(storage.clone(), &base, &m, self.key.as_ref(), dir)
             .await
@@ -138,6 +171,10 @@ impl crate::ha::replica::ClusterClone for Cloner {
 
     fn done(&self) {
         self.fetcher.set_source(None);
+    }
+
+    fn problem(&self) -> Option<String> {
+        self.fetcher.last_failure()
     }
 }
 
@@ -206,6 +243,22 @@ mod tests {
             "b3"
         );
         assert!(choose_backup(&[], &CloneTarget::Immediate).is_err());
+    }
+
+    #[test]
+    fn the_archive_ends_after_its_highest_segment() {
+        let w = |n: &str| super::super::catalog::WalEntry {
+            name: n.into(),
+            size: 1,
+        };
+        let wal = [
+            w("000000010000000000000003"),
+            w("00000002.history"),
+            w("000000020000000100000002"),
+            w("000000010000000000000004.partial"),
+        ];
+        assert_eq!(archive_end(&wal), (1 << 32) + 3 * (16 << 20));
+        assert_eq!(archive_end(&[]), 0);
     }
 
     #[test]

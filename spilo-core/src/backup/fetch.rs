@@ -76,6 +76,15 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    /// A segment is missing while a later one of its timeline is archived: a hole in the
+    /// archive, not its end.
+    #[error("{name} is missing from the archive, yet {later} is there: the archive has a hole")]
+    Gap {
+        /// The missing segment.
+        name: String,
+        /// The later segment found.
+        later: String,
+    },
     /// The fetch did not finish in time.
     #[error("{name}: not fetched within {after:?}")]
     Timeout {
@@ -88,6 +97,9 @@ pub enum FetchError {
 
 /// Segments fetched ahead of the one PostgreSQL asked for.
 pub const PREFETCH: usize = 8;
+
+/// How long to wait before a missing segment with a later one archived counts as a hole.
+const HOLE_RECHECK: Duration = Duration::from_secs(2);
 
 /// The longest a history file's fetch may take.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -120,6 +132,8 @@ struct Shared {
     s: FetchSettings,
     cache: PathBuf,
     table: Mutex<Table>,
+    /// The last failure, in words (a clone's bootstrap reports it).
+    last_failure: Mutex<Option<String>>,
     /// Signalled whenever a prefetch ends.
     ended: Notify,
     permits: Semaphore,
@@ -144,6 +158,7 @@ impl Fetcher {
             sh: Arc::new(Shared {
                 storage,
                 source: std::sync::RwLock::new(None),
+                last_failure: Mutex::new(None),
                 stats,
                 s,
                 cache,
@@ -161,6 +176,11 @@ impl Fetcher {
             *s = source;
         }
         let _ = std::fs::remove_dir_all(&self.sh.cache);
+    }
+
+    /// The last failed fetch, in words.
+    pub fn last_failure(&self) -> Option<String> {
+        self.sh.last_failure.lock().ok().and_then(|l| l.clone())
     }
 
     /// Restores `name` to `dest` (an absolute path in `pg_wal`), within the timeout.
@@ -205,7 +225,11 @@ impl Fetcher {
             }
             Err(e) => {
                 st.fetch_failures.fetch_add(1, Relaxed);
-                tracing::warn!("restore_command: {}", crate::error_chain(e));
+                let said = crate::error_chain(e);
+                tracing::warn!("restore_command: {said}");
+                if let Ok(mut l) = self.sh.last_failure.lock() {
+                    *l = Some(said);
+                }
             }
         }
         r
@@ -231,21 +255,57 @@ impl Fetcher {
                 self.sh.stats.fetch_prefetched.fetch_add(1, Relaxed);
                 Fetched::Restored
             }
-            Err(_) => match self.download(name).await? {
-                None => Fetched::Missing,
-                Some(bytes) => {
-                    write_file(dest, &bytes).await?;
-                    if kind == WalFile::Segment {
-                        self.lock().seg_size.get_or_insert(bytes.len() as u64);
-                    }
-                    Fetched::Restored
+            Err(_) => {
+                let mut got = self.download(name).await?;
+                if got.is_none() && kind == WalFile::Segment {
+                    got = self.hole_check(name).await?;
                 }
-            },
+                match got {
+                    None => Fetched::Missing,
+                    Some(bytes) => {
+                        write_file(dest, &bytes).await?;
+                        if kind == WalFile::Segment {
+                            self.lock().seg_size.get_or_insert(bytes.len() as u64);
+                        }
+                        Fetched::Restored
+                    }
+                }
+            }
         };
         if got == Fetched::Restored && kind == WalFile::Segment {
             self.prefetch_after(name).await;
         }
         Ok(got)
+    }
+
+    /// While replaying another cluster's archive (a clone), a missing segment with the next
+    /// one archived is a hole, reported as such instead of PostgreSQL's "end of archive"
+    /// (which would end the recovery short of its target). The next one may merely have been
+    /// uploaded first: look again once after a moment.
+    async fn hole_check(&self, name: &str) -> Result<Option<Vec<u8>>, FetchError> {
+        let Some(src) = self.sh.source.read().ok().and_then(|s| s.clone()) else {
+            return Ok(None);
+        };
+        let seg_size = self.lock().seg_size.unwrap_or(16 << 20);
+        let Some(next) = following(name, seg_size, 1).pop() else {
+            return Ok(None);
+        };
+        if src
+            .storage
+            .head(&layout::wal_key(&src.base, &next))
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+        tokio::time::sleep(HOLE_RECHECK).await;
+        match self.download(name).await? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => Err(FetchError::Gap {
+                name: name.into(),
+                later: next,
+            }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -481,6 +541,51 @@ mod tests {
                 to.display()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_hole_in_a_clones_source_is_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (f, stats) = world(
+            dir.path(),
+            &["000000010000000000000001", "000000010000000000000003"],
+            None,
+        )
+        .await;
+        let dest = dir.path().join("pg_wal").join("RECOVERYXLOG");
+        // Its own archive: a missing segment is the end of the archive, whatever follows.
+        assert_eq!(
+            f.fetch("000000010000000000000002", &dest)
+                .await
+                .expect("fetch"),
+            Fetched::Missing
+        );
+        // The same store as a clone's source: a hole, named.
+        let src: Arc<dyn Storage> =
+            Arc::new(spilo_storage_fs::FsStorage::open(dir.path().join("store")).expect("store"));
+        f.set_source(Some(Source {
+            storage: src,
+            base: "c".into(),
+        }));
+        let e = f
+            .fetch("000000010000000000000002", &dest)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("000000010000000000000002 is missing")
+                && e.to_string().contains("000000010000000000000003"),
+            "{e}"
+        );
+        assert!(f.last_failure().is_some_and(|l| l.contains("hole")));
+        // The end of the source's archive is still just the end.
+        assert_eq!(
+            f.fetch("000000010000000000000004", &dest)
+                .await
+                .expect("fetch"),
+            Fetched::Missing
+        );
+        assert_eq!(stats.fetch_failures.load(Relaxed), 1);
     }
 
     #[tokio::test]

@@ -37,6 +37,8 @@ pub trait ClusterClone: Send + Sync + 'static {
     >;
     /// Points `restore_command` back at this cluster's own archive.
     fn done(&self);
+    /// The last failure reading the source's archive, if any (a hole, a damaged segment).
+    fn problem(&self) -> Option<String>;
 }
 
 /// What the planner needs of a backup's manifest.

@@ -506,7 +506,7 @@ async fn clone_cluster(
 ) -> Result<(), PgError> {
     let (recovery, said) = cl.restore(pg.data_dir()).await.map_err(clone_failed)?;
     tracing::info!("{said}");
-    let recovered = recover_clone(pg, recovery, params, hba).await;
+    let recovered = recover_clone(pg, cl, recovery, params, hba).await;
     cl.done();
     recovered?;
     tracing::info!("the clone reached its target and was promoted");
@@ -524,6 +524,7 @@ fn clone_failed(message: String) -> PgError {
 
 async fn recover_clone(
     pg: &dyn crate::postgres::LocalPostgres,
+    cl: &dyn crate::ha::replica::ClusterClone,
     recovery: std::collections::BTreeMap<String, serde_json::Value>,
     params: &std::collections::BTreeMap<String, serde_json::Value>,
     hba: &[String],
@@ -544,12 +545,19 @@ async fn recover_clone(
         tracing::info!("the clone's recovery goes on after pg_ctl stopped waiting: {e}");
     }
     wait_until_promoted(pg).await.map_err(|e| {
-        clone_failed(format!(
-            "the clone's recovery did not reach its target and promote ({}); PostgreSQL's log \
-             says why (a target past the end of the source's archive ends recovery with an \
-             error; a missing or damaged segment is named in this log by restore_command)",
-            crate::error_chain(&e)
-        ))
+        clone_failed(match cl.problem() {
+            Some(p) => format!(
+                "the clone's recovery did not reach its target and promote ({}): reading the \
+                 source's archive failed: {p}",
+                crate::error_chain(&e)
+            ),
+            None => format!(
+                "the clone's recovery did not reach its target and promote ({}); PostgreSQL's \
+                 log says why (a target past the end of the source's archive ends recovery \
+                 with an error)",
+                crate::error_chain(&e)
+            ),
+        })
     })
 }
 
