@@ -11,14 +11,38 @@ use crate::metrics::metrics;
 use crate::ops::{call, expect};
 use crate::BOOTSTRAP;
 
+/// Options of a cluster archiving to `store`.
+fn store_opts(label: &str, store: &Store) -> ClusterOpts {
+    let mut opts = ClusterOpts::named(label);
+    opts.node.extra_yaml = store.yaml();
+    opts
+}
+
+/// Options of a one-node clone of `scope` in `store`; `target` is YAML lines of
+/// `bootstrap.clone` (indented by four spaces).
+fn clone_opts(label: &str, store: &Store, scope: &str, target: &str) -> ClusterOpts {
+    let mut opts = store_opts(label, store);
+    opts.node.bootstrap_extra = format!("  method: clone\n  clone:\n    scope: {scope}\n{target}");
+    opts
+}
+
+/// `spiloctl backup create` on `c`, which must succeed.
+fn backup_create(c: &TestCluster) {
+    let out = c.spiloctl(&["backup", "create"]).expect("spiloctl");
+    assert!(
+        out.status.success(),
+        "backup create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A replica that was down while the primary recycled the WAL it needs catches up from the
 /// archive: PostgreSQL runs `spilo wal-fetch` for each segment, the daemon restores it (the
 /// following ones prefetched in parallel), and the replica then streams again with every row.
 #[test]
 fn a_replica_catches_up_from_the_archive() {
     let store = Store::new();
-    let mut opts = ClusterOpts::named("fetch");
-    opts.node.extra_yaml = store.yaml();
+    let mut opts = store_opts("fetch", &store);
     // Small pg_wal, so that segments are recycled soon after a checkpoint.
     opts.node.pg_parameters = vec![
         ("min_wal_size".into(), "32MB".into()),
@@ -88,10 +112,7 @@ fn a_replica_catches_up_from_the_archive() {
             }
         },
     );
-    let rows = p
-        .sql_value("SELECT count(*)::text FROM archive_fill")
-        .expect("count")
-        .expect("a count");
+    let rows = fill_rows(p);
 
     c.node_mut(&replica).start();
     let r = c.node(&replica);
@@ -143,6 +164,22 @@ fn rebuild(c: &mut TestCluster, name: &str) -> usize {
     before
 }
 
+/// The rows of `archive_fill` on `n`, as text.
+fn fill_rows(n: &spilo_tests::Node) -> String {
+    n.sql_value("SELECT count(*)::text FROM archive_fill")
+        .expect("count")
+        .expect("a count")
+}
+
+/// Rebuilds `name` (see [`rebuild`]), waits until it has `rows` rows, and returns what its log
+/// said since.
+fn rebuilt(c: &mut TestCluster, name: &str, rows: &str) -> String {
+    let before = rebuild(c, name);
+    wait_rows(c, name, rows);
+    let log = c.node(name).log_text();
+    log[before.min(log.len())..].to_string()
+}
+
 /// Waits until `name` has `rows` rows in `archive_fill`.
 fn wait_rows(c: &TestCluster, name: &str, rows: &str) {
     let n = c.node(name);
@@ -163,8 +200,7 @@ fn wait_rows(c: &TestCluster, name: &str, rows: &str) {
 #[test]
 fn a_new_replica_is_restored_from_the_newest_backup() {
     let store = Store::new();
-    let mut opts = ClusterOpts::named("replica-backup");
-    opts.node.extra_yaml = store.yaml();
+    let mut opts = store_opts("replica-backup", &store);
     // A test database is tiny and each pg_switch_wal() skips to the next 16 MiB: the default
     // 30 % of the backup's size would always send this node to pg_basebackup.
     opts.node.extra_postgresql = "  spilo_restore: {threshold_percentage: 10000}\n".into();
@@ -172,31 +208,16 @@ fn a_new_replica_is_restored_from_the_newest_backup() {
     let primary = c.wait_for_replicas_streaming(BOOTSTRAP);
     let replica = c.others(&primary)[0].clone();
     fill_and_switch(c.node(&primary), 20_000);
-    let out = c
-        .spiloctl(&["backup", "create", "--from-leader"])
-        .expect("spiloctl");
-    assert!(
-        out.status.success(),
-        "backup create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backup_create(&c);
     // WAL written after the backup: the restored replica must replay it from the archive.
     let mut last = String::new();
     for _ in 0..3 {
         last = fill_and_switch(c.node(&primary), 20_000);
     }
     wait_archived(c.node(&primary), &last, Duration::from_secs(120));
-    let rows = c
-        .node(&primary)
-        .sql_value("SELECT count(*)::text FROM archive_fill")
-        .expect("count")
-        .expect("a count");
-
-    let before = rebuild(&mut c, &replica);
-    wait_rows(&c, &replica, &rows);
+    let rows = fill_rows(c.node(&primary));
+    let said = rebuilt(&mut c, &replica, &rows);
     c.wait_for_replicas_streaming(Duration::from_secs(120));
-    let log = c.node(&replica).log_text();
-    let said = &log[before.min(log.len())..];
     assert!(
         said.contains("building this replica from backup base_"),
         "the replica was not restored from the backup: {}",
@@ -221,15 +242,8 @@ fn a_new_replica_is_restored_from_the_newest_backup() {
             "  spilo_restore: {threshold_megabytes: 0, threshold_percentage: 10000}\n".into()
     });
     fill_and_switch(c.node(&primary), 1_000);
-    let rows = c
-        .node(&primary)
-        .sql_value("SELECT count(*)::text FROM archive_fill")
-        .expect("count")
-        .expect("a count");
-    let before = rebuild(&mut c, &replica);
-    wait_rows(&c, &replica, &rows);
-    let log = c.node(&replica).log_text();
-    let said = &log[before.min(log.len())..];
+    let rows = fill_rows(c.node(&primary));
+    let said = rebuilt(&mut c, &replica, &rows);
     assert!(
         said.contains("replica method skipped: spilo_restore")
             && said.contains("threshold_megabytes 0")
@@ -267,19 +281,12 @@ fn listing(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
 #[test]
 fn a_clone_recovers_to_a_point_in_time_and_never_writes_into_its_source() {
     let store = Store::new();
-    let mut src_opts = ClusterOpts::named("clone-src");
-    src_opts.node.extra_yaml = store.yaml();
-    let src = TestCluster::start(1, src_opts);
+    let src = TestCluster::start(1, store_opts("clone-src", &store));
     let sp = src.wait_for_primary(BOOTSTRAP);
     let p = src.node(&sp);
     p.sql("CREATE TABLE pitr(id int, phase text); INSERT INTO pitr SELECT g, 'before backup' FROM generate_series(1, 100) g")
         .expect("rows before the backup");
-    let out = src.spiloctl(&["backup", "create"]).expect("spiloctl");
-    assert!(
-        out.status.success(),
-        "backup create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backup_create(&src);
     p.sql("INSERT INTO pitr SELECT g, 'before target' FROM generate_series(101, 200) g")
         .expect("rows before the target");
     let target = p
@@ -297,11 +304,15 @@ fn a_clone_recovers_to_a_point_in_time_and_never_writes_into_its_source() {
     let before = listing(&src_base);
     assert!(!before.is_empty(), "nothing under the source's prefix");
 
-    let mut opts = ClusterOpts::named("clone-dst");
-    opts.node.extra_yaml = store.yaml();
-    opts.node.bootstrap_extra =
-        format!("  method: clone\n  clone:\n    scope: {src_scope}\n    target_time: '{target}'\n");
-    let c = TestCluster::start(1, opts);
+    let c = TestCluster::start(
+        1,
+        clone_opts(
+            "clone-dst",
+            &store,
+            &src_scope,
+            &format!("    target_time: '{target}'\n"),
+        ),
+    );
     let primary = c.wait_for_primary(Duration::from_secs(240));
     let n = c.node(&primary);
     let phases = n
@@ -372,11 +383,7 @@ fn a_clone_recovers_to_a_point_in_time_and_never_writes_into_its_source() {
 /// Starts a one-node clone of `src_scope` with `target` (YAML lines of `bootstrap.clone`) and
 /// returns the ids it holds, in order.
 fn clone_ids(store: &Store, src_scope: &str, target: &str) -> Vec<i64> {
-    let mut opts = ClusterOpts::named("pitr-clone");
-    opts.node.extra_yaml = store.yaml();
-    opts.node.bootstrap_extra =
-        format!("  method: clone\n  clone:\n    scope: {src_scope}\n{target}");
-    let c = TestCluster::start(1, opts);
+    let c = TestCluster::start(1, clone_opts("pitr-clone", store, src_scope, target));
     let p = c.wait_for_primary(Duration::from_secs(240));
     let ids = c
         .node(&p)
@@ -397,9 +404,7 @@ fn clone_ids(store: &Store, src_scope: &str, target: &str) -> Vec<i64> {
 #[test]
 fn clones_stop_exactly_at_every_kind_of_target() {
     let store = Store::new();
-    let mut src_opts = ClusterOpts::named("pitr-src");
-    src_opts.node.extra_yaml = store.yaml();
-    let src = TestCluster::start(2, src_opts);
+    let src = TestCluster::start(2, store_opts("pitr-src", &store));
     let first = src.wait_for_replicas_streaming(BOOTSTRAP);
     let p = src.node(&first);
     p.sql("CREATE TABLE pitr(id int PRIMARY KEY)")
@@ -408,12 +413,7 @@ fn clones_stop_exactly_at_every_kind_of_target() {
         .sql_value("SELECT clock_timestamp()::text")
         .expect("time")
         .expect("a time");
-    let out = src.spiloctl(&["backup", "create"]).expect("spiloctl");
-    assert!(
-        out.status.success(),
-        "backup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backup_create(&src);
     // Rows 1..15, one transaction each: a restore point and the transaction id at row 5, a
     // timestamp and a WAL position right after row 13.
     let mut xid5 = String::new();
@@ -517,12 +517,15 @@ fn clones_stop_exactly_at_every_kind_of_target() {
     }
 
     // A target before every backup finished: refused, nothing restored.
-    let mut opts = ClusterOpts::named("pitr-early");
-    opts.node.extra_yaml = store.yaml();
-    opts.node.bootstrap_extra = format!(
-        "  method: clone\n  clone:\n    scope: {scope}\n    target_time: '{before_backup}'\n"
+    let c = TestCluster::start(
+        1,
+        clone_opts(
+            "pitr-early",
+            &store,
+            &scope,
+            &format!("    target_time: '{before_backup}'\n"),
+        ),
     );
-    let c = TestCluster::start(1, opts);
     let n = &c.nodes[0];
     wait_for("the early target refused", Duration::from_secs(60), || {
         let log = n.log_text();
@@ -542,13 +545,15 @@ fn clones_stop_exactly_at_every_kind_of_target() {
     // the clone's bootstrap fails naming the missing segment, not "recovery ended early".
     let obj = store.wal_dir(&scope).join(format!("{tl2_rows}.zst"));
     std::fs::rename(&obj, obj.with_extension("moved")).expect("move the segment away");
-    let mut opts = ClusterOpts::named("pitr-hole");
-    opts.node.extra_yaml = store.yaml();
-    opts.node.bootstrap_extra = format!(
-        "  method: clone\n  clone:\n    scope: {scope}\n    target_time: '{}'\n",
-        marks["time18"]
+    let c = TestCluster::start(
+        1,
+        clone_opts(
+            "pitr-hole",
+            &store,
+            &scope,
+            &format!("    target_time: '{}'\n", marks["time18"]),
+        ),
     );
-    let c = TestCluster::start(1, opts);
     let n = &c.nodes[0];
     wait_for("the hole named", Duration::from_secs(120), || {
         let log = n.log_text();

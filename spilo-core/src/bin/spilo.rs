@@ -40,20 +40,32 @@ struct Args {
     about = "Hand one WAL file to the spilo daemon's archiver; exits 0 once it is stored"
 )]
 struct WalPush {
+    #[command(flatten)]
+    daemon: DaemonSocket,
+    /// The file, as PostgreSQL passes it (%p: pg_wal/NAME).
+    path: String,
+}
+
+/// How `wal-push` and `wal-fetch` reach the daemon.
+#[derive(clap::Args, Debug)]
+struct DaemonSocket {
     /// The daemon's archive socket.
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
     /// How long to wait for the daemon's answer, in seconds.
     #[arg(long, default_value_t = 65, value_name = "SECONDS")]
     timeout: u64,
-    /// The file, as PostgreSQL passes it (%p: pg_wal/NAME).
-    path: String,
+}
+
+impl DaemonSocket {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout.clamp(1, 86_400))
+    }
 }
 
 fn wal_push() -> ExitCode {
     let args = WalPush::parse_from(std::env::args().skip(1));
-    let timeout = Duration::from_secs(args.timeout.clamp(1, 86_400));
-    match spilo_core::backup::socket::push(&args.socket, &args.path, timeout) {
+    match spilo_core::backup::socket::push(&args.daemon.socket, &args.path, args.daemon.timeout()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!(
@@ -73,12 +85,8 @@ fn wal_push() -> ExitCode {
     about = "Ask the spilo daemon to restore one WAL file from the archive; exits 0 once it is in place, 1 when the archive does not hold it or on an error"
 )]
 struct WalFetch {
-    /// The daemon's archive socket.
-    #[arg(long, value_name = "PATH")]
-    socket: PathBuf,
-    /// How long to wait for the daemon's answer, in seconds.
-    #[arg(long, default_value_t = 65, value_name = "SECONDS")]
-    timeout: u64,
+    #[command(flatten)]
+    daemon: DaemonSocket,
     /// The file's name, as PostgreSQL passes it (%f).
     name: String,
     /// Where to put it, as PostgreSQL passes it (%p, relative to the data directory).
@@ -94,8 +102,12 @@ fn wal_fetch() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let timeout = Duration::from_secs(args.timeout.clamp(1, 86_400));
-    match spilo_core::backup::socket::fetch(&args.socket, &args.name, &args.path, timeout) {
+    match spilo_core::backup::socket::fetch(
+        &args.daemon.socket,
+        &args.name,
+        &args.path,
+        args.daemon.timeout(),
+    ) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

@@ -412,17 +412,7 @@ fn spilo_env_layers(doc: &Mapping, env: &[(String, String)]) -> Result<Vec<Layer
         }
     }
     if let Some(v) = get("WALG_BACKUP_FROM_REPLICA") {
-        let b = match v.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" => true,
-            "false" | "no" | "off" | "0" => false,
-            _ => {
-                return Err(ConfigError::invalid(
-                    "WALG_BACKUP_FROM_REPLICA",
-                    "backup.from_replica",
-                    format!("'{v}' is not true or false"),
-                ))
-            }
-        };
+        let b = env_bool("WALG_BACKUP_FROM_REPLICA", "backup.from_replica", &v)?;
         set(
             "WALG_BACKUP_FROM_REPLICA",
             "backup.from_replica",
@@ -430,6 +420,19 @@ fn spilo_env_layers(doc: &Mapping, env: &[(String, String)]) -> Result<Vec<Layer
         );
     }
     Ok(layers)
+}
+
+/// A boolean environment value (true/yes/on/1, false/no/off/0); `var` and `key` name it.
+fn env_bool(var: &str, key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(ConfigError::invalid(
+            var,
+            key,
+            format!("'{v}' is not true or false"),
+        )),
+    }
 }
 
 /// Spilo's clone variables: `CLONE_METHOD=CLONE_WITH_WALE` (or `CLONE_WITH_WALG`) makes the
@@ -491,17 +494,7 @@ fn clone_env_layers(
         );
     }
     if let Some(v) = get("CLONE_TARGET_INCLUSIVE") {
-        let b = match v.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" => true,
-            "false" | "no" | "off" | "0" => false,
-            _ => {
-                return Err(ConfigError::invalid(
-                    "CLONE_TARGET_INCLUSIVE",
-                    "bootstrap.clone.inclusive",
-                    format!("'{v}' is not true or false"),
-                ))
-            }
-        };
+        let b = env_bool("CLONE_TARGET_INCLUSIVE", "bootstrap.clone.inclusive", &v)?;
         set(
             "CLONE_TARGET_INCLUSIVE",
             "bootstrap.clone.inclusive",

@@ -122,11 +122,16 @@ pub fn archive_socket(cfg: &Config) -> Option<PathBuf> {
 /// `archive_command` when spilo archives: this binary's `wal-push` through the daemon's socket,
 /// waiting a little longer than one upload may take.
 fn archive_command(cfg: &Config) -> Option<String> {
+    socket_client_command(cfg, "wal-push", "%p")
+}
+
+/// `<this binary> SUBCOMMAND --socket <archive socket> --timeout <archive timeout + 5> ARGS`.
+fn socket_client_command(cfg: &Config, sub: &str, args: &str) -> Option<String> {
     let b = cfg.backup_settings()?;
     let socket = archive_socket(cfg)?;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spilo"));
     Some(format!(
-        "{} wal-push --socket {} --timeout {} %p",
+        "{} {sub} --socket {} --timeout {} {args}",
         sh_quote(&exe.display().to_string()),
         sh_quote(&socket.display().to_string()),
         b.archive.timeout.saturating_add(5)
@@ -147,15 +152,7 @@ pub fn kms_region(s: &crate::config::backup::StorageConfig) -> Option<&str> {
 
 /// `restore_command` when spilo archives: this binary's `wal-fetch` through the same socket.
 fn restore_command(cfg: &Config) -> Option<String> {
-    let b = cfg.backup_settings()?;
-    let socket = archive_socket(cfg)?;
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("spilo"));
-    Some(format!(
-        "{} wal-fetch --socket {} --timeout {} %f %p",
-        sh_quote(&exe.display().to_string()),
-        sh_quote(&socket.display().to_string()),
-        b.archive.timeout.saturating_add(5)
-    ))
+    socket_client_command(cfg, "wal-fetch", "%f %p")
 }
 
 /// Quotes a word for `sh -c` (how PostgreSQL runs `archive_command`).
