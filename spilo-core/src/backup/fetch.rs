@@ -132,6 +132,8 @@ struct Shared {
     s: FetchSettings,
     cache: PathBuf,
     table: Mutex<Table>,
+    /// The prefetch cache directory may exist.
+    has_cache: std::sync::atomic::AtomicBool,
     /// The last failure, in words (a clone's bootstrap reports it).
     last_failure: Mutex<Option<String>>,
     /// Signalled whenever a prefetch ends.
@@ -159,6 +161,7 @@ impl Fetcher {
                 storage,
                 source: std::sync::RwLock::new(None),
                 last_failure: Mutex::new(None),
+                has_cache: std::sync::atomic::AtomicBool::new(false),
                 stats,
                 s,
                 cache,
@@ -176,6 +179,14 @@ impl Fetcher {
             *s = source;
         }
         let _ = std::fs::remove_dir_all(&self.sh.cache);
+    }
+
+    /// Removes the prefetch cache (what a replica fetched ahead is of no use once it has been
+    /// promoted: called when PostgreSQL archives, which only a primary does).
+    pub async fn drop_cache(&self) {
+        if self.sh.has_cache.swap(false, Relaxed) {
+            let _ = tokio::fs::remove_dir_all(&self.sh.cache).await;
+        }
     }
 
     /// The last failed fetch, in words.
@@ -356,6 +367,7 @@ impl Fetcher {
         if !self.sh.cache.is_dir() {
             return;
         }
+        self.sh.has_cache.store(true, Relaxed);
         if let Ok(mut rd) = tokio::fs::read_dir(&self.sh.cache).await {
             while let Ok(Some(e)) = rd.next_entry().await {
                 let f = e.file_name().to_string_lossy().into_owned();
@@ -528,6 +540,10 @@ mod tests {
             f.fetch(names[2], &via).await.expect("fetch"),
             Fetched::Restored
         );
+        // Once this node archives (it was promoted), the cache goes.
+        assert!(dir.path().join("pg_wal").join(CACHE_DIR).is_dir());
+        f.drop_cache().await;
+        assert!(!dir.path().join("pg_wal").join(CACHE_DIR).exists());
         // Only into pg_wal, only WAL names.
         for (name, to) in [
             (names[2], dir.path().join("elsewhere")),

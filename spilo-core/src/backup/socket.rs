@@ -59,10 +59,14 @@ pub async fn serve(listener: tokio::net::UnixListener, archiver: Archiver, fetch
             let failed =
                 |e: &dyn std::error::Error| format!("err {}\n", one_line(&crate::error_chain(e)));
             let answer = match (read, line.trim().split_once(' ')) {
-                (Ok(Ok(_)), Some(("push", name))) => match a.push(name.trim()).await {
-                    Ok(()) => "ok\n".to_string(),
-                    Err(e) => failed(&*e),
-                },
+                (Ok(Ok(_)), Some(("push", name))) => {
+                    // Only a primary archives: what it fetched ahead as a replica is stale.
+                    f.drop_cache().await;
+                    match a.push(name.trim()).await {
+                        Ok(()) => "ok\n".to_string(),
+                        Err(e) => failed(&*e),
+                    }
+                }
                 (Ok(Ok(_)), Some(("fetch", rest))) => match rest.split_once(' ') {
                     Some((name, path)) => match f.fetch(name, Path::new(path)).await {
                         Ok(Fetched::Restored) => "ok\n".to_string(),
