@@ -96,11 +96,11 @@ pub fn tags_match(s: &NodeState, q: &Params) -> bool {
 /// substring-matching order. Unknown paths answer 503.
 pub fn health_check(path: &str, q: &Params, s: &NodeState, now: Instant) -> u16 {
     let leader = is_leader(s, now);
-    // A standby cluster does not exist yet: the standby leader check always fails and
-    // the primary check only needs the lock.
-    let standby_cluster = false;
-    let primary_ok = leader && !standby_cluster;
-    let standby_leader_ok = false;
+    // A standby cluster's leader holds the lock and runs in recovery: it answers the
+    // standby-leader checks, never the primary's.
+    let standby_leader = s.pg.role == crate::ha::state::Role::StandbyLeader;
+    let primary_ok = leader && !standby_leader;
+    let standby_leader_ok = leader && standby_leader && s.pg.state == PgState::Running;
     let code = |ok: bool| if ok { 200 } else { 503 };
 
     if path.contains("standby_leader") || path.contains("standby-leader") {
@@ -273,6 +273,29 @@ mod tests {
         for (p, c) in codes(&s, now) {
             assert_eq!(c, if ok.contains(&p) { 200 } else { 503 }, "{p}");
         }
+    }
+
+    #[test]
+    fn standby_leader_paths() {
+        let now = crate::clock::now();
+        let mut s = primary(now);
+        s.pg.role = crate::ha::state::Role::StandbyLeader;
+        let ok = [
+            "/standby-leader",
+            "/standby_leader",
+            "/leader",
+            "/read-only",
+            "/health",
+            "/read-only-sync",
+            "/read-only-synchronous",
+            "/read-only-quorum",
+        ];
+        for (p, c) in codes(&s, now) {
+            assert_eq!(c, if ok.contains(&p) { 200 } else { 503 }, "{p}");
+        }
+        // Without the lock it is no standby leader.
+        let later = now + Duration::from_secs(s.dynamic.ttl + 1);
+        assert_eq!(health_check("/standby-leader", &[], &s, later), 503);
     }
 
     #[test]

@@ -340,6 +340,64 @@ pub async fn restore_base(
     })
 }
 
+/// Where `restore_command` reads WAL from: this cluster's own archive, or while it is a standby
+/// cluster the other cluster's (`standby_cluster.scope`/`storage`), through the daemon's
+/// fetcher. The executor's [`crate::ha::replica::ArchiveSwitch`].
+pub struct ArchiveSwitcher {
+    /// This cluster's own store.
+    pub storage: Arc<dyn Storage>,
+    /// Its settings (a source without a `storage` of its own is in it).
+    pub storage_cfg: crate::config::backup::StorageConfig,
+    /// This cluster's key prefix.
+    pub base: String,
+    /// PostgreSQL's major version (part of the layout's prefix).
+    pub major: u32,
+    /// The `backup.encryption` key.
+    pub key: Option<SecretKey>,
+    /// The daemon's fetcher.
+    pub fetcher: super::fetch::Fetcher,
+}
+
+#[async_trait::async_trait]
+impl crate::ha::replica::ArchiveSwitch for ArchiveSwitcher {
+    async fn read_from(
+        &self,
+        source: Option<&crate::config::standby::ArchiveSource>,
+    ) -> Result<Arc<dyn crate::ha::replica::ReplicaBackups>, String> {
+        let Some(a) = source else {
+            self.fetcher.set_source(None);
+            return Ok(Arc::new(StoreBackups {
+                storage: self.storage.clone(),
+                base: self.base.clone(),
+                key: self.key.clone(),
+            }));
+        };
+        let (storage, cfg) = match &a.storage {
+            Some(cfg) => (
+                super::open_storage(cfg).await.map_err(|e| {
+                    format!(
+                        "standby_cluster.storage: cannot open the {} store: {}",
+                        cfg.kind,
+                        crate::error_chain(&e)
+                    )
+                })?,
+                cfg,
+            ),
+            None => (self.storage.clone(), &self.storage_cfg),
+        };
+        let base = cfg.base_prefix(&a.scope, self.major);
+        self.fetcher.set_source(Some(super::fetch::Source {
+            storage: storage.clone(),
+            base: base.clone(),
+        }));
+        Ok(Arc::new(StoreBackups {
+            storage,
+            base,
+            key: self.key.clone(),
+        }))
+    }
+}
+
 /// The daemon's store as the executor's [`crate::ha::replica::ReplicaBackups`].
 pub struct StoreBackups {
     /// The store.

@@ -469,6 +469,20 @@ pub fn parse_window(w: &str) -> Result<u64, String> {
     Ok(secs)
 }
 
+/// Whether two stores are the same place, however they are written: paths resolved, trailing
+/// slashes and endpoints aside (one bucket name is one place as far as this check goes).
+pub fn same_place(a: &StorageConfig, b: &StorageConfig) -> bool {
+    let place = |s: &StorageConfig| {
+        let path = s.path.as_ref().map(|p| {
+            std::fs::canonicalize(p).unwrap_or_else(|_| {
+                std::path::PathBuf::from(p.display().to_string().trim_end_matches('/'))
+            })
+        });
+        (s.kind.clone(), path, s.bucket.clone())
+    };
+    place(a) == place(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,17 +696,7 @@ impl CloneConfig {
             ));
         };
         let source = self.storage.as_ref().unwrap_or(own);
-        // The same place, however it is written: paths resolved, trailing slashes and
-        // endpoints aside (one bucket name and prefix is one place as far as this check goes).
-        let place = |s: &StorageConfig| {
-            let path = s.path.as_ref().map(|p| {
-                std::fs::canonicalize(p).unwrap_or_else(|_| {
-                    std::path::PathBuf::from(p.display().to_string().trim_end_matches('/'))
-                })
-            });
-            (s.kind.clone(), path, s.bucket.clone())
-        };
-        if place(source) == place(own)
+        if same_place(source, own)
             && source.base_prefix(&self.scope, 0) == own.base_prefix(own_scope, 0)
         {
             return Err((

@@ -181,6 +181,7 @@ pub fn load_str(yaml: &str, origin: &str, env: &[(String, String)]) -> Result<Lo
     check_single_dcs(&doc, &env_layers, origin)?;
     env_layers.extend(spilo_env_layers(&doc, env)?);
     env_layers.extend(clone_env_layers(env, &mut warnings)?);
+    env_layers.extend(standby_env_layers(env)?);
 
     let mut defaults = Dict::new();
     defaults.insert("namespace".into(), FValue::from(DEFAULT_NAMESPACE));
@@ -500,6 +501,77 @@ fn clone_env_layers(
             "bootstrap.clone.inclusive",
             FValue::from(b),
         );
+    }
+    Ok(layers)
+}
+
+/// Spilo's standby variables, into `bootstrap.dcs.standby_cluster`: `STANDBY_HOST`,
+/// `STANDBY_PORT`, `STANDBY_PRIMARY_SLOT_NAME` (streaming from the source's primary), and the
+/// source's archive: `STANDBY_SCOPE` in `STANDBY_WAL_S3_BUCKET` (or `STANDBY_WALE_S3_PREFIX` /
+/// `STANDBY_WALG_S3_PREFIX`; `STANDBY_AWS_ENDPOINT`, `STANDBY_AWS_REGION`), or in this
+/// cluster's own store when no bucket is named. A bucket needs `STANDBY_SCOPE` unless a prefix
+/// URL names the whole place.
+fn standby_env_layers(env: &[(String, String)]) -> Result<Vec<Layer>, ConfigError> {
+    let get = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let mut layers = Vec::new();
+    let mut set = |var: &str, key: &str, value: FValue| {
+        let key = format!("bootstrap.dcs.standby_cluster.{key}");
+        if let FValue::Dict(_, dict) = figment::util::nest(&key, value) {
+            layers.push(Layer {
+                name: var.to_string(),
+                dict,
+            });
+        }
+    };
+    for (var, key) in [
+        ("STANDBY_HOST", "host"),
+        ("STANDBY_PRIMARY_SLOT_NAME", "primary_slot_name"),
+        ("STANDBY_SCOPE", "scope"),
+        ("STANDBY_AWS_ENDPOINT", "storage.endpoint"),
+        ("STANDBY_AWS_REGION", "storage.region"),
+    ] {
+        if let Some(v) = get(var) {
+            set(var, key, FValue::from(v));
+        }
+    }
+    if let Some(v) = get("STANDBY_PORT") {
+        let port: u16 = v.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+            ConfigError::invalid(
+                "STANDBY_PORT",
+                "bootstrap.dcs.standby_cluster.port",
+                format!("'{v}' is not a port"),
+            )
+        })?;
+        set("STANDBY_PORT", "port", FValue::from(port));
+    }
+    let mut bucket = false;
+    if let Some(b) = get("STANDBY_WAL_S3_BUCKET") {
+        set("STANDBY_WAL_S3_BUCKET", "storage.bucket", FValue::from(b));
+        bucket = true;
+    }
+    for var in ["STANDBY_WALE_S3_PREFIX", "STANDBY_WALG_S3_PREFIX"] {
+        let Some(url) = get(var) else { continue };
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(ConfigError::invalid(
+                var,
+                "bootstrap.dcs.standby_cluster.storage.prefix",
+                format!("'{url}' is not an s3://bucket/prefix URL"),
+            ));
+        };
+        let (b, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        set(var, "storage.bucket", FValue::from(b.to_string()));
+        if !prefix.trim_matches('/').is_empty() {
+            set(var, "storage.prefix", FValue::from(prefix.to_string()));
+        }
+        bucket = true;
+    }
+    if bucket {
+        set("STANDBY_WAL_S3_BUCKET", "storage.type", FValue::from("s3"));
     }
     Ok(layers)
 }
@@ -1232,6 +1304,58 @@ tags:
         )
         .unwrap_err();
         assert!(e.to_string().contains("no time zone"), "{e}");
+
+        // Spilo's standby variables.
+        let e = env(&[
+            ("WAL_S3_BUCKET", "team-backups"),
+            ("STANDBY_HOST", "10.0.0.7"),
+            ("STANDBY_PORT", "5433"),
+            ("STANDBY_PRIMARY_SLOT_NAME", "standby_b"),
+            ("STANDBY_SCOPE", "orders"),
+            ("STANDBY_WAL_S3_BUCKET", "orders-backups"),
+            ("STANDBY_AWS_REGION", "eu-west-1"),
+        ]);
+        let c = load_str(NODE, "node.yml", &e).unwrap().config;
+        let sc = crate::config::standby::StandbyCluster::from_dynamic(&c.bootstrap.dcs.extra)
+            .expect("valid")
+            .expect("a standby_cluster section");
+        assert_eq!(
+            (
+                sc.host.as_deref(),
+                sc.port(),
+                sc.primary_slot_name.as_deref()
+            ),
+            (Some("10.0.0.7"), 5433, Some("standby_b"))
+        );
+        let a = sc.archive().expect("an archive source");
+        let st = a.storage.expect("its store");
+        assert_eq!(
+            (a.scope.as_str(), st.kind.as_str(), st.bucket.as_deref()),
+            ("orders", "s3", Some("orders-backups"))
+        );
+        assert_eq!(st.region.as_deref(), Some("eu-west-1"));
+        let e = load_str(
+            NODE,
+            "node.yml",
+            &env(&[("STANDBY_HOST", "h"), ("STANDBY_PORT", "x")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("STANDBY_PORT"), "{e}");
+        // A bucket that is this cluster's own, scope and all: refused at load.
+        let e = load_str(
+            NODE,
+            "node.yml",
+            &env(&[
+                ("WAL_S3_BUCKET", "team-backups"),
+                ("STANDBY_WAL_S3_BUCKET", "team-backups"),
+                ("STANDBY_SCOPE", c.scope.as_str()),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("would archive into its source"),
+            "{e}"
+        );
 
         // WAL-G's prefix URL: bucket and prefix.
         let e = env(&[("WALG_S3_PREFIX", "s3://other/spilo/x/wal/15")]);

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod load;
 pub mod model;
 mod schema;
+pub mod standby;
 pub mod validate;
 
 pub use error::ConfigError;

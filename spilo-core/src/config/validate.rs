@@ -453,6 +453,16 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
         )),
     }
     check_dynamic(&cfg.bootstrap.dcs).map_err(|(k, m)| err(&format!("bootstrap.dcs.{k}"), m))?;
+    if let Ok(Some(sc)) = super::standby::StandbyCluster::from_dynamic(&cfg.bootstrap.dcs.extra) {
+        sc.check_place(cfg.storage.as_ref(), &cfg.scope)
+            .map_err(|m| err("bootstrap.dcs.standby_cluster", m))?;
+        if cfg.bootstrap.clone_source().is_some() {
+            return Err(err(
+                "bootstrap.dcs.standby_cluster",
+                "a cluster is either a clone (bootstrap.method: clone) or a standby cluster, not both".into(),
+            ));
+        }
+    }
     let mut dcs = cfg.bootstrap.dcs.clone();
     for w in adjust_timeouts(&mut dcs) {
         warnings.push(format!("{origin}: bootstrap.dcs: {w}"));
@@ -486,6 +496,7 @@ fn check_dynamic(d: &DynamicConfig) -> Result<(), (&'static str, String)> {
     in_range(&limits::RETRY_TIMEOUT, d.retry_timeout)?;
     in_range(&limits::PRIMARY_START_TIMEOUT, d.primary_start_timeout)?;
     in_range(&limits::MAXIMUM_LAG_ON_FAILOVER, d.maximum_lag_on_failover)?;
+    super::standby::StandbyCluster::from_dynamic(&d.extra).map_err(|m| ("standby_cluster", m))?;
     Ok(())
 }
 

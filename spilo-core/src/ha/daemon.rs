@@ -252,6 +252,15 @@ async fn start_archiver(
             fetcher: fetcher.clone(),
         }) as Arc<dyn crate::ha::replica::ClusterClone>
     });
+    let switch: Arc<dyn crate::ha::replica::ArchiveSwitch> =
+        Arc::new(crate::backup::restore::ArchiveSwitcher {
+            storage: storage.clone(),
+            storage_cfg: storage_cfg.clone(),
+            base: base.clone(),
+            major,
+            key: settings.key.clone(),
+            fetcher: fetcher.clone(),
+        });
     let archiver = crate::backup::archiver::Archiver::new(storage, settings, node, stats);
     let listener = crate::backup::socket::bind(&socket).map_err(|e| {
         StartError::Fatal(format!(
@@ -276,13 +285,18 @@ async fn start_archiver(
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });
-    Ok(Some(Restores { backups, cloner }))
+    Ok(Some(Restores {
+        backups,
+        cloner,
+        switch,
+    }))
 }
 
 /// What the executor restores from (with a `storage:` section).
 struct Restores {
     backups: Arc<dyn crate::ha::replica::ReplicaBackups>,
     cloner: Option<Arc<dyn crate::ha::replica::ClusterClone>>,
+    switch: Arc<dyn crate::ha::replica::ArchiveSwitch>,
 }
 
 /// Connect to the DCS, retrying with a logged, growing back-off until it answers.
@@ -378,14 +392,13 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
         .with_live_restapi(restapi.clone())
         .with_hooks(hooks);
     let node = match backups {
-        Some(Restores {
-            backups,
-            cloner: Some(c),
-        }) => node.with_backups(backups).with_cloner(c),
-        Some(Restores {
-            backups,
-            cloner: None,
-        }) => node.with_backups(backups),
+        Some(r) => {
+            let node = node.with_backups(r.backups).with_archive_switch(r.switch);
+            match r.cloner {
+                Some(c) => node.with_cloner(c),
+                None => node,
+            }
+        }
         None => node,
     };
 

@@ -44,6 +44,41 @@ pub struct Policy {
     pub synchronous: bool,
     /// `synchronous_mode: quorum`: a candidate also needs `quorum` voters not ahead of it.
     pub quorum: bool,
+    /// The dynamic configuration has a `standby_cluster` section: the leader follows the other
+    /// cluster (a standby leader) and nobody promotes.
+    pub standby_cluster: bool,
+}
+
+/// Whom a replica follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Nobody (read-only, replaying what it has).
+    Nobody,
+    /// This member of the cluster.
+    Member(String),
+    /// The other cluster a standby cluster follows (`standby_cluster`: its primary, its
+    /// archive, or both): what the standby leader follows.
+    StandbySource,
+}
+
+impl Target {
+    /// The member, when it is one.
+    pub fn member(&self) -> Option<&str> {
+        match self {
+            Target::Member(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Nobody => f.write_str("nobody"),
+            Target::Member(m) => f.write_str(m),
+            Target::StandbySource => f.write_str("the standby cluster's source"),
+        }
+    }
 }
 
 /// What is in the data directory.
@@ -126,9 +161,8 @@ pub struct LocalView {
     pub pg: Pg,
     /// The background job, if one runs.
     pub job: Option<JobKind>,
-    /// Whom PostgreSQL is configured to follow: `None` unknown, `Some(None)` nobody,
-    /// `Some(Some(name))` that member.
-    pub upstream: Option<Option<String>>,
+    /// Whom PostgreSQL is configured to follow (`None`: unknown).
+    pub upstream: Option<Target>,
     /// A rewind/re-copy is required before this node can follow anyone (it ran as primary on a
     /// timeline the leader does not share).
     pub needs_rewind: bool,
@@ -291,6 +325,11 @@ pub enum Reason {
     BootstrapFailed(String),
     /// A decision needs the other members' state, which was not asked this cycle.
     PeersNotQueried,
+    /// This node leads a standby cluster: it follows the other cluster and never promotes.
+    StandbyLeader,
+    /// `standby_cluster` is set while this node runs as a primary: a running primary is not
+    /// turned into a standby (it would need a rewind against another cluster); it stays primary.
+    StandbyClusterOnPrimary,
 }
 
 impl fmt::Display for Reason {
@@ -356,6 +395,14 @@ impl fmt::Display for Reason {
             Reason::PeersNotQueried => {
                 write!(f, "the other members' state was not asked this cycle")
             }
+            Reason::StandbyLeader => write!(
+                f,
+                "I am the standby leader: following the standby cluster's source"
+            ),
+            Reason::StandbyClusterOnPrimary => write!(
+                f,
+                "standby_cluster is set but I run as a primary: staying primary (a primary cluster is not demoted into a standby cluster; rebuild it as one)"
+            ),
         }
     }
 }
@@ -383,16 +430,17 @@ pub enum Action {
     ReleaseLeader,
     /// Start the bootstrap job (initdb…), then write `initialize` and `config`.
     StartBootstrap,
-    /// Start copying the data directory from this member.
-    StartClone(String),
+    /// Start copying the data directory from this member (or, for a standby cluster's leader,
+    /// from the other cluster).
+    StartClone(Target),
     /// Start rewinding from the leader (or re-copying when rewind is impossible).
     StartRewind(String),
     /// Start PostgreSQL as primary (restart in place, holding the lease).
     StartPrimary,
-    /// Start PostgreSQL as a replica following this member (None: nobody).
-    StartReplica(Option<String>),
-    /// Point a running replica at this member (None: nobody) and reload.
-    Follow(Option<String>),
+    /// Start PostgreSQL as a replica following this target.
+    StartReplica(Target),
+    /// Point a running replica at this target and reload.
+    Follow(Target),
     /// Promote the running replica.
     Promote,
     /// Stop PostgreSQL to stop accepting writes.
@@ -421,10 +469,11 @@ impl fmt::Display for Action {
             Action::StartClone(m) => write!(f, "create replica from {m}"),
             Action::StartRewind(m) => write!(f, "rewind from {m}"),
             Action::StartPrimary => write!(f, "start PostgreSQL as primary"),
-            Action::StartReplica(Some(m)) => write!(f, "start PostgreSQL as replica of {m}"),
-            Action::StartReplica(None) => write!(f, "start PostgreSQL as replica following nobody"),
-            Action::Follow(Some(m)) => write!(f, "follow {m}"),
-            Action::Follow(None) => write!(f, "follow nobody"),
+            Action::StartReplica(Target::Nobody) => {
+                write!(f, "start PostgreSQL as replica following nobody")
+            }
+            Action::StartReplica(m) => write!(f, "start PostgreSQL as replica of {m}"),
+            Action::Follow(m) => write!(f, "follow {m}"),
             Action::Promote => write!(f, "promote"),
             Action::Demote(DemoteMode::Immediate) => write!(f, "demote (immediate stop)"),
             Action::Demote(DemoteMode::Offline) => {
@@ -478,6 +527,8 @@ impl Reason {
             Reason::NoCandidateChosen(..) => "no_candidate_chosen",
             Reason::BootstrapFailed(..) => "bootstrap_failed",
             Reason::PeersNotQueried => "peers_not_queried",
+            Reason::StandbyLeader => "standby_leader",
+            Reason::StandbyClusterOnPrimary => "standby_cluster_on_primary",
         }
     }
 }
@@ -672,9 +723,15 @@ pub fn decide(
                         .act(Action::StartPrimary)
                         .because(Reason::CrashedWhileLeader);
                 }
-                // We hold the key but our data is a replica's: start it, then promote.
+                // We hold the key but our data is a replica's: start it, then promote (or, as a
+                // standby cluster's leader, start it following the other cluster).
+                if policy.standby_cluster {
+                    return d
+                        .act(Action::StartReplica(Target::StandbySource))
+                        .because(Reason::StandbyLeader);
+                }
                 return d
-                    .act(Action::StartReplica(None))
+                    .act(Action::StartReplica(Target::Nobody))
                     .because(Reason::PromotionPending);
             }
             if let Some(l) = other_leader {
@@ -706,7 +763,9 @@ pub fn decide(
                     };
                 }
                 let (target, why) = upstream_target(cluster, policy, &l);
-                return d.act(Action::StartReplica(Some(target))).because(why);
+                return d
+                    .act(Action::StartReplica(Target::Member(target)))
+                    .because(why);
             }
             // No leader, but a named candidate is taking over (we may have just handed over to
             // it): wait for it rather than start and race.
@@ -732,7 +791,7 @@ pub fn decide(
                     .because(Reason::NotHealthiest(NotHealthiest::NotRunningWasPrimary));
             }
             return d
-                .act(Action::StartReplica(None))
+                .act(Action::StartReplica(Target::Nobody))
                 .because(Reason::NotHealthiest(NotHealthiest::NotRunning));
         }
         Pg::Unresponsive => {
@@ -769,8 +828,9 @@ pub fn decide(
                 .because(Reason::TimelineDiverged);
         }
         let (target, why) = upstream_target(cluster, policy, &l);
-        if local.upstream.as_ref() != Some(&Some(target.clone())) {
-            return d.act(Action::Follow(Some(target))).because(why);
+        let target = Target::Member(target);
+        if local.upstream.as_ref() != Some(&target) {
+            return d.act(Action::Follow(target)).because(why);
         }
         return d.because(why);
     }
@@ -800,9 +860,31 @@ pub fn decide(
                         .because(Reason::FailoverRequestCleared(why)),
                 };
             }
-            return d
+            let d = d
                 .act(Action::LeaderHousekeeping)
                 .because(Reason::LeaderLockHeld);
+            if policy.standby_cluster {
+                return d.because(Reason::StandbyClusterOnPrimary);
+            }
+            return d;
+        }
+        if policy.standby_cluster {
+            // The standby leader: it follows the other cluster and keeps the key; in
+            // maintenance mode PostgreSQL is left as it is.
+            if policy.paused {
+                return d
+                    .act(Action::LeaderHousekeeping)
+                    .because(Reason::StandbyLeader)
+                    .because(Reason::Paused);
+            }
+            let d = if local.upstream.as_ref() != Some(&Target::StandbySource) {
+                d.act(Action::Follow(Target::StandbySource))
+            } else {
+                d
+            };
+            return d
+                .act(Action::LeaderHousekeeping)
+                .because(Reason::StandbyLeader);
         }
         if policy.paused {
             return d.act(Action::ReleaseLeader).because(Reason::Paused);
@@ -818,12 +900,23 @@ pub fn decide(
                 .act(Action::LeaderHousekeeping)
                 .because(Reason::Paused);
         }
-        // In maintenance mode only a manual failover to this very node promotes it.
+        // In maintenance mode only a manual failover to this very node promotes it (makes it
+        // the standby leader, in a standby cluster).
         if let Some(f) = cluster
             .failover
             .as_ref()
             .filter(|f| f.value.member.as_deref() == Some(me))
         {
+            if policy.standby_cluster {
+                return d
+                    .act(Action::AcquireLeader)
+                    .act(Action::ClearFailover(f.version))
+                    .act(Action::Follow(Target::StandbySource))
+                    .because(Reason::ManualFailover {
+                        candidate: Some(me.to_string()),
+                    })
+                    .because(Reason::StandbyLeader);
+            }
             match &local.promotion_gate {
                 PromotionGate::Open => {}
                 PromotionGate::Pending => {
@@ -891,6 +984,19 @@ pub fn decide(
         &local.peers,
         chosen.as_deref(),
     ) {
+        Ok(()) if policy.standby_cluster => {
+            // A standby cluster's new leader follows the other cluster: nothing is promoted,
+            // so the promotion hooks are not asked.
+            let d = d.act(Action::AcquireLeader);
+            let d = match &cluster.failover {
+                Some(f) => d.act(Action::ClearFailover(f.version)),
+                None => d,
+            };
+            d.act(Action::Follow(Target::StandbySource))
+                .act(Action::LeaderHousekeeping)
+                .because(Reason::HealthiestAfterLeaderExpired)
+                .because(Reason::StandbyLeader)
+        }
         Ok(()) => {
             match &local.promotion_gate {
                 PromotionGate::Open => {}
@@ -954,12 +1060,18 @@ fn uninitialized(
             .map(|m| m.name.clone())
             .unwrap_or(l);
         return d
-            .act(Action::StartClone(source))
+            .act(Action::StartClone(Target::Member(source)))
             .because(Reason::NoDataDirectory);
     }
     if leader_is_me {
         // We hold the key with no data: a bootstrap that died half-way, or data removed.
         if cluster.sysid().is_none() {
+            if policy.standby_cluster {
+                return d
+                    .act(Action::StartClone(Target::StandbySource))
+                    .because(Reason::ClusterUninitialized)
+                    .because(Reason::StandbyLeader);
+            }
             return d
                 .act(Action::StartBootstrap)
                 .because(Reason::ClusterUninitialized);
@@ -974,6 +1086,15 @@ fn uninitialized(
     if cluster.sysid().is_none() {
         if policy.failover_priority <= 0 {
             return d.because(Reason::NoFailover);
+        }
+        // A new standby cluster's first node copies the other cluster instead of running
+        // initdb: it becomes the standby leader.
+        if policy.standby_cluster {
+            return d
+                .act(Action::AcquireLeader)
+                .act(Action::StartClone(Target::StandbySource))
+                .because(Reason::ClusterUninitialized)
+                .because(Reason::StandbyLeader);
         }
         return d
             .act(Action::AcquireLeader)

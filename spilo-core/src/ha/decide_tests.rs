@@ -26,6 +26,7 @@ fn policy(name: &str) -> Policy {
         replicatefrom: None,
         synchronous: false,
         quorum: false,
+        standby_cluster: false,
     }
 }
 
@@ -112,7 +113,7 @@ fn local(pg: Pg) -> LocalView {
         data: data(),
         pg,
         job: None,
-        upstream: Some(None),
+        upstream: Some(Target::Nobody),
         needs_rewind: false,
         rewind_failed: false,
         down_since: None,
@@ -194,7 +195,10 @@ fn bootstrap_race_lost_clones_from_the_winner_once_it_runs() {
     let mut l = local(Pg::Stopped);
     l.data = DataDir::Empty;
     let d = run(Some(&c), &l, &policy("n2"));
-    assert_eq!(d.actions, vec![Action::StartClone("n1".into())]);
+    assert_eq!(
+        d.actions,
+        vec![Action::StartClone(Target::Member("n1".into()))]
+    );
     assert_eq!(d.reasons, vec![Reason::NoDataDirectory]);
 }
 
@@ -245,7 +249,7 @@ fn leader_alive_primary_keeps_the_lock() {
 fn leader_alive_replica_follows() {
     let c = cluster(Some("n1"), "n2");
     let mut l = local(replica(1000));
-    l.upstream = Some(Some("n1".into()));
+    l.upstream = Some(Target::Member("n1".into()));
     let d = run(Some(&c), &l, &policy("n2"));
     assert!(d.actions.is_empty());
     assert_eq!(d.reasons, vec![Reason::FollowingLeader("n1".into())]);
@@ -255,9 +259,9 @@ fn leader_alive_replica_follows() {
 fn replica_pointing_elsewhere_is_repointed_to_the_new_leader() {
     let c = cluster(Some("n3"), "n2");
     let mut l = local(replica(1000));
-    l.upstream = Some(Some("n1".into()));
+    l.upstream = Some(Target::Member("n1".into()));
     let d = run(Some(&c), &l, &policy("n2"));
-    assert_eq!(d.actions, vec![Action::Follow(Some("n3".into()))]);
+    assert_eq!(d.actions, vec![Action::Follow(Target::Member("n3".into()))]);
 }
 
 /// Seen in the chaos suite's self-test: n1 kept streaming from the old primary n3 after n2 had
@@ -275,14 +279,14 @@ fn a_replica_that_streamed_past_the_new_timelines_fork_rewinds_instead_of_follow
         new_leader: Some("n2".into()),
     }]);
     let mut l = local(replica(1000));
-    l.upstream = Some(Some("n2".into()));
+    l.upstream = Some(Target::Member("n2".into()));
     let d = run(Some(&c), &l, &policy("n1"));
     assert_eq!(d.actions, vec![Action::Demote(DemoteMode::Immediate)]);
     assert_eq!(d.reasons, vec![Reason::TimelineDiverged]);
     // At or before the fork it simply follows the new timeline.
     let l = local(replica(900));
     let d = run(Some(&c), &l, &policy("n1"));
-    assert_eq!(d.actions, vec![Action::Follow(Some("n2".into()))]);
+    assert_eq!(d.actions, vec![Action::Follow(Target::Member("n2".into()))]);
     // Already on the new timeline: nothing to rewind.
     let mut l = local(Pg::Running {
         primary: false,
@@ -290,7 +294,7 @@ fn a_replica_that_streamed_past_the_new_timelines_fork_rewinds_instead_of_follow
         wal_position: Some(5000),
         streaming: true,
     });
-    l.upstream = Some(Some("n2".into()));
+    l.upstream = Some(Target::Member("n2".into()));
     let d = run(Some(&c), &l, &policy("n1"));
     assert!(d.actions.is_empty(), "{:?}", d.actions);
 }
@@ -618,14 +622,17 @@ fn former_primary_waits_for_the_post_promote_checkpoint() {
 fn stopped_replica_starts_following_the_leader() {
     let c = cluster(Some("n1"), "n2");
     let d = run(Some(&c), &local(Pg::Stopped), &policy("n2"));
-    assert_eq!(d.actions, vec![Action::StartReplica(Some("n1".into()))]);
+    assert_eq!(
+        d.actions,
+        vec![Action::StartReplica(Target::Member("n1".into()))]
+    );
 }
 
 #[test]
 fn stopped_node_without_a_leader_starts_read_only_to_race() {
     let c = cluster(None, "n2");
     let d = run(Some(&c), &local(Pg::Stopped), &policy("n2"));
-    assert_eq!(d.actions, vec![Action::StartReplica(None)]);
+    assert_eq!(d.actions, vec![Action::StartReplica(Target::Nobody)]);
 }
 
 /// Found by the first, hand-written simulation of `decide()` (since replaced by
@@ -649,7 +656,7 @@ fn primary_stopped_by_the_lease_guard_without_a_leader_comes_up_marked_for_a_rew
     // Marked (the daemon's `needs_rewind`), it starts read-only as any replica would...
     l.needs_rewind = true;
     let d = run(Some(&c), &l, &policy("n1"));
-    assert_eq!(d.actions, vec![Action::StartReplica(None)]);
+    assert_eq!(d.actions, vec![Action::StartReplica(Target::Nobody)]);
     // ...and once n2 leads, it stops to rewind instead of following n2.
     let c = cluster(Some("n2"), "n1");
     let mut l = local(replica(1000));
@@ -875,9 +882,9 @@ fn replicatefrom_streams_from_the_named_member() {
     let mut p = policy("n3");
     p.replicatefrom = Some("n2".into());
     let mut l = local(replica(1000));
-    l.upstream = Some(Some("n1".into()));
+    l.upstream = Some(Target::Member("n1".into()));
     let d = run(Some(&c), &l, &p);
-    assert_eq!(d.actions, vec![Action::Follow(Some("n2".into()))]);
+    assert_eq!(d.actions, vec![Action::Follow(Target::Member("n2".into()))]);
     assert_eq!(d.reasons, vec![Reason::ReplicatingFrom("n2".into())]);
 }
 
@@ -888,7 +895,10 @@ fn replicatefrom_a_member_that_is_down_falls_back_to_the_leader() {
     let mut p = policy("n3");
     p.replicatefrom = Some("n2".into());
     let d = run(Some(&c), &local(Pg::Stopped), &p);
-    assert_eq!(d.actions, vec![Action::StartReplica(Some("n1".into()))]);
+    assert_eq!(
+        d.actions,
+        vec![Action::StartReplica(Target::Member("n1".into()))]
+    );
 }
 
 #[test]
@@ -903,12 +913,12 @@ fn clonefrom_member_is_the_copy_source_unless_from_leader() {
     l.data = DataDir::Empty;
     assert_eq!(
         run(Some(&c), &l, &policy("n3")).actions,
-        vec![Action::StartClone("n2".into())]
+        vec![Action::StartClone(Target::Member("n2".into()))]
     );
     l.clone_from_leader = true;
     assert_eq!(
         run(Some(&c), &l, &policy("n3")).actions,
-        vec![Action::StartClone("n1".into())]
+        vec![Action::StartClone(Target::Member("n1".into()))]
     );
 }
 
@@ -1258,5 +1268,115 @@ fn a_switchover_to_a_vetoing_candidate_is_cleared() {
     assert_eq!(
         d.actions,
         vec![Action::ClearFailover(4), Action::LeaderHousekeeping]
+    );
+}
+
+/// A standby cluster's policy for `name`.
+fn standby(name: &str) -> Policy {
+    Policy {
+        standby_cluster: true,
+        ..policy(name)
+    }
+}
+
+#[test]
+fn a_new_standby_cluster_copies_the_other_cluster_instead_of_running_initdb() {
+    let mut c = cluster(None, "n1");
+    c.initialize = None;
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Empty;
+    let d = run(Some(&c), &l, &standby("n1"));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::AcquireLeader,
+            Action::StartClone(Target::StandbySource)
+        ]
+    );
+    assert!(d.reasons.contains(&Reason::StandbyLeader), "{d:?}");
+    // Holding the key after a copy that failed: copy again, never initdb.
+    let c = {
+        let mut c = cluster(Some("n1"), "n1");
+        c.initialize = None;
+        c
+    };
+    let d = run(Some(&c), &l, &standby("n1"));
+    assert_eq!(d.actions, vec![Action::StartClone(Target::StandbySource)]);
+    // Its replicas copy the standby leader, as in any cluster.
+    let d = run(Some(&cluster(Some("n1"), "n2")), &l, &standby("n2"));
+    assert_eq!(
+        d.actions,
+        vec![Action::StartClone(Target::Member("n1".into()))]
+    );
+}
+
+#[test]
+fn the_standby_leader_follows_the_source_and_never_promotes() {
+    let c = cluster(Some("n1"), "n1");
+    let mut l = local(replica(100));
+    let d = run(Some(&c), &l, &standby("n1"));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::Follow(Target::StandbySource),
+            Action::LeaderHousekeeping
+        ]
+    );
+    assert_eq!(d.reasons, vec![Reason::StandbyLeader]);
+    l.upstream = Some(Target::StandbySource);
+    let d = run(Some(&c), &l, &standby("n1"));
+    assert_eq!(d.actions, vec![Action::LeaderHousekeeping]);
+    // Stopped: started following the source again.
+    let mut stopped = local(Pg::Stopped);
+    stopped.upstream = None;
+    let d = run(Some(&c), &stopped, &standby("n1"));
+    assert_eq!(d.actions, vec![Action::StartReplica(Target::StandbySource)]);
+    // The section removed: the same node promotes (the standby cluster becomes a primary
+    // cluster).
+    let d = run(Some(&c), &l, &policy("n1"));
+    assert_eq!(d.actions, vec![Action::Promote]);
+    assert_eq!(d.reasons, vec![Reason::PromotionPending]);
+    // Maintenance mode: the key stays, PostgreSQL is left alone.
+    let paused = Policy {
+        paused: true,
+        ..standby("n1")
+    };
+    let mut l2 = local(replica(100));
+    l2.upstream = Some(Target::Nobody);
+    let d = run(Some(&c), &l2, &paused);
+    assert_eq!(d.actions, vec![Action::LeaderHousekeeping]);
+}
+
+#[test]
+fn a_standby_cluster_that_lost_its_leader_elects_a_new_standby_leader() {
+    let c = cluster(None, "n2");
+    let mut l = local(replica(200));
+    l.peers = Peers::Queried(vec![peer("n3", false, 100)]);
+    // A promotion hook that vetoes is not asked: nothing is promoted.
+    l.promotion_gate = PromotionGate::Vetoed("no".into());
+    let d = run(Some(&c), &l, &standby("n2"));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::AcquireLeader,
+            Action::Follow(Target::StandbySource),
+            Action::LeaderHousekeeping
+        ]
+    );
+    assert!(!d.actions.contains(&Action::Promote));
+    // Behind a peer: waits, as in any race.
+    l.peers = Peers::Queried(vec![peer("n3", false, 300)]);
+    let d = run(Some(&c), &l, &standby("n2"));
+    assert!(d.actions.is_empty(), "{d:?}");
+}
+
+#[test]
+fn a_primary_is_not_demoted_into_a_standby_cluster() {
+    let c = cluster(Some("n1"), "n1");
+    let d = run(Some(&c), &local(primary(100)), &standby("n1"));
+    assert_eq!(d.actions, vec![Action::LeaderHousekeeping]);
+    assert!(
+        d.reasons.contains(&Reason::StandbyClusterOnPrimary),
+        "{d:?}"
     );
 }

@@ -41,6 +41,19 @@ pub trait ClusterClone: Send + Sync + 'static {
     fn problem(&self) -> Option<String>;
 }
 
+/// Where `restore_command` reads WAL from, switched by the executor while this cluster is a
+/// standby cluster of another one (`standby_cluster.scope`/`storage`) and back when it is
+/// promoted.
+#[async_trait::async_trait]
+pub trait ArchiveSwitch: Send + Sync + 'static {
+    /// Reads from `source`'s archive (None: this cluster's own); returns that archive's backups
+    /// (what a standby leader's first copy is restored from).
+    async fn read_from(
+        &self,
+        source: Option<&crate::config::standby::ArchiveSource>,
+    ) -> Result<std::sync::Arc<dyn ReplicaBackups>, String>;
+}
+
 /// What the planner needs of a backup's manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackupFacts {
@@ -99,6 +112,11 @@ pub struct ReplicaInput<'a> {
     pub system_identifier: Option<&'a str>,
     /// The `spilo_restore` thresholds.
     pub limits: &'a RestoreMethod,
+    /// There is no leader to compare a backup with (a standby cluster's first copy of the
+    /// other cluster): the newest backup of the right system is restored as it is.
+    pub no_leader: bool,
+    /// Something to run `pg_basebackup` against exists (a leader, or `standby_cluster.host`).
+    pub can_basebackup: bool,
 }
 
 /// The steps to try, in order, and the methods skipped with why.
@@ -107,6 +125,9 @@ pub fn plan_replica(i: &ReplicaInput<'_>) -> (Vec<ReplicaStep>, Vec<String>) {
     let mut skipped = Vec::new();
     for m in i.methods {
         match m.as_str() {
+            METHOD_BASEBACKUP if !i.can_basebackup => {
+                skipped.push(format!("{METHOD_BASEBACKUP}: no host to copy from"));
+            }
             METHOD_BASEBACKUP => {
                 if !steps.contains(&ReplicaStep::BaseBackup) {
                     steps.push(ReplicaStep::BaseBackup);
@@ -121,10 +142,11 @@ pub fn plan_replica(i: &ReplicaInput<'_>) -> (Vec<ReplicaStep>, Vec<String>) {
     }
     // A list of methods spilo does not know at all (Spilo's `[wal_e, basebackup_fast_xlog]`,
     // a site's command) still builds the replica, as before these were interpreted.
-    if !i
-        .methods
-        .iter()
-        .any(|m| m == METHOD_BASEBACKUP || m == METHOD_RESTORE)
+    if i.can_basebackup
+        && !i
+            .methods
+            .iter()
+            .any(|m| m == METHOD_BASEBACKUP || m == METHOD_RESTORE)
     {
         skipped.push(format!(
             "no method spilo knows is listed: {METHOD_BASEBACKUP}"
@@ -148,6 +170,15 @@ fn restore_step(i: &ReplicaInput<'_>) -> Result<ReplicaStep, String> {
                 b.name
             ));
         }
+    }
+    if i.no_leader {
+        return Ok(ReplicaStep::Restore {
+            backup: b.name.clone(),
+            reason: format!(
+                "no leader to compare with: the newest backup, {} (timeline {})",
+                b.name, b.timeline
+            ),
+        });
     }
     let Some(leader) = i.leader_lsn else {
         return Err("the leader's WAL position is not known".into());
@@ -242,6 +273,8 @@ mod tests {
                 history,
                 system_identifier: None,
                 limits: &limits,
+                no_leader: false,
+                can_basebackup: true,
             });
             (steps.len(), why.join("; "))
         };
@@ -284,6 +317,8 @@ mod tests {
             history: &[],
             system_identifier: Some("42"),
             limits: &limits,
+            no_leader: false,
+            can_basebackup: true,
         });
         (steps.iter().map(ReplicaStep::method).collect(), skipped)
     }
@@ -341,5 +376,51 @@ mod tests {
         let (steps, why) = plan(&["wal_e", "basebackup_fast_xlog"], Some(&b), Some(1));
         assert_eq!(steps, ["basebackup"]);
         assert_eq!(why.len(), 3, "{why:?}");
+    }
+
+    #[test]
+    fn without_a_leader_the_newest_backup_is_restored_and_basebackup_needs_a_host() {
+        let limits = RestoreMethod {
+            threshold_megabytes: 0,
+            threshold_percentage: 0,
+        };
+        let b = BackupFacts {
+            name: "base_000000010000000000000002".into(),
+            start_lsn: 2 << 24,
+            size: 1,
+            timeline: 1,
+            system_identifier: Some("42".into()),
+        };
+        let methods = vec!["spilo_restore".to_string(), "basebackup".to_string()];
+        let input = ReplicaInput {
+            methods: &methods,
+            has_store: true,
+            newest: Some(&b),
+            leader_lsn: None,
+            leader_timeline: None,
+            history: &[],
+            system_identifier: None,
+            limits: &limits,
+            no_leader: true,
+            can_basebackup: false,
+        };
+        let (steps, skipped) = plan_replica(&input);
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert_eq!(steps[0].method(), "spilo_restore");
+        assert_eq!(skipped, ["basebackup: no host to copy from"]);
+        // No backup and no host: nothing to try, and the reasons say why.
+        let (steps, skipped) = plan_replica(&ReplicaInput {
+            newest: None,
+            ..input.clone()
+        });
+        assert!(steps.is_empty());
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        // Unknown methods only, and no host: nothing either (no silent pg_basebackup).
+        let unknown = vec!["wal_e".to_string()];
+        let (steps, _) = plan_replica(&ReplicaInput {
+            methods: &unknown,
+            ..input
+        });
+        assert!(steps.is_empty());
     }
 }

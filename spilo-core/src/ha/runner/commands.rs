@@ -88,15 +88,7 @@ impl Node {
             RestartPlan::Run { standby } => standby,
         };
         let cluster = self.state.borrow().cluster.clone();
-        let upstream = if standby {
-            self.upstream
-                .clone()
-                .flatten()
-                .and_then(|n| self.upstream_for(cluster.as_deref(), &Some(n)))
-        } else {
-            None
-        };
-        if let Err(e) = self.write_conf(standby, upstream.as_ref()) {
+        if let Err(e) = self.write_conf_as_is(cluster.as_deref(), standby) {
             return answer(reply, 503, format!("restart failed: {e}"));
         }
         let pg = self.pg.clone();

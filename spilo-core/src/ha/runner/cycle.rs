@@ -85,6 +85,7 @@ impl Node {
         if let Some(c) = &cluster {
             self.apply_dynamic(c);
         }
+        self.switch_archive().await;
         let holds = cluster
             .as_ref()
             .and_then(|c| c.leader.as_ref())

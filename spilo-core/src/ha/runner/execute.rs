@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use crate::dcs::{self, Cas, Cluster, Status};
-use crate::ha::decide::{Action, Decision, DemoteMode, LocalView};
+use crate::ha::decide::{Action, Decision, DemoteMode, LocalView, Target};
 use crate::ha::phase::Phase;
 use crate::ha::plan::RewindEvent;
 use crate::ha::state::PgStatus;
@@ -66,8 +66,8 @@ impl Node {
                 }
                 Action::StartClone(m) => self.spawn_clone(cluster, m),
                 Action::StartRewind(l) => self.spawn_rewind(cluster, l, local),
-                Action::StartPrimary => self.spawn_start(cluster, None, false),
-                Action::StartReplica(up) => self.spawn_start(cluster, Some(up.clone()), true),
+                Action::StartPrimary => self.spawn_start(cluster, None),
+                Action::StartReplica(up) => self.spawn_start(cluster, Some(up.clone())),
                 Action::Follow(up) => self.follow(cluster, up.clone()).await,
                 Action::Promote => self.spawn_promote(cluster).await,
                 Action::Demote(mode) => self.demote(*mode).await,
@@ -110,20 +110,22 @@ impl Node {
         None
     }
 
-    pub(super) async fn follow(&mut self, cluster: Option<&Cluster>, name: Option<String>) -> bool {
-        let up = self.upstream_for(cluster, &name);
-        if name.is_some() && up.is_none() {
-            tracing::warn!("cannot follow {name:?}: its connection address is unknown");
-            return false;
-        }
-        if let Err(e) = self.write_conf(true, up.as_ref()) {
+    pub(super) async fn follow(&mut self, cluster: Option<&Cluster>, target: Target) -> bool {
+        let up = match self.resolve(cluster, &target) {
+            Ok(up) => up,
+            Err(e) => {
+                tracing::warn!("cannot follow {target}: {e}");
+                return false;
+            }
+        };
+        if let Err(e) = self.write_conf(true, Some(&target), up.as_ref()) {
             tracing::error!("cannot write the PostgreSQL configuration: {e}");
             return false;
         }
         match self.pg.reload(self.retry()).await {
             Ok(()) => {
-                tracing::info!("following {}", name.as_deref().unwrap_or("nobody"));
-                self.upstream = Some(name);
+                tracing::info!("following {target}");
+                self.upstream = Some(target);
                 true
             }
             Err(e) => {
@@ -151,7 +153,7 @@ impl Node {
         self.rewind_event(RewindEvent::StoppedAsPrimary);
         self.upstream = None;
         if mode == DemoteMode::Offline {
-            self.spawn_start(None, Some(None), true);
+            self.spawn_start(None, Some(Target::Nobody));
         }
         true
     }
@@ -214,15 +216,7 @@ impl Node {
     /// that need a restart then show up as `pending_restart`.
     pub(super) async fn reload_postgres(&mut self, cluster: Option<&Cluster>) {
         let standby = !self.state.borrow().pg.role.is_primary();
-        let upstream = if standby {
-            self.upstream
-                .clone()
-                .flatten()
-                .and_then(|n| self.upstream_for(cluster, &Some(n)))
-        } else {
-            None
-        };
-        if let Err(e) = self.write_conf(standby, upstream.as_ref()) {
+        if let Err(e) = self.write_conf_as_is(cluster, standby) {
             tracing::error!("cannot write the PostgreSQL configuration: {e}");
             return;
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::model::{METHOD_BASEBACKUP, METHOD_RESTORE};
 use crate::dcs::{self, Cas, Cluster};
-use crate::ha::decide::{DataDir, JobKind, LocalView};
+use crate::ha::decide::{DataDir, JobKind, LocalView, Target};
 use crate::ha::plan::{plan_promotion, plan_rejoin, PromotionPrep, RejoinPlan, RewindEvent};
 use crate::ha::replica::{plan_replica, ReplicaInput, ReplicaStep};
 use crate::ha::state::PgState;
@@ -207,39 +207,65 @@ impl Node {
                     ),
                 }
                 Ok(JobDone {
-                    upstream: Some(None),
+                    upstream: Some(Target::Nobody),
                 })
             },
         );
     }
 
-    pub(super) fn spawn_clone(&mut self, cluster: Option<&Cluster>, from: &str) -> bool {
-        let Some(up) = self.upstream_for(cluster, &Some(from.to_string())) else {
-            tracing::warn!("cannot clone from {from}: its connection address is unknown");
-            return false;
+    /// Builds this node's data directory as a copy of `target` — a member (the leader or a
+    /// `clonefrom` replica), or for a standby cluster's first node the other cluster (its
+    /// archive's newest backup, or `pg_basebackup` from `standby_cluster.host`) — and starts it
+    /// following that target.
+    pub(super) fn spawn_clone(&mut self, cluster: Option<&Cluster>, target: &Target) -> bool {
+        let up = match self.resolve(cluster, target) {
+            Ok(up) => up,
+            Err(e) => {
+                tracing::warn!("cannot copy {target}: {e}");
+                return false;
+            }
         };
+        let source = *target == Target::StandbySource;
         let pg = self.pg.clone();
-        let params = self.dynamic.postgresql.parameters.clone();
+        let params = self.conf_params(true, Some(target));
         let hba = self.hba();
-        let from = from.to_string();
+        let from = target.clone();
         let state_file_busy = self.state_file_busy.clone();
-        let methods = self
-            .cfg
-            .postgresql
-            .replica_methods(self.cfg.storage.is_some());
+        let methods = match (&self.standby, source) {
+            (Some(Ok(sc)), true) => sc.methods(),
+            _ => self
+                .cfg
+                .postgresql
+                .replica_methods(self.cfg.storage.is_some()),
+        };
         let limits = self.cfg.postgresql.spilo_restore.clone();
-        let backups = self.backups.clone();
-        let leader_lsn = cluster.and_then(|c| {
-            c.leader_member()
-                .and_then(|m| m.data.xlog_location)
-                .or_else(|| c.optime())
-        });
-        let sysid = cluster.and_then(|c| c.initialize.clone());
-        let leader_timeline = cluster.and_then(|c| c.leader_member().and_then(|m| m.data.timeline));
-        let history: Vec<(u64, u64)> = cluster
-            .and_then(|c| c.history.as_ref())
-            .map(|h| h.iter().map(|l| (l.timeline, l.lsn)).collect())
-            .unwrap_or_default();
+        // A standby leader's copy comes from the other cluster's archive (when it names one),
+        // never from this cluster's own.
+        let backups = if source {
+            match (&self.archive_in_use, self.standby_archive()) {
+                (Some((Some(a), b)), Some(want)) if *a == want => Some(b.clone()),
+                _ => None,
+            }
+        } else {
+            self.backups.clone()
+        };
+        let (leader_lsn, sysid, leader_timeline, history) = if source {
+            (None, None, None, Vec::new())
+        } else {
+            (
+                cluster.and_then(|c| {
+                    c.leader_member()
+                        .and_then(|m| m.data.xlog_location)
+                        .or_else(|| c.optime())
+                }),
+                cluster.and_then(|c| c.initialize.clone()),
+                cluster.and_then(|c| c.leader_member().and_then(|m| m.data.timeline)),
+                cluster
+                    .and_then(|c| c.history.as_ref())
+                    .map(|h| h.iter().map(|l| (l.timeline, l.lsn)).collect())
+                    .unwrap_or_default(),
+            )
+        };
         self.spawn_job(JobKind::Clone, PgState::CreatingReplica, async move {
             state_file_settled(&state_file_busy, || {
                 pg.remove_state_file_leftover(crate::ha::state_file::FILE_NAME)
@@ -262,6 +288,8 @@ impl Node {
                 history: &history,
                 system_identifier: sysid.as_deref().filter(|s| !s.is_empty()),
                 limits: &limits,
+                no_leader: source,
+                can_basebackup: up.is_some(),
             });
             for s in &skipped {
                 tracing::info!("replica method skipped: {s}");
@@ -290,6 +318,7 @@ impl Node {
                         }
                     }
                     ReplicaStep::BaseBackup => {
+                        let Some(up) = &up else { continue };
                         tracing::info!(
                             "building this replica with pg_basebackup from {from} ({METHOD_BASEBACKUP})"
                         );
@@ -326,10 +355,10 @@ impl Node {
                     ),
                 });
             }
-            pg.write_config(&params, &hba, true, Some(&up))?;
+            pg.write_config(&params, &hba, true, up.as_ref())?;
             pg.start().await?;
             Ok(JobDone {
-                upstream: Some(Some(from)),
+                upstream: Some(from),
             })
         });
         true
@@ -341,7 +370,7 @@ impl Node {
         leader: &str,
         local: &LocalView,
     ) -> bool {
-        let Some(up) = self.upstream_for(cluster, &Some(leader.to_string())) else {
+        let Some(up) = self.upstream_for(cluster, leader) else {
             tracing::warn!("cannot rewind from {leader}: its connection address is unknown");
             return false;
         };
@@ -386,34 +415,32 @@ impl Node {
             pg.write_config(&params, &hba, true, Some(&up))?;
             pg.start().await?;
             Ok(JobDone {
-                upstream: Some(Some(leader)),
+                upstream: Some(Target::Member(leader)),
             })
         });
         true
     }
 
-    /// Start PostgreSQL: as primary (`replica_of` None), or as a replica following the named
-    /// member (`Some(Some(m))`) or nobody (`Some(None)`). Fails when the member's address is
-    /// unknown in `cluster` rather than start a replica that follows nobody by mistake.
+    /// Start PostgreSQL: as primary (`replica_of` None), or as a replica following the target.
+    /// Fails when a member's address is unknown in `cluster` rather than start a replica that
+    /// follows nobody by mistake.
     pub(super) fn spawn_start(
         &mut self,
         cluster: Option<&Cluster>,
-        replica_of: Option<Option<String>>,
-        standby: bool,
+        replica_of: Option<Target>,
     ) -> bool {
+        let standby = replica_of.is_some();
         let up = match &replica_of {
-            Some(Some(name)) => {
-                match self.upstream_for(cluster, &Some(name.clone())) {
-                    Some(up) => Some(up),
-                    None => {
-                        tracing::warn!("cannot start as a replica of {name}: its connection address is unknown");
-                        return false;
-                    }
+            Some(t) => match self.resolve(cluster, t) {
+                Ok(up) => up,
+                Err(e) => {
+                    tracing::warn!("cannot start as a replica of {t}: {e}");
+                    return false;
                 }
-            }
-            _ => None,
+            },
+            None => None,
         };
-        if let Err(e) = self.write_conf(standby, up.as_ref()) {
+        if let Err(e) = self.write_conf(standby, replica_of.as_ref(), up.as_ref()) {
             tracing::error!("cannot write the PostgreSQL configuration: {e}");
             return false;
         }
@@ -421,7 +448,7 @@ impl Node {
         self.spawn_job(JobKind::Start, PgState::Starting, async move {
             pg.start().await?;
             Ok(JobDone {
-                upstream: replica_of.or(Some(None)),
+                upstream: replica_of.or(Some(Target::Nobody)),
             })
         });
         true
@@ -450,7 +477,7 @@ impl Node {
                 }
                 self.ssn = Some(ssn);
                 self.ssn_since = None;
-                if let Err(e) = self.write_conf(true, None) {
+                if let Err(e) = self.write_conf(true, None, None) {
                     tracing::warn!("could not write the configuration before promoting: {e}");
                 }
             }
@@ -463,7 +490,7 @@ impl Node {
         // and pg_basebackup do not copy them).
         self.bookkeeping.slots_for.clear();
         let pg = self.pg.clone();
-        let params = self.conf_params(false);
+        let params = self.conf_params(false, None);
         let hba = self.hba();
         let timeout = self.pg.ctl_timeout();
         self.spawn_job(JobKind::Promote, PgState::Running, async move {
@@ -474,7 +501,7 @@ impl Node {
             // Drop primary_conninfo from the files so a later restart comes up as primary.
             pg.write_config(&params, &hba, false, None)?;
             Ok(JobDone {
-                upstream: Some(None),
+                upstream: Some(Target::Nobody),
             })
         });
         true

@@ -12,7 +12,14 @@ impl Node {
     /// planner, [`crate::ha::sync::next_step`]) before the slots.
     pub(super) async fn leader_housekeeping(&mut self, cluster: Option<&Cluster>, pgs: &PgStatus) {
         let Some(c) = cluster else { return };
-        let status = pgs.wal_flush.map(|optime| {
+        // A standby leader has no flush position of its own: what it received or replayed.
+        let standby_leader = pgs.role == crate::ha::state::Role::StandbyLeader;
+        let position = if standby_leader {
+            pgs.received.max(pgs.replayed)
+        } else {
+            pgs.wal_flush
+        };
+        let status = position.map(|optime| {
             dcs::codec::to_compact_json(&Status {
                 optime: Some(optime),
                 ..Status::default()
@@ -26,7 +33,9 @@ impl Node {
             self.dynamic.postgresql.use_slots,
             &self.bookkeeping,
         );
-        let mut synced = false;
+        // Synchronous replication is the primary's business: a standby leader's commits are
+        // the other cluster's.
+        let mut synced = standby_leader;
         for step in plan {
             if matches!(step, Bookkeeping::EnsureSlots(_)) && !synced {
                 self.sync_housekeeping(c, pgs).await;

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::api::client::{HttpPeers, PeerSource};
 use crate::config::{Config, DynamicConfig};
 use crate::dcs::{self, Cluster, Dcs};
-use crate::ha::decide::{JobKind, Policy};
+use crate::ha::decide::{JobKind, Policy, Target};
 use crate::ha::phase::Phase;
 use crate::ha::plan::{
     next_rewind_state, BookkeepingMemo, RemovalReason, RewindEvent, RewindPlanner, RewindState,
@@ -31,6 +31,7 @@ mod jobs;
 mod leader;
 mod observe;
 mod publish;
+mod standby;
 mod sync_keeping;
 
 /// Why the loop ended.
@@ -50,7 +51,7 @@ struct Job {
 /// What a finished job leaves behind.
 #[derive(Debug)]
 struct JobDone {
-    upstream: Option<Option<String>>,
+    upstream: Option<Target>,
 }
 
 /// The loop's state between cycles.
@@ -65,7 +66,7 @@ pub struct Node {
     dynamic: DynamicConfig,
     job: Option<Job>,
     wake: Arc<Notify>,
-    upstream: Option<Option<String>>,
+    upstream: Option<Target>,
     /// Where a former primary stands on its way back (a planner's state machine).
     rewind: RewindState,
     /// The planner that moves it ([`next_rewind_state`]).
@@ -113,6 +114,17 @@ pub struct Node {
     backups: Option<Arc<dyn crate::ha::replica::ReplicaBackups>>,
     /// A new cluster is a clone of this source (`bootstrap.method: clone`).
     cloner: Option<Arc<dyn crate::ha::replica::ClusterClone>>,
+    /// The dynamic configuration's `standby_cluster` (an error: the section is malformed, and
+    /// the cluster stays a standby cluster following nobody until it is mended).
+    standby: Option<Result<crate::config::standby::StandbyCluster, String>>,
+    /// Switches where `restore_command` reads WAL from (with a `storage:` section).
+    archive_switch: Option<Arc<dyn crate::ha::replica::ArchiveSwitch>>,
+    /// The archive `restore_command` reads from now (`None` inside: this cluster's own), and
+    /// that archive's backups; `None`: not switched yet.
+    archive_in_use: Option<(
+        Option<crate::config::standby::ArchiveSource>,
+        Arc<dyn crate::ha::replica::ReplicaBackups>,
+    )>,
 }
 
 impl Node {
@@ -164,7 +176,19 @@ impl Node {
             bootstrap_made_data_dir: false,
             backups: None,
             cloner: None,
+            standby: None,
+            archive_switch: None,
+            archive_in_use: None,
         }
+    }
+
+    /// Switch `restore_command`'s archive with this (a standby cluster reads its source's).
+    pub fn with_archive_switch(
+        mut self,
+        switch: Arc<dyn crate::ha::replica::ArchiveSwitch>,
+    ) -> Node {
+        self.archive_switch = Some(switch);
+        self
     }
 
     /// Bootstrap a new cluster as a clone of this source instead of with `initdb`.
@@ -264,6 +288,7 @@ impl Node {
             paused: self.dynamic.pause,
             synchronous: sync::sync_mode(&self.dynamic) != sync::SyncMode::Off,
             quorum: sync::sync_mode(&self.dynamic) == sync::SyncMode::Quorum,
+            standby_cluster: self.standby.is_some(),
             replicatefrom: self
                 .cfg
                 .tags
@@ -328,8 +353,25 @@ impl Node {
         }
     }
 
-    fn upstream_for(&self, cluster: Option<&Cluster>, name: &Option<String>) -> Option<Upstream> {
-        let name = name.as_ref()?;
+    /// Where PostgreSQL streams from when following `target`: `Ok(None)` for nobody (or a
+    /// standby cluster's source with no `host`: its archive only); an error when a member's
+    /// address is unknown.
+    fn resolve(
+        &self,
+        cluster: Option<&Cluster>,
+        target: &Target,
+    ) -> Result<Option<Upstream>, String> {
+        match target {
+            Target::Nobody => Ok(None),
+            Target::Member(name) => self
+                .upstream_for(cluster, name)
+                .map(Some)
+                .ok_or_else(|| format!("the connection address of {name} is unknown")),
+            Target::StandbySource => Ok(self.standby_upstream()),
+        }
+    }
+
+    fn upstream_for(&self, cluster: Option<&Cluster>, name: &str) -> Option<Upstream> {
         let m = cluster?.member(name)?;
         let (host, port) = m.host_port()?;
         Some(Upstream {
@@ -363,15 +405,45 @@ impl Node {
         lines
     }
 
-    /// The parameters to write: a primary in synchronous mode also gets the SSN it runs with.
-    fn conf_params(&self, standby: bool) -> std::collections::BTreeMap<String, serde_json::Value> {
+    /// The parameters to write: a primary in synchronous mode also gets the SSN it runs with;
+    /// a standby leader following the other cluster, `standby_cluster`'s recovery settings.
+    fn conf_params(
+        &self,
+        standby: bool,
+        target: Option<&Target>,
+    ) -> std::collections::BTreeMap<String, serde_json::Value> {
         let ssn = if standby { None } else { self.ssn.as_deref() };
-        sync::with_ssn(&self.dynamic.postgresql.parameters, ssn)
+        let mut params = sync::with_ssn(&self.dynamic.postgresql.parameters, ssn);
+        if target == Some(&Target::StandbySource) {
+            self.standby_params(&mut params);
+        }
+        params
     }
 
-    fn write_conf(&self, standby: bool, upstream: Option<&Upstream>) -> Result<(), PgError> {
-        self.pg
-            .write_config(&self.conf_params(standby), &self.hba(), standby, upstream)
+    /// Rewrites the configuration files for the role PostgreSQL runs in (`standby`), following
+    /// whom it follows now.
+    fn write_conf_as_is(&self, cluster: Option<&Cluster>, standby: bool) -> Result<(), PgError> {
+        let target = if standby {
+            self.upstream.clone().unwrap_or(Target::Nobody)
+        } else {
+            Target::Nobody
+        };
+        let up = self.resolve(cluster, &target).unwrap_or(None);
+        self.write_conf(standby, Some(&target), up.as_ref())
+    }
+
+    fn write_conf(
+        &self,
+        standby: bool,
+        target: Option<&Target>,
+        upstream: Option<&Upstream>,
+    ) -> Result<(), PgError> {
+        self.pg.write_config(
+            &self.conf_params(standby, target),
+            &self.hba(),
+            standby,
+            upstream,
+        )
     }
 }
 

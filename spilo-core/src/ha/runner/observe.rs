@@ -119,6 +119,11 @@ impl Node {
             } if !running => Role::Demoted,
             _ => Role::Replica,
         });
+        // A standby cluster's leader runs in recovery and holds the key: Patroni's
+        // `standby_leader`.
+        if st.role == Role::Replica && self.standby.is_some() && self.lease_renewed_at.is_some() {
+            st.role = Role::StandbyLeader;
+        }
         (view, st, data)
     }
 
@@ -141,5 +146,6 @@ impl Node {
             }
             self.dynamic = dynamic;
         }
+        self.apply_standby();
     }
 }

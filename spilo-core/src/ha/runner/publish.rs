@@ -26,7 +26,7 @@ impl Node {
         }
         let s = self.state.borrow().clone();
         let fence = self
-            .conf_params(false)
+            .conf_params(false, None)
             .get("spilo.fence")
             .and_then(|v| match v {
                 serde_json::Value::String(s) => Some(s.eq_ignore_ascii_case("on")),

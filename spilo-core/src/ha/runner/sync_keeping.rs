@@ -174,7 +174,7 @@ impl Node {
     }
 
     pub(super) async fn apply_ssn(&mut self) {
-        if let Err(e) = self.write_conf(false, None) {
+        if let Err(e) = self.write_conf(false, None, None) {
             tracing::error!("cannot write the PostgreSQL configuration: {e}");
             return;
         }
