@@ -39,6 +39,7 @@ mod restart_reinit_reload;
 mod restore;
 mod spiloctl;
 mod spiloctl_ops;
+mod standby;
 mod switchover;
 mod switchover_under_load;
 mod sync_mode;

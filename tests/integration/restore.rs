@@ -12,7 +12,7 @@ use crate::ops::{call, expect};
 use crate::BOOTSTRAP;
 
 /// Options of a cluster archiving to `store`.
-fn store_opts(label: &str, store: &Store) -> ClusterOpts {
+pub(crate) fn store_opts(label: &str, store: &Store) -> ClusterOpts {
     let mut opts = ClusterOpts::named(label);
     opts.node.extra_yaml = store.yaml();
     opts
@@ -27,7 +27,7 @@ fn clone_opts(label: &str, store: &Store, scope: &str, target: &str) -> ClusterO
 }
 
 /// `spiloctl backup create` on `c`, which must succeed.
-fn backup_create(c: &TestCluster) {
+pub(crate) fn backup_create(c: &TestCluster) {
     let out = c.spiloctl(&["backup", "create"]).expect("spiloctl");
     assert!(
         out.status.success(),
