@@ -77,6 +77,8 @@ fn a_standby_cluster_follows_through_the_archive_then_streaming_and_is_promoted(
     // Two nodes that follow the source through its archive only (Spilo's STANDBY_SCOPE: the
     // source's archive in this cluster's own store).
     let mut opts = store_opts("standby-dst", &store);
+    // Its standby leader archives into its own prefix too (`archive_mode = always`).
+    opts.node.extra_yaml.push_str("    standby_leader: true\n");
     opts.node.env = vec![("STANDBY_SCOPE".into(), src.scope.clone())];
     let dst = TestCluster::start(2, opts);
     let leader = wait_standby_leader(&dst, Duration::from_secs(240));
@@ -101,7 +103,8 @@ fn a_standby_cluster_follows_through_the_archive_then_streaming_and_is_promoted(
         None,
     );
     assert!(
-        sl.log_text().contains("building this replica from backup base_"),
+        sl.log_text()
+            .contains("building this replica from backup base_"),
         "the standby leader was not restored from the source's backup: {}",
         sl.log_tail(30)
     );
@@ -131,6 +134,34 @@ fn a_standby_cluster_follows_through_the_archive_then_streaming_and_is_promoted(
     wait_archived(p, &last, Duration::from_secs(120));
     wait_rows(sl, "via archive", "30");
     wait_rows(r, "via archive", "30");
+    // The standby leader archived what it replayed into this cluster's own prefix; its
+    // replica uploaded nothing, and answered PostgreSQL once the archive held the same bytes.
+    wait_for(
+        &format!("{last} in the standby cluster's own prefix"),
+        Duration::from_secs(120),
+        || {
+            if store.names(&dst.scope).contains(&last) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", store.names(&dst.scope)))
+            }
+        },
+    );
+    let done = r
+        .data_dir
+        .join("pg_wal/archive_status")
+        .join(format!("{last}.done"));
+    wait_for(
+        &format!("{last} marked archived on the replica"),
+        Duration::from_secs(180),
+        || {
+            if done.exists() {
+                Ok(())
+            } else {
+                Err(format!("no {}", done.display()))
+            }
+        },
+    );
 
     // Streaming from the source's primary: `standby_cluster.host` added.
     let src_port = p.pg_port;

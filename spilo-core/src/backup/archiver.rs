@@ -276,6 +276,8 @@ pub struct ArchiverSettings {
     pub pg_wal_warning_bytes: u64,
     /// Seal objects with this key (`backup.encryption`).
     pub key: Option<super::crypt::SecretKey>,
+    /// A standby cluster's leader archives too (`backup.archive.standby_leader`).
+    pub standby_leader: bool,
 }
 
 type Outcome = Option<Result<(), Arc<ArchiveError>>>;
@@ -342,7 +344,51 @@ impl Archiver {
 
     fn allowed(&self) -> bool {
         let n = self.sh.node.borrow();
-        n.pg.role.is_primary() && n.holds_lock(crate::clock::now())
+        let archiving_role = n.pg.role.is_primary()
+            || (self.sh.s.standby_leader && n.pg.role == crate::ha::state::Role::StandbyLeader);
+        archiving_role && n.holds_lock(crate::clock::now())
+    }
+
+    /// A replica asked to archive (`archive_mode = always`, set in a standby cluster whose
+    /// leader archives): it uploads nothing, and answers success once the archive holds the
+    /// same bytes (its standby leader archived them), so that its `pg_wal` does not keep
+    /// what is already safe.
+    fn replica_of_archiving_leader(&self) -> bool {
+        self.sh.s.standby_leader && self.sh.node.borrow().pg.role == crate::ha::state::Role::Replica
+    }
+
+    /// Whether the archive holds `name` with the bytes of the local file.
+    async fn held_by_archive(&self, name: &str) -> Result<(), ArchiveError> {
+        let path = self.sh.s.pg_wal.join(name);
+        let read = |source| ArchiveError::Read {
+            name: name.to_string(),
+            source,
+        };
+        let trailer = tokio::task::spawn_blocking(move || -> std::io::Result<Trailer> {
+            use sha2::Digest;
+            use std::io::Read;
+            let mut f = std::fs::File::open(path)?;
+            let mut h = sha2::Sha256::new();
+            let mut buf = vec![0u8; CHUNK];
+            let mut size = 0u64;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                size += n as u64;
+            }
+            Ok(Trailer {
+                sha256: h.finalize().into(),
+                size,
+            })
+        })
+        .await
+        .map_err(|e| read(std::io::Error::other(e)))?
+        .map_err(read)?;
+        let key = layout::wal_key(&self.sh.s.base, name);
+        self.compare(name, &key, &trailer).await
     }
 
     /// Whether this node becomes the archiving primary within a short grace. Just after a
@@ -380,6 +426,10 @@ impl Archiver {
                     .last_success_unix
                     .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
             }
+            Err(e) if self.replica_of_archiving_leader() => {
+                // Waiting for the standby leader to archive it: PostgreSQL asks again.
+                tracing::debug!(file = name, "{}", crate::error_chain(&**e));
+            }
             Err(e) => {
                 self.sh.stats.fail(e);
                 tracing::warn!(
@@ -395,6 +445,16 @@ impl Archiver {
     async fn push_inner(&self, name: &str) -> Result<(), Arc<ArchiveError>> {
         if layout::classify(name).is_none() {
             return Err(Arc::new(ArchiveError::BadName(name.to_string())));
+        }
+        if !self.allowed() && self.replica_of_archiving_leader() {
+            self.forget();
+            return match self.held_by_archive(name).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    tracing::debug!(file = name, "not in the archive yet: {e}");
+                    Err(Arc::new(ArchiveError::NotPrimary(name.to_string())))
+                }
+            };
         }
         if !self.allowed() && !self.becomes_allowed().await {
             self.forget();

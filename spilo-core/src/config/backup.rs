@@ -255,6 +255,12 @@ pub struct ArchiveConfig {
     /// Warn (log and `/metrics`) when `pg_wal` grows past this many megabytes; 0: off.
     #[serde(default)]
     pub pg_wal_warning_mb: u64,
+    /// In a standby cluster, its standby leader archives too (`archive_mode = always`), into
+    /// this cluster's own prefix: after a promotion its archive reaches back past the
+    /// promotion, and backups taken meanwhile can be restored. Its replicas then answer
+    /// PostgreSQL's archive requests once the archive holds the same bytes.
+    #[serde(default)]
+    pub standby_leader: bool,
 }
 
 impl Default for ArchiveConfig {
@@ -264,6 +270,7 @@ impl Default for ArchiveConfig {
             readahead: default_readahead(),
             socket: None,
             pg_wal_warning_mb: 0,
+            standby_leader: false,
         }
     }
 }

@@ -198,6 +198,7 @@ async fn start_archiver(
         readahead: b.archive.readahead as usize,
         concurrency: b.upload_concurrency as usize,
         pg_wal_warning_bytes: b.archive.pg_wal_warning_mb.saturating_mul(1 << 20),
+        standby_leader: b.archive.standby_leader,
         key: match &b.encryption {
             Some(e) => Some(
                 e.load(kms_region(storage_cfg))

@@ -178,7 +178,15 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
     }
     params.insert("recovery_target_timeline".into(), quote_conf("latest"));
     if let Some(cmd) = i.archive_command {
-        params.insert("archive_mode".into(), "on".into());
+        // `always` (a standby cluster whose leader archives) stays; anything else is `on`.
+        let always = i
+            .parameters
+            .get("archive_mode")
+            .is_some_and(|v| guc_value(v).trim_matches('\'') == "always");
+        params.insert(
+            "archive_mode".into(),
+            if always { "always" } else { "on" }.into(),
+        );
         params.insert("archive_command".into(), quote_conf(cmd));
         params.remove("archive_library");
     }
@@ -453,6 +461,21 @@ mod tests {
         );
         assert!(!conf.contains("archive_library"), "{conf}");
         assert!(conf.contains("archive_timeout = 60\n"), "{conf}");
+        // `always` (a standby cluster whose leader archives) is kept.
+        p.insert("archive_mode".into(), Value::from("always"));
+        let conf = render_postgresql_conf(&ConfInput {
+            listen_addresses: "*",
+            port: 5432,
+            cluster_name: "c",
+            parameters: &p,
+            upstream: None,
+            passfile: Path::new("/tmp/p"),
+            member: "n",
+            socket_dir: "/tmp",
+            archive_command: Some("/opt/spilo wal-push %p"),
+            restore_command: None,
+        });
+        assert!(conf.contains("archive_mode = always\n"), "{conf}");
     }
 
     #[test]

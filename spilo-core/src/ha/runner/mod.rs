@@ -417,6 +417,7 @@ impl Node {
         if target == Some(&Target::StandbySource) {
             self.standby_params(&mut params);
         }
+        self.standby_archive_mode(&mut params);
         params
     }
 

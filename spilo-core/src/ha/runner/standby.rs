@@ -88,6 +88,19 @@ impl Node {
         }
     }
 
+    /// `archive_mode = always` on every node of a standby cluster whose leader archives
+    /// (`backup.archive.standby_leader`): PostgreSQL archives only in recovery with it, and it
+    /// needs a restart, so it is set from the start (the archiver decides who uploads).
+    pub(super) fn standby_archive_mode(&self, params: &mut BTreeMap<String, Value>) {
+        let archives = self
+            .cfg
+            .backup_settings()
+            .is_some_and(|b| b.archive.standby_leader);
+        if archives && self.standby.is_some() {
+            params.insert("archive_mode".into(), Value::String("always".into()));
+        }
+    }
+
     /// Points `restore_command` at the archive this cluster should read now: the other
     /// cluster's while it is a standby cluster naming one, else its own. Retried each cycle
     /// until it works.
