@@ -235,6 +235,8 @@ fn a_new_replica_is_restored_from_the_newest_backup() {
     note(format!(
         "{replica} restored from the backup, {fetched} WAL files from the archive, {rows} rows"
     ));
+    let built = wait_built(&c, &replica);
+    assert!(built.starts_with("spilo_restore base_"), "{built}");
 
     // The same node with a threshold the backup does not meet: pg_basebackup, with the reason.
     c.node_mut(&replica).rewrite_config(|o| {
@@ -251,6 +253,36 @@ fn a_new_replica_is_restored_from_the_newest_backup() {
         "no fallback to pg_basebackup with its reason: {}",
         c.node(&replica).log_tail(40)
     );
+    let built = wait_built(&c, &replica);
+    assert!(
+        built.starts_with(&format!("basebackup from {primary}"))
+            && built.contains("threshold_megabytes 0"),
+        "{built}"
+    );
+}
+
+/// The `Built` column of `spiloctl list` for `name`, once its member key has it.
+fn wait_built(c: &TestCluster, name: &str) -> String {
+    let mut built = String::new();
+    wait_for(
+        &format!("spiloctl list shows how {name} was built"),
+        Duration::from_secs(60),
+        || {
+            let rows = c.spiloctl_list_json()?;
+            let row = rows
+                .as_array()
+                .and_then(|a| a.iter().find(|r| r["Member"] == name))
+                .ok_or_else(|| format!("{name} not listed: {rows}"))?;
+            match row["Built"].as_str() {
+                Some(b) => {
+                    built = b.to_string();
+                    Ok(())
+                }
+                None => Err(format!("no Built column: {row}")),
+            }
+        },
+    );
+    built
 }
 
 /// Every file under `dir`, with its size, relative to it.

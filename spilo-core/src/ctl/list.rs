@@ -12,12 +12,13 @@ use crate::dcs::Cluster;
 /// The columns always shown in the table and TSV, in order.
 const BASE_COLUMNS: [&str; 6] = ["Member", "Host", "Role", "State", "TL", "Lag in MB"];
 /// Columns shown only when some member has a value.
-const OPTIONAL_COLUMNS: [&str; 5] = [
+const OPTIONAL_COLUMNS: [&str; 6] = [
     "Pending restart",
     "Scheduled restart",
     "Hooks",
     "Fence",
     "Archive",
+    "Built",
 ];
 
 /// The names in the `sync` key's `sync_standby` (comma-joined).
@@ -116,6 +117,10 @@ pub fn rows(scope: &str, c: &Cluster) -> Vec<Value> {
             // spilo's own: the WAL archive's state on the member that archives.
             if let Some(a) = m.data.extra.get("archive").and_then(Value::as_str) {
                 row["Archive"] = json!(a);
+            }
+            // spilo's own: how a replica's data directory was built, and why.
+            if let Some(b) = m.data.extra.get("built").and_then(Value::as_str) {
+                row["Built"] = json!(b);
             }
             if !m.data.tags.is_empty() {
                 row["Tags"] = json!(m.data.tags);

@@ -117,7 +117,10 @@ impl Node {
                         if let Some(r) = reply {
                             send(r, 200, "restarted successfully");
                         }
-                        Ok(JobDone { upstream: None })
+                        Ok(JobDone {
+                            upstream: None,
+                            built: None,
+                        })
                     }
                     Err(e) => {
                         if let Some(r) = reply {

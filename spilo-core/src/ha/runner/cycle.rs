@@ -211,6 +211,9 @@ impl Node {
                 if let Some(a) = st.archive.as_ref().and_then(|a| a.summary()) {
                     m.extra.insert("archive".into(), a.into());
                 }
+                if let Some(b) = &self.built {
+                    m.extra.insert("built".into(), b.clone().into());
+                }
             }
             let bytes = member::encode(&m);
             if self.last_member.as_deref() != Some(&bytes[..]) {

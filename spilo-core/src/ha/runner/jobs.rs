@@ -57,6 +57,9 @@ impl Node {
                 if done.upstream.is_some() {
                     self.upstream = done.upstream;
                 }
+                if done.built.is_some() {
+                    self.built = done.built;
+                }
                 if job.kind == JobKind::Rewind {
                     self.rewind_event(RewindEvent::RewindDone);
                 }
@@ -208,6 +211,7 @@ impl Node {
                 }
                 Ok(JobDone {
                     upstream: Some(Target::Nobody),
+                    built: None,
                 })
             },
         );
@@ -306,7 +310,7 @@ impl Node {
                         match b.restore(backup, pg.data_dir()).await {
                             Ok(what) => {
                                 tracing::info!("backup {backup}: {what}; replaying WAL from the archive, then streaming from {from}");
-                                built = Some(step.method());
+                                built = Some(format!("{METHOD_RESTORE} {backup}"));
                                 break;
                             }
                             Err(e) => {
@@ -324,7 +328,7 @@ impl Node {
                         );
                         match pg.basebackup(&up.host, up.port).await {
                             Ok(()) => {
-                                built = Some(step.method());
+                                built = Some(format!("{METHOD_BASEBACKUP} from {from}"));
                                 break;
                             }
                             Err(e) => {
@@ -357,8 +361,14 @@ impl Node {
             }
             pg.write_config(&params, &hba, true, up.as_ref())?;
             pg.start().await?;
+            // What built it, and why the methods before it did not (for `spiloctl list`).
+            let mut how = built.unwrap_or_default();
+            if !skipped.is_empty() {
+                how.push_str(&format!(" ({})", skipped.join("; ")));
+            }
             Ok(JobDone {
                 upstream: Some(from),
+                built: Some(how),
             })
         });
         true
@@ -416,6 +426,7 @@ impl Node {
             pg.start().await?;
             Ok(JobDone {
                 upstream: Some(Target::Member(leader)),
+                built: None,
             })
         });
         true
@@ -449,6 +460,7 @@ impl Node {
             pg.start().await?;
             Ok(JobDone {
                 upstream: replica_of.or(Some(Target::Nobody)),
+                built: None,
             })
         });
         true
@@ -502,6 +514,7 @@ impl Node {
             pg.write_config(&params, &hba, false, None)?;
             Ok(JobDone {
                 upstream: Some(Target::Nobody),
+                built: None,
             })
         });
         true

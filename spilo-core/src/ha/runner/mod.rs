@@ -52,6 +52,8 @@ struct Job {
 #[derive(Debug)]
 struct JobDone {
     upstream: Option<Target>,
+    /// A replica copy: the method that built it, and why earlier methods were skipped.
+    built: Option<String>,
 }
 
 /// The loop's state between cycles.
@@ -119,6 +121,9 @@ pub struct Node {
     standby: Option<Result<crate::config::standby::StandbyCluster, String>>,
     /// Switches where `restore_command` reads WAL from (with a `storage:` section).
     archive_switch: Option<Arc<dyn crate::ha::replica::ArchiveSwitch>>,
+    /// How this node's data directory was last built by a replica copy (published in the
+    /// member key as `built`, shown by `spiloctl list`).
+    built: Option<String>,
     /// The archive `restore_command` reads from now (`None` inside: this cluster's own), and
     /// that archive's backups; `None`: not switched yet.
     archive_in_use: Option<(
@@ -179,6 +184,7 @@ impl Node {
             standby: None,
             archive_switch: None,
             archive_in_use: None,
+            built: None,
         }
     }
 
