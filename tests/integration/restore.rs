@@ -285,6 +285,76 @@ fn wait_built(c: &TestCluster, name: &str) -> String {
     built
 }
 
+/// Node replacement with no leader at all (`no_leader`): the primary is gone, the only other
+/// node (which may not promote) loses its disk and restores the newest backup and the archive
+/// instead of waiting for a leader to copy, comes up read-only following nobody with every
+/// archived row, and streams from the old primary once that is back and leads again.
+#[test]
+fn with_no_leader_a_wiped_node_restores_the_newest_backup_and_joins_later() {
+    let store = Store::new();
+    let mut opts = store_opts("no-leader", &store);
+    opts.node.extra_postgresql = "  spilo_restore: {threshold_percentage: 10000}\n".into();
+    let mut c = TestCluster::start(2, opts);
+    let primary = c.wait_for_replicas_streaming(BOOTSTRAP);
+    let replica = c.others(&primary)[0].clone();
+    fill_and_switch(c.node(&primary), 20_000);
+    backup_create(&c);
+    let last = fill_and_switch(c.node(&primary), 20_000);
+    wait_archived(c.node(&primary), &last, Duration::from_secs(120));
+    let rows = fill_rows(c.node(&primary));
+
+    // The primary goes away, and its lease with it.
+    {
+        let p = c.node_mut(&primary);
+        p.kill_daemon_now();
+        p.stop_postgres_immediate();
+    }
+    // The replica may not promote: without a leader only a restore brings it back.
+    c.node_mut(&replica)
+        .rewrite_config(|o| o.tags.push(("nofailover".into(), "true".into())));
+    {
+        let r = c.node_mut(&replica);
+        r.kill_daemon_now();
+        r.stop_postgres_immediate();
+    }
+    wait_for(
+        "the leader key expired",
+        Duration::from_secs(60),
+        || match c.leader_from_dcs() {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let said = rebuilt(&mut c, &replica, &rows);
+    assert!(
+        said.contains("no leader to copy from")
+            && said.contains("building this replica from backup base_"),
+        "the node did not restore without a leader: {}",
+        c.node(&replica).log_tail(40)
+    );
+    let r = c.node(&replica);
+    assert_eq!(
+        r.in_recovery(),
+        Ok(true),
+        "the restored node is not read-only"
+    );
+    assert_eq!(c.leader_from_dcs(), Ok(None), "a leader appeared");
+
+    // The old primary returns and leads; the restored node follows it.
+    c.node_mut(&primary).start();
+    let leader = c.wait_for_primary(Duration::from_secs(180));
+    assert_eq!(leader, primary);
+    c.node(&primary)
+        .sql("INSERT INTO archive_fill SELECT g FROM generate_series(1, 10) g")
+        .expect("the returned primary takes writes");
+    let rows = fill_rows(c.node(&primary));
+    wait_rows(&c, &replica, &rows);
+    c.wait_for_streaming(&primary, &[&replica], Duration::from_secs(120));
+    note(format!(
+        "{replica} restored without a leader and streams from {primary} again ({rows} rows)"
+    ));
+}
+
 /// Every file under `dir`, with its size, relative to it.
 fn listing(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
     let mut out = std::collections::BTreeMap::new();

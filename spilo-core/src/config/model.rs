@@ -387,6 +387,11 @@ pub struct RestoreMethod {
     /// At most this percentage of the backup's size.
     #[serde(default = "d_threshold_pct")]
     pub threshold_percentage: u64,
+    /// Patroni's `no_leader` (as Spilo sets it for its backup method): a node with an empty
+    /// data directory restores the newest backup even while the cluster has no leader, and
+    /// starts as a replica following nobody until one appears.
+    #[serde(default = "d_true", alias = "no_master")]
+    pub no_leader: bool,
 }
 
 fn d_threshold_mb() -> u64 {
@@ -402,6 +407,7 @@ impl Default for RestoreMethod {
         RestoreMethod {
             threshold_megabytes: d_threshold_mb(),
             threshold_percentage: d_threshold_pct(),
+            no_leader: true,
         }
     }
 }

@@ -47,6 +47,9 @@ pub struct Policy {
     /// The dynamic configuration has a `standby_cluster` section: the leader follows the other
     /// cluster (a standby leader) and nobody promotes.
     pub standby_cluster: bool,
+    /// An empty node may restore the newest backup while the cluster has no leader
+    /// (`spilo_restore` is a replica method, with `no_leader`, and there is a store).
+    pub restore_without_leader: bool,
 }
 
 /// Whom a replica follows.
@@ -327,6 +330,8 @@ pub enum Reason {
     PeersNotQueried,
     /// This node leads a standby cluster: it follows the other cluster and never promotes.
     StandbyLeader,
+    /// No leader to copy from: the newest backup is restored (`no_leader`).
+    RestoreWithoutLeader,
     /// `standby_cluster` is set while this node runs as a primary: a running primary is not
     /// turned into a standby (it would need a rewind against another cluster); it stays primary.
     StandbyClusterOnPrimary,
@@ -395,6 +400,10 @@ impl fmt::Display for Reason {
             Reason::PeersNotQueried => {
                 write!(f, "the other members' state was not asked this cycle")
             }
+            Reason::RestoreWithoutLeader => write!(
+                f,
+                "no leader to copy from: restoring the newest backup (spilo_restore, no_leader)"
+            ),
             Reason::StandbyLeader => write!(
                 f,
                 "I am the standby leader: following the standby cluster's source"
@@ -528,6 +537,7 @@ impl Reason {
             Reason::BootstrapFailed(..) => "bootstrap_failed",
             Reason::PeersNotQueried => "peers_not_queried",
             Reason::StandbyLeader => "standby_leader",
+            Reason::RestoreWithoutLeader => "restore_without_leader",
             Reason::StandbyClusterOnPrimary => "standby_cluster_on_primary",
         }
     }
@@ -1100,6 +1110,13 @@ fn uninitialized(
             .act(Action::AcquireLeader)
             .act(Action::StartBootstrap)
             .because(Reason::ClusterUninitialized);
+    }
+    // An initialized cluster with no leader: a new or wiped node restores the newest backup
+    // (when allowed) rather than wait, and comes up following nobody.
+    if policy.restore_without_leader && !policy.standby_cluster {
+        return d
+            .act(Action::StartClone(Target::Nobody))
+            .because(Reason::RestoreWithoutLeader);
     }
     d.because(Reason::WaitingForBootstrap)
 }

@@ -27,6 +27,7 @@ fn policy(name: &str) -> Policy {
         synchronous: false,
         quorum: false,
         standby_cluster: false,
+        restore_without_leader: false,
     }
 }
 
@@ -1379,4 +1380,32 @@ fn a_primary_is_not_demoted_into_a_standby_cluster() {
         d.reasons.contains(&Reason::StandbyClusterOnPrimary),
         "{d:?}"
     );
+}
+
+#[test]
+fn without_a_leader_an_empty_node_restores_the_newest_backup_when_allowed() {
+    let c = cluster(None, "n3");
+    let mut l = local(Pg::Stopped);
+    l.data = DataDir::Empty;
+    let d = run(Some(&c), &l, &policy("n3"));
+    assert_eq!(d.reasons, vec![Reason::WaitingForBootstrap]);
+    assert!(d.actions.is_empty());
+    let p = Policy {
+        restore_without_leader: true,
+        ..policy("n3")
+    };
+    let d = run(Some(&c), &l, &p);
+    assert_eq!(d.actions, vec![Action::StartClone(Target::Nobody)]);
+    assert_eq!(d.reasons, vec![Reason::RestoreWithoutLeader]);
+    // A cluster nobody initialized yet is bootstrapped, never restored.
+    let mut fresh = cluster(None, "n3");
+    fresh.initialize = None;
+    let d = run(Some(&fresh), &l, &p);
+    assert_eq!(
+        d.actions,
+        vec![Action::AcquireLeader, Action::StartBootstrap]
+    );
+    // Paused: nothing.
+    let paused = Policy { paused: true, ..p };
+    assert!(run(Some(&c), &l, &paused).actions.is_empty());
 }

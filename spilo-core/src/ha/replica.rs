@@ -307,6 +307,7 @@ mod tests {
         let limits = RestoreMethod {
             threshold_megabytes: 100,
             threshold_percentage: 30,
+            no_leader: true,
         };
         let (steps, skipped) = plan_replica(&ReplicaInput {
             methods: &methods,
@@ -383,6 +384,7 @@ mod tests {
         let limits = RestoreMethod {
             threshold_megabytes: 0,
             threshold_percentage: 0,
+            no_leader: true,
         };
         let b = BackupFacts {
             name: "base_000000010000000000000002".into(),

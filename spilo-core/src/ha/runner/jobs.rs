@@ -230,6 +230,8 @@ impl Node {
             }
         };
         let source = *target == Target::StandbySource;
+        // Nothing to compare a backup with: the standby cluster's source, or no leader at all.
+        let no_leader = source || *target == Target::Nobody;
         let pg = self.pg.clone();
         let params = self.conf_params(true, Some(target));
         let hba = self.hba();
@@ -255,6 +257,13 @@ impl Node {
         };
         let (leader_lsn, sysid, leader_timeline, history) = if source {
             (None, None, None, Vec::new())
+        } else if no_leader {
+            (
+                None,
+                cluster.and_then(|c| c.initialize.clone()),
+                None,
+                Vec::new(),
+            )
         } else {
             (
                 cluster.and_then(|c| {
@@ -292,7 +301,7 @@ impl Node {
                 history: &history,
                 system_identifier: sysid.as_deref().filter(|s| !s.is_empty()),
                 limits: &limits,
-                no_leader: source,
+                no_leader,
                 can_basebackup: up.is_some(),
             });
             for s in &skipped {

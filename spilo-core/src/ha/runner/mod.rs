@@ -295,6 +295,14 @@ impl Node {
             synchronous: sync::sync_mode(&self.dynamic) != sync::SyncMode::Off,
             quorum: sync::sync_mode(&self.dynamic) == sync::SyncMode::Quorum,
             standby_cluster: self.standby.is_some(),
+            restore_without_leader: self.backups.is_some()
+                && self.cfg.postgresql.spilo_restore.no_leader
+                && self
+                    .cfg
+                    .postgresql
+                    .replica_methods(true)
+                    .iter()
+                    .any(|m| m == crate::config::model::METHOD_RESTORE),
             replicatefrom: self
                 .cfg
                 .tags
