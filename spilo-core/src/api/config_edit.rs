@@ -595,6 +595,20 @@ mod tests {
             "{}",
             r.message()
         );
+        // A standby_cluster section that could not be used.
+        let r = call(
+            &ctx,
+            "PATCH",
+            "/config",
+            Some(r#"{"standby_cluster": {"host": "h", "port": 0}}"#),
+        )
+        .await;
+        assert_eq!(r.status, 400);
+        assert!(
+            r.message().contains("standby_cluster.port"),
+            "{}",
+            r.message()
+        );
         assert_eq!(dcs.version("config"), v);
 
         // Read failure: 503; write failure: 503.
