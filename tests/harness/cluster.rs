@@ -348,6 +348,18 @@ impl TestCluster {
         run_with_timeout(cmd, Duration::from_secs(30))
     }
 
+    /// Runs `spiloctl -c <first node's config> ARGS` as the `postgres` OS user (for commands
+    /// that start PostgreSQL; `timeout` bound).
+    pub fn spiloctl_as_postgres(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<std::process::Output, String> {
+        let mut cmd = crate::util::postgres_command(&bins().spiloctl);
+        cmd.arg("-c").arg(&self.nodes[0].config_path).args(args);
+        run_with_timeout(cmd, timeout)
+    }
+
     /// `spiloctl -c CFG list --format json`, parsed.
     pub fn spiloctl_list_json(&self) -> Result<Value, String> {
         let out = self.spiloctl(&["list", "--format", "json"])?;

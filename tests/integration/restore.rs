@@ -355,6 +355,119 @@ fn with_no_leader_a_wiped_node_restores_the_newest_backup_and_joins_later() {
     ));
 }
 
+/// The restore drill: `spiloctl backup verify` restores the newest backup into a scratch
+/// directory, replays it to its consistent point, starts PostgreSQL there and reads every
+/// relation with pg_amcheck, then removes the directory; a damaged backup fails it with the
+/// cause and a non-zero exit; as root it refuses to start PostgreSQL.
+#[test]
+fn the_restore_drill_verifies_a_backup_and_names_a_damaged_one() {
+    let store = Store::new();
+    let mut opts = store_opts("drill", &store);
+    // The scheduled drill every minute, too.
+    opts.node.extra_yaml = opts.node.extra_yaml.replace(
+        "  schedule: ''\n",
+        "  schedule: ''\n  verify_schedule: '* * * * *'\n",
+    );
+    assert!(opts.node.extra_yaml.contains("verify_schedule"));
+    let c = TestCluster::start(1, opts);
+    let primary = c.wait_for_primary(BOOTSTRAP);
+    let p = c.node(&primary);
+    p.sql("CREATE TABLE drill(id int PRIMARY KEY, t text); INSERT INTO drill SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+        .expect("rows");
+    backup_create(&c);
+    // A scratch root the postgres user owns, to see that nothing is left in it.
+    let scratch = tempfile::Builder::new()
+        .prefix("spilo-it-drill-")
+        .tempdir_in("/tmp")
+        .expect("scratch root");
+    let (uid, gid) = spilo_tests::util::postgres_ids();
+    std::os::unix::fs::chown(scratch.path(), Some(uid), Some(gid)).expect("chown");
+    let dir = scratch.path().display().to_string();
+    let run = |args: &[&str]| {
+        let out = c
+            .spiloctl_as_postgres(args, Duration::from_secs(300))
+            .expect("spiloctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&["backup", "verify", "--dir", &dir, "--format", "json"]);
+    assert!(ok, "backup verify failed: {out}{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("a JSON report");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["check"], "pg_amcheck", "{r}");
+    assert!(r["wal_files"].as_u64().unwrap_or(0) >= 1, "{r}");
+    assert!(r["restored_bytes"].as_u64().unwrap_or(0) > 1 << 20, "{r}");
+    let backup = r["backup"].as_str().unwrap_or_default().to_string();
+    assert!(backup.starts_with("base_"), "{r}");
+    let left: Vec<_> = std::fs::read_dir(scratch.path())
+        .expect("scratch root")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "the drill left {left:?}");
+
+    // The daemon's scheduled drill passes too, and says so in /metrics.
+    wait_for(
+        "a scheduled restore drill passed",
+        Duration::from_secs(150),
+        || {
+            let m = metrics(c.node(&primary));
+            match (
+                gauge(&m, "spilo_backup_verify_last_timestamp_seconds"),
+                gauge(&m, "spilo_backup_verify_last_success"),
+            ) {
+                (t, ok) if t > 0.0 && ok == 1.0 => Ok(()),
+                (t, ok) => Err(format!("last drill at {t}, success {ok}")),
+            }
+        },
+    );
+    assert!(
+        c.node(&primary).log_text().contains("restore drill passed"),
+        "{}",
+        c.node(&primary).log_tail(20)
+    );
+
+    // As root: refused before anything starts.
+    let out = c
+        .spiloctl(&["backup", "verify", "--dir", &dir])
+        .expect("spiloctl");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refuses to run as root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One byte of the backup's data object changed: the drill fails, naming the cause.
+    let data = store
+        .base(&c.scope)
+        .join("basebackups_005")
+        .join(&backup)
+        .join("tar_partitions/part_1.tar.zst");
+    let mut bytes = std::fs::read(&data).expect("the backup's object");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&data, &bytes).expect("damage it");
+    let (ok, out, err) = run(&["backup", "verify", &backup, "--dir", &dir]);
+    assert!(!ok, "a damaged backup passed the drill: {out}");
+    assert!(
+        err.contains(&format!("backup {backup} failed the drill")) && out.contains("FAILED"),
+        "{out}{err}"
+    );
+    note(format!(
+        "drill of {backup}: {} s, then the damaged copy: {}",
+        r["seconds"],
+        err.trim()
+    ));
+    let left = std::fs::read_dir(scratch.path())
+        .expect("scratch root")
+        .count();
+    assert_eq!(left, 0, "the failed drill left its directory");
+}
+
 /// Every file under `dir`, with its size, relative to it.
 fn listing(dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
     let mut out = std::collections::BTreeMap::new();

@@ -519,6 +519,11 @@ fn archive_metrics(e: &mut Exposition, a: &crate::backup::archiver::ArchiveStats
             "Base backups that failed on this node.",
             a.backup_failures.load(Relaxed),
         ),
+        (
+            "spilo_backup_verify_failures_total",
+            "Scheduled restore drills (backup.verify_schedule) that failed on this node.",
+            a.verify_failures.load(Relaxed),
+        ),
     ] {
         e.counter(name, help, v);
     }
@@ -569,6 +574,21 @@ fn archive_metrics(e: &mut Exposition, a: &crate::backup::archiver::ArchiveStats
         "spilo_backup_last_duration_seconds",
         "Duration of the last base backup.",
         a.backup_last_millis.load(Relaxed) as f64 / 1000.0,
+    );
+    e.gauge(
+        "spilo_backup_verify_last_timestamp_seconds",
+        "Unix time the last scheduled restore drill on this node ended (0: none).",
+        a.verify_last_unix.load(Relaxed) as f64,
+    );
+    e.gauge(
+        "spilo_backup_verify_last_success",
+        "1 if the last scheduled restore drill on this node passed, 0 if it failed or none ran.",
+        a.verify_last_ok.load(Relaxed) as f64,
+    );
+    e.gauge(
+        "spilo_backup_verify_last_duration_seconds",
+        "Duration of the last scheduled restore drill on this node.",
+        a.verify_last_millis.load(Relaxed) as f64 / 1000.0,
     );
     e.flag(
         "spilo_pg_wal_over_warning",

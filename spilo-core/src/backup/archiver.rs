@@ -193,6 +193,14 @@ pub struct ArchiveStats {
     pub fetch_failures: AtomicU64,
     /// Bytes of WAL restored.
     pub fetch_bytes: AtomicU64,
+    /// Unix time the last restore drill on this node ended (0: none).
+    pub verify_last_unix: AtomicI64,
+    /// Its result: 1 passed, 0 failed (meaningful once `verify_last_unix` is set).
+    pub verify_last_ok: AtomicU64,
+    /// Its duration in milliseconds.
+    pub verify_last_millis: AtomicU64,
+    /// Restore drills that failed on this node.
+    pub verify_failures: AtomicU64,
 }
 
 impl ArchiveStats {

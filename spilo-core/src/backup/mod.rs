@@ -16,6 +16,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod socket;
 pub mod tarscan;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -70,6 +70,91 @@ pub async fn run(
     }
 }
 
+/// Runs the restore drill on its schedule for ever: when it fires, the member
+/// [`choose_source`] picks with `from_replica` (the first streaming replica, else the leader)
+/// restores the newest backup into a scratch directory beside its data directory, starts it
+/// and reads every relation; the result goes into the counters (`/metrics`).
+pub async fn run_drills(
+    schedule: Schedule,
+    job: Job,
+    node: watch::Receiver<Arc<NodeState>>,
+    stats: Arc<ArchiveStats>,
+) {
+    let scratch_root = job
+        .cfg
+        .postgresql
+        .data_dir
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    loop {
+        let Some(next) = schedule.next_after(chrono::Utc::now()) else {
+            tracing::warn!("backup.verify_schedule never fires; no restore drills");
+            return;
+        };
+        loop {
+            let left = (next - chrono::Utc::now()).num_milliseconds();
+            if left <= 0 {
+                break;
+            }
+            let step = u64::try_from(left).unwrap_or(0).min(30_000);
+            tokio::time::sleep(Duration::from_millis(step)).await;
+        }
+        let cluster = node.borrow().cluster.clone();
+        let Some(cluster) = cluster else { continue };
+        match choose_source(&cluster, true) {
+            Ok((name, ..)) if name == job.cfg.name => {}
+            _ => continue,
+        }
+        let newest = match super::catalog::backups(&*job.storage, &job.base).await {
+            Ok((mut all, _)) => all.pop(),
+            Err(e) => {
+                tracing::warn!(
+                    "restore drill: cannot list the backups: {}",
+                    crate::error_chain(&e)
+                );
+                None
+            }
+        };
+        let Some(m) = newest else {
+            tracing::info!("restore drill: no complete backup to verify yet");
+            continue;
+        };
+        let drill = super::verify::Drill {
+            storage: job.storage.clone(),
+            base: job.base.clone(),
+            key: job.key.clone(),
+            bin_dir: crate::ha::daemon::bin_dir(&job.cfg),
+            superuser: job.cfg.postgresql.authentication.superuser.username.clone(),
+            scratch_root: scratch_root.clone(),
+            timeout: Duration::from_secs(job.cfg.postgresql.pg_ctl_timeout.unwrap_or(600).max(60)),
+        };
+        tracing::info!(backup = %m.name, "restore drill: restoring, starting and checking the newest backup");
+        let r = super::verify::verify(&drill, &m).await;
+        stats
+            .verify_last_ok
+            .store(u64::from(r.ok), Ordering::Relaxed);
+        stats
+            .verify_last_millis
+            .store((r.seconds * 1000.0) as u64, Ordering::Relaxed);
+        stats
+            .verify_last_unix
+            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+        if r.ok {
+            tracing::info!(
+                backup = %r.backup,
+                seconds = r.seconds,
+                check = %r.check,
+                "restore drill passed: {}",
+                r.detail
+            );
+        } else {
+            stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(backup = %r.backup, "restore drill FAILED: {}", r.detail);
+        }
+    }
+}
+
 /// Records a finished backup in the counters.
 pub fn record(stats: &ArchiveStats, m: &super::base::Manifest) {
     stats.backups.fetch_add(1, Ordering::Relaxed);

@@ -325,6 +325,19 @@ enum BackupCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The restore drill: restore a backup (default: the newest) into a scratch directory,
+    /// replay it to its consistent point, start PostgreSQL there, read every relation
+    /// (pg_amcheck), report, remove the directory. Run it as the PostgreSQL OS user.
+    Verify {
+        /// The backup's name (base_…); default: the newest.
+        name: Option<String>,
+        /// Where the scratch directory is made (default: the temporary directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Output format (json: the whole report).
+        #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -469,6 +482,9 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> CtlResult {
             BackupCmd::Show { name } => backup::show(ctx, &name).await,
             BackupCmd::Delete { name, force } => backup::delete(ctx, &name, force).await,
             BackupCmd::Prune { dry_run } => backup::prune(ctx, dry_run).await,
+            BackupCmd::Verify { name, dir, format } => {
+                backup::verify(ctx, name.as_deref(), dir, format).await
+            }
         },
         Cmd::Wal {
             action: WalCmd::List { format },

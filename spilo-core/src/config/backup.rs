@@ -127,6 +127,11 @@ pub struct BackupConfig {
     /// for none. Spilo's default.
     #[serde(default = "default_schedule")]
     pub schedule: String,
+    /// When the restore drill runs (cron, UTC; empty: never): a streaming replica (else the
+    /// leader) restores the newest backup into a scratch directory, starts it and reads every
+    /// relation; the result is a metric.
+    #[serde(default)]
+    pub verify_schedule: String,
     /// zstd level of WAL and backups (1–19).
     #[serde(default = "default_level")]
     pub compression_level: i32,
@@ -213,6 +218,7 @@ impl Default for BackupConfig {
     fn default() -> Self {
         BackupConfig {
             schedule: default_schedule(),
+            verify_schedule: String::new(),
             compression_level: default_level(),
             from_replica: false,
             upload_concurrency: default_concurrency(),
@@ -383,6 +389,11 @@ pub fn check(
             return err("backup.schedule", e.to_string());
         }
     }
+    if !b.verify_schedule.trim().is_empty() {
+        if let Err(e) = crate::backup::schedule::Schedule::parse(&b.verify_schedule) {
+            return err("backup.verify_schedule", e.to_string());
+        }
+    }
     if !(1..=19).contains(&b.compression_level) {
         return err(
             "backup.compression_level",
@@ -526,6 +537,14 @@ mod tests {
         assert_eq!(k, "storage.type");
         assert!(m.contains("'ftp'"), "{m}");
         assert!(check(Some(&odd), None, &["ftp"]).is_ok());
+        let drill = BackupConfig {
+            verify_schedule: "61 * * * *".into(),
+            ..BackupConfig::default()
+        };
+        assert_eq!(
+            check(Some(&fs("/b")), Some(&drill), &[]).unwrap_err().0,
+            "backup.verify_schedule"
+        );
         let b = BackupConfig {
             compression_level: 40,
             ..BackupConfig::default()

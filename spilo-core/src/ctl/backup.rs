@@ -317,3 +317,67 @@ pub async fn wal_list(ctx: &Ctx, format: Format) -> CtlResult {
     );
     Ok(())
 }
+
+/// `spiloctl backup verify [NAME]`: the restore drill (see [`crate::backup::verify`]).
+pub async fn verify(
+    ctx: &Ctx,
+    name: Option<&str>,
+    dir: Option<std::path::PathBuf>,
+    format: Format,
+) -> CtlResult {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return fail(
+            "backup verify starts PostgreSQL, which refuses to run as root: run it as the PostgreSQL OS user (runuser -u postgres -- spiloctl …)",
+        );
+    }
+    let job = job(ctx).await?;
+    let m = match name {
+        Some(n) => find(&job, n).await?.1,
+        None => catalog::backups(&*job.storage, &job.base)
+            .await
+            .map_err(|e| CtlError(crate::error_chain(&e)))?
+            .0
+            .pop()
+            .ok_or_else(|| CtlError(format!("no complete backup under {}", job.base)))?,
+    };
+    let drill = crate::backup::verify::Drill {
+        storage: job.storage.clone(),
+        base: job.base.clone(),
+        key: job.key.clone(),
+        bin_dir: crate::ha::daemon::bin_dir(&ctx.cfg),
+        superuser: ctx.cfg.postgresql.authentication.superuser.username.clone(),
+        scratch_root: dir.unwrap_or_else(std::env::temp_dir),
+        timeout: Duration::from_secs(ctx.cfg.postgresql.pg_ctl_timeout.unwrap_or(600).max(60)),
+    };
+    let r = crate::backup::verify::verify(&drill, &m).await;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default()),
+        _ => {
+            println!("backup:   {}", r.backup);
+            println!(
+                "restored: {} ({} read from the store), {} WAL files",
+                size(r.restored_bytes),
+                size(r.stored_bytes),
+                r.wal_files
+            );
+            if !r.check.is_empty() {
+                println!("check:    {}", r.check);
+            }
+            println!(
+                "result:   {} in {:.1} s: {}",
+                if r.ok { "ok" } else { "FAILED" },
+                r.seconds,
+                r.detail
+            );
+        }
+    }
+    if r.ok {
+        Ok(())
+    } else {
+        fail(format!(
+            "backup {} failed the drill: {}",
+            r.backup, r.detail
+        ))
+    }
+}

@@ -642,6 +642,38 @@ impl Postgres {
             other => other,
         }
     }
+
+    /// Reads every relation of every database of this (running) server, connecting over its
+    /// socket as the superuser: `pg_amcheck --all --install-missing` when the binaries have it
+    /// (heap and B-tree checks), else `pg_dumpall` to nowhere (every row read). Returns the
+    /// tool's name and what it said; an error carries the tool's own message.
+    pub async fn check_relations(&self, timeout: Duration) -> Result<(String, String), PgError> {
+        let conn = vec![
+            "-h".to_string(),
+            self.s.socket_dir.clone(),
+            "-p".to_string(),
+            self.s.port.to_string(),
+            "-U".to_string(),
+            self.s.superuser.0.clone(),
+        ];
+        if self.bin("pg_amcheck").exists() {
+            let mut args = conn;
+            args.extend(["--all".into(), "--install-missing".into()]);
+            let out = self.run("pg_amcheck", &args, timeout, true).await?;
+            return Ok(("pg_amcheck".into(), out.trim().to_string()));
+        }
+        let mut args = conn;
+        args.extend(["-f".into(), "/dev/null".into()]);
+        let out = self.run("pg_dumpall", &args, timeout, true).await?;
+        Ok(("pg_dumpall".into(), out.trim().to_string()))
+    }
+
+    /// The last `n` lines of PostgreSQL's log (what it said when it would not start).
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
 }
 
 /// Write a file with mode 0600 (created fresh).
