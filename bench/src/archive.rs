@@ -25,6 +25,8 @@ use spilo_tests::tools::HaProxy;
 use spilo_tests::util::{chown_postgres, free_port, note, postgres_command, TempRoot};
 use spilo_tests::{ClusterOpts, TestCluster};
 
+pub mod restore;
+
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const SEGMENT: u64 = 16 * 1024 * 1024;
 const S3_PLUGIN_FILE: &str = "libspilo_storage_s3_plugin.so";

@@ -8,12 +8,13 @@
 //! `--loop-wait S` (default 2), `--idle-secs S` (default 20), `--wrk-secs S` (default 10),
 //! `--switchover-rounds N` (default 10), `--no-patroni` (skip the Patroni side-by-side run),
 //! `--dcs-load-secs N` (default 30; 0 skips it), `--dcs-load-backend etcd|zookeeper|both`
-//! (default both), `--only all|ha|dcs-load|archive` (default all).
+//! (default both), `--only all|ha|dcs-load|archive|restore` (default all).
 //!
 //! The archive part (`archive.rs`): `--archive-segments N` (default 128 WAL segments),
 //! `--archive-scale N` (pgbench scale, default 50), `--archive-level N` (zstd, default 3),
 //! `--archive-parallel N` (default 4, spilo's own default), `--archive-readahead N` (default 8,
-//! spilo's own default).
+//! spilo's own default). The restore part (`archive/restore.rs`) uses `--archive-scale`,
+//! `--archive-level` and `--archive-parallel` too.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,8 +37,8 @@ struct Opts {
     patroni: bool,
     dcs_load_secs: u64,
     dcs_load_backends: Vec<DcsKind>,
-    /// Which parts run: (HA, DCS load, archive).
-    parts: (bool, bool, bool),
+    /// Which parts run: (HA, DCS load, archive, restore).
+    parts: (bool, bool, bool, bool),
     archive: archive::Opts,
 }
 
@@ -52,7 +53,7 @@ fn parse_args() -> Result<Opts, String> {
         patroni: true,
         dcs_load_secs: 30,
         dcs_load_backends: vec![DcsKind::Etcd, DcsKind::ZooKeeper],
-        parts: (true, true, true),
+        parts: (true, true, true, true),
         archive: archive::Opts {
             segments: 128,
             scale: 50,
@@ -83,13 +84,14 @@ fn parse_args() -> Result<Opts, String> {
         match args[i].as_str() {
             "--only" => {
                 o.parts = match val.as_str() {
-                    "all" => (true, true, true),
-                    "ha" => (true, false, false),
-                    "dcs-load" => (false, true, false),
-                    "archive" => (false, false, true),
+                    "all" => (true, true, true, true),
+                    "ha" => (true, false, false, false),
+                    "dcs-load" => (false, true, false, false),
+                    "archive" => (false, false, true, false),
+                    "restore" => (false, false, false, true),
                     other => {
                         return Err(format!(
-                            "--only: '{other}' is not all, ha, dcs-load or archive"
+                            "--only: '{other}' is not all, ha, dcs-load, archive or restore"
                         ))
                     }
                 };
@@ -242,6 +244,9 @@ fn main() {
     }
     if o.parts.2 {
         archive::run(&o.archive);
+    }
+    if o.parts.3 {
+        archive::restore::run(&o.archive);
     }
 }
 
