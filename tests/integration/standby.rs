@@ -189,6 +189,54 @@ fn a_standby_cluster_follows_through_the_archive_then_streaming_and_is_promoted(
         .expect("row");
     wait_rows(sl, "via streaming", "1");
     wait_rows(r, "via streaming", "1");
+
+    // A switchover inside the standby cluster: the replica becomes the standby leader and
+    // streams from the source; the old standby leader follows it.
+    expect(
+        "switchover inside the standby cluster",
+        call(
+            sl,
+            "POST",
+            "/switchover",
+            Some(&json!({"leader": leader, "candidate": replica})),
+        ),
+        200,
+        Some(&format!("Successfully switched over to \"{replica}\"")),
+    );
+    let (leader, replica) = (replica, leader);
+    wait_for(
+        "the new standby leader",
+        Duration::from_secs(60),
+        || match dst.node(&leader).api_get("/standby-leader") {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let sl = dst.node(&leader);
+    let r = dst.node(&replica);
+    for (n, what) in [(sl, "the source"), (r, "the new standby leader")] {
+        wait_for(
+            &format!("{} streams from {what}", n.name),
+            Duration::from_secs(120),
+            || match receiver(n) {
+                Some(s) if s == "streaming" => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+    }
+    let upstream_port = r
+        .sql_value("SELECT sender_port::text FROM pg_stat_wal_receiver")
+        .ok()
+        .flatten();
+    assert_eq!(
+        upstream_port,
+        Some(sl.pg_port.to_string()),
+        "the old standby leader does not stream from the new one"
+    );
+    p.sql("INSERT INTO standby_rows(phase) VALUES ('after the switchover')")
+        .expect("row");
+    wait_rows(sl, "after the switchover", "1");
+    wait_rows(r, "after the switchover", "1");
     let src_names = store.names(&src.scope);
 
     // Promoted: the section removed.

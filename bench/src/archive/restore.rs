@@ -42,7 +42,16 @@ fn until_true(
 fn pgbench_tcp(port: u16, secs: u32) -> Result<(), String> {
     let mut cmd = Command::new(format!("{PG_BIN}/pgbench"));
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(["-n", "-c", "4", "-j", "2", "-T", &secs.to_string(), "postgres"])
+        .args([
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            &secs.to_string(),
+            "postgres",
+        ])
         .env("PGPASSWORD", SUPERUSER_PASSWORD)
         .env("PGOPTIONS", "-c synchronous_commit=off");
     run_ok(cmd, "pgbench").map(|_| ())
@@ -86,7 +95,9 @@ fn spilo_side(
         .sql_value("SELECT pg_current_wal_lsn()::text")?
         .unwrap_or_default();
     let wal_bytes: u64 = p
-        .sql_value(&format!("SELECT ('{target}'::pg_lsn - '{start}'::pg_lsn)::bigint::text"))?
+        .sql_value(&format!(
+            "SELECT ('{target}'::pg_lsn - '{start}'::pg_lsn)::bigint::text"
+        ))?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let db_size: u64 = p
@@ -184,14 +195,25 @@ fn pgbackrest_side(
         cmd.arg("-h")
             .arg(&pg.sock)
             .args(["-p", &pg.port.to_string(), "-U", "postgres"])
-            .args(["-n", "-c", "4", "-j", "2", "-T", &wal_secs.to_string(), "postgres"])
+            .args([
+                "-n",
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-T",
+                &wal_secs.to_string(),
+                "postgres",
+            ])
             .env("PGOPTIONS", "-c synchronous_commit=off");
         run_ok(cmd, "pgbench")?;
         pg.sql("SELECT pg_switch_wal()")?;
         drain(&pg.data, Instant::now(), None)?;
         let end = pg.sql("SELECT pg_current_wal_lsn()")?;
         let wal: u64 = pg
-            .sql(&format!("SELECT ('{end}'::pg_lsn - '{start}'::pg_lsn)::bigint"))?
+            .sql(&format!(
+                "SELECT ('{end}'::pg_lsn - '{start}'::pg_lsn)::bigint"
+            ))?
             .parse()
             .unwrap_or(0);
         let db_size: u64 = pg
@@ -254,8 +276,11 @@ fn pgbackrest_side(
             "restore bench: postgres log:\n{}",
             spilo_tests::util::tail(&pg.log, 30)
         ));
+        // A run that failed before it stopped the source PostgreSQL itself.
+        if pg.data.join("postmaster.pid").exists() {
+            pg.stop();
+        }
     }
-    pg.stop();
     r
 }
 
@@ -326,7 +351,10 @@ pub fn run(o: &Opts) {
     );
     let mbps = |w: &str| rows.iter().find(|f| f.what == w).and_then(Figure::mbps);
     if let (Some(a), Some(b)) = (mbps(SPILO_RESTORE), mbps(PGBR_RESTORE)) {
-        println!("\n  spilo restore vs pgBackRest restore (target ≥ 1×): {:.2}×", a / b);
+        println!(
+            "\n  spilo restore vs pgBackRest restore (target ≥ 1×): {:.2}×",
+            a / b
+        );
     }
     if let Some(f) = rows.iter().find(|f| f.what == SPILO_RESTORE) {
         println!("  spilo replica from the backup: {} (target ≤ 5 %)", f.note);

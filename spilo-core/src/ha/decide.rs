@@ -214,9 +214,9 @@ impl Peers {
 }
 
 /// Whether this cycle must ask its peers for their state: in a leader race (no leader, this
-/// node a running replica not named as the failover candidate), or as a leader asked to hand
-/// over (to find a healthy candidate). Nothing else reads them. The runner and the simulation
-/// both ask this function.
+/// node a running replica not named as the failover candidate), or as a leader (a primary, or
+/// a standby cluster's standby leader) asked to hand over (to find a healthy candidate).
+/// Nothing else reads them. The runner and the simulation both ask this function.
 pub fn peers_needed(cluster: Option<&Cluster>, pg: &Pg, me: &str, job_running: bool) -> bool {
     let (Some(c), Pg::Running { primary, .. }) = (cluster, pg) else {
         return false;
@@ -227,7 +227,7 @@ pub fn peers_needed(cluster: Option<&Cluster>, pg: &Pg, me: &str, job_running: b
     let candidate = c.failover.as_ref().and_then(|f| f.value.member.as_deref());
     let leader_is_me = c.leader.as_ref().map(|l| l.name == me).unwrap_or(false);
     (!primary && c.leader.is_none() && candidate != Some(me))
-        || (*primary && c.failover.is_some() && leader_is_me)
+        || (c.failover.is_some() && leader_is_me)
 }
 
 /// May this node promote, as far as the site's hooks are concerned?
@@ -886,6 +886,28 @@ pub fn decide(
                     .act(Action::LeaderHousekeeping)
                     .because(Reason::StandbyLeader)
                     .because(Reason::Paused);
+            }
+            // A switchover inside the standby cluster: nothing is written here, so handing
+            // over is releasing the key; the candidate takes it and follows the other cluster,
+            // and this node follows the candidate.
+            let mut d = d;
+            if let Some(f) = &cluster.failover {
+                match manual_failover_from_leader(cluster, local, policy, &f.value) {
+                    FailoverStep::Go => {
+                        return d
+                            .act(Action::ReleaseLeader)
+                            .because(Reason::ManualFailover {
+                                candidate: f.value.member.clone(),
+                            })
+                    }
+                    FailoverStep::Wait(at) => d = d.because(Reason::ScheduledSwitchover(at)),
+                    FailoverStep::AskPeers => d = d.because(Reason::PeersNotQueried),
+                    FailoverStep::Clear(why) => {
+                        d = d
+                            .act(Action::ClearFailover(f.version))
+                            .because(Reason::FailoverRequestCleared(why))
+                    }
+                }
             }
             let d = if local.upstream.as_ref() != Some(&Target::StandbySource) {
                 d.act(Action::Follow(Target::StandbySource))

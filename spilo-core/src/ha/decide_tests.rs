@@ -1409,3 +1409,54 @@ fn without_a_leader_an_empty_node_restores_the_newest_backup_when_allowed() {
     let paused = Policy { paused: true, ..p };
     assert!(run(Some(&c), &l, &paused).actions.is_empty());
 }
+
+#[test]
+fn a_switchover_inside_a_standby_cluster_releases_the_key_to_the_candidate() {
+    let mut c = cluster(Some("n1"), "n1");
+    c.failover = Some(Versioned {
+        value: Failover {
+            leader: Some("n1".into()),
+            member: Some("n2".into()),
+            scheduled_at: None,
+        },
+        version: 3,
+    });
+    let mut l = local(replica(500));
+    l.upstream = Some(Target::StandbySource);
+    // The standby leader asks its peers, as a primary would.
+    assert!(peers_needed(Some(&c), &l.pg, "n1", false));
+    l.peers = Peers::NotQueried;
+    let d = run(Some(&c), &l, &standby("n1"));
+    assert_eq!(d.actions, vec![Action::LeaderHousekeeping]);
+    assert!(d.reasons.contains(&Reason::PeersNotQueried), "{d:?}");
+    l.peers = Peers::Queried(vec![peer("n2", false, 500)]);
+    let d = run(Some(&c), &l, &standby("n1"));
+    assert_eq!(d.actions, vec![Action::ReleaseLeader]);
+    // The candidate then takes the key and follows the other cluster.
+    let mut c2 = cluster(None, "n2");
+    c2.failover = c.failover.clone();
+    let d = run(Some(&c2), &local(replica(500)), &standby("n2"));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::AcquireLeader,
+            Action::ClearFailover(3),
+            Action::Follow(Target::StandbySource),
+            Action::LeaderHousekeeping
+        ]
+    );
+    // A candidate that is not a member: the request is cleared, the leader stays.
+    c.failover = Some(Versioned {
+        value: Failover {
+            leader: Some("n1".into()),
+            member: Some("n9".into()),
+            scheduled_at: None,
+        },
+        version: 4,
+    });
+    let d = run(Some(&c), &l, &standby("n1"));
+    assert_eq!(
+        d.actions,
+        vec![Action::ClearFailover(4), Action::LeaderHousekeeping]
+    );
+}
