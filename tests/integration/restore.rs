@@ -374,7 +374,20 @@ fn the_restore_drill_verifies_a_backup_and_names_a_damaged_one() {
     let p = c.node(&primary);
     p.sql("CREATE TABLE drill(id int PRIMARY KEY, t text); INSERT INTO drill SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
         .expect("rows");
+    // Some 50 MB that compress badly (uncompressed storage for the column, random hex), so the
+    // backup is stored in several parts and restored downloading them together.
+    p.sql("CREATE TABLE noise(t text); ALTER TABLE noise ALTER t SET STORAGE EXTERNAL; INSERT INTO noise SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 1600000) g GROUP BY g % 2000")
+        .expect("noise");
     backup_create(&c);
+    let shown = c
+        .spiloctl(&["backup", "list", "--format", "json"])
+        .expect("spiloctl");
+    let listed: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("JSON");
+    let parts = listed["backups"][0]["objects"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(parts >= 2, "the backup is not in parts: {listed}");
     // A scratch root the postgres user owns, to see that nothing is left in it.
     let scratch = tempfile::Builder::new()
         .prefix("spilo-it-drill-")

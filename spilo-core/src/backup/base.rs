@@ -89,6 +89,14 @@ pub fn sentinel_key(base: &str, name: &str) -> String {
     format!("{base}/{BACKUP_DIR}/{name}_backup_stop_sentinel.json")
 }
 
+/// Removes the parts a failed backup stored before the failure (best effort: the catalog lists
+/// only backups with a manifest, so what is left is only wasted space).
+async fn remove_parts(storage: &dyn Storage, base: &str, objects: &[String]) {
+    for rel in objects {
+        let _ = storage.delete(&format!("{base}/{rel}")).await;
+    }
+}
+
 /// The WAL segment name of `lsn` on `timeline` (16 MiB segments).
 pub fn segment_name(timeline: u32, lsn: u64) -> String {
     format!(
@@ -154,6 +162,14 @@ pub struct Progress {
 }
 
 const CHUNK: usize = 1 << 20;
+/// A backup's stored stream is cut into objects of this size (the last one smaller), so that
+/// a restore can download several at once.
+pub const PART_BYTES: u64 = 16 << 20;
+
+/// The key (relative to the cluster's prefix) of part `n` (from 1) of backup `name`.
+pub fn part_key(name: &str, n: usize) -> String {
+    format!("{BACKUP_DIR}/{name}/tar_partitions/part_{n}.tar.zst")
+}
 
 /// A reader counting what passes through it and showing it to the tar scanner.
 struct Scanning<R> {
@@ -294,8 +310,8 @@ pub async fn take(
     if storage.head(&sentinel_key(&req.base, &name)).await.is_ok() {
         name = format!("{name}_{}", started.timestamp());
     }
-    let data_rel = format!("{BACKUP_DIR}/{name}/tar_partitions/part_1.tar.zst");
-    let data_key = format!("{}/{data_rel}", req.base);
+    let mut objects = vec![part_key(&name, 1)];
+    let data_key = format!("{}/{}", req.base, objects[0]);
     let mut up = match storage.put_open(&data_key, PutMode::Overwrite).await {
         Ok(u) => u,
         Err(e) => {
@@ -316,9 +332,32 @@ pub async fn take(
         })
     });
     let mut stored = 0u64;
+    let mut in_part = 0u64;
     let mut failed = None;
     while let Some(c) = rx.recv().await {
+        if in_part >= PART_BYTES {
+            // This part is full: store it and go on in the next one.
+            let next_rel = part_key(&name, objects.len() + 1);
+            let next = match storage
+                .put_open(&format!("{}/{next_rel}", req.base), PutMode::Overwrite)
+                .await
+            {
+                Ok(u) => u,
+                Err(e) => {
+                    failed = Some(BackupError::Storage(e));
+                    break;
+                }
+            };
+            let full = std::mem::replace(&mut up, next);
+            if let Err(e) = full.finish().await {
+                failed = Some(BackupError::Storage(e));
+                break;
+            }
+            objects.push(next_rel);
+            in_part = 0;
+        }
         stored += c.len() as u64;
+        in_part += c.len() as u64;
         if let Err(e) = up.write(&c).await {
             failed = Some(BackupError::Storage(e));
             break;
@@ -333,11 +372,13 @@ pub async fn take(
     let trailer = match (failed, encoded, status) {
         (Some(e), _, _) => {
             up.abort().await;
+            remove_parts(&*storage, &req.base, &objects).await;
             return Err(e);
         }
         (None, Ok(Ok(t)), Ok(st)) if st.success() => t,
         (None, Ok(Ok(_)), Ok(st)) => {
             up.abort().await;
+            remove_parts(&*storage, &req.base, &objects).await;
             return Err(BackupError::Tool(PgError::Command {
                 cmd: "pg_basebackup".into(),
                 message: format!("{st}: {}", tail(&said)),
@@ -345,21 +386,27 @@ pub async fn take(
         }
         (None, Ok(Err(e)), _) | (None, _, Err(e)) => {
             up.abort().await;
+            remove_parts(&*storage, &req.base, &objects).await;
             return Err(BackupError::Read(e));
         }
         (None, Err(e), _) => {
             up.abort().await;
+            remove_parts(&*storage, &req.base, &objects).await;
             return Err(BackupError::Read(std::io::Error::other(e)));
         }
     };
     let Some(stop) = scan.lock().unwrap_or_else(|p| p.into_inner()).stop() else {
         up.abort().await;
+        remove_parts(&*storage, &req.base, &objects).await;
         return Err(BackupError::NoStart(format!(
             "no backup_manifest with WAL-Ranges at the end of the tar: {}",
             tail(&said)
         )));
     };
-    up.finish().await.map_err(BackupError::Storage)?;
+    if let Err(e) = up.finish().await {
+        remove_parts(&*storage, &req.base, &objects).await;
+        return Err(BackupError::Storage(e));
+    }
     let manifest = Manifest {
         name: name.clone(),
         start_time: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -377,7 +424,7 @@ pub async fn take(
         member: req.member.clone(),
         from_replica: req.from_replica,
         sha256: trailer.sha256_hex(),
-        objects: vec![data_rel],
+        objects,
         format: if req.key.is_some() {
             "tar.zst.sealed".into()
         } else {
