@@ -541,7 +541,26 @@ fn a_clone_recovers_to_a_point_in_time_and_never_writes_into_its_source() {
             &format!("    target_time: '{target}'\n"),
         ),
     );
+    // `spiloctl clone --follow`: the plan, then the daemon's progress until it is promoted.
+    let mut cmd = std::process::Command::new(&spilo_tests::bins::bins().spiloctl);
+    cmd.arg("-c")
+        .arg(&c.nodes[0].config_path)
+        .args(["clone", "--follow"]);
+    let followed = spilo_tests::util::run_with_timeout(cmd, Duration::from_secs(240))
+        .expect("spiloctl clone --follow");
+    let said = String::from_utf8_lossy(&followed.stderr).into_owned();
+    assert!(
+        followed.status.success() && said.contains("runs as primary"),
+        "spiloctl clone --follow: {said}{}",
+        String::from_utf8_lossy(&followed.stdout)
+    );
     let primary = c.wait_for_primary(Duration::from_secs(240));
+    let (_, status) = c.node(&primary).api_get("/patroni").expect("/patroni");
+    assert_eq!(
+        status["archive"]["restore"]["phase"], "done",
+        "{}",
+        status["archive"]
+    );
     let n = c.node(&primary);
     let phases = n
         .sql_value(

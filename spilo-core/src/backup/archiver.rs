@@ -144,6 +144,73 @@ impl Cause {
     }
 }
 
+/// Where a restore of a base backup on this node stands (a replica built from a backup, a
+/// clone's bootstrap), for `GET /patroni` and `spiloctl clone --follow`.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    /// The backup.
+    pub backup: Mutex<String>,
+    /// 0 none yet, 1 downloading, 2 replaying WAL (a clone, to its target), 3 done, 4 failed.
+    pub phase: AtomicU64,
+    /// Bytes to download (the backup's stored size).
+    pub total: AtomicU64,
+    /// Bytes downloaded so far.
+    pub done: AtomicU64,
+    /// WAL files fetched before the restore began (the replay's count starts there).
+    pub fetched_before: AtomicU64,
+    /// What failed, when it failed.
+    pub error: Mutex<String>,
+}
+
+impl RestoreProgress {
+    /// A restore of `backup` (`total` bytes stored) begins.
+    pub fn begin(&self, backup: &str, total: u64, fetched: u64) {
+        if let Ok(mut b) = self.backup.lock() {
+            *b = backup.to_string();
+        }
+        if let Ok(mut e) = self.error.lock() {
+            e.clear();
+        }
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        self.fetched_before.store(fetched, Ordering::Relaxed);
+        self.phase.store(1, Ordering::Relaxed);
+    }
+
+    /// The next phase (2 replaying, 3 done).
+    pub fn enter(&self, phase: u64) {
+        self.phase.store(phase, Ordering::Relaxed);
+    }
+
+    /// It failed, with this cause.
+    pub fn fail(&self, why: &str) {
+        if let Ok(mut e) = self.error.lock() {
+            *e = why.to_string();
+        }
+        self.phase.store(4, Ordering::Relaxed);
+    }
+
+    /// `GET /patroni`'s `restore` object (None before any restore).
+    pub fn json(&self, fetched_now: u64) -> Option<serde_json::Value> {
+        let phase = match self.phase.load(Ordering::Relaxed) {
+            1 => "downloading",
+            2 => "replaying",
+            3 => "done",
+            4 => "failed",
+            _ => return None,
+        };
+        let text = |m: &Mutex<String>| m.lock().map(|g| g.clone()).unwrap_or_default();
+        Some(serde_json::json!({
+            "backup": text(&self.backup),
+            "phase": phase,
+            "downloaded_bytes": self.done.load(Ordering::Relaxed),
+            "total_bytes": self.total.load(Ordering::Relaxed),
+            "wal_fetched": fetched_now.saturating_sub(self.fetched_before.load(Ordering::Relaxed)),
+            "error": Some(text(&self.error)).filter(|e| !e.is_empty()),
+        }))
+    }
+}
+
 /// Counters for `/metrics` and `/patroni`.
 #[derive(Debug, Default)]
 pub struct ArchiveStats {
@@ -201,6 +268,8 @@ pub struct ArchiveStats {
     pub verify_last_millis: AtomicU64,
     /// Restore drills that failed on this node.
     pub verify_failures: AtomicU64,
+    /// The last restore of a base backup on this node.
+    pub restore: RestoreProgress,
 }
 
 impl ArchiveStats {
@@ -255,6 +324,7 @@ impl ArchiveStats {
             "pg_wal_bytes": l(&self.pg_wal_bytes),
             "last_backup_at": self.backup_last_unix.load(Ordering::Relaxed),
             "last_backup_bytes": l(&self.backup_last_bytes),
+            "restore": self.restore.json(l(&self.fetched)),
         })
     }
 

@@ -105,6 +105,8 @@ pub struct Cloner {
     pub key: Option<SecretKey>,
     /// The fetcher serving `restore_command`.
     pub fetcher: Fetcher,
+    /// Where the clone reports its progress (`GET /patroni`, `spiloctl clone --follow`).
+    pub stats: Option<Arc<super::archiver::ArchiveStats>>,
 }
 
 #[async_trait::async_trait]
@@ -145,9 +147,30 @@ impl crate::ha::replica::ClusterClone for Cloner {
             _ => {}
         }
         let t0 = crate::clock::now();
-        let r = super::restore::restore_base(storage.clone(), &base, &m, self.key.as_ref(), dir)
-            .await
-            .map_err(|e| crate::error_chain(&e))?;
+        let progress = self.stats.as_ref().map(|s| {
+            s.restore.begin(
+                &m.name,
+                m.compressed_size,
+                s.fetched.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            &s.restore
+        });
+        let r = super::restore::restore_base_counted(
+            storage.clone(),
+            &base,
+            &m,
+            self.key.as_ref(),
+            dir,
+            progress.map(|p| &p.done),
+        )
+        .await
+        .map_err(|e| crate::error_chain(&e));
+        match (&r, progress) {
+            (Ok(_), Some(p)) => p.enter(2),
+            (Err(e), Some(p)) => p.fail(e),
+            _ => {}
+        }
+        let r = r?;
         let secs = crate::clock::now()
             .saturating_duration_since(t0)
             .as_secs_f64();
@@ -169,8 +192,20 @@ impl crate::ha::replica::ClusterClone for Cloner {
         ))
     }
 
-    fn done(&self) {
+    fn done(&self, reached: bool) {
         self.fetcher.set_source(None);
+        if let Some(s) = &self.stats {
+            if reached {
+                s.restore.enter(3);
+            } else {
+                s.restore.fail(
+                    &self
+                        .fetcher
+                        .last_failure()
+                        .unwrap_or_else(|| "the recovery did not reach its target".into()),
+                );
+            }
+        }
     }
 
     fn problem(&self) -> Option<String> {

@@ -6,6 +6,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -189,6 +190,18 @@ pub async fn restore_base(
     key: Option<&SecretKey>,
     dir: &Path,
 ) -> Result<Restored, RestoreError> {
+    restore_base_counted(storage, base, m, key, dir, None).await
+}
+
+/// [`restore_base`], adding the bytes downloaded to `progress` as they arrive.
+pub async fn restore_base_counted(
+    storage: Arc<dyn Storage>,
+    base: &str,
+    m: &Manifest,
+    key: Option<&SecretKey>,
+    dir: &Path,
+    progress: Option<&AtomicU64>,
+) -> Result<Restored, RestoreError> {
     if !empty_or_missing(dir) {
         return Err(RestoreError::NotEmpty(dir.to_path_buf()));
     }
@@ -271,9 +284,9 @@ pub async fn restore_base(
         Ok((digest, rest.size))
     });
     let (stored, failed) = if m.objects.len() == 1 {
-        stream_one(&*storage, base, m, &tx).await
+        stream_one(&*storage, base, m, &tx, progress).await
     } else {
-        download_parts(&storage, base, m, &tx).await
+        download_parts(&storage, base, m, &tx, progress).await
     };
     drop(tx);
     let unpacked = unpack
@@ -315,6 +328,7 @@ async fn stream_one(
     base: &str,
     m: &Manifest,
     tx: &Sender,
+    progress: Option<&AtomicU64>,
 ) -> (u64, Option<RestoreError>) {
     let mut stored = 0u64;
     let key = format!("{base}/{}", m.objects[0]);
@@ -336,6 +350,9 @@ async fn stream_one(
             Ok(c) if c.is_empty() => return (stored, None),
             Ok(c) => {
                 stored += c.len() as u64;
+                if let Some(p) = progress {
+                    p.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 if tx.send(Ok(c)).await.is_err() {
                     // The unpacking side stopped: its error says why.
                     return (stored, None);
@@ -366,6 +383,7 @@ async fn download_parts(
     base: &str,
     m: &Manifest,
     tx: &Sender,
+    progress: Option<&AtomicU64>,
 ) -> (u64, Option<RestoreError>) {
     let mut stored = 0u64;
     let mut queue = std::collections::VecDeque::new();
@@ -403,6 +421,9 @@ async fn download_parts(
             }
         };
         stored += bytes.len() as u64;
+        if let Some(p) = progress {
+            p.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         for c in bytes.chunks(CHUNK) {
             if tx.send(Ok(c.to_vec())).await.is_err() {
                 // The unpacking side stopped: its error says why.
@@ -440,6 +461,8 @@ pub struct ArchiveSwitcher {
     pub key: Option<SecretKey>,
     /// The daemon's fetcher.
     pub fetcher: super::fetch::Fetcher,
+    /// Where restores report their progress.
+    pub stats: Option<Arc<super::archiver::ArchiveStats>>,
 }
 
 #[async_trait::async_trait]
@@ -454,6 +477,7 @@ impl crate::ha::replica::ArchiveSwitch for ArchiveSwitcher {
                 storage: self.storage.clone(),
                 base: self.base.clone(),
                 key: self.key.clone(),
+                stats: self.stats.clone(),
             }));
         };
         let (storage, cfg) = match &a.storage {
@@ -478,6 +502,7 @@ impl crate::ha::replica::ArchiveSwitch for ArchiveSwitcher {
             storage,
             base,
             key: self.key.clone(),
+            stats: self.stats.clone(),
         }))
     }
 }
@@ -490,6 +515,8 @@ pub struct StoreBackups {
     pub base: String,
     /// The `backup.encryption` key.
     pub key: Option<SecretKey>,
+    /// Where restores report their progress (`GET /patroni`).
+    pub stats: Option<Arc<super::archiver::ArchiveStats>>,
 }
 
 impl StoreBackups {
@@ -525,9 +552,30 @@ impl crate::ha::replica::ReplicaBackups for StoreBackups {
             .await?
             .ok_or_else(|| format!("backup {name} is no longer in the store"))?;
         let t0 = crate::clock::now();
-        let r = restore_base(self.storage.clone(), &self.base, &m, self.key.as_ref(), dir)
-            .await
-            .map_err(|e| crate::error_chain(&e))?;
+        let progress = self.stats.as_ref().map(|s| {
+            s.restore.begin(
+                &m.name,
+                m.compressed_size,
+                s.fetched.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            &s.restore
+        });
+        let r = restore_base_counted(
+            self.storage.clone(),
+            &self.base,
+            &m,
+            self.key.as_ref(),
+            dir,
+            progress.map(|p| &p.done),
+        )
+        .await
+        .map_err(|e| crate::error_chain(&e));
+        match (&r, progress) {
+            (Ok(_), Some(p)) => p.enter(3),
+            (Err(e), Some(p)) => p.fail(e),
+            _ => {}
+        }
+        let r = r?;
         let secs = crate::clock::now()
             .saturating_duration_since(t0)
             .as_secs_f64();

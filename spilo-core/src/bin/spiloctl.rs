@@ -207,6 +207,10 @@ enum Cmd {
         /// Output format (json: every field).
         #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
         format: Format,
+        /// Then follow the daemon running it (this configuration's node) with a progress bar
+        /// until the clone is promoted or fails.
+        #[arg(long)]
+        follow: bool,
     },
     /// AWS helpers that need no cluster.
     Aws {
@@ -465,7 +469,14 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> CtlResult {
         Cmd::Flush { args, force } => flush::run(ctx, &args, force).await,
         Cmd::Version { members } => version::run(ctx, &members).await,
         Cmd::Plugin { .. } | Cmd::Aws { .. } => Ok(()),
-        Cmd::Clone { format } => spilo_core::ctl::clone::plan(ctx, format).await,
+        Cmd::Clone { format, follow } => {
+            spilo_core::ctl::clone::plan(ctx, format).await?;
+            if follow {
+                spilo_core::ctl::clone::follow(ctx).await
+            } else {
+                Ok(())
+            }
+        }
         Cmd::Backup { action } => match action {
             BackupCmd::Create {
                 from_replica,

@@ -260,6 +260,7 @@ async fn start_archiver(
             storage: storage.clone(),
             base: base.clone(),
             key: settings.key.clone(),
+            stats: Some(stats.clone()),
         });
     let cloner = cfg.bootstrap.clone_source().map(|c| {
         Arc::new(crate::backup::clone::Cloner {
@@ -268,6 +269,7 @@ async fn start_archiver(
             major,
             key: settings.key.clone(),
             fetcher: fetcher.clone(),
+            stats: Some(stats.clone()),
         }) as Arc<dyn crate::ha::replica::ClusterClone>
     });
     let switch: Arc<dyn crate::ha::replica::ArchiveSwitch> =
@@ -278,6 +280,7 @@ async fn start_archiver(
             major,
             key: settings.key.clone(),
             fetcher: fetcher.clone(),
+            stats: Some(stats.clone()),
         });
     let archiver = crate::backup::archiver::Archiver::new(storage, settings, node, stats);
     let listener = crate::backup::socket::bind(&socket).map_err(|e| {

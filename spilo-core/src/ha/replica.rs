@@ -35,8 +35,9 @@ pub trait ClusterClone: Send + Sync + 'static {
         ),
         String,
     >;
-    /// Points `restore_command` back at this cluster's own archive.
-    fn done(&self);
+    /// Points `restore_command` back at this cluster's own archive; `reached`: the recovery
+    /// reached its target and promoted.
+    fn done(&self, reached: bool);
     /// The last failure reading the source's archive, if any (a hole, a damaged segment).
     fn problem(&self) -> Option<String>;
 }

@@ -556,7 +556,7 @@ async fn clone_cluster(
     let (recovery, said) = cl.restore(pg.data_dir()).await.map_err(clone_failed)?;
     tracing::info!("{said}");
     let recovered = recover_clone(pg, cl, recovery, params, hba).await;
-    cl.done();
+    cl.done(recovered.is_ok());
     recovered?;
     tracing::info!("the clone reached its target and was promoted");
     // The targets must not apply to a later recovery (this node as a replica).
