@@ -204,11 +204,19 @@ fn a_new_replica_is_restored_from_the_newest_backup() {
     // A test database is tiny and each pg_switch_wal() skips to the next 16 MiB: the default
     // 30 % of the backup's size would always send this node to pg_basebackup.
     opts.node.extra_postgresql = "  spilo_restore: {threshold_percentage: 10000}\n".into();
+    // The primary logs every replication command: a BASE_BACKUP is a copy it served.
+    opts.node.pg_parameters = vec![("log_replication_commands".into(), "on".into())];
     let mut c = TestCluster::start(2, opts);
     let primary = c.wait_for_replicas_streaming(BOOTSTRAP);
     let replica = c.others(&primary)[0].clone();
     fill_and_switch(c.node(&primary), 20_000);
     backup_create(&c);
+    let copies_served = |c: &TestCluster| {
+        std::fs::read_to_string(c.node(&primary).data_dir.join("spilo-postgres.log"))
+            .unwrap_or_default()
+            .matches("replication command: BASE_BACKUP")
+            .count()
+    };
     // WAL written after the backup: the restored replica must replay it from the archive.
     let mut last = String::new();
     for _ in 0..3 {
@@ -216,8 +224,37 @@ fn a_new_replica_is_restored_from_the_newest_backup() {
     }
     wait_archived(c.node(&primary), &last, Duration::from_secs(120));
     let rows = fill_rows(c.node(&primary));
+    let copies_before = copies_served(&c);
     let said = rebuilt(&mut c, &replica, &rows);
     c.wait_for_replicas_streaming(Duration::from_secs(120));
+    // What the primary sent for the new replica: no copy, only the WAL streamed after what
+    // the archive held (counted by the replica's WAL receiver).
+    let streamed: u64 = c
+        .node(&replica)
+        .sql_value(
+            "SELECT (latest_end_lsn - receive_start_lsn)::bigint::text FROM pg_stat_wal_receiver",
+        )
+        .expect("receiver")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    let db_size: u64 = c
+        .node(&primary)
+        .sql_value("SELECT sum(pg_database_size(oid))::bigint::text FROM pg_database")
+        .expect("size")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        copies_served(&c),
+        copies_before,
+        "the primary served a base backup for a replica restored from the store"
+    );
+    assert!(
+        streamed <= 16 << 20,
+        "the primary streamed {streamed} bytes to the restored replica"
+    );
+    note(format!(
+        "the primary sent {streamed} bytes of WAL for {replica} (database {db_size} bytes), no copy"
+    ));
     assert!(
         said.contains("building this replica from backup base_"),
         "the replica was not restored from the backup: {}",
@@ -245,7 +282,13 @@ fn a_new_replica_is_restored_from_the_newest_backup() {
     });
     fill_and_switch(c.node(&primary), 1_000);
     let rows = fill_rows(c.node(&primary));
+    let copies_before = copies_served(&c);
     let said = rebuilt(&mut c, &replica, &rows);
+    assert_eq!(
+        copies_served(&c),
+        copies_before + 1,
+        "the primary's log does not show the base backup it served"
+    );
     assert!(
         said.contains("replica method skipped: spilo_restore")
             && said.contains("threshold_megabytes 0")
