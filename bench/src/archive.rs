@@ -791,6 +791,32 @@ fn self_signed(dir: &Path) -> Result<PathBuf, String> {
     Ok(pem)
 }
 
+/// HAProxy terminating TLS in front of `s3` (pgBackRest's S3 repository speaks only HTTPS);
+/// the proxy and its port.
+fn tls_front(work: &Path, s3: &S3Server) -> (HaProxy, u16) {
+    let tls_port = free_port();
+    let pem = self_signed(work).unwrap_or_else(|e| panic!("{e}"));
+    let proxy = HaProxy::start(
+        work,
+        &format!(
+            "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\nfrontend s3tls\n  bind 127.0.0.1:{tls_port} ssl crt {}\n  default_backend s3\nbackend s3\n  server s3s 127.0.0.1:{}\n",
+            pem.display(),
+            s3.port
+        ),
+        None,
+        &[tls_port],
+    );
+    (proxy, tls_port)
+}
+
+/// pgBackRest's repository in the `bench-pgbackrest` bucket of `s3`, through the TLS port.
+fn pgbr_s3_repo(s3: &S3Server, tls_port: u16) -> String {
+    format!(
+        "repo1-type=s3\nrepo1-path=/pgbackrest\nrepo1-s3-bucket=bench-pgbackrest\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={tls_port}\nrepo1-s3-region=us-east-1\nrepo1-s3-key={}\nrepo1-s3-key-secret={}\nrepo1-s3-uri-style=path\nrepo1-storage-verify-tls=n\n",
+        s3.access_key, s3.secret_key
+    )
+}
+
 fn print_table(title: &str, figs: &[Figure], base_of: Option<&str>) {
     println!("\n{title}");
     println!(
@@ -868,18 +894,7 @@ pub fn run(o: &Opts) {
     ] {
         fs::create_dir_all(s3.dir().join("data").join(b)).expect("bucket dir");
     }
-    let tls_port = free_port();
-    let pem = self_signed(work).unwrap_or_else(|e| panic!("{e}"));
-    let _haproxy = HaProxy::start(
-        work,
-        &format!(
-            "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\nfrontend s3tls\n  bind 127.0.0.1:{tls_port} ssl crt {}\n  default_backend s3\nbackend s3\n  server s3s 127.0.0.1:{}\n",
-            pem.display(),
-            s3.port
-        ),
-        None,
-        &[tls_port],
-    );
+    let (_haproxy, tls_port) = tls_front(work, &s3);
     let mut r = Results::default();
     r.record(RAW, raw_put(o, &s3, &template, &names));
     let _ = fs::remove_dir_all(s3.dir().join("data/bench-raw/raw"));
@@ -890,10 +905,7 @@ pub fn run(o: &Opts) {
         SPILO_S3,
         run_spilo(o, SPILO_S3, spilo_s3, &at, &template, work, true),
     );
-    let pgbr_s3 = format!(
-        "repo1-type=s3\nrepo1-path=/pgbackrest\nrepo1-s3-bucket=bench-pgbackrest\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={tls_port}\nrepo1-s3-region=us-east-1\nrepo1-s3-key={}\nrepo1-s3-key-secret={}\nrepo1-s3-uri-style=path\nrepo1-storage-verify-tls=n\n",
-        s3.access_key, s3.secret_key
-    );
+    let pgbr_s3 = pgbr_s3_repo(&s3, tls_port);
     let w = mkdir_pg(&work.join("pgbr-s3"));
     let at = s3.dir().join("data/bench-pgbackrest");
     r.record(

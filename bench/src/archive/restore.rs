@@ -308,18 +308,7 @@ pub fn run(o: &Opts) {
     for b in ["bench-spilo", "bench-pgbackrest"] {
         fs::create_dir_all(s3.dir().join("data").join(b)).expect("bucket dir");
     }
-    let tls_port = free_port();
-    let pem = self_signed(work).unwrap_or_else(|e| panic!("{e}"));
-    let _haproxy = HaProxy::start(
-        work,
-        &format!(
-            "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\nfrontend s3tls\n  bind 127.0.0.1:{tls_port} ssl crt {}\n  default_backend s3\nbackend s3\n  server s3s 127.0.0.1:{}\n",
-            pem.display(),
-            s3.port
-        ),
-        None,
-        &[tls_port],
-    );
+    let (_haproxy, tls_port) = tls_front(work, &s3);
     let mut rows = Vec::new();
     match spilo_side(&short, &s3, &template, wal_secs) {
         Ok((restore, bb, _)) => {
@@ -330,10 +319,7 @@ pub fn run(o: &Opts) {
             rows.push(failed(SPILO_RESTORE, e));
         }
     }
-    let repo = format!(
-        "repo1-type=s3\nrepo1-path=/pgbackrest\nrepo1-s3-bucket=bench-pgbackrest\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={tls_port}\nrepo1-s3-region=us-east-1\nrepo1-s3-key={}\nrepo1-s3-key-secret={}\nrepo1-s3-uri-style=path\nrepo1-storage-verify-tls=n\n",
-        s3.access_key, s3.secret_key
-    );
+    let repo = pgbr_s3_repo(&s3, tls_port);
     let w = mkdir_pg(&work.join("pgbr-restore"));
     rows.push(
         pgbackrest_side(&short, &w, &template, &repo, wal_secs)

@@ -147,30 +147,16 @@ impl crate::ha::replica::ClusterClone for Cloner {
             _ => {}
         }
         let t0 = crate::clock::now();
-        let progress = self.stats.as_ref().map(|s| {
-            s.restore.begin(
-                &m.name,
-                m.compressed_size,
-                s.fetched.load(std::sync::atomic::Ordering::Relaxed),
-            );
-            &s.restore
-        });
-        let r = super::restore::restore_base_counted(
+        let r = super::restore::restore_reported(
+            self.stats.as_deref(),
             storage.clone(),
             &base,
             &m,
             self.key.as_ref(),
             dir,
-            progress.map(|p| &p.done),
+            2,
         )
-        .await
-        .map_err(|e| crate::error_chain(&e));
-        match (&r, progress) {
-            (Ok(_), Some(p)) => p.enter(2),
-            (Err(e), Some(p)) => p.fail(e),
-            _ => {}
-        }
-        let r = r?;
+        .await?;
         let secs = crate::clock::now()
             .saturating_duration_since(t0)
             .as_secs_f64();

@@ -319,6 +319,36 @@ pub async fn restore_base_counted(
     })
 }
 
+/// [`restore_base_counted`] reporting to `stats`' restore progress: begun, the bytes as they
+/// arrive, then phase `after` (2 replaying, 3 done) or failed. The error in words.
+pub async fn restore_reported(
+    stats: Option<&super::archiver::ArchiveStats>,
+    storage: Arc<dyn Storage>,
+    base: &str,
+    m: &Manifest,
+    key: Option<&SecretKey>,
+    dir: &Path,
+    after: u64,
+) -> Result<Restored, String> {
+    let progress = stats.map(|s| {
+        s.restore.begin(
+            &m.name,
+            m.compressed_size,
+            s.fetched.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        &s.restore
+    });
+    let r = restore_base_counted(storage, base, m, key, dir, progress.map(|p| &p.done))
+        .await
+        .map_err(|e| crate::error_chain(&e));
+    match (&r, progress) {
+        (Ok(_), Some(p)) => p.enter(after),
+        (Err(e), Some(p)) => p.fail(e),
+        _ => {}
+    }
+    r
+}
+
 type Sender = tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>;
 
 /// A backup of one object: streamed chunk by chunk (nothing held in memory). The bytes read and
@@ -552,30 +582,16 @@ impl crate::ha::replica::ReplicaBackups for StoreBackups {
             .await?
             .ok_or_else(|| format!("backup {name} is no longer in the store"))?;
         let t0 = crate::clock::now();
-        let progress = self.stats.as_ref().map(|s| {
-            s.restore.begin(
-                &m.name,
-                m.compressed_size,
-                s.fetched.load(std::sync::atomic::Ordering::Relaxed),
-            );
-            &s.restore
-        });
-        let r = restore_base_counted(
+        let r = restore_reported(
+            self.stats.as_deref(),
             self.storage.clone(),
             &self.base,
             &m,
             self.key.as_ref(),
             dir,
-            progress.map(|p| &p.done),
+            3,
         )
-        .await
-        .map_err(|e| crate::error_chain(&e));
-        match (&r, progress) {
-            (Ok(_), Some(p)) => p.enter(3),
-            (Err(e), Some(p)) => p.fail(e),
-            _ => {}
-        }
-        let r = r?;
+        .await?;
         let secs = crate::clock::now()
             .saturating_duration_since(t0)
             .as_secs_f64();

@@ -128,6 +128,7 @@ impl Lock {
 }
 
 /// Everything one backup needs from the configuration.
+#[derive(Clone)]
 pub struct Job {
     /// The store.
     pub storage: Arc<dyn Storage>,

@@ -28,18 +28,9 @@ pub async fn run(
         .map(|b| b.from_replica)
         .unwrap_or(false);
     loop {
-        let Some(next) = schedule.next_after(chrono::Utc::now()) else {
+        if !sleep_until_next(&schedule).await {
             tracing::warn!("the backup schedule never fires; no scheduled backups");
             return;
-        };
-        // Sleep in short steps so that a clock that jumps is noticed.
-        loop {
-            let left = (next - chrono::Utc::now()).num_milliseconds();
-            if left <= 0 {
-                break;
-            }
-            let step = u64::try_from(left).unwrap_or(0).min(30_000);
-            tokio::time::sleep(Duration::from_millis(step)).await;
         }
         let cluster = node.borrow().cluster.clone();
         let Some(cluster) = cluster else { continue };
@@ -88,17 +79,9 @@ pub async fn run_drills(
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir);
     loop {
-        let Some(next) = schedule.next_after(chrono::Utc::now()) else {
+        if !sleep_until_next(&schedule).await {
             tracing::warn!("backup.verify_schedule never fires; no restore drills");
             return;
-        };
-        loop {
-            let left = (next - chrono::Utc::now()).num_milliseconds();
-            if left <= 0 {
-                break;
-            }
-            let step = u64::try_from(left).unwrap_or(0).min(30_000);
-            tokio::time::sleep(Duration::from_millis(step)).await;
         }
         let cluster = node.borrow().cluster.clone();
         let Some(cluster) = cluster else { continue };
@@ -152,6 +135,22 @@ pub async fn run_drills(
             stats.verify_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(backup = %r.backup, "restore drill FAILED: {}", r.detail);
         }
+    }
+}
+
+/// Sleeps until the schedule's next time (false: it never fires), in short steps so that a
+/// clock that jumps is noticed.
+async fn sleep_until_next(schedule: &Schedule) -> bool {
+    let Some(next) = schedule.next_after(chrono::Utc::now()) else {
+        return false;
+    };
+    loop {
+        let left = (next - chrono::Utc::now()).num_milliseconds();
+        if left <= 0 {
+            return true;
+        }
+        let step = u64::try_from(left).unwrap_or(0).min(30_000);
+        tokio::time::sleep(Duration::from_millis(step)).await;
     }
 }
 

@@ -208,19 +208,19 @@ async fn start_archiver(
             None => None,
         },
     };
+    let job = crate::backup::run::Job {
+        storage: storage.clone(),
+        base: base.clone(),
+        cfg: cfg.clone(),
+        pg_version: major,
+        key: settings.key.clone(),
+    };
     if !b.verify_schedule.trim().is_empty() {
         let schedule = crate::backup::schedule::Schedule::parse(&b.verify_schedule)
             .map_err(|e| StartError::Config(format!("backup.verify_schedule: {e}")))?;
-        let job = crate::backup::run::Job {
-            storage: storage.clone(),
-            base: base.clone(),
-            cfg: cfg.clone(),
-            pg_version: major,
-            key: settings.key.clone(),
-        };
         tokio::spawn(crate::backup::scheduler::run_drills(
             schedule,
-            job,
+            job.clone(),
             node.clone(),
             stats.clone(),
         ));
@@ -228,13 +228,6 @@ async fn start_archiver(
     if !b.schedule.trim().is_empty() {
         let schedule = crate::backup::schedule::Schedule::parse(&b.schedule)
             .map_err(|e| StartError::Config(format!("backup.schedule: {e}")))?;
-        let job = crate::backup::run::Job {
-            storage: storage.clone(),
-            base: base.clone(),
-            cfg: cfg.clone(),
-            pg_version: major,
-            key: settings.key.clone(),
-        };
         tokio::spawn(crate::backup::scheduler::run(
             schedule,
             dcs,

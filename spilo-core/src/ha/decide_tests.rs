@@ -144,6 +144,18 @@ fn peer(name: &str, primary: bool, pos: u64) -> PeerStatus {
 
 const NOW: Duration = Duration::from_secs(1000);
 
+/// A `failover` key asking `leader` to hand over to `member`.
+fn switchover(leader: &str, member: &str, version: i64) -> Versioned<Failover> {
+    Versioned {
+        value: Failover {
+            leader: Some(leader.into()),
+            member: Some(member.into()),
+            scheduled_at: None,
+        },
+        version,
+    }
+}
+
 fn run(c: Option<&Cluster>, l: &LocalView, p: &Policy) -> Decision {
     decide(c, l, p, NOW)
 }
@@ -1088,14 +1100,7 @@ fn peers_not_queried_never_read_as_no_rivals() {
 #[test]
 fn a_leader_asked_to_hand_over_waits_for_the_candidates_state_rather_than_clearing() {
     let mut c = cluster(Some("n1"), "n1");
-    c.failover = Some(Versioned {
-        value: Failover {
-            leader: Some("n1".into()),
-            member: Some("n2".into()),
-            scheduled_at: None,
-        },
-        version: 7,
-    });
+    c.failover = Some(switchover("n1", "n2", 7));
     let mut l = local(primary(1000));
     assert!(peers_needed(Some(&c), &l.pg, "n1", false));
     l.peers = Peers::NotQueried;
@@ -1413,14 +1418,7 @@ fn without_a_leader_an_empty_node_restores_the_newest_backup_when_allowed() {
 #[test]
 fn a_switchover_inside_a_standby_cluster_releases_the_key_to_the_candidate() {
     let mut c = cluster(Some("n1"), "n1");
-    c.failover = Some(Versioned {
-        value: Failover {
-            leader: Some("n1".into()),
-            member: Some("n2".into()),
-            scheduled_at: None,
-        },
-        version: 3,
-    });
+    c.failover = Some(switchover("n1", "n2", 3));
     let mut l = local(replica(500));
     l.upstream = Some(Target::StandbySource);
     // The standby leader asks its peers, as a primary would.
@@ -1446,14 +1444,7 @@ fn a_switchover_inside_a_standby_cluster_releases_the_key_to_the_candidate() {
         ]
     );
     // A candidate that is not a member: the request is cleared, the leader stays.
-    c.failover = Some(Versioned {
-        value: Failover {
-            leader: Some("n1".into()),
-            member: Some("n9".into()),
-            scheduled_at: None,
-        },
-        version: 4,
-    });
+    c.failover = Some(switchover("n1", "n9", 4));
     let d = run(Some(&c), &l, &standby("n1"));
     assert_eq!(
         d.actions,

@@ -388,7 +388,17 @@ impl Node {
     fn upstream_for(&self, cluster: Option<&Cluster>, name: &str) -> Option<Upstream> {
         let m = cluster?.member(name)?;
         let (host, port) = m.host_port()?;
-        Some(Upstream {
+        let slot = self
+            .dynamic
+            .postgresql
+            .use_slots
+            .then(|| dcs::codec::slot_name(&self.cfg.name));
+        Some(self.replication_upstream(host, port, slot))
+    }
+
+    /// Streaming from `host:port` as the replication role, through `slot`.
+    fn replication_upstream(&self, host: String, port: u16, slot: Option<String>) -> Upstream {
+        Upstream {
             host,
             port,
             user: self
@@ -398,12 +408,8 @@ impl Node {
                 .replication
                 .username
                 .clone(),
-            slot: self
-                .dynamic
-                .postgresql
-                .use_slots
-                .then(|| dcs::codec::slot_name(&self.cfg.name)),
-        })
+            slot,
+        }
     }
 
     fn hba(&self) -> Vec<String> {

@@ -60,18 +60,7 @@ impl Node {
     /// Where the standby leader streams from: `standby_cluster.host`, when set.
     pub(super) fn standby_upstream(&self) -> Option<Upstream> {
         let s = self.standby_ok()?;
-        Some(Upstream {
-            host: s.host.clone()?,
-            port: s.port(),
-            user: self
-                .cfg
-                .postgresql
-                .authentication
-                .replication
-                .username
-                .clone(),
-            slot: s.primary_slot_name.clone(),
-        })
+        Some(self.replication_upstream(s.host.clone()?, s.port(), s.primary_slot_name.clone()))
     }
 
     /// The standby leader's recovery settings from `standby_cluster`.
