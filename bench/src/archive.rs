@@ -596,6 +596,15 @@ fn pgbackrest_conf(o: &Opts, work: &Path, pg: &PlainPg, repo: &str, zst: bool) -
     path
 }
 
+/// `pgbackrest --config=CONF --stanza=bench ARGS` as the postgres user.
+fn pgbackrest(conf: &Path, args: &[&str]) -> Result<String, String> {
+    let mut cmd = as_postgres("/usr/bin/pgbackrest");
+    cmd.arg(format!("--config={}", conf.display()))
+        .arg("--stanza=bench")
+        .args(args);
+    run_ok(cmd, &format!("pgbackrest {}", args.join(" ")))
+}
+
 /// pgBackRest archiving a copy of the template (and then its full backup).
 fn run_pgbackrest(
     o: &Opts,
@@ -612,13 +621,7 @@ fn run_pgbackrest(
         } else {
             "gz 6, its default".to_string()
         };
-        let pgbr = |args: &[&str]| {
-            let mut cmd = as_postgres("/usr/bin/pgbackrest");
-            cmd.arg(format!("--config={}", conf.display()))
-                .arg("--stanza=bench")
-                .args(args);
-            run_ok(cmd, &format!("pgbackrest {}", args.join(" ")))
-        };
+        let pgbr = |args: &[&str]| pgbackrest(&conf, args);
         pgbr(&["stanza-create"])?;
         let segments = ready(&pg.data).len();
         let t0 = pg.archive_with(&format!(

@@ -175,13 +175,7 @@ fn pgbackrest_side(
     let pg = PlainPg::start(template, work, &[])?;
     let r = (|| {
         let conf = pgbackrest_conf(o, work, &pg, repo, true);
-        let pgbr = |args: &[&str]| {
-            let mut cmd = as_postgres("/usr/bin/pgbackrest");
-            cmd.arg(format!("--config={}", conf.display()))
-                .arg("--stanza=bench")
-                .args(args);
-            run_ok(cmd, &format!("pgbackrest {}", args.join(" ")))
-        };
+        let pgbr = |args: &[&str]| pgbackrest(&conf, args);
         pgbr(&["stanza-create"])?;
         let t0 = pg.archive_with(&format!(
             "/usr/bin/pgbackrest --config={} --stanza=bench archive-push %p",
