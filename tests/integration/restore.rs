@@ -861,4 +861,48 @@ fn clones_stop_exactly_at_every_kind_of_target() {
         .find(|l| l.contains("bootstrap.method clone failed"))
         .unwrap_or_default();
     note(format!("a hole in the source's archive: {line}"));
+    drop(c);
+
+    // The same segment back, but damaged (bytes in its middle changed): the bootstrap fails
+    // naming it and why, not "recovery ended early".
+    let mut bytes = std::fs::read(obj.with_extension("moved")).expect("the segment");
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&obj, &bytes).expect("put the damaged segment back");
+    let c = TestCluster::start(
+        1,
+        clone_opts(
+            "pitr-damaged",
+            &store,
+            &scope,
+            &format!("    target_time: '{}'\n", marks["time18"]),
+        ),
+    );
+    let n = &c.nodes[0];
+    wait_for(
+        "the damaged segment named",
+        Duration::from_secs(120),
+        || {
+            let log = n.log_text();
+            match log
+                .lines()
+                .find(|l| l.contains("bootstrap.method clone failed") && l.contains(&tl2_rows))
+            {
+                Some(_) => Ok(()),
+                None => Err(n.log_tail(5)),
+            }
+        },
+    );
+    let log = n.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("bootstrap.method clone failed"))
+        .unwrap_or_default();
+    assert!(
+        !line.contains("hole"),
+        "a damaged segment called a hole: {line}"
+    );
+    note(format!("a damaged segment in the source's archive: {line}"));
 }

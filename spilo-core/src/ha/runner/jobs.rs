@@ -586,10 +586,19 @@ async fn recover_clone(
         // pg_ctl stops waiting after its timeout while a long replay goes on (or, without
         // hot_standby, until the promotion): only a postmaster that is gone has failed.
         if pg.postmaster_pid().is_none() {
-            return Err(clone_failed(format!(
-                "PostgreSQL did not start for the clone's recovery: {}",
-                crate::error_chain(&e)
-            )));
+            // A recovery that ends short of its target stops PostgreSQL before pg_ctl sees it
+            // ready: the archive's failure, when there was one, is the cause.
+            return Err(clone_failed(match cl.problem() {
+                Some(p) => format!(
+                    "PostgreSQL stopped during the clone's recovery ({}): reading the source's \
+                     archive failed: {p}",
+                    crate::error_chain(&e)
+                ),
+                None => format!(
+                    "PostgreSQL did not start for the clone's recovery: {}",
+                    crate::error_chain(&e)
+                ),
+            }));
         }
         tracing::info!("the clone's recovery goes on after pg_ctl stopped waiting: {e}");
     }
