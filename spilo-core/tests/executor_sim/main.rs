@@ -113,7 +113,13 @@ impl Setup {
 
 fn config(i: usize, setup: &Setup) -> spilo_core::config::Config {
     let hooks = match &setup.veto {
-        Some((n, path)) if *n == i => format!("hooks: {{script: '{}'}}\n", path.display()),
+        // `on_error: deny`: the Lua handler runs on a real thread while the world's clock is
+        // paused and advances on its own when nothing else runs, so on a loaded machine the
+        // hook's deadline can pass before it answers; what it means then must be a veto too.
+        Some((n, path)) if *n == i => format!(
+            "hooks: {{script: '{}', events: {{before_promote: {{on_error: deny}}}}}}\n",
+            path.display()
+        ),
         _ => String::new(),
     };
     let yaml = format!(
