@@ -42,6 +42,16 @@ impl Node {
                 "standby_cluster cannot be used ({e}): the cluster stays a standby cluster, its leader following nobody, until it is mended"
             ),
         }
+        if self.archive_switch.is_none()
+            && now
+                .as_ref()
+                .is_some_and(|s| s.as_ref().is_ok_and(|s| s.archive().is_some()))
+        {
+            tracing::warn!(
+                "standby_cluster names an archive, and this node has no storage: section: \
+                 spilo's wal-fetch needs one (its archive socket); the archive is not read"
+            );
+        }
         // The standby leader's settings change with the section: rewrite and reload.
         self.conf_dirty = true;
         self.standby = now;
@@ -95,12 +105,6 @@ impl Node {
     /// until it works.
     pub(super) async fn switch_archive(&mut self) {
         let Some(switch) = self.archive_switch.clone() else {
-            if self.standby_archive().is_some() && self.archive_in_use.is_none() {
-                tracing::warn!(
-                    "standby_cluster names an archive, and this node has no storage: section: \
-                     spilo's wal-fetch needs one (its archive socket); the archive is not read"
-                );
-            }
             return;
         };
         let want = self.standby_archive();
