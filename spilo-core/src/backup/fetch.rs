@@ -329,27 +329,7 @@ impl Fetcher {
             Some(src) => (src.storage, src.base),
             None => (self.sh.storage.clone(), self.sh.s.base.clone()),
         };
-        let key = layout::wal_key(&base, name);
-        let obj = match get_all(&*storage, &key, CHUNK).await {
-            Ok(o) => o,
-            Err(StorageError::NotFound { .. }) => return Ok(None),
-            Err(source) => {
-                return Err(FetchError::Storage {
-                    name: name.into(),
-                    source,
-                })
-            }
-        };
-        let key = self.sh.s.key.clone();
-        let name = name.to_string();
-        // zstd and SHA-256 of a 16 MiB segment: off the runtime's threads.
-        let plain = tokio::task::spawn_blocking(move || object::read(key.as_ref(), &name, &obj))
-            .await
-            .map_err(|e| FetchError::Io {
-                path: "decode".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
-        Ok(Some(plain))
+        read_archived(&*storage, &base, name, self.sh.s.key.as_ref()).await
     }
 
     /// Starts fetching the segments after `name` that are neither cached nor in flight, and
@@ -406,6 +386,36 @@ impl Fetcher {
             Err(e) => tracing::debug!("prefetch of {name}: {e}"),
         }
     }
+}
+
+/// The archived file `name` under `base`, opened (decrypted, decompressed, its trailer
+/// checked); `None` when the archive does not hold it.
+pub async fn read_archived(
+    storage: &dyn Storage,
+    base: &str,
+    name: &str,
+    key: Option<&super::crypt::SecretKey>,
+) -> Result<Option<Vec<u8>>, FetchError> {
+    let obj = match get_all(storage, &layout::wal_key(base, name), CHUNK).await {
+        Ok(o) => o,
+        Err(StorageError::NotFound { .. }) => return Ok(None),
+        Err(source) => {
+            return Err(FetchError::Storage {
+                name: name.into(),
+                source,
+            })
+        }
+    };
+    let key = key.cloned();
+    let name = name.to_string();
+    // zstd and SHA-256 of a 16 MiB segment: off the runtime's threads.
+    let plain = tokio::task::spawn_blocking(move || object::read(key.as_ref(), &name, &obj))
+        .await
+        .map_err(|e| FetchError::Io {
+            path: "decode".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    Ok(Some(plain))
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so PostgreSQL or the cache

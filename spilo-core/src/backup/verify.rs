@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use spilo_sdk::storage::{get_all, Storage, StorageError};
+use spilo_sdk::storage::Storage;
 
 use super::base::{segment_name, Manifest};
 use super::crypt::SecretKey;
-use super::layout;
 use crate::postgres::conf::LocalAddress;
 use crate::postgres::{PgSettings, Postgres, StopMode};
 
@@ -207,19 +206,9 @@ async fn run(d: &Drill, m: &Manifest, report: &mut Report) -> Result<(), String>
 
 /// The archived file `name`, opened; `None` when the archive does not hold it.
 async fn fetch(d: &Drill, name: &str) -> Result<Option<Vec<u8>>, String> {
-    let key = layout::wal_key(&d.base, name);
-    let obj = match get_all(&*d.storage, &key, 1 << 20).await {
-        Ok(o) => o,
-        Err(StorageError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(format!("reading {key}: {}", crate::error_chain(&e))),
-    };
-    let k = d.key.clone();
-    let n = name.to_string();
-    tokio::task::spawn_blocking(move || super::object::read(k.as_ref(), &n, &obj))
+    super::fetch::read_archived(&*d.storage, &d.base, name, d.key.as_ref())
         .await
-        .map_err(|e| e.to_string())?
-        .map(Some)
-        .map_err(|e| format!("{name}: {}", crate::error_chain(&e)))
+        .map_err(|e| crate::error_chain(&e))
 }
 
 /// A fresh private directory under `root`.

@@ -295,14 +295,16 @@ impl Node {
             synchronous: sync::sync_mode(&self.dynamic) != sync::SyncMode::Off,
             quorum: sync::sync_mode(&self.dynamic) == sync::SyncMode::Quorum,
             standby_cluster: self.standby.is_some(),
+            // With a store (`backups`), the default methods include spilo_restore; read
+            // without building the list each cycle.
             restore_without_leader: self.backups.is_some()
                 && self.cfg.postgresql.spilo_restore.no_leader
                 && self
                     .cfg
                     .postgresql
-                    .replica_methods(true)
-                    .iter()
-                    .any(|m| m == crate::config::model::METHOD_RESTORE),
+                    .create_replica_methods
+                    .as_ref()
+                    .is_none_or(|m| m.iter().any(|x| x == crate::config::model::METHOD_RESTORE)),
             replicatefrom: self
                 .cfg
                 .tags
