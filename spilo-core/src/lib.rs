@@ -19,6 +19,7 @@ pub mod ctl;
 pub mod dcs;
 pub mod ha;
 pub mod hooks;
+pub mod lb;
 pub mod plugin;
 pub mod postgres;
 pub mod secret;

@@ -116,6 +116,177 @@ impl LbBackend for LbMemory {
     }
 }
 
+/// `plugins/lb-elb` against moto: classic ELBs that hold EC2 instances. The conformance tests
+/// speak of members `n1`, `n2`, …; the backend knows instances, so this wrapper maps each name
+/// to an instance of its own (and back in `describe`), as the daemon does with the member
+/// keys' `instance_id`. `n1` is the node the plugin runs on.
+pub struct ElbMoto;
+
+struct MappedElb {
+    inner: Box<dyn LoadBalancer>,
+    ids: std::collections::BTreeMap<String, String>,
+    _moto: spilo_tests::aws::Moto,
+}
+
+impl MappedElb {
+    fn id(&self, name: &str) -> String {
+        self.ids
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no instance for member {name}"))
+    }
+    fn name(&self, id: &str) -> String {
+        self.ids
+            .iter()
+            .find(|(_, v)| v.as_str() == id)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| id.to_string())
+    }
+}
+
+#[async_trait]
+impl LoadBalancer for MappedElb {
+    fn backend(&self) -> &str {
+        self.inner.backend()
+    }
+    async fn set_primary(
+        &self,
+        member: Option<&str>,
+        term: Term,
+    ) -> Result<(), spilo_sdk::LbError> {
+        let id = member.map(|m| self.id(m));
+        self.inner.set_primary(id.as_deref(), term).await
+    }
+    async fn set_replicas(&self, members: &[String], term: Term) -> Result<(), spilo_sdk::LbError> {
+        let ids: Vec<String> = members.iter().map(|m| self.id(m)).collect();
+        self.inner.set_replicas(&ids, term).await
+    }
+    async fn describe(&self) -> Result<spilo_sdk::LbState, spilo_sdk::LbError> {
+        let mut s = self.inner.describe().await?;
+        s.primary = s.primary.map(|p| self.name(&p));
+        s.replicas = s.replicas.iter().map(|r| self.name(r)).collect();
+        s.replicas.sort();
+        Ok(s)
+    }
+}
+
+/// Settings for the ELB plugin against `moto`, running on `me`.
+pub fn elb_settings(moto: &spilo_tests::aws::Moto, me: &str) -> serde_json::Value {
+    serde_json::json!({
+        "primary_elb": spilo_tests::aws::PRIMARY_ELB,
+        "replica_elb": spilo_tests::aws::REPLICA_ELB,
+        "instance_id": me,
+        "endpoint": moto.endpoint(),
+        "region": spilo_tests::aws::REGION,
+        "access_key_id": "test",
+        "secret_access_key": "test",
+    })
+}
+
+fn moto_with_elbs(n: usize) -> (spilo_tests::aws::Moto, Vec<String>) {
+    spilo_tests::aws::Moto::with_elbs(n)
+}
+
+#[async_trait]
+impl LbBackend for ElbMoto {
+    const NAME: &'static str = "elb (plugin, moto)";
+    async fn open(_dir: &Path) -> Box<dyn LoadBalancer> {
+        let (moto, ids) = tokio::task::block_in_place(|| moto_with_elbs(4));
+        let names = ["n1", "n2", "n3", "n9"];
+        let ids: std::collections::BTreeMap<String, String> =
+            names.iter().map(|n| n.to_string()).zip(ids).collect();
+        let settings = elb_settings(&moto, &ids["n1"]);
+        let inner = connect_with(
+            &plugin_lib("libspilo_lb_elb_plugin.so"),
+            "elb",
+            settings,
+            Duration::from_secs(20),
+        )
+        .await;
+        Box::new(MappedElb {
+            inner,
+            ids,
+            _moto: moto,
+        })
+    }
+}
+
+/// The ELB backend's own behaviour on moto: the term lives in the primary ELB's tag, so a
+/// second node's plugin (a deposed leader) is refused by what the first one wrote; a hand
+/// registration and a double registration are cleaned up by the next `set_primary`; an
+/// unknown ELB name stops `create` with AWS's error code; `set_primary(nobody)` takes out
+/// only the calling node.
+pub async fn elb_fences_across_nodes_and_repairs() {
+    let (moto, ids) = tokio::task::block_in_place(|| moto_with_elbs(3));
+    let plugin = plugin_lib("libspilo_lb_elb_plugin.so");
+    let a = connect_with(
+        &plugin,
+        "elb",
+        elb_settings(&moto, &ids[0]),
+        Duration::from_secs(20),
+    )
+    .await;
+    let b = connect_with(
+        &plugin,
+        "elb",
+        elb_settings(&moto, &ids[1]),
+        Duration::from_secs(20),
+    )
+    .await;
+    let d = a.describe().await.expect("describe");
+    assert_eq!(d.raw["addressing"], "instance_id");
+    assert_eq!(d.raw["self"], ids[0].as_str());
+    a.set_primary(Some(&ids[0]), Term(10))
+        .await
+        .expect("a leads in term 10");
+    a.set_replicas(&[ids[1].clone(), ids[2].clone()], Term(10))
+        .await
+        .expect("replicas");
+    let m = moto.elb_instances("spilo-primary");
+    assert_eq!(m, vec![ids[0].clone()]);
+    assert_eq!(moto.term_tag("spilo-primary"), Some(10));
+    // b takes over with term 11; a's late call with term 10 is refused by the tag b wrote.
+    b.set_primary(Some(&ids[1]), Term(11))
+        .await
+        .expect("b leads in term 11");
+    let late = a.set_primary(Some(&ids[0]), Term(10)).await;
+    assert!(late.as_ref().is_err_and(|e| e.is_stale_term()), "{late:?}");
+    let late = a.set_primary(None, Term(10)).await;
+    assert!(late.as_ref().is_err_and(|e| e.is_stale_term()), "{late:?}");
+    assert_eq!(moto.elb_instances("spilo-primary"), vec![ids[1].clone()]);
+    // Someone registers instances by hand, one twice: b's next set_primary leaves only b.
+    tokio::task::block_in_place(|| {
+        moto.register("spilo-primary", &ids[2]);
+        moto.register("spilo-primary", &ids[1]);
+    });
+    let d = b.describe().await.expect("describe");
+    assert_eq!(d.primary, None, "two instances are no primary: {:?}", d.raw);
+    b.set_primary(Some(&ids[1]), Term(11))
+        .await
+        .expect("repair");
+    let m = moto.elb_instances("spilo-primary");
+    assert!(!m.contains(&ids[2]), "{m:?}");
+    assert_eq!(
+        b.describe().await.expect("describe").primary.as_deref(),
+        Some(ids[1].as_str())
+    );
+    // Stepping down takes out the caller only.
+    b.set_primary(None, Term(11)).await.expect("b steps down");
+    assert!(moto.elb_instances("spilo-primary").is_empty());
+    // An unknown ELB name is refused at create, with AWS's error code.
+    let p = loader::load(&plugin, "elb", "load_balancer").unwrap_or_else(|e| panic!("{e}"));
+    let mut bad = elb_settings(&moto, &ids[0]);
+    bad["primary_elb"] = "no-such-elb".into();
+    let e = match PluginLb::connect(&p, bad, Duration::from_secs(20)).await {
+        Ok(_) => panic!("an unknown ELB must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("LoadBalancerNotFound") && e.contains("no-such-elb"),
+        "{e}"
+    );
+}
+
 /// Compiles `tests/plugins/c-lb/memlb.c` into `dir` with extra `-D` flags.
 pub fn build_c_lb(dir: &Path, file: &str, defines: &[&str]) -> PathBuf {
     let out = dir.join(file);

@@ -120,6 +120,12 @@ macro_rules! lb_conformance {
 
 lb_conformance!(lb_memory_plugin, crate::lb::LbMemory);
 lb_conformance!(lb_c_plugin, crate::lb::CMemLb);
+lb_conformance!(lb_elb_moto, crate::lb::ElbMoto);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_elb_fences_across_nodes_and_repairs() {
+    lb::elb_fences_across_nodes_and_repairs().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lb_plugin_panics_and_hangs_are_errors() {

@@ -119,11 +119,18 @@ pub fn plugin_lib(file_name: &str) -> PathBuf {
             from.display()
         );
     }
+    // One copy at a time, made under a temporary name and renamed into place: a test that has
+    // the library mapped already must never see it truncated by another test's copy (SIGBUS).
+    static COPYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = COPYING.lock().unwrap_or_else(|p| p.into_inner());
     let to = bins().dir.join(file_name);
     if !to.is_file() {
-        fs::copy(&from, &to)
-            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
-        chmod(&to, 0o755);
+        let tmp = bins().dir.join(format!(".{file_name}.copying"));
+        fs::copy(&from, &tmp)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), tmp.display()));
+        chmod(&tmp, 0o755);
+        fs::rename(&tmp, &to)
+            .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), to.display()));
     }
     to
 }

@@ -9,12 +9,14 @@
 //! - [`node`]: one daemon, its config, log, signals, REST API and SQL;
 //! - [`cluster`]: etcd plus n nodes, waits on cluster-wide conditions, cleanup on drop;
 //! - [`http`], [`pg`], [`util`]: a tiny HTTP client, SQL helpers, ports/polling/processes;
+//! - [`aws`]: moto as a local AWS API (EC2, classic ELB), set up and read back with boto3;
 //! - [`s3`]: local S3 servers (moto in server mode, s3s-fs) for the S3 storage backend;
 //! - [`tools`]: the third-party tools of the operations tests (patronictl, promtool, HAProxy).
 //!
 //! Every wait is a polling loop with a generous timeout and a panic message naming what was
 //! awaited and the last thing seen.
 
+pub mod aws;
 pub mod bins;
 pub mod cluster;
 pub mod dcs;

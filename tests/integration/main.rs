@@ -18,6 +18,7 @@ mod config_errors;
 mod crash_in_place;
 mod dcs_loss;
 mod duplicate_name;
+mod elb;
 mod etcd_members;
 mod failover;
 mod first_contact;

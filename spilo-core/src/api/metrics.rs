@@ -368,6 +368,9 @@ pub fn render(s: &NodeState, now: Instant) -> String {
     if let Some(a) = &s.archive {
         archive_metrics(&mut e, a);
     }
+    if !s.load_balancers.is_empty() {
+        lb_metrics(&mut e, &s.load_balancers);
+    }
     let remaining = match s.leader_renewed_at {
         Some(t) if s.holds_lock(now) => {
             (s.lease_ttl().as_secs_f64() - now.saturating_duration_since(t).as_secs_f64()).max(0.0)
@@ -452,6 +455,60 @@ fn sync_roles(s: &NodeState) -> (bool, bool) {
                 .any(|n| n.trim().eq_ignore_ascii_case(&s.name))
         });
     (listed && !quorum_mode, listed && quorum_mode)
+}
+
+/// The load balancers' counters, one series per load balancer (`lb` label: its name).
+fn lb_metrics(e: &mut Exposition, lbs: &[std::sync::Arc<crate::lb::driver::LbStats>]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    type Get = fn(&crate::lb::driver::LbStats) -> u64;
+    let families: [(&str, &str, &str, Get); 6] = [
+        (
+            "spilo_lb_changes_total",
+            "counter",
+            "Load-balancer changes this node made (a side routed anew).",
+            |l| l.changes.load(Relaxed),
+        ),
+        (
+            "spilo_lb_failures_total",
+            "counter",
+            "Load-balancer calls that failed (retried on a later attempt).",
+            |l| l.failures.load(Relaxed),
+        ),
+        (
+            "spilo_lb_stale_term_total",
+            "counter",
+            "Load-balancer calls refused because a newer leader term owns the load balancer.",
+            |l| l.stale.load(Relaxed),
+        ),
+        (
+            "spilo_lb_repairs_total",
+            "counter",
+            "Reconcile passes that found the load balancer routing otherwise and repaired it.",
+            |l| l.repairs.load(Relaxed),
+        ),
+        (
+            "spilo_lb_in_sync",
+            "gauge",
+            "1 while the load balancer routes what this node last asked for.",
+            |l| u64::from(l.in_sync.load(Relaxed)),
+        ),
+        (
+            "spilo_lb_last_change_timestamp_seconds",
+            "gauge",
+            "Unix time of this node's last successful load-balancer change (0: none).",
+            |l| l.last_change_unix.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        e.header(name, kind, help);
+        for l in lbs {
+            e.sample(
+                name,
+                &format!(",lb=\"{}\"", escape_label(&l.label)),
+                &get(l).to_string(),
+            );
+        }
+    }
 }
 
 /// The WAL archiver's counters (only on nodes with a `storage:` section).

@@ -97,6 +97,13 @@ pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
     if let Some(a) = &s.archive {
         m.insert("archive".into(), a.status_json());
     }
+    // spilo's own: the load balancers this node drives (`load_balancers:`).
+    if !s.load_balancers.is_empty() {
+        m.insert(
+            "load_balancers".into(),
+            s.load_balancers.iter().map(|l| l.status_json()).collect(),
+        );
+    }
     if pg.running {
         let tags = crate::dcs::tags::published(&s.tags);
         if !tags.is_empty() {

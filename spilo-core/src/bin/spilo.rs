@@ -162,18 +162,40 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPILO_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,zookeeper_client=warn")
-            }),
-        )
-        .with_target(false)
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stdout())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+    // SPILO_LOG takes `level` and `target=level` directives separated by commas (no span or
+    // field filters: those need a regex engine, which would add its tables to every daemon's
+    // resident text for a feature nobody uses on a daemon).
+    const DEFAULT_LOG: &str = "info,zookeeper_client=warn";
+    let (targets, log_error) = match std::env::var("SPILO_LOG") {
+        Ok(v) => match v.parse::<tracing_subscriber::filter::Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (
+                DEFAULT_LOG.parse().expect("the default log filter parses"),
+                Some(format!(
+                    "SPILO_LOG={v:?} is not a list of `level` or `target=level` directives ({e}); logging at the default ({DEFAULT_LOG})"
+                )),
+            ),
+        },
+        Err(_) => (DEFAULT_LOG.parse().expect("the default log filter parses"), None),
+    };
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(
+                        std::io::IsTerminal::is_terminal(&std::io::stdout())
+                            && std::env::var_os("NO_COLOR").is_none(),
+                    ),
+            )
+            .with(targets)
+            .init();
+    }
+    if let Some(e) = log_error {
+        tracing::warn!("{e}");
+    }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }

@@ -13,6 +13,7 @@
 pub mod backup;
 pub mod error;
 mod helpers;
+pub mod lb;
 pub mod limits;
 pub mod load;
 pub mod model;

@@ -54,6 +54,9 @@ pub struct Config {
     /// How backups are taken and kept (spilo's own section; defaults apply with `storage:`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<super::backup::BackupConfig>,
+    /// The load balancers that follow the primary (spilo's own section).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancers: Vec<super::lb::LoadBalancerConfig>,
 }
 
 /// `plugins: [{name, path, kind}]`.
@@ -63,7 +66,7 @@ pub struct PluginSpec {
     pub name: String,
     /// The shared library.
     pub path: PathBuf,
-    /// `dcs` (storage and load balancers later).
+    /// `dcs`, `storage` or `load_balancer`.
     pub kind: String,
 }
 

@@ -78,6 +78,7 @@ const TOP: &[Key] = &[
     k("dcs", Shape::Free),
     k("storage", Shape::Free),
     k("backup", Shape::Free),
+    v("load_balancers"),
     u("etcd"),
     u("consul"),
     u("kubernetes"),

@@ -432,6 +432,13 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
         .collect();
     super::backup::check(cfg.storage.as_ref(), cfg.backup.as_ref(), &storage_plugins)
         .map_err(|(k, m)| err(&k, m))?;
+    let lb_plugins: Vec<&str> = cfg
+        .plugins
+        .iter()
+        .filter(|p| p.kind == "load_balancer")
+        .map(|p| p.name.as_str())
+        .collect();
+    super::lb::check(&cfg.load_balancers, &lb_plugins).map_err(|(k, m)| err(&k, m))?;
     match cfg.bootstrap.method.as_deref() {
         None | Some("initdb") => {}
         Some("clone") => match &cfg.bootstrap.clone {

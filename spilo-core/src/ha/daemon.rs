@@ -405,6 +405,10 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
         .with_commands(cmd_rx, config_path)
         .with_live_restapi(restapi.clone())
         .with_hooks(hooks);
+    let node = match open_load_balancers(&cfg).await? {
+        Some(lbs) => node.with_load_balancers(lbs),
+        None => node,
+    };
     let node = match backups {
         Some(r) => {
             let node = node.with_backups(r.backups).with_archive_switch(r.switch);
@@ -436,6 +440,32 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
         Exit::Shutdown => Ok(()),
         Exit::Fatal(m) => Err(StartError::Fatal(m)),
     }
+}
+
+/// Opens the `load_balancers:` backends; a backend that cannot be opened (plugin missing,
+/// settings refused, credentials unusable) stops the start with the entry named.
+async fn open_load_balancers(cfg: &Config) -> Result<Option<crate::lb::LoadBalancers>, StartError> {
+    if cfg.load_balancers.is_empty() {
+        return Ok(None);
+    }
+    let labels = crate::config::lb::labels(&cfg.load_balancers);
+    let mut backends = Vec::new();
+    for (i, (l, label)) in cfg.load_balancers.iter().zip(labels).enumerate() {
+        let lb = crate::lb::open(l).await.map_err(|e| {
+            StartError::Config(format!(
+                "load_balancers[{i}] ({label}): {}",
+                crate::error_chain(&e)
+            ))
+        })?;
+        tracing::info!(lb = %label, "load balancer {} opened", l.kind);
+        backends.push(crate::lb::BackendSpec {
+            label,
+            lb,
+            timeout: l.call_timeout(),
+            max_lag: l.max_lag,
+        });
+    }
+    Ok(Some(crate::lb::LoadBalancers::start(backends)))
 }
 
 async fn shutdown_signal() {

@@ -231,6 +231,8 @@ pub struct NodeState {
     pub phase: Arc<crate::ha::phase::PhaseTracker>,
     /// The WAL archiver's counters, when this node archives (a `storage:` section).
     pub archive: Option<Arc<crate::backup::archiver::ArchiveStats>>,
+    /// The counters of the load balancers this node drives (`load_balancers:`).
+    pub load_balancers: Vec<Arc<crate::lb::driver::LbStats>>,
 }
 
 /// Upper bounds (seconds) of the loop-duration histogram buckets.
@@ -289,6 +291,7 @@ impl NodeState {
             stats: LoopStats::default(),
             phase: Arc::new(crate::ha::phase::PhaseTracker::default()),
             archive: None,
+            load_balancers: Vec::new(),
         }
     }
 

@@ -486,7 +486,7 @@ fn run_seeds(seeds: &[u64], rules: Rules) -> (Outcome, Vec<String>) {
 fn the_real_executor_keeps_one_primary_and_converges_under_random_faults() {
     if std::env::var_os("SPILO_EXEC_SIM_LOG").is_some() {
         tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_max_level(tracing::Level::INFO)
             .with_writer(std::io::stderr)
             .init();
     }

@@ -185,6 +185,7 @@ impl Node {
 
         // ---- publish
         self.enter(Phase::Publish);
+        self.balance(cluster.as_ref(), &decision, &pgstat);
         // A daemon about to exit publishes nothing more to the DCS (a failed bootstrap has
         // just closed its session: a member key written now would make a new one).
         if session_ok && fatal.is_none() {
@@ -213,6 +214,11 @@ impl Node {
                 }
                 if let Some(b) = &self.built {
                     m.extra.insert("built".into(), b.clone().into());
+                }
+                if let Some(lbs) = &self.lbs {
+                    for (field, me) in lbs.member_fields() {
+                        m.extra.insert(field, me.into());
+                    }
                 }
             }
             let bytes = member::encode(&m);

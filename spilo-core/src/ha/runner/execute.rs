@@ -141,6 +141,9 @@ impl Node {
             self.hand_over(true).await;
             return true;
         }
+        // The lease is lost or about to be: no waiting, the demotion goes first.
+        self.withdraw_from_load_balancers(std::time::Duration::ZERO)
+            .await;
         self.lease_renewed_at = None;
         self.ssn = None;
         self.ssn_since = None;
@@ -171,6 +174,9 @@ impl Node {
             .iter()
             .filter(|r| r.state == "streaming")
             .count();
+        // Read-write traffic leaves before PostgreSQL stops (bounded: never holds it up).
+        let bound = self.withdraw_bound();
+        self.withdraw_from_load_balancers(bound).await;
         if checkpoint_first {
             if let Err(e) = self.pg.checkpoint(self.pg.ctl_timeout()).await {
                 tracing::warn!(error = %e, "CHECKPOINT before the switchover failed");

@@ -23,6 +23,7 @@ use crate::ha::sync;
 use crate::postgres::conf::Upstream;
 use crate::postgres::{LocalPostgres, PgError};
 
+mod balance;
 mod commands;
 mod cycle;
 mod execute;
@@ -124,6 +125,8 @@ pub struct Node {
     /// How this node's data directory was last built by a replica copy (published in the
     /// member key as `built`, shown by `spiloctl list`).
     built: Option<String>,
+    /// The load balancers that follow the primary (`load_balancers:`).
+    lbs: Option<crate::lb::LoadBalancers>,
     /// The archive `restore_command` reads from now (`None` inside: this cluster's own), and
     /// that archive's backups; `None`: not switched yet.
     archive_in_use: Option<(
@@ -185,7 +188,17 @@ impl Node {
             archive_switch: None,
             archive_in_use: None,
             built: None,
+            lbs: None,
         }
+    }
+
+    /// Route traffic through these load balancers while this node leads.
+    pub fn with_load_balancers(mut self, lbs: crate::lb::LoadBalancers) -> Node {
+        let stats = lbs.stats();
+        self.state
+            .send_modify(|s| Arc::make_mut(s).load_balancers = stats);
+        self.lbs = Some(lbs);
+        self
     }
 
     /// Switch `restore_command`'s archive with this (a standby cluster reads its source's).

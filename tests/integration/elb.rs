@@ -1,0 +1,190 @@
+//! Classic ELBs that follow the primary (`load_balancers: [{type: elb}]`), on moto in server
+//! mode: three daemons, each an "EC2 instance" of moto's. Read back through boto3 (not
+//! spilo): after bootstrap the primary ELB holds exactly the primary and the replica ELB
+//! exactly the streaming replicas; an instance registered by hand is removed; after a
+//! switchover and a SIGTERM hand-over the same holds again; with moto down a failover is
+//! not held up, and once moto is back (empty, as moto restarts) the new leader's reconcile
+//! rebuilds both ELBs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use spilo_tests::aws::{Moto, PRIMARY_ELB, REPLICA_ELB};
+use spilo_tests::bins::plugin_lib;
+use spilo_tests::{note, poll, ClusterOpts, TestCluster};
+
+use crate::ops::{call, expect};
+use crate::{BOOTSTRAP, REPLICATION};
+
+/// How long the ELBs may take to follow a change: a few `loop_wait`s (2 s here) and moto's
+/// answers, generously.
+const FOLLOW: Duration = Duration::from_secs(30);
+
+fn elb_yaml(moto: &Moto, instance: &str) -> String {
+    format!(
+        "load_balancers:\n\
+         - type: elb\n  \
+           primary_elb: {PRIMARY_ELB}\n  \
+           replica_elb: {REPLICA_ELB}\n  \
+           instance_id: {instance}\n  \
+           endpoint: {}\n  \
+           region: {}\n  \
+           access_key_id: test\n  \
+           secret_access_key: test\n",
+        moto.endpoint(),
+        spilo_tests::aws::REGION
+    )
+}
+
+/// Waits until the primary ELB holds exactly `primary` and the replica ELB exactly
+/// `replicas` (instance ids).
+fn wait_elbs(moto: &Moto, primary: &str, replicas: &[&str], what: &str) -> Duration {
+    let t0 = Instant::now();
+    let mut want_r: Vec<String> = replicas.iter().map(|s| s.to_string()).collect();
+    want_r.sort();
+    let r = poll(FOLLOW, Duration::from_millis(200), || {
+        let p = moto.elb_instances(PRIMARY_ELB);
+        let r = moto.elb_instances(REPLICA_ELB);
+        if p == vec![primary.to_string()] && r == want_r {
+            Ok(())
+        } else {
+            Err(format!("primary ELB {p:?}, replica ELB {r:?}"))
+        }
+    });
+    if let Err(e) = r {
+        panic!("{what}: wanted primary ELB [{primary}] and replica ELB {want_r:?}; last seen {e}");
+    }
+    let took = t0.elapsed();
+    note(format!("{what}: the ELBs followed in {took:?}"));
+    took
+}
+
+#[test]
+fn elbs_follow_the_primary_through_switchover_handover_and_a_failover_without_the_api() {
+    let (mut moto, ids) = Moto::with_elbs(3);
+    // Next to the copied binaries, where the daemon looks for it.
+    plugin_lib("libspilo_lb_elb_plugin.so");
+    let mut c = TestCluster::start(0, ClusterOpts::named("elb"));
+    for (i, id) in ids.iter().enumerate() {
+        let name = format!("node{}", i + 1);
+        let mut o = c.opts.node.clone();
+        o.extra_yaml = elb_yaml(&moto, id);
+        let idx = c.add_node(&name, &name, o);
+        c.nodes[idx].start();
+    }
+    let id_of = |name: &str| -> String {
+        let i: usize = name.trim_start_matches("node").parse().expect("nodeN");
+        ids[i - 1].clone()
+    };
+    let p = c.wait_for_primary(BOOTSTRAP);
+    c.wait_for_replicas_streaming(REPLICATION);
+    let others = c.others(&p);
+    let other_ids: Vec<String> = others.iter().map(|n| id_of(n)).collect();
+    let other_refs: Vec<&str> = other_ids.iter().map(String::as_str).collect();
+    wait_elbs(&moto, &id_of(&p), &other_refs, "after bootstrap");
+    let term = moto
+        .term_tag(PRIMARY_ELB)
+        .expect("the leader's term is in the ELB's tag");
+    assert_eq!(
+        Some(term),
+        c.node(&p).term(),
+        "the ELB tag holds the leader's term"
+    );
+    // The member keys say which instance each member is.
+    let list = c.spiloctl_list_json().expect("spiloctl list");
+    note(format!("members: {list}"));
+
+    // Somebody registers a replica with the primary ELB by hand: it is taken out again.
+    moto.register(PRIMARY_ELB, &other_ids[0]);
+    wait_elbs(&moto, &id_of(&p), &other_refs, "after a hand registration");
+    let text = crate::metrics::metrics(c.node(&p));
+    let repairs = crate::metrics::sample(&text, "spilo_lb_repairs_total", &c.scope, &p)
+        .expect("spilo_lb_repairs_total for the elb");
+    assert!(repairs >= 1.0, "the repair is counted:\n{text}");
+
+    // Switchover to a replica.
+    let cand = others[0].clone();
+    let r = call(
+        c.node(&p),
+        "POST",
+        "/switchover",
+        Some(&json!({"leader": p, "candidate": cand})),
+    );
+    drop(expect("POST /switchover", r, 200, None));
+    let new = c.wait_for_primary_except(&[&p], Duration::from_secs(60));
+    assert_eq!(new, cand);
+    c.wait_for_replicas_streaming(Duration::from_secs(120));
+    let rest: Vec<String> = c.others(&new).iter().map(|n| id_of(n)).collect();
+    let rest_refs: Vec<&str> = rest.iter().map(String::as_str).collect();
+    wait_elbs(&moto, &id_of(&new), &rest_refs, "after the switchover");
+    assert!(
+        moto.term_tag(PRIMARY_ELB) > Some(term),
+        "a new term after the switchover"
+    );
+
+    // SIGTERM hand-over: the leaving primary takes itself out of the primary ELB first.
+    let leaving = new.clone();
+    c.node_mut(&leaving).kill_daemon(libc::SIGTERM);
+    let next = c.wait_for_primary_except(&[&leaving], Duration::from_secs(60));
+    let left: Vec<String> = c
+        .others(&next)
+        .iter()
+        .filter(|n| **n != leaving)
+        .map(|n| id_of(n))
+        .collect();
+    let left_refs: Vec<&str> = left.iter().map(String::as_str).collect();
+    wait_elbs(
+        &moto,
+        &id_of(&next),
+        &left_refs,
+        "after the SIGTERM hand-over",
+    );
+    c.node_mut(&leaving).restart_daemon();
+    c.wait_for_replicas_streaming(Duration::from_secs(180));
+
+    // moto goes away; the primary dies; failover goes on without the API.
+    moto.server.stop();
+    let victim = next.clone();
+    let t0 = Instant::now();
+    c.node_mut(&victim).kill_daemon_now();
+    c.node(&victim).kill_postmaster(libc::SIGKILL);
+    let survivor = c.wait_for_primary_except(&[&victim], Duration::from_secs(60));
+    let failover = t0.elapsed();
+    note(format!(
+        "failover with the ELB API down: {survivor} primary after {failover:?}"
+    ));
+    // ttl is 10 s here: the failover is bounded by the lease, not by the unreachable API.
+    assert!(
+        failover < Duration::from_secs(40),
+        "the failover took {failover:?} with the ELB API down"
+    );
+    // moto comes back empty: the ELBs are made again, and the new leader fills them.
+    moto.server.restart();
+    moto.create_elbs();
+    let standing: Vec<String> = c
+        .others(&survivor)
+        .iter()
+        .filter(|n| **n != victim)
+        .map(|n| id_of(n))
+        .collect();
+    let standing_refs: Vec<&str> = standing.iter().map(String::as_str).collect();
+    // The replica that lost its primary streams from the new one.
+    let stand_names: Vec<String> = c
+        .others(&survivor)
+        .into_iter()
+        .filter(|n| *n != victim)
+        .collect();
+    let stand_name_refs: Vec<&str> = stand_names.iter().map(String::as_str).collect();
+    c.wait_for_streaming(&survivor, &stand_name_refs, Duration::from_secs(120));
+    wait_elbs(
+        &moto,
+        &id_of(&survivor),
+        &standing_refs,
+        "after moto came back",
+    );
+    let st = c.node(&survivor).patroni().expect("patroni");
+    let lbs = &st["load_balancers"];
+    assert_eq!(lbs[0]["name"], "elb", "{st}");
+    assert_eq!(lbs[0]["in_sync"], true, "{st}");
+    note(format!("load balancers on {survivor}: {lbs}"));
+}
