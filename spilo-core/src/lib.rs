@@ -22,6 +22,7 @@ pub mod hooks;
 pub mod lb;
 pub mod plugin;
 pub mod postgres;
+pub mod proxy;
 pub mod secret;
 pub mod timestamp;
 

@@ -35,6 +35,7 @@ mod pause;
 mod pgext;
 mod pgext_fence;
 mod plugins;
+mod proxy;
 mod rest_api;
 mod restart_reinit_reload;
 mod restore;

@@ -371,6 +371,13 @@ pub fn render(s: &NodeState, now: Instant) -> String {
     if !s.load_balancers.is_empty() {
         lb_metrics(&mut e, &s.load_balancers);
     }
+    if !s.proxies.is_empty() {
+        let proxies: Vec<&crate::proxy::stats::ProxyStats> =
+            s.proxies.iter().map(|p| p.as_ref()).collect();
+        let labels = format!("{},", e.labels);
+        e.out
+            .push_str(&crate::proxy::stats::render(&proxies, &labels));
+    }
     let remaining = match s.leader_renewed_at {
         Some(t) if s.holds_lock(now) => {
             (s.lease_ttl().as_secs_f64() - now.saturating_duration_since(t).as_secs_f64()).max(0.0)

@@ -97,6 +97,13 @@ pub fn patroni_status(s: &NodeState, now: Instant) -> Value {
     if let Some(a) = &s.archive {
         m.insert("archive".into(), a.status_json());
     }
+    // spilo's own: the built-in proxies this daemon runs.
+    if !s.proxies.is_empty() {
+        m.insert(
+            "proxies".into(),
+            s.proxies.iter().map(|p| p.status_json()).collect(),
+        );
+    }
     // spilo's own: the load balancers this node drives (`load_balancers:`).
     if !s.load_balancers.is_empty() {
         m.insert(

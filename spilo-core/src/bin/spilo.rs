@@ -125,6 +125,7 @@ fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         Some("wal-push") => return wal_push(),
         Some("wal-fetch") => return wal_fetch(),
+        Some("proxy") => return proxy_main(),
         _ => {}
     }
     let args = Args::parse();
@@ -162,40 +163,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    // SPILO_LOG takes `level` and `target=level` directives separated by commas (no span or
-    // field filters: those need a regex engine, which would add its tables to every daemon's
-    // resident text for a feature nobody uses on a daemon).
-    const DEFAULT_LOG: &str = "info,zookeeper_client=warn";
-    let (targets, log_error) = match std::env::var("SPILO_LOG") {
-        Ok(v) => match v.parse::<tracing_subscriber::filter::Targets>() {
-            Ok(t) => (t, None),
-            Err(e) => (
-                DEFAULT_LOG.parse().expect("the default log filter parses"),
-                Some(format!(
-                    "SPILO_LOG={v:?} is not a list of `level` or `target=level` directives ({e}); logging at the default ({DEFAULT_LOG})"
-                )),
-            ),
-        },
-        Err(_) => (DEFAULT_LOG.parse().expect("the default log filter parses"), None),
-    };
-    {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::util::SubscriberInitExt as _;
-        tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_target(false)
-                    .with_ansi(
-                        std::io::IsTerminal::is_terminal(&std::io::stdout())
-                            && std::env::var_os("NO_COLOR").is_none(),
-                    ),
-            )
-            .with(targets)
-            .init();
-    }
-    if let Some(e) = log_error {
-        tracing::warn!("{e}");
-    }
+    init_logging();
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -238,6 +206,139 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Logging to standard output; `SPILO_LOG` sets the filter.
+fn init_logging() {
+    // SPILO_LOG takes `level` and `target=level` directives separated by commas (no span or
+    // field filters: those need a regex engine, which would add its tables to every daemon's
+    // resident text for a feature nobody uses on a daemon).
+    const DEFAULT_LOG: &str = "info,zookeeper_client=warn";
+    let (targets, log_error) = match std::env::var("SPILO_LOG") {
+        Ok(v) => match v.parse::<tracing_subscriber::filter::Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (
+                DEFAULT_LOG.parse().expect("the default log filter parses"),
+                Some(format!(
+                    "SPILO_LOG={v:?} is not a list of `level` or `target=level` directives ({e}); logging at the default ({DEFAULT_LOG})"
+                )),
+            ),
+        },
+        Err(_) => (DEFAULT_LOG.parse().expect("the default log filter parses"), None),
+    };
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(
+                        std::io::IsTerminal::is_terminal(&std::io::stdout())
+                            && std::env::var_os("NO_COLOR").is_none(),
+                    ),
+            )
+            .with(targets)
+            .init();
+    }
+    if let Some(e) = log_error {
+        tracing::warn!("{e}");
+    }
+}
+
+/// `spilo proxy CONFIG`: the built-in proxy on its own.
+#[derive(Parser, Debug)]
+#[command(
+    name = "spilo proxy",
+    about = "Run the built-in proxy (the type: proxy entries of CONFIG's load_balancers) on its own: read-write to the primary the DCS names, read-only to the healthy replicas"
+)]
+struct ProxyArgs {
+    /// A node configuration with the cluster's DCS section and one or more `type: proxy`
+    /// entries under `load_balancers:` (a copy of a node's file will do).
+    config: PathBuf,
+}
+
+fn proxy_main() -> ExitCode {
+    let args = ProxyArgs::parse_from(std::env::args().skip(1));
+    let loaded = match spilo_core::config::load_file(&args.config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("spilo proxy: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = loaded.config;
+    if !cfg.load_balancers.iter().any(|l| l.kind == "proxy") {
+        eprintln!(
+            "spilo proxy: {}: load_balancers has no type: proxy entry (with listen_rw) to run",
+            args.config.display()
+        );
+        return ExitCode::from(2);
+    }
+    init_logging();
+    if let Err(e) = spilo_core::plugin::load_configured(&cfg) {
+        eprintln!("spilo proxy: {e}");
+        return ExitCode::from(1);
+    }
+    // Its own process: every core forwards.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spilo proxy: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        use spilo_core::dcs::registry;
+        let (dynamic, _) = spilo_core::config::effective_dynamic(None, &cfg);
+        let dcs = loop {
+            match registry::connect(
+                &cfg,
+                Duration::from_secs(dynamic.ttl),
+                Duration::from_secs(dynamic.retry_timeout),
+                registry::Role::Watcher,
+            )
+            .await
+            {
+                Ok(d) => break d,
+                Err(e) => {
+                    tracing::warn!(
+                        "spilo proxy: DCS {}: {e}; retrying",
+                        registry::describe(&cfg)
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let proxies =
+            match spilo_core::ha::daemon::start_proxies(&cfg, dcs, dynamic.maximum_lag_on_failover)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("spilo proxy: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        tracing::info!("spilo proxy: stopping");
+        drop(proxies);
+        ExitCode::SUCCESS
+    })
 }
 
 /// The DCS half of `--validate`: read the cluster's keys once.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The load balancers built into spilo; any other `type` names a load-balancer plugin.
-pub const BUILTIN_LB: &[&str] = &["elb"];
+pub const BUILTIN_LB: &[&str] = &["elb", "proxy"];
 
 /// The ELB backend's plugin file (the AWS SDK stays out of the daemon unless `type: elb` is
 /// used).
@@ -65,6 +65,30 @@ pub struct LoadBalancerConfig {
     /// `elb`: the instance metadata service (default `http://169.254.169.254`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imds_endpoint: Option<String>,
+    /// `proxy`: the read-write port (`host:port`), forwarding to the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_rw: Option<String>,
+    /// `proxy`: the read-only port, spreading over the healthy replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_ro: Option<String>,
+    /// `proxy`: the proxy's own `/metrics` (`spilo proxy`; inside the daemon its series are in
+    /// the daemon's `/metrics` as well).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_metrics: Option<String>,
+    /// `proxy`: the read-only port falls back to the primary when no replica qualifies
+    /// (default false: it never sends a client to the primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ro_fallback_primary: Option<bool>,
+    /// `proxy`: seconds a new read-write connection waits for a primary while there is none
+    /// (default 10; 0 refuses at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<u64>,
+    /// `proxy`: connections per port at most (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+    /// `proxy`: seconds to connect to PostgreSQL (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<u64>,
     /// Everything else: a plugin's own settings, passed on as they are.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -132,6 +156,15 @@ pub fn instance_id_ok(id: &str) -> bool {
     id.strip_prefix("i-")
         .map(|h| (h.len() == 8 || h.len() == 17) && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or(false)
+}
+
+/// A listen address: `ip:port` (or `*:port`, every address).
+pub fn listen_addr(s: &str) -> Option<std::net::SocketAddr> {
+    let s = match s.strip_prefix("*:") {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => s.to_string(),
+    };
+    s.parse().ok()
 }
 
 fn url_ok(u: &str) -> bool {
@@ -211,15 +244,41 @@ pub fn check(lbs: &[LoadBalancerConfig], lb_plugins: &[&str]) -> Result<(), (Str
                     }
                 }
             }
-            other if lb_plugins.contains(&other) => {}
             "proxy" => {
-                return err(
-                    "type",
-                    "the built-in proxy is not in this version yet: use elb, HAProxy with the \
-                     REST health checks (examples/haproxy.cfg), or a load_balancer plugin"
-                        .into(),
-                )
+                let Some(rw) = &l.listen_rw else {
+                    return err("listen_rw", "required for type proxy".into());
+                };
+                let mut seen = Vec::new();
+                for (k, v) in [
+                    ("listen_rw", Some(rw)),
+                    ("listen_ro", l.listen_ro.as_ref()),
+                    ("listen_metrics", l.listen_metrics.as_ref()),
+                ] {
+                    let Some(v) = v else { continue };
+                    let Some(a) = listen_addr(v) else {
+                        return err(k, format!("'{v}' is not ip:port (or *:port)"));
+                    };
+                    if seen.contains(&a) {
+                        return err(k, format!("'{v}' is already another port of this proxy"));
+                    }
+                    seen.push(a);
+                }
+                for (k, v, range) in [
+                    ("hold", l.hold, 0..=3600),
+                    ("max_connections", l.max_connections, 1..=100_000),
+                    ("connect_timeout", l.connect_timeout, 1..=60),
+                ] {
+                    if let Some(v) = v {
+                        if !range.contains(&v) {
+                            return err(
+                                k,
+                                format!("{v}: from {} to {}", range.start(), range.end()),
+                            );
+                        }
+                    }
+                }
             }
+            other if lb_plugins.contains(&other) => {}
             other => {
                 return err(
                     "type",
@@ -250,6 +309,8 @@ mod tests {
              custom: 7\n",
         );
         check(&lbs, &[]).expect("valid");
+        let proxy = parse("- type: proxy\n  listen_rw: '*:5000'\n  listen_ro: 127.0.0.1:5001\n");
+        check(&proxy, &[]).expect("a proxy");
         let s = lbs[0].backend_settings();
         assert_eq!(s["primary_elb"], "spilo-demo");
         assert_eq!(s["instance_id"], "i-0123456789abcdef0");
@@ -283,7 +344,19 @@ mod tests {
                 "load_balancers[0].timeout",
             ),
             ("- type: nginx\n", "load_balancers[0].type"),
-            ("- type: proxy\n", "load_balancers[0].type"),
+            ("- type: proxy\n", "load_balancers[0].listen_rw"),
+            (
+                "- type: proxy\n  listen_rw: localhost:5000\n",
+                "load_balancers[0].listen_rw",
+            ),
+            (
+                "- type: proxy\n  listen_rw: 127.0.0.1:5000\n  listen_ro: 127.0.0.1:5000\n",
+                "load_balancers[0].listen_ro",
+            ),
+            (
+                "- type: proxy\n  listen_rw: 127.0.0.1:5000\n  hold: 99999\n",
+                "load_balancers[0].hold",
+            ),
             (
                 "- type: elb\n  primary_elb: a\n- type: elb\n  primary_elb: b\n  name: elb-0\n",
                 "load_balancers[1].name",

@@ -16,6 +16,8 @@ pub enum Role {
     Daemon,
     /// The CLI: plain reads and writes.
     Cli,
+    /// A reader that follows changes without a session of its own (the proxy).
+    Watcher,
 }
 
 /// Connect to the DCS named in the config.
@@ -44,7 +46,7 @@ pub async fn connect(
             member: cfg.name.clone(),
             ttl,
             retry_timeout,
-            watch: role == Role::Daemon,
+            watch: role != Role::Cli,
             session: role == Role::Daemon,
         };
         return Ok(Arc::new(EtcdDcs::connect(settings).await?));
@@ -56,7 +58,7 @@ pub async fn connect(
             member: cfg.name.clone(),
             ttl,
             retry_timeout,
-            watch: role == Role::Daemon,
+            watch: role != Role::Cli,
             session: role == Role::Daemon,
             auth_data: z
                 .auth_data
@@ -85,7 +87,7 @@ pub async fn connect(
             member: cfg.name.clone(),
             ttl,
             retry_timeout,
-            watch: role == Role::Daemon,
+            watch: role != Role::Cli,
             session: role == Role::Daemon,
         };
         let settings = serde_json::Value::Object(settings.into_iter().collect());

@@ -389,6 +389,9 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
         .as_ref()
         .map(|_| Arc::new(crate::backup::archiver::ArchiveStats::default()));
     initial.archive = archive_stats.clone();
+    // The proxies run as long as this function (dropping them stops their tasks).
+    let proxies = start_proxies(&cfg, dcs.clone(), dynamic.maximum_lag_on_failover).await?;
+    initial.proxies = proxies.iter().map(|p| p.stats.clone()).collect();
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
     let backups = match archive_stats {
         Some(stats) => start_archiver(&cfg, dcs.clone(), tx.subscribe(), stats).await?,
@@ -451,6 +454,9 @@ async fn open_load_balancers(cfg: &Config) -> Result<Option<crate::lb::LoadBalan
     let labels = crate::config::lb::labels(&cfg.load_balancers);
     let mut backends = Vec::new();
     for (i, (l, label)) in cfg.load_balancers.iter().zip(labels).enumerate() {
+        if l.kind == "proxy" {
+            continue; // follows the DCS itself: started by start_proxies
+        }
         let lb = crate::lb::open(l).await.map_err(|e| {
             StartError::Config(format!(
                 "load_balancers[{i}] ({label}): {}",
@@ -465,7 +471,31 @@ async fn open_load_balancers(cfg: &Config) -> Result<Option<crate::lb::LoadBalan
             max_lag: l.max_lag,
         });
     }
+    if backends.is_empty() {
+        return Ok(None);
+    }
     Ok(Some(crate::lb::LoadBalancers::start(backends)))
+}
+
+/// Starts the built-in proxies (`type: proxy` entries); a port that cannot be bound stops the
+/// start with the entry named.
+pub async fn start_proxies(
+    cfg: &Config,
+    dcs: Arc<dyn Dcs>,
+    default_max_lag: u64,
+) -> Result<Vec<crate::proxy::Proxy>, StartError> {
+    let labels = crate::config::lb::labels(&cfg.load_balancers);
+    let mut out = Vec::new();
+    for (i, (l, label)) in cfg.load_balancers.iter().zip(labels).enumerate() {
+        if l.kind != "proxy" {
+            continue;
+        }
+        let p = crate::proxy::Proxy::start(dcs.clone(), l, &label, default_max_lag)
+            .await
+            .map_err(|e| StartError::Config(format!("load_balancers[{i}] ({label}): {e}")))?;
+        out.push(p);
+    }
+    Ok(out)
 }
 
 async fn shutdown_signal() {

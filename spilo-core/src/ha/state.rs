@@ -233,6 +233,8 @@ pub struct NodeState {
     pub archive: Option<Arc<crate::backup::archiver::ArchiveStats>>,
     /// The counters of the load balancers this node drives (`load_balancers:`).
     pub load_balancers: Vec<Arc<crate::lb::driver::LbStats>>,
+    /// The counters of the built-in proxies this daemon runs (`type: proxy`).
+    pub proxies: Vec<Arc<crate::proxy::stats::ProxyStats>>,
 }
 
 /// Upper bounds (seconds) of the loop-duration histogram buckets.
@@ -292,6 +294,7 @@ impl NodeState {
             phase: Arc::new(crate::ha::phase::PhaseTracker::default()),
             archive: None,
             load_balancers: Vec::new(),
+            proxies: Vec::new(),
         }
     }
 

@@ -1,0 +1,208 @@
+//! The built-in proxy (`load_balancers: [{type: proxy, listen_rw, listen_ro}]`): a read-write
+//! port that forwards to the primary the DCS names, and a read-only port that spreads over the
+//! healthy replicas. It follows the DCS's watch (not health checks): when the primary changes
+//! every connection to the old one is closed at once and new ones go to the new one; while
+//! there is no primary, new read-write connections wait up to `hold` for one.
+//!
+//! It runs inside the daemon (any node with a `type: proxy` entry) or on its own host as
+//! `spilo proxy CONFIG`.
+
+pub mod forward;
+pub mod routes;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::lb::{listen_addr, LoadBalancerConfig};
+use crate::dcs::{decode_cluster, Dcs};
+use forward::PortSettings;
+use routes::ProxyRoutes;
+use stats::{ProxyStats, Side};
+
+/// How often the routes are read again without a change event (a missed event, a store
+/// without watches).
+const REREAD: Duration = Duration::from_secs(1);
+/// Bound of one read of the DCS.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running proxy; its tasks stop when it is dropped.
+pub struct Proxy {
+    /// Its counters.
+    pub stats: Arc<ProxyStats>,
+    /// The routes it follows.
+    pub routes: watch::Receiver<Arc<ProxyRoutes>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn bind(key: &str, addr: &str) -> Result<TcpListener, String> {
+    let a = listen_addr(addr).ok_or_else(|| format!("{key}: '{addr}' is not ip:port"))?;
+    TcpListener::bind(a)
+        .await
+        .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
+}
+
+impl Proxy {
+    /// Binds the ports of `cfg` and starts following `dcs`; `default_max_lag` applies without
+    /// `max_lag`. The error names the key (a port that cannot be bound).
+    pub async fn start(
+        dcs: Arc<dyn Dcs>,
+        cfg: &LoadBalancerConfig,
+        label: &str,
+        default_max_lag: u64,
+    ) -> Result<Proxy, String> {
+        let rw_addr = cfg
+            .listen_rw
+            .as_deref()
+            .ok_or("listen_rw: required for type proxy")?;
+        let rw = bind("listen_rw", rw_addr).await?;
+        let ro = match &cfg.listen_ro {
+            Some(a) => Some(bind("listen_ro", a).await?),
+            None => None,
+        };
+        let metrics = match &cfg.listen_metrics {
+            Some(a) => Some(bind("listen_metrics", a).await?),
+            None => None,
+        };
+        let stats = Arc::new(ProxyStats::new(label));
+        let (tx, rx) = watch::channel(Arc::new(ProxyRoutes::default()));
+        let max_lag = cfg.max_lag.unwrap_or(default_max_lag);
+        let fallback = cfg.ro_fallback_primary.unwrap_or(false);
+        let mut tasks = vec![tokio::spawn(follow(
+            dcs,
+            tx,
+            stats.clone(),
+            max_lag,
+            fallback,
+        ))];
+        let port = |side| PortSettings {
+            side,
+            hold: Duration::from_secs(cfg.hold.unwrap_or(10)),
+            connect_timeout: Duration::from_secs(cfg.connect_timeout.unwrap_or(3)),
+            max_connections: cfg.max_connections.unwrap_or(1000) as usize,
+        };
+        tasks.push(tokio::spawn(forward::serve(
+            rw,
+            port(Side::Rw),
+            rx.clone(),
+            stats.clone(),
+        )));
+        if let Some(ro) = ro {
+            tasks.push(tokio::spawn(forward::serve(
+                ro,
+                port(Side::Ro),
+                rx.clone(),
+                stats.clone(),
+            )));
+        }
+        if let Some(m) = metrics {
+            tasks.push(tokio::spawn(serve_metrics(m, stats.clone())));
+        }
+        tracing::info!(
+            proxy = label,
+            "proxy: read-write on {rw_addr}{}",
+            cfg.listen_ro
+                .as_deref()
+                .map(|a| format!(", read-only on {a}"))
+                .unwrap_or_default()
+        );
+        Ok(Proxy {
+            stats,
+            routes: rx,
+            tasks,
+        })
+    }
+}
+
+/// Reads the cluster on every change event (and every [`REREAD`]) and publishes the routes
+/// when they change. A DCS that cannot be read leaves the routes as they are: a primary that
+/// loses the DCS stops accepting writes by itself (the lease guard), and reads go on.
+async fn follow(
+    dcs: Arc<dyn Dcs>,
+    tx: watch::Sender<Arc<ProxyRoutes>>,
+    stats: Arc<ProxyStats>,
+    max_lag: u64,
+    fallback: bool,
+) {
+    let mut changes = dcs.changes();
+    let mut failing = false;
+    loop {
+        match tokio::time::timeout(READ_TIMEOUT, dcs.snapshot()).await {
+            Ok(Ok(snap)) => {
+                if failing {
+                    tracing::info!(proxy = %stats.label, "proxy: the DCS answers again");
+                    failing = false;
+                }
+                let c = decode_cluster(&snap);
+                let r = routes::routes(&c, max_lag, fallback);
+                let changed = **tx.borrow() != r;
+                if changed {
+                    tracing::info!(
+                        proxy = %stats.label,
+                        "proxy: read-write to {}, read-only to [{}]",
+                        r.rw.as_ref().map(|t| format!("{} ({})", t.member, t.addr)).unwrap_or_else(|| "nobody (new connections wait)".into()),
+                        r.ro.iter().map(|t| t.member.as_str()).collect::<Vec<_>>().join(", ")
+                    );
+                    stats
+                        .route_changes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    *stats.primary.lock().unwrap_or_else(|p| p.into_inner()) =
+                        r.rw.as_ref().map(|t| t.member.clone());
+                    tx.send_replace(Arc::new(r));
+                }
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(proxy = %stats.label, "proxy: cannot read the DCS (routes kept): {e}");
+                    failing = true;
+                }
+            }
+            Err(_) => {
+                if !failing {
+                    tracing::warn!(proxy = %stats.label, "proxy: the DCS read timed out (routes kept)");
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    // No more events: read on the timer only.
+                    tokio::time::sleep(REREAD).await;
+                }
+            }
+            _ = tokio::time::sleep(REREAD) => {}
+        }
+    }
+}
+
+/// `GET /metrics` (any path) on the proxy's own port: its series as Prometheus text.
+async fn serve_metrics(listener: TcpListener, stats: Arc<ProxyStats>) {
+    let app = axum::Router::new().fallback(move || {
+        let stats = stats.clone();
+        async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                stats::render(&[&stats], ""),
+            )
+        }
+    });
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!("proxy metrics endpoint stopped: {e}");
+    }
+}
