@@ -287,6 +287,35 @@ pub async fn elb_fences_across_nodes_and_repairs() {
     );
 }
 
+/// Without `instance_id` the ELB plugin asks the instance metadata service, IMDSv2 (a token
+/// first, never a tokenless request); a metadata service that does not answer stops `create`
+/// with a message naming `instance_id` and the endpoint.
+pub async fn elb_instance_id_comes_from_imdsv2() {
+    let (moto, ids) = tokio::task::block_in_place(|| moto_with_elbs(1));
+    let imds = spilo_tests::imds::Imds::start(&ids[0]);
+    let plugin = plugin_lib("libspilo_lb_elb_plugin.so");
+    let mut settings = elb_settings(&moto, &ids[0]);
+    settings.as_object_mut().expect("object").remove("instance_id");
+    settings["imds_endpoint"] = imds.endpoint().into();
+    let lb = connect_with(&plugin, "elb", settings.clone(), Duration::from_secs(20)).await;
+    let d = lb.describe().await.expect("describe");
+    assert_eq!(d.raw["self"], ids[0].as_str(), "{:?}", d.raw);
+    assert!(imds.tokens.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(
+        imds.tokenless.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "IMDSv1 (no token) was tried"
+    );
+    let dead = format!("http://127.0.0.1:{}", spilo_tests::util::free_port());
+    settings["imds_endpoint"] = dead.clone().into();
+    let p = loader::load(&plugin, "elb", "load_balancer").unwrap_or_else(|e| panic!("{e}"));
+    let e = match PluginLb::connect(&p, settings, Duration::from_secs(30)).await {
+        Ok(_) => panic!("no instance id anywhere must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("instance_id") && e.contains(&dead), "{e}");
+}
+
 /// Compiles `tests/plugins/c-lb/memlb.c` into `dir` with extra `-D` flags.
 pub fn build_c_lb(dir: &Path, file: &str, defines: &[&str]) -> PathBuf {
     let out = dir.join(file);

@@ -128,6 +128,11 @@ async fn lb_elb_fences_across_nodes_and_repairs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_elb_instance_id_comes_from_imdsv2() {
+    lb::elb_instance_id_comes_from_imdsv2().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lb_plugin_panics_and_hangs_are_errors() {
     lb::plugin_panics_and_hangs_are_errors().await;
 }

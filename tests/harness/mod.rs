@@ -10,6 +10,7 @@
 //! - [`cluster`]: etcd plus n nodes, waits on cluster-wide conditions, cleanup on drop;
 //! - [`http`], [`pg`], [`util`]: a tiny HTTP client, SQL helpers, ports/polling/processes;
 //! - [`aws`]: moto as a local AWS API (EC2, classic ELB), set up and read back with boto3;
+//! - [`imds`]: a stub of the EC2 instance metadata service (IMDSv2 tokens, the instance id);
 //! - [`s3`]: local S3 servers (moto in server mode, s3s-fs) for the S3 storage backend;
 //! - [`tools`]: the third-party tools of the operations tests (patronictl, promtool, HAProxy).
 //!
@@ -23,6 +24,7 @@ pub mod dcs;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod http;
+pub mod imds;
 pub mod node;
 pub mod pg;
 pub mod s3;

@@ -188,3 +188,35 @@ fn elbs_follow_the_primary_through_switchover_handover_and_a_failover_without_th
     assert_eq!(lbs[0]["in_sync"], true, "{st}");
     note(format!("load balancers on {survivor}: {lbs}"));
 }
+
+#[test]
+fn an_unknown_elb_is_a_clear_error_in_validate_and_at_start() {
+    let (moto, ids) = Moto::with_elbs(1);
+    plugin_lib("libspilo_lb_elb_plugin.so");
+    let mut c = TestCluster::start(0, ClusterOpts::named("elb-bad"));
+    let mut o = c.opts.node.clone();
+    o.extra_yaml = elb_yaml(&moto, &ids[0]).replace(PRIMARY_ELB, "no-such-elb");
+    let idx = c.add_node("node1", "node1", o);
+    let out = std::process::Command::new(&spilo_tests::bins::bins().spilo)
+        .arg("--validate")
+        .arg(&c.nodes[idx].config_path)
+        .output()
+        .expect("spilo --validate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "--validate: {err}");
+    assert!(
+        err.contains("load_balancers[0]") && err.contains("LoadBalancerNotFound") && err.contains("no-such-elb"),
+        "--validate names the entry and AWS's error: {err}"
+    );
+    c.nodes[idx].start();
+    let status = c.nodes[idx]
+        .wait_daemon_exit(Duration::from_secs(60))
+        .expect("the daemon stops at start");
+    assert!(!status.success());
+    let log = c.nodes[idx].log_text();
+    assert!(
+        log.contains("load_balancers[0]") && log.contains("LoadBalancerNotFound"),
+        "the start names the entry and AWS's error: {}",
+        c.nodes[idx].log_tail(20)
+    );
+}

@@ -1,5 +1,7 @@
-//! `spilo CONFIG.yml`: the daemon. `spilo --validate CONFIG.yml`: check a config and that its
-//! DCS answers (exit 0; 2 for an invalid config; 3 when the DCS cannot be reached).
+//! `spilo CONFIG.yml`: the daemon. `spilo --validate CONFIG.yml`: check a config, that its
+//! DCS answers and that its load balancers do (exit 0; 2 for an invalid config; 3 when the DCS
+//! cannot be reached; 4 when a load balancer refuses or cannot be reached).
+//! `spilo proxy CONFIG.yml`: the built-in proxy on its own.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,8 +16,9 @@ use clap::Parser;
     about = "High-availability PostgreSQL daemon (Patroni-compatible)"
 )]
 struct Args {
-    /// Check the configuration file and that the DCS it names answers, then exit: 0 when both
-    /// hold, 2 for an invalid configuration, 3 when the DCS cannot be reached.
+    /// Check the configuration file, that the DCS it names answers and that its load balancers
+    /// do, then exit: 0 when all hold, 2 for an invalid configuration, 3 when the DCS cannot be
+    /// reached, 4 when a load balancer refuses or cannot be reached.
     #[arg(long)]
     validate: bool,
     /// With --validate: check only the file, do not contact the DCS.
@@ -362,7 +365,7 @@ fn check_dcs(cfg: &spilo_core::config::Config, within: Duration) -> ExitCode {
                 cfg.namespace.trim_matches('/'),
                 cfg.scope
             );
-            ExitCode::SUCCESS
+            check_load_balancers(cfg, &rt)
         }
         Err(e) => {
             eprintln!(
@@ -372,4 +375,40 @@ fn check_dcs(cfg: &spilo_core::config::Config, within: Duration) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+/// The load-balancer half of `--validate`: each `load_balancers:` backend (not the built-in
+/// proxy, whose ports a running daemon holds) opens and answers `describe`; exit 4 otherwise.
+fn check_load_balancers(cfg: &spilo_core::config::Config, rt: &tokio::runtime::Runtime) -> ExitCode {
+    let labels = spilo_core::config::lb::labels(&cfg.load_balancers);
+    for (i, (l, label)) in cfg.load_balancers.iter().zip(labels).enumerate() {
+        if l.kind == "proxy" {
+            continue;
+        }
+        let r = rt.block_on(async {
+            let lb = spilo_core::lb::open(l).await?;
+            tokio::time::timeout(l.call_timeout(), lb.describe())
+                .await
+                .unwrap_or(Err(spilo_sdk::LbError::Timeout {
+                    op: "describe",
+                    after: l.call_timeout(),
+                }))
+        });
+        match r {
+            Ok(s) => println!(
+                "load balancer {label} ({}) answers: read-write to {}, read-only to [{}]",
+                l.kind,
+                s.primary.as_deref().unwrap_or("nobody"),
+                s.replicas.join(", ")
+            ),
+            Err(e) => {
+                eprintln!(
+                    "spilo: load_balancers[{i}] ({label}): {}",
+                    spilo_core::error_chain(&e)
+                );
+                return ExitCode::from(4);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -9,11 +9,14 @@
 //!   region: eu-central-1
 //!   endpoint: http://127.0.0.1:5000  # optional: a local AWS API server (moto)
 //!   max_lag: 1048576                 # optional: replicas further behind leave the read-only side
+//! - type: proxy                      # the built-in proxy
+//!   listen_rw: 127.0.0.1:5000
+//!   listen_ro: 127.0.0.1:5001
 //! ```
 //!
 //! The leader's daemon routes read-write traffic to itself and read-only traffic to the healthy
 //! replicas; every call carries its leader term, so a backend refuses a deposed primary's late
-//! call.
+//! call. The built-in proxy follows the DCS itself (`crate::proxy`).
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,129 @@
+//! A stub of the EC2 instance metadata service, IMDSv2 only: `PUT /latest/api/token` (with
+//! `X-aws-ec2-metadata-token-ttl-seconds`) hands out a token, and `GET
+//! /latest/meta-data/instance-id` answers only with that token (401 without, as an instance
+//! with `HttpTokens: required` does). moto's own metadata mock does not serve what spilo
+//! reads here the way AWS does, hence this stub of just that.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+const TOKEN: &str = "spilo-test-imds-token";
+
+/// The stub; stops serving on drop.
+pub struct Imds {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Requests without a token (IMDSv1), answered 401.
+    pub tokenless: Arc<AtomicU64>,
+    /// Tokens handed out.
+    pub tokens: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Imds {
+    /// Serves `instance_id`.
+    pub fn start(instance_id: &str) -> Imds {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind the IMDS stub");
+        let port = l.local_addr().expect("addr").port();
+        l.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let tokenless = Arc::new(AtomicU64::new(0));
+        let tokens = Arc::new(AtomicU64::new(0));
+        let (s, tl, tk, id) = (
+            stop.clone(),
+            tokenless.clone(),
+            tokens.clone(),
+            instance_id.to_string(),
+        );
+        thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                        serve(c, &id, &tl, &tk);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Imds {
+            port,
+            tokenless,
+            tokens,
+            stop,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Imds {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve(c: TcpStream, id: &str, tokenless: &AtomicU64, tokens: &AtomicU64) {
+    let mut r = BufReader::new(match c.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut w = c;
+    // One request per connection is enough for the SDK's client (it reconnects).
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let mut headers = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap_or((&h, ""));
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+        if k == "content-length" {
+            length = v.parse().unwrap_or(0);
+        }
+        headers.push((k, v));
+    }
+    let mut body = vec![0u8; length.min(4096)];
+    let _ = r.read_exact(&mut body);
+    let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let (status, text) = match (method.as_str(), path.as_str()) {
+        ("PUT", "/latest/api/token") if header("x-aws-ec2-metadata-token-ttl-seconds").is_some() => {
+            tokens.fetch_add(1, Ordering::SeqCst);
+            ("200 OK", TOKEN.to_string())
+        }
+        ("PUT", "/latest/api/token") => ("400 Bad Request", String::new()),
+        ("GET", p) => match header("x-aws-ec2-metadata-token") {
+            Some(t) if t == TOKEN && p == "/latest/meta-data/instance-id" => ("200 OK", id.to_string()),
+            Some(t) if t == TOKEN => ("404 Not Found", String::new()),
+            _ => {
+                tokenless.fetch_add(1, Ordering::SeqCst);
+                ("401 Unauthorized", String::new())
+            }
+        },
+        _ => ("405 Method Not Allowed", String::new()),
+    };
+    let _ = write!(
+        w,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = w.flush();
+}
