@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d "$HOME/.cargo/bin" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
 ./scripts/install-deps.sh
-cargo build --release -p spilo-core -p spilo-bench -p spilo-storage-s3-plugin
+cargo build --release -p spilo-core -p spilo-bench -p spilo-storage-s3-plugin -p spilo-lb-elb
 SPILO_BIN_DIR="$PWD/target/release" exec ./target/release/spilo-bench "$@"

@@ -8,7 +8,10 @@
 //! `--loop-wait S` (default 2), `--idle-secs S` (default 20), `--wrk-secs S` (default 10),
 //! `--switchover-rounds N` (default 10), `--no-patroni` (skip the Patroni side-by-side run),
 //! `--dcs-load-secs N` (default 30; 0 skips it), `--dcs-load-backend etcd|zookeeper|both`
-//! (default both), `--only all|ha|dcs-load|archive|restore` (default all).
+//! (default both), `--only all|ha|dcs-load|archive|restore|lb` (default all).
+//!
+//! The front-door part (`lb.rs`): `--lb-secs N`, `--lb-clients N`, `--lb-scale N`,
+//! `--lb-rounds N`.
 //!
 //! The archive part (`archive.rs`): `--archive-segments N` (default 128 WAL segments),
 //! `--archive-scale N` (pgbench scale, default 50), `--archive-level N` (zstd, default 3),
@@ -25,6 +28,7 @@ mod archive;
 mod dcs_counters;
 mod dcs_keys;
 mod dcs_load;
+mod lb;
 mod switchover;
 
 struct Opts {
@@ -37,9 +41,10 @@ struct Opts {
     patroni: bool,
     dcs_load_secs: u64,
     dcs_load_backends: Vec<DcsKind>,
-    /// Which parts run: (HA, DCS load, archive, restore).
-    parts: (bool, bool, bool, bool),
+    /// Which parts run: (HA, DCS load, archive, restore, front doors).
+    parts: (bool, bool, bool, bool, bool),
     archive: archive::Opts,
+    lb: lb::Opts,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -53,13 +58,21 @@ fn parse_args() -> Result<Opts, String> {
         patroni: true,
         dcs_load_secs: 30,
         dcs_load_backends: vec![DcsKind::Etcd, DcsKind::ZooKeeper],
-        parts: (true, true, true, true),
+        parts: (true, true, true, true, true),
         archive: archive::Opts {
             segments: 128,
             scale: 50,
             level: 3,
             parallel: 4,
             readahead: 8,
+        },
+        lb: lb::Opts {
+            secs: 15,
+            clients: 8,
+            scale: 10,
+            rounds: 5,
+            ttl: 5,
+            loop_wait: 2,
         },
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -84,14 +97,15 @@ fn parse_args() -> Result<Opts, String> {
         match args[i].as_str() {
             "--only" => {
                 o.parts = match val.as_str() {
-                    "all" => (true, true, true, true),
-                    "ha" => (true, false, false, false),
-                    "dcs-load" => (false, true, false, false),
-                    "archive" => (false, false, true, false),
-                    "restore" => (false, false, false, true),
+                    "all" => (true, true, true, true, true),
+                    "ha" => (true, false, false, false, false),
+                    "dcs-load" => (false, true, false, false, false),
+                    "archive" => (false, false, true, false, false),
+                    "restore" => (false, false, false, true, false),
+                    "lb" => (false, false, false, false, true),
                     other => {
                         return Err(format!(
-                            "--only: '{other}' is not all, ha, dcs-load, archive or restore"
+                            "--only: '{other}' is not all, ha, dcs-load, archive, restore or lb"
                         ))
                     }
                 };
@@ -130,6 +144,13 @@ fn parse_args() -> Result<Opts, String> {
             "--archive-level" if (1..=19).contains(&num) => o.archive.level = num as i32,
             "--archive-parallel" if (1..=64).contains(&num) => o.archive.parallel = num as usize,
             "--archive-readahead" if num <= 256 => o.archive.readahead = num as usize,
+            "--lb-secs" if (1..=3600).contains(&num) => o.lb.secs = num,
+            "--lb-clients" if (1..=500).contains(&num) => o.lb.clients = num as u32,
+            "--lb-scale" if (1..=10_000).contains(&num) => o.lb.scale = num as u32,
+            "--lb-rounds" if (1..=100).contains(&num) => o.lb.rounds = num as usize,
+            a @ ("--lb-secs" | "--lb-clients" | "--lb-scale" | "--lb-rounds") => {
+                return Err(format!("{a}: {num} is out of range"))
+            }
             a @ ("--archive-segments"
             | "--archive-scale"
             | "--archive-level"
@@ -244,6 +265,13 @@ fn main() {
     }
     if o.parts.2 {
         archive::run(&o.archive);
+    }
+    if o.parts.4 {
+        lb::run(&lb::Opts {
+            ttl: o.ttl,
+            loop_wait: o.loop_wait,
+            ..o.lb
+        });
     }
     if o.parts.3 {
         archive::restore::run(&o.archive);

@@ -295,7 +295,10 @@ pub async fn elb_instance_id_comes_from_imdsv2() {
     let imds = spilo_tests::imds::Imds::start(&ids[0]);
     let plugin = plugin_lib("libspilo_lb_elb_plugin.so");
     let mut settings = elb_settings(&moto, &ids[0]);
-    settings.as_object_mut().expect("object").remove("instance_id");
+    settings
+        .as_object_mut()
+        .expect("object")
+        .remove("instance_id");
     settings["imds_endpoint"] = imds.endpoint().into();
     let lb = connect_with(&plugin, "elb", settings.clone(), Duration::from_secs(20)).await;
     let d = lb.describe().await.expect("describe");

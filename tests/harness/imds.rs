@@ -103,15 +103,24 @@ fn serve(c: TcpStream, id: &str, tokenless: &AtomicU64, tokens: &AtomicU64) {
     }
     let mut body = vec![0u8; length.min(4096)];
     let _ = r.read_exact(&mut body);
-    let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let header = |k: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
     let (status, text) = match (method.as_str(), path.as_str()) {
-        ("PUT", "/latest/api/token") if header("x-aws-ec2-metadata-token-ttl-seconds").is_some() => {
+        ("PUT", "/latest/api/token")
+            if header("x-aws-ec2-metadata-token-ttl-seconds").is_some() =>
+        {
             tokens.fetch_add(1, Ordering::SeqCst);
             ("200 OK", TOKEN.to_string())
         }
         ("PUT", "/latest/api/token") => ("400 Bad Request", String::new()),
         ("GET", p) => match header("x-aws-ec2-metadata-token") {
-            Some(t) if t == TOKEN && p == "/latest/meta-data/instance-id" => ("200 OK", id.to_string()),
+            Some(t) if t == TOKEN && p == "/latest/meta-data/instance-id" => {
+                ("200 OK", id.to_string())
+            }
             Some(t) if t == TOKEN => ("404 Not Found", String::new()),
             _ => {
                 tokenless.fetch_add(1, Ordering::SeqCst);

@@ -205,7 +205,9 @@ fn an_unknown_elb_is_a_clear_error_in_validate_and_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "--validate: {err}");
     assert!(
-        err.contains("load_balancers[0]") && err.contains("LoadBalancerNotFound") && err.contains("no-such-elb"),
+        err.contains("load_balancers[0]")
+            && err.contains("LoadBalancerNotFound")
+            && err.contains("no-such-elb"),
         "--validate names the entry and AWS's error: {err}"
     );
     c.nodes[idx].start();

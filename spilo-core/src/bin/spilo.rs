@@ -379,7 +379,10 @@ fn check_dcs(cfg: &spilo_core::config::Config, within: Duration) -> ExitCode {
 
 /// The load-balancer half of `--validate`: each `load_balancers:` backend (not the built-in
 /// proxy, whose ports a running daemon holds) opens and answers `describe`; exit 4 otherwise.
-fn check_load_balancers(cfg: &spilo_core::config::Config, rt: &tokio::runtime::Runtime) -> ExitCode {
+fn check_load_balancers(
+    cfg: &spilo_core::config::Config,
+    rt: &tokio::runtime::Runtime,
+) -> ExitCode {
     let labels = spilo_core::config::lb::labels(&cfg.load_balancers);
     for (i, (l, label)) in cfg.load_balancers.iter().zip(labels).enumerate() {
         if l.kind == "proxy" {

@@ -29,6 +29,12 @@ use stats::{ProxyStats, Side};
 const REREAD: Duration = Duration::from_secs(1);
 /// Bound of one read of the DCS.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the routes are read while a new leader is not primary yet: its member key's role
+/// changes when the promotion is done, and member keys do not wake a watch (only the leader,
+/// config, failover and initialize keys do), so the proxy looks more often for a while.
+const PROMOTION_POLL: Duration = Duration::from_millis(20);
+/// How long after a leader change the proxy looks that often.
+const PROMOTION_WINDOW: Duration = Duration::from_secs(15);
 
 /// A running proxy; its tasks stop when it is dropped.
 pub struct Proxy {
@@ -138,6 +144,10 @@ async fn follow(
 ) {
     let mut changes = dcs.changes();
     let mut failing = false;
+    // The leader last seen and since when, and whether its promotion is still awaited.
+    let mut leader: Option<String> = None;
+    let mut leader_since = tokio::time::Instant::now();
+    let mut awaiting = false;
     loop {
         match tokio::time::timeout(READ_TIMEOUT, dcs.snapshot()).await {
             Ok(Ok(snap)) => {
@@ -147,6 +157,13 @@ async fn follow(
                 }
                 let c = decode_cluster(&snap);
                 let r = routes::routes(&c, max_lag, fallback);
+                let now_leader = c.leader.as_ref().map(|l| l.name.clone());
+                if now_leader != leader {
+                    leader = now_leader;
+                    leader_since = tokio::time::Instant::now();
+                }
+                awaiting =
+                    leader.is_some() && r.rw.is_none() && leader_since.elapsed() < PROMOTION_WINDOW;
                 let changed = **tx.borrow() != r;
                 if changed {
                     tracing::info!(
@@ -176,14 +193,15 @@ async fn follow(
                 }
             }
         }
+        let wait = if awaiting { PROMOTION_POLL } else { REREAD };
         tokio::select! {
             r = changes.changed() => {
                 if r.is_err() {
                     // No more events: read on the timer only.
-                    tokio::time::sleep(REREAD).await;
+                    tokio::time::sleep(wait).await;
                 }
             }
-            _ = tokio::time::sleep(REREAD) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

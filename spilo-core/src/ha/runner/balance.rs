@@ -22,7 +22,14 @@ impl Node {
         let max_lag = self.dynamic.maximum_lag_on_failover;
         let leading = Leading {
             holds_lock: self.lease_renewed_at.is_some(),
-            primary_running: pg.role.is_primary() && pg.running && self.job.is_none(),
+            // A promotion job still running has promoted once PostgreSQL reports primary (its
+            // checkpoint is still to come): traffic may come.
+            primary_running: pg.role.is_primary()
+                && pg.running
+                && self
+                    .job
+                    .as_ref()
+                    .is_none_or(|j| j.kind == crate::ha::decide::JobKind::Promote),
             stepping_down: d
                 .actions
                 .iter()

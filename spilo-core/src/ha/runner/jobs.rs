@@ -514,8 +514,12 @@ impl Node {
         let params = self.conf_params(false, None);
         let hba = self.hba();
         let timeout = self.pg.ctl_timeout();
+        let wake = self.wake.clone();
         self.spawn_job(JobKind::Promote, PgState::Running, async move {
             pg.promote().await?;
+            // PostgreSQL takes writes now: a cycle publishes the role (and the load balancers
+            // and proxies follow) without waiting for the checkpoint below.
+            wake.notify_one();
             // Until this checkpoint, pg_control still names the old timeline, and a former
             // primary rewinding from us would find nothing to rewind.
             pg.checkpoint(timeout).await?;
