@@ -18,9 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use spilo_tests::bins::{bins, workspace_dir};
+use spilo_tests::bins::bins;
 use spilo_tests::pg::{self, PgTarget};
-use spilo_tests::tools::{render_haproxy_cfg, HaProxy, HaServer};
 use spilo_tests::util::free_port;
 use spilo_tests::{note, ClusterOpts, TestCluster, SUPERUSER_PASSWORD};
 
@@ -43,31 +42,11 @@ pub struct Opts {
 }
 
 fn target(port: u16) -> PgTarget {
-    PgTarget {
-        port,
-        user: "postgres".into(),
-        password: SUPERUSER_PASSWORD.into(),
-        dbname: "postgres".into(),
-    }
+    pg::superuser(port)
 }
 
-/// (in recovery, server port) on a new connection through `port`.
 fn where_am_i(port: u16, timeout: Duration) -> Result<(bool, u16), String> {
-    let rows = pg::simple_query(
-        &target(port),
-        "SELECT pg_is_in_recovery(), inet_server_port()",
-        timeout,
-    )?;
-    let row = rows.first().ok_or("no row")?;
-    let rec = row.first().cloned().flatten().ok_or("NULL")? == "t";
-    let p = row
-        .get(1)
-        .cloned()
-        .flatten()
-        .ok_or("NULL")?
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    Ok((rec, p))
+    pg::where_am_i(port, timeout)
 }
 
 fn wait_reaches(port: u16, want: u16, limit: Duration) -> bool {
@@ -224,24 +203,7 @@ fn run_inner(o: &Opts) -> Result<(), String> {
             .map_err(|e| format!("spilo proxy: {e}"))?,
     );
     // HAProxy with the example configuration.
-    let template = fs::read_to_string(workspace_dir().join("examples/haproxy.cfg"))
-        .map_err(|e| e.to_string())?;
-    let (hrw, hro, hstats) = (free_port(), free_port(), free_port());
-    let servers: Vec<HaServer> = c
-        .nodes
-        .iter()
-        .map(|n| HaServer {
-            name: n.name.clone(),
-            pg_port: n.pg_port,
-            api_port: n.api_port,
-        })
-        .collect();
-    let cfg = render_haproxy_cfg(
-        &template,
-        &[("primary", hrw), ("replicas", hro), ("stats", hstats)],
-        &servers,
-    );
-    let _haproxy = HaProxy::start(c.root(), &cfg, Some(hstats), &[hrw, hro, hstats]);
+    let (_haproxy, hrw, _hro) = spilo_tests::tools::haproxy_for(&c);
     for port in [prw, hrw] {
         if !wait_reaches(port, port_of[&p], Duration::from_secs(60)) {
             return Err(format!("front door {port} never reached the primary"));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use spilo_tests::pg::{simple_query, PgTarget};
 use spilo_tests::util::postgres_command;
-use spilo_tests::{Etcd, Node, NodeOpts, TempRoot, SUPERUSER_PASSWORD};
+use spilo_tests::{Etcd, Node, NodeOpts, TempRoot};
 
 /// One node as the benchmark sees it.
 pub struct Endpoint {
@@ -22,12 +22,7 @@ pub struct Endpoint {
 }
 
 fn target(port: u16) -> PgTarget {
-    PgTarget {
-        port,
-        user: "postgres".into(),
-        password: SUPERUSER_PASSWORD.into(),
-        dbname: "postgres".into(),
-    }
+    spilo_tests::pg::superuser(port)
 }
 
 fn patroni(api: u16) -> Option<Value> {

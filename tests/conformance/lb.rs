@@ -242,9 +242,10 @@ pub async fn elb_fences_across_nodes_and_repairs() {
     a.set_replicas(&[ids[1].clone(), ids[2].clone()], Term(10))
         .await
         .expect("replicas");
-    let m = moto.elb_instances("spilo-primary");
+    let m = tokio::task::block_in_place(|| moto.elb_instances("spilo-primary"));
     assert_eq!(m, vec![ids[0].clone()]);
-    assert_eq!(moto.term_tag("spilo-primary"), Some(10));
+    let tag = tokio::task::block_in_place(|| moto.term_tag("spilo-primary"));
+    assert_eq!(tag, Some(10));
     // b takes over with term 11; a's late call with term 10 is refused by the tag b wrote.
     b.set_primary(Some(&ids[1]), Term(11))
         .await
@@ -253,7 +254,8 @@ pub async fn elb_fences_across_nodes_and_repairs() {
     assert!(late.as_ref().is_err_and(|e| e.is_stale_term()), "{late:?}");
     let late = a.set_primary(None, Term(10)).await;
     assert!(late.as_ref().is_err_and(|e| e.is_stale_term()), "{late:?}");
-    assert_eq!(moto.elb_instances("spilo-primary"), vec![ids[1].clone()]);
+    let m = tokio::task::block_in_place(|| moto.elb_instances("spilo-primary"));
+    assert_eq!(m, vec![ids[1].clone()]);
     // Someone registers instances by hand, one twice: b's next set_primary leaves only b.
     tokio::task::block_in_place(|| {
         moto.register("spilo-primary", &ids[2]);
@@ -264,7 +266,7 @@ pub async fn elb_fences_across_nodes_and_repairs() {
     b.set_primary(Some(&ids[1]), Term(11))
         .await
         .expect("repair");
-    let m = moto.elb_instances("spilo-primary");
+    let m = tokio::task::block_in_place(|| moto.elb_instances("spilo-primary"));
     assert!(!m.contains(&ids[2]), "{m:?}");
     assert_eq!(
         b.describe().await.expect("describe").primary.as_deref(),
@@ -272,7 +274,8 @@ pub async fn elb_fences_across_nodes_and_repairs() {
     );
     // Stepping down takes out the caller only.
     b.set_primary(None, Term(11)).await.expect("b steps down");
-    assert!(moto.elb_instances("spilo-primary").is_empty());
+    let m = tokio::task::block_in_place(|| moto.elb_instances("spilo-primary"));
+    assert!(m.is_empty(), "{m:?}");
     // An unknown ELB name is refused at create, with AWS's error code.
     let p = loader::load(&plugin, "elb", "load_balancer").unwrap_or_else(|e| panic!("{e}"));
     let mut bad = elb_settings(&moto, &ids[0]);
@@ -317,6 +320,40 @@ pub async fn elb_instance_id_comes_from_imdsv2() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("instance_id") && e.contains(&dead), "{e}");
+}
+
+/// Without `replica_elb` the ELB plugin routes no read-only side and says so, so the driver
+/// does not "repair" replicas it cannot hold; `set_replicas` still fences by term.
+pub async fn elb_without_a_replica_elb_routes_no_replicas() {
+    let (moto, ids) = tokio::task::block_in_place(|| moto_with_elbs(2));
+    let mut settings = elb_settings(&moto, &ids[0]);
+    settings
+        .as_object_mut()
+        .expect("object")
+        .remove("replica_elb");
+    let lb = connect_with(
+        &plugin_lib("libspilo_lb_elb_plugin.so"),
+        "elb",
+        settings,
+        Duration::from_secs(40),
+    )
+    .await;
+    lb.set_primary(Some(&ids[0]), Term(3))
+        .await
+        .expect("primary");
+    lb.set_replicas(std::slice::from_ref(&ids[1]), Term(3))
+        .await
+        .expect("replicas: nothing to route, admitted");
+    let d = lb.describe().await.expect("describe");
+    assert_eq!(d.raw["replicas_routed"], false, "{:?}", d.raw);
+    assert!(d.replicas.is_empty());
+    let stale = lb
+        .set_replicas(std::slice::from_ref(&ids[1]), Term(2))
+        .await;
+    assert!(
+        stale.as_ref().is_err_and(|e| e.is_stale_term()),
+        "{stale:?}"
+    );
 }
 
 /// Compiles `tests/plugins/c-lb/memlb.c` into `dir` with extra `-D` flags.

@@ -128,6 +128,11 @@ async fn lb_elb_fences_across_nodes_and_repairs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_elb_without_a_replica_elb_routes_no_replicas() {
+    lb::elb_without_a_replica_elb_routes_no_replicas().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lb_elb_instance_id_comes_from_imdsv2() {
     lb::elb_instance_id_comes_from_imdsv2().await;
 }

@@ -21,6 +21,35 @@ pub struct PgTarget {
     pub dbname: String,
 }
 
+/// The superuser on `port` (a node's PostgreSQL, or a proxy in front of one).
+pub fn superuser(port: u16) -> PgTarget {
+    PgTarget {
+        port,
+        user: "postgres".into(),
+        password: crate::SUPERUSER_PASSWORD.into(),
+        dbname: "postgres".into(),
+    }
+}
+
+/// On a new connection through `port`: (in recovery, the server's port).
+pub fn where_am_i(port: u16, timeout: Duration) -> Result<(bool, u16), String> {
+    let rows = simple_query(
+        &superuser(port),
+        "SELECT pg_is_in_recovery(), inet_server_port()",
+        timeout,
+    )?;
+    let row = rows.first().ok_or("no row")?;
+    let rec = row.first().cloned().flatten().ok_or("NULL recovery")? == "t";
+    let p = row
+        .get(1)
+        .cloned()
+        .flatten()
+        .ok_or("NULL port")?
+        .parse()
+        .map_err(|e| format!("port: {e}"))?;
+    Ok((rec, p))
+}
+
 /// Runs `sql` (one or more statements, simple query protocol) and returns the rows of every
 /// statement in order. Connect and execution together are bounded by `timeout`.
 pub fn simple_query(target: &PgTarget, sql: &str, timeout: Duration) -> Result<Vec<Row>, String> {

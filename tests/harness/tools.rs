@@ -473,6 +473,40 @@ impl Drop for HaProxy {
     }
 }
 
+/// HAProxy in front of `c` with `examples/haproxy.cfg` rendered for its nodes: (the proxy, its
+/// read-write port, its read-only port).
+pub fn haproxy_for(c: &crate::TestCluster) -> (HaProxy, u16, u16) {
+    let path = crate::bins::workspace_dir()
+        .join("examples")
+        .join("haproxy.cfg");
+    let template =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let (rw, ro, stats) = (
+        crate::util::free_port(),
+        crate::util::free_port(),
+        crate::util::free_port(),
+    );
+    let servers: Vec<HaServer> = c
+        .nodes
+        .iter()
+        .map(|n| HaServer {
+            name: n.name.clone(),
+            pg_port: n.pg_port,
+            api_port: n.api_port,
+        })
+        .collect();
+    let cfg = render_haproxy_cfg(
+        &template,
+        &[("primary", rw), ("replicas", ro), ("stats", stats)],
+        &servers,
+    );
+    let h = HaProxy::start(c.root(), &cfg, Some(stats), &[rw, ro, stats]);
+    crate::util::note(format!(
+        "haproxy: read-write {rw}, read-only {ro}, stats {stats}"
+    ));
+    (h, rw, ro)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

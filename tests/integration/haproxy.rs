@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use spilo_tests::bins::workspace_dir;
 use spilo_tests::pg::{self, PgTarget};
-use spilo_tests::tools::{render_haproxy_cfg, HaProxy, HaServer};
-use spilo_tests::util::free_port;
-use spilo_tests::{note, poll, wait_for, TestCluster, SUPERUSER_PASSWORD};
+use spilo_tests::tools::HaProxy;
+use spilo_tests::{note, poll, wait_for, TestCluster};
 
 use crate::ops::{call, expect};
 use crate::REJOIN;
@@ -33,55 +32,17 @@ pub fn start_haproxy(c: &TestCluster) -> (HaProxy, u16, u16) {
     for r in REQUIRED {
         assert!(template.contains(r), "{} lacks {r:?}", path.display());
     }
-    let (rw, ro, stats) = (free_port(), free_port(), free_port());
-    let servers: Vec<HaServer> = c
-        .nodes
-        .iter()
-        .map(|n| HaServer {
-            name: n.name.clone(),
-            pg_port: n.pg_port,
-            api_port: n.api_port,
-        })
-        .collect();
-    let cfg = render_haproxy_cfg(
-        &template,
-        &[("primary", rw), ("replicas", ro), ("stats", stats)],
-        &servers,
-    );
-    let h = HaProxy::start(c.root(), &cfg, Some(stats), &[rw, ro, stats]);
-    note(format!(
-        "haproxy: read-write {rw}, read-only {ro}, stats {stats}"
-    ));
-    (h, rw, ro)
+    spilo_tests::tools::haproxy_for(c)
 }
 
 /// The superuser through a proxy port.
 pub fn through(port: u16) -> PgTarget {
-    PgTarget {
-        port,
-        user: "postgres".into(),
-        password: SUPERUSER_PASSWORD.into(),
-        dbname: "postgres".into(),
-    }
+    pg::superuser(port)
 }
 
 /// On a new connection through `port`: (in recovery, the server's port).
 pub fn where_am_i(port: u16) -> Result<(bool, u16), String> {
-    let rows = pg::simple_query(
-        &through(port),
-        "SELECT pg_is_in_recovery(), inet_server_port()",
-        Duration::from_secs(3),
-    )?;
-    let row = rows.first().ok_or("no row")?;
-    let rec = row.first().cloned().flatten().ok_or("NULL recovery")? == "t";
-    let p = row
-        .get(1)
-        .cloned()
-        .flatten()
-        .ok_or("NULL port")?
-        .parse()
-        .map_err(|e| format!("port: {e}"))?;
-    Ok((rec, p))
+    pg::where_am_i(port, Duration::from_secs(3))
 }
 
 /// Waits until new connections through `port` reach `want` (port) out of recovery, then

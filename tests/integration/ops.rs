@@ -138,3 +138,20 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `POST /switchover` from `leader` to `candidate` (answered 200), then waits until the
+/// candidate is the primary.
+pub fn switchover(c: &spilo_tests::TestCluster, leader: &str, candidate: &str) {
+    let r = call(
+        c.node(leader),
+        "POST",
+        "/switchover",
+        Some(&serde_json::json!({"leader": leader, "candidate": candidate})),
+    );
+    drop(expect("POST /switchover", r, 200, None));
+    let new = c.wait_for_primary_except(&[leader], std::time::Duration::from_secs(60));
+    assert_eq!(
+        new, candidate,
+        "the candidate is not the primary after the switchover"
+    );
+}

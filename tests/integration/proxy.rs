@@ -11,14 +11,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use spilo_tests::bins::bins;
 use spilo_tests::pg;
 use spilo_tests::util::free_port;
 use spilo_tests::{note, poll, wait_for, ClusterOpts, TestCluster};
 
 use crate::haproxy::{through, where_am_i};
-use crate::ops::{call, expect};
 use crate::{BOOTSTRAP, REPLICATION};
 
 fn proxy_yaml(rw: u16, ro: u16, metrics: Option<u16>) -> String {
@@ -230,22 +228,17 @@ fn proxies_route_to_the_primary_and_replicas_and_cut_clients_of_a_demoted_primar
     )
     .expect("create table through the proxy");
 
-    // Switchover, with a client held on the old primary and a writer going through.
+    // Switchover, with a client held on the old primary, one held on each replica through the
+    // read-only port (round robin), and a writer going through.
     let held = HeldClient::open(srw);
+    let held_ro = [HeldClient::open(sro), HeldClient::open(sro)];
     let stop = Arc::new(AtomicBool::new(false));
     let w = writer(srw, stop.clone());
     thread::sleep(Duration::from_millis(500));
     let cand = c.others(&p)[0].clone();
     let t0 = Instant::now();
-    let r = call(
-        c.node(&p),
-        "POST",
-        "/switchover",
-        Some(&json!({"leader": p, "candidate": cand})),
-    );
-    drop(expect("POST /switchover", r, 200, None));
-    let new = c.wait_for_primary_except(&[&p], Duration::from_secs(60));
-    assert_eq!(new, cand);
+    crate::ops::switchover(&c, &p, &cand);
+    let new = cand.clone();
     rw_reaches(srw, pg_port(&new), "after the switchover");
     note(format!(
         "switchover request -> the proxy reaches the new primary: {:?}",
@@ -258,6 +251,20 @@ fn proxies_route_to_the_primary_and_replicas_and_cut_clients_of_a_demoted_primar
             Err("still connected".into())
         }
     });
+    // The read-only client on the candidate is cut by the proxy itself (the candidate's
+    // PostgreSQL kept running: it is a primary now, and the read-only port never keeps one).
+    wait_for(
+        "the read-only client on the new primary to be cut",
+        Duration::from_secs(10),
+        || {
+            if held_ro.iter().any(|h| h.is_gone()) {
+                Ok(())
+            } else {
+                Err("both read-only clients still connected".into())
+            }
+        },
+    );
+    drop(held_ro);
     thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::SeqCst);
     let acked = w.join().expect("writer");
@@ -310,9 +317,14 @@ fn proxies_route_to_the_primary_and_replicas_and_cut_clients_of_a_demoted_primar
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| body.to_string());
+    let ro_cut: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("spilo_proxy_cut_total{proxy=\"proxy\",port=\"ro\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("the read-only cut counter");
     assert!(
-        text.contains("spilo_proxy_cut_total{proxy=\"proxy\",port=\"rw\"}"),
-        "{text}"
+        ro_cut >= 1.0,
+        "the promoted replica's read-only client was cut by the proxy: {text}"
     );
     let changes: f64 = text
         .lines()

@@ -10,9 +10,13 @@
 //!   and `"self"`: this node's id, from the settings or the instance metadata service, IMDSv2).
 //! - Terms are kept in the ELB itself, in the tag `spilo:term` of the primary ELB, so that the
 //!   fence holds across nodes: a call with an older term than the tag is refused; a newer one
-//!   raises the tag before it changes anything, and a change is checked against the tag again
-//!   afterwards (a newer leader that wrote in between wins: this node's registration is taken
-//!   back and the call reports the stale term).
+//!   raises the tag before it changes anything and reads it back; `set_primary` registers its
+//!   instance, reads the tag again, and only then deregisters the others (a newer leader that
+//!   wrote in between wins: this node's registration is taken back and the call reports the
+//!   stale term). The ELB API has no compare-and-set, so two leaders writing within the same
+//!   few milliseconds can still interleave; the newer leader's next reconcile (one
+//!   `loop_wait`) repairs the ELB, and a deposed primary has stopped taking writes by then (its
+//!   lease guard fences it before its lease can expire anywhere).
 //! - Registering an instance already registered is skipped (some API servers would list it
 //!   twice); an instance id the EC2 side does not know is the API's business, not spilo's.
 
@@ -38,6 +42,9 @@ pub const TERM_TAG: &str = "spilo:term";
 pub const DEFAULT_IMDS: &str = "http://169.254.169.254";
 /// How long `create` may take (metadata, region, the probe of the ELBs).
 const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `create` probes the ELBs (both together): an API that does not answer in time is
+/// no reason to stop the start.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The region used with a custom endpoint when none is configured anywhere.
 const ENDPOINT_DEFAULT_REGION: &str = "us-east-1";
 
@@ -128,9 +135,18 @@ where
             let status = se.raw().status().as_u16();
             let code = se.err().code().unwrap_or("no error code");
             let message = se.err().message().unwrap_or("no message");
-            PluginError::refused(format!(
-                "{op} on ELB {elb_name}: {code}: {message} (HTTP {status})"
-            ))
+            let text = format!("{op} on ELB {elb_name}: {code}: {message} (HTTP {status})");
+            // Throttling and server errors pass; anything else AWS refused (an unknown ELB,
+            // credentials or permissions it rejects) is a refusal.
+            let passing = status >= 500
+                || status == 429
+                || code.contains("Throttl")
+                || code == "RequestLimitExceeded";
+            if passing {
+                PluginError::unavailable(text)
+            } else {
+                PluginError::refused(text)
+            }
         }
         SdkError::TimeoutError(_) => PluginError::timeout(format!(
             "{op} on ELB {elb_name}: the AWS API did not answer in time"
@@ -253,6 +269,11 @@ impl ElbPlugin {
                 .send()
                 .await
                 .map_err(|e| aws_error("AddTags", name, e))?;
+            // AddTags is no compare-and-set: a newer leader may have written in between.
+            let now = self.tag_term().await?;
+            if now > term.0 {
+                return Err(stale(term, now));
+            }
         }
         Ok(())
     }
@@ -262,54 +283,51 @@ impl ElbPlugin {
     /// again).
     async fn converge(&self, name: &str, want: &BTreeSet<String>) -> Result<(), PluginError> {
         let have = self.instances(name).await?;
-        let gone: Vec<&String> = have.difference(want).collect();
-        if !gone.is_empty() {
-            let mut req = self
-                .client
+        self.change(name, false, have.difference(want)).await?;
+        self.change(name, true, want.difference(&have)).await
+    }
+
+    /// Takes `id` out of `name` if it is there.
+    async fn deregister(&self, name: &str, id: &str) -> Result<(), PluginError> {
+        let have = self.instances(name).await?;
+        self.change(name, false, have.get(id)).await
+    }
+
+    /// Registers (or deregisters) `ids` with `name` in one call; nothing to do, no call.
+    async fn change<'a>(
+        &self,
+        name: &str,
+        register: bool,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), PluginError> {
+        let instances: Vec<elb::types::Instance> = ids
+            .into_iter()
+            .map(|id| {
+                elb::types::Instance::builder()
+                    .instance_id(id.as_str())
+                    .build()
+            })
+            .collect();
+        if instances.is_empty() {
+            return Ok(());
+        }
+        if register {
+            self.client
+                .register_instances_with_load_balancer()
+                .load_balancer_name(name)
+                .set_instances(Some(instances))
+                .send()
+                .await
+                .map_err(|e| aws_error("RegisterInstancesWithLoadBalancer", name, e))?;
+        } else {
+            self.client
                 .deregister_instances_from_load_balancer()
-                .load_balancer_name(name);
-            for id in &gone {
-                req = req.instances(
-                    elb::types::Instance::builder()
-                        .instance_id(id.as_str())
-                        .build(),
-                );
-            }
-            req.send()
+                .load_balancer_name(name)
+                .set_instances(Some(instances))
+                .send()
                 .await
                 .map_err(|e| aws_error("DeregisterInstancesFromLoadBalancer", name, e))?;
         }
-        let new: Vec<&String> = want.difference(&have).collect();
-        if !new.is_empty() {
-            let mut req = self
-                .client
-                .register_instances_with_load_balancer()
-                .load_balancer_name(name);
-            for id in &new {
-                req = req.instances(
-                    elb::types::Instance::builder()
-                        .instance_id(id.as_str())
-                        .build(),
-                );
-            }
-            req.send()
-                .await
-                .map_err(|e| aws_error("RegisterInstancesWithLoadBalancer", name, e))?;
-        }
-        Ok(())
-    }
-
-    async fn deregister(&self, name: &str, id: &str) -> Result<(), PluginError> {
-        if !self.instances(name).await?.contains(id) {
-            return Ok(());
-        }
-        self.client
-            .deregister_instances_from_load_balancer()
-            .load_balancer_name(name)
-            .instances(elb::types::Instance::builder().instance_id(id).build())
-            .send()
-            .await
-            .map_err(|e| aws_error("DeregisterInstancesFromLoadBalancer", name, e))?;
         Ok(())
     }
 }
@@ -421,8 +439,9 @@ impl LbPlugin for ElbPlugin {
         let names: Vec<String> = std::iter::once(plugin.settings.primary_elb.clone())
             .chain(plugin.settings.replica_elb.clone())
             .collect();
+        let probe_deadline = Instant::now() + PROBE_TIMEOUT;
         for n in names {
-            match plugin.call(Instant::now() + CREATE_TIMEOUT, plugin.instances(&n)) {
+            match plugin.call(probe_deadline, plugin.instances(&n)) {
                 Ok(_) => {}
                 Err(e) if e.status == spilo_sdk::abi::STATUS_REFUSED => {
                     return Err(PluginError::invalid(e.message))
@@ -445,10 +464,11 @@ impl LbPlugin for ElbPlugin {
             self.admit(term).await?;
             match member {
                 Some(id) => {
+                    // Register first, check the term again, and only then take the others
+                    // out: a newer leader that wrote its term meanwhile keeps its instance.
+                    let have = self.instances(&name).await?;
                     let want: BTreeSet<String> = [id.to_string()].into();
-                    self.converge(&name, &want).await?;
-                    // A newer leader that raised the tag meanwhile owns the ELB: take this
-                    // registration back.
+                    self.change(&name, true, want.difference(&have)).await?;
                     let held = self.tag_term().await?;
                     if held > term.0 {
                         if id == self.me {
@@ -456,7 +476,7 @@ impl LbPlugin for ElbPlugin {
                         }
                         return Err(stale(term, held));
                     }
-                    Ok(())
+                    self.converge(&name, &want).await
                 }
                 None => self.deregister(&name, &self.me).await,
             }
@@ -494,6 +514,7 @@ impl LbPlugin for ElbPlugin {
                 "primary_instances": primary,
                 "replicas": replicas,
                 "term": (term > 0).then_some(term),
+                "replicas_routed": self.settings.replica_elb.is_some(),
                 "addressing": "instance_id",
                 "self": self.me,
                 "primary_elb": self.settings.primary_elb,

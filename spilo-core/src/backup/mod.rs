@@ -30,21 +30,6 @@ use crate::config::backup::StorageConfig;
 /// lives in a plugin so that nodes without it never map the AWS SDK.)
 pub const S3_PLUGIN_FILE: &str = "libspilo_storage_s3_plugin.so";
 
-fn s3_plugin_candidates() -> Vec<std::path::PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
-    {
-        dirs.push(d.join(S3_PLUGIN_FILE));
-        dirs.push(d.join("../lib/spilo").join(S3_PLUGIN_FILE));
-    }
-    for d in ["/usr/local/lib/spilo", "/usr/lib/spilo"] {
-        dirs.push(std::path::Path::new(d).join(S3_PLUGIN_FILE));
-    }
-    dirs
-}
-
 /// Opens the store `storage:` names: `fs` in-process, `s3` through its plugin (found as
 /// [`S3_PLUGIN_FILE`] unless `plugins:` names one `s3`), or any loaded storage plugin.
 pub async fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError> {
@@ -57,7 +42,7 @@ pub async fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, Stora
             Ok(Arc::new(spilo_storage_fs::FsStorage::open(path)?))
         }
         "s3" if crate::plugin::get("s3").is_none() => {
-            let candidates = s3_plugin_candidates();
+            let candidates = crate::plugin::bundled_candidates(S3_PLUGIN_FILE);
             let path =
                 candidates
                     .iter()

@@ -295,37 +295,19 @@ fn proxy_main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        use spilo_core::dcs::registry;
         let (dynamic, _) = spilo_core::config::effective_dynamic(None, &cfg);
-        let dcs = loop {
-            match registry::connect(
-                &cfg,
-                Duration::from_secs(dynamic.ttl),
-                Duration::from_secs(dynamic.retry_timeout),
-                registry::Role::Watcher,
-            )
-            .await
-            {
-                Ok(d) => break d,
-                Err(e) => {
-                    tracing::warn!(
-                        "spilo proxy: DCS {}: {e}; retrying",
-                        registry::describe(&cfg)
-                    );
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+        let proxies = match spilo_core::ha::daemon::start_proxies(
+            &cfg,
+            dynamic.maximum_lag_on_failover,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("spilo proxy: {e}");
+                return ExitCode::from(1);
             }
         };
-        let proxies =
-            match spilo_core::ha::daemon::start_proxies(&cfg, dcs, dynamic.maximum_lag_on_failover)
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("spilo proxy: {e}");
-                    return ExitCode::from(1);
-                }
-            };
         use tokio::signal::unix::{signal, SignalKind};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {

@@ -16,7 +16,7 @@
 //!
 //! The leader's daemon routes read-write traffic to itself and read-only traffic to the healthy
 //! replicas; every call carries its leader term, so a backend refuses a deposed primary's late
-//! call. The built-in proxy follows the DCS itself (`crate::proxy`).
+//! call (within what its API can compare and set). The built-in proxy follows the DCS itself (`crate::proxy`).
 
 use std::collections::BTreeMap;
 
@@ -145,6 +145,46 @@ pub fn labels(lbs: &[LoadBalancerConfig]) -> Vec<String> {
         .collect()
 }
 
+/// The ELB backend's settings beyond the typed ones (credentials).
+const ELB_EXTRA: &[&str] = &["access_key_id", "secret_access_key", "session_token"];
+
+/// A key set on an entry of another built-in type (a typo or a misplaced key is refused
+/// rather than ignored).
+fn misplaced(l: &LoadBalancerConfig) -> Option<(String, String)> {
+    let elb_keys = [
+        ("primary_elb", l.primary_elb.is_some()),
+        ("replica_elb", l.replica_elb.is_some()),
+        ("instance_id", l.instance_id.is_some()),
+        ("region", l.region.is_some()),
+        ("endpoint", l.endpoint.is_some()),
+        ("imds_endpoint", l.imds_endpoint.is_some()),
+    ];
+    let proxy_keys = [
+        ("listen_rw", l.listen_rw.is_some()),
+        ("listen_ro", l.listen_ro.is_some()),
+        ("listen_metrics", l.listen_metrics.is_some()),
+        ("ro_fallback_primary", l.ro_fallback_primary.is_some()),
+        ("hold", l.hold.is_some()),
+        ("max_connections", l.max_connections.is_some()),
+        ("connect_timeout", l.connect_timeout.is_some()),
+    ];
+    let (wrong, allowed_other): (&[(&str, bool)], &[&str]) = match l.kind.as_str() {
+        "elb" => (&proxy_keys, ELB_EXTRA),
+        "proxy" => (&elb_keys, &[]),
+        _ => return None,
+    };
+    if let Some((k, _)) = wrong.iter().find(|(_, set)| *set) {
+        return Some((
+            k.to_string(),
+            format!("is not a setting of type {}", l.kind),
+        ));
+    }
+    l.other
+        .keys()
+        .find(|k| !allowed_other.contains(&k.as_str()))
+        .map(|k| (k.clone(), format!("is not a setting of type {}", l.kind)))
+}
+
 /// A classic ELB name: 1–32 letters, digits and hyphens, not starting or ending with a hyphen.
 fn elb_name_ok(n: &str) -> bool {
     !n.is_empty()
@@ -190,6 +230,9 @@ pub fn check(lbs: &[LoadBalancerConfig], lb_plugins: &[&str]) -> Result<(), (Str
                 "name",
                 format!("'{}' names two load balancers: give each a name", labels[i]),
             );
+        }
+        if let Some((k, m)) = misplaced(l) {
+            return err(&k, m);
         }
         if let Some(t) = l.timeout {
             if !(1..=MAX_TIMEOUT_SECS).contains(&t) {
@@ -309,7 +352,7 @@ mod tests {
         let lbs = parse(
             "- type: elb\n  primary_elb: spilo-demo\n  replica_elb: spilo-demo-replica\n  \
              instance_id: i-0123456789abcdef0\n  region: eu-central-1\n  endpoint: http://127.0.0.1:5000\n  \
-             custom: 7\n",
+             access_key_id: AK\n  secret_access_key: S\n",
         );
         check(&lbs, &[]).expect("valid");
         let proxy = parse("- type: proxy\n  listen_rw: '*:5000'\n  listen_ro: 127.0.0.1:5001\n");
@@ -317,7 +360,7 @@ mod tests {
         let s = lbs[0].backend_settings();
         assert_eq!(s["primary_elb"], "spilo-demo");
         assert_eq!(s["instance_id"], "i-0123456789abcdef0");
-        assert_eq!(s["custom"], 7);
+        assert_eq!(s["access_key_id"], "AK");
         assert!(s.get("type").is_none());
         assert_eq!(labels(&lbs), vec!["elb".to_string()]);
     }
@@ -347,6 +390,18 @@ mod tests {
                 "load_balancers[0].timeout",
             ),
             ("- type: nginx\n", "load_balancers[0].type"),
+            (
+                "- type: elb\n  primary_elb: a\n  replica_eb: b\n",
+                "load_balancers[0].replica_eb",
+            ),
+            (
+                "- type: elb\n  primary_elb: a\n  listen_rw: 127.0.0.1:5000\n",
+                "load_balancers[0].listen_rw",
+            ),
+            (
+                "- type: proxy\n  listen_rw: 127.0.0.1:5000\n  primary_elb: a\n",
+                "load_balancers[0].primary_elb",
+            ),
             ("- type: proxy\n", "load_balancers[0].listen_rw"),
             (
                 "- type: proxy\n  listen_rw: localhost:5000\n",

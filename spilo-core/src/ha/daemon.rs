@@ -389,9 +389,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
         .as_ref()
         .map(|_| Arc::new(crate::backup::archiver::ArchiveStats::default()));
     initial.archive = archive_stats.clone();
-    // The proxies run as long as this function (dropping them stops their tasks).
-    let proxies = start_proxies(&cfg, dcs.clone(), dynamic.maximum_lag_on_failover).await?;
-    initial.proxies = proxies.iter().map(|p| p.stats.clone()).collect();
+    initial.proxies = spawn_proxies(&cfg, dynamic.maximum_lag_on_failover)?;
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
     let backups = match archive_stats {
         Some(stats) => start_archiver(&cfg, dcs.clone(), tx.subscribe(), stats).await?,
@@ -477,11 +475,10 @@ async fn open_load_balancers(cfg: &Config) -> Result<Option<crate::lb::LoadBalan
     Ok(Some(crate::lb::LoadBalancers::start(backends)))
 }
 
-/// Starts the built-in proxies (`type: proxy` entries); a port that cannot be bound stops the
-/// start with the entry named.
+/// Starts the built-in proxies (`type: proxy` entries) on the current runtime, each with a
+/// DCS client of its own; a port that cannot be bound stops the start with the entry named.
 pub async fn start_proxies(
     cfg: &Config,
-    dcs: Arc<dyn Dcs>,
     default_max_lag: u64,
 ) -> Result<Vec<crate::proxy::Proxy>, StartError> {
     let labels = crate::config::lb::labels(&cfg.load_balancers);
@@ -490,12 +487,59 @@ pub async fn start_proxies(
         if l.kind != "proxy" {
             continue;
         }
-        let p = crate::proxy::Proxy::start(dcs.clone(), l, &label, default_max_lag)
+        let dcs: crate::proxy::DcsSource = Box::pin(crate::proxy::connect_watcher(cfg.clone()));
+        let p = crate::proxy::Proxy::start(dcs, l, &label, default_max_lag)
             .await
             .map_err(|e| StartError::Config(format!("load_balancers[{i}] ({label}): {e}")))?;
         out.push(p);
     }
     Ok(out)
+}
+
+/// The daemon's proxies run on a thread and runtime of their own, so that forwarded traffic
+/// never shares the HA loop's thread; their counters come back once the ports are bound.
+fn spawn_proxies(
+    cfg: &Config,
+    default_max_lag: u64,
+) -> Result<Vec<Arc<crate::proxy::stats::ProxyStats>>, StartError> {
+    if !cfg.load_balancers.iter().any(|l| l.kind == "proxy") {
+        return Ok(Vec::new());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cfg = cfg.clone();
+    std::thread::Builder::new()
+        .name("spilo-proxy".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(StartError::Fatal(format!(
+                        "cannot start the proxy's runtime: {e}"
+                    ))));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match start_proxies(&cfg, default_max_lag).await {
+                    Ok(proxies) => {
+                        let stats = proxies.iter().map(|p| p.stats.clone()).collect();
+                        let _ = tx.send(Ok(stats));
+                        // Serve until the process ends.
+                        std::future::pending::<()>().await;
+                        drop(proxies);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .map_err(|e| StartError::Fatal(format!("cannot start the proxy thread: {e}")))?;
+    rx.recv()
+        .map_err(|_| StartError::Fatal("the proxy thread ended before it started".into()))?
 }
 
 async fn shutdown_signal() {

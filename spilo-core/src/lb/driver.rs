@@ -46,6 +46,14 @@ impl LbStats {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
+    /// How the backend knows this node, once read.
+    pub fn self_target(&self) -> Option<String> {
+        self.self_target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The last failure, if the newest call failed.
     pub fn last_error(&self) -> Option<String> {
         self.last_error
@@ -89,7 +97,8 @@ pub struct Handle {
     /// Replicas further behind leave the read-only side.
     pub max_lag: Option<u64>,
     ask: watch::Sender<Option<Ask>>,
-    done: watch::Receiver<u64>,
+    /// The generation last carried out, and whether it succeeded.
+    done: watch::Receiver<(u64, bool)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -113,7 +122,7 @@ impl Handle {
         });
         let addressing = Arc::new(Mutex::new(None));
         let (ask, ask_rx) = watch::channel(None);
-        let (done_tx, done) = watch::channel(0);
+        let (done_tx, done) = watch::channel((0, true));
         let task = tokio::spawn(run(
             lb,
             timeout,
@@ -153,13 +162,14 @@ impl Handle {
     }
 
     /// Waits until `deadline` for the backend to carry out asks up to `generation`; true when
-    /// it did.
+    /// it did and the backend confirmed (a failure or a stale term is false).
     pub async fn wait_done(&self, generation: u64, deadline: tokio::time::Instant) -> bool {
         let mut done = self.done.clone();
-        tokio::time::timeout_at(deadline, done.wait_for(|g| *g >= generation))
+        let outcome = tokio::time::timeout_at(deadline, done.wait_for(|(g, _)| *g >= generation))
             .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
+            .ok()
+            .and_then(|r| r.ok().map(|d| d.1));
+        outcome.unwrap_or(false)
     }
 }
 
@@ -270,11 +280,21 @@ impl Task {
         if let Some(t) = state.term {
             if t > want.term {
                 // A newer leader owns it: asking again with an older term would be refused.
-                self.stats.in_sync.store(false, Relaxed);
-                return Err(Failed::Stale);
+                return Err(self.failed(LbError::StaleTermReported {
+                    message: format!(
+                        "the load balancer has seen term {}, this node asks with {}",
+                        t.0, want.term.0
+                    ),
+                }));
             }
         }
-        let mut replicas = state.replicas.clone();
+        // A backend without a read-only side (an ELB pair without replica_elb) routes no
+        // replicas: nothing to compare there.
+        let mut replicas = if state.raw["replicas_routed"] == false {
+            want.replicas.clone()
+        } else {
+            state.replicas.clone()
+        };
         replicas.sort();
         replicas.dedup();
         let have = Routes {
@@ -322,7 +342,7 @@ async fn run(
     lb: Arc<dyn LoadBalancer>,
     timeout: Duration,
     mut ask: watch::Receiver<Option<Ask>>,
-    done: watch::Sender<u64>,
+    done: watch::Sender<(u64, bool)>,
     stats: Arc<LbStats>,
     addressing: Arc<Mutex<Option<String>>>,
 ) {
@@ -365,6 +385,9 @@ async fn run(
     }
     let mut stale_term: Option<spilo_sdk::Term> = None;
     let mut retry_soon = false;
+    // The generation last handled: an ask is new when its generation differs, whichever
+    // branch of the select below woke the task (a timer and an ask may be ready together).
+    let mut handled: Option<u64> = None;
     loop {
         let every = ask
             .borrow()
@@ -376,20 +399,21 @@ async fn run(
         } else {
             every
         };
-        let changed = tokio::select! {
+        tokio::select! {
             r = ask.changed() => {
                 if r.is_err() {
                     return; // the loop is gone
                 }
-                true
             }
-            _ = tokio::time::sleep(wait) => false,
-        };
+            _ = tokio::time::sleep(wait) => {}
+        }
         let Some(a) = ask.borrow_and_update().clone() else {
             continue;
         };
+        let changed = handled != Some(a.generation);
+        handled = Some(a.generation);
         if stale_term.is_some_and(|s| a.routes.term <= s) {
-            let _ = done.send(a.generation);
+            let _ = done.send((a.generation, false));
             continue;
         }
         // A withdrawal (read-write traffic to nobody) is sent, not kept up: once it is done
@@ -403,6 +427,7 @@ async fn run(
         } else {
             t.reconcile(&a.routes).await
         };
+        let ok = result.is_ok();
         match result {
             Ok(()) => {
                 t.applied = Some(a.routes.clone());
@@ -420,8 +445,8 @@ async fn run(
                 t.applied = None;
             }
         }
-        // Done, one way or the other: a waiting hand-over goes on.
-        let _ = done.send(a.generation);
+        // Done, one way or the other: a waiting hand-over goes on (and knows which way).
+        let _ = done.send((a.generation, ok));
     }
 }
 
@@ -438,6 +463,8 @@ mod tests {
         routes: Mutex<(Option<String>, Vec<String>)>,
         calls: Mutex<Vec<String>>,
         down: AtomicBool,
+        /// No read-only side: replicas are neither kept nor described.
+        primary_only: AtomicBool,
     }
 
     #[async_trait]
@@ -466,7 +493,9 @@ mod tests {
                 .unwrap()
                 .push(format!("replicas {members:?} {}", term.0));
             self.fence.admit(term).map_err(LbError::StaleTerm)?;
-            self.routes.lock().unwrap().1 = members.to_vec();
+            if !self.primary_only.load(Relaxed) {
+                self.routes.lock().unwrap().1 = members.to_vec();
+            }
             Ok(())
         }
         async fn describe(&self) -> Result<LbState, LbError> {
@@ -477,11 +506,12 @@ mod tests {
                 });
             }
             let r = self.routes.lock().unwrap().clone();
+            let primary_only = self.primary_only.load(Relaxed);
             Ok(LbState {
                 primary: r.0,
                 replicas: r.1,
                 term: self.fence.highest(),
-                raw: serde_json::json!({}),
+                raw: serde_json::json!({"replicas_routed": !primary_only}),
             })
         }
     }
@@ -585,5 +615,41 @@ mod tests {
         settle().await;
         assert_eq!(lb.calls.lock().unwrap().len(), calls);
         assert_eq!(lb.routes.lock().unwrap().0.as_deref(), Some("b"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_without_a_read_only_side_is_not_repaired_for_it() {
+        let lb = Arc::new(Memory::default());
+        lb.primary_only.store(true, Relaxed);
+        let h = Handle::start("m".into(), lb.clone(), Duration::from_secs(1), None);
+        settle().await;
+        h.ask(ask(Some("a"), &["b", "c"], 5, 1));
+        assert!(
+            h.wait_done(1, tokio::time::Instant::now() + Duration::from_secs(1))
+                .await
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        settle().await;
+        assert_eq!(h.stats.repairs.load(Relaxed), 0);
+        assert!(h.stats.in_sync.load(Relaxed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_withdrawal_is_reported_to_the_waiting_hand_over() {
+        let lb = Arc::new(Memory::default());
+        let h = Handle::start("m".into(), lb.clone(), Duration::from_secs(1), None);
+        settle().await;
+        h.ask(ask(Some("a"), &[], 5, 1));
+        assert!(
+            h.wait_done(1, tokio::time::Instant::now() + Duration::from_secs(1))
+                .await
+        );
+        lb.down.store(true, Relaxed);
+        h.ask(ask(None, &[], 5, 2));
+        assert!(
+            !h.wait_done(2, tokio::time::Instant::now() + Duration::from_secs(1))
+                .await,
+            "a withdrawal the backend refused is not confirmed"
+        );
     }
 }

@@ -5,8 +5,9 @@
 //! Only the leader asks, with its leader term: on promotion read-write traffic comes to it;
 //! before it demotes or hands over, read-write traffic leaves it (bounded wait, never blocking
 //! the demotion); healthy replicas within the lag limit get the read-only traffic. A backend
-//! refuses a call with an older term than it has seen, so a deposed primary's late call can
-//! never route writes to it.
+//! refuses a call with an older term than it has seen, so a deposed primary's late call does
+//! not route writes back to it (as far as the backend can compare and set: see the ELB plugin
+//! for the window its API leaves).
 
 pub mod driver;
 pub mod plan;
@@ -21,6 +22,10 @@ use crate::config::lb::{LoadBalancerConfig, ELB_PLUGIN_FILE};
 use crate::dcs::Cluster;
 use driver::{Ask, Handle, LbStats};
 use plan::{Leading, Routes};
+
+/// How long opening a backend may take (the ELB plugin's `create` asks the instance metadata
+/// and probes its ELBs within 30 s).
+const CREATE_BUDGET: Duration = Duration::from_secs(40);
 
 /// One backend to drive: its label, the backend, the bound of each call, and its lag limit.
 pub struct BackendSpec {
@@ -73,17 +78,7 @@ impl LoadBalancers {
     pub fn member_fields(&self) -> Vec<(String, String)> {
         self.backends
             .iter()
-            .filter_map(|b| {
-                let field = b.handle.addressing()?;
-                let me = b
-                    .handle
-                    .stats
-                    .self_target
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone()?;
-                Some((field, me))
-            })
+            .filter_map(|b| Some((b.handle.addressing()?, b.handle.stats.self_target()?)))
             .collect()
     }
 
@@ -111,14 +106,7 @@ impl LoadBalancers {
                 (None, _) => None,
                 (Some(p), None) => Some(p.clone()),
                 (Some(_), Some(_)) => {
-                    let me = b
-                        .handle
-                        .stats
-                        .self_target
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone();
-                    match me {
+                    match b.handle.stats.self_target() {
                         Some(t) => Some(t),
                         // The backend cannot say who this node is: nothing sensible to ask.
                         None => continue,
@@ -163,21 +151,6 @@ impl LoadBalancers {
     }
 }
 
-fn plugin_candidates(file: &str) -> Vec<std::path::PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
-    {
-        dirs.push(d.join(file));
-        dirs.push(d.join("../lib/spilo").join(file));
-    }
-    for d in ["/usr/local/lib/spilo", "/usr/lib/spilo"] {
-        dirs.push(std::path::Path::new(d).join(file));
-    }
-    dirs
-}
-
 /// Opens the backend one `load_balancers:` entry names: `elb` through its plugin (found as
 /// [`ELB_PLUGIN_FILE`] next to the binary or in the library directories unless `plugins:`
 /// names one `elb`), or a loaded load-balancer plugin.
@@ -188,7 +161,7 @@ pub async fn open(cfg: &LoadBalancerConfig) -> Result<Arc<dyn LoadBalancer>, LbE
     };
     let plugin = match cfg.kind.as_str() {
         "elb" if crate::plugin::get("elb").is_none() => {
-            let candidates = plugin_candidates(ELB_PLUGIN_FILE);
+            let candidates = crate::plugin::bundled_candidates(ELB_PLUGIN_FILE);
             let path = candidates.iter().find(|p| p.exists()).ok_or_else(|| {
                 refused(format!(
                     "load balancer type elb: the ELB plugin {ELB_PLUGIN_FILE} is in none of {}",
@@ -209,7 +182,13 @@ pub async fn open(cfg: &LoadBalancerConfig) -> Result<Arc<dyn LoadBalancer>, LbE
         })?,
     };
     let lb =
-        crate::plugin::lb::PluginLb::connect(&plugin, cfg.backend_settings(), cfg.call_timeout())
-            .await?;
+        // `create` may ask the instance metadata and probe the backend (the ELB plugin bounds
+        // that by 30 s); each call afterwards is bounded by the driver at `timeout`.
+        crate::plugin::lb::PluginLb::connect(
+            &plugin,
+            cfg.backend_settings(),
+            cfg.call_timeout().max(CREATE_BUDGET),
+        )
+        .await?;
     Ok(Arc::new(lb))
 }

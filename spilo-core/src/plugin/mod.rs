@@ -56,3 +56,21 @@ pub fn get(name: &str) -> Option<LoadedPlugin> {
         .ok()
         .and_then(|l| l.iter().find(|p| p.name == name).cloned())
 }
+
+/// Where a plugin shipped with spilo (`libspilo_storage_s3_plugin.so`,
+/// `libspilo_lb_elb_plugin.so`) is looked for, in order: next to the running binary, in
+/// `../lib/spilo` from it, `/usr/local/lib/spilo`, `/usr/lib/spilo`.
+pub fn bundled_candidates(file: &str) -> Vec<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
+    {
+        dirs.push(d.join(file));
+        dirs.push(d.join("../lib/spilo").join(file));
+    }
+    for d in ["/usr/local/lib/spilo", "/usr/lib/spilo"] {
+        dirs.push(std::path::Path::new(d).join(file));
+    }
+    dirs
+}

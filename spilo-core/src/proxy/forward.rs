@@ -137,8 +137,10 @@ async fn handle(
             return;
         }
     };
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
+    for s in [&client, &server] {
+        let _ = s.set_nodelay(true);
+        keepalive(s);
+    }
     // The route may have changed while connecting.
     if !still_target(&routes.borrow_and_update(), settings.side, &target) {
         port.cut.fetch_add(1, Relaxed);
@@ -196,6 +198,30 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+/// TCP keepalive (first probe after 60 s idle, then every 10 s, 3 unanswered end it): a peer
+/// that vanished without closing does not hold a connection slot for ever.
+fn keepalive(s: &TcpStream) {
+    let fd = s.as_raw_fd();
+    for (level, opt, val) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+    ] {
+        let v: libc::c_int = val;
+        // SAFETY: a live socket; the option value is a c_int of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
 }
 

@@ -11,6 +11,8 @@ pub mod forward;
 pub mod routes;
 pub mod stats;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,11 +62,41 @@ async fn bind(key: &str, addr: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
 }
 
+/// Where a proxy gets its DCS client: a future that yields it once connected (the ports are
+/// bound and served meanwhile; read-write connections wait for a primary).
+pub type DcsSource = Pin<Box<dyn Future<Output = Arc<dyn Dcs>> + Send>>;
+
+/// A DCS client of the proxy's own (no session, a watch), connecting until it succeeds.
+pub async fn connect_watcher(cfg: crate::config::Config) -> Arc<dyn Dcs> {
+    use crate::dcs::registry;
+    let (dynamic, _) = crate::config::effective_dynamic(None, &cfg);
+    let mut logged = false;
+    loop {
+        match registry::connect(
+            &cfg,
+            Duration::from_secs(dynamic.ttl),
+            Duration::from_secs(dynamic.retry_timeout),
+            registry::Role::Watcher,
+        )
+        .await
+        {
+            Ok(d) => return d,
+            Err(e) => {
+                if !logged {
+                    tracing::warn!("proxy: DCS {}: {e}; retrying", registry::describe(&cfg));
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 impl Proxy {
-    /// Binds the ports of `cfg` and starts following `dcs`; `default_max_lag` applies without
-    /// `max_lag`. The error names the key (a port that cannot be bound).
+    /// Binds the ports of `cfg` and starts following the DCS `dcs` yields; `default_max_lag`
+    /// applies without `max_lag`. The error names the key (a port that cannot be bound).
     pub async fn start(
-        dcs: Arc<dyn Dcs>,
+        dcs: DcsSource,
         cfg: &LoadBalancerConfig,
         label: &str,
         default_max_lag: u64,
@@ -136,12 +168,13 @@ impl Proxy {
 /// when they change. A DCS that cannot be read leaves the routes as they are: a primary that
 /// loses the DCS stops accepting writes by itself (the lease guard), and reads go on.
 async fn follow(
-    dcs: Arc<dyn Dcs>,
+    dcs: DcsSource,
     tx: watch::Sender<Arc<ProxyRoutes>>,
     stats: Arc<ProxyStats>,
     max_lag: u64,
     fallback: bool,
 ) {
+    let dcs = dcs.await;
     let mut changes = dcs.changes();
     let mut failing = false;
     // The leader last seen and since when, and whether its promotion is still awaited.

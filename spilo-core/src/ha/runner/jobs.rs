@@ -517,6 +517,7 @@ impl Node {
         let wake = self.wake.clone();
         self.spawn_job(JobKind::Promote, PgState::Running, async move {
             pg.promote().await?;
+            tracing::info!("promoted: PostgreSQL takes writes");
             // PostgreSQL takes writes now: a cycle publishes the role (and the load balancers
             // and proxies follow) without waiting for the checkpoint below.
             wake.notify_one();
