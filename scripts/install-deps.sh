@@ -269,6 +269,10 @@ moto_ok() {
     [ "$v" = 5.2.5 ] && "$MOTO_VENV/bin/moto_server" --help
 }
 check "moto_server 5.2.5 in $MOTO_VENV" "created by scripts/install-deps.sh from PyPI" moto_ok
+# The load-balancer tests set up and read back moto's EC2 and ELB with boto3 (a dependency of
+# moto[server], in the same virtualenv).
+check "boto3 (ec2, elb clients) in $MOTO_VENV" "installed with moto[server] by scripts/install-deps.sh" \
+  "$MOTO_VENV/bin/python" -c "import boto3; boto3.client('elb', region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s'); boto3.client('ec2', region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s')"
 S3S_FS_ROOT="${SPILO_S3S_FS_ROOT:-/opt/spilo-s3s-fs}"
 s3s_fs_ok() {
   local v; v=$("$S3S_FS_ROOT/bin/s3s-fs" --version) && [ "$v" = "s3s-fs 0.14.1" ] &&
