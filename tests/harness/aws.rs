@@ -32,6 +32,11 @@ fn python() -> PathBuf {
         .join("bin/python")
 }
 
+/// `cfn-lint` (installed with moto[server] in its virtualenv).
+pub fn cfn_lint() -> PathBuf {
+    python().with_file_name("cfn-lint")
+}
+
 impl Moto {
     /// Starts moto on a free port.
     pub fn start() -> Moto {
@@ -48,11 +53,37 @@ impl Moto {
     /// Runs `body` (Python, with `ec2` and `elb` boto3 clients bound) and parses what it
     /// prints last as JSON.
     pub fn boto(&self, body: &str) -> Value {
+        self.run_python(&["ec2", "elb"], body)
+    }
+
+    /// [`Moto::boto`] with a client of every service a CloudFormation stack of spilo's uses
+    /// bound by its name: `ec2`, `elb`, `cloudformation`, `autoscaling`, `route53`, `s3`,
+    /// `kms`, `iam`.
+    pub fn boto_stack(&self, body: &str) -> Value {
+        self.run_python(
+            &[
+                "ec2",
+                "elb",
+                "cloudformation",
+                "autoscaling",
+                "route53",
+                "s3",
+                "kms",
+                "iam",
+            ],
+            body,
+        )
+    }
+
+    fn run_python(&self, clients: &[&str], body: &str) -> Value {
+        let bind: String = clients
+            .iter()
+            .map(|c| format!("{c} = boto3.client('{c}', **kw)\n"))
+            .collect();
         let script = format!(
-            "import boto3, json, sys\n\
+            "import boto3, json, sys, base64\n\
              kw = dict(endpoint_url={ep:?}, region_name={REGION:?}, aws_access_key_id='test', aws_secret_access_key='test')\n\
-             ec2 = boto3.client('ec2', **kw)\n\
-             elb = boto3.client('elb', **kw)\n\
+             {bind}\
              {body}\n",
             ep = self.endpoint()
         );

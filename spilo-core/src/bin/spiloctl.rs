@@ -226,6 +226,21 @@ enum AwsCmd {
         #[command(subcommand)]
         action: KmsCmd,
     },
+    /// Write the cluster's CloudFormation template to standard output (Auto Scaling Group,
+    /// ELBs, Route 53 records, security groups, S3 bucket, KMS key, IAM role).
+    Template {
+        /// Output format.
+        #[arg(long = "format", value_enum, default_value = "yaml")]
+        format: spilo_core::ctl::aws_template::TemplateFormat,
+        #[command(flatten)]
+        args: Box<spilo_core::ctl::aws_template::TemplateArgs>,
+    },
+    /// Check a CloudFormation template (JSON or YAML) for what cfn-lint does not: classic ELB
+    /// health checks and idle timeouts, the group's health-check type, IMDSv2.
+    CheckTemplate {
+        /// The template file.
+        file: PathBuf,
+    },
 }
 
 /// Where KMS is.
@@ -280,10 +295,16 @@ impl KmsAt {
     }
 }
 
-/// `spiloctl aws kms …` (needs no configuration and no DCS).
+/// `spiloctl aws …` (needs no configuration and no DCS).
 fn aws(cmd: AwsCmd) -> ExitCode {
     use spilo_core::ctl::aws::{run, KmsAction};
-    let AwsCmd::Kms { action } = cmd;
+    let action = match cmd {
+        AwsCmd::Kms { action } => action,
+        AwsCmd::Template { format, args } => {
+            return spilo_core::ctl::aws_template::run_template(&args, format)
+        }
+        AwsCmd::CheckTemplate { file } => return spilo_core::ctl::aws_template::run_check(&file),
+    };
     match action {
         KmsCmd::Encrypt { key_id, at } => run(KmsAction::Encrypt { key_id }, at.options()),
         KmsCmd::GenerateKey { key_id, at } => run(KmsAction::GenerateKey { key_id }, at.options()),

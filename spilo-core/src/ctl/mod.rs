@@ -2,6 +2,7 @@
 //! `show-config`) and `edit-config` go to the DCS directly; actions go to the members' REST
 //! APIs.
 pub mod aws;
+pub mod aws_template;
 pub mod backup;
 pub mod clone;
 pub mod common;
