@@ -183,6 +183,16 @@ else
   "${SUDO[@]}" "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
   "${SUDO[@]}" chmod -R a+rX "$MOTO_VENV"
 fi
+# cfn-lint (the CloudFormation linter the template tests run), in the same virtualenv: moto[server]
+# brings one, pinned here so that a new rule upstream cannot turn CI red on its own.
+CFN_LINT_VERSION=1.58.0
+if [ "$("$MOTO_VENV/bin/cfn-lint" --version 2>/dev/null)" = "cfn-lint $CFN_LINT_VERSION" ]; then
+  log "cfn-lint $CFN_LINT_VERSION present in $MOTO_VENV"
+else
+  log "installing cfn-lint==$CFN_LINT_VERSION into $MOTO_VENV"
+  "${SUDO[@]}" "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "cfn-lint==$CFN_LINT_VERSION"
+  "${SUDO[@]}" chmod -R a+rX "$MOTO_VENV"
+fi
 # s3s-fs, an S3 server over a directory (Rust, from crates.io): 0.14.1 is the newest that
 # builds with Rust 1.95 (0.15 and later need 1.96). About 4 minutes on 2 cores.
 S3S_FS_ROOT="${SPILO_S3S_FS_ROOT:-/opt/spilo-s3s-fs}"
@@ -273,6 +283,12 @@ check "moto_server 5.2.5 in $MOTO_VENV" "created by scripts/install-deps.sh from
 # moto[server], in the same virtualenv).
 check "boto3 (ec2, elb clients) in $MOTO_VENV" "installed with moto[server] by scripts/install-deps.sh" \
   "$MOTO_VENV/bin/python" -c "import boto3; boto3.client('elb', region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s'); boto3.client('ec2', region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s')"
+cfn_lint_ok() {
+  local f="$CHECK_DIR/t.json"
+  echo '{"Resources": {"B": {"Type": "AWS::S3::Bucket"}}}' >"$f" &&
+    [ "$("$MOTO_VENV/bin/cfn-lint" --version)" = "cfn-lint 1.58.0" ] && "$MOTO_VENV/bin/cfn-lint" "$f"
+}
+check "cfn-lint 1.58.0 in $MOTO_VENV (linting a template)" "installed by scripts/install-deps.sh from PyPI" cfn_lint_ok
 S3S_FS_ROOT="${SPILO_S3S_FS_ROOT:-/opt/spilo-s3s-fs}"
 s3s_fs_ok() {
   local v; v=$("$S3S_FS_ROOT/bin/s3s-fs" --version) && [ "$v" = "s3s-fs 0.14.1" ] &&
