@@ -202,7 +202,7 @@ pub fn malformed_parameters(old: &Value, new: &Value) -> Vec<String> {
 
 /// All checks of a new configuration that are answered with 400, naming the problem.
 fn check_new_config(old: &Value, new: &Value) -> Result<(), Reply> {
-    validate_config(new).map_err(|e| Reply::text(400, e))?;
+    validate_config(new).map_err(|e| Reply::text(400, e.to_string()))?;
     let bad = malformed_parameters(old, new);
     if !bad.is_empty() {
         return Err(Reply::text(
@@ -237,15 +237,27 @@ fn check_command_parameters(ctx: &ApiContext, old: &Value, new: &Value) -> Resul
     ))
 }
 
+/// Why a dynamic configuration written through the REST API is refused (answered with 400).
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidConfig {
+    /// A value of the wrong kind or out of its range.
+    #[error("invalid configuration: {0}")]
+    Strict(#[source] crate::config::limits::StrictError),
+    /// Not a dynamic configuration.
+    #[error("invalid configuration: {0}")]
+    Parse(#[source] serde_json::Error),
+    /// A value out of its bounds.
+    #[error("invalid configuration: {0}")]
+    Bounds(#[source] crate::config::DynamicError),
+}
+
 /// Parse and check a whole dynamic configuration; the error names the problem.
-pub fn validate_config(v: &Value) -> Result<DynamicConfig, String> {
+pub fn validate_config(v: &Value) -> Result<DynamicConfig, InvalidConfig> {
     if let Value::Object(m) = v {
-        crate::config::limits::check_strict(m)
-            .map_err(|e| format!("invalid configuration: {e}"))?;
+        crate::config::limits::check_strict(m).map_err(InvalidConfig::Strict)?;
     }
-    let cfg: DynamicConfig =
-        serde_json::from_value(v.clone()).map_err(|e| format!("invalid configuration: {e}"))?;
-    validate_dynamic(&cfg).map_err(|e| format!("invalid configuration: {e}"))?;
+    let cfg: DynamicConfig = serde_json::from_value(v.clone()).map_err(InvalidConfig::Parse)?;
+    validate_dynamic(&cfg).map_err(InvalidConfig::Bounds)?;
     Ok(cfg)
 }
 
@@ -311,7 +323,7 @@ pub(crate) async fn put_config(
 ) -> Reply {
     let new = Value::Object(body);
     if let Err(e) = validate_config(&new) {
-        return Reply::text(400, e);
+        return Reply::text(400, e.to_string());
     }
     let cluster = match read_cluster(ctx, tuning.dcs_timeout).await {
         Ok(c) => c,

@@ -211,15 +211,42 @@ fn sync_standbys(s: &NodeState) -> Option<Vec<String>> {
     Some(crate::ha::sync::key_standbys(c))
 }
 
+/// Why a switchover or failover cannot succeed now (check 9); the text is the 412 message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Infeasible {
+    /// The request names another leader than the DCS.
+    #[error("leader name does not match")]
+    LeaderMismatch,
+    /// A switchover to a member that is not a synchronous standby.
+    #[error("candidate name does not match with sync_standby")]
+    CandidateNotSync,
+    /// The candidate is not a member.
+    #[error("candidate does not exists")]
+    NoSuchCandidate,
+    /// Synchronous replication is on and no member is a synchronous standby.
+    #[error("{0} is not possible: can not find sync_standby")]
+    NoSyncStandby(&'static str),
+    /// No member but the leader.
+    #[error("{0} is not possible: cluster does not have members except leader")]
+    LeaderAlone(&'static str),
+    /// No member answered as a healthy candidate.
+    #[error("{0} is not possible: no good candidates have been found")]
+    NoGoodCandidate(&'static str),
+}
+
 /// Check 9: can the request succeed now? `Err` holds the 412 message.
-pub async fn feasibility(s: &NodeState, plan: &Plan, peer_timeout: Duration) -> Result<(), String> {
+pub async fn feasibility(
+    s: &NodeState,
+    plan: &Plan,
+    peer_timeout: Duration,
+) -> Result<(), Infeasible> {
     let empty = Cluster::default();
     let cluster = s.cluster.as_deref().unwrap_or(&empty);
     let action = plan.action.name();
     let leader_name = cluster.leader.as_ref().map(|l| l.name.as_str());
     if let Some(l) = &plan.leader {
         if leader_name != Some(l.as_str()) {
-            return Err("leader name does not match".into());
+            return Err(Infeasible::LeaderMismatch);
         }
     }
     let sync = sync_standbys(s);
@@ -229,11 +256,11 @@ pub async fn feasibility(s: &NodeState, plan: &Plan, peer_timeout: Duration) -> 
     };
     let members: Vec<(String, String)> = if let Some(c) = &plan.candidate {
         if plan.action == Action::Switchover && sync.is_some() && !is_sync(c) {
-            return Err("candidate name does not match with sync_standby".into());
+            return Err(Infeasible::CandidateNotSync);
         }
         match cluster.member(c) {
             Some(m) => vec![(m.name.clone(), m.data.api_url.clone())],
-            None => return Err("candidate does not exists".into()),
+            None => return Err(Infeasible::NoSuchCandidate),
         }
     } else if sync.is_some() {
         let m: Vec<_> = cluster
@@ -243,9 +270,7 @@ pub async fn feasibility(s: &NodeState, plan: &Plan, peer_timeout: Duration) -> 
             .map(|m| (m.name.clone(), m.data.api_url.clone()))
             .collect();
         if m.is_empty() {
-            return Err(format!(
-                "{action} is not possible: can not find sync_standby"
-            ));
+            return Err(Infeasible::NoSyncStandby(action));
         }
         m
     } else {
@@ -256,9 +281,7 @@ pub async fn feasibility(s: &NodeState, plan: &Plan, peer_timeout: Duration) -> 
             .map(|m| (m.name.clone(), m.data.api_url.clone()))
             .collect();
         if m.is_empty() {
-            return Err(format!(
-                "{action} is not possible: cluster does not have members except leader"
-            ));
+            return Err(Infeasible::LeaderAlone(action));
         }
         m
     };
@@ -266,9 +289,7 @@ pub async fn feasibility(s: &NodeState, plan: &Plan, peer_timeout: Duration) -> 
     if peers.iter().any(|p| p.reachable && !p.nofailover) {
         Ok(())
     } else {
-        Err(format!(
-            "{action} is not possible: no good candidates have been found"
-        ))
+        Err(Infeasible::NoGoodCandidate(action))
     }
 }
 
@@ -379,7 +400,7 @@ pub(crate) async fn post(
     };
     if plan.scheduled_at.is_none() {
         if let Err(m) = feasibility(s, &plan, tuning.peer_timeout).await {
-            return Reply::text(412, m);
+            return Reply::text(412, m.to_string());
         }
     }
     let value = Failover {
@@ -677,20 +698,28 @@ mod tests {
         };
         let alone = state_with(vec![]);
         assert_eq!(
-            feasibility(&alone, &plan(Action::Switchover, Some("pgX"), None), t).await,
+            feasibility(&alone, &plan(Action::Switchover, Some("pgX"), None), t)
+                .await
+                .map_err(|e| e.to_string()),
             Err("leader name does not match".into())
         );
         assert_eq!(
-            feasibility(&alone, &plan(Action::Switchover, Some("pg0"), None), t).await,
+            feasibility(&alone, &plan(Action::Switchover, Some("pg0"), None), t)
+                .await
+                .map_err(|e| e.to_string()),
             Err("switchover is not possible: cluster does not have members except leader".into())
         );
         assert_eq!(
-            feasibility(&alone, &plan(Action::Failover, None, Some("pg9")), t).await,
+            feasibility(&alone, &plan(Action::Failover, None, Some("pg9")), t)
+                .await
+                .map_err(|e| e.to_string()),
             Err("candidate does not exists".into())
         );
         let dead = state_with(vec![member("pg1", &dead_url())]);
         assert_eq!(
-            feasibility(&dead, &plan(Action::Failover, None, Some("pg1")), t).await,
+            feasibility(&dead, &plan(Action::Failover, None, Some("pg1")), t)
+                .await
+                .map_err(|e| e.to_string()),
             Err("failover is not possible: no good candidates have been found".into())
         );
         let nofailover = state_with(vec![member(
@@ -698,7 +727,9 @@ mod tests {
             &live_peer(json!({"nofailover": true})).await,
         )]);
         assert_eq!(
-            feasibility(&nofailover, &plan(Action::Switchover, Some("pg0"), None), t).await,
+            feasibility(&nofailover, &plan(Action::Switchover, Some("pg0"), None), t)
+                .await
+                .map_err(|e| e.to_string()),
             Err("switchover is not possible: no good candidates have been found".into())
         );
         let good = state_with(vec![
@@ -706,14 +737,18 @@ mod tests {
             member("pg2", &live_peer(json!({})).await),
         ]);
         assert_eq!(
-            feasibility(&good, &plan(Action::Switchover, Some("pg0"), None), t).await,
+            feasibility(&good, &plan(Action::Switchover, Some("pg0"), None), t)
+                .await
+                .map_err(|e| e.to_string()),
             Ok(())
         );
         // No DCS view: nothing matches.
         let mut blind = good.clone();
         blind.cluster = None;
         assert_eq!(
-            feasibility(&blind, &plan(Action::Switchover, Some("pg0"), None), t).await,
+            feasibility(&blind, &plan(Action::Switchover, Some("pg0"), None), t)
+                .await
+                .map_err(|e| e.to_string()),
             Err("leader name does not match".into())
         );
     }

@@ -185,7 +185,7 @@ pub fn plan_retention(
     wal: &[WalEntry],
     rules: &Retain,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<RetentionPlan, String> {
+) -> Result<RetentionPlan, crate::config::backup::WindowError> {
     let n = backups.len();
     let mut keep = vec![false; n];
     let any_rule = rules.count.is_some() || rules.age.is_some() || rules.pitr_window.is_some();

@@ -15,13 +15,36 @@ use super::crypt::SecretKey;
 use super::fetch::{Fetcher, Source};
 use crate::config::backup::{CloneConfig, CloneTarget, StorageConfig};
 use crate::dcs::codec::format_lsn;
+use crate::ha::replica::ArchiveError;
+
+/// Why no backup of the source suits a clone's target.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoBackup {
+    /// The source has none.
+    #[error("the source has no complete backup")]
+    Empty,
+    /// None finished before `target_time`.
+    #[error("no backup of the source finished before {target} (the oldest finished at {oldest})")]
+    NoneBefore {
+        /// The target time.
+        target: String,
+        /// When the oldest finished (or `an unknown time`).
+        oldest: String,
+    },
+    /// None ends at or before `target_lsn`.
+    #[error("no backup of the source ends at or before {0}")]
+    NoneUpTo(String),
+    /// None at all for the target.
+    #[error("no backup")]
+    None,
+}
 
 /// The backup to restore for `target`: the newest that finished before it (by its recorded
 /// stop time or stop position); for a restore point, a transaction or `immediate`, the newest.
 pub fn choose_backup<'a>(
     backups: &'a [Manifest],
     target: &CloneTarget,
-) -> Result<&'a Manifest, String> {
+) -> Result<&'a Manifest, NoBackup> {
     let newest = |ok: &dyn Fn(&Manifest) -> bool| {
         backups
             .iter()
@@ -29,29 +52,24 @@ pub fn choose_backup<'a>(
             .max_by_key(|m| (m.stop(), m.finish_time.clone()))
     };
     if backups.is_empty() {
-        return Err("the source has no complete backup".into());
+        return Err(NoBackup::Empty);
     }
     match target {
         CloneTarget::Time(t) => newest(&|m: &Manifest| m.finished().is_some_and(|f| f <= *t))
-            .ok_or_else(|| {
-                format!(
-                    "no backup of the source finished before {t} (the oldest finished at {})",
-                    backups
-                        .iter()
-                        .filter_map(Manifest::finished)
-                        .min()
-                        .map(|f| f.to_rfc3339())
-                        .unwrap_or_else(|| "an unknown time".into())
-                )
+            .ok_or_else(|| NoBackup::NoneBefore {
+                target: t.to_string(),
+                oldest: backups
+                    .iter()
+                    .filter_map(Manifest::finished)
+                    .min()
+                    .map(|f| f.to_rfc3339())
+                    .unwrap_or_else(|| "an unknown time".into()),
             }),
-        CloneTarget::Lsn(l) => newest(&|m: &Manifest| m.stop() <= *l).ok_or_else(|| {
-            format!(
-                "no backup of the source ends at or before {}",
-                format_lsn(*l)
-            )
-        }),
+        CloneTarget::Lsn(l) => {
+            newest(&|m: &Manifest| m.stop() <= *l).ok_or_else(|| NoBackup::NoneUpTo(format_lsn(*l)))
+        }
         CloneTarget::Name(_) | CloneTarget::Xid(_) | CloneTarget::Immediate => {
-            newest(&|_: &Manifest| true).ok_or_else(|| "no backup".into())
+            newest(&|_: &Manifest| true).ok_or(NoBackup::None)
         }
     }
 }
@@ -111,37 +129,41 @@ pub struct Cloner {
 
 #[async_trait::async_trait]
 impl crate::ha::replica::ClusterClone for Cloner {
-    async fn restore(&self, dir: &Path) -> Result<(BTreeMap<String, Value>, String), String> {
-        let target = self.cfg.target().map_err(|(k, m)| format!("{k}: {m}"))?;
+    async fn restore(&self, dir: &Path) -> Result<(BTreeMap<String, Value>, String), ArchiveError> {
+        let target = self
+            .cfg
+            .target()
+            .map_err(|(k, m)| ArchiveError::new(format!("{k}: {m}")))?;
         let storage = super::open_storage(&self.source)
             .await
-            .map_err(|e| format!("the source's store: {}", crate::error_chain(&e)))?;
+            .map_err(|e| ArchiveError::caused("the source's store", e))?;
         let base = self.source.base_prefix(&self.cfg.scope, self.major);
         let (backups, _) = super::catalog::backups(&*storage, &base)
             .await
             .map_err(|e| {
-                format!(
-                    "listing the source's backups under {base}: {}",
-                    crate::error_chain(&e)
-                )
+                ArchiveError::caused(format!("listing the source's backups under {base}"), e)
             })?;
-        let m = choose_backup(&backups, &target)?.clone();
+        let m = choose_backup(&backups, &target)
+            .map_err(|e| ArchiveError::caused("", e))?
+            .clone();
         // What can be known before downloading anything: a target past the archive's end.
         match &target {
             CloneTarget::Time(t) if *t > chrono::Utc::now() => {
-                return Err(format!("target_time {t} is in the future"));
+                return Err(ArchiveError::new(format!(
+                    "target_time {t} is in the future"
+                )));
             }
             CloneTarget::Lsn(l) => {
                 let wal = super::catalog::wal(&*storage, &base)
                     .await
-                    .map_err(|e| format!("listing the source's WAL: {}", crate::error_chain(&e)))?;
+                    .map_err(|e| ArchiveError::caused("listing the source's WAL", e))?;
                 let end = archive_end(&wal);
                 if *l > end {
-                    return Err(format!(
+                    return Err(ArchiveError::new(format!(
                         "target_lsn {} is past the end of the source's archive ({})",
                         format_lsn(*l),
                         format_lsn(end)
-                    ));
+                    )));
                 }
             }
             _ => {}
@@ -156,7 +178,8 @@ impl crate::ha::replica::ClusterClone for Cloner {
             dir,
             2,
         )
-        .await?;
+        .await
+        .map_err(|e| ArchiveError::caused("", e))?;
         let secs = crate::clock::now()
             .saturating_duration_since(t0)
             .as_secs_f64();
@@ -252,7 +275,9 @@ mod tests {
                 .name,
             "b3"
         );
-        let e = choose_backup(&b, &at("2026-11-30T00:00:00Z")).unwrap_err();
+        let e = choose_backup(&b, &at("2026-11-30T00:00:00Z"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2026-12-01T01:00:00"), "{e}");
         assert_eq!(
             choose_backup(&b, &CloneTarget::Lsn(2999)).unwrap().name,

@@ -14,6 +14,7 @@ use spilo_sdk::storage::{get_all, Storage, StorageError};
 
 use super::base::Manifest;
 use super::crypt::{CryptError, Opener, SecretKey};
+use crate::ha::replica::ArchiveError;
 
 /// Chunks in flight between the download and the unpacking.
 const QUEUE: usize = 8;
@@ -320,7 +321,7 @@ pub async fn restore_base_counted(
 }
 
 /// [`restore_base_counted`] reporting to `stats`' restore progress: begun, the bytes as they
-/// arrive, then phase `after` (2 replaying, 3 done) or failed. The error in words.
+/// arrive, then phase `after` (2 replaying, 3 done) or failed (with the error's chain).
 pub async fn restore_reported(
     stats: Option<&super::archiver::ArchiveStats>,
     storage: Arc<dyn Storage>,
@@ -329,7 +330,7 @@ pub async fn restore_reported(
     key: Option<&SecretKey>,
     dir: &Path,
     after: u64,
-) -> Result<Restored, String> {
+) -> Result<Restored, RestoreError> {
     let progress = stats.map(|s| {
         s.restore.begin(
             &m.name,
@@ -338,12 +339,10 @@ pub async fn restore_reported(
         );
         &s.restore
     });
-    let r = restore_base_counted(storage, base, m, key, dir, progress.map(|p| &p.done))
-        .await
-        .map_err(|e| crate::error_chain(&e));
+    let r = restore_base_counted(storage, base, m, key, dir, progress.map(|p| &p.done)).await;
     match (&r, progress) {
         (Ok(_), Some(p)) => p.enter(after),
-        (Err(e), Some(p)) => p.fail(e),
+        (Err(e), Some(p)) => p.fail(&crate::error_chain(e)),
         _ => {}
     }
     r
@@ -500,7 +499,7 @@ impl crate::ha::replica::ArchiveSwitch for ArchiveSwitcher {
     async fn read_from(
         &self,
         source: Option<&crate::config::standby::ArchiveSource>,
-    ) -> Result<Arc<dyn crate::ha::replica::ReplicaBackups>, String> {
+    ) -> Result<Arc<dyn crate::ha::replica::ReplicaBackups>, ArchiveError> {
         let Some(a) = source else {
             self.fetcher.set_source(None);
             return Ok(Arc::new(StoreBackups {
@@ -513,10 +512,12 @@ impl crate::ha::replica::ArchiveSwitch for ArchiveSwitcher {
         let (storage, cfg) = match &a.storage {
             Some(cfg) => (
                 super::open_storage(cfg).await.map_err(|e| {
-                    format!(
-                        "standby_cluster.storage: cannot open the {} store: {}",
-                        cfg.kind,
-                        crate::error_chain(&e)
+                    ArchiveError::caused(
+                        format!(
+                            "standby_cluster.storage: cannot open the {} store",
+                            cfg.kind
+                        ),
+                        e,
                     )
                 })?,
                 cfg,
@@ -550,20 +551,20 @@ pub struct StoreBackups {
 }
 
 impl StoreBackups {
-    async fn manifest(&self, name: &str) -> Result<Option<Manifest>, String> {
+    async fn manifest(&self, name: &str) -> Result<Option<Manifest>, ArchiveError> {
         let (all, _) = super::catalog::backups(&*self.storage, &self.base)
             .await
-            .map_err(|e| crate::error_chain(&e))?;
+            .map_err(|e| ArchiveError::caused("", e))?;
         Ok(all.into_iter().find(|m| m.name == name))
     }
 }
 
 #[async_trait::async_trait]
 impl crate::ha::replica::ReplicaBackups for StoreBackups {
-    async fn newest(&self) -> Result<Option<crate::ha::replica::BackupFacts>, String> {
+    async fn newest(&self) -> Result<Option<crate::ha::replica::BackupFacts>, ArchiveError> {
         let (all, _) = super::catalog::backups(&*self.storage, &self.base)
             .await
-            .map_err(|e| crate::error_chain(&e))?;
+            .map_err(|e| ArchiveError::caused("", e))?;
         Ok(all
             .into_iter()
             .max_by_key(|m| (m.stop(), m.finish_time.clone()))
@@ -576,11 +577,11 @@ impl crate::ha::replica::ReplicaBackups for StoreBackups {
             }))
     }
 
-    async fn restore(&self, name: &str, dir: &Path) -> Result<String, String> {
+    async fn restore(&self, name: &str, dir: &Path) -> Result<String, ArchiveError> {
         let m = self
             .manifest(name)
             .await?
-            .ok_or_else(|| format!("backup {name} is no longer in the store"))?;
+            .ok_or_else(|| ArchiveError::new(format!("backup {name} is no longer in the store")))?;
         let t0 = crate::clock::now();
         let r = restore_reported(
             self.stats.as_deref(),
@@ -591,7 +592,8 @@ impl crate::ha::replica::ReplicaBackups for StoreBackups {
             dir,
             3,
         )
-        .await?;
+        .await
+        .map_err(|e| ArchiveError::caused("", e))?;
         let secs = crate::clock::now()
             .saturating_duration_since(t0)
             .as_secs_f64();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use spilo_sdk::dcs::Cas;
-use spilo_sdk::storage::Storage;
+use spilo_sdk::storage::{Storage, StorageError};
 
 use super::base::{self, BackupError, Manifest, Progress, Request};
 use super::catalog::{self, RetentionPlan};
@@ -20,17 +20,39 @@ pub const LOCK_KEY: &str = "backup";
 /// A lock whose holder has not refreshed it for this long is taken over.
 const STALE_SECS: i64 = 600;
 
+/// Why there is no member to copy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoSource {
+    /// No leader.
+    #[error("the cluster has no leader")]
+    NoLeader,
+    /// The leader's member key has no connection URL.
+    #[error("the leader {0} publishes no connection URL")]
+    NoConnectionUrl(String),
+}
+
+/// Why retention could not be planned or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum RetainError {
+    /// Listing or deleting in the store failed.
+    #[error("{}", crate::error_chain(.0))]
+    Storage(#[source] StorageError),
+    /// `backup.retain.pitr_window` is not a window.
+    #[error("{0}")]
+    Window(#[from] crate::config::backup::WindowError),
+}
+
 /// The member to copy: the leader, or with `from_replica` the first streaming replica by
 /// name (the leader when there is none). `(name, host, port, is_replica)`.
 pub fn choose_source(
     c: &Cluster,
     from_replica: bool,
-) -> Result<(String, String, u16, bool), String> {
+) -> Result<(String, String, u16, bool), NoSource> {
     let leader = c
         .leader
         .as_ref()
         .map(|l| l.name.clone())
-        .ok_or("the cluster has no leader")?;
+        .ok_or(NoSource::NoLeader)?;
     let pick = |name: &str| {
         c.member(name)
             .and_then(|m| m.host_port())
@@ -52,8 +74,7 @@ pub fn choose_source(
             return Ok((n, h, p, true));
         }
     }
-    let (n, h, p) =
-        pick(&leader).ok_or_else(|| format!("the leader {leader} publishes no connection URL"))?;
+    let (n, h, p) = pick(&leader).ok_or_else(|| NoSource::NoConnectionUrl(leader.clone()))?;
     Ok((n, h, p, false))
 }
 
@@ -151,9 +172,9 @@ pub async fn backup_now(
     job: &Job,
     from_replica: bool,
     progress: Arc<Progress>,
-) -> Result<(Manifest, Result<RetentionPlan, String>), BackupError> {
+) -> Result<(Manifest, Result<RetentionPlan, RetainError>), BackupError> {
     let (member, host, port, is_replica) =
-        choose_source(c, from_replica).map_err(BackupError::Setup)?;
+        choose_source(c, from_replica).map_err(|e| BackupError::Setup(e.to_string()))?;
     let settings = job.cfg.backup_settings().unwrap_or_default();
     let rep = &job.cfg.postgresql.authentication.replication;
     let req = Request {
@@ -193,19 +214,19 @@ pub async fn retain(
     job: &Job,
     rules: &crate::config::backup::Retain,
     dry_run: bool,
-) -> Result<RetentionPlan, String> {
+) -> Result<RetentionPlan, RetainError> {
     let s = &*job.storage;
     let (backups, _) = catalog::backups(s, &job.base)
         .await
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(RetainError::Storage)?;
     let wal = catalog::wal(s, &job.base)
         .await
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(RetainError::Storage)?;
     let plan = catalog::plan_retention(&backups, &wal, rules, chrono::Utc::now())?;
     if !dry_run && (!plan.delete.is_empty() || !plan.delete_wal.is_empty()) {
         catalog::prune(s, &job.base, &backups, &plan)
             .await
-            .map_err(|e| crate::error_chain(&e))?;
+            .map_err(RetainError::Storage)?;
         tracing::info!(
             deleted_backups = plan.delete.len(),
             deleted_wal = plan.delete_wal.len(),

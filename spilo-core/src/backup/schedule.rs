@@ -11,7 +11,52 @@ pub struct ScheduleError {
     /// The whole schedule.
     pub text: String,
     /// What is wrong.
-    pub problem: String,
+    #[source]
+    pub problem: ScheduleProblem,
+}
+
+/// What is wrong with a schedule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleProblem {
+    /// Not five fields.
+    #[error("expected 5 fields (minute hour day-of-month month day-of-week), found {0}")]
+    FieldCount(usize),
+    /// A step that is not a number.
+    #[error("{field}: bad step '{text}'")]
+    BadStep {
+        /// The field's name.
+        field: &'static str,
+        /// The step as written.
+        text: String,
+    },
+    /// A step of 0 or larger than the field's range.
+    #[error("{field}: step {step} out of range")]
+    StepOutOfRange {
+        /// The field's name.
+        field: &'static str,
+        /// The step.
+        step: u32,
+    },
+    /// A value that is not a number.
+    #[error("{field}: bad value '{text}'")]
+    BadValue {
+        /// The field's name.
+        field: &'static str,
+        /// The value as written.
+        text: String,
+    },
+    /// A value or range outside the field's range.
+    #[error("{field}: {range} is outside {lo}-{hi}")]
+    OutOfRange {
+        /// The field's name.
+        field: &'static str,
+        /// The value or range as written.
+        range: String,
+        /// The field's lowest value.
+        lo: u32,
+        /// Its highest.
+        hi: u32,
+    },
 }
 
 /// A parsed schedule.
@@ -34,14 +79,24 @@ const FIELDS: [(&str, u32, u32); 5] = [
     ("day of week", 0, 7),
 ];
 
-fn field(text: &str, (name, lo, hi): (&str, u32, u32)) -> Result<u64, String> {
+fn field(text: &str, (name, lo, hi): (&'static str, u32, u32)) -> Result<u64, ScheduleProblem> {
+    let bad_value = |t: &str| ScheduleProblem::BadValue {
+        field: name,
+        text: t.to_string(),
+    };
     let mut bits = 0u64;
     for part in text.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => {
-                let s: u32 = s.parse().map_err(|_| format!("{name}: bad step '{s}'"))?;
+                let s: u32 = s.parse().map_err(|_| ScheduleProblem::BadStep {
+                    field: name,
+                    text: s.to_string(),
+                })?;
                 if s == 0 || s > hi {
-                    return Err(format!("{name}: step {s} out of range"));
+                    return Err(ScheduleProblem::StepOutOfRange {
+                        field: name,
+                        step: s,
+                    });
                 }
                 (r, s)
             }
@@ -50,17 +105,20 @@ fn field(text: &str, (name, lo, hi): (&str, u32, u32)) -> Result<u64, String> {
         let (a, b) = if range == "*" {
             (lo, hi)
         } else if let Some((a, b)) = range.split_once('-') {
-            let a: u32 = a.parse().map_err(|_| format!("{name}: bad value '{a}'"))?;
-            let b: u32 = b.parse().map_err(|_| format!("{name}: bad value '{b}'"))?;
+            let a: u32 = a.parse().map_err(|_| bad_value(a))?;
+            let b: u32 = b.parse().map_err(|_| bad_value(b))?;
             (a, b)
         } else {
-            let a: u32 = range
-                .parse()
-                .map_err(|_| format!("{name}: bad value '{range}'"))?;
+            let a: u32 = range.parse().map_err(|_| bad_value(range))?;
             (a, if step > 1 { hi } else { a })
         };
         if a < lo || b > hi || a > b {
-            return Err(format!("{name}: {range} is outside {lo}-{hi}"));
+            return Err(ScheduleProblem::OutOfRange {
+                field: name,
+                range: range.to_string(),
+                lo,
+                hi,
+            });
         }
         let mut v = a;
         while v <= b {
@@ -74,16 +132,13 @@ fn field(text: &str, (name, lo, hi): (&str, u32, u32)) -> Result<u64, String> {
 impl Schedule {
     /// Parses five whitespace-separated fields.
     pub fn parse(text: &str) -> Result<Schedule, ScheduleError> {
-        let err = |problem: String| ScheduleError {
+        let err = |problem: ScheduleProblem| ScheduleError {
             text: text.to_string(),
             problem,
         };
         let parts: Vec<&str> = text.split_whitespace().collect();
         if parts.len() != 5 {
-            return Err(err(format!(
-                "expected 5 fields (minute hour day-of-month month day-of-week), found {}",
-                parts.len()
-            )));
+            return Err(err(ScheduleProblem::FieldCount(parts.len())));
         }
         let mut v = [0u64; 5];
         for (i, p) in parts.iter().enumerate() {

@@ -16,7 +16,7 @@ use spilo_sdk::storage::Storage;
 use super::base::{segment_name, Manifest};
 use super::crypt::SecretKey;
 use crate::postgres::conf::LocalAddress;
-use crate::postgres::{PgSettings, Postgres, StopMode};
+use crate::postgres::{PgError, PgSettings, Postgres, StopMode};
 
 /// What the drill needs.
 pub struct Drill {
@@ -109,13 +109,93 @@ pub async fn verify(d: &Drill, m: &Manifest) -> Report {
     let result = run(d, m, &mut report).await;
     match result {
         Ok(()) => report.ok = true,
-        Err(e) => report.detail = e,
+        Err(e) => report.detail = e.to_string(),
     }
     report.seconds = t0.elapsed().as_secs_f64();
     report
 }
 
-async fn run(d: &Drill, m: &Manifest, report: &mut Report) -> Result<(), String> {
+/// Why a restore drill failed (the report's detail).
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    /// No scratch directory.
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
+    /// The backup did not restore.
+    #[error("restoring {backup}: {}", crate::error_chain(source))]
+    Restore {
+        /// The backup.
+        backup: String,
+        /// Why.
+        #[source]
+        source: super::restore::RestoreError,
+    },
+    /// An archived file could not be read.
+    #[error("{}", crate::error_chain(.0))]
+    Fetch(#[source] super::fetch::FetchError),
+    /// A segment the backup needs is not archived.
+    #[error(
+        "WAL segment {segment}, needed to make {backup} consistent, is missing from the archive"
+    )]
+    MissingSegment {
+        /// The segment.
+        segment: String,
+        /// The backup.
+        backup: String,
+    },
+    /// A segment could not be written into the scratch data directory.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No port for the scratch PostgreSQL.
+    #[error("no free port: {0}")]
+    NoPort(#[source] std::io::Error),
+    /// Its configuration could not be written.
+    #[error("{}", crate::error_chain(.0))]
+    Config(#[source] PgError),
+    /// The scratch PostgreSQL is gone (not expected).
+    #[error("no PostgreSQL")]
+    NoPostgres,
+    /// PostgreSQL did not start on the restored backup.
+    #[error(
+        "PostgreSQL did not start on the restored backup: {}; its log: {log}",
+        crate::error_chain(source)
+    )]
+    Start {
+        /// Why.
+        #[source]
+        source: PgError,
+        /// The end of its log.
+        log: String,
+    },
+    /// Reading every relation failed.
+    #[error("the check of the restored backup failed: {}", crate::error_chain(.0))]
+    Check(#[source] PgError),
+}
+
+/// Why no scratch directory could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ScratchError {
+    /// Creating it failed.
+    #[error("cannot make a scratch directory in {}: {source}", root.display())]
+    Create {
+        /// The directory it goes into.
+        root: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every name tried exists.
+    #[error("cannot make a scratch directory in {}", .0.display())]
+    Taken(PathBuf),
+}
+
+async fn run(d: &Drill, m: &Manifest, report: &mut Report) -> Result<(), DrillError> {
     let dir = make_scratch(&d.scratch_root, &m.name)?;
     let mut scratch = Scratch {
         dir: dir.clone(),
@@ -125,23 +205,26 @@ async fn run(d: &Drill, m: &Manifest, report: &mut Report) -> Result<(), String>
     let restored =
         super::restore::restore_base(d.storage.clone(), &d.base, m, d.key.as_ref(), &data)
             .await
-            .map_err(|e| format!("restoring {}: {}", m.name, crate::error_chain(&e)))?;
+            .map_err(|source| DrillError::Restore {
+                backup: m.name.clone(),
+                source,
+            })?;
     report.restored_bytes = restored.bytes;
     report.stored_bytes = restored.stored;
     // The WAL from the backup's start to its stop: with it, crash recovery from the backup
     // label reaches the consistent point without an archive.
     let tl = m.timeline.max(1);
     for name in segments(tl, m.start(), m.stop()) {
-        let plain = fetch(d, &name).await?.ok_or_else(|| {
-            format!(
-                "WAL segment {name}, needed to make {} consistent, is missing from the archive",
-                m.name
-            )
-        })?;
+        let plain = fetch(d, &name)
+            .await?
+            .ok_or_else(|| DrillError::MissingSegment {
+                segment: name.clone(),
+                backup: m.name.clone(),
+            })?;
         let path = data.join("pg_wal").join(&name);
-        tokio::fs::write(&path, &plain)
-            .await
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        if let Err(source) = tokio::fs::write(&path, &plain).await {
+            return Err(DrillError::Write { path, source });
+        }
         report.wal_files += 1;
     }
     if tl > 1 {
@@ -174,16 +257,15 @@ async fn run(d: &Drill, m: &Manifest, report: &mut Report) -> Result<(), String>
     params.insert("archive_mode".to_string(), serde_json::json!("off"));
     params.insert("max_wal_senders".to_string(), serde_json::json!(0));
     pg.write_config(&params, &["local all all trust".to_string()], false, None)
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(DrillError::Config)?;
     let start = pg.start().await;
     scratch.pg = Some(pg);
-    let pg = scratch.pg.as_ref().ok_or("no PostgreSQL")?;
-    if let Err(e) = start {
-        return Err(format!(
-            "PostgreSQL did not start on the restored backup: {}; its log: {}",
-            crate::error_chain(&e),
-            pg.log_tail(5)
-        ));
+    let pg = scratch.pg.as_ref().ok_or(DrillError::NoPostgres)?;
+    if let Err(source) = start {
+        return Err(DrillError::Start {
+            source,
+            log: pg.log_tail(5),
+        });
     }
     let checked = pg.check_relations(d.timeout).await;
     let _ = pg.stop(StopMode::Immediate).await;
@@ -197,48 +279,42 @@ async fn run(d: &Drill, m: &Manifest, report: &mut Report) -> Result<(), String>
             };
             Ok(())
         }
-        Err(e) => Err(format!(
-            "the check of the restored backup failed: {}",
-            crate::error_chain(&e)
-        )),
+        Err(e) => Err(DrillError::Check(e)),
     }
 }
 
 /// The archived file `name`, opened; `None` when the archive does not hold it.
-async fn fetch(d: &Drill, name: &str) -> Result<Option<Vec<u8>>, String> {
+async fn fetch(d: &Drill, name: &str) -> Result<Option<Vec<u8>>, DrillError> {
     super::fetch::read_archived(&*d.storage, &d.base, name, d.key.as_ref())
         .await
-        .map_err(|e| crate::error_chain(&e))
+        .map_err(DrillError::Fetch)
 }
 
 /// A fresh private directory under `root`.
-fn make_scratch(root: &Path, backup: &str) -> Result<PathBuf, String> {
+fn make_scratch(root: &Path, backup: &str) -> Result<PathBuf, ScratchError> {
     use std::os::unix::fs::DirBuilderExt;
     for i in 0..100u32 {
         let dir = root.join(format!("spilo-verify-{backup}-{}-{i}", std::process::id()));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(format!(
-                    "cannot make a scratch directory in {}: {e}",
-                    root.display()
-                ))
+            Err(source) => {
+                return Err(ScratchError::Create {
+                    root: root.to_path_buf(),
+                    source,
+                })
             }
         }
     }
-    Err(format!(
-        "cannot make a scratch directory in {}",
-        root.display()
-    ))
+    Err(ScratchError::Taken(root.to_path_buf()))
 }
 
 /// A port nothing listens on now.
-fn free_port() -> Result<u16, String> {
+fn free_port() -> Result<u16, DrillError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+        .map_err(DrillError::NoPort)
 }
 
 #[cfg(test)]

@@ -164,6 +164,60 @@ pub struct EncryptionConfig {
     pub key_env: Option<String>,
 }
 
+/// Why the `backup.encryption` key could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Both or neither of `key_file` and `key_env`.
+    #[error("backup.encryption: give exactly one of key_file and key_env")]
+    NotExactlyOne,
+    /// The key file cannot be read.
+    #[error("backup.encryption.key_file {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: KeyFileError,
+    },
+    /// The variable is not set (or not Unicode).
+    #[error("backup.encryption.key_env: {var} is not set")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Why.
+        #[source]
+        source: std::env::VarError,
+    },
+    /// An `aws:kms:` value KMS did not open.
+    #[error(transparent)]
+    Kms(#[from] crate::secret::SecretError),
+    /// Not a key.
+    #[error(transparent)]
+    Key(#[from] crate::backup::crypt::CryptError),
+}
+
+/// Why a key file's text could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Opening or reading it failed.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    /// Too large to be a key.
+    #[error("larger than {0} KiB: not a key")]
+    TooLarge(u64),
+}
+
+/// A `backup.retain.pitr_window` that is not a window.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// Not a number followed by d, h or m (or too large to count in seconds).
+    #[error("'{0}' is not a window such as 7d, 36h or 90m")]
+    NotAWindow(String),
+    /// Zero, or more than 100 years.
+    #[error("'{0}' must be between 1 minute and 100 years")]
+    OutOfRange(String),
+}
+
 impl EncryptionConfig {
     /// Reads the key. A value written `aws:kms:<base64>` is opened with KMS (`region`: the
     /// storage section's, else AWS's chain) and may hold the key's text or 32 raw bytes (a KMS
@@ -171,45 +225,47 @@ impl EncryptionConfig {
     pub async fn load(
         &self,
         region: Option<&str>,
-    ) -> Result<crate::backup::crypt::SecretKey, String> {
+    ) -> Result<crate::backup::crypt::SecretKey, KeyError> {
         use crate::backup::crypt::SecretKey;
         let (text, origin, place) = match (&self.key_file, &self.key_env) {
             (Some(f), None) => (
-                read_small(f)
-                    .map_err(|e| format!("backup.encryption.key_file {}: {e}", f.display()))?,
+                read_small(f).map_err(|source| KeyError::File {
+                    path: f.clone(),
+                    source,
+                })?,
                 f.display().to_string(),
                 format!("backup.encryption.key_file {}", f.display()),
             ),
             (None, Some(v)) => (
-                std::env::var(v)
-                    .map_err(|_| format!("backup.encryption.key_env: {v} is not set"))?,
+                std::env::var(v).map_err(|source| KeyError::Env {
+                    var: v.clone(),
+                    source,
+                })?,
                 v.clone(),
                 format!("backup.encryption.key_env {v}"),
             ),
-            _ => return Err("backup.encryption: give exactly one of key_file and key_env".into()),
+            _ => return Err(KeyError::NotExactlyOne),
         };
         if crate::secret::is_secret(&text) {
-            let plain = crate::secret::open_kms(&text, &place, region)
-                .await
-                .map_err(|e| e.to_string())?;
-            return SecretKey::from_opened(&plain, &place).map_err(|e| e.to_string());
+            let plain = crate::secret::open_kms(&text, &place, region).await?;
+            return Ok(SecretKey::from_opened(&plain, &place)?);
         }
-        SecretKey::parse(&text, &origin).map_err(|e| e.to_string())
+        Ok(SecretKey::parse(&text, &origin)?)
     }
 }
 
 /// A key file's text, refusing anything larger than a key or a KMS secret could be (a
 /// misnamed device or log file).
-fn read_small(path: &std::path::Path) -> Result<String, String> {
+fn read_small(path: &std::path::Path) -> Result<String, KeyFileError> {
     use std::io::Read as _;
     const MAX: u64 = 64 * 1024;
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let f = std::fs::File::open(path).map_err(KeyFileError::Io)?;
     let mut text = String::new();
     f.take(MAX + 1)
         .read_to_string(&mut text)
-        .map_err(|e| e.to_string())?;
+        .map_err(KeyFileError::Io)?;
     if text.len() as u64 > MAX {
-        return Err(format!("larger than {} KiB: not a key", MAX / 1024));
+        return Err(KeyFileError::TooLarge(MAX / 1024));
     }
     Ok(text)
 }
@@ -437,7 +493,7 @@ pub fn check(
     }
     if let Some(w) = &b.retain.pitr_window {
         if let Err(e) = parse_window(w) {
-            return err("backup.retain.pitr_window", e);
+            return err("backup.retain.pitr_window", e.to_string());
         }
     }
     if let Some(e) = &b.encryption {
@@ -469,9 +525,9 @@ pub fn check(
 }
 
 /// A window such as `7d`, `36h`, `90m` in seconds.
-pub fn parse_window(w: &str) -> Result<u64, String> {
+pub fn parse_window(w: &str) -> Result<u64, WindowError> {
     let w = w.trim();
-    let bad = || format!("'{w}' is not a window such as 7d, 36h or 90m");
+    let bad = || WindowError::NotAWindow(w.to_string());
     let (num, unit) = w.split_at(w.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
     let n: u64 = num.parse().map_err(|_| bad())?;
     let mult = match unit {
@@ -482,7 +538,7 @@ pub fn parse_window(w: &str) -> Result<u64, String> {
     };
     let secs = n.checked_mul(mult).ok_or_else(bad)?;
     if secs == 0 || secs > 100 * 365 * 86_400 {
-        return Err(format!("'{w}' must be between 1 minute and 100 years"));
+        return Err(WindowError::OutOfRange(w.to_string()));
     }
     Ok(secs)
 }

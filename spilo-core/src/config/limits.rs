@@ -284,11 +284,36 @@ pub fn sanitize_from_dcs(config: &mut Map<String, Value>) -> Vec<String> {
     warnings
 }
 
+/// A key of a configuration written through the REST API with a value of the wrong kind or
+/// out of its range.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum StrictError {
+    /// A numeric key that is not a whole number within its range.
+    #[error("{}: must be a whole number of {} from {} to {} (got {got})", limit.key, limit.unit, limit.min, limit.max)]
+    Numeric {
+        /// The key's limit.
+        limit: &'static Limit,
+        /// The value, as shown.
+        got: String,
+    },
+    /// A boolean key that is not a boolean.
+    #[error("{key}: must be true or false (got {got})")]
+    Boolean {
+        /// The key.
+        key: &'static str,
+        /// The value, as shown.
+        got: String,
+    },
+    /// `postgresql` that is not an object.
+    #[error("postgresql: must be an object (got {0})")]
+    PostgresqlNotAnObject(String),
+}
+
 /// Checks a configuration written through the REST API (or the local YAML): every numeric key
 /// present must be a whole number within its range, every boolean key a boolean. The error
 /// names the key, the range and the value: `ttl: must be a whole number of seconds from 5 to
 /// 86400 (got 4000000000000)`.
-pub fn check_strict(config: &Map<String, Value>) -> Result<(), String> {
+pub fn check_strict(config: &Map<String, Value>) -> Result<(), StrictError> {
     for limit in NUMERIC {
         let Some(v) = config.get(limit.key) else {
             continue;
@@ -301,26 +326,22 @@ pub fn check_strict(config: &Map<String, Value>) -> Result<(), String> {
             .map(|n| (limit.min..=limit.max).contains(&n))
             .unwrap_or(false);
         if !ok {
-            return Err(format!(
-                "{}: must be a whole number of {} from {} to {} (got {})",
-                limit.key,
-                limit.unit,
-                limit.min,
-                limit.max,
-                shown(v)
-            ));
+            return Err(StrictError::Numeric {
+                limit,
+                got: shown(v),
+            });
         }
     }
     for key in BOOLEAN {
         if let Some(v) = config.get(*key) {
             if !v.is_boolean() && !v.is_null() {
-                return Err(format!("{key}: must be true or false (got {})", shown(v)));
+                return Err(StrictError::Boolean { key, got: shown(v) });
             }
         }
     }
     if let Some(pg) = config.get("postgresql") {
         if !pg.is_object() && !pg.is_null() {
-            return Err(format!("postgresql: must be an object (got {})", shown(pg)));
+            return Err(StrictError::PostgresqlNotAnObject(shown(pg)));
         }
     }
     Ok(())
@@ -415,7 +436,11 @@ mod tests {
 
     #[test]
     fn the_strict_check_names_the_key_and_the_range() {
-        let err = |v: Value| check_strict(v.as_object().unwrap()).unwrap_err();
+        let err = |v: Value| {
+            check_strict(v.as_object().unwrap())
+                .unwrap_err()
+                .to_string()
+        };
         assert_eq!(
             err(json!({"ttl": 4_000_000_000_000u64})),
             "ttl: must be a whole number of seconds from 5 to 86400 (got 4000000000000)"

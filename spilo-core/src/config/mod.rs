@@ -28,6 +28,6 @@ pub use load::{
 pub use model::*;
 pub use validate::{
     adjust_timeouts, effective_dynamic, is_dcs_only_parameter, split_host_port, validate,
-    validate_dynamic, DCS_ONLY_PARAMETERS, DEFAULT_PG_PORT, LOOP_WAIT_MIN, PLACEHOLDER_NAME,
-    RETRY_TIMEOUT_MIN, TTL_MIN,
+    validate_dynamic, AddressError, DynamicError, DynamicProblem, DCS_ONLY_PARAMETERS,
+    DEFAULT_PG_PORT, LOOP_WAIT_MIN, PLACEHOLDER_NAME, RETRY_TIMEOUT_MIN, TTL_MIN,
 };

@@ -45,6 +45,77 @@ pub struct StandbyCluster {
     pub storage: Option<StorageConfig>,
 }
 
+/// Why a `standby_cluster` section is refused; the message names the key.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StandbyError {
+    /// The section is not a mapping.
+    #[error("standby_cluster: {0} is not a mapping")]
+    NotAMapping(Value),
+    /// A key is unknown or has the wrong type.
+    #[error("standby_cluster: {0}")]
+    Malformed(#[source] std::sync::Arc<serde_json::Error>),
+    /// `host` is not a host name.
+    #[error("standby_cluster.host: '{0}' is not a host name")]
+    BadHost(String),
+    /// `port: 0`.
+    #[error("standby_cluster.port: 0 is not a port")]
+    PortZero,
+    /// `primary_slot_name` is not a replication slot name.
+    #[error(
+        "standby_cluster.primary_slot_name: '{0}' is not a slot name (lower-case letters, digits and _, at most 63)"
+    )]
+    BadSlotName(String),
+    /// A command (`restore_command`, `archive_cleanup_command`) that is not one line.
+    #[error("standby_cluster.{0}: must be one non-empty line")]
+    NotOneLine(&'static str),
+    /// `recovery_min_apply_delay` is not a duration.
+    #[error("standby_cluster.recovery_min_apply_delay: {0} is not a duration ('5min', 300000)")]
+    BadDelay(Value),
+    /// `scope` is not a scope.
+    #[error("standby_cluster.scope: '{0}' is not a scope")]
+    BadScope(String),
+    /// A `storage` with neither `scope` nor a prefix.
+    #[error(
+        "standby_cluster.storage: needs standby_cluster.scope (the source cluster whose archive it holds) or a storage.prefix"
+    )]
+    StorageWithoutScope,
+    /// A bad key of `storage`.
+    #[error("standby_cluster.{key}: {message}")]
+    Storage {
+        /// The key under `standby_cluster` (`storage.bucket`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Nothing to follow.
+    #[error(
+        "standby_cluster: names no source (host to stream from, scope of an archive, or restore_command)"
+    )]
+    NoSource,
+    /// An archive in this cluster's own store, and there is none.
+    #[error(
+        "standby_cluster.scope: names an archive in this cluster's own store, and there is no storage: section"
+    )]
+    NoOwnStore,
+    /// The source archive is this cluster's own prefix.
+    #[error(
+        "standby_cluster.scope: the source '{scope}' resolves to this cluster's own prefix {prefix}: once promoted, this cluster would archive into its source"
+    )]
+    OwnPrefix {
+        /// The source's scope.
+        scope: String,
+        /// The prefix both resolve to.
+        prefix: String,
+    },
+}
+
+/// Equal when they say the same (the daemon logs a changed section's error once).
+impl PartialEq for StandbyError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
 /// Where a standby cluster reads the source's archive from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ArchiveSource {
@@ -59,7 +130,7 @@ impl StandbyCluster {
     /// an error naming the key when it is malformed.
     pub fn from_dynamic(
         extra: &std::collections::BTreeMap<String, Value>,
-    ) -> Result<Option<StandbyCluster>, String> {
+    ) -> Result<Option<StandbyCluster>, StandbyError> {
         match extra.get("standby_cluster") {
             None | Some(Value::Null) => Ok(None),
             Some(v) => Self::parse(v).map(Some),
@@ -67,25 +138,25 @@ impl StandbyCluster {
     }
 
     /// Parses and checks one section.
-    pub fn parse(v: &Value) -> Result<StandbyCluster, String> {
+    pub fn parse(v: &Value) -> Result<StandbyCluster, StandbyError> {
         if !v.is_object() {
-            return Err(format!("standby_cluster: {v} is not a mapping"));
+            return Err(StandbyError::NotAMapping(v.clone()));
         }
-        let s: StandbyCluster =
-            serde_json::from_value(v.clone()).map_err(|e| format!("standby_cluster: {e}"))?;
+        let s: StandbyCluster = serde_json::from_value(v.clone())
+            .map_err(|e| StandbyError::Malformed(std::sync::Arc::new(e)))?;
         s.check()?;
         Ok(s)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), StandbyError> {
         let text_ok = |s: &str| !s.trim().is_empty() && !s.contains(['\n', '\r', '\0']);
         if let Some(h) = &self.host {
             if !text_ok(h) || h.contains([' ', '\'']) {
-                return Err(format!("standby_cluster.host: '{h}' is not a host name"));
+                return Err(StandbyError::BadHost(h.clone()));
             }
         }
         if self.port == Some(0) {
-            return Err("standby_cluster.port: 0 is not a port".into());
+            return Err(StandbyError::PortZero);
         }
         if let Some(s) = &self.primary_slot_name {
             let ok = !s.is_empty()
@@ -93,9 +164,7 @@ impl StandbyCluster {
                 && s.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
             if !ok {
-                return Err(format!(
-                    "standby_cluster.primary_slot_name: '{s}' is not a slot name (lower-case letters, digits and _, at most 63)"
-                ));
+                return Err(StandbyError::BadSlotName(s.clone()));
             }
         }
         for (k, v) in [
@@ -104,7 +173,7 @@ impl StandbyCluster {
         ] {
             if let Some(c) = v {
                 if !text_ok(c) {
-                    return Err(format!("standby_cluster.{k}: must be one non-empty line"));
+                    return Err(StandbyError::NotOneLine(k));
                 }
             }
         }
@@ -115,14 +184,12 @@ impl StandbyCluster {
                 _ => false,
             };
             if !ok {
-                return Err(format!(
-                    "standby_cluster.recovery_min_apply_delay: {d} is not a duration ('5min', 300000)"
-                ));
+                return Err(StandbyError::BadDelay(d.clone()));
             }
         }
         if let Some(sc) = &self.scope {
             if sc.trim().is_empty() || sc.contains(['/', '\n']) {
-                return Err(format!("standby_cluster.scope: '{sc}' is not a scope"));
+                return Err(StandbyError::BadScope(sc.clone()));
             }
         }
         let prefixed = self
@@ -131,20 +198,14 @@ impl StandbyCluster {
             .and_then(|s| s.prefix.as_deref())
             .is_some_and(|p| !p.trim_matches('/').is_empty());
         if self.storage.is_some() && self.scope.is_none() && !prefixed {
-            return Err(
-                "standby_cluster.storage: needs standby_cluster.scope (the source cluster whose archive it holds) or a storage.prefix"
-                    .into(),
-            );
+            return Err(StandbyError::StorageWithoutScope);
         }
         if let Some(st) = &self.storage {
             super::backup::check(Some(st), None, &[])
-                .map_err(|(k, m)| format!("standby_cluster.{k}: {m}"))?;
+                .map_err(|(key, message)| StandbyError::Storage { key, message })?;
         }
         if self.host.is_none() && self.archive().is_none() && self.restore_command.is_none() {
-            return Err(
-                "standby_cluster: names no source (host to stream from, scope of an archive, or restore_command)"
-                    .into(),
-            );
+            return Err(StandbyError::NoSource);
         }
         Ok(())
     }
@@ -183,16 +244,17 @@ impl StandbyCluster {
 
     /// Refuses a source archive that is this cluster's own prefix: once promoted, this
     /// cluster archives there, into its source (spilo#1122).
-    pub fn check_place(&self, own: Option<&StorageConfig>, own_scope: &str) -> Result<(), String> {
+    pub fn check_place(
+        &self,
+        own: Option<&StorageConfig>,
+        own_scope: &str,
+    ) -> Result<(), StandbyError> {
         let Some(a) = self.archive() else {
             return Ok(());
         };
         let Some(own) = own else {
             if a.storage.is_none() {
-                return Err(
-                    "standby_cluster.scope: names an archive in this cluster's own store, and there is no storage: section"
-                        .into(),
-                );
+                return Err(StandbyError::NoOwnStore);
             }
             return Ok(());
         };
@@ -200,11 +262,10 @@ impl StandbyCluster {
         if super::backup::same_place(source, own)
             && source.base_prefix(&a.scope, 0) == own.base_prefix(own_scope, 0)
         {
-            return Err(format!(
-                "standby_cluster.scope: the source '{}' resolves to this cluster's own prefix {}: once promoted, this cluster would archive into its source",
-                a.scope,
-                own.base_prefix(own_scope, 0)
-            ));
+            return Err(StandbyError::OwnPrefix {
+                scope: a.scope.clone(),
+                prefix: own.base_prefix(own_scope, 0),
+            });
         }
         Ok(())
     }
@@ -273,7 +334,9 @@ mod tests {
                 "standby_cluster.storage.path",
             ),
         ] {
-            let e = StandbyCluster::parse(&v).expect_err(&v.to_string());
+            let e = StandbyCluster::parse(&v)
+                .expect_err(&v.to_string())
+                .to_string();
             assert!(e.contains(key), "{v}: {e}");
         }
     }
@@ -282,7 +345,10 @@ mod tests {
     fn the_source_archive_may_not_be_this_clusters_own_prefix() {
         let own = fs("/backups");
         let same = StandbyCluster::parse(&json!({"scope": "b"})).expect("valid");
-        let e = same.check_place(Some(&own), "b").expect_err("own prefix");
+        let e = same
+            .check_place(Some(&own), "b")
+            .expect_err("own prefix")
+            .to_string();
         assert!(e.contains("would archive into its source"), "{e}");
         let other = StandbyCluster::parse(&json!({"scope": "a"})).expect("valid");
         assert!(other.check_place(Some(&own), "b").is_ok());
@@ -291,7 +357,10 @@ mod tests {
         )
         .expect("valid");
         assert!(elsewhere.check_place(Some(&own), "b").is_ok());
-        let e = other.check_place(None, "b").expect_err("no own store");
+        let e = other
+            .check_place(None, "b")
+            .expect_err("no own store")
+            .to_string();
         assert!(e.contains("no storage: section"), "{e}");
     }
 }

@@ -39,22 +39,110 @@ pub fn is_dcs_only_parameter(name: &str) -> bool {
         .any(|p| p.eq_ignore_ascii_case(name))
 }
 
+/// Why an address (`host:port`) or an etcd endpoint is not acceptable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// No `:port`, or a port that is not a number.
+    #[error("invalid address '{0}' (expected host:port)")]
+    NotHostPort(String),
+    /// A port of 0 or above 65535.
+    #[error("invalid address '{0}' (port must be between 1 and 65535)")]
+    PortOutOfRange(String),
+    /// Nothing before the port.
+    #[error("invalid address '{0}' (the host is empty; use * or 0.0.0.0 for all interfaces)")]
+    EmptyHost(String),
+    /// A host list where one host is expected.
+    #[error("invalid address '{0}' (only one host may be given)")]
+    SeveralHosts(String),
+    /// A host that is neither a host name nor an IP address.
+    #[error("invalid address '{addr}' (bad host '{host}')")]
+    BadHost {
+        /// The address.
+        addr: String,
+        /// Its bad host.
+        host: String,
+    },
+    /// A connect address that other members cannot use (`*`, a list, nothing).
+    #[error("invalid address '{0}' (expected one host other members can reach)")]
+    NotOneHost(String),
+    /// An etcd endpoint written as a URL.
+    #[error(
+        "invalid endpoint '{0}' (expected host:port without a scheme; set etcd3.protocol instead)"
+    )]
+    EndpointScheme(String),
+    /// An etcd endpoint whose host is bad.
+    #[error("invalid endpoint '{endpoint}' (bad host '{host}')")]
+    EndpointHost {
+        /// The endpoint.
+        endpoint: String,
+        /// Its bad host.
+        host: String,
+    },
+}
+
+/// Why a scope or member name is not acceptable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum IdentError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("'{0}' must not contain '/'")]
+    Slash(String),
+}
+
+/// A dynamic configuration value out of bounds, naming the key
+/// (`ttl: must be at least 5 seconds (got 4)`).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct DynamicError {
+    /// The key (`ttl`, `standby_cluster`).
+    pub key: &'static str,
+    /// What is wrong with it.
+    #[source]
+    pub problem: DynamicProblem,
+}
+
+/// What is wrong with one key of a dynamic configuration.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DynamicProblem {
+    /// Below the limit's minimum.
+    #[error("must be at least {min} {unit} (got {got})")]
+    TooSmall {
+        /// The minimum.
+        min: u64,
+        /// Its unit (singular for a minimum of one second).
+        unit: &'static str,
+        /// The value.
+        got: u64,
+    },
+    /// Above the limit's maximum.
+    #[error("must be at most {max} {unit} (got {got})")]
+    TooLarge {
+        /// The maximum.
+        max: u64,
+        /// Its unit.
+        unit: &'static str,
+        /// The value.
+        got: u64,
+    },
+    /// A malformed `standby_cluster` section.
+    #[error("{0}")]
+    StandbyCluster(#[source] super::standby::StandbyError),
+}
+
 /// Splits `host:port` at the last colon and checks the port (1–65535).
 ///
 /// The host part is returned as written (it may be empty, `*`, a comma list or a bracketed
 /// IPv6 address); callers check it according to their needs.
-pub fn split_host_port(addr: &str) -> Result<(&str, u16), String> {
+pub fn split_host_port(addr: &str) -> Result<(&str, u16), AddressError> {
     let addr = addr.trim();
-    let bad = || format!("invalid address '{addr}' (expected host:port)");
+    let bad = || AddressError::NotHostPort(addr.to_string());
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok((host, p)),
-        _ => Err(format!(
-            "invalid address '{addr}' (port must be between 1 and 65535)"
-        )),
+        _ => Err(AddressError::PortOutOfRange(addr.to_string())),
     }
 }
 
@@ -83,23 +171,22 @@ fn is_unspecified(h: &str) -> bool {
 
 /// A listen address: `host:port` where host may be `*`, `0.0.0.0`, or (when `multi`) a comma
 /// list of hosts.
-fn check_listen(addr: &str, multi: bool) -> Result<(), String> {
+fn check_listen(addr: &str, multi: bool) -> Result<(), AddressError> {
     let (host, _) = split_host_port(addr)?;
     let addr = addr.trim();
     if host.trim().is_empty() {
-        return Err(format!(
-            "invalid address '{addr}' (the host is empty; use * or 0.0.0.0 for all interfaces)"
-        ));
+        return Err(AddressError::EmptyHost(addr.to_string()));
     }
     let hosts: Vec<&str> = host.split(',').map(str::trim).collect();
     if !multi && hosts.len() > 1 {
-        return Err(format!(
-            "invalid address '{addr}' (only one host may be given)"
-        ));
+        return Err(AddressError::SeveralHosts(addr.to_string()));
     }
     for h in hosts {
         if h != "*" && !valid_host(h) {
-            return Err(format!("invalid address '{addr}' (bad host '{h}')"));
+            return Err(AddressError::BadHost {
+                addr: addr.to_string(),
+                host: h.to_string(),
+            });
         }
     }
     Ok(())
@@ -107,16 +194,17 @@ fn check_listen(addr: &str, multi: bool) -> Result<(), String> {
 
 /// A connect address: `host:port` with one host other members can reach. Returns a warning
 /// when the host is an unspecified address.
-fn check_connect(addr: &str) -> Result<Option<String>, String> {
+fn check_connect(addr: &str) -> Result<Option<String>, AddressError> {
     let (host, _) = split_host_port(addr)?;
     let addr = addr.trim();
     if host.is_empty() || host == "*" || host.contains(',') {
-        return Err(format!(
-            "invalid address '{addr}' (expected one host other members can reach)"
-        ));
+        return Err(AddressError::NotOneHost(addr.to_string()));
     }
     if !valid_host(host) {
-        return Err(format!("invalid address '{addr}' (bad host '{host}')"));
+        return Err(AddressError::BadHost {
+            addr: addr.to_string(),
+            host: host.to_string(),
+        });
     }
     if is_unspecified(host) {
         return Ok(Some(format!(
@@ -127,25 +215,26 @@ fn check_connect(addr: &str) -> Result<Option<String>, String> {
 }
 
 /// An etcd endpoint: `host:port`, no scheme.
-fn check_endpoint(ep: &str) -> Result<(), String> {
+fn check_endpoint(ep: &str) -> Result<(), AddressError> {
     if ep.contains("://") {
-        return Err(format!(
-            "invalid endpoint '{ep}' (expected host:port without a scheme; set etcd3.protocol instead)"
-        ));
+        return Err(AddressError::EndpointScheme(ep.to_string()));
     }
     let (host, _) = split_host_port(ep)?;
     if host == "*" || host.contains(',') || !valid_host(host) {
-        return Err(format!("invalid endpoint '{ep}' (bad host '{host}')"));
+        return Err(AddressError::EndpointHost {
+            endpoint: ep.to_string(),
+            host: host.to_string(),
+        });
     }
     Ok(())
 }
 
-fn check_ident(value: &str) -> Result<(), String> {
+fn check_ident(value: &str) -> Result<(), IdentError> {
     if value.trim().is_empty() {
-        return Err("must not be empty".to_string());
+        return Err(IdentError::Empty);
     }
     if value.contains('/') {
-        return Err(format!("'{value}' must not contain '/'"));
+        return Err(IdentError::Slash(value.to_string()));
     }
     Ok(())
 }
@@ -172,7 +261,7 @@ fn check_etcd3(etcd: &Etcd3, origin: &str, warnings: &mut Vec<String>) -> Result
     }
     if let Some(hosts) = &etcd.hosts {
         for h in hosts.hosts() {
-            check_endpoint(&h).map_err(|m| err("etcd3.hosts", m))?;
+            check_endpoint(&h).map_err(|m| err("etcd3.hosts", m.to_string()))?;
         }
     }
     if let Some(h) = etcd
@@ -181,7 +270,7 @@ fn check_etcd3(etcd: &Etcd3, origin: &str, warnings: &mut Vec<String>) -> Result
         .map(str::trim)
         .filter(|h| !h.is_empty())
     {
-        check_endpoint(h).map_err(|m| err("etcd3.host", m))?;
+        check_endpoint(h).map_err(|m| err("etcd3.host", m.to_string()))?;
     }
     if etcd.endpoints().is_empty() {
         return Err(err(
@@ -232,7 +321,7 @@ fn check_zookeeper(
         return Err(err("zookeeper.hosts", "no ZooKeeper endpoint".to_string()));
     }
     for h in &hosts {
-        check_endpoint(h).map_err(|m| err("zookeeper.hosts", m))?;
+        check_endpoint(h).map_err(|m| err("zookeeper.hosts", m.to_string()))?;
     }
     match (&zk.cert, &zk.key) {
         (Some(_), None) => {
@@ -291,8 +380,8 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
     let mut warnings = Vec::new();
     let err = |key: &str, msg: String| ConfigError::invalid(origin, key, msg);
 
-    check_ident(&cfg.scope).map_err(|m| err("scope", m))?;
-    check_ident(&cfg.name).map_err(|m| err("name", m))?;
+    check_ident(&cfg.scope).map_err(|m| err("scope", m.to_string()))?;
+    check_ident(&cfg.name).map_err(|m| err("name", m.to_string()))?;
     if cfg.name == PLACEHOLDER_NAME {
         return Err(err(
             "name",
@@ -303,9 +392,9 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
         return Err(err("namespace", "must not be empty".to_string()));
     }
 
-    check_listen(&cfg.restapi.listen, false).map_err(|m| err("restapi.listen", m))?;
+    check_listen(&cfg.restapi.listen, false).map_err(|m| err("restapi.listen", m.to_string()))?;
     if let Some(w) = check_connect(&cfg.restapi.connect_address)
-        .map_err(|m| err("restapi.connect_address", m))?
+        .map_err(|m| err("restapi.connect_address", m.to_string()))?
     {
         warnings.push(format!("{origin}: restapi.connect_address: {w}"));
     }
@@ -324,9 +413,9 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
     }
 
     let pg = &cfg.postgresql;
-    check_listen(&pg.listen, true).map_err(|m| err("postgresql.listen", m))?;
-    if let Some(w) =
-        check_connect(&pg.connect_address).map_err(|m| err("postgresql.connect_address", m))?
+    check_listen(&pg.listen, true).map_err(|m| err("postgresql.listen", m.to_string()))?;
+    if let Some(w) = check_connect(&pg.connect_address)
+        .map_err(|m| err("postgresql.connect_address", m.to_string()))?
     {
         warnings.push(format!("{origin}: postgresql.connect_address: {w}"));
     }
@@ -459,10 +548,11 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
              initdb; it knows initdb and clone)"
         )),
     }
-    check_dynamic(&cfg.bootstrap.dcs).map_err(|(k, m)| err(&format!("bootstrap.dcs.{k}"), m))?;
+    check_dynamic(&cfg.bootstrap.dcs)
+        .map_err(|e| err(&format!("bootstrap.dcs.{}", e.key), e.problem.to_string()))?;
     if let Ok(Some(sc)) = super::standby::StandbyCluster::from_dynamic(&cfg.bootstrap.dcs.extra) {
         sc.check_place(cfg.storage.as_ref(), &cfg.scope)
-            .map_err(|m| err("bootstrap.dcs.standby_cluster", m))?;
+            .map_err(|m| err("bootstrap.dcs.standby_cluster", m.to_string()))?;
         if cfg.bootstrap.clone_source().is_some() {
             return Err(err(
                 "bootstrap.dcs.standby_cluster",
@@ -477,33 +567,42 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
     Ok(warnings)
 }
 
-fn check_dynamic(d: &DynamicConfig) -> Result<(), (&'static str, String)> {
-    let in_range = |limit: &Limit, v: u64| -> Result<(), (&'static str, String)> {
+fn check_dynamic(d: &DynamicConfig) -> Result<(), DynamicError> {
+    let in_range = |limit: &Limit, v: u64| -> Result<(), DynamicError> {
         let unit = if limit.min == 1 && limit.unit == "seconds" {
             "second"
         } else {
             limit.unit
         };
-        if v < limit.min {
-            return Err((
-                limit.key,
-                format!("must be at least {} {unit} (got {v})", limit.min),
-            ));
-        }
-        if v > limit.max {
-            return Err((
-                limit.key,
-                format!("must be at most {} {} (got {v})", limit.max, limit.unit),
-            ));
-        }
-        Ok(())
+        let problem = if v < limit.min {
+            DynamicProblem::TooSmall {
+                min: limit.min,
+                unit,
+                got: v,
+            }
+        } else if v > limit.max {
+            DynamicProblem::TooLarge {
+                max: limit.max,
+                unit: limit.unit,
+                got: v,
+            }
+        } else {
+            return Ok(());
+        };
+        Err(DynamicError {
+            key: limit.key,
+            problem,
+        })
     };
     in_range(&limits::TTL, d.ttl)?;
     in_range(&limits::LOOP_WAIT, d.loop_wait)?;
     in_range(&limits::RETRY_TIMEOUT, d.retry_timeout)?;
     in_range(&limits::PRIMARY_START_TIMEOUT, d.primary_start_timeout)?;
     in_range(&limits::MAXIMUM_LAG_ON_FAILOVER, d.maximum_lag_on_failover)?;
-    super::standby::StandbyCluster::from_dynamic(&d.extra).map_err(|m| ("standby_cluster", m))?;
+    super::standby::StandbyCluster::from_dynamic(&d.extra).map_err(|e| DynamicError {
+        key: "standby_cluster",
+        problem: DynamicProblem::StandbyCluster(e),
+    })?;
     Ok(())
 }
 
@@ -572,8 +671,8 @@ fn check_plugins(cfg: &Config) -> Result<(), (String, String)> {
 ///
 /// The relation `loop_wait + 2*retry_timeout <= ttl` is not checked here: [`adjust_timeouts`]
 /// repairs it.
-pub fn validate_dynamic(d: &DynamicConfig) -> Result<(), String> {
-    check_dynamic(d).map_err(|(k, m)| format!("{k}: {m}"))
+pub fn validate_dynamic(d: &DynamicConfig) -> Result<(), DynamicError> {
+    check_dynamic(d)
 }
 
 fn into_range(value: &mut u64, limit: &Limit, warnings: &mut Vec<String>) {
@@ -708,16 +807,18 @@ mod tests {
         assert_eq!(split_host_port("[::1]:8008"), Ok(("[::1]", 8008)));
         assert_eq!(split_host_port("a,b:1"), Ok(("a,b", 1)));
         assert_eq!(
-            split_host_port("abc").unwrap_err(),
+            split_host_port("abc").unwrap_err().to_string(),
             "invalid address 'abc' (expected host:port)"
         );
         assert!(split_host_port("h:").is_err());
         assert!(split_host_port("h:x1").is_err());
         assert!(split_host_port("h:0")
             .unwrap_err()
+            .to_string()
             .contains("between 1 and 65535"));
         assert!(split_host_port("h:65536")
             .unwrap_err()
+            .to_string()
             .contains("between 1 and 65535"));
     }
 
@@ -737,6 +838,7 @@ mod tests {
         assert!(check_connect("0.0.0.0:5432").unwrap().is_some());
         assert!(check_endpoint("http://e1:2379")
             .unwrap_err()
+            .to_string()
             .contains("without a scheme"));
     }
 
@@ -850,15 +952,17 @@ mod tests {
     #[test]
     fn validate_dynamic_bounds() {
         assert_eq!(
-            validate_dynamic(&dynamic(4, 1, 1)).unwrap_err(),
+            validate_dynamic(&dynamic(4, 1, 1)).unwrap_err().to_string(),
             "ttl: must be at least 5 seconds (got 4)"
         );
         assert!(validate_dynamic(&dynamic(5, 2, 2)).is_ok());
         assert!(validate_dynamic(&dynamic(30, 0, 10))
             .unwrap_err()
+            .to_string()
             .starts_with("loop_wait:"));
         assert!(validate_dynamic(&dynamic(30, 10, 0))
             .unwrap_err()
+            .to_string()
             .starts_with("retry_timeout:"));
         assert!(validate_dynamic(&DynamicConfig::default()).is_ok());
     }
@@ -921,6 +1025,7 @@ mod tests {
         assert_eq!((d.ttl, d.loop_wait, d.retry_timeout), (86_400, 2, 4));
         assert!(validate_dynamic(&dynamic(86_401, 2, 4))
             .unwrap_err()
+            .to_string()
             .starts_with("ttl: must be at most 86400 seconds"));
         for ttl in 0..50 {
             for lw in 0..30 {

@@ -33,7 +33,7 @@ async fn job(ctx: &Ctx) -> CtlResult<Job> {
         Some(e) => Some(
             e.load(crate::ha::daemon::kms_region(s))
                 .await
-                .map_err(CtlError)?,
+                .map_err(|e| CtlError(e.to_string()))?,
         ),
         None => None,
     };
@@ -211,7 +211,9 @@ pub async fn delete(ctx: &Ctx, name: &str, force: bool) -> CtlResult {
 pub async fn prune(ctx: &Ctx, dry_run: bool) -> CtlResult {
     let job = job(ctx).await?;
     let rules = ctx.cfg.backup_settings().unwrap_or_default().retain;
-    let plan = retain(&job, &rules, dry_run).await.map_err(CtlError)?;
+    let plan = retain(&job, &rules, dry_run)
+        .await
+        .map_err(|e| CtlError(e.to_string()))?;
     let verb = if dry_run { "would delete" } else { "deleted" };
     println!("keep: {}", plan.keep.join(" "));
     println!(

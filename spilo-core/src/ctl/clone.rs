@@ -34,7 +34,7 @@ pub async fn plan(ctx: &Ctx, format: Format) -> CtlResult {
     let (backups, _) = catalog::backups(&*storage, &base)
         .await
         .map_err(|e| CtlError(crate::error_chain(&e)))?;
-    let m = clone::choose_backup(&backups, &target).map_err(CtlError)?;
+    let m = clone::choose_backup(&backups, &target).map_err(|e| CtlError(e.to_string()))?;
     let first = segment_name(m.timeline, m.start());
     let wal = catalog::wal(&*storage, &base)
         .await
@@ -119,9 +119,14 @@ fn print_plan(p: &Value) {
     println!("download: at most {}", mib(&p["download_bytes_at_most"]));
 }
 
+/// The node reports that the clone failed, with its reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the clone failed: {0}")]
+pub struct CloneFailed(pub String);
+
 /// One line of progress from the node's `GET /patroni` (`archive.restore`), and whether the
 /// clone is over (`Ok(true)`: promoted; an error: it failed).
-pub fn progress_line(status: &Value) -> Result<(String, bool), String> {
+pub fn progress_line(status: &Value) -> Result<(String, bool), CloneFailed> {
     let r = &status["archive"]["restore"];
     let role = status["role"].as_str().unwrap_or("");
     let state = status["state"].as_str().unwrap_or("");
@@ -134,9 +139,11 @@ pub fn progress_line(status: &Value) -> Result<(String, bool), String> {
         format!("[{}{}]", "#".repeat(full), ".".repeat(width - full))
     };
     match phase {
-        "failed" => Err(format!(
-            "the clone failed: {}",
-            r["error"].as_str().unwrap_or("see the node's log")
+        "failed" => Err(CloneFailed(
+            r["error"]
+                .as_str()
+                .unwrap_or("see the node's log")
+                .to_string(),
         )),
         "downloading" => Ok((
             format!(
@@ -193,7 +200,7 @@ pub async fn follow(ctx: &Ctx) -> CtlResult {
         match answer.ok().and_then(|r| r.json()) {
             Some(status) => {
                 unanswered_since = None;
-                let (line, over) = progress_line(&status).map_err(CtlError)?;
+                let (line, over) = progress_line(&status).map_err(|e| CtlError(e.to_string()))?;
                 if tty {
                     eprint!("\r{line:<110}");
                     let _ = std::io::stderr().flush();
@@ -244,7 +251,9 @@ mod tests {
         assert!(l.contains("4 WAL files") && !over, "{l}");
         let (_, over) = progress_line(&s("done", "primary")).expect("line");
         assert!(over);
-        let e = progress_line(&s("failed", "uninitialized")).unwrap_err();
+        let e = progress_line(&s("failed", "uninitialized"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("a hole"), "{e}");
         let (l, over) = progress_line(&json!({"state": "starting"})).expect("line");
         assert!(l.contains("waiting") && !over, "{l}");

@@ -176,35 +176,74 @@ pub fn default_config_path() -> PathBuf {
     PathBuf::from(home).join(".config/patroni/patronictl.yaml")
 }
 
+/// Why spiloctl's configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlConfigError {
+    /// A node configuration (or a file that is not a client-only one) with a mistake.
+    #[error("{0}")]
+    Node(#[source] crate::config::ConfigError),
+    /// A client-only file with a mistake.
+    #[error("{}: {source}", path.display())]
+    Client {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: ClientConfigError,
+    },
+}
+
+/// What is wrong with a client-only configuration document.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientConfigError {
+    /// No `scope`.
+    #[error("scope: missing required key")]
+    NoScope,
+    /// No `etcd3` section.
+    #[error("etcd3: missing required section (the DCS to read)")]
+    NoEtcd3,
+    /// A section that does not convert (or the result is not a configuration).
+    #[error("{0}")]
+    Convert(#[source] serde_json::Error),
+}
+
 /// The configuration for spiloctl: a node's full configuration file, or a client-only file
 /// as patronictl takes (`scope`, `namespace`, `etcd3`, `ctl`, optionally `restapi`), which
 /// gets placeholders for the node-only sections.
-pub fn load_config(path: &Path) -> Result<Config, String> {
+pub fn load_config(path: &Path) -> Result<Config, CtlConfigError> {
     let full = match crate::config::load_file(path) {
         Ok(l) => return Ok(l.config),
-        Err(e) => e.to_string(),
+        Err(e) => e,
     };
-    let text = std::fs::read_to_string(path).map_err(|_| full.clone())?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|_| full.clone())?;
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Err(CtlConfigError::Node(full));
+    };
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(&text) else {
+        return Err(CtlConfigError::Node(full));
+    };
     if doc.get("postgresql").is_some() || !doc.is_mapping() {
         // A node configuration with a mistake: its own error says what.
-        return Err(full);
+        return Err(CtlConfigError::Node(full));
     }
-    client_config(&doc).map_err(|e| format!("{}: {e}", path.display()))
+    client_config(&doc).map_err(|source| CtlConfigError::Client {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A [`Config`] from a client-only document (see [`load_config`]).
-pub fn client_config(doc: &serde_yaml::Value) -> Result<Config, String> {
+pub fn client_config(doc: &serde_yaml::Value) -> Result<Config, ClientConfigError> {
     let scope = doc
         .get("scope")
         .and_then(serde_yaml::Value::as_str)
         .filter(|s| !s.trim().is_empty())
-        .ok_or("scope: missing required key")?;
+        .ok_or(ClientConfigError::NoScope)?;
     let etcd3 = doc
         .get("etcd3")
         .filter(|v| v.is_mapping())
-        .ok_or("etcd3: missing required section (the DCS to read)")?;
-    let to_json = |v: &serde_yaml::Value| serde_json::to_value(v).map_err(|e| e.to_string());
+        .ok_or(ClientConfigError::NoEtcd3)?;
+    let to_json =
+        |v: &serde_yaml::Value| serde_json::to_value(v).map_err(ClientConfigError::Convert);
     let mut restapi = serde_json::json!({
         "listen": "127.0.0.1:8008",
         "connect_address": "127.0.0.1:8008",
@@ -228,7 +267,7 @@ pub fn client_config(doc: &serde_yaml::Value) -> Result<Config, String> {
     if let Some(ns) = doc.get("namespace").and_then(serde_yaml::Value::as_str) {
         cfg["namespace"] = ns.into();
     }
-    serde_json::from_value(cfg).map_err(|e| e.to_string())
+    serde_json::from_value(cfg).map_err(ClientConfigError::Convert)
 }
 
 /// Which members a command acts on.
@@ -526,9 +565,15 @@ pub(crate) mod tests {
         assert_eq!(c.namespace, crate::config::DEFAULT_NAMESPACE);
         assert_eq!(c.restapi.authentication.unwrap().username, "a");
         let no_scope: serde_yaml::Value = serde_yaml::from_str("etcd3: {host: 'h:1'}").unwrap();
-        assert!(client_config(&no_scope).unwrap_err().contains("scope"));
+        assert!(client_config(&no_scope)
+            .unwrap_err()
+            .to_string()
+            .contains("scope"));
         let no_dcs: serde_yaml::Value = serde_yaml::from_str("scope: x").unwrap();
-        assert!(client_config(&no_dcs).unwrap_err().contains("etcd3"));
+        assert!(client_config(&no_dcs)
+            .unwrap_err()
+            .to_string()
+            .contains("etcd3"));
         assert!(default_config_path().ends_with(".config/patroni/patronictl.yaml"));
     }
 

@@ -203,7 +203,7 @@ async fn start_archiver(
             Some(e) => Some(
                 e.load(kms_region(storage_cfg))
                     .await
-                    .map_err(StartError::Config)?,
+                    .map_err(|e| StartError::Config(e.to_string()))?,
             ),
             None => None,
         },

@@ -9,14 +9,52 @@
 
 use crate::config::model::{RestoreMethod, METHOD_BASEBACKUP, METHOD_RESTORE};
 
+/// Why the store (or a clone's source) could not answer, or a copy from it failed: the words
+/// logged, with the underlying failure (storage, restore, I/O) as the source when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ArchiveError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl ArchiveError {
+    /// A failure with no underlying error.
+    pub fn new(message: impl Into<String>) -> Self {
+        ArchiveError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// `context: <the cause and its causes>` (only the causes when `context` is empty), the
+    /// cause kept as the source.
+    pub fn caused(
+        context: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let chain = crate::error_chain(&source);
+        let context = context.to_string();
+        ArchiveError {
+            message: if context.is_empty() {
+                chain
+            } else {
+                format!("{context}: {chain}")
+            },
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
 /// The store a replica can be restored from (the daemon's `storage:`), as the executor reaches
 /// it: a port like [`crate::postgres::LocalPostgres`], so the executor holds no storage code.
 #[async_trait::async_trait]
 pub trait ReplicaBackups: Send + Sync + 'static {
     /// The newest complete backup, if any.
-    async fn newest(&self) -> Result<Option<BackupFacts>, String>;
+    async fn newest(&self) -> Result<Option<BackupFacts>, ArchiveError>;
     /// Restores the backup `name` into the (empty) data directory `dir`; what it did, in words.
-    async fn restore(&self, name: &str, dir: &std::path::Path) -> Result<String, String>;
+    async fn restore(&self, name: &str, dir: &std::path::Path) -> Result<String, ArchiveError>;
 }
 
 /// A point-in-time clone's source (`bootstrap.method: clone`), as the executor reaches it.
@@ -33,7 +71,7 @@ pub trait ClusterClone: Send + Sync + 'static {
             std::collections::BTreeMap<String, serde_json::Value>,
             String,
         ),
-        String,
+        ArchiveError,
     >;
     /// Points `restore_command` back at this cluster's own archive; `reached`: the recovery
     /// reached its target and promoted.
@@ -52,7 +90,7 @@ pub trait ArchiveSwitch: Send + Sync + 'static {
     async fn read_from(
         &self,
         source: Option<&crate::config::standby::ArchiveSource>,
-    ) -> Result<std::sync::Arc<dyn ReplicaBackups>, String>;
+    ) -> Result<std::sync::Arc<dyn ReplicaBackups>, ArchiveError>;
 }
 
 /// What the planner needs of a backup's manifest.
@@ -157,19 +195,102 @@ pub fn plan_replica(i: &ReplicaInput<'_>) -> (Vec<ReplicaStep>, Vec<String>) {
     (steps, skipped)
 }
 
-fn restore_step(i: &ReplicaInput<'_>) -> Result<ReplicaStep, String> {
+/// Why the newest backup does not build this replica (the method is skipped).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoRestore {
+    /// No store configured.
+    #[error("no storage: section")]
+    NoStore,
+    /// The store holds no complete backup.
+    #[error("no complete backup in the store")]
+    NoBackup,
+    /// The backup is of another cluster.
+    #[error("backup {backup} is of system {theirs}, this cluster is {ours}")]
+    OtherSystem {
+        /// The backup.
+        backup: String,
+        /// Its system identifier.
+        theirs: String,
+        /// This cluster's.
+        ours: String,
+    },
+    /// The leader's position is unknown.
+    #[error("the leader's WAL position is not known")]
+    LeaderPositionUnknown,
+    /// The backup starts past the leader's position.
+    #[error("backup {0} starts past the leader's position (another history)")]
+    PastTheLeader(String),
+    /// The leader's timeline is unknown.
+    #[error("the leader's timeline is not known")]
+    LeaderTimelineUnknown,
+    /// The backup is of a later timeline than the leader's.
+    #[error("backup {backup} is of timeline {timeline}, the leader is on {leader}")]
+    LaterTimeline {
+        /// The backup.
+        backup: String,
+        /// Its timeline.
+        timeline: u64,
+        /// The leader's.
+        leader: u64,
+    },
+    /// The backup started on a timeline after the leader's history left it.
+    #[error("backup {backup} started on timeline {timeline} after the leader's history left it")]
+    LeftTimeline {
+        /// The backup.
+        backup: String,
+        /// Its timeline.
+        timeline: u64,
+    },
+    /// The backup's timeline is not in the leader's history.
+    #[error("backup {backup} is of timeline {timeline}, which the leader's history does not show")]
+    UnknownTimeline {
+        /// The backup.
+        backup: String,
+        /// Its timeline.
+        timeline: u64,
+    },
+    /// More WAL to replay than `threshold_megabytes`.
+    #[error(
+        "backup {backup} is {mib} MiB of WAL behind the leader, more than threshold_megabytes {limit}"
+    )]
+    OverMegabytes {
+        /// The backup.
+        backup: String,
+        /// MiB of WAL behind.
+        mib: u64,
+        /// `threshold_megabytes`.
+        limit: u64,
+    },
+    /// More WAL to replay than `threshold_percentage` of the backup's size.
+    #[error(
+        "backup {backup} is {mib} MiB of WAL behind the leader, more than threshold_percentage {percentage} % of its {size_mib} MiB"
+    )]
+    OverPercentage {
+        /// The backup.
+        backup: String,
+        /// MiB of WAL behind.
+        mib: u64,
+        /// `threshold_percentage`.
+        percentage: u64,
+        /// The backup's size in MiB.
+        size_mib: u64,
+    },
+}
+
+fn restore_step(i: &ReplicaInput<'_>) -> Result<ReplicaStep, NoRestore> {
     if !i.has_store {
-        return Err("no storage: section".into());
+        return Err(NoRestore::NoStore);
     }
     let Some(b) = i.newest else {
-        return Err("no complete backup in the store".into());
+        return Err(NoRestore::NoBackup);
     };
     if let (Some(ours), Some(theirs)) = (i.system_identifier, b.system_identifier.as_deref()) {
         if ours != theirs {
-            return Err(format!(
-                "backup {} is of system {theirs}, this cluster is {ours}",
-                b.name
-            ));
+            return Err(NoRestore::OtherSystem {
+                backup: b.name.clone(),
+                theirs: theirs.to_string(),
+                ours: ours.to_string(),
+            });
         }
     }
     if i.no_leader {
@@ -182,37 +303,35 @@ fn restore_step(i: &ReplicaInput<'_>) -> Result<ReplicaStep, String> {
         });
     }
     let Some(leader) = i.leader_lsn else {
-        return Err("the leader's WAL position is not known".into());
+        return Err(NoRestore::LeaderPositionUnknown);
     };
     // The backup must lie on the leader's history: not past its position, not on a timeline
     // it left before the backup started (a diverged former primary's WAL).
     if b.start_lsn > leader {
-        return Err(format!(
-            "backup {} starts past the leader's position (another history)",
-            b.name
-        ));
+        return Err(NoRestore::PastTheLeader(b.name.clone()));
     }
     match i.leader_timeline {
-        None => return Err("the leader's timeline is not known".into()),
+        None => return Err(NoRestore::LeaderTimelineUnknown),
         Some(tl) if b.timeline > tl => {
-            return Err(format!(
-                "backup {} is of timeline {}, the leader is on {tl}",
-                b.name, b.timeline
-            ))
+            return Err(NoRestore::LaterTimeline {
+                backup: b.name.clone(),
+                timeline: b.timeline,
+                leader: tl,
+            })
         }
         Some(tl) if b.timeline < tl => match i.history.iter().find(|(t, _)| *t == b.timeline) {
             Some((_, end)) if b.start_lsn < *end => {}
             Some(_) => {
-                return Err(format!(
-                    "backup {} started on timeline {} after the leader's history left it",
-                    b.name, b.timeline
-                ))
+                return Err(NoRestore::LeftTimeline {
+                    backup: b.name.clone(),
+                    timeline: b.timeline,
+                })
             }
             None => {
-                return Err(format!(
-                    "backup {} is of timeline {}, which the leader's history does not show",
-                    b.name, b.timeline
-                ))
+                return Err(NoRestore::UnknownTimeline {
+                    backup: b.name.clone(),
+                    timeline: b.timeline,
+                })
             }
         },
         Some(_) => {}
@@ -224,19 +343,19 @@ fn restore_step(i: &ReplicaInput<'_>) -> Result<ReplicaStep, String> {
     let pct_ok =
         u128::from(behind) * 100 <= u128::from(i.limits.threshold_percentage) * u128::from(b.size);
     if behind > limit_bytes {
-        return Err(format!(
-            "backup {} is {mib} MiB of WAL behind the leader, more than threshold_megabytes {}",
-            b.name, i.limits.threshold_megabytes
-        ));
+        return Err(NoRestore::OverMegabytes {
+            backup: b.name.clone(),
+            mib,
+            limit: i.limits.threshold_megabytes,
+        });
     }
     if !pct_ok {
-        return Err(format!(
-            "backup {} is {mib} MiB of WAL behind the leader, more than threshold_percentage {} % \
-             of its {} MiB",
-            b.name,
-            i.limits.threshold_percentage,
-            b.size / (1 << 20)
-        ));
+        return Err(NoRestore::OverPercentage {
+            backup: b.name.clone(),
+            mib,
+            percentage: i.limits.threshold_percentage,
+            size_mib: b.size / (1 << 20),
+        });
     }
     Ok(ReplicaStep::Restore {
         backup: b.name.clone(),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub use settings::{HookLimits, HookSettings};
+pub use settings::{HookLimits, HookSettings, SettingError};
 
 /// The events a script can register for with `spilo.on(event, handler)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,7 +107,7 @@ impl std::fmt::Display for Event {
 pub enum LoadError {
     /// A `hooks:` or callback setting is wrong; the message names the key.
     #[error("{0}")]
-    Setting(String),
+    Setting(#[source] settings::SettingError),
     /// The script could not be read.
     #[error("hooks.script {}: {source}", path.display())]
     Read {

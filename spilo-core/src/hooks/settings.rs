@@ -42,16 +42,57 @@ pub struct HookSettings {
     pub callback_timeout: Duration,
 }
 
-fn seconds(key: &str, v: f64) -> Result<Duration, String> {
+/// A `hooks:` or callback setting that is not acceptable; the message names the key.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SettingError {
+    /// A timeout outside (0, 3600] seconds.
+    #[error("{key}: {value} is not between 0 and 3600 seconds")]
+    Seconds {
+        /// The key.
+        key: String,
+        /// The value.
+        value: f64,
+    },
+    /// A limit of 0.
+    #[error("{key}: must be greater than 0")]
+    Zero {
+        /// The key.
+        key: String,
+    },
+    /// An event name spilo does not know.
+    #[error(
+        "hooks.events.{0}: unknown event (known: {known})",
+        known = Event::ALL.map(Event::name).join(", ")
+    )]
+    UnknownEvent(String),
+    /// `on_error` on a hook that decides nothing.
+    #[error(
+        "{0}: only decision hooks (before_promote, choose_failover_candidate) have an on_error policy"
+    )]
+    OnErrorNotDecision(String),
+    /// A callback without a command.
+    #[error("postgresql.callbacks.{0}: empty command")]
+    EmptyCallback(String),
+    /// `pre_promote` without a command.
+    #[error("postgresql.pre_promote: empty command")]
+    EmptyPrePromote,
+}
+
+fn seconds(key: &str, v: f64) -> Result<Duration, SettingError> {
     if !(v > 0.0 && v <= 3600.0) {
-        return Err(format!("{key}: {v} is not between 0 and 3600 seconds"));
+        return Err(SettingError::Seconds {
+            key: key.to_string(),
+            value: v,
+        });
     }
     Ok(Duration::from_secs_f64(v))
 }
 
-fn positive(key: &str, v: u64) -> Result<u64, String> {
+fn positive(key: &str, v: u64) -> Result<u64, SettingError> {
     if v == 0 {
-        return Err(format!("{key}: must be greater than 0"));
+        return Err(SettingError::Zero {
+            key: key.to_string(),
+        });
     }
     Ok(v)
 }
@@ -62,7 +103,7 @@ impl HookSettings {
         Self::parse(cfg).map_err(crate::hooks::LoadError::Setting)
     }
 
-    fn parse(cfg: &Config) -> Result<HookSettings, String> {
+    fn parse(cfg: &Config) -> Result<HookSettings, SettingError> {
         let h = cfg.hooks.clone().unwrap_or_default();
         let defaults = HookLimits {
             timeout: match h.timeout {
@@ -81,12 +122,8 @@ impl HookSettings {
         let mut per_event = BTreeMap::new();
         let mut on_error = BTreeMap::new();
         for (name, e) in &h.events {
-            let event = Event::from_name(name).ok_or_else(|| {
-                format!(
-                    "hooks.events.{name}: unknown event (known: {})",
-                    Event::ALL.map(Event::name).join(", ")
-                )
-            })?;
+            let event =
+                Event::from_name(name).ok_or_else(|| SettingError::UnknownEvent(name.clone()))?;
             let key = |k: &str| format!("hooks.events.{name}.{k}");
             let limits = HookLimits {
                 timeout: match e.timeout {
@@ -105,11 +142,7 @@ impl HookSettings {
             per_event.insert(event, limits);
             if let Some(policy) = e.on_error {
                 if !event.is_decision() {
-                    return Err(format!(
-                        "{}: only decision hooks (before_promote, choose_failover_candidate) \
-                         have an on_error policy",
-                        key("on_error")
-                    ));
+                    return Err(SettingError::OnErrorNotDecision(key("on_error")));
                 }
                 on_error.insert(event, policy);
             }
@@ -117,12 +150,12 @@ impl HookSettings {
         // Unknown callback names were warned about by the schema check; they never fire.
         for (name, command) in &cfg.postgresql.callbacks {
             if command.split_whitespace().next().is_none() {
-                return Err(format!("postgresql.callbacks.{name}: empty command"));
+                return Err(SettingError::EmptyCallback(name.clone()));
             }
         }
         if let Some(p) = &cfg.postgresql.pre_promote {
             if p.split_whitespace().next().is_none() {
-                return Err("postgresql.pre_promote: empty command".into());
+                return Err(SettingError::EmptyPrePromote);
             }
         }
         Ok(HookSettings {

@@ -296,9 +296,20 @@ pub fn split_host_port(s: &str) -> Option<(String, u16)> {
     Some((h.to_string(), p.parse().ok()?))
 }
 
+/// A `bootstrap.initdb` entry spilo refuses.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InitdbOptionError {
+    /// An option spilo sets itself.
+    #[error("bootstrap.initdb: option '{0}' is set by spilo")]
+    SetBySpilo(String),
+    /// Neither a flag nor a mapping of options.
+    #[error("bootstrap.initdb: unsupported entry {0}")]
+    Unsupported(Value),
+}
+
 /// initdb arguments from `bootstrap.initdb` (`data-checksums` or `{encoding: UTF8}`);
 /// options spilo sets itself are refused.
-pub fn initdb_args(opts: &[Value]) -> Result<Vec<String>, String> {
+pub fn initdb_args(opts: &[Value]) -> Result<Vec<String>, InitdbOptionError> {
     const FORBIDDEN: &[&str] = &[
         "pgdata",
         "nosync",
@@ -314,14 +325,14 @@ pub fn initdb_args(opts: &[Value]) -> Result<Vec<String>, String> {
         match o {
             Value::String(flag) => {
                 if FORBIDDEN.contains(&flag.as_str()) {
-                    return Err(format!("bootstrap.initdb: option '{flag}' is set by spilo"));
+                    return Err(InitdbOptionError::SetBySpilo(flag.clone()));
                 }
                 args.push(format!("--{flag}"));
             }
             Value::Object(m) => {
                 for (k, v) in m {
                     if FORBIDDEN.contains(&k.as_str()) {
-                        return Err(format!("bootstrap.initdb: option '{k}' is set by spilo"));
+                        return Err(InitdbOptionError::SetBySpilo(k.clone()));
                     }
                     let v = match v {
                         Value::String(s) => s.clone(),
@@ -330,7 +341,7 @@ pub fn initdb_args(opts: &[Value]) -> Result<Vec<String>, String> {
                     args.push(format!("--{k}={v}"));
                 }
             }
-            other => return Err(format!("bootstrap.initdb: unsupported entry {other}")),
+            other => return Err(InitdbOptionError::Unsupported(other.clone())),
         }
     }
     Ok(args)
@@ -493,7 +504,10 @@ mod tests {
             vec!["--data-checksums", "--encoding=UTF8"]
         );
         let bad: Vec<Value> = serde_json::from_str(r#"["pwfile"]"#).unwrap();
-        assert!(initdb_args(&bad).unwrap_err().contains("pwfile"));
+        assert!(initdb_args(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("pwfile"));
     }
 
     #[test]

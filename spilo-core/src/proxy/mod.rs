@@ -55,11 +55,45 @@ impl Drop for Proxy {
     }
 }
 
-async fn bind(key: &str, addr: &str) -> Result<TcpListener, String> {
-    let a = listen_addr(addr).ok_or_else(|| format!("{key}: '{addr}' is not ip:port"))?;
+/// Why a proxy did not start; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No `listen_rw`.
+    #[error("listen_rw: required for type proxy")]
+    NoListenRw,
+    /// A listen address that is not `ip:port`.
+    #[error("{key}: '{addr}' is not ip:port")]
+    BadAddress {
+        /// The key.
+        key: &'static str,
+        /// Its value.
+        addr: String,
+    },
+    /// A port that cannot be bound.
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The key.
+        key: &'static str,
+        /// Its value.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    let a = listen_addr(addr).ok_or_else(|| StartError::BadAddress {
+        key,
+        addr: addr.to_string(),
+    })?;
     TcpListener::bind(a)
         .await
-        .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))
+        .map_err(|source| StartError::Bind {
+            key,
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Where a proxy gets its DCS client: a future that yields it once connected (the ports are
@@ -100,11 +134,8 @@ impl Proxy {
         cfg: &LoadBalancerConfig,
         label: &str,
         default_max_lag: u64,
-    ) -> Result<Proxy, String> {
-        let rw_addr = cfg
-            .listen_rw
-            .as_deref()
-            .ok_or("listen_rw: required for type proxy")?;
+    ) -> Result<Proxy, StartError> {
+        let rw_addr = cfg.listen_rw.as_deref().ok_or(StartError::NoListenRw)?;
         let rw = bind("listen_rw", rw_addr).await?;
         let ro = match &cfg.listen_ro {
             Some(a) => Some(bind("listen_ro", a).await?),

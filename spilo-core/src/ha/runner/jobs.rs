@@ -161,7 +161,7 @@ impl Node {
         let args = match crate::postgres::conf::initdb_args(&self.cfg.bootstrap.initdb) {
             Ok(a) => a,
             Err(e) => {
-                self.bootstrap_failed = Some(e);
+                self.bootstrap_failed = Some(e.to_string());
                 self.wake.notify_one();
                 return;
             }
@@ -558,7 +558,10 @@ async fn clone_cluster(
     params: &std::collections::BTreeMap<String, serde_json::Value>,
     hba: &[String],
 ) -> Result<(), PgError> {
-    let (recovery, said) = cl.restore(pg.data_dir()).await.map_err(clone_failed)?;
+    let (recovery, said) = cl
+        .restore(pg.data_dir())
+        .await
+        .map_err(|e| clone_failed(e.to_string()))?;
     tracing::info!("{said}");
     let recovered = recover_clone(pg, cl, recovery, params, hba).await;
     cl.done(recovered.is_ok());

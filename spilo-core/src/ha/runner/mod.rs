@@ -57,6 +57,11 @@ struct JobDone {
     built: Option<String>,
 }
 
+/// A member to stream from whose connection address is not known (no or a bad `conn_url`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the connection address of {0} is unknown")]
+pub struct UnknownAddress(pub String);
+
 /// The loop's state between cycles.
 pub struct Node {
     cfg: Config,
@@ -119,7 +124,9 @@ pub struct Node {
     cloner: Option<Arc<dyn crate::ha::replica::ClusterClone>>,
     /// The dynamic configuration's `standby_cluster` (an error: the section is malformed, and
     /// the cluster stays a standby cluster following nobody until it is mended).
-    standby: Option<Result<crate::config::standby::StandbyCluster, String>>,
+    standby: Option<
+        Result<crate::config::standby::StandbyCluster, crate::config::standby::StandbyError>,
+    >,
     /// Switches where `restore_command` reads WAL from (with a `storage:` section).
     archive_switch: Option<Arc<dyn crate::ha::replica::ArchiveSwitch>>,
     /// How this node's data directory was last built by a replica copy (published in the
@@ -389,13 +396,13 @@ impl Node {
         &self,
         cluster: Option<&Cluster>,
         target: &Target,
-    ) -> Result<Option<Upstream>, String> {
+    ) -> Result<Option<Upstream>, UnknownAddress> {
         match target {
             Target::Nobody => Ok(None),
             Target::Member(name) => self
                 .upstream_for(cluster, name)
                 .map(Some)
-                .ok_or_else(|| format!("the connection address of {name} is unknown")),
+                .ok_or_else(|| UnknownAddress(name.clone())),
             Target::StandbySource => Ok(self.standby_upstream()),
         }
     }
