@@ -33,6 +33,7 @@ use elb::config::timeout::TimeoutConfig;
 use elb::config::Region;
 use elb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use serde_json::{json, Value};
+use spilo_sdk::plugin::runtime::PluginRuntime;
 use spilo_sdk::plugin::{LbPlugin, PluginError};
 use spilo_sdk::{StaleTerm, Term};
 
@@ -68,32 +69,73 @@ pub struct Settings {
     pub credentials: Option<(String, String, Option<String>)>,
 }
 
+/// Settings the plugin refuses; the message names the key.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    /// The settings are not an object.
+    #[error("elb settings: not a JSON object: {0}")]
+    NotAnObject(Value),
+    /// A key that is not a non-empty string.
+    #[error("elb settings: {key}: {value} is not a non-empty string")]
+    NotText {
+        /// The key.
+        key: &'static str,
+        /// Its value.
+        value: Value,
+    },
+    /// No `primary_elb`.
+    #[error("elb settings: primary_elb: required")]
+    NoPrimaryElb,
+    /// One of the access key's two parts (or a session token alone).
+    #[error(
+        "elb settings: access_key_id and secret_access_key: give both or neither (session_token only with them)"
+    )]
+    HalfCredentials,
+}
+
+/// Why this node's instance id could not be read from the metadata service.
+#[derive(Debug, thiserror::Error)]
+enum ImdsError {
+    #[error("imds_endpoint: '{endpoint}': {source}")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "instance_id: not set, and the instance metadata service at {endpoint} did not give one: {}",
+        DisplayErrorContext(source)
+    )]
+    NoAnswer {
+        endpoint: String,
+        #[source]
+        source: Box<aws_config::imds::client::error::ImdsError>,
+    },
+    #[error("the instance metadata service at {endpoint} answered '{id}', not an EC2 instance id")]
+    NotAnInstanceId { endpoint: String, id: String },
+}
+
 impl Settings {
     /// Reads the settings; the error names the key.
-    pub fn from_json(v: &Value) -> Result<Settings, String> {
+    pub fn from_json(v: &Value) -> Result<Settings, SettingsError> {
         let obj = v
             .as_object()
-            .ok_or_else(|| format!("elb settings: not a JSON object: {v}"))?;
-        let text = |k: &str| -> Result<Option<String>, String> {
-            match obj.get(k) {
+            .ok_or_else(|| SettingsError::NotAnObject(v.clone()))?;
+        let text = |key: &'static str| -> Result<Option<String>, SettingsError> {
+            match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
-                Some(other) => Err(format!(
-                    "elb settings: {k}: {other} is not a non-empty string"
-                )),
+                Some(other) => Err(SettingsError::NotText {
+                    key,
+                    value: other.clone(),
+                }),
             }
         };
-        let primary_elb =
-            text("primary_elb")?.ok_or("elb settings: primary_elb: required".to_string())?;
+        let primary_elb = text("primary_elb")?.ok_or(SettingsError::NoPrimaryElb)?;
         let credentials = match (text("access_key_id")?, text("secret_access_key")?) {
             (Some(k), Some(s)) => Some((k, s, text("session_token")?)),
             (None, None) if text("session_token")?.is_none() => None,
-            _ => {
-                return Err(
-                    "elb settings: access_key_id and secret_access_key: give both or neither (session_token only with them)"
-                        .into(),
-                )
-            }
+            _ => return Err(SettingsError::HalfCredentials),
         };
         Ok(Settings {
             credentials,
@@ -109,20 +151,13 @@ impl Settings {
 
 /// The plugin: an ELB client on a runtime of its own.
 pub struct ElbPlugin {
-    rt: Option<tokio::runtime::Runtime>,
+    // Dropped first: the runtime shuts down before the client goes.
+    rt: PluginRuntime,
     client: elb::Client,
     settings: Settings,
     me: String,
     /// Changes of this process one at a time.
     changing: Mutex<()>,
-}
-
-impl Drop for ElbPlugin {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_timeout(Duration::from_secs(1));
-        }
-    }
 }
 
 /// An SDK error as a plugin error that keeps what AWS said (its error code and message).
@@ -173,28 +208,13 @@ fn stale(offered: Term, highest: u64) -> PluginError {
 }
 
 impl ElbPlugin {
-    fn rt(&self) -> Result<&tokio::runtime::Runtime, PluginError> {
-        self.rt
-            .as_ref()
-            .ok_or_else(|| PluginError::refused("the plugin's runtime is gone"))
-    }
-
     /// Runs `f` on the runtime until `deadline`.
     fn call<T>(
         &self,
         deadline: Instant,
         f: impl Future<Output = Result<T, PluginError>>,
     ) -> Result<T, PluginError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self
-            .rt()?
-            .block_on(async { tokio::time::timeout(left, f).await })
-        {
-            Ok(r) => r,
-            Err(_) => Err(PluginError::timeout(format!(
-                "the call's deadline ({left:?}) passed"
-            ))),
-        }
+        self.rt.call(deadline, f)
     }
 
     /// The instances registered with `name`, sorted, without repeats.
@@ -333,10 +353,13 @@ impl ElbPlugin {
 }
 
 /// This node's instance id from the metadata service (IMDSv2: a session token first).
-async fn instance_id_from_imds(endpoint: &str) -> Result<String, String> {
+async fn instance_id_from_imds(endpoint: &str) -> Result<String, ImdsError> {
     let client = aws_config::imds::Client::builder()
         .endpoint(endpoint)
-        .map_err(|e| format!("imds_endpoint: '{endpoint}': {e}"))?
+        .map_err(|source| ImdsError::Endpoint {
+            endpoint: endpoint.to_string(),
+            source,
+        })?
         .max_attempts(2)
         .connect_timeout(Duration::from_secs(2))
         .read_timeout(Duration::from_secs(2))
@@ -344,18 +367,17 @@ async fn instance_id_from_imds(endpoint: &str) -> Result<String, String> {
     let id = client
         .get("/latest/meta-data/instance-id")
         .await
-        .map_err(|e| {
-            format!(
-                "instance_id: not set, and the instance metadata service at {endpoint} did not give one: {}",
-                DisplayErrorContext(&e)
-            )
+        .map_err(|source| ImdsError::NoAnswer {
+            endpoint: endpoint.to_string(),
+            source: Box::new(source),
         })?;
     let id = id.as_ref().trim().to_string();
     let hex = id.strip_prefix("i-").unwrap_or("");
     if !((hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_hexdigit())) {
-        return Err(format!(
-            "the instance metadata service at {endpoint} answered '{id}', not an EC2 instance id"
-        ));
+        return Err(ImdsError::NotAnInstanceId {
+            endpoint: endpoint.to_string(),
+            id,
+        });
     }
     Ok(id)
 }
@@ -365,7 +387,7 @@ async fn build(settings: &Settings) -> Result<(elb::Client, String), PluginError
         Some(id) => id.clone(),
         None => instance_id_from_imds(&settings.imds_endpoint)
             .await
-            .map_err(PluginError::invalid)?,
+            .map_err(|e| PluginError::invalid(e.to_string()))?,
     };
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
@@ -410,25 +432,19 @@ async fn build(settings: &Settings) -> Result<(elb::Client, String), PluginError
 
 impl LbPlugin for ElbPlugin {
     fn create(config: &Value) -> Result<Self, PluginError> {
-        let settings = Settings::from_json(config).map_err(PluginError::invalid)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("spilo-elb")
-            .enable_all()
-            .build()
-            .map_err(|e| PluginError::refused(format!("starting the plugin's runtime: {e}")))?;
-        let (client, me) = match rt
-            .block_on(async { tokio::time::timeout(CREATE_TIMEOUT, build(&settings)).await })
-        {
-            Ok(r) => r?,
-            Err(_) => {
+        let settings =
+            Settings::from_json(config).map_err(|e| PluginError::invalid(e.to_string()))?;
+        let rt = PluginRuntime::new("spilo-elb", 1)?;
+        let (client, me) = match rt.run_for(CREATE_TIMEOUT, build(&settings))? {
+            Some(r) => r?,
+            None => {
                 return Err(PluginError::timeout(format!(
                     "setting up the ELB client took more than {CREATE_TIMEOUT:?}"
                 )))
             }
         };
         let plugin = ElbPlugin {
-            rt: Some(rt),
+            rt,
             client,
             settings,
             me,
@@ -548,7 +564,7 @@ mod tests {
                 "secret_access_key",
             ),
         ] {
-            let e = Settings::from_json(&v).unwrap_err();
+            let e = Settings::from_json(&v).unwrap_err().to_string();
             assert!(e.contains(key), "{v}: {e}");
         }
     }

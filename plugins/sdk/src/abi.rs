@@ -534,16 +534,60 @@ pub fn encode_snapshot(s: &crate::Snapshot, minor: u32) -> Vec<u8> {
     out
 }
 
+/// A buffer that does not hold the wire format it should (a plugin built against another
+/// format, or a bug); the message says where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The buffer ends inside a field.
+    #[error("truncated at byte {at} (wanted {wanted} more)")]
+    Truncated {
+        /// Where the field starts.
+        at: usize,
+        /// Bytes missing from there.
+        wanted: usize,
+    },
+    /// A snapshot entry's key is not UTF-8.
+    #[error("entry {index}: key is not UTF-8")]
+    EntryKey {
+        /// The entry.
+        index: usize,
+        /// Why.
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+    /// A listed object's key is not UTF-8.
+    #[error("object {index}: key is not UTF-8")]
+    ObjectKey {
+        /// The object.
+        index: usize,
+        /// Why.
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+    /// A member name is not UTF-8.
+    #[error("name {index} is not UTF-8")]
+    Name {
+        /// The name's position.
+        index: usize,
+        /// Why.
+        #[source]
+        source: std::string::FromUtf8Error,
+    },
+    /// Bytes after the last field.
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+}
+
 /// Reads the wire format of DCS vtable minor `minor` back; an error names what is wrong,
 /// never a panic. A 1.0 snapshot has no `created`: every entry's is `None`.
-pub fn decode_snapshot(b: &[u8], minor: u32) -> Result<crate::Snapshot, String> {
+pub fn decode_snapshot(b: &[u8], minor: u32) -> Result<crate::Snapshot, DecodeError> {
     let mut r = Reader { b, at: 0 };
     let revision = r.i64()?;
     let count = r.u32()? as usize;
     let mut entries = Vec::with_capacity(count.min(4096));
     for i in 0..count {
         let key = String::from_utf8(r.bytes()?.to_vec())
-            .map_err(|_| format!("entry {i}: key is not UTF-8"))?;
+            .map_err(|source| DecodeError::EntryKey { index: i, source })?;
         let value = r.bytes()?.to_vec();
         let version = r.i64()?;
         let owned_by_us = r.u8()? != 0;
@@ -561,7 +605,7 @@ pub fn decode_snapshot(b: &[u8], minor: u32) -> Result<crate::Snapshot, String> 
         });
     }
     if r.at != b.len() {
-        return Err(format!("{} trailing bytes", b.len() - r.at));
+        return Err(DecodeError::Trailing(b.len() - r.at));
     }
     Ok(crate::Snapshot { revision, entries })
 }
@@ -581,7 +625,7 @@ pub fn encode_session(s: &crate::SessionInfo, minor: u32) -> Vec<u8> {
 }
 
 /// Reads [`encode_session`]'s format of minor `minor`.
-pub fn decode_session(b: &[u8], minor: u32) -> Result<crate::SessionInfo, String> {
+pub fn decode_session(b: &[u8], minor: u32) -> Result<crate::SessionInfo, DecodeError> {
     let mut r = Reader { b, at: 0 };
     let id = r.i64()?;
     let new_session = r.u8()? != 0;
@@ -593,7 +637,7 @@ pub fn decode_session(b: &[u8], minor: u32) -> Result<crate::SessionInfo, String
         None
     };
     if r.at != b.len() {
-        return Err(format!("{} trailing bytes", b.len() - r.at));
+        return Err(DecodeError::Trailing(b.len() - r.at));
     }
     Ok(crate::SessionInfo {
         id,
@@ -624,18 +668,18 @@ pub fn encode_list_page(p: &ListPage) -> Vec<u8> {
 }
 
 /// Reads [`encode_list_page`]'s format.
-pub fn decode_list_page(b: &[u8]) -> Result<ListPage, String> {
+pub fn decode_list_page(b: &[u8]) -> Result<ListPage, DecodeError> {
     let mut r = Reader { b, at: 0 };
     let count = r.u32()? as usize;
     let mut objects = Vec::with_capacity(count.min(4096));
     for i in 0..count {
         let key = String::from_utf8(r.bytes()?.to_vec())
-            .map_err(|_| format!("object {i}: key is not UTF-8"))?;
+            .map_err(|source| DecodeError::ObjectKey { index: i, source })?;
         objects.push((key, r.u64()?));
     }
     let more = r.u8()? != 0;
     if r.at != b.len() {
-        return Err(format!("{} trailing bytes", b.len() - r.at));
+        return Err(DecodeError::Trailing(b.len() - r.at));
     }
     Ok(ListPage { objects, more })
 }
@@ -651,17 +695,18 @@ pub fn encode_names(names: &[String]) -> Vec<u8> {
 }
 
 /// Reads [`encode_names`]'s format.
-pub fn decode_names(b: &[u8]) -> Result<Vec<String>, String> {
+pub fn decode_names(b: &[u8]) -> Result<Vec<String>, DecodeError> {
     let mut r = Reader { b, at: 0 };
     let count = r.u32()? as usize;
     let mut names = Vec::with_capacity(count.min(4096));
     for i in 0..count {
         names.push(
-            String::from_utf8(r.bytes()?.to_vec()).map_err(|_| format!("name {i} is not UTF-8"))?,
+            String::from_utf8(r.bytes()?.to_vec())
+                .map_err(|source| DecodeError::Name { index: i, source })?,
         );
     }
     if r.at != b.len() {
-        return Err(format!("{} trailing bytes", b.len() - r.at));
+        return Err(DecodeError::Trailing(b.len() - r.at));
     }
     Ok(names)
 }
@@ -672,40 +717,43 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .at
             .checked_add(n)
             .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| format!("truncated at byte {} (wanted {n} more)", self.at))?;
+            .ok_or(DecodeError::Truncated {
+                at: self.at,
+                wanted: n,
+            })?;
         let s = &self.b[self.at..end];
         self.at = end;
         Ok(s)
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, DecodeError> {
         let mut a = [0u8; 4];
         a.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(a))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, DecodeError> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
 
-    fn i64(&mut self) -> Result<i64, String> {
+    fn i64(&mut self) -> Result<i64, DecodeError> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(i64::from_le_bytes(a))
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.u32()? as usize;
         self.take(n)
     }
@@ -746,10 +794,14 @@ mod tests {
         assert_eq!(decode_snapshot(&b, DCS_VTABLE_MINOR), Ok(s));
         assert!(decode_snapshot(&b[..b.len() - 1], 1)
             .unwrap_err()
+            .to_string()
             .contains("truncated"));
         let mut long = b.clone();
         long.push(0);
-        assert!(decode_snapshot(&long, 1).unwrap_err().contains("trailing"));
+        assert!(decode_snapshot(&long, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("trailing"));
         // A count far beyond the data fails cleanly instead of allocating it.
         let mut huge = 1i64.to_le_bytes().to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());

@@ -27,17 +27,37 @@ pub struct LbState {
     pub raw: serde_json::Value,
 }
 
+/// A `describe` answer that is not what the contract says.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DescribeError {
+    /// Not an object.
+    #[error("describe: not a JSON object: {0}")]
+    NotAnObject(serde_json::Value),
+    /// `primary` is not a string.
+    #[error("describe: primary is not a string: {0}")]
+    Primary(serde_json::Value),
+    /// An entry of `replicas` is not a string.
+    #[error("describe: replica is not a string: {0}")]
+    Replica(serde_json::Value),
+    /// `replicas` is not a list.
+    #[error("describe: replicas is not a list: {0}")]
+    Replicas(serde_json::Value),
+    /// `term` is not a non-negative integer.
+    #[error("describe: term is not a non-negative integer: {0}")]
+    Term(serde_json::Value),
+}
+
 impl LbState {
     /// Reads `describe`'s JSON (`{"primary": …, "replicas": […], "term": …}`).
-    pub fn from_json(v: serde_json::Value) -> Result<LbState, String> {
+    pub fn from_json(v: serde_json::Value) -> Result<LbState, DescribeError> {
         if !v.is_object() {
-            return Err(format!("describe: not a JSON object: {v}"));
+            return Err(DescribeError::NotAnObject(v));
         }
         let primary = match &v["primary"] {
             serde_json::Value::Null => None,
             serde_json::Value::String(s) if s.is_empty() => None,
             serde_json::Value::String(s) => Some(s.clone()),
-            other => return Err(format!("describe: primary is not a string: {other}")),
+            other => return Err(DescribeError::Primary(other.clone())),
         };
         let replicas = match &v["replicas"] {
             serde_json::Value::Null => Vec::new(),
@@ -46,16 +66,16 @@ impl LbState {
                 .map(|r| {
                     r.as_str()
                         .map(str::to_string)
-                        .ok_or_else(|| format!("describe: replica is not a string: {r}"))
+                        .ok_or_else(|| DescribeError::Replica(r.clone()))
                 })
                 .collect::<Result<_, _>>()?,
-            other => return Err(format!("describe: replicas is not a list: {other}")),
+            other => return Err(DescribeError::Replicas(other.clone())),
         };
         let term = match &v["term"] {
             serde_json::Value::Null => None,
-            t => Some(Term(t.as_u64().ok_or_else(|| {
-                format!("describe: term is not a non-negative integer: {t}")
-            })?))
+            t => Some(Term(
+                t.as_u64().ok_or_else(|| DescribeError::Term(t.clone()))?,
+            ))
             .filter(|t| t.0 > 0),
         };
         Ok(LbState {

@@ -13,7 +13,9 @@
 //! plugin implements [`plugin::DcsPlugin`], [`plugin::StoragePlugin`] or [`plugin::LbPlugin`]
 //! and exports it with [`export_dcs_plugin!`], [`export_storage_plugin!`] or
 //! [`export_lb_plugin!`]. Such a plugin depends on this crate with `default-features = false`:
-//! no async runtime.
+//! no async runtime. A plugin written on async clients enables feature `tokio-runtime` for
+//! `plugin::runtime::PluginRuntime`, which runs each blocking call on the plugin's own tokio
+//! runtime until the call's deadline.
 #![deny(missing_docs)]
 
 pub mod abi;

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use spilo_sdk::plugin::runtime::PluginRuntime;
 use spilo_sdk::plugin::{PluginError, StoragePlugin};
 use spilo_sdk::storage::{Download, ListPage, PutMode, Storage, StorageError, Upload};
 
@@ -17,7 +18,8 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The plugin: the S3 backend on a runtime of its own.
 pub struct S3Plugin {
-    rt: Option<tokio::runtime::Runtime>,
+    // Dropped first: the runtime shuts down before the client goes.
+    rt: PluginRuntime,
     storage: S3Storage,
 }
 
@@ -38,37 +40,13 @@ fn to_plugin(e: StorageError) -> PluginError {
 }
 
 impl S3Plugin {
-    fn rt(&self) -> Result<&tokio::runtime::Runtime, PluginError> {
-        self.rt
-            .as_ref()
-            .ok_or_else(|| PluginError::refused("the plugin's runtime is gone"))
-    }
-
     /// Runs `f` on the runtime until `deadline`.
     fn call<T>(
         &self,
         deadline: Instant,
         f: impl Future<Output = Result<T, StorageError>>,
     ) -> Result<T, PluginError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        // The timer is made inside the runtime (a tokio timer needs one).
-        match self
-            .rt()?
-            .block_on(async { tokio::time::timeout(left, f).await })
-        {
-            Ok(r) => r.map_err(to_plugin),
-            Err(_) => Err(PluginError::timeout(format!(
-                "the call's deadline ({left:?}) passed"
-            ))),
-        }
-    }
-}
-
-impl Drop for S3Plugin {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_timeout(Duration::from_secs(1));
-        }
+        self.rt.call(deadline, async { f.await.map_err(to_plugin) })
     }
 }
 
@@ -79,27 +57,17 @@ impl StoragePlugin for S3Plugin {
     fn create(config: &serde_json::Value) -> Result<Self, PluginError> {
         let settings =
             S3Settings::from_json(config).map_err(|e| PluginError::invalid(e.to_string()))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("spilo-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| PluginError::refused(format!("starting the plugin's runtime: {e}")))?;
-        let storage = match rt.block_on(async {
-            tokio::time::timeout(CREATE_TIMEOUT, S3Storage::new(&settings)).await
-        }) {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(PluginError::invalid(e.to_string())),
-            Err(_) => {
+        let rt = PluginRuntime::new("spilo-s3", 2)?;
+        let storage = match rt.run_for(CREATE_TIMEOUT, S3Storage::new(&settings))? {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return Err(PluginError::invalid(e.to_string())),
+            None => {
                 return Err(PluginError::timeout(format!(
                     "building the S3 client took more than {CREATE_TIMEOUT:?}"
                 )))
             }
         };
-        Ok(S3Plugin {
-            rt: Some(rt),
-            storage,
-        })
+        Ok(S3Plugin { rt, storage })
     }
 
     fn put_open(
@@ -148,7 +116,7 @@ impl StoragePlugin for S3Plugin {
 
     fn get_close(&self, down: Box<dyn Download>) {
         // Dropped inside the runtime: the body's connection is released there.
-        if let Ok(rt) = self.rt() {
+        if let Ok(rt) = self.rt.get() {
             let _guard = rt.enter();
             drop(down);
         }

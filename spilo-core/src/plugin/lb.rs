@@ -132,7 +132,7 @@ impl LoadBalancer for PluginLb {
                 };
                 let v: serde_json::Value =
                     serde_json::from_slice(&out).map_err(|e| unreadable(e.to_string()))?;
-                LbState::from_json(v).map_err(unreadable)
+                LbState::from_json(v).map_err(|e| unreadable(e.to_string()))
             })
             .await
             .map_err(|f| lb_error("describe", f))

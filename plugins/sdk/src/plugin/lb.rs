@@ -92,7 +92,7 @@ unsafe extern "C" fn set_replicas_shim<T: LbPlugin>(
     guarded(err, || {
         // SAFETY: per the ABI contract.
         let (p, raw) = unsafe { (plugin::<T>(h), members.as_slice()) };
-        let names = abi::decode_names(raw).map_err(PluginError::invalid)?;
+        let names = abi::decode_names(raw).map_err(|e| PluginError::invalid(e.to_string()))?;
         p.set_replicas(&names, term_of(term)?, deadline(timeout_ms))
     })
 }

@@ -17,6 +17,8 @@
 
 pub mod dcs;
 pub mod lb;
+#[cfg(feature = "tokio-runtime")]
+pub mod runtime;
 pub mod storage;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
