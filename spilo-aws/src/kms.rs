@@ -8,12 +8,8 @@
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_sdk_kms::config::http::HttpResponse;
-use aws_sdk_kms::config::retry::RetryConfig;
-use aws_sdk_kms::config::timeout::TimeoutConfig;
-use aws_sdk_kms::config::Region;
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use base64::Engine as _;
@@ -127,29 +123,9 @@ pub struct Kms {
 impl Kms {
     /// Builds the client (credentials are resolved at the first call).
     pub async fn connect(o: &Options) -> Result<Kms, KmsError> {
-        let attempts = 3;
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(o.timeout.min(Duration::from_secs(5)))
-            .operation_attempt_timeout(o.timeout / attempts)
-            .operation_timeout(o.timeout)
-            .build();
-        let retries = RetryConfig::standard()
-            .with_max_attempts(attempts)
-            .with_initial_backoff(Duration::from_millis(100))
-            .with_max_backoff(Duration::from_secs(2));
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .retry_config(retries);
-        if let Some(r) = &o.region {
-            loader = loader.region(Region::new(r.clone()));
-        }
-        if let Some(e) = &o.endpoint {
-            loader = loader.endpoint_url(e.clone());
-        }
-        let sdk = loader.load().await;
-        if sdk.region().is_none() {
-            return Err(KmsError::NoRegion);
-        }
+        let sdk = crate::sdk::config(o.region.as_deref(), o.endpoint.as_deref(), o.timeout)
+            .await
+            .ok_or(KmsError::NoRegion)?;
         Ok(Kms {
             client: aws_sdk_kms::Client::new(&sdk),
         })
@@ -215,22 +191,9 @@ fn sdk_error<E>(op: &'static str, e: SdkError<E, HttpResponse>) -> KmsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    match &e {
-        SdkError::ServiceError(s) => {
-            let status = s.raw().status().as_u16();
-            KmsError::Service {
-                op,
-                code: match s.err().code() {
-                    Some(c) => c.to_string(),
-                    None => format!("HTTP {status} without an error code"),
-                },
-                message: s.err().message().unwrap_or("no message").to_string(),
-            }
-        }
-        _ => KmsError::Transport {
-            op,
-            detail: DisplayErrorContext(&e).to_string(),
-        },
+    match crate::sdk::failure(e) {
+        crate::sdk::Failure::Service { code, message } => KmsError::Service { op, code, message },
+        crate::sdk::Failure::Transport(detail) => KmsError::Transport { op, detail },
     }
 }
 

@@ -4,5 +4,7 @@
 //! secret by running `spiloctl aws kms decrypt`, so the AWS SDK never maps into a node that
 //! does not use it.
 
+pub mod autoscaling;
 pub mod kms;
+mod sdk;
 pub mod template;

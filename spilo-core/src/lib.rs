@@ -20,6 +20,7 @@ pub mod dcs;
 pub mod ha;
 pub mod hooks;
 pub mod lb;
+pub mod lifecycle;
 pub mod plugin;
 pub mod postgres;
 pub mod proxy;

@@ -25,8 +25,8 @@ pub struct SecretError {
     pub detail: String,
 }
 
-/// The `spiloctl` that opens KMS secrets.
-fn helper() -> PathBuf {
+/// The `spiloctl` that opens KMS secrets and completes lifecycle actions.
+pub(crate) fn helper() -> PathBuf {
     std::env::current_exe()
         .ok()
         .map(|p| p.with_file_name("spiloctl"))

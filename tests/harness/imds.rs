@@ -1,13 +1,17 @@
 //! A stub of the EC2 instance metadata service, IMDSv2 only: `PUT /latest/api/token` (with
-//! `X-aws-ec2-metadata-token-ttl-seconds`) hands out a token, and `GET
-//! /latest/meta-data/instance-id` answers only with that token (401 without, as an instance
-//! with `HttpTokens: required` does). moto's own metadata mock does not serve what spilo
-//! reads here the way AWS does, hence this stub of just that.
+//! `X-aws-ec2-metadata-token-ttl-seconds`) hands out a token, and `GET /latest/meta-data/…`
+//! answers only with that token (401 without, as an instance with `HttpTokens: required`
+//! does): `instance-id`, `local-ipv4`, `placement/availability-zone`, `placement/region` and
+//! `autoscaling/target-lifecycle-state` (`InService` until a test sets `Terminated`, as the
+//! Auto Scaling Group does when it starts terminating the instance). moto's own metadata mock
+//! has no lifecycle state and does not serve these the way AWS does, hence this stub of just
+//! that.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -21,11 +25,16 @@ pub struct Imds {
     pub tokenless: Arc<AtomicU64>,
     /// Tokens handed out.
     pub tokens: Arc<AtomicU64>,
+    /// What `GET /latest/meta-data/<path>` answers, by path.
+    values: Arc<Mutex<BTreeMap<String, String>>>,
     stop: Arc<AtomicBool>,
 }
 
+/// The meta-data path of the Auto Scaling lifecycle state.
+pub const LIFECYCLE_STATE: &str = "autoscaling/target-lifecycle-state";
+
 impl Imds {
-    /// Serves `instance_id`.
+    /// Serves `instance_id` (in us-east-1a, at 127.0.0.1, `InService`).
     pub fn start(instance_id: &str) -> Imds {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind the IMDS stub");
         let port = l.local_addr().expect("addr").port();
@@ -33,11 +42,21 @@ impl Imds {
         let stop = Arc::new(AtomicBool::new(false));
         let tokenless = Arc::new(AtomicU64::new(0));
         let tokens = Arc::new(AtomicU64::new(0));
-        let (s, tl, tk, id) = (
+        let values = Arc::new(Mutex::new(BTreeMap::from(
+            [
+                ("instance-id", instance_id),
+                ("local-ipv4", "127.0.0.1"),
+                ("placement/availability-zone", "us-east-1a"),
+                ("placement/region", "us-east-1"),
+                (LIFECYCLE_STATE, "InService"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )));
+        let (s, tl, tk, vals) = (
             stop.clone(),
             tokenless.clone(),
             tokens.clone(),
-            instance_id.to_string(),
+            values.clone(),
         );
         thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
@@ -45,7 +64,7 @@ impl Imds {
                     Ok((c, _)) => {
                         let _ = c.set_nonblocking(false);
                         let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                        serve(c, &id, &tl, &tk);
+                        serve(c, &vals, &tl, &tk);
                     }
                     Err(_) => thread::sleep(Duration::from_millis(10)),
                 }
@@ -55,8 +74,18 @@ impl Imds {
             port,
             tokenless,
             tokens,
+            values,
             stop,
         }
+    }
+
+    /// Sets what `meta-data/<path>` answers (None: 404, as when there is no such item).
+    pub fn set(&self, path: &str, value: Option<&str>) {
+        let mut v = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        match value {
+            Some(x) => v.insert(path.to_string(), x.to_string()),
+            None => v.remove(path),
+        };
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -71,7 +100,12 @@ impl Drop for Imds {
     }
 }
 
-fn serve(c: TcpStream, id: &str, tokenless: &AtomicU64, tokens: &AtomicU64) {
+fn serve(
+    c: TcpStream,
+    values: &Mutex<BTreeMap<String, String>>,
+    tokenless: &AtomicU64,
+    tokens: &AtomicU64,
+) {
     let mut r = BufReader::new(match c.try_clone() {
         Ok(c) => c,
         Err(_) => return,
@@ -118,10 +152,19 @@ fn serve(c: TcpStream, id: &str, tokenless: &AtomicU64, tokens: &AtomicU64) {
         }
         ("PUT", "/latest/api/token") => ("400 Bad Request", String::new()),
         ("GET", p) => match header("x-aws-ec2-metadata-token") {
-            Some(t) if t == TOKEN && p == "/latest/meta-data/instance-id" => {
-                ("200 OK", id.to_string())
+            Some(t) if t == TOKEN => {
+                let item = p.strip_prefix("/latest/meta-data/").and_then(|k| {
+                    values
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(k)
+                        .cloned()
+                });
+                match item {
+                    Some(v) => ("200 OK", v),
+                    None => ("404 Not Found", String::new()),
+                }
             }
-            Some(t) if t == TOKEN => ("404 Not Found", String::new()),
             _ => {
                 tokenless.fetch_add(1, Ordering::SeqCst);
                 ("401 Unauthorized", String::new())

@@ -17,6 +17,7 @@
 //! Every wait is a polling loop with a generous timeout and a panic message naming what was
 //! awaited and the last thing seen.
 
+pub mod autoscaling;
 pub mod aws;
 pub mod bins;
 pub mod cluster;

@@ -709,13 +709,13 @@ pub fn check(template: &Value) -> Result<(), Invalid> {
         let props = res.get("Properties").cloned().unwrap_or(Value::Null);
         match kind {
             "AWS::ElasticLoadBalancing::LoadBalancer" => check_elb(name, &props)?,
-            "AWS::AutoScaling::AutoScalingGroup" => {
-                if props.get("HealthCheckType").and_then(Value::as_str) == Some("ELB") {
-                    return Err(bad(
-                        format!("{name}.HealthCheckType"),
-                        "ELB: the group would terminate every replica (they fail the primary ELB's check); use EC2",
-                    ));
-                }
+            "AWS::AutoScaling::AutoScalingGroup"
+                if props.get("HealthCheckType").and_then(Value::as_str) == Some("ELB") =>
+            {
+                return Err(bad(
+                    format!("{name}.HealthCheckType"),
+                    "ELB: the group would terminate every replica (they fail the primary ELB's check); use EC2",
+                ));
             }
             "AWS::EC2::LaunchTemplate" => {
                 let tokens = props

@@ -149,6 +149,11 @@ pub fn config(s: &Settings) -> Result<Mapping, Invalid> {
         "load_balancers",
         Yaml::Sequence(vec![Yaml::Mapping(elb)]),
     );
+    // The group's termination hook: hand over, then complete it (see spilo's `aws:` section).
+    let aws = section(&mut cfg, "aws");
+    aws.clear();
+    set(aws, "lifecycle_hook", LIFECYCLE_HOOK);
+    set(aws, "auto_scaling_group", s.scope.as_str());
     Ok(cfg)
 }
 
@@ -255,7 +260,6 @@ Wants=network-online.target
 [Service]
 User=postgres
 Group=postgres
-Environment=SPILO_LIFECYCLE_HOOK={hook}
 ExecStart=/opt/spilo/bin/spilo /etc/spilo/node.yml
 KillMode=mixed
 TimeoutStopSec=300
@@ -280,7 +284,6 @@ exit 1
         scope = s.scope,
         device = DATA_DEVICE,
         mount = DATA_MOUNT,
-        hook = LIFECYCLE_HOOK,
     );
     json!({
         "Fn::Sub": [
@@ -337,6 +340,8 @@ mod tests {
         assert_eq!(y["tags"]["nofailover"], Yaml::from(true));
         assert_eq!(y["storage"]["sse"], key("aws:kms"));
         assert_eq!(y["load_balancers"][0]["primary_elb"], key("orders"));
+        assert_eq!(y["aws"]["lifecycle_hook"], key(LIFECYCLE_HOOK));
+        assert_eq!(y["aws"]["auto_scaling_group"], key("orders"));
     }
 
     #[test]

@@ -235,6 +235,32 @@ enum AwsCmd {
         #[command(flatten)]
         args: Box<spilo_core::ctl::aws_template::TemplateArgs>,
     },
+    /// Complete an Auto Scaling lifecycle action (what the daemon runs after handing over on
+    /// a termination notice, so the group goes on without waiting for the hook's timeout).
+    CompleteLifecycleAction {
+        /// The Auto Scaling Group.
+        #[arg(long)]
+        group: String,
+        /// The lifecycle hook.
+        #[arg(long)]
+        hook: String,
+        /// The instance.
+        #[arg(long)]
+        instance_id: String,
+        /// CONTINUE or ABANDON.
+        #[arg(long, default_value = "CONTINUE")]
+        result: String,
+        /// The AWS region (default: AWS_REGION, the profile's, the instance's).
+        #[arg(long)]
+        region: Option<String>,
+        /// An Auto Scaling endpoint URL (default: AWS_ENDPOINT_URL_AUTO_SCALING,
+        /// AWS_ENDPOINT_URL, else AWS's).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// The longest the call may take, retries included, in seconds (1-300).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=300))]
+        timeout: u64,
+    },
     /// Check a CloudFormation template (JSON or YAML) for what cfn-lint does not: classic ELB
     /// health checks and idle timeouts, the group's health-check type, IMDSv2.
     CheckTemplate {
@@ -304,6 +330,25 @@ fn aws(cmd: AwsCmd) -> ExitCode {
             return spilo_core::ctl::aws_template::run_template(&args, format)
         }
         AwsCmd::CheckTemplate { file } => return spilo_core::ctl::aws_template::run_check(&file),
+        AwsCmd::CompleteLifecycleAction {
+            group,
+            hook,
+            instance_id,
+            result,
+            region,
+            endpoint,
+            timeout,
+        } => {
+            return spilo_core::ctl::aws::run_lifecycle(spilo_aws::autoscaling::Completion {
+                group,
+                hook,
+                instance_id,
+                result,
+                region,
+                endpoint,
+                timeout: Duration::from_secs(timeout),
+            })
+        }
     };
     match action {
         KmsCmd::Encrypt { key_id, at } => run(KmsAction::Encrypt { key_id }, at.options()),

@@ -10,6 +10,7 @@
 //! # Ok(())
 //! # }
 //! ```
+pub mod aws;
 pub mod backup;
 pub mod error;
 mod helpers;

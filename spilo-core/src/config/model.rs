@@ -57,6 +57,9 @@ pub struct Config {
     /// The load balancers that follow the primary (spilo's own section).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub load_balancers: Vec<super::lb::LoadBalancerConfig>,
+    /// Running in an Auto Scaling Group: the termination lifecycle hook (spilo's own section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<super::aws::AwsConfig>,
 }
 
 /// `plugins: [{name, path, kind}]`.

@@ -79,6 +79,7 @@ const TOP: &[Key] = &[
     k("storage", Shape::Free),
     k("backup", Shape::Free),
     v("load_balancers"),
+    k("aws", Shape::Free),
     u("etcd"),
     u("consul"),
     u("kubernetes"),

@@ -528,6 +528,9 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
         .map(|p| p.name.as_str())
         .collect();
     super::lb::check(&cfg.load_balancers, &lb_plugins).map_err(|(k, m)| err(&k, m))?;
+    if let Some(a) = &cfg.aws {
+        a.check().map_err(|(k, m)| err(&k, m))?;
+    }
     match cfg.bootstrap.method.as_deref() {
         None | Some("initdb") => {}
         Some("clone") => match &cfg.bootstrap.clone {

@@ -106,6 +106,40 @@ async fn act(action: KmsAction, opts: &Options) -> Result<Vec<u8>, String> {
     }
 }
 
+/// `spiloctl aws complete-lifecycle-action`: completes an Auto Scaling lifecycle action (the
+/// daemon runs it after handing over on a termination notice). Exit 0 done, 2 refused
+/// settings, 1 Auto Scaling's error or no answer (the message carries its code).
+pub fn run_lifecycle(c: spilo_aws::autoscaling::Completion) -> ExitCode {
+    use spilo_aws::autoscaling::LifecycleError;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spiloctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(c.send()) {
+        Ok(()) => {
+            println!(
+                "lifecycle action of {} completed ({}, hook {}, group {})",
+                c.instance_id, c.result, c.hook, c.group
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ LifecycleError::Invalid(_)) => {
+            eprintln!("spiloctl: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("spiloctl: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::plaintext;

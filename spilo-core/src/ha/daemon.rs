@@ -433,7 +433,40 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
         let _ = stop_api_rx.await;
     }));
 
-    let exit = node.run(shutdown_signal()).await;
+    // On an Auto Scaling termination notice the daemon leaves as on SIGTERM (hand over, stop
+    // PostgreSQL), then completes the group's lifecycle action.
+    let lifecycle = crate::lifecycle::Watch::from_config(&cfg);
+    let notice: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let stop = {
+        let (lifecycle, notice) = (lifecycle.clone(), notice.clone());
+        async move {
+            match lifecycle {
+                Some(w) => tokio::select! {
+                    _ = shutdown_signal() => {}
+                    id = w.terminating() => {
+                        let _ = notice.set(id);
+                    }
+                },
+                None => shutdown_signal().await,
+            }
+        }
+    };
+    let exit = node.run(stop).await;
+    if let (Some(w), Some(id), Exit::Shutdown) = (&lifecycle, notice.get(), &exit) {
+        match w.complete(id).await {
+            Ok(()) => tracing::info!(
+                "lifecycle action completed: the Auto Scaling Group {} may terminate {id} (hook {})",
+                w.group,
+                w.hook
+            ),
+            Err(e) => tracing::error!(
+                "could not complete the lifecycle action of {id} (hook {} of {}): {e}; the group \
+                 goes on when the hook times out",
+                w.hook,
+                w.group
+            ),
+        }
+    }
     let _ = stop_api_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     // The guard's thread ends by itself once the state channel closes with the loop.
