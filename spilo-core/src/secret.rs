@@ -40,6 +40,16 @@ pub async fn open_kms(
     place: &str,
     region: Option<&str>,
 ) -> Result<Vec<u8>, SecretError> {
+    open_kms_with(text, place, region, None).await
+}
+
+/// [`open_kms`], the instance role read from `imds` when given (`aws.imds_endpoint`).
+async fn open_kms_with(
+    text: &str,
+    place: &str,
+    region: Option<&str>,
+    imds: Option<&str>,
+) -> Result<Vec<u8>, SecretError> {
     let fail = |detail: String| SecretError {
         place: place.to_string(),
         detail,
@@ -53,6 +63,9 @@ pub async fn open_kms(
     cmd.args(["aws", "kms", "decrypt"]);
     if let Some(r) = region {
         cmd.args(["--region", r]);
+    }
+    if let Some(e) = imds {
+        cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", e);
     }
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -93,4 +106,146 @@ pub async fn open_kms(
         }));
     }
     Ok(out.stdout)
+}
+
+/// Every `aws:kms:<base64>` string value of the configuration (wherever it came from: the file,
+/// `PATRONI_*`, Spilo's `PGPASSWORD_*`), found as `(dotted key, JSON pointer, text)`.
+fn sealed_values(v: &serde_json::Value) -> Vec<(String, String, String)> {
+    fn walk(v: &serde_json::Value, key: &str, ptr: &str, out: &mut Vec<(String, String, String)>) {
+        match v {
+            serde_json::Value::String(s) if is_secret(s) => {
+                out.push((key.to_string(), ptr.to_string(), s.clone()));
+            }
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    let key = if key.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{key}.{k}")
+                    };
+                    let ptr = format!("{ptr}/{}", k.replace('~', "~0").replace('/', "~1"));
+                    walk(x, &key, &ptr, out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, &format!("{key}[{i}]"), &format!("{ptr}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, "", "", &mut out);
+    out
+}
+
+/// Opens every `aws:kms:` value of `cfg` with KMS (one `spiloctl aws kms decrypt` per distinct
+/// secret; the region is `aws.region`, else `storage.region`, else AWS's chain). The plaintexts
+/// replace the sealed values in memory only and are never logged; a value KMS will not open
+/// stops the start, naming its key and KMS's error code. Without such values `cfg` comes back
+/// as it was.
+pub async fn open_config(cfg: crate::config::Config) -> Result<crate::config::Config, SecretError> {
+    let fail = |place: &str, detail: String| SecretError {
+        place: place.to_string(),
+        detail,
+    };
+    let mut tree = serde_json::to_value(&cfg)
+        .map_err(|e| fail("the configuration", format!("cannot walk it: {e}")))?;
+    let sealed = sealed_values(&tree);
+    if sealed.is_empty() {
+        return Ok(cfg);
+    }
+    let region = cfg
+        .aws
+        .as_ref()
+        .and_then(|a| a.region.clone())
+        .or_else(|| cfg.storage.as_ref().and_then(|s| s.region.clone()));
+    let imds = cfg.aws.as_ref().and_then(|a| a.imds_endpoint.clone());
+    let mut opened: Vec<(String, String)> = Vec::new();
+    for (key, ptr, text) in &sealed {
+        let plain = match opened.iter().find(|(t, _)| t == text) {
+            Some((_, p)) => p.clone(),
+            None => {
+                let bytes = open_kms_with(text, key, region.as_deref(), imds.as_deref()).await?;
+                let p = String::from_utf8(bytes)
+                    .map_err(|_| fail(key, "the opened secret is not UTF-8 text".into()))?;
+                opened.push((text.clone(), p.clone()));
+                p
+            }
+        };
+        if let Some(slot) = tree.pointer_mut(ptr) {
+            *slot = serde_json::Value::String(plain);
+        }
+    }
+    tracing::info!(
+        "opened {} aws:kms: value(s) of the configuration with KMS: {}",
+        sealed.len(),
+        sealed
+            .iter()
+            .map(|(k, _, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    serde_json::from_value(tree).map_err(|e| {
+        fail(
+            "the configuration",
+            format!("after opening its secrets: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_are_found_with_their_keys() {
+        let v = serde_json::json!({
+            "postgresql": {"authentication": {"superuser": {"password": "aws:kms:AAAA"}}},
+            "load_balancers": [{"secret_access_key": "aws:kms:BBBB"}, {"x": "plain"}],
+            "a/b": {"c": " aws:kms:CCCC"},
+        });
+        let mut found = sealed_values(&v);
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                ("a/b.c".into(), "/a~1b/c".into(), " aws:kms:CCCC".into()),
+                (
+                    "load_balancers[0].secret_access_key".into(),
+                    "/load_balancers/0/secret_access_key".into(),
+                    "aws:kms:BBBB".into()
+                ),
+                (
+                    "postgresql.authentication.superuser.password".into(),
+                    "/postgresql/authentication/superuser/password".into(),
+                    "aws:kms:AAAA".into()
+                ),
+            ]
+        );
+        for (_, ptr, _) in &found {
+            assert!(v.pointer(ptr).is_some(), "{ptr}");
+        }
+    }
+
+    #[test]
+    fn a_configuration_survives_the_walk_unchanged() {
+        let yaml =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/node.yml"))
+                .expect("examples/node.yml");
+        let cfg = crate::config::load_str(&yaml, "node.yml", &[])
+            .expect("loads")
+            .config;
+        let tree = serde_json::to_value(&cfg).expect("to a tree");
+        let back: crate::config::Config = serde_json::from_value(tree).expect("from the tree");
+        assert_eq!(back, cfg);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let same = rt
+            .block_on(open_config(cfg.clone()))
+            .expect("nothing sealed");
+        assert_eq!(same, cfg);
+    }
 }

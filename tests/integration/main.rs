@@ -11,6 +11,7 @@
 //! Patroni virtualenv with an unmodified patronictl, all from scripts/install-deps.sh.
 
 mod archive;
+mod aws_kms;
 mod aws_lifecycle;
 mod aws_template;
 mod backup;

@@ -177,7 +177,9 @@ pub fn load_str(yaml: &str, origin: &str, env: &[(String, String)]) -> Result<Lo
     let doc = parse_document(yaml, origin)?;
     let mut warnings = schema::unknown_keys(&doc, origin);
 
-    let mut env_layers = env_layers(env, &mut warnings);
+    // Spilo's user variables first: a PATRONI_/SPILO_ variable for the same key wins.
+    let mut env_layers = spilo_user_env_layers(env);
+    env_layers.extend(env_layers_of(env, &mut warnings));
     check_single_dcs(&doc, &env_layers, origin)?;
     env_layers.extend(spilo_env_layers(&doc, env)?);
     env_layers.extend(clone_env_layers(env, &mut warnings)?);
@@ -297,7 +299,7 @@ fn parse_env_list(raw: &str) -> Vec<String> {
 }
 
 /// One figment layer per overriding variable, so that errors can name the variable.
-fn env_layers(env: &[(String, String)], warnings: &mut Vec<String>) -> Vec<Layer> {
+fn env_layers_of(env: &[(String, String)], warnings: &mut Vec<String>) -> Vec<Layer> {
     let lookup: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut layers = Vec::new();
     for o in ENV_OVERRIDES {
@@ -325,6 +327,49 @@ fn env_layers(env: &[(String, String)], warnings: &mut Vec<String>) -> Vec<Layer
     unsupported.sort();
     unsupported.dedup();
     warnings.extend(unsupported);
+    layers
+}
+
+/// Spilo's names for the PostgreSQL users (its `PGPASSWORD_*` may be `aws:kms:<base64>`, opened
+/// at start like any such value): the superuser and the replication ("standby") user.
+const SPILO_USER_ENV: &[(&str, &str)] = &[
+    (
+        "PGUSER_SUPERUSER",
+        "postgresql.authentication.superuser.username",
+    ),
+    (
+        "PGPASSWORD_SUPERUSER",
+        "postgresql.authentication.superuser.password",
+    ),
+    (
+        "PGUSER_STANDBY",
+        "postgresql.authentication.replication.username",
+    ),
+    (
+        "PGPASSWORD_STANDBY",
+        "postgresql.authentication.replication.password",
+    ),
+];
+
+/// Layers for [`SPILO_USER_ENV`].
+fn spilo_user_env_layers(env: &[(String, String)]) -> Vec<Layer> {
+    let mut layers = Vec::new();
+    for &(var, key) in SPILO_USER_ENV {
+        let Some(v) = env
+            .iter()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+        else {
+            continue;
+        };
+        if let FValue::Dict(_, dict) = figment::util::nest(key, FValue::from(v)) {
+            layers.push(Layer {
+                name: var.to_string(),
+                dict,
+            });
+        }
+    }
     layers
 }
 

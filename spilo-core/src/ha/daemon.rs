@@ -345,6 +345,10 @@ async fn someone_answers(api_url: &str) -> bool {
 /// Run the daemon until SIGTERM/SIGINT or a fatal condition. `config_path` is re-read on
 /// SIGHUP and `POST /reload`.
 pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
+    // `aws:kms:` values (passwords, credentials) are opened before anything uses them.
+    let cfg = crate::secret::open_config(cfg)
+        .await
+        .map_err(|e| StartError::Config(e.to_string()))?;
     // A broken hook script stops the start before anything else happens.
     let hooks =
         crate::hooks::Hooks::start(&cfg).map_err(|e| StartError::Config(crate::error_chain(&e)))?;

@@ -245,7 +245,20 @@ impl Node {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
-        let mut new = loaded.config;
+        let mut new = match crate::secret::open_config(loaded.config).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running configuration: {e}");
+                if let Some(r) = reply {
+                    send(
+                        r,
+                        400,
+                        format!("reload failed: {e}; the running configuration is kept"),
+                    );
+                }
+                return;
+            }
+        };
         let old = &self.cfg;
         let fixed: [(&str, bool); 6] = [
             ("name", new.name != old.name),
