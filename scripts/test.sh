@@ -75,6 +75,10 @@ if [ "${RESULT[build]}" = "ok" ]; then
     --hold 16 --fence off --sync off --expect-split-brain
   run chaos-etcd ./scripts/chaos.sh --no-setup --minutes "${SPILO_CHAOS_MINUTES:-3}" --seed "${SPILO_CHAOS_SEED:-11}" --dcs etcd --sync on
   run chaos-zookeeper ./scripts/chaos.sh --no-setup --minutes "${SPILO_CHAOS_MINUTES:-3}" --seed "${SPILO_CHAOS_SEED:-12}" --dcs zookeeper --sync off
+  # The AWS lab, short form: the template's stack on moto, three nodes as the group's
+  # instances, a backup into the stack's bucket, a lifecycle termination, a replacement node
+  # restored from the bucket (./scripts/aws-lab.sh --long for a bigger data set). ~1 minute.
+  run aws-lab ./scripts/aws-lab.sh --no-setup
 else
   skip unit-tests
   skip integration-tests
@@ -85,6 +89,7 @@ else
   skip chaos-selftest
   skip chaos-etcd
   skip chaos-zookeeper
+  skip aws-lab
 fi
 
 # Add up cargo's "test result:" lines.

@@ -12,6 +12,7 @@
 
 mod archive;
 mod aws_kms;
+mod aws_lab;
 mod aws_lifecycle;
 mod aws_template;
 mod backup;
