@@ -66,6 +66,13 @@ pub enum DcsEndpoint {
         /// Its password.
         password: String,
     },
+    /// `etcd3: {srv: <domain>, srv_suffix: …}`: etcd found through DNS SRV records.
+    EtcdSrv {
+        /// `etcd3.srv`.
+        domain: String,
+        /// `etcd3.srv_suffix`.
+        suffix: Option<String>,
+    },
     /// `zookeeper: {hosts: [...]}` (one host, or several joined with `, `).
     ZooKeeper(String),
     /// `zookeeper: {hosts: [...], use_ssl: true, cacert, cert, key}`.
@@ -109,6 +116,10 @@ impl DcsEndpoint {
                 cert.display(),
                 key.display()
             ),
+            DcsEndpoint::EtcdSrv { domain, suffix } => match suffix {
+                Some(x) => format!("etcd3:\n  srv: {domain}\n  srv_suffix: {x}\n"),
+                None => format!("etcd3:\n  srv: {domain}\n"),
+            },
             DcsEndpoint::ZooKeeper(h) => format!("zookeeper:\n  hosts: [{h}]\n"),
             DcsEndpoint::Plugin {
                 name,

@@ -22,6 +22,7 @@ pub mod aws;
 pub mod bins;
 pub mod cluster;
 pub mod dcs;
+pub mod dns;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod http;

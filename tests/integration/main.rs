@@ -24,6 +24,7 @@ mod dcs_loss;
 mod duplicate_name;
 mod elb;
 mod etcd_members;
+mod etcd_srv;
 mod failover;
 mod first_contact;
 mod handover;

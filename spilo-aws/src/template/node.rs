@@ -111,11 +111,19 @@ pub fn config(s: &Settings) -> Result<Mapping, Invalid> {
     set(api, "connect_address", "@IP@:8008");
     let etcd = section(&mut cfg, "etcd3");
     etcd.clear();
-    set(
-        etcd,
-        "hosts",
-        Yaml::Sequence(s.etcd_hosts.iter().map(|h| key(h)).collect()),
-    );
+    match &s.etcd_srv {
+        Some(domain) => {
+            set(etcd, "srv", domain.as_str());
+            if let Some(sfx) = &s.etcd_srv_suffix {
+                set(etcd, "srv_suffix", sfx.as_str());
+            }
+        }
+        None => set(
+            etcd,
+            "hosts",
+            Yaml::Sequence(s.etcd_hosts.iter().map(|h| key(h)).collect()),
+        ),
+    }
     cfg.remove(key("etcd"));
     cfg.remove(key("zookeeper"));
     let pg = section(&mut cfg, "postgresql");
@@ -362,6 +370,21 @@ mod tests {
             !text.contains("@BUCKET@") && !text.contains("@REGION@"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn etcd_by_srv_records() {
+        let mut s = settings();
+        s.etcd_hosts.clear();
+        s.etcd_srv = Some("example.org".into());
+        s.etcd_srv_suffix = Some("prod".into());
+        s.check().expect("valid");
+        let y = Yaml::Mapping(config(&s).expect("config"));
+        assert_eq!(y["etcd3"]["srv"], key("example.org"));
+        assert_eq!(y["etcd3"]["srv_suffix"], key("prod"));
+        assert!(y["etcd3"].get("hosts").is_none());
+        s.etcd_hosts = vec!["e:2379".into()];
+        assert_eq!(s.check().expect_err("both").field, "etcd_srv");
     }
 
     #[test]

@@ -136,6 +136,10 @@ pub struct Settings {
     pub spilo_url: Option<String>,
     /// etcd v3 endpoints (host:port) the nodes use as their DCS.
     pub etcd_hosts: Vec<String>,
+    /// Or a domain whose DNS SRV records name etcd (Patroni's `etcd3.srv`).
+    pub etcd_srv: Option<String>,
+    /// `etcd3.srv_suffix` (only with `etcd_srv`).
+    pub etcd_srv_suffix: Option<String>,
     /// The node configuration the stack's settings are laid over (YAML text).
     #[serde(skip)]
     pub node_config: Option<String>,
@@ -170,6 +174,8 @@ impl Default for Settings {
             spilo_version: env!("CARGO_PKG_VERSION").into(),
             spilo_url: None,
             etcd_hosts: Vec::new(),
+            etcd_srv: None,
+            etcd_srv_suffix: None,
             node_config: None,
             health_check: HealthCheck::default(),
             idle_timeout: 3600,
@@ -306,11 +312,33 @@ impl Settings {
                 return Err(bad("spilo_url", "quotes, spaces, $ and \\ are not allowed"));
             }
         }
-        if self.etcd_hosts.is_empty() {
-            return Err(bad(
-                "etcd_hosts",
-                "the nodes need their DCS: give etcd's host:port (one or more)",
-            ));
+        match (&self.etcd_srv, self.etcd_hosts.is_empty()) {
+            (None, true) => {
+                return Err(bad(
+                    "etcd_hosts",
+                    "the nodes need their DCS: give etcd's host:port (one or more) or etcd_srv",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(bad("etcd_srv", "give etcd_hosts or etcd_srv, not both"))
+            }
+            (Some(d), true) => {
+                let ok = d.trim_end_matches('.').split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+                if !ok {
+                    return Err(bad("etcd_srv", format!("{d:?} is not a DNS domain")));
+                }
+            }
+            (None, false) => {}
+        }
+        if let Some(sfx) = &self.etcd_srv_suffix {
+            if self.etcd_srv.is_none() {
+                return Err(bad("etcd_srv_suffix", "works only with etcd_srv"));
+            }
+            check_word("etcd_srv_suffix", sfx, "-")?;
         }
         for h in &self.etcd_hosts {
             check_host_port("etcd_hosts", h)?;

@@ -244,6 +244,12 @@ pub struct Etcd3 {
     /// etcd password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// A domain whose DNS SRV records name the etcd cluster (used when no host is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv: Option<String>,
+    /// Told apart several etcd clusters under one `srv` domain: `_etcd-client-<suffix>._tcp…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv_suffix: Option<String>,
 }
 
 impl Etcd3 {

@@ -184,8 +184,8 @@ const ETCD3: &[Key] = &[
     v("password"),
     u("url"),
     u("proxy"),
-    u("srv"),
-    u("srv_suffix"),
+    v("srv"),
+    v("srv_suffix"),
     u("use_proxies"),
     u("key_password"),
 ];

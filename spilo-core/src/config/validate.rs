@@ -272,10 +272,46 @@ fn check_etcd3(etcd: &Etcd3, origin: &str, warnings: &mut Vec<String>) -> Result
     {
         check_endpoint(h).map_err(|m| err("etcd3.host", m.to_string()))?;
     }
-    if etcd.endpoints().is_empty() {
+    if let Some(d) = &etcd.srv {
+        let name = d.trim().trim_end_matches('.');
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+        if !ok {
+            return Err(err(
+                "etcd3.srv",
+                format!("'{d}' is not a DNS domain (the SRV records are looked up under it)"),
+            ));
+        }
+    }
+    match (&etcd.srv_suffix, &etcd.srv) {
+        (Some(_), None) => {
+            return Err(err(
+                "etcd3.srv_suffix",
+                "works only with etcd3.srv".to_string(),
+            ))
+        }
+        (Some(s), Some(_))
+            if s.is_empty()
+                || s.len() > 63
+                || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+        {
+            return Err(err(
+                "etcd3.srv_suffix",
+                format!("'{s}': letters, digits and '-' (it ends an SRV service name)"),
+            ))
+        }
+        _ => {}
+    }
+    if etcd.endpoints().is_empty() && etcd.srv.is_none() {
         return Err(err(
             "etcd3",
-            "no etcd endpoint: set etcd3.hosts or etcd3.host".to_string(),
+            "no etcd endpoint: set etcd3.hosts, etcd3.host or etcd3.srv".to_string(),
         ));
     }
     match (&etcd.cert, &etcd.key) {
@@ -866,7 +902,7 @@ mod tests {
             (|c| c.postgresql.create_replica_methods = Some(vec![]), "c.yml: postgresql.create_replica_methods: an empty list leaves no way to build a replica (leave it out for the default)"),
             (|c| c.postgresql.spilo_restore.threshold_megabytes = u64::MAX, "c.yml: postgresql.spilo_restore.threshold_megabytes: 18446744073709551615 is more than 2^40 MiB"),
             (|c| c.etcd3.as_mut().unwrap().protocol = Some("ftp".into()), "c.yml: etcd3.protocol: invalid protocol 'ftp' (expected http or https)"),
-            (|c| c.etcd3.as_mut().unwrap().hosts = None, "c.yml: etcd3: no etcd endpoint: set etcd3.hosts or etcd3.host"),
+            (|c| c.etcd3.as_mut().unwrap().hosts = None, "c.yml: etcd3: no etcd endpoint: set etcd3.hosts, etcd3.host or etcd3.srv"),
             (|c| c.etcd3.as_mut().unwrap().host = Some("e3".into()), "c.yml: etcd3.host: invalid address 'e3' (expected host:port)"),
             (|c| c.etcd3.as_mut().unwrap().cert = Some("/c.pem".into()), "c.yml: etcd3.key: required when etcd3.cert is set"),
             (|c| c.bootstrap.dcs.ttl = 4, "c.yml: bootstrap.dcs.ttl: must be at least 5 seconds (got 4)"),

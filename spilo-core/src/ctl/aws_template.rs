@@ -94,6 +94,12 @@ pub struct TemplateArgs {
     /// An etcd v3 endpoint host:port the nodes use as their DCS (repeat).
     #[arg(long = "etcd-host", value_name = "HOST:PORT")]
     pub etcd_hosts: Vec<String>,
+    /// Or: a domain whose DNS SRV records name etcd (etcd3.srv).
+    #[arg(long, value_name = "DOMAIN")]
+    pub etcd_srv: Option<String>,
+    /// etcd3.srv_suffix (with --etcd-srv).
+    #[arg(long, value_name = "SUFFIX")]
+    pub etcd_srv_suffix: Option<String>,
     /// A node configuration (Patroni YAML) the stack's settings are laid over.
     #[arg(long, value_name = "FILE")]
     pub node_config: Option<PathBuf>,
@@ -197,6 +203,8 @@ impl TemplateArgs {
         over(&mut s.spilo_version, &self.spilo_version);
         some(&mut s.spilo_url, &self.spilo_url);
         list(&mut s.etcd_hosts, &self.etcd_hosts);
+        some(&mut s.etcd_srv, &self.etcd_srv);
+        some(&mut s.etcd_srv_suffix, &self.etcd_srv_suffix);
         if let Some(path) = &self.node_config {
             s.node_config = Some(read(path, "node configuration")?);
         }

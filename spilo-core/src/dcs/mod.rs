@@ -6,6 +6,7 @@ pub mod codec;
 pub(crate) mod memory;
 pub mod model;
 pub mod registry;
+pub mod srv;
 pub mod tags;
 
 pub use codec::{cluster_prefix, decode_cluster};

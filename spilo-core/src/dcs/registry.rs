@@ -29,13 +29,32 @@ pub async fn connect(
 ) -> Result<Arc<dyn Dcs>, DcsError> {
     let prefix = cluster_prefix(&cfg.namespace, &cfg.scope);
     if let Some(e) = &cfg.etcd3 {
-        let https = e
+        let mut https = e
             .protocol
             .as_deref()
             .map(|p| p.eq_ignore_ascii_case("https"))
             .unwrap_or(false);
+        let mut endpoints = e.endpoints();
+        if let (true, Some(domain)) = (endpoints.is_empty(), &e.srv) {
+            let found = super::srv::discover(domain, e.srv_suffix.as_deref())
+                .await
+                .map_err(|err| DcsError::Unreachable {
+                    op: "connect",
+                    message: format!("etcd3.srv {domain}: {}", crate::error_chain(&err)),
+                })?;
+            if role == Role::Daemon {
+                tracing::info!(
+                    "etcd found through {}: {}{}",
+                    found.name,
+                    found.endpoints.join(", "),
+                    if found.https { " (https)" } else { "" }
+                );
+            }
+            https |= found.https;
+            endpoints = found.endpoints;
+        }
         let settings = EtcdSettings {
-            endpoints: e.endpoints(),
+            endpoints,
             https,
             cacert: e.cacert.clone(),
             cert: e.cert.clone(),
@@ -104,6 +123,9 @@ pub async fn connect(
 /// Where the config points: `etcd3 at 127.0.0.1:2379, 127.0.0.2:2379` (for messages).
 pub fn describe(cfg: &Config) -> String {
     if let Some(e) = &cfg.etcd3 {
+        if let (true, Some(d)) = (e.endpoints().is_empty(), &e.srv) {
+            return format!("etcd3 found through DNS SRV records under {d}");
+        }
         return format!("etcd3 at {}", e.endpoints().join(", "));
     }
     if let Some(z) = &cfg.zookeeper {
