@@ -173,7 +173,26 @@ impl Watch {
         let mut imds = Imds::new(&self.imds);
         let mut failing = false;
         let mut id: Option<String> = None;
+        let mut described = false;
         loop {
+            if !described {
+                if let Ok(Some(instance)) = imds.get("instance-id").await {
+                    let az = imds
+                        .get("placement/availability-zone")
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| "an unknown zone".into());
+                    tracing::info!(
+                        "on EC2 instance {instance} in {az}: watching the lifecycle hook {} of the \
+                         Auto Scaling Group {} every {} s",
+                        self.hook,
+                        self.group,
+                        self.poll.as_secs()
+                    );
+                    described = true;
+                }
+            }
             match read_state(&mut imds, &mut id).await {
                 Ok(Some((state, instance))) if state == TERMINATED => {
                     tracing::warn!(

@@ -1,6 +1,7 @@
 //! `aws:kms:<base64>` values anywhere in the configuration, opened at start with KMS (moto's):
 //! the superuser's password sealed in `PATRONI_SUPERUSER_PASSWORD` and the replication
-//! password in Spilo's `PGPASSWORD_STANDBY`. The cluster bootstraps, the test logs in with the
+//! password in Spilo's `PGPASSWORD_STANDBY`, the REST API's in `PATRONI_RESTAPI_PASSWORD` (which
+//! `spiloctl` opens too). The cluster bootstraps, the test logs in with the
 //! plain superuser password (SCRAM: only the opened value was set) and the replica streams
 //! with the opened replication password; neither plaintext appears in any log. A sealed value
 //! KMS cannot open stops the daemon at start, naming the key and KMS's error code.
@@ -56,10 +57,16 @@ fn sealed_passwords_in_the_environment_are_opened_at_start_and_never_logged() {
     ];
     let superuser = seal(&aws_env, &key_id, SUPERUSER_PASSWORD);
     let replication = seal(&aws_env, &key_id, REPLICATION_PASSWORD);
+    let rest = seal(&aws_env, &key_id, "rest-secret");
     assert!(superuser.starts_with("aws:kms:"), "{superuser}");
 
     let mut opts = ClusterOpts::named("kms-config");
+    // The REST API's password: plain in the file, sealed in PATRONI_RESTAPI_PASSWORD (wins).
+    opts.node.rest_auth = Some(("admin".into(), "not-this-one".into()));
     opts.node.env = aws_env.clone();
+    opts.node
+        .env
+        .push(("PATRONI_RESTAPI_PASSWORD".into(), rest.clone()));
     opts.node
         .env
         .push(("PATRONI_SUPERUSER_PASSWORD".into(), superuser.clone()));
@@ -76,7 +83,7 @@ fn sealed_passwords_in_the_environment_are_opened_at_start_and_never_logged() {
     for n in &c.nodes {
         let log = n.log_text();
         assert!(
-            log.contains("opened 2 aws:kms: value(s)")
+            log.contains("opened 3 aws:kms: value(s)")
                 && log.contains("postgresql.authentication.superuser.password"),
             "{}: {log}",
             n.name
@@ -89,6 +96,35 @@ fn sealed_passwords_in_the_environment_are_opened_at_start_and_never_logged() {
             );
         }
     }
+
+    // spiloctl opens the same sealed REST password: a reload through every member's REST API
+    // (Basic auth) succeeds.
+    let out = Command::new(&bins().spiloctl)
+        .arg("-c")
+        .arg(&c.nodes[0].config_path)
+        .args(["reload", "--force"])
+        .envs(aws_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("PATRONI_RESTAPI_PASSWORD", &rest)
+        .output()
+        .expect("spiloctl reload");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && said.matches("Reload request received").count() + said.matches("No changes").count()
+                == 2,
+        "spiloctl reload with a sealed REST password: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // … and without the key it cannot open the password, so the daemons refuse it.
+    let out = Command::new(&bins().spiloctl)
+        .arg("-c")
+        .arg(&c.nodes[0].config_path)
+        .args(["reload", "--force"])
+        .envs(aws_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("PATRONI_RESTAPI_PASSWORD", "wrong-password")
+        .output()
+        .expect("spiloctl reload");
+    assert!(!out.status.success(), "a wrong REST password was accepted");
 
     // One changed byte: KMS refuses it and the daemon does not start.
     let mut blob = spilo_aws::kms::parse_secret(&superuser).expect("blob");

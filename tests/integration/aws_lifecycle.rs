@@ -126,6 +126,13 @@ fn a_terminating_instance_hands_over_then_completes_its_lifecycle_action() {
         "{old}'s PostgreSQL still runs"
     );
     let log = c.node(&old).log_text();
+    assert!(
+        log.contains(&format!(
+            "on EC2 instance {} in us-east-1a",
+            ids[index(&old)]
+        )),
+        "{log}"
+    );
     assert!(log.contains("is terminating this instance"), "{log}");
     assert!(log.contains("lifecycle action completed"), "{log}");
 

@@ -594,7 +594,7 @@ fn main() -> ExitCode {
         eprintln!("spiloctl: {e}");
         return ExitCode::from(2);
     }
-    let auth = rest_auth(&read_raw(&path), &cfg);
+    let raw = read_raw(&path);
     if matches!(args.cmd, Cmd::Version { .. }) {
         println!("{}", version::own_version());
     }
@@ -609,6 +609,43 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // aws:kms: values (etcd and REST passwords) are opened as the daemon opens them.
+        let cfg = match spilo_core::secret::open_config(cfg).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("spiloctl: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        // ctl.authentication (sealed, it is opened here), else restapi.authentication.
+        let auth = match rest_auth(&raw, &cfg) {
+            Some(mut a) if spilo_core::secret::is_secret(&a.password) => {
+                let region = cfg.storage.as_ref().and_then(|s| s.region.clone());
+                let opened = spilo_core::secret::open_kms(
+                    &a.password,
+                    "ctl.authentication.password",
+                    region.as_deref(),
+                )
+                .await;
+                match opened.map(String::from_utf8) {
+                    Ok(Ok(p)) => {
+                        a.password = p;
+                        Some(a)
+                    }
+                    Ok(Err(_)) => {
+                        eprintln!(
+                            "spiloctl: ctl.authentication.password: the opened secret is not UTF-8 text"
+                        );
+                        return ExitCode::from(2);
+                    }
+                    Err(e) => {
+                        eprintln!("spiloctl: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            other => other,
+        };
         let dcs = match spilo_core::dcs::registry::connect(
             &cfg,
             Duration::from_secs(30),
