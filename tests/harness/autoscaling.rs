@@ -3,12 +3,9 @@
 //! hook and instance once and records it; an unknown hook, or an action already completed, is
 //! a `ValidationError` as Auto Scaling answers it.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::Duration;
+
+use crate::stub_http::{Answer, Request, StubServer};
 
 /// One completed lifecycle action.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,39 +26,21 @@ pub struct AutoScalingStub {
     pub port: u16,
     /// Actions completed, in order.
     pub completed: Arc<Mutex<Vec<Completed>>>,
-    stop: Arc<AtomicBool>,
+    _server: StubServer,
 }
 
 impl AutoScalingStub {
     /// Knows `hook` of `group` (any instance, once each).
     pub fn start(group: &str, hook: &str) -> AutoScalingStub {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind the Auto Scaling stub");
-        let port = l.local_addr().expect("addr").port();
-        l.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
         let completed = Arc::new(Mutex::new(Vec::new()));
-        let (s, done, group, hook) = (
-            stop.clone(),
-            completed.clone(),
-            group.to_string(),
-            hook.to_string(),
-        );
-        thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                        serve(c, &group, &hook, &done);
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
-                }
-            }
+        let (done, group, hook) = (completed.clone(), group.to_string(), hook.to_string());
+        let server = StubServer::start("Auto Scaling stub", move |req| {
+            serve(&req, &group, &hook, &done)
         });
         AutoScalingStub {
-            port,
+            port: server.port,
             completed,
-            stop,
+            _server: server,
         }
     }
 
@@ -76,12 +55,6 @@ impl AutoScalingStub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-}
-
-impl Drop for AutoScalingStub {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -109,31 +82,9 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn serve(c: TcpStream, group: &str, hook: &str, done: &Mutex<Vec<Completed>>) {
-    let mut r = BufReader::new(match c.try_clone() {
-        Ok(c) => c,
-        Err(_) => return,
-    });
-    let mut w = c;
-    let mut line = String::new();
-    if r.read_line(&mut line).is_err() {
-        return;
-    }
-    let mut length = 0usize;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).is_err() || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0u8; length.min(64 * 1024)];
-    let _ = r.read_exact(&mut body);
-    let form: Vec<(String, String)> = String::from_utf8_lossy(&body)
+fn serve(req: &Request, group: &str, hook: &str, done: &Mutex<Vec<Completed>>) -> Answer {
+    let body = &req.body;
+    let form: Vec<(String, String)> = String::from_utf8_lossy(body)
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (decode(k), decode(v)))
@@ -197,10 +148,10 @@ fn serve(c: TcpStream, group: &str, hook: &str, done: &Mutex<Vec<Completed>>) {
             ),
         ),
     };
-    let _ = write!(
-        w,
-        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
-        xml.len()
-    );
-    let _ = w.flush();
+    Answer {
+        status,
+        content_type: "text/xml",
+        headers: Vec::new(),
+        body: xml,
+    }
 }

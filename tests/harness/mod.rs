@@ -30,6 +30,7 @@ pub mod imds;
 pub mod node;
 pub mod pg;
 pub mod s3;
+pub mod stub_http;
 pub mod template;
 pub mod tools;
 pub mod util;

@@ -387,20 +387,7 @@ fn aws_lab() {
         }
     });
     let joined = t1.elapsed();
-    let streamed: u64 = c
-        .node("node4")
-        .sql_value(
-            "SELECT (latest_end_lsn - receive_start_lsn)::bigint::text FROM pg_stat_wal_receiver",
-        )
-        .expect("receiver")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX);
-    let db_size: u64 = c
-        .node(&new_primary)
-        .sql_value("SELECT sum(pg_database_size(oid))::bigint::text FROM pg_database")
-        .expect("size")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let (streamed, db_size) = crate::restore::sent_to_replica(&c, "node4", &new_primary);
     let log = c.node("node4").log_text();
     assert!(
         log.contains("building this replica from backup base_"),

@@ -170,6 +170,26 @@ fn rebuild(c: &mut TestCluster, name: &str) -> usize {
     before
 }
 
+/// What `primary` sent `replica` since its WAL receiver started (counted by the receiver), and
+/// the size of `primary`'s databases (what a `pg_basebackup` copy would have read).
+pub(crate) fn sent_to_replica(c: &TestCluster, replica: &str, primary: &str) -> (u64, u64) {
+    let streamed: u64 = c
+        .node(replica)
+        .sql_value(
+            "SELECT (latest_end_lsn - receive_start_lsn)::bigint::text FROM pg_stat_wal_receiver",
+        )
+        .expect("receiver")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    let db_size: u64 = c
+        .node(primary)
+        .sql_value("SELECT sum(pg_database_size(oid))::bigint::text FROM pg_database")
+        .expect("size")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (streamed, db_size)
+}
+
 /// The rows of `archive_fill` on `n`, as text.
 fn fill_rows(n: &spilo_tests::Node) -> String {
     n.sql_value("SELECT count(*)::text FROM archive_fill")
@@ -235,20 +255,7 @@ fn a_new_replica_is_restored_from_the_newest_backup() {
     c.wait_for_replicas_streaming(Duration::from_secs(120));
     // What the primary sent for the new replica: no copy, only the WAL streamed after what
     // the archive held (counted by the replica's WAL receiver).
-    let streamed: u64 = c
-        .node(&replica)
-        .sql_value(
-            "SELECT (latest_end_lsn - receive_start_lsn)::bigint::text FROM pg_stat_wal_receiver",
-        )
-        .expect("receiver")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX);
-    let db_size: u64 = c
-        .node(&primary)
-        .sql_value("SELECT sum(pg_database_size(oid))::bigint::text FROM pg_database")
-        .expect("size")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let (streamed, db_size) = sent_to_replica(&c, &replica, &primary);
     assert_eq!(
         copies_served(&c),
         copies_before,

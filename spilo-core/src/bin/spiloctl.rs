@@ -250,16 +250,8 @@ enum AwsCmd {
         /// CONTINUE or ABANDON.
         #[arg(long, default_value = "CONTINUE")]
         result: String,
-        /// The AWS region (default: AWS_REGION, the profile's, the instance's).
-        #[arg(long)]
-        region: Option<String>,
-        /// An Auto Scaling endpoint URL (default: AWS_ENDPOINT_URL_AUTO_SCALING,
-        /// AWS_ENDPOINT_URL, else AWS's).
-        #[arg(long)]
-        endpoint: Option<String>,
-        /// The longest the call may take, retries included, in seconds (1-300).
-        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=300))]
-        timeout: u64,
+        #[command(flatten)]
+        at: AwsAt,
     },
     /// Check a CloudFormation template (JSON or YAML) for what cfn-lint does not: classic ELB
     /// health checks and idle timeouts, the group's health-check type, IMDSv2.
@@ -269,13 +261,14 @@ enum AwsCmd {
     },
 }
 
-/// Where KMS is.
+/// Where the AWS service is.
 #[derive(clap::Args, Debug)]
-struct KmsAt {
+struct AwsAt {
     /// The AWS region (default: AWS_REGION, the profile's, the instance's).
     #[arg(long)]
     region: Option<String>,
-    /// A KMS endpoint URL (default: AWS_ENDPOINT_URL_KMS, AWS_ENDPOINT_URL, else AWS's).
+    /// The service's endpoint URL (default: AWS_ENDPOINT_URL_<SERVICE>, AWS_ENDPOINT_URL,
+    /// else AWS's).
     #[arg(long)]
     endpoint: Option<String>,
     /// The longest one call may take, retries included, in seconds (1-300).
@@ -292,7 +285,7 @@ enum KmsCmd {
         #[arg(long)]
         key_id: String,
         #[command(flatten)]
-        at: KmsAt,
+        at: AwsAt,
     },
     /// A new random 256-bit key for backup.encryption, sealed under a KMS key, printed as
     /// aws:kms:<base64>; its plaintext never leaves KMS.
@@ -301,17 +294,17 @@ enum KmsCmd {
         #[arg(long)]
         key_id: String,
         #[command(flatten)]
-        at: KmsAt,
+        at: AwsAt,
     },
     /// Open the aws:kms:<base64> secret on standard input and write its plaintext to standard
     /// output (what the daemon runs at start).
     Decrypt {
         #[command(flatten)]
-        at: KmsAt,
+        at: AwsAt,
     },
 }
 
-impl KmsAt {
+impl AwsAt {
     fn options(&self) -> spilo_aws::kms::Options {
         spilo_aws::kms::Options {
             region: self.region.clone(),
@@ -335,19 +328,18 @@ fn aws(cmd: AwsCmd) -> ExitCode {
             hook,
             instance_id,
             result,
-            region,
-            endpoint,
-            timeout,
+            at,
         } => {
+            let o = at.options();
             return spilo_core::ctl::aws::run_lifecycle(spilo_aws::autoscaling::Completion {
                 group,
                 hook,
                 instance_id,
                 result,
-                region,
-                endpoint,
-                timeout: Duration::from_secs(timeout),
-            })
+                region: o.region,
+                endpoint: o.endpoint,
+                timeout: o.timeout,
+            });
         }
     };
     match action {
@@ -598,15 +590,9 @@ fn main() -> ExitCode {
     if matches!(args.cmd, Cmd::Version { .. }) {
         println!("{}", version::own_version());
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match spilo_core::ctl::common::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("spiloctl: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         // aws:kms: values (etcd and REST passwords) are opened as the daemon opens them.

@@ -29,15 +29,9 @@ const MAX_INPUT: u64 = 64 * 1024;
 
 /// Runs the action; prints the result on standard output, errors on standard error.
 pub fn run(action: KmsAction, opts: Options) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::common::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("spiloctl: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(act(action, &opts)) {
         Ok(out) => match std::io::stdout().lock().write_all(&out) {
@@ -111,15 +105,9 @@ async fn act(action: KmsAction, opts: &Options) -> Result<Vec<u8>, String> {
 /// settings, 1 Auto Scaling's error or no answer (the message carries its code).
 pub fn run_lifecycle(c: spilo_aws::autoscaling::Completion) -> ExitCode {
     use spilo_aws::autoscaling::LifecycleError;
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::common::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("spiloctl: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(c.send()) {
         Ok(()) => {

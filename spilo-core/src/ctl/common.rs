@@ -426,6 +426,17 @@ pub fn answer_text(body: &str) -> String {
     }
 }
 
+/// A runtime for one command (its error printed, exit 1).
+pub fn runtime() -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("spiloctl: {e}");
+            std::process::ExitCode::from(1)
+        })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use serde_json::json;

@@ -16,6 +16,18 @@ use crate::ha::plan::{
 };
 use crate::postgres::StopMode;
 
+/// A reload that cannot apply: logged, answered 400, the running configuration kept.
+fn refuse_reload(reply: Option<oneshot::Sender<CommandReply>>, e: &dyn std::fmt::Display) {
+    tracing::error!("reload refused, keeping the running configuration: {e}");
+    if let Some(r) = reply {
+        send(
+            r,
+            400,
+            format!("reload failed: {e}; the running configuration is kept"),
+        );
+    }
+}
+
 fn send(reply: oneshot::Sender<CommandReply>, status: u16, msg: impl Into<String>) {
     let _ = reply.send(CommandReply::new(status, msg));
 }
@@ -230,34 +242,14 @@ impl Node {
         };
         let loaded = match config::load_file(&path) {
             Ok(l) => l,
-            Err(e) => {
-                tracing::error!("reload refused, keeping the running configuration: {e}");
-                if let Some(r) = reply {
-                    send(
-                        r,
-                        400,
-                        format!("reload failed: {e}; the running configuration is kept"),
-                    );
-                }
-                return;
-            }
+            Err(e) => return refuse_reload(reply, &e),
         };
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
         let mut new = match crate::secret::open_config(loaded.config).await {
             Ok(c) => c,
-            Err(e) => {
-                tracing::error!("reload refused, keeping the running configuration: {e}");
-                if let Some(r) = reply {
-                    send(
-                        r,
-                        400,
-                        format!("reload failed: {e}; the running configuration is kept"),
-                    );
-                }
-                return;
-            }
+            Err(e) => return refuse_reload(reply, &e),
         };
         let old = &self.cfg;
         let fixed: [(&str, bool); 6] = [
