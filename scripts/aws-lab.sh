@@ -61,6 +61,10 @@ echo
 echo "===== the AWS lab ====="
 grep -o 'lab: .*' "$log" || true
 grep -E '^test result:' "$log" || true
+if [ "$status" -eq 0 ] && ! grep -q '^test result: ok. 1 passed' "$log"; then
+  echo "aws-lab.sh: the lab test did not run (renamed?)"
+  status=1
+fi
 if [ "$status" -ne 0 ]; then
   echo
   echo "aws-lab.sh: the lab FAILED; the end of its output:"

@@ -51,11 +51,12 @@ pub enum LifecycleError {
     Transport(String),
 }
 
+/// Auto Scaling's names (group, hook) and instance ids: 1-255 letters, digits, '-', '_', '/'.
 fn name_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c))
 }
 
 impl Completion {
@@ -68,7 +69,7 @@ impl Completion {
         ] {
             if !name_ok(v) {
                 return Err(LifecycleError::Invalid(format!(
-                    "{what} {v:?}: 1-255 letters, digits and - _ . / : @"
+                    "{what} {v:?}: 1-255 letters, digits and - _ /"
                 )));
             }
         }

@@ -10,7 +10,6 @@
 //! daemon's one HTTP client; the Auto Scaling call is made by `spiloctl aws
 //! complete-lifecycle-action`, so the AWS SDK never maps into the daemon.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use hyper::header::HeaderName;
@@ -42,6 +41,14 @@ pub enum ImdsError {
         /// The client's error.
         #[source]
         source: crate::api::client::ClientError,
+    },
+    /// An answer that is not what the item holds.
+    #[error("instance metadata {path}: {what}")]
+    Invalid {
+        /// What was asked.
+        path: String,
+        /// What is wrong with the answer.
+        what: String,
     },
     /// An answer other than 200.
     #[error("instance metadata {path}: HTTP {status}")]
@@ -232,59 +239,38 @@ impl Watch {
                 .await
                 .map_err(|e| crate::error_chain(&e))?,
         };
-        let helper = crate::secret::helper();
-        #[allow(clippy::disallowed_methods)]
-        // spiloctl carries the AWS SDK so that the daemon does not (as for KMS secrets)
-        let mut cmd = tokio::process::Command::new(&helper);
-        cmd.args(["aws", "complete-lifecycle-action", "--group"])
-            .arg(&self.group)
-            .arg("--hook")
-            .arg(&self.hook)
-            .arg("--instance-id")
-            .arg(instance_id)
-            .args(["--result", "CONTINUE", "--timeout", "30"]);
+        let mut args = vec![
+            "aws",
+            "complete-lifecycle-action",
+            "--group",
+            &self.group,
+            "--hook",
+            &self.hook,
+            "--instance-id",
+            instance_id,
+            "--result",
+            "CONTINUE",
+            "--timeout",
+            "30",
+        ];
         if let Some(r) = &region {
-            cmd.arg("--region").arg(r);
+            args.extend(["--region", r]);
         }
         if let Some(e) = &self.endpoint {
-            cmd.arg("--endpoint").arg(e);
+            args.extend(["--endpoint", e]);
         }
         // The instance role comes from the same metadata service the lifecycle state does;
         // static credentials go in the environment (never in arguments, which `ps` shows).
-        cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds);
+        let mut env = vec![("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.imds.as_str())];
         if let Some((id, secret)) = &self.credentials {
-            cmd.env("AWS_ACCESS_KEY_ID", id)
-                .env("AWS_SECRET_ACCESS_KEY", secret)
-                .env_remove("AWS_SESSION_TOKEN");
+            env.extend([
+                ("AWS_ACCESS_KEY_ID", id.as_str()),
+                ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+            ]);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let out = match tokio::time::timeout(COMPLETE_TIMEOUT, cmd.output()).await {
-            Err(_) => {
-                return Err(format!(
-                    "{} aws complete-lifecycle-action did not finish in {} s",
-                    helper.display(),
-                    COMPLETE_TIMEOUT.as_secs()
-                ))
-            }
-            Ok(Err(e)) => return Err(format!("cannot run {}: {e}", helper.display())),
-            Ok(Ok(out)) => out,
-        };
-        if out.status.success() {
-            return Ok(());
-        }
-        let said = String::from_utf8_lossy(&out.stderr);
-        let said = said.trim();
-        Err(match said.strip_prefix("spiloctl: ").unwrap_or(said) {
-            "" => format!(
-                "{} aws complete-lifecycle-action: {}",
-                helper.display(),
-                out.status
-            ),
-            s => s.to_string(),
-        })
+        crate::secret::run_helper(&args, b"", &env, COMPLETE_TIMEOUT)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -297,7 +283,19 @@ async fn read_state(
         return Ok(None);
     };
     if id.is_none() {
-        *id = imds.get("instance-id").await?;
+        match imds.get("instance-id").await? {
+            Some(i) if crate::config::lb::instance_id_ok(&i) => *id = Some(i),
+            Some(i) => {
+                return Err(ImdsError::Invalid {
+                    path: "latest/meta-data/instance-id".into(),
+                    what: format!(
+                        "{:?} is not an EC2 instance id",
+                        i.chars().take(40).collect::<String>()
+                    ),
+                })
+            }
+            None => {}
+        }
     }
     Ok(id.clone().map(|i| (state, i)))
 }
@@ -342,7 +340,7 @@ mod tests {
                     state = states.next().unwrap_or(state);
                     now.to_string()
                 } else if req.contains("instance-id") {
-                    "i-0abc".to_string()
+                    "i-0123456789abcdef0".to_string()
                 } else {
                     String::new()
                 };
@@ -380,7 +378,7 @@ mod tests {
         let id = tokio::time::timeout(Duration::from_secs(10), w.terminating())
             .await
             .expect("resolves");
-        assert_eq!(id, "i-0abc");
+        assert_eq!(id, "i-0123456789abcdef0");
         assert_eq!(
             tokenless.load(std::sync::atomic::Ordering::SeqCst),
             0,

@@ -34,6 +34,52 @@ pub(crate) fn helper() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("spiloctl"))
 }
 
+/// Runs `spiloctl <args>` (the one next to this executable): `input` on its standard input,
+/// `env` added to its environment, all within `timeout`. Its standard output when it succeeds;
+/// else what it said on standard error (without its `spiloctl: ` prefix) or how it ended.
+pub(crate) async fn run_helper(
+    args: &[&str],
+    input: &[u8],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let helper = helper();
+    let what = format!("{} {}", helper.display(), args.join(" "));
+    #[allow(clippy::disallowed_methods)]
+    // the one helper the daemon runs outside postgres/ and hooks/: spiloctl carries the AWS SDK
+    let mut cmd = tokio::process::Command::new(&helper);
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
+    let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
+    let input = input.to_vec();
+    let run = async move {
+        stdin.write_all(&input).await?;
+        drop(stdin);
+        child.wait_with_output().await
+    };
+    let out = match tokio::time::timeout(timeout, run).await {
+        Err(_) => return Err(format!("{what} did not finish in {} s", timeout.as_secs())),
+        Ok(Err(e)) => return Err(format!("{what}: {e}")),
+        Ok(Ok(out)) => out,
+    };
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    let said = said.trim();
+    Err(match said.strip_prefix("spiloctl: ").unwrap_or(said) {
+        "" => format!("{what}: {}", out.status),
+        s => s.to_string(),
+    })
+}
+
 /// Opens an `aws:kms:` secret with KMS (`region` from the storage settings, else AWS's chain).
 pub async fn open_kms(
     text: &str,
@@ -56,56 +102,61 @@ async fn open_kms_with(
     };
     // Checked here too, so a malformed value is named without starting anything.
     spilo_aws::kms::parse_secret(text).map_err(|e| fail(e.to_string()))?;
-    let helper = helper();
-    #[allow(clippy::disallowed_methods)]
-    // the one helper the daemon runs outside postgres/ and hooks/
-    let mut cmd = tokio::process::Command::new(&helper);
-    cmd.args(["aws", "kms", "decrypt"]);
+    let mut args = vec!["aws", "kms", "decrypt"];
     if let Some(r) = region {
-        cmd.args(["--region", r]);
+        args.extend(["--region", r]);
     }
-    if let Some(e) = imds {
-        cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", e);
+    let env: Vec<(&str, &str)> = imds
+        .map(|e| ("AWS_EC2_METADATA_SERVICE_ENDPOINT", e))
+        .into_iter()
+        .collect();
+    run_helper(&args, text.trim().as_bytes(), &env, HELPER_TIMEOUT)
+        .await
+        .map_err(fail)
+}
+
+/// Where the configuration's secrets are opened: `aws.region`, else `storage.region` (else the
+/// chain's), and the instance role from `aws.imds_endpoint`.
+fn kms_place(cfg: &crate::config::Config) -> (Option<String>, Option<String>) {
+    let region = cfg
+        .aws
+        .as_ref()
+        .and_then(|a| a.region.clone())
+        .or_else(|| cfg.storage.as_ref().and_then(|s| s.region.clone()));
+    let imds = cfg.aws.as_ref().and_then(|a| a.imds_endpoint.clone());
+    (region, imds)
+}
+
+/// Secrets opened by this process (sealed text, plaintext): a reload does not ask KMS again
+/// for a value it has opened (the plaintext is in the running configuration anyway).
+static OPENED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Opens one sealed value `text` of `cfg` named `place` (cached, see [`OPENED`]).
+pub async fn open_value(
+    text: &str,
+    place: &str,
+    cfg: &crate::config::Config,
+) -> Result<String, SecretError> {
+    let cached = OPENED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(t, _)| t == text)
+        .map(|(_, p)| p.clone());
+    if let Some(p) = cached {
+        return Ok(p);
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| fail(format!("cannot run {}: {e}", helper.display())))?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| fail("no stdin pipe".into()))?;
-    let sealed = text.trim().as_bytes().to_vec();
-    let run = async move {
-        stdin.write_all(&sealed).await?;
-        drop(stdin);
-        child.wait_with_output().await
-    };
-    let out = match tokio::time::timeout(HELPER_TIMEOUT, run).await {
-        Err(_) => {
-            return Err(fail(format!(
-                "{} aws kms decrypt did not finish in {} s",
-                helper.display(),
-                HELPER_TIMEOUT.as_secs()
-            )))
-        }
-        Ok(Err(e)) => return Err(fail(format!("{}: {e}", helper.display()))),
-        Ok(Ok(out)) => out,
-    };
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr);
-        let said = said.trim();
-        let said = said.strip_prefix("spiloctl: ").unwrap_or(said);
-        return Err(fail(if said.is_empty() {
-            format!("{} aws kms decrypt: {}", helper.display(), out.status)
-        } else {
-            said.to_string()
-        }));
+    let (region, imds) = kms_place(cfg);
+    let bytes = open_kms_with(text, place, region.as_deref(), imds.as_deref()).await?;
+    let plain = String::from_utf8(bytes).map_err(|_| SecretError {
+        place: place.to_string(),
+        detail: "the opened secret is not UTF-8 text".into(),
+    })?;
+    let mut cache = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    if !cache.iter().any(|(t, _)| t == text) {
+        cache.push((text.to_string(), plain.clone()));
     }
-    Ok(out.stdout)
+    Ok(plain)
 }
 
 /// Every `aws:kms:<base64>` string value of the configuration (wherever it came from: the file,
@@ -141,39 +192,34 @@ fn sealed_values(v: &serde_json::Value) -> Vec<(String, String, String)> {
 }
 
 /// Opens every `aws:kms:` value of `cfg` with KMS (one `spiloctl aws kms decrypt` per distinct
-/// secret; the region is `aws.region`, else `storage.region`, else AWS's chain). The plaintexts
-/// replace the sealed values in memory only and are never logged; a value KMS will not open
-/// stops the start, naming its key and KMS's error code. Without such values `cfg` comes back
-/// as it was.
+/// secret not opened before; where: see [`kms_place`]). The plaintexts replace the sealed
+/// values in memory only and are never logged; a value KMS will not open stops the start,
+/// naming its key and KMS's error code. Without such values `cfg` comes back as it was.
 pub async fn open_config(cfg: crate::config::Config) -> Result<crate::config::Config, SecretError> {
+    open_config_where(cfg, |_| true).await
+}
+
+/// [`open_config`] for the keys `wanted` accepts (dotted: `etcd3.password`); the others stay
+/// sealed (`spiloctl` opens only the DCS's and the REST API's credentials it uses).
+pub async fn open_config_where(
+    cfg: crate::config::Config,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<crate::config::Config, SecretError> {
     let fail = |place: &str, detail: String| SecretError {
         place: place.to_string(),
         detail,
     };
     let mut tree = serde_json::to_value(&cfg)
         .map_err(|e| fail("the configuration", format!("cannot walk it: {e}")))?;
-    let sealed = sealed_values(&tree);
+    let sealed: Vec<_> = sealed_values(&tree)
+        .into_iter()
+        .filter(|(k, _, _)| wanted(k))
+        .collect();
     if sealed.is_empty() {
         return Ok(cfg);
     }
-    let region = cfg
-        .aws
-        .as_ref()
-        .and_then(|a| a.region.clone())
-        .or_else(|| cfg.storage.as_ref().and_then(|s| s.region.clone()));
-    let imds = cfg.aws.as_ref().and_then(|a| a.imds_endpoint.clone());
-    let mut opened: Vec<(String, String)> = Vec::new();
     for (key, ptr, text) in &sealed {
-        let plain = match opened.iter().find(|(t, _)| t == text) {
-            Some((_, p)) => p.clone(),
-            None => {
-                let bytes = open_kms_with(text, key, region.as_deref(), imds.as_deref()).await?;
-                let p = String::from_utf8(bytes)
-                    .map_err(|_| fail(key, "the opened secret is not UTF-8 text".into()))?;
-                opened.push((text.clone(), p.clone()));
-                p
-            }
-        };
+        let plain = open_value(text, key, &cfg).await?;
         if let Some(slot) = tree.pointer_mut(ptr) {
             *slot = serde_json::Value::String(plain);
         }

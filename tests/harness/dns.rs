@@ -17,8 +17,9 @@ pub type Record = (u16, u16, u16, String);
 pub struct DnsStub {
     /// Its address.
     pub addr: std::net::SocketAddr,
-    /// Questions asked, by name.
-    pub asked: Arc<Mutex<BTreeMap<String, u32>>>,
+    /// Questions asked, in order.
+    pub asked: Arc<Mutex<Vec<String>>>,
+    zone: Arc<Mutex<BTreeMap<String, Vec<Record>>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -68,8 +69,9 @@ impl DnsStub {
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
         let stop = Arc::new(AtomicBool::new(false));
-        let asked = Arc::new(Mutex::new(BTreeMap::new()));
-        let (s, counts) = (stop.clone(), asked.clone());
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let zone = Arc::new(Mutex::new(zone));
+        let (s, log, names) = (stop.clone(), asked.clone(), zone.clone());
         thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !s.load(Ordering::SeqCst) {
@@ -83,15 +85,23 @@ impl DnsStub {
                 if q.len() < end + 4 {
                     continue;
                 }
-                *counts
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(name.clone());
+                let records = names
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .entry(name.clone())
-                    .or_insert(0) += 1;
-                let _ = sock.send_to(&answer(q, end, zone.get(&name)), from);
+                    .get(&name)
+                    .cloned();
+                let _ = sock.send_to(&answer(q, end, records.as_ref()), from);
             }
         });
-        DnsStub { addr, asked, stop }
+        DnsStub {
+            addr,
+            asked,
+            zone,
+            stop,
+        }
     }
 
     /// How often `name` was asked.
@@ -99,9 +109,22 @@ impl DnsStub {
         self.asked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .copied()
-            .unwrap_or(0)
+            .iter()
+            .filter(|n| *n == name)
+            .count() as u32
+    }
+
+    /// The questions asked so far, in order.
+    pub fn questions(&self) -> Vec<String> {
+        self.asked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Publishes `records` for `name`.
+    pub fn set(&self, name: &str, records: Vec<Record>) {
+        self.zone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), records);
     }
 }
 

@@ -88,7 +88,7 @@ fn sealed_passwords_in_the_environment_are_opened_at_start_and_never_logged() {
             "{}: {log}",
             n.name
         );
-        for secret in [SUPERUSER_PASSWORD, REPLICATION_PASSWORD] {
+        for secret in [SUPERUSER_PASSWORD, REPLICATION_PASSWORD, "rest-secret"] {
             assert!(
                 !log.contains(secret),
                 "{}'s log holds a plaintext password",
@@ -115,7 +115,18 @@ fn sealed_passwords_in_the_environment_are_opened_at_start_and_never_logged() {
         "spiloctl reload with a sealed REST password: {said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // … and without the key it cannot open the password, so the daemons refuse it.
+    // The reload reopened the daemons' sealed values (from what they opened at start: no
+    // KMS call needed) and kept running.
+    for n in &c.nodes {
+        let log = n.log_text();
+        assert!(
+            log.contains("opened 3 aws:kms: value(s)") && !log.contains("reload refused"),
+            "{}: {}",
+            n.name,
+            n.log_tail(20)
+        );
+    }
+    // … and a wrong REST password (plain) is refused by the daemons.
     let out = Command::new(&bins().spiloctl)
         .arg("-c")
         .arg(&c.nodes[0].config_path)

@@ -87,7 +87,8 @@ fn create_stack(moto: &Moto, scope: &str, dir: &std::path::Path) -> Stack {
             "--hosted-zone",
             "example.org.",
         ])
-        .args(["--spilo-url", "https://example.org/spilo.tar.gz"]);
+        .args(["--spilo-url", "https://example.org/spilo.tar.gz"])
+        .args(["--vpc-cidr", "10.0.0.0/16"]);
     for (s, z) in subnets.iter().zip(["a", "b", "c"]) {
         cmd.arg("--subnet").arg(format!("{s}={REGION}{z}"));
     }

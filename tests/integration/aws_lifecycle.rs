@@ -53,9 +53,9 @@ fn a_terminating_instance_hands_over_then_completes_its_lifecycle_action() {
     let ttl = 30;
     let asg = AutoScalingStub::start(GROUP, HOOK);
     let ids = [
-        "i-0000000000000001",
-        "i-0000000000000002",
-        "i-0000000000000003",
+        "i-00000000000000001",
+        "i-00000000000000002",
+        "i-00000000000000003",
     ];
     let imds: Vec<Imds> = ids.iter().map(|id| Imds::start(id)).collect();
     let mut c = TestCluster::start(0, ClusterOpts::named("lifecycle").timing(ttl, 2, 3));

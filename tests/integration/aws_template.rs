@@ -55,6 +55,8 @@ fn write_template(file: &Path, scope: &str, subnets: &[String], replica: bool, f
         "10.0.1.5:2379",
         "--hosted-zone",
         "example.org.",
+        "--vpc-cidr",
+        "10.0.0.0/8",
         "--spilo-url",
         "https://example.org/spilo.tar.gz",
         "--admin-cidr",

@@ -63,20 +63,25 @@ fn etcd_is_found_through_srv_records() {
     assert!(dns.asked("_etcd-client-ssl-prod._tcp.spilo.test") >= 1);
     assert!(dns.asked("_etcd-client-prod._tcp.spilo.test") >= 1);
     assert_eq!(dns.asked("_etcd-ssl-prod._tcp.spilo.test"), 0);
-    // Peer records: every client name asked first, then the peers' member list.
-    for n in [
+    // Peer records: the names asked in Patroni's order (the first discovery's questions).
+    let order: Vec<String> = dns
+        .questions()
+        .into_iter()
+        .filter(|q| q.ends_with("._tcp.peers.test"))
+        .take(6)
+        .collect();
+    let want: Vec<String> = [
         "_etcd-client-ssl",
         "_etcd-client",
         "_etcd-ssl",
         "_etcd",
         "_etcd-server-ssl",
         "_etcd-server",
-    ] {
-        assert!(
-            dns.asked(&format!("{n}._tcp.peers.test")) >= 1,
-            "{n} not asked"
-        );
-    }
+    ]
+    .iter()
+    .map(|n| format!("{n}._tcp.peers.test"))
+    .collect();
+    assert_eq!(order, want);
     let log1 = c.node("node1").log_text();
     assert!(
         log1.contains(&format!(
@@ -121,4 +126,10 @@ fn etcd_is_found_through_srv_records() {
         },
     );
     assert!(c.node_mut("node3").daemon_running(), "the daemon gave up");
+    // The records appear: the daemon finds etcd and joins as a replica.
+    dns.set(
+        "_etcd._tcp.nothing.test",
+        vec![(10, 0, client, "127.0.0.1".to_string())],
+    );
+    c.wait_for_value("node3", "srv_rows", "found", Duration::from_secs(120));
 }

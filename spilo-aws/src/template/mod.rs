@@ -72,6 +72,7 @@ fn s3_arn(s: &Settings, suffix: &str) -> Value {
 pub fn render(s: &Settings) -> Result<Value, Invalid> {
     s.check()?;
     let config = node::config_text(s)?;
+    node::check_user_data_size(s, &config)?;
     let mut resources = Map::new();
     security_groups(s, &mut resources);
     storage(s, &mut resources);
@@ -111,15 +112,15 @@ fn parameters(s: &Settings) -> Value {
         vpc["Default"] = json!(id);
     }
     put("VpcId", vpc);
-    put(
-        "VpcCidr",
-        json!({
-            "Type": "String",
-            "Description": "Who may connect to the ELBs (the VPC's CIDR).",
-            "Default": s.vpc_cidr,
-            "AllowedPattern": r"^(\d{1,3}\.){3}\d{1,3}/\d{1,2}$",
-        }),
-    );
+    let mut cidr = json!({
+        "Type": "String",
+        "Description": "The VPC's CIDR: who may connect to the ELBs, and to PostgreSQL (pg_hba).",
+        "AllowedPattern": r"^(\d{1,3}\.){3}\d{1,3}/\d{1,2}$",
+    });
+    if let Some(c) = &s.vpc_cidr {
+        cidr["Default"] = json!(c);
+    }
+    put("VpcCidr", cidr);
     let mut subnets = json!({
         "Type": "List<AWS::EC2::Subnet::Id>",
         "Description": "One subnet per availability zone; the nodes and the ELBs spread over them.",
@@ -193,7 +194,7 @@ fn parameters(s: &Settings) -> Value {
                 "NoEcho": true,
                 "Description": format!("The password of {who}: aws:kms:<base64> (spiloctl aws kms encrypt) or plain text."),
                 "MinLength": 12,
-                "MaxLength": 4096,
+                "MaxLength": 2048,
                 "AllowedPattern": r"^[A-Za-z0-9+/=:._~-]+$",
             }),
         );
@@ -448,11 +449,13 @@ fn role(s: &Settings, res: &mut Map<String, Value>) {
                         "Version": "2012-10-17",
                         "Statement": [
                             {
-                                "Sid": "ListTheClustersPrefix",
+                                // Unconditional: without ListBucket S3 answers 403, not 404,
+                                // for a missing object (a GET carries no s3:prefix), and the
+                                // archive's probes for absent WAL would fail.
+                                "Sid": "ListTheBucket",
                                 "Effect": "Allow",
                                 "Action": "s3:ListBucket",
                                 "Resource": bucket_arn,
-                                "Condition": { "StringLike": { "s3:prefix": [format!("spilo/{scope}/*"), "dist/*"] } },
                             },
                             {
                                 "Sid": "BackupsAndWalOfThisClusterOnly",
@@ -750,43 +753,63 @@ fn number(v: Option<&Value>) -> Option<u64> {
     }
 }
 
+/// A value given by a function (`{"Ref": …}`, `{"Fn::…": …}`): known only at deployment.
+fn intrinsic(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|o| o.len() == 1 && o.keys().all(|k| k == "Ref" || k.starts_with("Fn::")))
+}
+
 fn check_elb(name: &str, props: &Value) -> Result<(), Invalid> {
     let field = |p: &str| format!("{name}.{p}");
     if let Some(h) = props.get("HealthCheck") {
-        let get = |k: &str| {
-            number(h.get(k)).ok_or_else(|| {
-                bad(
-                    field(&format!("HealthCheck.{k}")),
-                    "missing or not a number",
-                )
-            })
+        // A number, None for a value a function gives (checked by CloudFormation then).
+        let get = |k: &str| -> Result<Option<u64>, Invalid> {
+            match h.get(k) {
+                Some(v) if intrinsic(v) => Ok(None),
+                v => number(v).map(Some).ok_or_else(|| {
+                    bad(
+                        field(&format!("HealthCheck.{k}")),
+                        "missing or not a number",
+                    )
+                }),
+            }
         };
         let interval = get("Interval")?;
         let timeout = get("Timeout")?;
-        if !(5..=300).contains(&interval) {
-            return Err(bad(
-                field("HealthCheck.Interval"),
-                format!("{interval} s; 5 to 300"),
-            ));
+        if let Some(i) = interval {
+            if !(5..=300).contains(&i) {
+                return Err(bad(
+                    field("HealthCheck.Interval"),
+                    format!("{i} s; 5 to 300"),
+                ));
+            }
         }
-        if !(2..=60).contains(&timeout) || timeout >= interval {
-            return Err(bad(
-                field("HealthCheck.Timeout"),
-                format!("{timeout} s; 2 to 60 and below the interval ({interval} s)"),
-            ));
+        if let Some(t) = timeout {
+            let below = interval.is_none_or(|i| t < i);
+            if !(2..=60).contains(&t) || !below {
+                return Err(bad(
+                    field("HealthCheck.Timeout"),
+                    match interval {
+                        Some(i) => format!("{t} s; 2 to 60 and below the interval ({i} s)"),
+                        None => format!("{t} s; 2 to 60"),
+                    },
+                ));
+            }
         }
         for k in ["HealthyThreshold", "UnhealthyThreshold"] {
-            let n = get(k)?;
-            if !(2..=10).contains(&n) {
-                return Err(bad(
-                    field(&format!("HealthCheck.{k}")),
-                    format!("{n}; 2 to 10"),
-                ));
+            if let Some(n) = get(k)? {
+                if !(2..=10).contains(&n) {
+                    return Err(bad(
+                        field(&format!("HealthCheck.{k}")),
+                        format!("{n}; 2 to 10"),
+                    ));
+                }
             }
         }
     }
     if let Some(idle) = props.pointer("/ConnectionSettings/IdleTimeout") {
         match number(Some(idle)) {
+            _ if intrinsic(idle) => {}
             Some(n) if (1..=3600).contains(&n) => {}
             _ => {
                 return Err(bad(
@@ -797,6 +820,58 @@ fn check_elb(name: &str, props: &Value) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// A template read as YAML, CloudFormation's short forms included (`!Ref X`, `!GetAtt A.B`,
+/// `!Sub …`, `!If […]`: `{"Ref": …}`, `{"Fn::GetAtt": […]}`, `{"Fn::…": …}`).
+pub fn from_yaml(text: &str) -> Result<Value, String> {
+    let y: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    yaml_to_json(y, 0)
+}
+
+fn yaml_to_json(y: serde_yaml::Value, depth: usize) -> Result<Value, String> {
+    use serde_yaml::Value as Y;
+    if depth > 256 {
+        return Err("nested more than 256 levels".into());
+    }
+    Ok(match y {
+        Y::Null => Value::Null,
+        Y::Bool(b) => Value::Bool(b),
+        Y::Number(n) => serde_json::to_value(&n).map_err(|e| e.to_string())?,
+        Y::String(s) => Value::String(s),
+        Y::Sequence(v) => Value::Array(
+            v.into_iter()
+                .map(|x| yaml_to_json(x, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        Y::Mapping(m) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                let k = match k {
+                    Y::String(s) => s,
+                    Y::Number(n) => n.to_string(),
+                    Y::Bool(b) => b.to_string(),
+                    other => return Err(format!("a mapping key that is not text: {other:?}")),
+                };
+                out.insert(k, yaml_to_json(v, depth + 1)?);
+            }
+            Value::Object(out)
+        }
+        Y::Tagged(t) => {
+            let tag = t.tag.to_string();
+            let tag = tag.trim_start_matches('!');
+            let v = yaml_to_json(t.value, depth + 1)?;
+            match (tag, v) {
+                ("Ref", v) => json!({ "Ref": v }),
+                ("Condition", v) => json!({ "Condition": v }),
+                ("GetAtt", Value::String(s)) => match s.split_once('.') {
+                    Some((r, a)) => json!({ "Fn::GetAtt": [r, a] }),
+                    None => return Err(format!("!GetAtt {s}: RESOURCE.ATTRIBUTE")),
+                },
+                (f, v) => json!({ format!("Fn::{f}"): v }),
+            }
+        }
+    })
 }
 
 /// The template as YAML (CloudFormation reads the long form of the functions: `Fn::Sub:`).
@@ -1035,6 +1110,35 @@ mod tests {
             ),
             "LaunchTemplate.LaunchTemplateData.MetadataOptions.HttpTokens"
         );
+    }
+
+    #[test]
+    fn short_form_yaml_is_read_and_function_values_are_left_to_cloudformation() {
+        let t = from_yaml(
+            "Resources:\n  E:\n    Type: AWS::ElasticLoadBalancing::LoadBalancer\n    Properties:\n      \
+             Subnets: !Ref SubnetIds\n      SecurityGroups: [!GetAtt G.GroupId]\n      \
+             Name: !Sub '${AWS::StackName}-x'\n      \
+             HealthCheck: {Interval: !Ref I, Timeout: 3, HealthyThreshold: 2, UnhealthyThreshold: 2}\n",
+        )
+        .expect("short forms");
+        let p = &t["Resources"]["E"]["Properties"];
+        assert_eq!(p["Subnets"], json!({"Ref": "SubnetIds"}));
+        assert_eq!(
+            p["SecurityGroups"][0],
+            json!({"Fn::GetAtt": ["G", "GroupId"]})
+        );
+        assert_eq!(p["Name"], json!({"Fn::Sub": "${AWS::StackName}-x"}));
+        check(&t).expect("an interval from a parameter is CloudFormation's to check");
+        let bad = from_yaml(
+            "Resources:\n  E:\n    Type: AWS::ElasticLoadBalancing::LoadBalancer\n    Properties:\n      \
+             HealthCheck: {Interval: !Ref I, Timeout: 70, HealthyThreshold: 2, UnhealthyThreshold: 2}\n",
+        )
+        .expect("yaml");
+        assert_eq!(
+            check(&bad).expect_err("timeout 70").field,
+            "E.HealthCheck.Timeout"
+        );
+        assert!(from_yaml("a: !GetAtt nodot\n").is_err());
     }
 
     #[test]

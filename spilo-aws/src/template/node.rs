@@ -109,8 +109,11 @@ pub fn config(s: &Settings) -> Result<Mapping, Invalid> {
     let api = section(&mut cfg, "restapi");
     set(api, "listen", "0.0.0.0:8008");
     set(api, "connect_address", "@IP@:8008");
+    // The stack names etcd; the user's TLS files and credentials for it stay.
     let etcd = section(&mut cfg, "etcd3");
-    etcd.clear();
+    for k in ["hosts", "host", "srv", "srv_suffix", "url", "proxy"] {
+        etcd.remove(key(k));
+    }
     match &s.etcd_srv {
         Some(domain) => {
             set(etcd, "srv", domain.as_str());
@@ -187,6 +190,29 @@ pub fn config_text(s: &Settings) -> Result<String, Invalid> {
     Ok(text)
 }
 
+/// EC2 takes 16 KB of user data (before base64).
+pub const MAX_USER_DATA: usize = 16 * 1024;
+
+/// Refuses a node configuration that would make the user data longer than EC2 takes, counting
+/// the longest values the stack may fill in (passwords of 2048 characters, a bucket name, a key
+/// ARN, the stack's name and region).
+pub fn check_user_data_size(s: &Settings, config: &str) -> Result<(), Invalid> {
+    let script = match &user_data(s, config)["Fn::Sub"][0] {
+        Value::String(t) => t.len(),
+        _ => 0,
+    };
+    let worst = script + 2 * 2048 + 63 + 2048 / 8 + 128 + 32;
+    if worst > MAX_USER_DATA {
+        return Err(Invalid {
+            field: "node_config".into(),
+            problem: format!(
+                "the user data could be {worst} bytes with it; EC2 takes {MAX_USER_DATA}: make the node configuration shorter"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The user data around `config` (from [`config_text`]): `{"Fn::Sub": [script, variables]}`.
 pub fn user_data(s: &Settings, config: &str) -> Value {
     let (_, replica) = elb_names(&s.scope);
@@ -196,21 +222,29 @@ pub fn user_data(s: &Settings, config: &str) -> Value {
 set -euo pipefail
 exec >>/var/log/spilo-init.log 2>&1
 echo "spilo init: $(date -u +%FT%TZ)"
-TOKEN=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 21600' http://169.254.169.254/latest/api/token)
-imds() {{ curl -sf -H "X-aws-ec2-metadata-token: $TOKEN" "http://169.254.169.254/latest/meta-data/$1"; }}
-IP=$(imds local-ipv4)
-INSTANCE_ID=$(imds instance-id)
+# The instance metadata, IMDSv2 only (a token for each read).
+imds() {{
+  local t
+  t=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' http://169.254.169.254/latest/api/token) &&
+    curl -sf -H "X-aws-ec2-metadata-token: $t" "http://169.254.169.254/latest/meta-data/$1"
+}}
 signal() {{
-  # The group's creation policy waits for one node to say it started.
-  local status=FAILURE; [ "$1" = 0 ] && status=SUCCESS
+  # The group's creation policy waits for one node to say it started (a failure is said at
+  # once, so the stack does not wait its 30 minutes; before the AWS CLI is installed on Debian
+  # there is nothing to say it with).
+  local status=FAILURE id
+  [ "$1" = 0 ] && status=SUCCESS
+  id=$(imds instance-id || echo unknown)
   if command -v cfn-signal >/dev/null; then
     cfn-signal -e "$1" --stack '${{AWS::StackName}}' --resource AutoScalingGroup --region '${{AWS::Region}}' || true
   elif command -v aws >/dev/null; then
     aws cloudformation signal-resource --region '${{AWS::Region}}' --stack-name '${{AWS::StackName}}' \
-      --logical-resource-id AutoScalingGroup --unique-id "$INSTANCE_ID" --status "$status" || true
+      --logical-resource-id AutoScalingGroup --unique-id "$id" --status "$status" || true
   fi
 }}
 trap 'signal 1' ERR
+IP=$(imds local-ipv4)
+INSTANCE_ID=$(imds instance-id)
 
 # PostgreSQL 15 without a default cluster (spilo makes its own), curl, the AWS CLI.
 if command -v apt-get >/dev/null; then
@@ -225,15 +259,26 @@ else
   BIN_DIR=$(dirname "$(command -v pg_ctl)")
 fi
 
-# The data volume (the launch template's {device}; /dev/nvme1n1 on Nitro instances).
+# The data volume (the launch template's {device}): on Nitro instances the EBS disk that is not
+# the root disk (instance-store disks have other names), else /dev/xvdf or {device}.
+ROOT_DISK=$(lsblk -no PKNAME "$(findmnt -no SOURCE /)" 2>/dev/null | head -n1 || true)
 DEV=""
-for d in /dev/nvme1n1 /dev/xvdf {device}; do if [ -b "$d" ]; then DEV=$d; break; fi; done
-mkdir -p {mount}
-if [ -n "$DEV" ]; then
-  blkid "$DEV" >/dev/null || mkfs.ext4 -q -L spilo-data "$DEV"
-  grep -q ' {mount} ' /etc/fstab || echo "LABEL=spilo-data {mount} ext4 defaults,noatime,nofail 0 2" >>/etc/fstab
-  mount {mount} || mount "$DEV" {mount}
+for d in /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_*; do
+  case "$d" in *-part*) continue ;; esac
+  [ -e "$d" ] || continue
+  real=$(readlink -f "$d")
+  [ "$(basename "$real")" = "$ROOT_DISK" ] && continue
+  DEV=$real
+  break
+done
+if [ -z "$DEV" ]; then
+  for d in /dev/xvdf {device}; do if [ -b "$d" ]; then DEV=$d; break; fi; done
 fi
+if [ -z "$DEV" ]; then echo "no data volume found"; false; fi
+mkdir -p {mount}
+blkid "$DEV" >/dev/null || mkfs.ext4 -q -L spilo-data "$DEV"
+grep -q ' {mount} ' /etc/fstab || echo "LABEL=spilo-data {mount} ext4 defaults,noatime,nofail 0 2" >>/etc/fstab
+mountpoint -q {mount} || mount {mount} || mount "$DEV" {mount}
 chown postgres:postgres {mount}
 chmod 700 {mount}
 
@@ -373,6 +418,24 @@ mod tests {
     }
 
     #[test]
+    fn the_users_etcd_tls_and_credentials_stay() {
+        let mut s = settings();
+        s.node_config = Some(
+            "etcd3: {hosts: [old:2379], protocol: https, cacert: /etc/ca.pem, username: spilo, password: pw}\n".into(),
+        );
+        let y = Yaml::Mapping(config(&s).expect("config"));
+        assert_eq!(y["etcd3"]["protocol"], key("https"));
+        assert_eq!(y["etcd3"]["cacert"], key("/etc/ca.pem"));
+        assert_eq!(y["etcd3"]["username"], key("spilo"));
+        assert_eq!(
+            y["etcd3"]["hosts"][0],
+            key("10.0.0.5:2379"),
+            "the stack's etcd"
+        );
+        assert_eq!(y["etcd3"]["hosts"].as_sequence().map(Vec::len), Some(2));
+    }
+
+    #[test]
     fn etcd_by_srv_records() {
         let mut s = settings();
         s.etcd_hosts.clear();
@@ -385,6 +448,20 @@ mod tests {
         assert!(y["etcd3"].get("hosts").is_none());
         s.etcd_hosts = vec!["e:2379".into()];
         assert_eq!(s.check().expect_err("both").field, "etcd_srv");
+    }
+
+    #[test]
+    fn a_node_config_too_long_for_the_user_data_is_refused() {
+        let mut s = settings();
+        s.node_config = Some(format!("tags: {{note: '{}'}}\n", "x".repeat(9000)));
+        let text = config_text(&s).expect("text");
+        assert_eq!(
+            check_user_data_size(&s, &text).expect_err("too long").field,
+            "node_config"
+        );
+        s.node_config = None;
+        let text = config_text(&s).expect("text");
+        check_user_data_size(&s, &text).expect("the default fits");
     }
 
     #[test]

@@ -97,8 +97,9 @@ pub struct Settings {
     pub scope: String,
     /// Default of the `VpcId` parameter.
     pub vpc_id: Option<String>,
-    /// Default of the `VpcCidr` parameter: who may reach the ELBs.
-    pub vpc_cidr: String,
+    /// Default of the `VpcCidr` parameter: who may reach the ELBs and PostgreSQL (the VPC's
+    /// CIDR; no default: a wrong guess would lock replicas and clients out).
+    pub vpc_cidr: Option<String>,
     /// Default of the `SubnetIds` parameter: one per availability zone.
     pub subnets: Vec<Subnet>,
     /// Default of the `ClusterSize` parameter (nodes in the group; 0: one per subnet, and at
@@ -156,7 +157,7 @@ impl Default for Settings {
         Settings {
             scope: String::new(),
             vpc_id: None,
-            vpc_cidr: "10.0.0.0/8".into(),
+            vpc_cidr: None,
             subnets: Vec::new(),
             cluster_size: 0,
             instance_type: "t3.medium".into(),
@@ -231,7 +232,9 @@ impl Settings {
         if let Some(vpc) = &self.vpc_id {
             check_id("vpc_id", vpc, "vpc-")?;
         }
-        check_cidr("vpc_cidr", &self.vpc_cidr)?;
+        if let Some(c) = &self.vpc_cidr {
+            check_cidr("vpc_cidr", c)?;
+        }
         let mut zones = BTreeSet::new();
         let mut ids = BTreeSet::new();
         for s in &self.subnets {
@@ -339,6 +342,12 @@ impl Settings {
                 return Err(bad("etcd_srv_suffix", "works only with etcd_srv"));
             }
             check_word("etcd_srv_suffix", sfx, "-")?;
+            if sfx.len() > 46 {
+                return Err(bad(
+                    "etcd_srv_suffix",
+                    "at most 46 characters (_etcd-client-ssl-<suffix> is one DNS label)",
+                ));
+            }
         }
         for h in &self.etcd_hosts {
             check_host_port("etcd_hosts", h)?;

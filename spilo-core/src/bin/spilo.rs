@@ -295,6 +295,14 @@ fn proxy_main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // The DCS credentials may be aws:kms: values, as for the daemon.
+        let cfg = match spilo_core::secret::open_config(cfg).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("spilo proxy: {e}");
+                return ExitCode::from(2);
+            }
+        };
         let (dynamic, _) = spilo_core::config::effective_dynamic(None, &cfg);
         let proxies = match spilo_core::ha::daemon::start_proxies(
             &cfg,
@@ -340,6 +348,15 @@ fn check_dcs(cfg: &spilo_core::config::Config, within: Duration) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The DCS and load-balancer credentials may be aws:kms: values, as for the daemon.
+    let opened = match rt.block_on(spilo_core::secret::open_config(cfg.clone())) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("spilo: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = &opened;
     match rt.block_on(registry::probe(cfg, within)) {
         Ok(keys) => {
             println!(

@@ -595,34 +595,33 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        // aws:kms: values (etcd and REST passwords) are opened as the daemon opens them.
-        let cfg = match spilo_core::secret::open_config(cfg).await {
+        // aws:kms: values spiloctl uses (the DCS's and the REST API's credentials) are opened
+        // as the daemon opens them; the others (PostgreSQL passwords…) need no KMS here.
+        let uses = |k: &str| {
+            ["etcd3.", "zookeeper.", "dcs.", "restapi.authentication."]
+                .iter()
+                .any(|p| k.starts_with(p))
+        };
+        let cfg = match spilo_core::secret::open_config_where(cfg, uses).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("spiloctl: {e}");
                 return ExitCode::from(2);
             }
         };
-        // ctl.authentication (sealed, it is opened here), else restapi.authentication.
+        // ctl.authentication (a sealed one is opened here), else restapi.authentication.
         let auth = match rest_auth(&raw, &cfg) {
             Some(mut a) if spilo_core::secret::is_secret(&a.password) => {
-                let region = cfg.storage.as_ref().and_then(|s| s.region.clone());
-                let opened = spilo_core::secret::open_kms(
+                match spilo_core::secret::open_value(
                     &a.password,
                     "ctl.authentication.password",
-                    region.as_deref(),
+                    &cfg,
                 )
-                .await;
-                match opened.map(String::from_utf8) {
-                    Ok(Ok(p)) => {
+                .await
+                {
+                    Ok(p) => {
                         a.password = p;
                         Some(a)
-                    }
-                    Ok(Err(_)) => {
-                        eprintln!(
-                            "spiloctl: ctl.authentication.password: the opened secret is not UTF-8 text"
-                        );
-                        return ExitCode::from(2);
                     }
                     Err(e) => {
                         eprintln!("spiloctl: {e}");

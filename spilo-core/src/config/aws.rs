@@ -65,11 +65,12 @@ impl AwsConfig {
     /// Checks the section: `(key, problem)` of the first bad value.
     pub fn check(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: String| Err((format!("aws.{k}"), m));
+        // Auto Scaling's names: 1-255 letters, digits, '-', '_' and '/'.
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 255
                 && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+                    .all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c))
         };
         for (k, v) in [
             ("lifecycle_hook", &self.lifecycle_hook),
@@ -77,10 +78,7 @@ impl AwsConfig {
         ] {
             if let Some(v) = v {
                 if !name_ok(v) {
-                    return bad(
-                        k,
-                        format!("{v:?}: 1-255 letters, digits, '-', '_', '.', '/'"),
-                    );
+                    return bad(k, format!("{v:?}: 1-255 letters, digits, '-', '_', '/'"));
                 }
             }
         }
@@ -95,11 +93,7 @@ impl AwsConfig {
             ("autoscaling_endpoint", &self.autoscaling_endpoint),
         ] {
             if let Some(v) = v {
-                let ok = v.parse::<hyper::Uri>().ok().is_some_and(|u| {
-                    matches!(u.scheme_str(), Some("http") | Some("https"))
-                        && u.authority().is_some()
-                });
-                if !ok {
+                if !super::lb::url_ok(v) {
                     return bad(k, format!("{v:?} is not an http:// or https:// URL"));
                 }
             }
@@ -113,11 +107,7 @@ impl AwsConfig {
             }
         }
         if let Some(r) = &self.region {
-            let ok = !r.is_empty()
-                && r.len() <= 32
-                && r.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            if !ok {
+            if !super::lb::region_ok(r) {
                 return bad("region", format!("{r:?} is not a region like eu-central-1"));
             }
         }

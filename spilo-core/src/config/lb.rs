@@ -210,8 +210,17 @@ pub fn listen_addr(s: &str) -> Option<std::net::SocketAddr> {
     s.parse().ok()
 }
 
-fn url_ok(u: &str) -> bool {
+/// An http:// or https:// URL with something after the scheme.
+pub(crate) fn url_ok(u: &str) -> bool {
     (u.starts_with("http://") || u.starts_with("https://")) && u.len() > "https://".len()
+}
+
+/// An AWS region name: lower-case letters, digits and '-', 1–32 of them.
+pub(crate) fn region_ok(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 32
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Checks `load_balancers:`; the error is `(key, message)`.
@@ -275,10 +284,7 @@ pub fn check(lbs: &[LoadBalancerConfig], lb_plugins: &[&str]) -> Result<(), (Str
                     }
                 }
                 if let Some(r) = &l.region {
-                    if r.is_empty()
-                        || r.len() > 32
-                        || !r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    {
+                    if !region_ok(r) {
                         return err("region", format!("'{r}' is not an AWS region name"));
                     }
                 }

@@ -298,12 +298,15 @@ fn check_etcd3(etcd: &Etcd3, origin: &str, warnings: &mut Vec<String>) -> Result
         }
         (Some(s), Some(_))
             if s.is_empty()
-                || s.len() > 63
+                || s.len() > 46
                 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
         {
             return Err(err(
                 "etcd3.srv_suffix",
-                format!("'{s}': letters, digits and '-' (it ends an SRV service name)"),
+                format!(
+                    "'{s}': 1-46 letters, digits and '-' (it ends an SRV service name, \
+                     _etcd-client-ssl-<suffix>, of at most 63)"
+                ),
             ))
         }
         _ => {}

@@ -33,7 +33,7 @@ pub struct TemplateArgs {
     /// Default of VpcId.
     #[arg(long)]
     pub vpc_id: Option<String>,
-    /// Default of VpcCidr: who may reach the ELBs [default: 10.0.0.0/8].
+    /// Default of VpcCidr: the VPC's CIDR, who may reach the ELBs and PostgreSQL (no default).
     #[arg(long)]
     pub vpc_cidr: Option<String>,
     /// A subnet, SUBNET-ID or SUBNET-ID=ZONE; one per availability zone (repeat). Default of
@@ -172,7 +172,7 @@ impl TemplateArgs {
         }
         over(&mut s.scope, &self.scope);
         some(&mut s.vpc_id, &self.vpc_id);
-        over(&mut s.vpc_cidr, &self.vpc_cidr);
+        some(&mut s.vpc_cidr, &self.vpc_cidr);
         if !self.subnets.is_empty() {
             s.subnets = self
                 .subnets
@@ -260,7 +260,7 @@ pub fn run_check(path: &PathBuf) -> ExitCode {
             serde_json::from_str(&text)
                 .map_err(|e| Refused(format!("template {}: {e}", path.display()), 2))?
         } else {
-            serde_yaml::from_str(&text)
+            template::from_yaml(&text)
                 .map_err(|e| Refused(format!("template {}: {e}", path.display()), 2))?
         };
         template::check(&value)

@@ -35,23 +35,32 @@ pub async fn connect(
             .map(|p| p.eq_ignore_ascii_case("https"))
             .unwrap_or(false);
         let mut endpoints = e.endpoints();
-        if let (true, Some(domain)) = (endpoints.is_empty(), &e.srv) {
-            let found = super::srv::discover(domain, e.srv_suffix.as_deref())
-                .await
-                .map_err(|err| DcsError::Unreachable {
-                    op: "connect",
-                    message: format!("etcd3.srv {domain}: {}", crate::error_chain(&err)),
-                })?;
-            if role == Role::Daemon {
-                tracing::info!(
-                    "etcd found through {}: {}{}",
-                    found.name,
-                    found.endpoints.join(", "),
-                    if found.https { " (https)" } else { "" }
-                );
+        // As Patroni: etcd3.srv first; the hosts, when given too, if discovery fails.
+        if let Some(domain) = &e.srv {
+            match super::srv::discover(domain, e.srv_suffix.as_deref()).await {
+                Ok(found) => {
+                    if role == Role::Daemon {
+                        tracing::info!(
+                            "etcd found through {}: {}{}",
+                            found.name,
+                            found.endpoints.join(", "),
+                            if found.https { " (https)" } else { "" }
+                        );
+                    }
+                    https |= found.https;
+                    endpoints = found.endpoints;
+                }
+                Err(err) if endpoints.is_empty() => {
+                    return Err(DcsError::Unreachable {
+                        op: "connect",
+                        message: format!("etcd3.srv {domain}: {}", crate::error_chain(&err)),
+                    })
+                }
+                Err(err) => tracing::warn!(
+                    "etcd3.srv {domain}: {}; using etcd3.hosts",
+                    crate::error_chain(&err)
+                ),
             }
-            https |= found.https;
-            endpoints = found.endpoints;
         }
         let settings = EtcdSettings {
             endpoints,
@@ -123,7 +132,7 @@ pub async fn connect(
 /// Where the config points: `etcd3 at 127.0.0.1:2379, 127.0.0.2:2379` (for messages).
 pub fn describe(cfg: &Config) -> String {
     if let Some(e) = &cfg.etcd3 {
-        if let (true, Some(d)) = (e.endpoints().is_empty(), &e.srv) {
+        if let Some(d) = &e.srv {
             return format!("etcd3 found through DNS SRV records under {d}");
         }
         return format!("etcd3 at {}", e.endpoints().join(", "));

@@ -55,6 +55,19 @@ pub enum SrvError {
     /// No nameserver to ask.
     #[error("no nameserver: none in /etc/resolv.conf and SPILO_DNS_SERVERS is not set")]
     NoNameserver,
+    /// `SPILO_DNS_SERVERS` holds something that is not `ip:port`.
+    #[error("SPILO_DNS_SERVERS: {0:?} is not ip:port")]
+    BadServer(String),
+    /// A nameserver answered with an error code (2 SERVFAIL, 5 REFUSED, …).
+    #[error("{server} answered {name} with DNS error code {rcode}")]
+    Rcode {
+        /// The nameserver.
+        server: SocketAddr,
+        /// The question.
+        name: String,
+        /// The response code.
+        rcode: u8,
+    },
     /// A nameserver could not be asked (socket error).
     #[error("asking {server} for {name}: {source}")]
     Io {
@@ -67,12 +80,14 @@ pub enum SrvError {
         source: std::io::Error,
     },
     /// No name had records.
-    #[error("no SRV records for etcd under {domain} (asked {asked})")]
+    #[error("no SRV records for etcd under {domain} (asked {asked}){failed}")]
     NotFound {
         /// `etcd3.srv`.
         domain: String,
         /// The names asked.
         asked: String,
+        /// The questions that failed, if any (`; failed: …`).
+        failed: String,
     },
     /// Peer records were found, but their members could not be listed.
     #[error("{name}: the etcd peers found ({peers}) did not list their members: {detail}")]
@@ -87,16 +102,18 @@ pub enum SrvError {
 }
 
 /// The nameservers: `SPILO_DNS_SERVERS`, else `/etc/resolv.conf`'s.
-pub fn nameservers() -> Vec<SocketAddr> {
+pub fn nameservers() -> Result<Vec<SocketAddr>, SrvError> {
     if let Ok(list) = std::env::var("SPILO_DNS_SERVERS") {
         return list
             .split(',')
-            .filter_map(|s| s.trim().parse().ok())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().map_err(|_| SrvError::BadServer(s.to_string())))
             .collect();
     }
-    std::fs::read_to_string("/etc/resolv.conf")
+    Ok(std::fs::read_to_string("/etc/resolv.conf")
         .map(|t| parse_resolv_conf(&t))
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 /// `nameserver` lines of a resolv.conf, port 53.
@@ -113,11 +130,21 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The question for `name` (type SRV, class IN, recursion desired).
+/// A question id nobody can guess (the process's random hash keys and the time).
+fn question_id(name: &str) -> u16 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    name.hash(&mut h);
+    std::time::SystemTime::now().hash(&mut h);
+    h.finish() as u16
+}
+
+/// The question for `name` (type SRV, class IN, recursion desired), with an EDNS0 record
+/// announcing 4096-byte UDP answers.
 pub fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = Vec::with_capacity(32 + name.len());
+    let mut q = Vec::with_capacity(48 + name.len());
     q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
     for label in name.trim_end_matches('.').split('.') {
         let l = &label.as_bytes()[..label.len().min(63)];
         q.push(l.len() as u8);
@@ -125,6 +152,8 @@ pub fn query(id: u16, name: &str) -> Vec<u8> {
     }
     q.push(0);
     q.extend_from_slice(&[0, 33, 0, 1]);
+    // OPT: root name, type 41, UDP size 4096, no extended flags, no options.
+    q.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0, 0, 0, 0]);
     q
 }
 
@@ -162,25 +191,41 @@ fn u16_at(msg: &[u8], pos: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*msg.get(pos)?, *msg.get(pos + 1)?]))
 }
 
-/// The SRV records of an answer to question `id` (None: not an answer to it, or malformed;
-/// an empty list: the name has none, NXDOMAIN included).
-pub fn parse_answer(id: u16, msg: &[u8]) -> Option<Vec<Srv>> {
+/// What an answer says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The name's SRV records (empty: none, NXDOMAIN included), by priority and weight.
+    Records(Vec<Srv>),
+    /// The answer did not fit (TC): ask again over TCP.
+    Truncated,
+    /// The server failed the question (its response code).
+    Failed(u8),
+}
+
+/// An answer to question `id` for `name` (None: not an answer to it, or malformed).
+pub fn parse_answer(id: u16, name: &str, msg: &[u8]) -> Option<Answer> {
     if u16_at(msg, 0)? != id || msg.get(2)? & 0x80 == 0 {
-        return None;
-    }
-    let rcode = msg.get(3)? & 0x0f;
-    if rcode == 3 {
-        return Some(Vec::new());
-    }
-    if rcode != 0 {
         return None;
     }
     let qd = u16_at(msg, 4)?;
     let an = u16_at(msg, 6)?;
     let mut pos = 12;
-    for _ in 0..qd {
-        let (_, after) = read_name(msg, pos)?;
-        pos = after + 4;
+    // The answer must repeat our question (an answer to another one is not ours).
+    if qd != 1 {
+        return None;
+    }
+    let (qname, after) = read_name(msg, pos)?;
+    if !qname.eq_ignore_ascii_case(name.trim_end_matches('.')) || u16_at(msg, after)? != 33 {
+        return None;
+    }
+    pos = after + 4;
+    if msg.get(2)? & 0x02 != 0 {
+        return Some(Answer::Truncated);
+    }
+    match msg.get(3)? & 0x0f {
+        0 => {}
+        3 => return Some(Answer::Records(Vec::new())),
+        rcode => return Some(Answer::Failed(rcode)),
     }
     let mut out = Vec::new();
     for _ in 0..an {
@@ -203,57 +248,100 @@ pub fn parse_answer(id: u16, msg: &[u8]) -> Option<Vec<Srv>> {
         pos = data + len;
     }
     out.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.weight.cmp(&a.weight)));
-    Some(out)
+    Some(Answer::Records(out))
 }
 
-/// Asks the nameservers for the SRV records of `name` (the first that answers decides).
-pub async fn lookup(name: &str, servers: &[SocketAddr]) -> Result<Vec<Srv>, SrvError> {
-    if servers.is_empty() {
-        return Err(SrvError::NoNameserver);
-    }
-    let mut last = None;
-    for &server in servers {
-        let io = |source| SrvError::Io {
-            server,
-            name: name.to_string(),
-            source,
-        };
-        let bind = if server.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        };
-        let sock = tokio::net::UdpSocket::bind(bind).await.map_err(io)?;
-        let id = (std::process::id() as u16) ^ (name.len() as u16).rotate_left(7);
-        if let Err(e) = sock.send_to(&query(id, name), server).await {
-            last = Some(io(e));
-            continue;
-        }
-        let mut buf = vec![0u8; 4096];
-        let deadline = tokio::time::Instant::now() + QUESTION_TIMEOUT;
-        loop {
-            match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
-                Ok(Ok((n, from))) if from == server => {
-                    if let Some(records) = parse_answer(id, &buf[..n]) {
-                        return Ok(records);
-                    }
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    last = Some(io(e));
-                    break;
-                }
-                Err(_) => {
-                    last = Some(io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer in {} s", QUESTION_TIMEOUT.as_secs()),
-                    )));
-                    break;
+/// Asks `server` over TCP (after a truncated UDP answer).
+async fn ask_tcp(server: SocketAddr, id: u16, name: &str) -> std::io::Result<Option<Answer>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let q = query(id, name);
+    let mut c = tokio::net::TcpStream::connect(server).await?;
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    c.write_all(&framed).await?;
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).await?;
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    c.read_exact(&mut msg).await?;
+    Ok(parse_answer(id, name, &msg))
+}
+
+/// Asks one nameserver (UDP, then TCP when the answer was truncated).
+async fn ask(server: SocketAddr, name: &str) -> Result<Vec<Srv>, SrvError> {
+    let io = |source| SrvError::Io {
+        server,
+        name: name.to_string(),
+        source,
+    };
+    let timed_out = || {
+        io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer in {} s", QUESTION_TIMEOUT.as_secs()),
+        ))
+    };
+    let bind = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = tokio::net::UdpSocket::bind(bind).await.map_err(io)?;
+    let id = question_id(name);
+    sock.send_to(&query(id, name), server).await.map_err(io)?;
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + QUESTION_TIMEOUT;
+    let answer = loop {
+        match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+            Ok(Ok((n, from))) if from == server => {
+                if let Some(a) = parse_answer(id, name, &buf[..n]) {
+                    break a;
                 }
             }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(io(e)),
+            Err(_) => return Err(timed_out()),
+        }
+    };
+    let answer = match answer {
+        Answer::Truncated => {
+            let id = question_id(name);
+            match tokio::time::timeout(QUESTION_TIMEOUT, ask_tcp(server, id, name)).await {
+                Ok(Ok(Some(a))) => a,
+                Ok(Ok(None)) => {
+                    return Err(io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "a malformed answer over TCP",
+                    )))
+                }
+                Ok(Err(e)) => return Err(io(e)),
+                Err(_) => return Err(timed_out()),
+            }
+        }
+        a => a,
+    };
+    match answer {
+        Answer::Records(r) => Ok(r),
+        Answer::Failed(rcode) => Err(SrvError::Rcode {
+            server,
+            name: name.to_string(),
+            rcode,
+        }),
+        Answer::Truncated => Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a truncated answer over TCP",
+        ))),
+    }
+}
+
+/// Asks the nameservers for the SRV records of `name`, in turn, until one answers.
+pub async fn lookup(name: &str, servers: &[SocketAddr]) -> Result<Vec<Srv>, SrvError> {
+    let mut last = SrvError::NoNameserver;
+    for &server in servers {
+        match ask(server, name).await {
+            Ok(r) => return Ok(r),
+            Err(e) => last = e,
         }
     }
-    Err(last.unwrap_or(SrvError::NoNameserver))
+    Err(last)
 }
 
 /// The SRV names for `domain` with `suffix`, in Patroni's order.
@@ -271,35 +359,48 @@ pub fn names(domain: &str, suffix: Option<&str>) -> Vec<(String, bool, bool)> {
         .collect()
 }
 
-/// Finds etcd under `domain`.
+/// Finds etcd under `domain`: the first name with records wins; a name whose question fails
+/// is passed over, as Patroni does, and reported when no name has records.
 pub async fn discover(domain: &str, suffix: Option<&str>) -> Result<Discovered, SrvError> {
-    let servers = nameservers();
+    let servers = nameservers()?;
+    if servers.is_empty() {
+        return Err(SrvError::NoNameserver);
+    }
     let mut asked = Vec::new();
+    let mut failed = Vec::new();
     for (name, https, peer) in names(domain, suffix) {
-        let records = lookup(&name, &servers).await?;
         asked.push(name.clone());
+        let records = match lookup(&name, &servers).await {
+            Ok(r) => r,
+            Err(e) => {
+                failed.push(e.to_string());
+                continue;
+            }
+        };
         if records.is_empty() {
             continue;
         }
-        if !peer {
-            return Ok(Discovered {
-                name,
-                endpoints: records
-                    .iter()
-                    .map(|r| format!("{}:{}", r.target, r.port))
-                    .collect(),
-                https,
-            });
-        }
-        let peers: Vec<String> = records
+        let found: Vec<String> = records
             .iter()
             .map(|r| format!("{}:{}", r.target, r.port))
             .collect();
-        return members(&name, &peers, https).await;
+        if !peer {
+            return Ok(Discovered {
+                name,
+                endpoints: found,
+                https,
+            });
+        }
+        return members(&name, &found, https).await;
     }
     Err(SrvError::NotFound {
         domain: domain.to_string(),
         asked: asked.join(", "),
+        failed: if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; failed: {}", failed.join("; "))
+        },
     })
 }
 
@@ -368,7 +469,9 @@ mod tests {
     /// An answer to `q` with `records` (the target name written in full, the owner name as a
     /// pointer to the question).
     fn answer(q: &[u8], records: &[(u16, u16, u16, &str)], rcode: u8) -> Vec<u8> {
-        let mut a = q.to_vec();
+        // The question, without our OPT record.
+        let mut a = q[..q.len() - 11].to_vec();
+        a[10..12].copy_from_slice(&[0, 0]);
         a[2] = 0x81;
         a[3] = 0x80 | rcode;
         a[6..8].copy_from_slice(&(records.len() as u16).to_be_bytes());
@@ -391,7 +494,8 @@ mod tests {
 
     #[test]
     fn records_are_read_and_ordered() {
-        let q = query(7, "_etcd-client._tcp.example.org");
+        let name = "_etcd-client._tcp.example.org";
+        let q = query(7, name);
         let a = answer(
             &q,
             &[
@@ -401,7 +505,9 @@ mod tests {
             ],
             0,
         );
-        let r = parse_answer(7, &a).expect("an answer");
+        let Some(Answer::Records(r)) = parse_answer(7, name, &a) else {
+            panic!("records")
+        };
         let order: Vec<(&str, u16)> = r.iter().map(|s| (s.target.as_str(), s.port)).collect();
         assert_eq!(
             order,
@@ -411,20 +517,36 @@ mod tests {
                 ("c.example.org", 2379)
             ]
         );
-        assert_eq!(parse_answer(8, &a), None, "another question's answer");
+        assert_eq!(parse_answer(8, name, &a), None, "another id");
         assert_eq!(
-            parse_answer(7, &answer(&q, &[], 3)),
-            Some(vec![]),
+            parse_answer(7, "_etcd._tcp.example.org", &a),
+            None,
+            "an answer to another question"
+        );
+        assert_eq!(
+            parse_answer(7, name, &answer(&q, &[], 3)),
+            Some(Answer::Records(vec![])),
             "NXDOMAIN"
         );
-        assert_eq!(parse_answer(7, &answer(&q, &[], 2)), None, "SERVFAIL");
-        // Truncated or looping messages are refused, not a panic.
-        assert_eq!(parse_answer(7, &a[..a.len() - 3]), None);
+        assert_eq!(
+            parse_answer(7, name, &answer(&q, &[], 2)),
+            Some(Answer::Failed(2)),
+            "SERVFAIL"
+        );
+        let mut tc = answer(&q, &[], 0);
+        tc[2] |= 0x02;
+        assert_eq!(parse_answer(7, name, &tc), Some(Answer::Truncated));
+        // Truncated messages and pointer loops are refused, not a panic or a hang.
+        assert_eq!(parse_answer(7, name, &a[..a.len() - 3]), None);
         let mut looped = answer(&q, &[(1, 1, 1, "x")], 0);
+        // The record's target becomes a pointer to itself.
         let n = looped.len();
-        looped[n - 4] = 0xc0;
-        looped[n - 3] = (n - 4) as u8;
-        let _ = parse_answer(7, &looped);
+        let at = n - 3;
+        looped.truncate(at);
+        looped.extend_from_slice(&[0xc0 | ((at >> 8) as u8), at as u8]);
+        let rdlen = (6 + 2) as u16;
+        looped[at - 8..at - 6].copy_from_slice(&rdlen.to_be_bytes());
+        assert_eq!(parse_answer(7, name, &looped), None);
     }
 
     #[test]

@@ -247,10 +247,22 @@ impl Node {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
-        let mut new = match crate::secret::open_config(loaded.config).await {
-            Ok(c) => c,
-            Err(e) => return refuse_reload(reply, &e),
-        };
+        // Values opened before are not asked again; new ones may take KMS only so long,
+        // since the HA loop waits for the reload.
+        let budget = self.retry();
+        let mut new =
+            match tokio::time::timeout(budget, crate::secret::open_config(loaded.config)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return refuse_reload(reply, &e),
+                Err(_) => {
+                    let e = format!(
+                        "KMS did not open the configuration's new aws:kms: values within \
+                         retry_timeout ({} s)",
+                        budget.as_secs()
+                    );
+                    return refuse_reload(reply, &e);
+                }
+            };
         let old = &self.cfg;
         let fixed: [(&str, bool); 6] = [
             ("name", new.name != old.name),
