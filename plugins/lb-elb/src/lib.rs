@@ -219,27 +219,39 @@ impl ElbPlugin {
 
     /// The instances registered with `name`, sorted, without repeats.
     async fn instances(&self, name: &str) -> Result<BTreeSet<String>, PluginError> {
+        let mut all = self.instances_of(&[name]).await?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// The instances registered with each of `names`, in one DescribeLoadBalancers call.
+    async fn instances_of(&self, names: &[&str]) -> Result<Vec<BTreeSet<String>>, PluginError> {
+        let joined = names.join(", ");
         let out = self
             .client
             .describe_load_balancers()
-            .load_balancer_names(name)
+            .set_load_balancer_names(Some(names.iter().map(|n| n.to_string()).collect()))
             .send()
             .await
-            .map_err(|e| aws_error("DescribeLoadBalancers", name, e))?;
-        let lb = out
-            .load_balancer_descriptions()
+            .map_err(|e| aws_error("DescribeLoadBalancers", &joined, e))?;
+        names
             .iter()
-            .find(|d| d.load_balancer_name() == Some(name))
-            .ok_or_else(|| {
-                PluginError::refused(format!(
-                    "DescribeLoadBalancers on ELB {name}: the answer does not describe it"
-                ))
-            })?;
-        Ok(lb
-            .instances()
-            .iter()
-            .filter_map(|i| i.instance_id().map(str::to_string))
-            .collect())
+            .map(|name| {
+                let lb = out
+                    .load_balancer_descriptions()
+                    .iter()
+                    .find(|d| d.load_balancer_name() == Some(*name))
+                    .ok_or_else(|| {
+                        PluginError::refused(format!(
+                            "DescribeLoadBalancers on ELB {name}: the answer does not describe it"
+                        ))
+                    })?;
+                Ok(lb
+                    .instances()
+                    .iter()
+                    .filter_map(|i| i.instance_id().map(str::to_string))
+                    .collect())
+            })
+            .collect()
     }
 
     /// The term in the primary ELB's tag (0: none).
@@ -518,10 +530,19 @@ impl LbPlugin for ElbPlugin {
 
     fn describe(&self, deadline: Instant) -> Result<Value, PluginError> {
         self.call(deadline, async {
-            let primary = self.instances(&self.settings.primary_elb).await?;
-            let replicas = match &self.settings.replica_elb {
-                Some(r) => self.instances(r).await?,
-                None => BTreeSet::new(),
+            // One DescribeLoadBalancers for both ELBs, one DescribeTags for the term.
+            let (primary, replicas) = match &self.settings.replica_elb {
+                Some(r) => {
+                    let mut both = self
+                        .instances_of(&[self.settings.primary_elb.as_str(), r.as_str()])
+                        .await?;
+                    let replicas = both.pop().unwrap_or_default();
+                    (both.pop().unwrap_or_default(), replicas)
+                }
+                None => (
+                    self.instances(&self.settings.primary_elb).await?,
+                    BTreeSet::new(),
+                ),
             };
             let term = self.tag_term().await?;
             Ok(json!({

@@ -42,27 +42,15 @@ pub async fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, Stora
             Ok(Arc::new(spilo_storage_fs::FsStorage::open(path)?))
         }
         "s3" if crate::plugin::get("s3").is_none() => {
-            let candidates = crate::plugin::bundled_candidates(S3_PLUGIN_FILE);
-            let path =
-                candidates
-                    .iter()
-                    .find(|p| p.exists())
-                    .ok_or_else(|| StorageError::Refused {
-                        op: "open",
-                        message: format!(
-                            "storage type s3: the S3 plugin {S3_PLUGIN_FILE} is in none of {}",
-                            candidates
-                                .iter()
-                                .map(|p| p.display().to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    })?;
-            let plugin = crate::plugin::loader::load(path, "s3", "storage").map_err(|e| {
-                StorageError::Refused {
-                    op: "open",
-                    message: e.to_string(),
-                }
+            let plugin = crate::plugin::load_bundled(
+                S3_PLUGIN_FILE,
+                "s3",
+                "storage",
+                "storage type s3: the S3 plugin",
+            )
+            .map_err(|message| StorageError::Refused {
+                op: "open",
+                message,
             })?;
             connect(&plugin, cfg).await
         }

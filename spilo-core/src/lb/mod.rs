@@ -161,19 +161,13 @@ pub async fn open(cfg: &LoadBalancerConfig) -> Result<Arc<dyn LoadBalancer>, LbE
     };
     let plugin = match cfg.kind.as_str() {
         "elb" if crate::plugin::get("elb").is_none() => {
-            let candidates = crate::plugin::bundled_candidates(ELB_PLUGIN_FILE);
-            let path = candidates.iter().find(|p| p.exists()).ok_or_else(|| {
-                refused(format!(
-                    "load balancer type elb: the ELB plugin {ELB_PLUGIN_FILE} is in none of {}",
-                    candidates
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-            crate::plugin::loader::load(path, "elb", "load_balancer")
-                .map_err(|e| refused(e.to_string()))?
+            crate::plugin::load_bundled(
+                ELB_PLUGIN_FILE,
+                "elb",
+                "load_balancer",
+                "load balancer type elb: the ELB plugin",
+            )
+            .map_err(refused)?
         }
         name => crate::plugin::get(name).ok_or_else(|| {
             refused(format!(

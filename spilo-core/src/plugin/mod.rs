@@ -74,3 +74,26 @@ pub fn bundled_candidates(file: &str) -> Vec<std::path::PathBuf> {
     }
     dirs
 }
+
+/// Loads a plugin shipped with spilo: `file`, from the first of [`bundled_candidates`] that
+/// exists, as the plugin `name` of `kind`. `what` names it in the error (`storage type s3: the
+/// S3 plugin`), which lists every place looked in when none has it.
+pub fn load_bundled(
+    file: &str,
+    name: &str,
+    kind: &str,
+    what: &str,
+) -> Result<LoadedPlugin, String> {
+    let candidates = bundled_candidates(file);
+    let path = candidates.iter().find(|p| p.exists()).ok_or_else(|| {
+        format!(
+            "{what} {file} is in none of {}",
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    loader::load(path, name, kind).map_err(|e| e.to_string())
+}

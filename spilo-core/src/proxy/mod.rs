@@ -127,8 +127,10 @@ pub async fn connect_watcher(cfg: crate::config::Config) -> Arc<dyn Dcs> {
 }
 
 impl Proxy {
-    /// Binds the ports of `cfg` and starts following the DCS `dcs` yields; `default_max_lag`
-    /// applies without `max_lag`. The error names the key (a port that cannot be bound).
+    /// Binds the ports of `cfg` and starts following the DCS `dcs` yields. The read-only side's
+    /// lag limit is the entry's `max_lag`, else the cluster's `maximum_lag_on_failover` as the
+    /// DCS holds it now (followed as it changes), else `default_max_lag`. The error names the
+    /// key (a port that cannot be bound).
     pub async fn start(
         dcs: DcsSource,
         cfg: &LoadBalancerConfig,
@@ -147,15 +149,12 @@ impl Proxy {
         };
         let stats = Arc::new(ProxyStats::new(label));
         let (tx, rx) = watch::channel(Arc::new(ProxyRoutes::default()));
-        let max_lag = cfg.max_lag.unwrap_or(default_max_lag);
+        let lag = LagLimit {
+            fixed: cfg.max_lag,
+            default: default_max_lag,
+        };
         let fallback = cfg.ro_fallback_primary.unwrap_or(false);
-        let mut tasks = vec![tokio::spawn(follow(
-            dcs,
-            tx,
-            stats.clone(),
-            max_lag,
-            fallback,
-        ))];
+        let mut tasks = vec![tokio::spawn(follow(dcs, tx, stats.clone(), lag, fallback))];
         let port = |side| PortSettings {
             side,
             hold: Duration::from_secs(cfg.hold.unwrap_or(10)),
@@ -195,6 +194,22 @@ impl Proxy {
     }
 }
 
+/// The read-only side's lag limit: the entry's own, else the cluster's current
+/// `maximum_lag_on_failover`, else the one the proxy started with.
+#[derive(Clone, Copy, Debug)]
+struct LagLimit {
+    fixed: Option<u64>,
+    default: u64,
+}
+
+impl LagLimit {
+    fn of(&self, c: &crate::dcs::model::Cluster) -> u64 {
+        self.fixed
+            .or_else(|| c.config.as_ref().map(|v| v.value.maximum_lag_on_failover))
+            .unwrap_or(self.default)
+    }
+}
+
 /// Reads the cluster on every change event (and every [`REREAD`]) and publishes the routes
 /// when they change. A DCS that cannot be read leaves the routes as they are: a primary that
 /// loses the DCS stops accepting writes by itself (the lease guard), and reads go on.
@@ -202,7 +217,7 @@ async fn follow(
     dcs: DcsSource,
     tx: watch::Sender<Arc<ProxyRoutes>>,
     stats: Arc<ProxyStats>,
-    max_lag: u64,
+    lag: LagLimit,
     fallback: bool,
 ) {
     let dcs = dcs.await;
@@ -220,7 +235,7 @@ async fn follow(
                     failing = false;
                 }
                 let c = decode_cluster(&snap);
-                let r = routes::routes(&c, max_lag, fallback);
+                let r = routes::routes(&c, lag.of(&c), fallback);
                 let now_leader = c.leader.as_ref().map(|l| l.name.clone());
                 if now_leader != leader {
                     leader = now_leader;
@@ -286,5 +301,35 @@ async fn serve_metrics(listener: TcpListener, stats: Arc<ProxyStats>) {
     });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!("proxy metrics endpoint stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dcs::model::{Cluster, Versioned};
+
+    #[test]
+    fn the_lag_limit_follows_the_clusters_config_unless_the_entry_fixes_it() {
+        let mut c = Cluster::default();
+        let follow = LagLimit {
+            fixed: None,
+            default: 7,
+        };
+        assert_eq!(follow.of(&c), 7, "no config key yet");
+        let dynamic = crate::config::DynamicConfig {
+            maximum_lag_on_failover: 4096,
+            ..Default::default()
+        };
+        c.config = Some(Versioned {
+            value: dynamic,
+            version: 1,
+        });
+        assert_eq!(follow.of(&c), 4096, "the DCS's value now");
+        let fixed = LagLimit {
+            fixed: Some(10),
+            default: 7,
+        };
+        assert_eq!(fixed.of(&c), 10);
     }
 }
