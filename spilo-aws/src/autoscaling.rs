@@ -52,7 +52,7 @@ pub enum LifecycleError {
 }
 
 /// Auto Scaling's names (group, hook) and instance ids: 1-255 letters, digits, '-', '_', '/'.
-fn name_ok(s: &str) -> bool {
+pub fn name_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && s.chars()

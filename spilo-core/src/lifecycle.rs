@@ -183,7 +183,7 @@ impl Watch {
         let mut described = false;
         loop {
             if !described {
-                if let Ok(Some(instance)) = imds.get("instance-id").await {
+                if let Ok(Some(instance)) = read_instance_id(&mut imds).await {
                     let az = imds
                         .get("placement/availability-zone")
                         .await
@@ -198,6 +198,7 @@ impl Watch {
                         self.poll.as_secs()
                     );
                     described = true;
+                    id = Some(instance);
                 }
             }
             match read_state(&mut imds, &mut id).await {
@@ -274,6 +275,21 @@ impl Watch {
     }
 }
 
+/// This instance's id, checked (None: the service has none).
+async fn read_instance_id(imds: &mut Imds) -> Result<Option<String>, ImdsError> {
+    match imds.get("instance-id").await? {
+        Some(i) if crate::config::lb::instance_id_ok(&i) => Ok(Some(i)),
+        Some(i) => Err(ImdsError::Invalid {
+            path: "latest/meta-data/instance-id".into(),
+            what: format!(
+                "{:?} is not an EC2 instance id",
+                i.chars().take(40).collect::<String>()
+            ),
+        }),
+        None => Ok(None),
+    }
+}
+
 /// The lifecycle state and the instance id (None: this instance is in no group).
 async fn read_state(
     imds: &mut Imds,
@@ -283,19 +299,7 @@ async fn read_state(
         return Ok(None);
     };
     if id.is_none() {
-        match imds.get("instance-id").await? {
-            Some(i) if crate::config::lb::instance_id_ok(&i) => *id = Some(i),
-            Some(i) => {
-                return Err(ImdsError::Invalid {
-                    path: "latest/meta-data/instance-id".into(),
-                    what: format!(
-                        "{:?} is not an EC2 instance id",
-                        i.chars().take(40).collect::<String>()
-                    ),
-                })
-            }
-            None => {}
-        }
+        *id = read_instance_id(imds).await?;
     }
     Ok(id.clone().map(|i| (state, i)))
 }

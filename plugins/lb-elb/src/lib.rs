@@ -384,8 +384,7 @@ async fn instance_id_from_imds(endpoint: &str) -> Result<String, ImdsError> {
             source: Box::new(source),
         })?;
     let id = id.as_ref().trim().to_string();
-    let hex = id.strip_prefix("i-").unwrap_or("");
-    if !((hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_hexdigit())) {
+    if !spilo_sdk::lb::instance_id_ok(&id) {
         return Err(ImdsError::NotAnInstanceId {
             endpoint: endpoint.to_string(),
             id,

@@ -14,6 +14,14 @@ use async_trait::async_trait;
 
 use crate::term::{StaleTerm, Term};
 
+/// An EC2 instance id: `i-` and 8 or 17 hexadecimal digits (how members are addressed by AWS
+/// load balancers; the ELB plugin and the host's configuration check both use this).
+pub fn instance_id_ok(id: &str) -> bool {
+    id.strip_prefix("i-")
+        .map(|h| (h.len() == 8 || h.len() == 17) && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or(false)
+}
+
 /// What a load balancer routes now.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LbState {

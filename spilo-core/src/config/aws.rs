@@ -65,13 +65,7 @@ impl AwsConfig {
     /// Checks the section: `(key, problem)` of the first bad value.
     pub fn check(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: String| Err((format!("aws.{k}"), m));
-        // Auto Scaling's names: 1-255 letters, digits, '-', '_' and '/'.
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 255
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c))
-        };
+        let name_ok = spilo_aws::autoscaling::name_ok;
         for (k, v) in [
             ("lifecycle_hook", &self.lifecycle_hook),
             ("auto_scaling_group", &self.auto_scaling_group),

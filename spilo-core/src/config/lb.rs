@@ -194,12 +194,7 @@ fn elb_name_ok(n: &str) -> bool {
         && !n.ends_with('-')
 }
 
-/// An EC2 instance id: `i-` and 8 or 17 hexadecimal digits.
-pub fn instance_id_ok(id: &str) -> bool {
-    id.strip_prefix("i-")
-        .map(|h| (h.len() == 8 || h.len() == 17) && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .unwrap_or(false)
-}
+pub use spilo_sdk::lb::instance_id_ok;
 
 /// A listen address: `ip:port` (or `*:port`, every address).
 pub fn listen_addr(s: &str) -> Option<std::net::SocketAddr> {

@@ -439,17 +439,27 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
 
     // On an Auto Scaling termination notice the daemon leaves as on SIGTERM (hand over, stop
     // PostgreSQL), then completes the group's lifecycle action.
+    // The watch runs as a task of its own (its metadata reads never wait on the HA loop).
     let lifecycle = crate::lifecycle::Watch::from_config(&cfg);
     let notice: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let watch = lifecycle
+        .clone()
+        .map(|w| tokio::spawn(async move { w.terminating().await }));
     let stop = {
-        let (lifecycle, notice) = (lifecycle.clone(), notice.clone());
+        let notice = notice.clone();
         async move {
-            match lifecycle {
-                Some(w) => tokio::select! {
+            match watch {
+                Some(task) => tokio::select! {
                     _ = shutdown_signal() => {}
-                    id = w.terminating() => {
-                        let _ = notice.set(id);
-                    }
+                    r = task => match r {
+                        Ok(id) => {
+                            let _ = notice.set(id);
+                        }
+                        Err(e) => {
+                            tracing::error!("the lifecycle watch ended: {e}; SIGTERM still hands over");
+                            shutdown_signal().await;
+                        }
+                    },
                 },
                 None => shutdown_signal().await,
             }
