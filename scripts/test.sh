@@ -30,6 +30,28 @@ run() {
   echo "===== [$name] ${RESULT[$name]} in $((SECONDS - start)) s ====="
 }
 
+# start_bg NAME CMD...: starts a step in the background; its output goes to $LOGDIR/NAME.log
+# and is printed whole by wait_bg NAME, which records ok/FAIL.
+declare -A BG_PID=() BG_START=()
+start_bg() {
+  local name=$1; shift
+  STEPS+=("$name")
+  echo
+  echo "===== [$name] in the background: $* ====="
+  BG_START[$name]=$SECONDS
+  "$@" > "$LOGDIR/$name.log" 2>&1 &
+  BG_PID[$name]=$!
+}
+
+wait_bg() {
+  local name=$1
+  if wait "${BG_PID[$name]}"; then RESULT[$name]="ok"; else RESULT[$name]="FAIL"; failed=1; fi
+  echo
+  echo "===== [$name] its output ====="
+  cat "$LOGDIR/$name.log"
+  echo "===== [$name] ${RESULT[$name]} in $((SECONDS - BG_START[$name])) s ====="
+}
+
 skip() {
   STEPS+=("$1")
   RESULT[$1]="skipped"
@@ -44,11 +66,16 @@ run build cargo build --workspace --all-targets
 if [ "${RESULT[build]}" = "ok" ]; then
   # Unit tests and every test target but the integration suite.
   run unit-tests cargo test --workspace --exclude spilo-tests --no-fail-fast
+  # The conformance suites (DCS: etcd single/cluster/TLS, ZooKeeper single/TLS/3-server
+  # ensemble, the plugin; storage on a directory, moto and s3s-fs; load balancers) start their
+  # own servers, one test at a time, and mostly wait on them: they run beside the integration
+  # suite (about 7 minutes that no longer add to the total).
+  start_bg conformance-tests cargo test -p spilo-tests --test conformance -- --test-threads=1
   # The integration suite drives real etcd/PostgreSQL clusters: one test at a time. It includes
-  # the DCS conformance suite (etcd single/cluster/TLS, ZooKeeper single/TLS/3-server ensemble)
-  # and the ZooKeeper-shape HA tests (zk_quorum_loss::: ensemble quorum loss, bootstrap over
-  # TLS), which start their own ZooKeeper whatever SPILO_TEST_DCS says.
-  run integration-tests cargo test -p spilo-tests -- --test-threads=1
+  # the ZooKeeper-shape HA tests (zk_quorum_loss::: ensemble quorum loss, bootstrap over TLS),
+  # which start their own ZooKeeper whatever SPILO_TEST_DCS says.
+  run integration-tests cargo test -p spilo-tests --lib --bins --test integration -- --test-threads=1
+  wait_bg conformance-tests
   # The HA suite (bootstrap, replication, failover, rejoin, crash in place, hand-over, DCS loss,
   # duplicate names, manual failover) once more, on ZooKeeper: the same tests, another DCS.
   HA_SUITE="bootstrap:: failover::killed crash_in_place:: handover:: dcs_loss:: duplicate_name:: manual_failover:: terms::"
@@ -81,6 +108,7 @@ if [ "${RESULT[build]}" = "ok" ]; then
   run aws-lab ./scripts/aws-lab.sh --no-setup
 else
   skip unit-tests
+  skip conformance-tests
   skip integration-tests
   skip integration-zookeeper
   skip integration-etcd-tls
@@ -94,7 +122,7 @@ fi
 
 # Add up cargo's "test result:" lines.
 passed=0; tfailed=0; ignored=0
-for f in "$LOGDIR"/unit-tests.log "$LOGDIR"/integration-tests.log "$LOGDIR"/integration-zookeeper.log "$LOGDIR"/integration-etcd-tls.log "$LOGDIR"/integration-plugin.log "$LOGDIR"/integration-plugin-abi10.log; do
+for f in "$LOGDIR"/unit-tests.log "$LOGDIR"/conformance-tests.log "$LOGDIR"/integration-tests.log "$LOGDIR"/integration-zookeeper.log "$LOGDIR"/integration-etcd-tls.log "$LOGDIR"/integration-plugin.log "$LOGDIR"/integration-plugin-abi10.log; do
   [ -f "$f" ] || continue
   while read -r p fl ig; do
     passed=$((passed + p)); tfailed=$((tfailed + fl)); ignored=$((ignored + ig))

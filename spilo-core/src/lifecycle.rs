@@ -232,13 +232,10 @@ impl Watch {
     }
 
     /// Completes the lifecycle action (after the hand-over), through `spiloctl`.
-    pub async fn complete(&self, instance_id: &str) -> Result<(), String> {
+    pub async fn complete(&self, instance_id: &str) -> Result<(), CompleteError> {
         let region = match &self.region {
             Some(r) => Some(r.clone()),
-            None => Imds::new(&self.imds)
-                .get("placement/region")
-                .await
-                .map_err(|e| crate::error_chain(&e))?,
+            None => Imds::new(&self.imds).get("placement/region").await?,
         };
         let mut args = vec![
             "aws",
@@ -269,10 +266,20 @@ impl Watch {
                 ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
             ]);
         }
-        crate::secret::run_helper(&args, b"", &env, COMPLETE_TIMEOUT)
-            .await
-            .map(|_| ())
+        crate::secret::run_helper(&args, b"", &env, COMPLETE_TIMEOUT).await?;
+        Ok(())
     }
+}
+
+/// Why the lifecycle action could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompleteError {
+    /// The region (not configured) could not be read from the instance metadata.
+    #[error("the region from the instance metadata: {0}")]
+    Region(#[from] ImdsError),
+    /// `spiloctl aws complete-lifecycle-action` failed.
+    #[error(transparent)]
+    Helper(#[from] crate::secret::HelperError),
 }
 
 /// This instance's id, checked (None: the service has none).

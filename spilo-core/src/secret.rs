@@ -34,15 +34,57 @@ pub(crate) fn helper() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("spiloctl"))
 }
 
+/// Why the `spiloctl` helper gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    /// It could not be started.
+    #[error("cannot run {helper}: {source}")]
+    Spawn {
+        /// The helper's path.
+        helper: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Talking to it failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The command line.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran past its time (and was killed).
+    #[error("{what} did not finish in {secs} s")]
+    Timeout {
+        /// The command line.
+        what: String,
+        /// The bound.
+        secs: u64,
+    },
+    /// It failed and said why (its own message, without its `spiloctl: ` prefix).
+    #[error("{0}")]
+    Said(String),
+    /// It failed without a word.
+    #[error("{what}: {status}")]
+    Failed {
+        /// The command line.
+        what: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+}
+
 /// Runs `spiloctl <args>` (the one next to this executable): `input` on its standard input,
 /// `env` added to its environment, all within `timeout`. Its standard output when it succeeds;
-/// else what it said on standard error (without its `spiloctl: ` prefix) or how it ended.
+/// else what it said on standard error or how it ended.
 pub(crate) async fn run_helper(
     args: &[&str],
     input: &[u8],
     env: &[(&str, &str)],
     timeout: Duration,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, HelperError> {
     let helper = helper();
     let what = format!("{} {}", helper.display(), args.join(" "));
     #[allow(clippy::disallowed_methods)]
@@ -54,10 +96,14 @@ pub(crate) async fn run_helper(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
-    let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
+    let mut child = cmd.spawn().map_err(|source| HelperError::Spawn {
+        helper: helper.display().to_string(),
+        source,
+    })?;
+    let mut stdin = child.stdin.take().ok_or_else(|| HelperError::Io {
+        what: what.clone(),
+        source: std::io::Error::other("no standard input pipe"),
+    })?;
     let input = input.to_vec();
     let run = async move {
         stdin.write_all(&input).await?;
@@ -65,8 +111,13 @@ pub(crate) async fn run_helper(
         child.wait_with_output().await
     };
     let out = match tokio::time::timeout(timeout, run).await {
-        Err(_) => return Err(format!("{what} did not finish in {} s", timeout.as_secs())),
-        Ok(Err(e)) => return Err(format!("{what}: {e}")),
+        Err(_) => {
+            return Err(HelperError::Timeout {
+                what,
+                secs: timeout.as_secs(),
+            })
+        }
+        Ok(Err(source)) => return Err(HelperError::Io { what, source }),
         Ok(Ok(out)) => out,
     };
     if out.status.success() {
@@ -75,8 +126,11 @@ pub(crate) async fn run_helper(
     let said = String::from_utf8_lossy(&out.stderr);
     let said = said.trim();
     Err(match said.strip_prefix("spiloctl: ").unwrap_or(said) {
-        "" => format!("{what}: {}", out.status),
-        s => s.to_string(),
+        "" => HelperError::Failed {
+            what,
+            status: out.status,
+        },
+        s => HelperError::Said(s.to_string()),
     })
 }
 
@@ -112,7 +166,7 @@ async fn open_kms_with(
         .collect();
     run_helper(&args, text.trim().as_bytes(), &env, HELPER_TIMEOUT)
         .await
-        .map_err(fail)
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// Where the configuration's secrets are opened: `aws.region`, else `storage.region` (else the

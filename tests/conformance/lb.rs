@@ -3,15 +3,13 @@
 //! `export_lb_plugin!`) and `memlb` (C, against `spilo_plugin.h`, compiled with `cc` here).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use spilo_core::plugin::lb::PluginLb;
 use spilo_core::plugin::loader;
 use spilo_sdk::{LoadBalancer, Term};
-use spilo_tests::bins::{plugin_lib, workspace_dir};
-use spilo_tests::util::run_with_timeout;
+use spilo_tests::bins::{build_c_plugin, plugin_lib};
 
 /// One load-balancer backend under test: a fresh instance per test.
 #[async_trait]
@@ -358,25 +356,7 @@ pub async fn elb_without_a_replica_elb_routes_no_replicas() {
 
 /// Compiles `tests/plugins/c-lb/memlb.c` into `dir` with extra `-D` flags.
 pub fn build_c_lb(dir: &Path, file: &str, defines: &[&str]) -> PathBuf {
-    let out = dir.join(file);
-    let src = workspace_dir().join("tests/plugins/c-lb/memlb.c");
-    let mut cmd = Command::new("cc");
-    cmd.args(["-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O2"])
-        .args(defines)
-        .arg("-I")
-        .arg(workspace_dir().join("plugins/sdk/include"))
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .arg("-lpthread");
-    let r = run_with_timeout(cmd, Duration::from_secs(60)).expect("run cc");
-    assert!(
-        r.status.success(),
-        "cc {}: {}",
-        src.display(),
-        String::from_utf8_lossy(&r.stderr)
-    );
-    out
+    build_c_plugin(dir, "tests/plugins/c-lb/memlb.c", file, defines)
 }
 
 /// `tests/plugins/c-lb` (C).

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::util::chmod;
+use crate::util::{chmod, run_with_timeout};
 
 /// PostgreSQL 15's binaries.
 pub const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
@@ -133,4 +133,32 @@ pub fn plugin_lib(file_name: &str) -> PathBuf {
             .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), to.display()));
     }
     to
+}
+
+/// Compiles the C plugin `source` (relative to the workspace) into `dir/file` with extra `-D`
+/// flags, against the SDK's header (`plugins/sdk/include`) and the helpers the C test plugins
+/// share (`tests/plugins/c-common`). Panics with the compiler's words when it fails.
+pub fn build_c_plugin(dir: &Path, source: &str, file: &str, defines: &[&str]) -> PathBuf {
+    let out = dir.join(file);
+    let src = workspace_dir().join(source);
+    let mut cmd = std::process::Command::new("cc");
+    cmd.args(["-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O2"])
+        .args(defines)
+        .arg("-I")
+        .arg(workspace_dir().join("plugins/sdk/include"))
+        .arg("-I")
+        .arg(workspace_dir().join("tests/plugins/c-common"))
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .arg("-lpthread");
+    let r = run_with_timeout(cmd, std::time::Duration::from_secs(60)).expect("run cc");
+    assert!(
+        r.status.success(),
+        "cc {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    chmod(&out, 0o755);
+    out
 }

@@ -1,7 +1,7 @@
 //! Base backups on real PostgreSQL 15 into a directory store: `spiloctl backup create` from the
 //! leader and from a replica, `backup list` (table and JSON with the point-in-time window),
 //! `show`, `wal list`, a backup during a switchover (complete or absent, never half-listed),
-//! the daemon's schedule firing, and retention keeping exactly `retain.count` backups (with a
+//! the daemon's schedule firing after a reload changed it, and retention keeping exactly `retain.count` backups (with a
 //! `prune --dry-run` that deletes nothing).
 
 use std::process::Command;
@@ -79,19 +79,16 @@ fn check_listed_backups_are_whole(store: &Store, scope: &str, v: &Value) {
 #[test]
 fn backups_are_listed_when_whole_scheduled_and_kept_by_count() {
     let store = Store::new();
-    // The schedule fires once, three minutes from now (UTC): after the steps below.
-    let at = chrono::Utc::now() + chrono::Duration::minutes(3);
-    let schedule = format!(
-        "{} {} * * *",
-        chrono::Timelike::minute(&at),
-        chrono::Timelike::hour(&at)
-    );
+    // The schedule starts out never firing in this test (Feb 30th); step 3 reloads a new one.
+    let storage_yaml = |schedule: &str| {
+        format!(
+            "storage:\n  type: fs\n  path: {}\nbackup:\n  schedule: '{schedule}'\n  retain:\n    count: 2\n",
+            store.path().display()
+        )
+    };
     let mut opts = ClusterOpts::named("backup");
-    opts.node.extra_yaml = format!(
-        "storage:\n  type: fs\n  path: {}\nbackup:\n  schedule: '{schedule}'\n  retain:\n    count: 2\n",
-        store.path().display()
-    );
-    let c = TestCluster::start(2, opts);
+    opts.node.extra_yaml = storage_yaml("0 1 30 2 *");
+    let mut c = TestCluster::start(2, opts);
     let leader = c.wait_for_replicas_streaming(BOOTSTRAP);
     let replica = c.others(&leader)[0].clone();
     let scope = c.scope.clone();
@@ -192,15 +189,48 @@ fn backups_are_listed_when_whole_scheduled_and_kept_by_count() {
     assert!(names(&after).len() <= 2, "retention keeps two: {after}");
     check_listed_backups_are_whole(&store, &scope, &after);
 
-    // 3. The schedule fires on the (new) leader; retention then keeps the newest two.
+    // 3. A reloaded schedule (the next whole minute at least 20 s away) fires on the (new)
+    // leader; retention then keeps the newest two.
     let new_leader = c.wait_for_primary(Duration::from_secs(30));
-    wait_for("the scheduled backup", Duration::from_secs(300), || {
-        let m = metrics(c.node(&new_leader));
-        let taken = m
+    let at = chrono::Utc::now() + chrono::Duration::seconds(80);
+    let schedule = format!(
+        "{} {} * * *",
+        chrono::Timelike::minute(&at),
+        chrono::Timelike::hour(&at)
+    );
+    let names_now: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+    for n in &names_now {
+        let yaml = storage_yaml(&schedule);
+        c.node_mut(n).rewrite_config(|o| o.extra_yaml = yaml);
+        let r = call(c.node(n), "POST", "/reload", Some(&json!({})));
+        expect("POST /reload", r, 202, Some("reload scheduled"));
+    }
+    for n in &names_now {
+        wait_for("the reloaded schedule", Duration::from_secs(20), || {
+            if c.node(n)
+                .log_text()
+                .contains("reload: the backup schedules changed")
+            {
+                Ok(())
+            } else {
+                Err(format!("{n} has not logged the new schedule"))
+            }
+        });
+    }
+    let scheduled = |c: &TestCluster, n: &str| {
+        metrics(c.node(n))
             .lines()
             .find(|l| l.starts_with("spilo_backups_total{"))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0);
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        scheduled(&c, &new_leader),
+        0.0,
+        "a scheduled backup before the schedule was reloaded"
+    );
+    wait_for("the scheduled backup", Duration::from_secs(300), || {
+        let taken = scheduled(&c, &new_leader);
         if taken >= 1.0 {
             Ok(())
         } else {

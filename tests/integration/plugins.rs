@@ -8,40 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use spilo_tests::bins::{bins, plugin_lib, workspace_dir};
+use spilo_tests::bins::{bins, build_c_plugin, plugin_lib};
 use spilo_tests::util::{chmod, postgres_command, run_with_timeout};
 use spilo_tests::{note, wait_for, DcsEndpoint, Node, NodeOpts, TempRoot};
 
 use crate::BOOTSTRAP;
 
 /// Compiles the C DCS plugin into `dir` with extra `-D` flags; the library's path.
-fn build_c_plugin(dir: &Path, file: &str, defines: &[&str]) -> PathBuf {
-    build_c(dir, "tests/plugins/c-plugin/memdcs.c", file, defines)
-}
-
-/// Compiles the C source `source` (relative to the workspace) into `dir`.
-fn build_c(dir: &Path, source: &str, file: &str, defines: &[&str]) -> PathBuf {
-    let out = dir.join(file);
-    let src = workspace_dir().join(source);
-    let include = workspace_dir().join("plugins/sdk/include");
-    let mut cmd = Command::new("cc");
-    cmd.args(["-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O2"])
-        .args(defines)
-        .arg("-I")
-        .arg(&include)
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .arg("-lpthread");
-    let r = run_with_timeout(cmd, Duration::from_secs(60)).expect("run cc");
-    assert!(
-        r.status.success(),
-        "cc {}: {}",
-        src.display(),
-        String::from_utf8_lossy(&r.stderr)
-    );
-    chmod(&out, 0o755);
-    out
+fn build_memdcs(dir: &Path, file: &str, defines: &[&str]) -> PathBuf {
+    build_c_plugin(dir, "tests/plugins/c-plugin/memdcs.c", file, defines)
 }
 
 fn plugin_endpoint(name: &str, path: &Path, settings: Vec<(String, String)>) -> DcsEndpoint {
@@ -80,7 +55,7 @@ fn wait_role(node: &Node, want: &str, timeout: Duration) {
 #[test]
 fn a_plugin_written_in_c_runs_a_node() {
     let root = TempRoot::new("spilo-plugin-");
-    let lib = build_c_plugin(root.path(), "libspilo_memdcs.so", &[]);
+    let lib = build_memdcs(root.path(), "libspilo_memdcs.so", &[]);
     let (ok, text) = spiloctl_check(&lib);
     assert!(ok, "spiloctl plugin check refused the C plugin:\n{text}");
     for needle in [
@@ -127,7 +102,7 @@ fn plugins_built_for_another_abi_are_refused_at_start() {
             "needs plugin ABI 1.9, newer than this spilo's 1.1",
         ),
     ] {
-        let lib = build_c_plugin(root.path(), file, defines);
+        let lib = build_memdcs(root.path(), file, defines);
         let (ok, text) = spiloctl_check(&lib);
         assert!(!ok, "{file} accepted:\n{text}");
         assert!(text.contains(needle), "{file}: {text}");
@@ -326,13 +301,13 @@ fn a_1_1_dcs_plugin_gives_the_leader_term() {
 #[test]
 fn spiloctl_plugin_check_describes_each_kind() {
     let root = TempRoot::new("spilo-plugin-");
-    let c_lb = build_c(
+    let c_lb = build_c_plugin(
         root.path(),
         "tests/plugins/c-lb/memlb.c",
         "libmemlb.so",
         &[],
     );
-    let c_dcs10 = build_c_plugin(root.path(), "libmemdcs10.so", &["-DMEMDCS_ABI_MINOR=0"]);
+    let c_dcs10 = build_memdcs(root.path(), "libmemdcs10.so", &["-DMEMDCS_ABI_MINOR=0"]);
     for (lib, needles) in [
         (
             plugin_lib("libspilo_storage_fs_plugin.so"),

@@ -370,9 +370,10 @@ fn a_replica_is_restored_from_an_encrypted_backup_in_s3() {
     let mut c = TestCluster::start(2, opts);
     let primary = c.wait_for_replicas_streaming(BOOTSTRAP);
     let replica = c.others(&primary)[0].clone();
-    // Some 50 MB that compress badly: the backup is stored in several parts.
+    // Some 22 MB of random bytes (no compression, no TOAST compression): the backup is stored
+    // in several parts.
     c.node(&primary)
-        .sql("CREATE TABLE noise(t text); ALTER TABLE noise ALTER t SET STORAGE EXTERNAL; INSERT INTO noise SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 1600000) g GROUP BY g % 2000")
+        .sql("CREATE TABLE noise(t bytea); ALTER TABLE noise ALTER t SET STORAGE EXTERNAL; INSERT INTO noise SELECT string_agg(decode(md5(random()::text), 'hex'), ''::bytea) FROM generate_series(1, 1400000) g GROUP BY g % 2000")
         .expect("noise");
     fill_and_switch(c.node(&primary), 20_000);
     backup_create(&c);
@@ -498,9 +499,9 @@ fn the_restore_drill_verifies_a_backup_and_names_a_damaged_one() {
     let p = c.node(&primary);
     p.sql("CREATE TABLE drill(id int PRIMARY KEY, t text); INSERT INTO drill SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
         .expect("rows");
-    // Some 50 MB that compress badly (uncompressed storage for the column, random hex), so the
-    // backup is stored in several parts and restored downloading them together.
-    p.sql("CREATE TABLE noise(t text); ALTER TABLE noise ALTER t SET STORAGE EXTERNAL; INSERT INTO noise SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 1600000) g GROUP BY g % 2000")
+    // Some 22 MB of random bytes (uncompressed storage for the column), so the backup is
+    // stored in several parts and restored downloading them together.
+    p.sql("CREATE TABLE noise(t bytea); ALTER TABLE noise ALTER t SET STORAGE EXTERNAL; INSERT INTO noise SELECT string_agg(decode(md5(random()::text), 'hex'), ''::bytea) FROM generate_series(1, 1400000) g GROUP BY g % 2000")
         .expect("noise");
     backup_create(&c);
     let shown = c

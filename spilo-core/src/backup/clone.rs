@@ -133,7 +133,7 @@ impl crate::ha::replica::ClusterClone for Cloner {
         let target = self
             .cfg
             .target()
-            .map_err(|(k, m)| ArchiveError::new(format!("{k}: {m}")))?;
+            .map_err(|p| ArchiveError::new(p.to_string()))?;
         let storage = super::open_storage(&self.source)
             .await
             .map_err(|e| ArchiveError::caused("the source's store", e))?;
@@ -352,8 +352,8 @@ mod tests {
             ("scope: ''\ntarget_immediate: true\n", "not a scope"),
         ] {
             let c: CloneConfig = serde_yaml::from_str(yaml).expect("yaml");
-            let (k, m) = c.check(Some(&own), "me").unwrap_err();
-            assert!(format!("{k}: {m}").contains(says), "{yaml}: {k}: {m}");
+            let p = c.check(Some(&own), "me").unwrap_err();
+            assert!(p.to_string().contains(says), "{yaml}: {p}");
         }
         let c: CloneConfig =
             serde_yaml::from_str("scope: src\ntarget_immediate: true\n").expect("yaml");

@@ -48,9 +48,9 @@ pub async fn open_storage(cfg: &StorageConfig) -> Result<Arc<dyn Storage>, Stora
                 "storage",
                 "storage type s3: the S3 plugin",
             )
-            .map_err(|message| StorageError::Refused {
+            .map_err(|e| StorageError::Refused {
                 op: "open",
-                message,
+                message: e.to_string(),
             })?;
             connect(&plugin, cfg).await
         }

@@ -11,27 +11,92 @@ use tokio::sync::watch;
 use super::archiver::ArchiveStats;
 use super::run::{backup_now, choose_source, Job};
 use super::schedule::Schedule;
+use crate::config::{Config, KeyProblem};
 use crate::dcs::Dcs;
 use crate::ha::state::NodeState;
 
-/// Runs the schedule for ever.
+/// The schedules the daemon follows: read at start and replaced by a reload (SIGHUP,
+/// `POST /reload`), so a new `backup.schedule` applies without a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Schedules {
+    /// `backup.schedule` (none: empty, no scheduled backups).
+    pub backup: Option<Schedule>,
+    /// `backup.verify_schedule` (none: no restore drills).
+    pub verify: Option<Schedule>,
+    /// `backup.from_replica`.
+    pub from_replica: bool,
+}
+
+impl Schedules {
+    /// The schedules of a configuration (none without a `storage:` section). The error names
+    /// the key.
+    pub fn from_config(cfg: &Config) -> Result<Schedules, KeyProblem> {
+        let Some(b) = cfg.backup_settings() else {
+            return Ok(Schedules::default());
+        };
+        let parse = |key: &str, text: &str| -> Result<Option<Schedule>, KeyProblem> {
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            Schedule::parse(text)
+                .map(Some)
+                .map_err(|e| KeyProblem::new(key, e.to_string()))
+        };
+        Ok(Schedules {
+            backup: parse("backup.schedule", &b.schedule)?,
+            verify: parse("backup.verify_schedule", &b.verify_schedule)?,
+            from_replica: b.from_replica,
+        })
+    }
+}
+
+/// Waits until the schedule `pick` chooses next fires (true), or the schedules change (false).
+/// A schedule that never fires (or none) waits for a change; once the sender is gone the
+/// current schedule is kept.
+async fn next_firing(
+    schedules: &mut watch::Receiver<Schedules>,
+    pick: fn(&Schedules) -> Option<&Schedule>,
+    what: &str,
+) -> bool {
+    let current = pick(&schedules.borrow_and_update()).cloned();
+    let fire = async {
+        match current {
+            Some(s) => {
+                if sleep_until_next(&s).await {
+                    return;
+                }
+                tracing::warn!("{what} never fires; waiting for a reload to change it");
+                std::future::pending::<()>().await
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(fire);
+    tokio::select! {
+        _ = &mut fire => true,
+        changed = schedules.changed() => match changed {
+            Ok(()) => false,
+            Err(_) => {
+                fire.await;
+                true
+            }
+        },
+    }
+}
+
+/// Runs the backup schedule for ever.
 pub async fn run(
-    schedule: Schedule,
+    mut schedules: watch::Receiver<Schedules>,
     dcs: Arc<dyn Dcs>,
     job: Job,
     node: watch::Receiver<Arc<NodeState>>,
     stats: Arc<ArchiveStats>,
 ) {
-    let from_replica = job
-        .cfg
-        .backup_settings()
-        .map(|b| b.from_replica)
-        .unwrap_or(false);
     loop {
-        if !sleep_until_next(&schedule).await {
-            tracing::warn!("the backup schedule never fires; no scheduled backups");
-            return;
+        if !next_firing(&mut schedules, |s| s.backup.as_ref(), "backup.schedule").await {
+            continue;
         }
+        let from_replica = schedules.borrow().from_replica;
         let cluster = node.borrow().cluster.clone();
         let Some(cluster) = cluster else { continue };
         match choose_source(&cluster, from_replica) {
@@ -66,7 +131,7 @@ pub async fn run(
 /// restores the newest backup into a scratch directory beside its data directory, starts it
 /// and reads every relation; the result goes into the counters (`/metrics`).
 pub async fn run_drills(
-    schedule: Schedule,
+    mut schedules: watch::Receiver<Schedules>,
     job: Job,
     node: watch::Receiver<Arc<NodeState>>,
     stats: Arc<ArchiveStats>,
@@ -79,9 +144,14 @@ pub async fn run_drills(
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir);
     loop {
-        if !sleep_until_next(&schedule).await {
-            tracing::warn!("backup.verify_schedule never fires; no restore drills");
-            return;
+        if !next_firing(
+            &mut schedules,
+            |s| s.verify.as_ref(),
+            "backup.verify_schedule",
+        )
+        .await
+        {
+            continue;
         }
         let cluster = node.borrow().cluster.clone();
         let Some(cluster) = cluster else { continue };
@@ -167,4 +237,84 @@ pub fn record(stats: &ArchiveStats, m: &super::base::Manifest) {
     stats
         .backup_last_millis
         .store((m.duration_secs * 1000.0) as u64, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let yaml = format!(
+            "scope: s\nname: n\nrestapi:\n  listen: 127.0.0.1:8008\n  connect_address: 127.0.0.1:8008\n\
+             etcd3:\n  hosts: 127.0.0.1:2379\npostgresql:\n  listen: 127.0.0.1:5432\n  \
+             connect_address: 127.0.0.1:5432\n  data_dir: /d\n  authentication:\n    \
+             superuser: {{username: postgres, password: a}}\n    \
+             replication: {{username: r, password: b}}\n{extra}"
+        );
+        crate::config::load_str(&yaml, "node.yml", &[])
+            .expect("config")
+            .config
+    }
+
+    #[test]
+    fn schedules_come_from_the_backup_section_only_with_storage() {
+        let with = config(
+            "storage:\n  type: fs\n  path: /b\nbackup:\n  schedule: '5 4 * * *'\n  \
+             verify_schedule: ''\n  from_replica: true\n",
+        );
+        let mut without = with.clone();
+        without.storage = None;
+        assert_eq!(
+            Schedules::from_config(&without).unwrap(),
+            Schedules::default()
+        );
+        let s = Schedules::from_config(&config(
+            "storage:\n  type: fs\n  path: /b\nbackup:\n  schedule: '5 4 * * *'\n  \
+             verify_schedule: ''\n  from_replica: true\n",
+        ))
+        .unwrap();
+        assert_eq!(s, Schedules::from_config(&with).unwrap());
+        assert_eq!(s.backup, Some(Schedule::parse("5 4 * * *").unwrap()));
+        assert_eq!(s.verify, None);
+        assert!(s.from_replica);
+        // Spilo's default schedule without a backup: section.
+        let d = Schedules::from_config(&config("storage:\n  type: fs\n  path: /b\n")).unwrap();
+        assert_eq!(d.backup, Some(Schedule::parse("0 1 * * *").unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_schedule_gives_way_to_a_reloaded_one() {
+        // Never fires (February 30th): the wait ends only when the schedules change.
+        let never = Schedules {
+            backup: Some(Schedule::parse("0 1 30 2 *").unwrap()),
+            ..Schedules::default()
+        };
+        let (tx, mut rx) = watch::channel(never);
+        let waiting = tokio::spawn(async move {
+            let fired = next_firing(&mut rx, |s| s.backup.as_ref(), "backup.schedule").await;
+            (fired, rx.borrow().backup.clone())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a schedule that never fires fired");
+        let every_minute = Schedule::parse("* * * * *").unwrap();
+        tx.send_modify(|s| s.backup = Some(every_minute.clone()));
+        let (fired, now) = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the change ends the wait")
+            .expect("task");
+        assert!(!fired, "a change is not a firing");
+        assert_eq!(now, Some(every_minute));
+    }
+
+    #[tokio::test]
+    async fn no_schedule_waits_and_a_dropped_sender_never_fires() {
+        let (tx, mut rx) = watch::channel(Schedules::default());
+        drop(tx);
+        let r = tokio::time::timeout(
+            Duration::from_millis(100),
+            next_firing(&mut rx, |s| s.verify.as_ref(), "backup.verify_schedule"),
+        )
+        .await;
+        assert!(r.is_err(), "no schedule and no sender: it must wait");
+    }
 }

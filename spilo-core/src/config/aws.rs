@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::KeyProblem;
+
 /// The instance metadata service on EC2.
 pub const DEFAULT_IMDS: &str = "http://169.254.169.254";
 /// Seconds between two reads of the lifecycle state.
@@ -63,8 +65,8 @@ impl AwsConfig {
     }
 
     /// Checks the section: `(key, problem)` of the first bad value.
-    pub fn check(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, m: String| Err((format!("aws.{k}"), m));
+    pub fn check(&self) -> Result<(), KeyProblem> {
+        let bad = |k: &str, m: String| Err(KeyProblem::new(format!("aws.{k}"), m));
         let name_ok = spilo_aws::autoscaling::name_ok;
         for (k, v) in [
             ("lifecycle_hook", &self.lifecycle_hook),
@@ -158,7 +160,7 @@ mod tests {
             ),
         ] {
             let e = parse(yaml).unwrap().check().expect_err(yaml);
-            assert_eq!(e.0, key, "{yaml}: {}", e.1);
+            assert_eq!(e.key, key, "{yaml}: {}", e.message);
         }
         assert!(parse("lifecycle_hok: x")
             .unwrap_err()

@@ -27,6 +27,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::error::KeyProblem;
+
 /// The backends built into spilo; any other `type` names a storage plugin.
 pub const BUILTIN_STORAGE: &[&str] = &["fs", "s3"];
 
@@ -358,8 +360,8 @@ pub fn check(
     storage: Option<&StorageConfig>,
     backup: Option<&BackupConfig>,
     plugin_names: &[&str],
-) -> Result<(), (String, String)> {
-    let err = |k: &str, m: String| Err((k.to_string(), m));
+) -> Result<(), KeyProblem> {
+    let err = |k: &str, m: String| Err(KeyProblem::new(k.to_string(), m));
     if let Some(s) = storage {
         match s.kind.as_str() {
             "fs" => match &s.path {
@@ -581,15 +583,18 @@ mod tests {
         let no_path: StorageConfig =
             serde_json::from_value(serde_json::json!({"type": "fs"})).unwrap();
         assert_eq!(
-            check(Some(&no_path), None, &[]).unwrap_err().0,
+            check(Some(&no_path), None, &[]).unwrap_err().key,
             "storage.path"
         );
         let s3: StorageConfig =
             serde_json::from_value(serde_json::json!({"type": "s3", "bucket": "ab"})).unwrap();
-        assert_eq!(check(Some(&s3), None, &[]).unwrap_err().0, "storage.bucket");
+        assert_eq!(
+            check(Some(&s3), None, &[]).unwrap_err().key,
+            "storage.bucket"
+        );
         let odd: StorageConfig =
             serde_json::from_value(serde_json::json!({"type": "ftp"})).unwrap();
-        let (k, m) = check(Some(&odd), None, &[]).unwrap_err();
+        let KeyProblem { key: k, message: m } = check(Some(&odd), None, &[]).unwrap_err();
         assert_eq!(k, "storage.type");
         assert!(m.contains("'ftp'"), "{m}");
         assert!(check(Some(&odd), None, &["ftp"]).is_ok());
@@ -598,7 +603,7 @@ mod tests {
             ..BackupConfig::default()
         };
         assert_eq!(
-            check(Some(&fs("/b")), Some(&drill), &[]).unwrap_err().0,
+            check(Some(&fs("/b")), Some(&drill), &[]).unwrap_err().key,
             "backup.verify_schedule"
         );
         let b = BackupConfig {
@@ -606,19 +611,19 @@ mod tests {
             ..BackupConfig::default()
         };
         assert_eq!(
-            check(Some(&fs("/b")), Some(&b), &[]).unwrap_err().0,
+            check(Some(&fs("/b")), Some(&b), &[]).unwrap_err().key,
             "backup.compression_level"
         );
         assert_eq!(
             check(None, Some(&BackupConfig::default()), &[])
                 .unwrap_err()
-                .0,
+                .key,
             "backup"
         );
         let mut b = BackupConfig::default();
         b.archive.timeout = u64::MAX;
         assert_eq!(
-            check(Some(&fs("/b")), Some(&b), &[]).unwrap_err().0,
+            check(Some(&fs("/b")), Some(&b), &[]).unwrap_err().key,
             "backup.archive.timeout"
         );
     }
@@ -698,7 +703,7 @@ pub enum CloneTarget {
 
 impl CloneConfig {
     /// The one target, checked.
-    pub fn target(&self) -> Result<CloneTarget, (String, String)> {
+    pub fn target(&self) -> Result<CloneTarget, KeyProblem> {
         let key = |k: &str| format!("bootstrap.clone.{k}");
         let given = [
             self.target_time.is_some(),
@@ -711,8 +716,8 @@ impl CloneConfig {
         .filter(|b| **b)
         .count();
         if given != 1 {
-            return Err((
-                "bootstrap.clone".into(),
+            return Err(KeyProblem::new(
+                "bootstrap.clone",
                 format!(
                     "give exactly one of target_time, target_lsn, target_name, target_xid, \
                      target_immediate ({given} given)"
@@ -722,18 +727,21 @@ impl CloneConfig {
         if let Some(t) = &self.target_time {
             return match crate::timestamp::parse_timestamp(t) {
                 Ok(ts) => Ok(CloneTarget::Time(ts)),
-                Err(crate::timestamp::TimestampError::NoTimezone) => Err((
+                Err(crate::timestamp::TimestampError::NoTimezone) => Err(KeyProblem::new(
                     key("target_time"),
                     format!("'{t}' has no time zone (write it as 2026-12-04T10:00:00+00:00)"),
                 )),
-                Err(_) => Err((key("target_time"), format!("'{t}' is not a timestamp"))),
+                Err(_) => Err(KeyProblem::new(
+                    key("target_time"),
+                    format!("'{t}' is not a timestamp"),
+                )),
             };
         }
         if let Some(l) = &self.target_lsn {
             return crate::dcs::codec::parse_lsn(l)
                 .map(CloneTarget::Lsn)
                 .ok_or_else(|| {
-                    (
+                    KeyProblem::new(
                         key("target_lsn"),
                         format!("'{l}' is not a WAL position like 0/3000028"),
                     )
@@ -741,7 +749,10 @@ impl CloneConfig {
         }
         if let Some(n) = &self.target_name {
             if n.is_empty() || n.len() > 63 || n.contains(['\n', '\r', '\0']) {
-                return Err((key("target_name"), "not a restore point name".into()));
+                return Err(KeyProblem::new(
+                    key("target_name"),
+                    "not a restore point name",
+                ));
             }
             return Ok(CloneTarget::Name(n.clone()));
         }
@@ -752,37 +763,33 @@ impl CloneConfig {
     }
 
     /// Checks the section; `own` is this cluster's storage and scope.
-    pub fn check(
-        &self,
-        own: Option<&StorageConfig>,
-        own_scope: &str,
-    ) -> Result<(), (String, String)> {
+    pub fn check(&self, own: Option<&StorageConfig>, own_scope: &str) -> Result<(), KeyProblem> {
         if self.scope.trim().is_empty() || self.scope.contains(['/', '\n']) {
-            return Err((
-                "bootstrap.clone.scope".into(),
+            return Err(KeyProblem::new(
+                "bootstrap.clone.scope",
                 format!("'{}' is not a scope", self.scope),
             ));
         }
         self.target()?;
         let tl = self.target_timeline.as_str();
         if tl != "latest" && tl != "current" && tl.parse::<u32>().map_or(true, |n| n == 0) {
-            return Err((
-                "bootstrap.clone.target_timeline".into(),
+            return Err(KeyProblem::new(
+                "bootstrap.clone.target_timeline",
                 format!("'{tl}' is not latest, current or a timeline number"),
             ));
         }
         let Some(own) = own else {
-            return Err((
-                "bootstrap.clone".into(),
-                "a clone needs this cluster's own storage: section (it archives there, never into the source's)".into(),
+            return Err(KeyProblem::new(
+                "bootstrap.clone",
+                "a clone needs this cluster's own storage: section (it archives there, never into the source's)",
             ));
         };
         let source = self.storage.as_ref().unwrap_or(own);
         if same_place(source, own)
             && source.base_prefix(&self.scope, 0) == own.base_prefix(own_scope, 0)
         {
-            return Err((
-                "bootstrap.clone.scope".into(),
+            return Err(KeyProblem::new(
+                "bootstrap.clone.scope",
                 format!(
                     "the source '{}' resolves to this cluster's own prefix {}: a clone would write into its source",
                     self.scope,

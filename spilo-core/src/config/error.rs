@@ -41,6 +41,27 @@ pub enum ConfigError {
     },
 }
 
+/// A value that is not acceptable, by its dotted key path: what a section's checks return
+/// (the loader adds where the value came from and makes it a [`ConfigError::Invalid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct KeyProblem {
+    /// Dotted key path (`storage.bucket`, `load_balancers[0].timeout`).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl KeyProblem {
+    /// The problem of `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> KeyProblem {
+        KeyProblem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
 impl ConfigError {
     /// The dotted key path the error is about (empty when it concerns the whole document or
     /// the file could not be read).

@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::error::KeyProblem;
+
 /// The load balancers built into spilo; any other `type` names a load-balancer plugin.
 pub const BUILTIN_LB: &[&str] = &["elb", "proxy"];
 
@@ -218,12 +220,12 @@ pub(crate) fn region_ok(r: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// Checks `load_balancers:`; the error is `(key, message)`.
-pub fn check(lbs: &[LoadBalancerConfig], lb_plugins: &[&str]) -> Result<(), (String, String)> {
+/// Checks `load_balancers:`; the error names the key.
+pub fn check(lbs: &[LoadBalancerConfig], lb_plugins: &[&str]) -> Result<(), KeyProblem> {
     let labels = labels(lbs);
     for (i, l) in lbs.iter().enumerate() {
         let key = |k: &str| format!("load_balancers[{i}].{k}");
-        let err = |k: &str, m: String| Err((key(k), m));
+        let err = |k: &str, m: String| Err(KeyProblem::new(key(k), m));
         if let Some(n) = &l.name {
             if n.trim().is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control()) {
                 return err("name", format!("{n:?}: 1–64 printable characters"));
@@ -422,7 +424,7 @@ mod tests {
             ),
         ];
         for (y, want) in cases {
-            let (k, m) = check(&parse(y), &[]).expect_err(y);
+            let KeyProblem { key: k, message: m } = check(&parse(y), &[]).expect_err(y);
             assert_eq!(k, want, "{y}: {m}");
             assert!(!m.is_empty());
         }

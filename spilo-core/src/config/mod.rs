@@ -22,7 +22,7 @@ mod schema;
 pub mod standby;
 pub mod validate;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, KeyProblem};
 pub use load::{
     load_file, load_str, EnvKind, EnvOverride, Loaded, DEFAULTS_ORIGIN, ENV_OVERRIDES, ENV_PREFIXES,
 };

@@ -201,8 +201,10 @@ impl StandbyCluster {
             return Err(StandbyError::StorageWithoutScope);
         }
         if let Some(st) = &self.storage {
-            super::backup::check(Some(st), None, &[])
-                .map_err(|(key, message)| StandbyError::Storage { key, message })?;
+            super::backup::check(Some(st), None, &[]).map_err(|p| StandbyError::Storage {
+                key: p.key,
+                message: p.message,
+            })?;
         }
         if self.host.is_none() && self.archive().is_none() && self.restore_command.is_none() {
             return Err(StandbyError::NoSource);

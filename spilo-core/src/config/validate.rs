@@ -2,7 +2,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::error::ConfigError;
+use super::error::{ConfigError, KeyProblem};
 use super::limits::{self, Limit};
 use super::model::{Config, Credentials, DynamicConfig, Etcd3, Zookeeper};
 
@@ -539,7 +539,9 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
                 "only one DCS may be configured, found etcd3, zookeeper".to_string(),
             ))
         }
-        (None, None) if cfg.dcs.is_some() => check_plugins(cfg).map_err(|(k, m)| err(&k, m))?,
+        (None, None) if cfg.dcs.is_some() => {
+            check_plugins(cfg).map_err(|p| err(&p.key, p.message))?
+        }
         (None, None) => {
             return Err(err(
                 "etcd3",
@@ -550,7 +552,7 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
     }
 
     if cfg.dcs.is_none() {
-        check_plugins(cfg).map_err(|(k, m)| err(&k, m))?;
+        check_plugins(cfg).map_err(|p| err(&p.key, p.message))?;
     }
     let storage_plugins: Vec<&str> = cfg
         .plugins
@@ -559,23 +561,23 @@ pub fn validate(cfg: &Config, origin: &str) -> Result<Vec<String>, ConfigError> 
         .map(|p| p.name.as_str())
         .collect();
     super::backup::check(cfg.storage.as_ref(), cfg.backup.as_ref(), &storage_plugins)
-        .map_err(|(k, m)| err(&k, m))?;
+        .map_err(|p| err(&p.key, p.message))?;
     let lb_plugins: Vec<&str> = cfg
         .plugins
         .iter()
         .filter(|p| p.kind == "load_balancer")
         .map(|p| p.name.as_str())
         .collect();
-    super::lb::check(&cfg.load_balancers, &lb_plugins).map_err(|(k, m)| err(&k, m))?;
+    super::lb::check(&cfg.load_balancers, &lb_plugins).map_err(|p| err(&p.key, p.message))?;
     if let Some(a) = &cfg.aws {
-        a.check().map_err(|(k, m)| err(&k, m))?;
+        a.check().map_err(|p| err(&p.key, p.message))?;
     }
     match cfg.bootstrap.method.as_deref() {
         None | Some("initdb") => {}
         Some("clone") => match &cfg.bootstrap.clone {
             Some(c) => c
                 .check(cfg.storage.as_ref(), &cfg.scope)
-                .map_err(|(k, m)| err(&k, m))?,
+                .map_err(|p| err(&p.key, p.message))?,
             None => {
                 return Err(err(
                     "bootstrap.clone",
@@ -650,18 +652,21 @@ fn check_dynamic(d: &DynamicConfig) -> Result<(), DynamicError> {
 
 /// `plugins:` and `dcs:`: names unique, kinds known, paths absolute, `dcs.plugin` naming a
 /// DCS plugin.
-fn check_plugins(cfg: &Config) -> Result<(), (String, String)> {
+fn check_plugins(cfg: &Config) -> Result<(), KeyProblem> {
     let mut seen = std::collections::BTreeSet::new();
     for (i, p) in cfg.plugins.iter().enumerate() {
         let key = |k: &str| format!("plugins[{i}].{k}");
         if p.name.trim().is_empty() {
-            return Err((key("name"), "must not be empty".into()));
+            return Err(KeyProblem::new(key("name"), "must not be empty"));
         }
         if !seen.insert(p.name.as_str()) {
-            return Err((key("name"), format!("'{}' is listed twice", p.name)));
+            return Err(KeyProblem::new(
+                key("name"),
+                format!("'{}' is listed twice", p.name),
+            ));
         }
         if !matches!(p.kind.as_str(), "dcs" | "storage" | "load_balancer") {
-            return Err((
+            return Err(KeyProblem::new(
                 key("kind"),
                 format!(
                     "'{}' is not a plugin kind spilo loads (dcs, storage, load_balancer)",
@@ -670,7 +675,7 @@ fn check_plugins(cfg: &Config) -> Result<(), (String, String)> {
             ));
         }
         if !p.path.is_absolute() {
-            return Err((
+            return Err(KeyProblem::new(
                 key("path"),
                 format!("{} must be an absolute path", p.path.display()),
             ));
@@ -678,26 +683,26 @@ fn check_plugins(cfg: &Config) -> Result<(), (String, String)> {
     }
     if let Some(d) = &cfg.dcs {
         let Some(name) = cfg.dcs_plugin() else {
-            return Err((
-                "dcs.plugin".into(),
+            return Err(KeyProblem::new(
+                "dcs.plugin",
                 if d.contains_key("plugin") {
-                    "must be a plugin name".into()
+                    "must be a plugin name"
                 } else {
-                    "missing: a dcs section names the plugin that provides the DCS".into()
+                    "missing: a dcs section names the plugin that provides the DCS"
                 },
             ));
         };
         match cfg.plugins.iter().find(|p| p.name == name) {
             Some(p) if p.kind == "dcs" => {}
             Some(p) => {
-                return Err((
-                    "dcs.plugin".into(),
+                return Err(KeyProblem::new(
+                    "dcs.plugin",
                     format!("plugin '{name}' is a {} plugin, not a dcs one", p.kind),
                 ))
             }
             None => {
-                return Err((
-                    "dcs.plugin".into(),
+                return Err(KeyProblem::new(
+                    "dcs.plugin",
                     format!("no plugin named '{name}' in plugins"),
                 ))
             }

@@ -48,18 +48,28 @@ pub fn run(action: KmsAction, opts: Options) -> ExitCode {
     }
 }
 
-fn read_stdin() -> Result<Vec<u8>, String> {
+/// Why a KMS action gave no answer.
+#[derive(Debug, thiserror::Error)]
+enum ActError {
+    #[error("standard input: {0}")]
+    Stdin(#[source] std::io::Error),
+    #[error("standard input: more than {} KiB", MAX_INPUT / 1024)]
+    TooLong,
+    #[error("standard input: not text (an aws:kms:<base64> secret)")]
+    NotText,
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+}
+
+fn read_stdin() -> Result<Vec<u8>, ActError> {
     let mut buf = Vec::new();
     std::io::stdin()
         .lock()
         .take(MAX_INPUT + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| format!("standard input: {e}"))?;
+        .map_err(ActError::Stdin)?;
     if buf.len() as u64 > MAX_INPUT {
-        return Err(format!(
-            "standard input: more than {} KiB",
-            MAX_INPUT / 1024
-        ));
+        return Err(ActError::TooLong);
     }
     Ok(buf)
 }
@@ -75,26 +85,24 @@ fn plaintext(mut buf: Vec<u8>) -> Vec<u8> {
     buf
 }
 
-async fn act(action: KmsAction, opts: &Options) -> Result<Vec<u8>, String> {
-    let kms_err = |e: KmsError| e.to_string();
+async fn act(action: KmsAction, opts: &Options) -> Result<Vec<u8>, ActError> {
     match action {
         KmsAction::Decrypt => {
             let input = read_stdin()?;
-            let text = String::from_utf8(input)
-                .map_err(|_| "standard input: not text (an aws:kms:<base64> secret)".to_string())?;
-            let blob = parse_secret(&text).map_err(kms_err)?;
-            let kms = Kms::connect(opts).await.map_err(kms_err)?;
-            kms.decrypt(&blob).await.map_err(kms_err)
+            let text = String::from_utf8(input).map_err(|_| ActError::NotText)?;
+            let blob = parse_secret(&text)?;
+            let kms = Kms::connect(opts).await?;
+            Ok(kms.decrypt(&blob).await?)
         }
         KmsAction::Encrypt { key_id } => {
             let plain = plaintext(read_stdin()?);
-            let kms = Kms::connect(opts).await.map_err(kms_err)?;
-            let blob = kms.encrypt(&key_id, &plain).await.map_err(kms_err)?;
+            let kms = Kms::connect(opts).await?;
+            let blob = kms.encrypt(&key_id, &plain).await?;
             Ok(format!("{}\n", format_secret(&blob)).into_bytes())
         }
         KmsAction::GenerateKey { key_id } => {
-            let kms = Kms::connect(opts).await.map_err(kms_err)?;
-            let blob = kms.generate_data_key(&key_id).await.map_err(kms_err)?;
+            let kms = Kms::connect(opts).await?;
+            let blob = kms.generate_data_key(&key_id).await?;
             Ok(format!("{}\n", format_secret(&blob)).into_bytes())
         }
     }

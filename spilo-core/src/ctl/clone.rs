@@ -15,7 +15,7 @@ pub async fn plan(ctx: &Ctx, format: Format) -> CtlResult {
     let Some(c) = ctx.cfg.bootstrap.clone.as_ref() else {
         return fail("the configuration has no bootstrap.clone section");
     };
-    let target = c.target().map_err(|(k, m)| CtlError(format!("{k}: {m}")))?;
+    let target = c.target().map_err(|p| CtlError(p.to_string()))?;
     let Some(source) = c.storage.as_ref().or(ctx.cfg.storage.as_ref()) else {
         return fail(
             "no storage: section and no bootstrap.clone.storage: nowhere to read the source from",

@@ -215,27 +215,24 @@ async fn start_archiver(
         pg_version: major,
         key: settings.key.clone(),
     };
-    if !b.verify_schedule.trim().is_empty() {
-        let schedule = crate::backup::schedule::Schedule::parse(&b.verify_schedule)
-            .map_err(|e| StartError::Config(format!("backup.verify_schedule: {e}")))?;
-        tokio::spawn(crate::backup::scheduler::run_drills(
-            schedule,
-            job.clone(),
-            node.clone(),
-            stats.clone(),
-        ));
-    }
-    if !b.schedule.trim().is_empty() {
-        let schedule = crate::backup::schedule::Schedule::parse(&b.schedule)
-            .map_err(|e| StartError::Config(format!("backup.schedule: {e}")))?;
-        tokio::spawn(crate::backup::scheduler::run(
-            schedule,
-            dcs,
-            job,
-            node.clone(),
-            stats.clone(),
-        ));
-    }
+    // Both schedules follow reloads: the tasks run from the start and wait while a schedule
+    // is empty.
+    let schedules = crate::backup::scheduler::Schedules::from_config(cfg)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let (schedules, schedules_rx) = tokio::sync::watch::channel(schedules);
+    tokio::spawn(crate::backup::scheduler::run_drills(
+        schedules_rx.clone(),
+        job.clone(),
+        node.clone(),
+        stats.clone(),
+    ));
+    tokio::spawn(crate::backup::scheduler::run(
+        schedules_rx,
+        dcs,
+        job,
+        node.clone(),
+        stats.clone(),
+    ));
     let fetcher = crate::backup::fetch::Fetcher::new(
         storage.clone(),
         crate::backup::fetch::FetchSettings {
@@ -303,6 +300,7 @@ async fn start_archiver(
         backups,
         cloner,
         switch,
+        schedules,
     }))
 }
 
@@ -311,6 +309,8 @@ struct Restores {
     backups: Arc<dyn crate::ha::replica::ReplicaBackups>,
     cloner: Option<Arc<dyn crate::ha::replica::ClusterClone>>,
     switch: Arc<dyn crate::ha::replica::ArchiveSwitch>,
+    /// Replaced on reload.
+    schedules: tokio::sync::watch::Sender<crate::backup::scheduler::Schedules>,
 }
 
 /// Connect to the DCS, retrying with a logged, growing back-off until it answers.
@@ -416,7 +416,10 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
     };
     let node = match backups {
         Some(r) => {
-            let node = node.with_backups(r.backups).with_archive_switch(r.switch);
+            let node = node
+                .with_backups(r.backups)
+                .with_archive_switch(r.switch)
+                .with_backup_schedules(r.schedules);
             match r.cloner {
                 Some(c) => node.with_cloner(c),
                 None => node,
@@ -474,10 +477,11 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> Result<(), StartError> {
                 w.hook
             ),
             Err(e) => tracing::error!(
-                "could not complete the lifecycle action of {id} (hook {} of {}): {e}; the group \
+                "could not complete the lifecycle action of {id} (hook {} of {}): {}; the group \
                  goes on when the hook times out",
                 w.hook,
-                w.group
+                w.group,
+                crate::error_chain(&e)
             ),
         }
     }

@@ -167,7 +167,7 @@ pub async fn open(cfg: &LoadBalancerConfig) -> Result<Arc<dyn LoadBalancer>, LbE
                 "load_balancer",
                 "load balancer type elb: the ELB plugin",
             )
-            .map_err(refused)?
+            .map_err(|e| refused(e.to_string()))?
         }
         name => crate::plugin::get(name).ok_or_else(|| {
             refused(format!(

@@ -75,6 +75,24 @@ pub fn bundled_candidates(file: &str) -> Vec<std::path::PathBuf> {
     dirs
 }
 
+/// Why a plugin shipped with spilo could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum BundledError {
+    /// The library is in none of the places looked in.
+    #[error("{what} {file} is in none of {places}")]
+    NotFound {
+        /// What it is (`storage type s3: the S3 plugin`).
+        what: String,
+        /// The library's file name.
+        file: String,
+        /// Every place looked in, comma-separated.
+        places: String,
+    },
+    /// It was found and refused.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
 /// Loads a plugin shipped with spilo: `file`, from the first of [`bundled_candidates`] that
 /// exists, as the plugin `name` of `kind`. `what` names it in the error (`storage type s3: the
 /// S3 plugin`), which lists every place looked in when none has it.
@@ -83,17 +101,19 @@ pub fn load_bundled(
     name: &str,
     kind: &str,
     what: &str,
-) -> Result<LoadedPlugin, String> {
+) -> Result<LoadedPlugin, BundledError> {
     let candidates = bundled_candidates(file);
-    let path = candidates.iter().find(|p| p.exists()).ok_or_else(|| {
-        format!(
-            "{what} {file} is in none of {}",
-            candidates
+    let path = candidates
+        .iter()
+        .find(|p| p.exists())
+        .ok_or_else(|| BundledError::NotFound {
+            what: what.to_string(),
+            file: file.to_string(),
+            places: candidates
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })?;
-    loader::load(path, name, kind).map_err(|e| e.to_string())
+                .join(", "),
+        })?;
+    Ok(loader::load(path, name, kind)?)
 }

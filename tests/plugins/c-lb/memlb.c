@@ -4,7 +4,7 @@
  * SPILO_STATUS_STALE_TERM and changes nothing. It exists to prove the LB part of the C ABI:
  * every entry point, the names wire format, JSON out of describe, plugin-owned buffers.
  *
- * Build: cc -shared -fPIC -O2 -I plugins/sdk/include -o libspilo_memlb.so memlb.c -lpthread
+ * Build: cc -shared -fPIC -O2 -I plugins/sdk/include -I tests/plugins/c-common -o libspilo_memlb.so memlb.c -lpthread
  * -DMEMLB_NULL_DESCRIBE builds a variant with a NULL entry point, which spilo must refuse.
  */
 #include <pthread.h>
@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "spilo_plugin.h"
+#include "test_plugin_util.h"
 
 #define MAX_REPLICAS 64
 #define MAX_NAME 255
@@ -25,24 +26,6 @@ typedef struct {
     char replicas[MAX_REPLICAS][MAX_NAME + 1];
     size_t replica_count;
 } Lb;
-
-static SpiloBuf make_buf(const void *data, size_t len) {
-    SpiloBuf b = {0, 0, 0};
-    if (len == 0) return b;
-    b.ptr = malloc(len);
-    if (!b.ptr) return b;
-    memcpy(b.ptr, data, len);
-    b.len = len;
-    b.cap = len;
-    return b;
-}
-
-static uint32_t fail(SpiloBuf *err, uint32_t status, const char *msg) {
-    if (err) *err = make_buf(msg, strlen(msg));
-    return status;
-}
-
-static void free_buf(SpiloBuf b) { free(b.ptr); }
 
 static uint32_t create(SpiloBytes config_json, SpiloHandle *out, SpiloBuf *err) {
     (void)config_json;

@@ -3,7 +3,7 @@
  * the daemon's own memory, for a single node (a "standalone" cluster). It exists to prove the
  * C ABI: every entry point, byte slices both ways, plugin-owned buffers, the wire formats.
  *
- * Build: cc -shared -fPIC -O2 -I plugins/sdk/include -o libspilo_memdcs.so memdcs.c -lpthread
+ * Build: cc -shared -fPIC -O2 -I plugins/sdk/include -I tests/plugins/c-common -o libspilo_memdcs.so memdcs.c -lpthread
  * -DMEMDCS_ABI_MAJOR=N / -DMEMDCS_ABI_MINOR=N build deliberately mismatched variants, which
  * spilo must refuse.
  */
@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "spilo_plugin.h"
+#include "test_plugin_util.h"
 
 #ifndef MEMDCS_ABI_MAJOR
 #define MEMDCS_ABI_MAJOR SPILO_ABI_MAJOR
@@ -43,24 +44,6 @@ typedef struct {
     int session_new;
     char member[256];
 } Store;
-
-static SpiloBuf make_buf(const void *data, size_t len) {
-    SpiloBuf b = {0, 0, 0};
-    if (len == 0) return b;
-    b.ptr = malloc(len);
-    if (!b.ptr) return b;
-    memcpy(b.ptr, data, len);
-    b.len = len;
-    b.cap = len;
-    return b;
-}
-
-static uint32_t fail(SpiloBuf *err, uint32_t status, const char *msg) {
-    if (err) *err = make_buf(msg, strlen(msg));
-    return status;
-}
-
-static void free_buf(SpiloBuf b) { free(b.ptr); }
 
 static Entry *find(Store *s, const char *key, size_t klen) {
     for (size_t i = 0; i < s->count; i++) {

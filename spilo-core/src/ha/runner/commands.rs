@@ -285,6 +285,47 @@ impl Node {
                 );
             }
         }
+        // Where WAL and backups go is opened once, at start; how often backups and drills
+        // run follows the reload.
+        if new.storage != old.storage {
+            tracing::warn!(
+                "reload: storage cannot change while running; restart the daemon to apply it"
+            );
+        }
+        new.storage = old.storage.clone();
+        let fixed_part = |b: &Option<crate::config::backup::BackupConfig>| {
+            b.clone().map(|mut b| {
+                b.schedule.clear();
+                b.verify_schedule.clear();
+                b.from_replica = false;
+                b
+            })
+        };
+        if fixed_part(&new.backup) != fixed_part(&old.backup) {
+            tracing::warn!(
+                "reload: of backup:, only schedule, verify_schedule and from_replica change while \
+                 running; restart the daemon to apply the rest"
+            );
+        }
+        if let Some(tx) = &self.backup_schedules {
+            match crate::backup::scheduler::Schedules::from_config(&new) {
+                Ok(s) => {
+                    if tx.send_if_modified(|cur| {
+                        let changed = *cur != s;
+                        *cur = s.clone();
+                        changed
+                    }) {
+                        tracing::info!(
+                            schedule = ?new.backup_settings().map(|b| b.schedule),
+                            verify_schedule = ?new.backup_settings().map(|b| b.verify_schedule),
+                            from_replica = s.from_replica,
+                            "reload: the backup schedules changed"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("reload: keeping the backup schedules: {e}"),
+            }
+        }
         new.name = old.name.clone();
         new.scope = old.scope.clone();
         new.namespace = old.namespace.clone();

@@ -129,6 +129,8 @@ pub struct Node {
     >,
     /// Switches where `restore_command` reads WAL from (with a `storage:` section).
     archive_switch: Option<Arc<dyn crate::ha::replica::ArchiveSwitch>>,
+    /// The backup and drill schedules the scheduler tasks follow (replaced on reload).
+    backup_schedules: Option<tokio::sync::watch::Sender<crate::backup::scheduler::Schedules>>,
     /// How this node's data directory was last built by a replica copy (published in the
     /// member key as `built`, shown by `spiloctl list`).
     built: Option<String>,
@@ -193,6 +195,7 @@ impl Node {
             cloner: None,
             standby: None,
             archive_switch: None,
+            backup_schedules: None,
             archive_in_use: None,
             built: None,
             lbs: None,
@@ -214,6 +217,15 @@ impl Node {
         switch: Arc<dyn crate::ha::replica::ArchiveSwitch>,
     ) -> Node {
         self.archive_switch = Some(switch);
+        self
+    }
+
+    /// Send the schedules of a reloaded configuration here.
+    pub fn with_backup_schedules(
+        mut self,
+        tx: tokio::sync::watch::Sender<crate::backup::scheduler::Schedules>,
+    ) -> Node {
+        self.backup_schedules = Some(tx);
         self
     }
 
