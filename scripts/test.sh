@@ -74,8 +74,16 @@ if [ "${RESULT[build]}" = "ok" ]; then
   # The integration suite drives real etcd/PostgreSQL clusters: one test at a time. It includes
   # the ZooKeeper-shape HA tests (zk_quorum_loss::: ensemble quorum loss, bootstrap over TLS),
   # which start their own ZooKeeper whatever SPILO_TEST_DCS says.
-  run integration-tests cargo test -p spilo-tests --lib --bins --test integration -- --test-threads=1
+  # Each test cluster's lifetime goes into $LOGDIR/times (tests/harness/cluster.rs): the
+  # slowest tests are listed after the run.
+  run integration-tests env SPILO_TEST_TIMES="$LOGDIR/times" \
+    cargo test -p spilo-tests --lib --bins --test integration -- --test-threads=1
   wait_bg conformance-tests
+  if [ -s "$LOGDIR/times" ]; then
+    echo
+    echo "===== the 15 slowest integration tests (seconds their clusters ran) ====="
+    awk '{ t[$2] += $1 } END { for (k in t) printf "%7.1f  %s\n", t[k], k }' "$LOGDIR/times" | sort -rn | head -15
+  fi
   # The HA suite (bootstrap, replication, failover, rejoin, crash in place, hand-over, DCS loss,
   # duplicate names, manual failover) once more, on ZooKeeper: the same tests, another DCS.
   HA_SUITE="bootstrap:: failover::killed crash_in_place:: handover:: dcs_loss:: duplicate_name:: manual_failover:: terms::"

@@ -50,8 +50,31 @@ pub struct TestCluster {
     pub dcs: DcsServer,
     /// As given.
     pub opts: ClusterOpts,
+    /// When it started (its lifetime goes into `SPILO_TEST_TIMES`, see [`record_time`]).
+    started: Instant,
     // Declared last so that it is removed after the processes are gone.
     root: TempRoot,
+}
+
+/// Appends `seconds test scope` to the file `SPILO_TEST_TIMES` names, if set (the test is the
+/// running thread's name, which libtest sets to the test's path): `scripts/test.sh` prints the
+/// slowest tests from it, to show where CI's time goes.
+pub fn record_time(seconds: f64, scope: &str) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("SPILO_TEST_TIMES") else {
+        return;
+    };
+    let test = thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .replace(char::is_whitespace, "_");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{seconds:.1} {test} {scope}");
+    }
 }
 
 impl TestCluster {
@@ -93,6 +116,7 @@ impl TestCluster {
             nodes: Vec::new(),
             dcs,
             opts,
+            started: Instant::now(),
             root,
         };
         for i in 1..=n {
@@ -411,5 +435,6 @@ impl Drop for TestCluster {
         if failed {
             self.dump_logs(50);
         }
+        record_time(self.started.elapsed().as_secs_f64(), &self.scope);
     }
 }
