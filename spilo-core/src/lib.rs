@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod dcs;
+pub mod exposition;
 pub mod ha;
 pub mod hooks;
 pub mod lb;

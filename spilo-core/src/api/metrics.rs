@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use super::status::cluster_unlocked;
 use crate::dcs::tags;
+pub use crate::exposition::escape_label;
+use crate::exposition::{num, Exposition, Family};
 use crate::ha::state::{NodeState, Role, LOOP_BUCKETS};
 
 /// The `Content-Type` of the exposition format.
@@ -43,25 +45,6 @@ pub fn postgres_state_index(state: &str) -> i64 {
         .map_or(-1, |i| i as i64)
 }
 
-/// Escape a label value: backslash, double quote and line feed.
-pub fn escape_label(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Escape `# HELP` text: backslash and line feed.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
 /// A Patroni-style version number: `4.1.4` → `040104` (two digits per component).
 pub fn zero_padded_version(v: &str) -> String {
     let mut parts = v
@@ -90,61 +73,17 @@ pub fn parse_pg_timestamp(text: &str) -> Option<f64> {
         .map(|ts| ts.timestamp() as f64 + f64::from(ts.timestamp_subsec_micros()) / 1e6)
 }
 
-/// Format a sample value the way Prometheus parses it.
-fn num(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
-    }
-}
-
-/// Writes families with the common labels.
-struct Exposition {
-    out: String,
-    labels: String,
-}
-
-impl Exposition {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, extra_labels: &str, value: &str) {
-        let _ = writeln!(self.out, "{name}{{{}{extra_labels}}} {value}", self.labels);
-    }
-
-    /// A one-sample counter.
-    fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.header(name, "counter", help);
-        self.sample(name, "", &value.to_string());
-    }
-
-    /// A one-sample gauge.
-    fn gauge(&mut self, name: &str, help: &str, value: f64) {
-        self.header(name, "gauge", help);
-        self.sample(name, "", &num(value));
-    }
-
-    fn flag(&mut self, name: &str, help: &str, on: bool) {
-        self.gauge(name, help, if on { 1.0 } else { 0.0 });
-    }
-}
-
 /// The `/metrics` body for `s` at `now`.
 pub fn render(s: &NodeState, now: Instant) -> String {
     let pg = &s.pg;
-    let mut e = Exposition {
-        out: String::with_capacity(6 * 1024),
-        labels: format!(
+    let mut e = Exposition::new(
+        format!(
             "scope=\"{}\",name=\"{}\"",
             escape_label(&s.scope),
             escape_label(&s.name)
         ),
-    };
+        6 * 1024,
+    );
     let primary = pg.role.is_primary();
     let replica = pg.role == Role::Replica;
 
@@ -374,9 +313,7 @@ pub fn render(s: &NodeState, now: Instant) -> String {
     if !s.proxies.is_empty() {
         let proxies: Vec<&crate::proxy::stats::ProxyStats> =
             s.proxies.iter().map(|p| p.as_ref()).collect();
-        let labels = format!("{},", e.labels);
-        e.out
-            .push_str(&crate::proxy::stats::render(&proxies, &labels));
+        crate::proxy::stats::write(&mut e, &proxies);
     }
     let remaining = match s.leader_renewed_at {
         Some(t) if s.holds_lock(now) => {
@@ -466,56 +403,52 @@ fn sync_roles(s: &NodeState) -> (bool, bool) {
 
 /// The load balancers' counters, one series per load balancer (`lb` label: its name).
 fn lb_metrics(e: &mut Exposition, lbs: &[std::sync::Arc<crate::lb::driver::LbStats>]) {
+    use crate::lb::driver::LbStats;
     use std::sync::atomic::Ordering::Relaxed;
-    type Get = fn(&crate::lb::driver::LbStats) -> u64;
-    let families: [(&str, &str, &str, Get); 6] = [
-        (
-            "spilo_lb_changes_total",
-            "counter",
-            "Load-balancer changes this node made (a side routed anew).",
-            |l| l.changes.load(Relaxed),
-        ),
-        (
-            "spilo_lb_failures_total",
-            "counter",
-            "Load-balancer calls that failed (retried on a later attempt).",
-            |l| l.failures.load(Relaxed),
-        ),
-        (
-            "spilo_lb_stale_term_total",
-            "counter",
-            "Load-balancer calls refused because a newer leader term owns the load balancer.",
-            |l| l.stale.load(Relaxed),
-        ),
-        (
-            "spilo_lb_repairs_total",
-            "counter",
-            "Reconcile passes that found the load balancer routing otherwise and repaired it.",
-            |l| l.repairs.load(Relaxed),
-        ),
-        (
-            "spilo_lb_in_sync",
-            "gauge",
-            "1 while the load balancer routes what this node last asked for.",
-            |l| u64::from(l.in_sync.load(Relaxed)),
-        ),
-        (
-            "spilo_lb_last_change_timestamp_seconds",
-            "gauge",
-            "Unix time of this node's last successful load-balancer change (0: none).",
-            |l| l.last_change_unix.load(Relaxed),
-        ),
+    let families: [Family<LbStats>; 6] = [
+        Family {
+            name: "spilo_lb_changes_total",
+            kind: "counter",
+            help: "Load-balancer changes this node made (a side routed anew).",
+            get: |l| l.changes.load(Relaxed),
+        },
+        Family {
+            name: "spilo_lb_failures_total",
+            kind: "counter",
+            help: "Load-balancer calls that failed (retried on a later attempt).",
+            get: |l| l.failures.load(Relaxed),
+        },
+        Family {
+            name: "spilo_lb_stale_term_total",
+            kind: "counter",
+            help: "Load-balancer calls refused because a newer leader term owns the load balancer.",
+            get: |l| l.stale.load(Relaxed),
+        },
+        Family {
+            name: "spilo_lb_repairs_total",
+            kind: "counter",
+            help:
+                "Reconcile passes that found the load balancer routing otherwise and repaired it.",
+            get: |l| l.repairs.load(Relaxed),
+        },
+        Family {
+            name: "spilo_lb_in_sync",
+            kind: "gauge",
+            help: "1 while the load balancer routes what this node last asked for.",
+            get: |l| u64::from(l.in_sync.load(Relaxed)),
+        },
+        Family {
+            name: "spilo_lb_last_change_timestamp_seconds",
+            kind: "gauge",
+            help: "Unix time of this node's last successful load-balancer change (0: none).",
+            get: |l| l.last_change_unix.load(Relaxed),
+        },
     ];
-    for (name, kind, help, get) in families {
-        e.header(name, kind, help);
-        for l in lbs {
-            e.sample(
-                name,
-                &format!(",lb=\"{}\"", escape_label(&l.label)),
-                &get(l).to_string(),
-            );
-        }
-    }
+    let sources: Vec<(String, &LbStats)> = lbs
+        .iter()
+        .map(|l| (format!(",lb=\"{}\"", escape_label(&l.label)), l.as_ref()))
+        .collect();
+    e.table(&families, &sources);
 }
 
 /// The WAL archiver's counters (only on nodes with a `storage:` section).

@@ -232,45 +232,66 @@ fn shutdown_write(s: &TcpStream) {
     }
 }
 
-/// `from` → `to` until `from` ends; then `to`'s write side is shut down.
-async fn one_way(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result<()> {
-    let Ok((pr, pw)) = pipe() else {
-        return copy_way(from, to, count).await;
-    };
-    loop {
-        from.readable().await?;
-        let n = match from.try_io(Interest::READABLE, || {
-            splice(from.as_raw_fd(), pw.as_raw_fd(), CHUNK)
-        }) {
-            Ok(0) => {
-                shutdown_write(to);
-                return Ok(());
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        let mut left = n;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pr.as_raw_fd(), to.as_raw_fd(), left)
-            }) {
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        count.fetch_add(n as u64, Relaxed);
+/// How bytes cross from one socket to the other: a chunk is filled from the source, then
+/// drained into the destination (each call non-blocking: `WouldBlock` when the socket is not
+/// ready).
+trait Carrier {
+    /// Takes up to a chunk from `from` (0: it ended).
+    fn fill(&mut self, from: &TcpStream) -> io::Result<usize>;
+    /// Gives bytes `done..n` of the chunk to `to`; how many it took.
+    fn drain(&mut self, to: &TcpStream, done: usize, n: usize) -> io::Result<usize>;
+}
+
+/// Zero-copy: the chunk waits in a pipe between two `splice(2)` calls.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Carrier for Pipe {
+    fn fill(&mut self, from: &TcpStream) -> io::Result<usize> {
+        from.try_io(Interest::READABLE, || {
+            splice(from.as_raw_fd(), self.write.as_raw_fd(), CHUNK)
+        })
+    }
+
+    fn drain(&mut self, to: &TcpStream, done: usize, n: usize) -> io::Result<usize> {
+        to.try_io(Interest::WRITABLE, || {
+            splice(self.read.as_raw_fd(), to.as_raw_fd(), n - done)
+        })
     }
 }
 
-/// The same with a bounded buffer (no pipe available).
-async fn copy_way(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result<()> {
-    let mut buf = vec![0u8; 16 * 1024];
+/// A bounded buffer (when no pipe could be made).
+struct Buffer(Vec<u8>);
+
+impl Carrier for Buffer {
+    fn fill(&mut self, from: &TcpStream) -> io::Result<usize> {
+        from.try_read(&mut self.0)
+    }
+
+    fn drain(&mut self, to: &TcpStream, done: usize, n: usize) -> io::Result<usize> {
+        to.try_write(&self.0[done..n])
+    }
+}
+
+/// `from` → `to` until `from` ends; then `to`'s write side is shut down.
+async fn one_way(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result<()> {
+    match pipe() {
+        Ok((read, write)) => carry(Pipe { read, write }, from, to, count).await,
+        Err(_) => carry(Buffer(vec![0u8; 16 * 1024]), from, to, count).await,
+    }
+}
+
+async fn carry(
+    mut c: impl Carrier,
+    from: &TcpStream,
+    to: &TcpStream,
+    count: &AtomicU64,
+) -> io::Result<()> {
     loop {
         from.readable().await?;
-        let n = match from.try_read(&mut buf) {
+        let n = match c.fill(from) {
             Ok(0) => {
                 shutdown_write(to);
                 return Ok(());
@@ -279,11 +300,11 @@ async fn copy_way(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Re
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
-        let mut off = 0;
-        while off < n {
+        let mut done = 0;
+        while done < n {
             to.writable().await?;
-            match to.try_write(&buf[off..n]) {
-                Ok(m) => off += m,
+            match c.drain(to, done, n) {
+                Ok(m) => done += m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
@@ -296,6 +317,43 @@ async fn copy_way(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Re
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Two connected loopback sockets.
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// `c` carries 300 kB written in odd pieces, whole and counted, and the writer's end.
+    async fn carries_everything<C: Carrier + Send + 'static>(c: C) {
+        let (mut client, from) = socket_pair().await;
+        let (to, mut server) = socket_pair().await;
+        let count = std::sync::Arc::new(AtomicU64::new(0));
+        let n = count.clone();
+        let task = tokio::spawn(async move { carry(c, &from, &to, &n).await });
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            for piece in sent.chunks(7_777) {
+                client.write_all(piece).await.unwrap();
+            }
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        task.await.unwrap().expect("carried");
+        assert_eq!(got, data);
+        assert_eq!(count.load(Relaxed), data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn both_carriers_carry_every_byte_and_pass_the_end_on() {
+        let (read, write) = pipe().expect("pipe");
+        carries_everything(Pipe { read, write }).await;
+        carries_everything(Buffer(vec![0u8; 1000])).await;
+    }
 
     /// An echo server on loopback; its address.
     async fn echo() -> String {

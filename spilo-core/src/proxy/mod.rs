@@ -295,7 +295,7 @@ async fn serve_metrics(listener: TcpListener, stats: Arc<ProxyStats>) {
                     axum::http::header::CONTENT_TYPE,
                     "text/plain; version=0.0.4; charset=utf-8",
                 )],
-                stats::render(&[&stats], ""),
+                stats::render(&[&stats]),
             )
         }
     });

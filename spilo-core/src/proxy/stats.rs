@@ -1,9 +1,10 @@
 //! The proxy's counters, and their Prometheus text (the proxy's own `/metrics`, and the
 //! daemon's when the proxy runs inside it).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+
+use crate::exposition::{escape_label, Exposition, Family};
 
 /// Which port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,86 +96,88 @@ impl ProxyStats {
     }
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The proxies' families into `e` (after the daemon's, with its labels, or alone).
+pub fn write(e: &mut Exposition, proxies: &[&ProxyStats]) {
+    let per_port: [Family<PortStats>; 7] = [
+        Family {
+            name: "spilo_proxy_connections",
+            kind: "gauge",
+            help: "Client connections open now.",
+            get: |p| p.active.load(Relaxed),
+        },
+        Family {
+            name: "spilo_proxy_connections_total",
+            kind: "counter",
+            help: "Client connections accepted.",
+            get: |p| p.accepted.load(Relaxed),
+        },
+        Family {
+            name: "spilo_proxy_refused_total",
+            kind: "counter",
+            help: "Client connections refused at max_connections.",
+            get: |p| p.refused.load(Relaxed),
+        },
+        Family {
+            name: "spilo_proxy_unrouted_total",
+            kind: "counter",
+            help: "Client connections closed without a target (no primary within hold, or the target did not answer).",
+            get: |p| p.unrouted.load(Relaxed),
+        },
+        Family {
+            name: "spilo_proxy_cut_total",
+            kind: "counter",
+            help: "Client connections closed because their target stopped being one (demoted, promoted, gone).",
+            get: |p| p.cut.load(Relaxed),
+        },
+        Family {
+            name: "spilo_proxy_received_bytes_total",
+            kind: "counter",
+            help: "Bytes from clients forwarded to PostgreSQL.",
+            get: |p| p.bytes_in.load(Relaxed),
+        },
+        Family {
+            name: "spilo_proxy_sent_bytes_total",
+            kind: "counter",
+            help: "Bytes from PostgreSQL forwarded to clients.",
+            get: |p| p.bytes_out.load(Relaxed),
+        },
+    ];
+    let ports: Vec<(String, &PortStats)> = proxies
+        .iter()
+        .flat_map(|p| {
+            [Side::Rw, Side::Ro].map(|side| {
+                (
+                    format!(
+                        ",proxy=\"{}\",port=\"{}\"",
+                        escape_label(&p.label),
+                        side.as_str()
+                    ),
+                    p.port(side),
+                )
+            })
+        })
+        .collect();
+    e.table(&per_port, &ports);
+    let whole: Vec<(String, &ProxyStats)> = proxies
+        .iter()
+        .map(|p| (format!(",proxy=\"{}\"", escape_label(&p.label)), *p))
+        .collect();
+    e.table(
+        &[Family::<ProxyStats> {
+            name: "spilo_proxy_route_changes_total",
+            kind: "counter",
+            help: "Changes of the proxy's read-write or read-only targets.",
+            get: |p| p.route_changes.load(Relaxed),
+        }],
+        &whole,
+    );
 }
 
-/// Prometheus text for `proxies`; `labels` goes first in every sample (e.g.
-/// `scope="x",name="n",`, or empty).
-pub fn render(proxies: &[&ProxyStats], labels: &str) -> String {
-    let mut out = String::new();
-    type Get = fn(&PortStats) -> u64;
-    let per_port: [(&str, &str, &str, Get); 7] = [
-        ("spilo_proxy_connections", "gauge", "Client connections open now.", |p| {
-            p.active.load(Relaxed)
-        }),
-        (
-            "spilo_proxy_connections_total",
-            "counter",
-            "Client connections accepted.",
-            |p| p.accepted.load(Relaxed),
-        ),
-        (
-            "spilo_proxy_refused_total",
-            "counter",
-            "Client connections refused at max_connections.",
-            |p| p.refused.load(Relaxed),
-        ),
-        (
-            "spilo_proxy_unrouted_total",
-            "counter",
-            "Client connections closed without a target (no primary within hold, or the target did not answer).",
-            |p| p.unrouted.load(Relaxed),
-        ),
-        (
-            "spilo_proxy_cut_total",
-            "counter",
-            "Client connections closed because their target stopped being one (demoted, promoted, gone).",
-            |p| p.cut.load(Relaxed),
-        ),
-        (
-            "spilo_proxy_received_bytes_total",
-            "counter",
-            "Bytes from clients forwarded to PostgreSQL.",
-            |p| p.bytes_in.load(Relaxed),
-        ),
-        (
-            "spilo_proxy_sent_bytes_total",
-            "counter",
-            "Bytes from PostgreSQL forwarded to clients.",
-            |p| p.bytes_out.load(Relaxed),
-        ),
-    ];
-    for (name, kind, help, get) in per_port {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for p in proxies {
-            for side in [Side::Rw, Side::Ro] {
-                let _ = writeln!(
-                    out,
-                    "{name}{{{labels}proxy=\"{}\",port=\"{}\"}} {}",
-                    escape(&p.label),
-                    side.as_str(),
-                    get(p.port(side))
-                );
-            }
-        }
-    }
-    let name = "spilo_proxy_route_changes_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Changes of the proxy's read-write or read-only targets.\n# TYPE {name} counter"
-    );
-    for p in proxies {
-        let _ = writeln!(
-            out,
-            "{name}{{{labels}proxy=\"{}\"}} {}",
-            escape(&p.label),
-            p.route_changes.load(Relaxed)
-        );
-    }
-    out
+/// The proxy's own `/metrics` text (no common labels).
+pub fn render(proxies: &[&ProxyStats]) -> String {
+    let mut e = Exposition::new(String::new(), 2048);
+    write(&mut e, proxies);
+    e.out
 }
 
 #[cfg(test)]
@@ -185,7 +188,7 @@ mod tests {
     fn every_port_has_its_series() {
         let p = ProxyStats::new("front");
         p.rw.accepted.fetch_add(3, Relaxed);
-        let text = render(&[&p], "");
+        let text = render(&[&p]);
         assert!(text.contains("spilo_proxy_connections_total{proxy=\"front\",port=\"rw\"} 3"));
         assert!(text.contains("spilo_proxy_connections_total{proxy=\"front\",port=\"ro\"} 0"));
         assert!(text.contains("spilo_proxy_route_changes_total{proxy=\"front\"} 0"));
