@@ -134,16 +134,19 @@ pub(crate) async fn run_helper(
     })
 }
 
-/// Opens an `aws:kms:` secret with KMS (`region` from the storage settings, else AWS's chain).
-pub async fn open_kms(
+/// Opens the sealed value `text` of `cfg` (named `place`) as bytes: a data key need not be
+/// text. Where KMS is asked: as for every secret of the configuration ([`kms_place`]).
+pub async fn open_bytes(
     text: &str,
     place: &str,
-    region: Option<&str>,
+    cfg: &crate::config::Config,
 ) -> Result<Vec<u8>, SecretError> {
-    open_kms_with(text, place, region, None).await
+    let (region, imds) = kms_place(cfg);
+    open_kms_with(text, place, region.as_deref(), imds.as_deref()).await
 }
 
-/// [`open_kms`], the instance role read from `imds` when given (`aws.imds_endpoint`).
+/// Opens an `aws:kms:` secret with KMS in `region` (else AWS's chain), the instance role read
+/// from `imds` when given (`aws.imds_endpoint`).
 async fn open_kms_with(
     text: &str,
     place: &str,
@@ -200,8 +203,7 @@ pub async fn open_value(
     if let Some(p) = cached {
         return Ok(p);
     }
-    let (region, imds) = kms_place(cfg);
-    let bytes = open_kms_with(text, place, region.as_deref(), imds.as_deref()).await?;
+    let bytes = open_bytes(text, place, cfg).await?;
     let plain = String::from_utf8(bytes).map_err(|_| SecretError {
         place: place.to_string(),
         detail: "the opened secret is not UTF-8 text".into(),

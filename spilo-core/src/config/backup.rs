@@ -221,12 +221,13 @@ pub enum WindowError {
 }
 
 impl EncryptionConfig {
-    /// Reads the key. A value written `aws:kms:<base64>` is opened with KMS (`region`: the
-    /// storage section's, else AWS's chain) and may hold the key's text or 32 raw bytes (a KMS
-    /// data key, as `spiloctl aws kms generate-key` makes).
+    /// Reads the key. A value written `aws:kms:<base64>` is opened with KMS as every secret of
+    /// `cfg` is (`aws.region`, else `storage.region`, else AWS's chain; the instance role from
+    /// `aws.imds_endpoint`) and may hold the key's text or 32 raw bytes (a KMS data key, as
+    /// `spiloctl aws kms generate-key` makes).
     pub async fn load(
         &self,
-        region: Option<&str>,
+        cfg: &super::model::Config,
     ) -> Result<crate::backup::crypt::SecretKey, KeyError> {
         use crate::backup::crypt::SecretKey;
         let (text, origin, place) = match (&self.key_file, &self.key_env) {
@@ -249,7 +250,7 @@ impl EncryptionConfig {
             _ => return Err(KeyError::NotExactlyOne),
         };
         if crate::secret::is_secret(&text) {
-            let plain = crate::secret::open_kms(&text, &place, region).await?;
+            let plain = crate::secret::open_bytes(&text, &place, cfg).await?;
             return Ok(SecretKey::from_opened(&plain, &place)?);
         }
         Ok(SecretKey::parse(&text, &origin)?)

@@ -31,7 +31,7 @@ async fn job(ctx: &Ctx) -> CtlResult<Job> {
     let pg_version = pg_major(ctx, &*storage).await?;
     let key = match ctx.cfg.backup_settings().and_then(|b| b.encryption) {
         Some(e) => Some(
-            e.load(crate::ha::daemon::kms_region(s))
+            e.load(&ctx.cfg)
                 .await
                 .map_err(|e| CtlError(e.to_string()))?,
         ),

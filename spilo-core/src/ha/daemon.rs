@@ -138,18 +138,6 @@ fn socket_client_command(cfg: &Config, sub: &str, args: &str) -> Option<String> 
     ))
 }
 
-/// The region for KMS: AWS's own settings first; else the storage section's.
-pub fn kms_region(s: &crate::config::backup::StorageConfig) -> Option<&str> {
-    let aws_set = ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
-    if aws_set {
-        None
-    } else {
-        s.region.as_deref()
-    }
-}
-
 /// `restore_command` when spilo archives: this binary's `wal-fetch` through the same socket.
 fn restore_command(cfg: &Config) -> Option<String> {
     socket_client_command(cfg, "wal-fetch", "%f %p")
@@ -201,7 +189,7 @@ async fn start_archiver(
         standby_leader: b.archive.standby_leader,
         key: match &b.encryption {
             Some(e) => Some(
-                e.load(kms_region(storage_cfg))
+                e.load(cfg)
                     .await
                     .map_err(|e| StartError::Config(e.to_string()))?,
             ),
