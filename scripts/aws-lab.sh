@@ -39,17 +39,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "aws-lab.sh: run it as root (the nodes run as the postgres user, started with setpriv)" >&2
-  exit 2
-fi
-
-if [ "$setup" -eq 1 ]; then
-  ./scripts/install-deps.sh
-  ./scripts/install-pgext.sh
-else
-  ./scripts/install-deps.sh --check
-fi
+# shellcheck source=scripts/lib/setup.sh
+. scripts/lib/setup.sh
+need_root aws-lab.sh "the nodes run as the postgres user, started with setpriv"
+setup_or_check "$setup"
 cargo build --workspace
 
 log=$(mktemp /tmp/spilo-aws-lab-XXXXXX.log)

@@ -20,18 +20,12 @@ for a in "$@"; do
   if [ "$a" = "--no-setup" ]; then setup=0; else args+=("$a"); fi
 done
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "chaos.sh: the suite creates network namespaces: run it as root" >&2
-  exit 2
-fi
-
+# shellcheck source=scripts/lib/setup.sh
+. scripts/lib/setup.sh
+need_root chaos.sh "the suite creates network namespaces"
+setup_or_check "$setup"
 if [ "$setup" -eq 1 ]; then
-  ./scripts/install-deps.sh
-  ./scripts/install-pgext.sh
   cargo build -p spilo-core -p spilo-tests --bins
-else
-  # Installs nothing, but stops here, naming the missing tool, when one does not work.
-  ./scripts/install-deps.sh --check
 fi
 
 target_dir="${CARGO_TARGET_DIR:-target}"

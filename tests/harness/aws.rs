@@ -50,6 +50,17 @@ impl Moto {
         self.server.endpoint()
     }
 
+    /// A `load_balancers:` entry (YAML, indented as one item of the list) for the classic ELBs
+    /// `primary` and `replica` on this server, with moto's credentials; `instance` is the line
+    /// naming this node's instance (`instance_id: i-…`, or `imds_endpoint: http://…`).
+    pub fn elb_entry(&self, primary: &str, replica: &str, instance: &str) -> String {
+        format!(
+            "- type: elb\n  primary_elb: {primary}\n  replica_elb: {replica}\n  {instance}\n  \
+             endpoint: {}\n  region: {REGION}\n  access_key_id: test\n  secret_access_key: test\n",
+            self.endpoint()
+        )
+    }
+
     /// Runs `body` (Python, with `ec2` and `elb` boto3 clients bound) and parses what it
     /// prints last as JSON.
     pub fn boto(&self, body: &str) -> Value {

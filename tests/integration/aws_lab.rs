@@ -54,16 +54,17 @@ fn node_yaml(moto: &Moto, s: &Stack, scope: &str, imds: &Imds, asg: &AutoScaling
         "storage:\n  type: s3\n  bucket: {bucket}\n  endpoint: {ep}\n  region: {REGION}\n  \
          access_key_id: test\n  secret_access_key: test\n  sse: aws:kms\n  sse_kms_key_id: {key}\n\
          backup:\n  schedule: ''\n  archive:\n    timeout: 30\n\
-         load_balancers:\n\
-         - type: elb\n  primary_elb: {p}\n  replica_elb: {r}\n  endpoint: {ep}\n  region: {REGION}\n  \
-           imds_endpoint: {imds}\n  access_key_id: test\n  secret_access_key: test\n\
+         load_balancers:\n{elb}\
          aws:\n  lifecycle_hook: {HOOK}\n  auto_scaling_group: {scope}\n  imds_endpoint: {imds}\n  \
            region: {REGION}\n  autoscaling_endpoint: {asg}\n  lifecycle_poll: 1\n  \
            access_key_id: test\n  secret_access_key: test\n",
         bucket = s.bucket,
         key = s.key_arn,
-        p = s.primary_elb,
-        r = s.replica_elb,
+        elb = moto.elb_entry(
+            &s.primary_elb,
+            &s.replica_elb,
+            &format!("imds_endpoint: {}", imds.endpoint())
+        ),
         imds = imds.endpoint(),
         asg = asg.endpoint(),
     )

@@ -20,17 +20,12 @@ const FOLLOW: Duration = Duration::from_secs(30);
 
 fn elb_yaml(moto: &Moto, instance: &str) -> String {
     format!(
-        "load_balancers:\n\
-         - type: elb\n  \
-           primary_elb: {PRIMARY_ELB}\n  \
-           replica_elb: {REPLICA_ELB}\n  \
-           instance_id: {instance}\n  \
-           endpoint: {}\n  \
-           region: {}\n  \
-           access_key_id: test\n  \
-           secret_access_key: test\n",
-        moto.endpoint(),
-        spilo_tests::aws::REGION
+        "load_balancers:\n{}",
+        moto.elb_entry(
+            PRIMARY_ELB,
+            REPLICA_ELB,
+            &format!("instance_id: {instance}")
+        )
     )
 }
 
