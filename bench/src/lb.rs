@@ -1,7 +1,9 @@
 //! The front-door benchmark (`--only lb`): one 3-node cluster, reached three ways — directly
 //! (the primary's port), through spilo's built-in proxy (`spilo proxy`, on its own) and through
 //! HAProxy with `examples/haproxy.cfg` — and measured the same way:
-//! - pgbench throughput and mean latency, select-only (`-S`) and TPC-B, each front in turn;
+//! - pgbench throughput and mean latency, select-only (`-S`) and TPC-B, each front in turn,
+//!   with every process on every CPU and then (2 CPUs or more) with PostgreSQL and pgbench on
+//!   CPU 0 and the fronts on CPU 1;
 //! - switchovers (`POST /switchover`): request → the candidate out of recovery (read directly),
 //!   and promotion → the first write through each front acknowledged by the new primary;
 //! - a SIGKILL of the primary's daemon and postmaster → the same, per front.
@@ -69,9 +71,69 @@ impl Drop for Killed {
     }
 }
 
-/// pgbench through `port`: (tps, mean latency ms).
-fn pgbench(port: u16, args: &[&str]) -> Result<(f64, f64), String> {
-    let mut cmd = Command::new(format!("{PG_BIN}/pgbench"));
+/// `pid` and its descendants (from `/proc`'s parent links).
+fn with_descendants(pid: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            // After the command's closing parenthesis: state, then the parent's pid.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        all.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    all
+}
+
+/// Pins every thread of `pid` and of its descendants to `cpus` (a taskset list: `0`, `0-1`).
+fn pin(pid: i32, cpus: &str) -> Result<(), String> {
+    for p in with_descendants(pid) {
+        let out = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &p.to_string()])
+            .output()
+            .map_err(|e| format!("taskset: {e}"))?;
+        // A process that ended since the listing is no error.
+        if !out.status.success() && std::path::Path::new(&format!("/proc/{p}")).exists() {
+            return Err(format!(
+                "taskset -a -p -c {cpus} {p}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// pgbench through `port`: (tps, mean latency ms); on `cpu` when given.
+fn pgbench(port: u16, args: &[&str], cpu: Option<&str>) -> Result<(f64, f64), String> {
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.args(["-c", c, &format!("{PG_BIN}/pgbench")]);
+            t
+        }
+        None => Command::new(format!("{PG_BIN}/pgbench")),
+    };
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
         .args(args)
         .arg("postgres")
@@ -192,7 +254,7 @@ fn run_inner(o: &Opts) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let log = fs::File::create(c.root().join("proxy.log")).map_err(|e| e.to_string())?;
-    let _proxy = Killed(
+    let proxy = Killed(
         Command::new(&bins().spilo)
             .arg("proxy")
             .arg(&yml)
@@ -203,7 +265,7 @@ fn run_inner(o: &Opts) -> Result<(), String> {
             .map_err(|e| format!("spilo proxy: {e}"))?,
     );
     // HAProxy with the example configuration.
-    let (_haproxy, hrw, _hro) = spilo_tests::tools::haproxy_for(&c);
+    let (haproxy, hrw, _hro) = spilo_tests::tools::haproxy_for(&c);
     for port in [prw, hrw] {
         if !wait_reaches(port, port_of[&p], Duration::from_secs(60)) {
             return Err(format!("front door {port} never reached the primary"));
@@ -234,31 +296,72 @@ fn run_inner(o: &Opts) -> Result<(), String> {
         Duration::from_secs(10),
     )?;
 
-    // Throughput and latency, each front in turn.
+    // Throughput and latency, each front in turn: first as the machine comes (every process on
+    // every CPU), then with PostgreSQL and pgbench on CPU 0 and the front on CPU 1 of its own,
+    // as a front on its own host or cores runs.
     let secs = o.secs.to_string();
     let clients = o.clients.to_string();
-    println!();
-    println!(
-        "front doors: pgbench, {} clients, {} s each, scale {} (tps / mean latency)",
-        o.clients, o.secs, o.scale
-    );
-    println!("| front | select-only tps | latency ms | TPC-B tps | latency ms |");
-    println!("|---|---|---|---|---|");
-    let mut select_tps = BTreeMap::new();
-    for (name, port) in [("direct", direct), ("spilo proxy", prw), ("HAProxy", hrw)] {
-        let s = pgbench(port, &["-n", "-S", "-c", &clients, "-j", "2", "-T", &secs])?;
-        let t = pgbench(port, &["-n", "-c", &clients, "-j", "2", "-T", &secs])?;
-        select_tps.insert(name, s.0);
-        println!(
-            "| {name} | {:.0} | {:.2} | {:.0} | {:.2} |",
-            s.0, s.1, t.0, t.1
-        );
-    }
-    for front in ["spilo proxy", "HAProxy"] {
-        println!(
-            "{front}: select-only throughput {:.1} % of direct",
-            100.0 * select_tps[front] / select_tps["direct"]
-        );
+    let proxy_pid = i32::try_from(proxy.0.id()).map_err(|e| e.to_string())?;
+    let haproxy_pid = haproxy
+        .pid()
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or("HAProxy is not running")?;
+    let postmaster = c
+        .node(&p)
+        .postmaster_pid()
+        .ok_or("the primary's postmaster is not running")?;
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let layouts: Vec<(&str, Option<(&str, &str)>)> = if cpus >= 2 {
+        vec![("shared", None), ("pinned", Some(("0", "1")))]
+    } else {
+        vec![("shared", None)]
+    };
+    let all_cpus = format!("0-{}", cpus - 1);
+    for (layout, pins) in layouts {
+        println!();
+        match pins {
+            None => println!(
+                "front doors, every process on every CPU: pgbench, {} clients, {} s each, scale {} (tps / mean latency)",
+                o.clients, o.secs, o.scale
+            ),
+            Some((db, front)) => {
+                pin(postmaster, db)?;
+                pin(proxy_pid, front)?;
+                pin(haproxy_pid, front)?;
+                println!(
+                    "front doors, PostgreSQL and pgbench on CPU {db}, the proxy and HAProxy on CPU {front}: pgbench, {} clients, {} s each, scale {}",
+                    o.clients, o.secs, o.scale
+                );
+            }
+        }
+        println!("| front | select-only tps | latency ms | TPC-B tps | latency ms |");
+        println!("|---|---|---|---|---|");
+        let mut select_tps = BTreeMap::new();
+        let on = pins.map(|(db, _)| db);
+        for (name, port) in [("direct", direct), ("spilo proxy", prw), ("HAProxy", hrw)] {
+            let s = pgbench(
+                port,
+                &["-n", "-S", "-c", &clients, "-j", "2", "-T", &secs],
+                on,
+            )?;
+            let t = pgbench(port, &["-n", "-c", &clients, "-j", "2", "-T", &secs], on)?;
+            select_tps.insert(name, s.0);
+            println!(
+                "| {name} | {:.0} | {:.2} | {:.0} | {:.2} |",
+                s.0, s.1, t.0, t.1
+            );
+        }
+        for front in ["spilo proxy", "HAProxy"] {
+            println!(
+                "{front} ({layout}): select-only throughput {:.1} % of direct",
+                100.0 * select_tps[front] / select_tps["direct"]
+            );
+        }
+        if pins.is_some() {
+            for pid in [postmaster, proxy_pid, haproxy_pid] {
+                pin(pid, &all_cpus)?;
+            }
+        }
     }
 
     // Switchovers.

@@ -340,6 +340,11 @@ pub struct HaProxy {
 }
 
 impl HaProxy {
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Writes `cfg` to `<dir>/haproxy.cfg`, checks it with `haproxy -c`, starts HAProxy in the
     /// foreground and waits until every port in `wait_ports` accepts TCP connections.
     pub fn start(dir: &Path, cfg: &str, stats_port: Option<u16>, wait_ports: &[u16]) -> HaProxy {

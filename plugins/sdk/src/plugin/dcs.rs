@@ -22,7 +22,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use super::{create_shim, deadline, destroy_shim, free_buf, give, guarded, Instance, PluginError};
+use super::{
+    create_shim, deadline, destroy_shim, free_buf, give, guarded, text, Instance, PluginError,
+};
 use crate::abi::{self, Buf, Bytes, DcsVTable, Handle};
 use crate::{Cas, SessionInfo, Snapshot};
 
@@ -190,47 +192,31 @@ unsafe extern "C" fn put_member_shim<T: DcsPlugin>(
     })
 }
 
-unsafe extern "C" fn acquire_shim<T: DcsPlugin>(
-    h: Handle,
-    timeout_ms: u64,
-    done: *mut u8,
-    err: *mut Buf,
-) -> u32 {
-    guarded(err, || {
-        // SAFETY: per the ABI contract.
-        let r = unsafe { plugin::<T>(h) }.acquire_leader(deadline(timeout_ms))?;
-        set_done(done, r);
-        Ok(())
-    })
+/// The leader-key shims, all of one shape: `(handle, timeout_ms, done, err)` calling a method
+/// of the plugin that answers whether it was done.
+macro_rules! leader_shim {
+    ($($shim:ident => $method:ident),+ $(,)?) => {$(
+        unsafe extern "C" fn $shim<T: DcsPlugin>(
+            h: Handle,
+            timeout_ms: u64,
+            done: *mut u8,
+            err: *mut Buf,
+        ) -> u32 {
+            guarded(err, || {
+                // SAFETY: per the ABI contract.
+                let r = unsafe { plugin::<T>(h) }.$method(deadline(timeout_ms))?;
+                set_done(done, r);
+                Ok(())
+            })
+        }
+    )+};
 }
 
-unsafe extern "C" fn reattach_shim<T: DcsPlugin>(
-    h: Handle,
-    timeout_ms: u64,
-    done: *mut u8,
-    err: *mut Buf,
-) -> u32 {
-    guarded(err, || {
-        // SAFETY: per the ABI contract.
-        let r = unsafe { plugin::<T>(h) }.reattach_leader(deadline(timeout_ms))?;
-        set_done(done, r);
-        Ok(())
-    })
-}
-
-unsafe extern "C" fn release_shim<T: DcsPlugin>(
-    h: Handle,
-    timeout_ms: u64,
-    done: *mut u8,
-    err: *mut Buf,
-) -> u32 {
-    guarded(err, || {
-        // SAFETY: per the ABI contract.
-        let r = unsafe { plugin::<T>(h) }.release_leader(deadline(timeout_ms))?;
-        set_done(done, r);
-        Ok(())
-    })
-}
+leader_shim!(
+    acquire_shim => acquire_leader,
+    reattach_shim => reattach_leader,
+    release_shim => release_leader,
+);
 
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C" fn put_shim<T: DcsPlugin>(
@@ -245,8 +231,7 @@ unsafe extern "C" fn put_shim<T: DcsPlugin>(
 ) -> u32 {
     guarded(err, || {
         // SAFETY: per the ABI contract.
-        let (p, k, v) = unsafe { (plugin::<T>(h), key.as_slice(), value.as_slice()) };
-        let k = std::str::from_utf8(k).map_err(|_| PluginError::invalid("key is not UTF-8"))?;
+        let (p, k, v) = unsafe { (plugin::<T>(h), text(key, "key")?, value.as_slice()) };
         let r = p.put(k, v, cas_from(cas, version)?, deadline(timeout_ms))?;
         set_done(done, r);
         Ok(())
@@ -264,8 +249,7 @@ unsafe extern "C" fn delete_shim<T: DcsPlugin>(
 ) -> u32 {
     guarded(err, || {
         // SAFETY: per the ABI contract.
-        let (p, k) = unsafe { (plugin::<T>(h), key.as_slice()) };
-        let k = std::str::from_utf8(k).map_err(|_| PluginError::invalid("key is not UTF-8"))?;
+        let (p, k) = unsafe { (plugin::<T>(h), text(key, "key")?) };
         let r = p.delete(k, cas_from(cas, version)?, deadline(timeout_ms))?;
         set_done(done, r);
         Ok(())
