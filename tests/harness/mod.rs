@@ -23,6 +23,7 @@ pub mod bins;
 pub mod cluster;
 pub mod dcs;
 pub mod dns;
+pub mod elb_health;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod http;

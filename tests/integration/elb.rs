@@ -4,13 +4,15 @@
 //! exactly the streaming replicas; an instance registered by hand is removed; after a
 //! switchover and a SIGTERM hand-over the same holds again; with moto down a failover is
 //! not held up, and once moto is back (empty, as moto restarts) the new leader's reconcile
-//! rebuilds both ELBs.
+//! rebuilds both ELBs. The health check as the backstop, with the ELB API and then the DCS
+//! gone, is probed by a stub of an ELB's checks (`spilo_tests::elb_health`: moto runs none).
 
 use std::time::{Duration, Instant};
 
 use spilo_tests::aws::{Moto, PRIMARY_ELB, REPLICA_ELB};
 use spilo_tests::bins::plugin_lib;
-use spilo_tests::{note, poll, ClusterOpts, TestCluster};
+use spilo_tests::elb_health::ElbHealthChecks;
+use spilo_tests::{note, poll, wait_for, ClusterOpts, TestCluster};
 
 use crate::{BOOTSTRAP, REPLICATION};
 
@@ -198,6 +200,97 @@ fn elbs_follow_the_primary_through_switchover_handover_and_a_failover_without_th
     assert_eq!(lbs[0]["name"], "elb", "{st}");
     assert_eq!(lbs[0]["in_sync"], true, "{st}");
     note(format!("load balancers on {survivor}: {lbs}"));
+}
+
+/// The health check stays the backstop for when the ELB API cannot be reached. With moto's
+/// API gone the daemons cannot change the ELBs, and with the DCS gone too the primary cannot
+/// keep its lease: it steps down (within `ttl`), its `/primary` then answers 503, and the ELB's
+/// own checks (here the stub, with the health check moto holds: `HTTP:8008/primary`, every
+/// 5 s, 2 to go unhealthy) take it out of service; the replica never answers 200 on
+/// `/primary` meanwhile.
+#[test]
+fn without_the_api_the_health_check_takes_a_primary_without_its_lease_out_of_service() {
+    let (mut moto, ids) = Moto::with_elbs(2);
+    plugin_lib("libspilo_lb_elb_plugin.so");
+    let mut c = TestCluster::start(0, ClusterOpts::named("elbhc"));
+    for (i, id) in ids.iter().enumerate() {
+        let name = format!("node{}", i + 1);
+        let mut o = c.opts.node.clone();
+        o.extra_yaml = elb_yaml(&moto, id);
+        let idx = c.add_node(&name, &name, o);
+        c.nodes[idx].start();
+    }
+    let id_of = |name: &str| -> String {
+        let i: usize = name.trim_start_matches("node").parse().expect("nodeN");
+        ids[i - 1].clone()
+    };
+    let p = c.wait_for_primary(BOOTSTRAP);
+    c.wait_for_replicas_streaming(REPLICATION);
+    let r = c.others(&p)[0].clone();
+    let (pid, rid) = (id_of(&p), id_of(&r));
+    wait_elbs(&moto, &pid, &[rid.as_str()], "after bootstrap");
+    let addr_of = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let addr = format!("127.0.0.1:{}", n.api_port)
+                .parse()
+                .expect("address");
+            (id_of(&n.name), addr)
+        })
+        .collect();
+    let checks = ElbHealthChecks::start(&moto, &[PRIMARY_ELB, REPLICA_ELB], addr_of);
+    wait_for(
+        "the health checks to put the primary and the replica in service",
+        Duration::from_secs(40),
+        || {
+            let state = (
+                checks.in_service(PRIMARY_ELB, &pid),
+                checks.in_service(REPLICA_ELB, &rid),
+            );
+            if state == (Some(true), Some(true)) {
+                Ok(())
+            } else {
+                Err(format!("(primary ELB: {p}, replica ELB: {r}): {state:?}"))
+            }
+        },
+    );
+
+    moto.server.stop();
+    c.dcs.stop();
+    let t0 = Instant::now();
+    let ttl = c.opts.node.ttl;
+    let bound = Duration::from_secs(ttl + 30);
+    // Meanwhile the replica (which the checks would see if it were registered) never answers
+    // 200 on /primary: without the DCS nobody is promoted.
+    let rport = c.node(&r).api_port;
+    let mut replica_said_primary = Vec::new();
+    let res = poll(bound, Duration::from_millis(200), || {
+        if let Ok((200, _)) = spilo_tests::http::get(rport, "/primary") {
+            replica_said_primary.push(t0.elapsed());
+        }
+        match checks.in_service(PRIMARY_ELB, &pid) {
+            Some(false) => Ok(()),
+            other => Err(format!("{p} in service with the primary ELB: {other:?}")),
+        }
+    });
+    match res {
+        Ok((_, took)) => note(format!(
+            "ELB API and DCS gone: {p} out of service with the primary ELB after {took:?} (it steps down within ttl {ttl} s; then 2 failed checks 5 s apart)"
+        )),
+        Err(last) => panic!("after {bound:?} (ttl {ttl}): {last}"),
+    }
+    assert!(
+        replica_said_primary.is_empty(),
+        "{r} answered 200 on /primary during the outage at {replica_said_primary:?}"
+    );
+    assert_eq!(
+        checks.in_service(PRIMARY_ELB, &rid),
+        None,
+        "the replica was never registered with the primary ELB"
+    );
+    let changes = checks.history();
+    note(format!("health-check changes: {changes:?}"));
 }
 
 #[test]
