@@ -124,6 +124,19 @@ fn pin(pid: i32, cpus: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The CPU ids of a list such as `0-3,6` (empty for anything else).
+fn cpu_list(list: &str) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        match (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+            (Ok(a), Ok(b)) if a <= b && b - a < 4096 => ids.extend(a..=b),
+            _ => return Vec::new(),
+        }
+    }
+    ids
+}
+
 /// pgbench through `port`: (tps, mean latency ms); on `cpu` when given.
 fn pgbench(port: u16, args: &[&str], cpu: Option<&str>) -> Result<(f64, f64), String> {
     let mut cmd = match cpu {
@@ -297,8 +310,8 @@ fn run_inner(o: &Opts) -> Result<(), String> {
     )?;
 
     // Throughput and latency, each front in turn: first as the machine comes (every process on
-    // every CPU), then with PostgreSQL and pgbench on CPU 0 and the front on CPU 1 of its own,
-    // as a front on its own host or cores runs.
+    // every CPU), then with PostgreSQL and pgbench on one CPU and the fronts on another of their
+    // own, as a front on its own host or cores runs.
     let secs = o.secs.to_string();
     let clients = o.clients.to_string();
     let proxy_pid = i32::try_from(proxy.0.id()).map_err(|e| e.to_string())?;
@@ -310,58 +323,77 @@ fn run_inner(o: &Opts) -> Result<(), String> {
         .node(&p)
         .postmaster_pid()
         .ok_or("the primary's postmaster is not running")?;
-    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-    let layouts: Vec<(&str, Option<(&str, &str)>)> = if cpus >= 2 {
-        vec![("shared", None), ("pinned", Some(("0", "1")))]
-    } else {
-        vec![("shared", None)]
+    // The CPUs this process may use (a container or cpuset may allow fewer than the machine
+    // has): PostgreSQL and pgbench go on the first, the fronts on the second.
+    let allowed = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let cpu_ids = cpu_list(&allowed);
+    let pinned = match cpu_ids.as_slice() {
+        [a, b, ..] => Some((a.to_string(), b.to_string())),
+        _ => None,
     };
-    let all_cpus = format!("0-{}", cpus - 1);
+    let mut layouts: Vec<(&str, Option<(String, String)>)> = vec![("shared", None)];
+    if pinned.is_some() {
+        layouts.push(("pinned", pinned));
+    }
     for (layout, pins) in layouts {
         println!();
-        match pins {
+        match &pins {
             None => println!(
                 "front doors, every process on every CPU: pgbench, {} clients, {} s each, scale {} (tps / mean latency)",
                 o.clients, o.secs, o.scale
             ),
-            Some((db, front)) => {
+            Some((db, front)) => println!(
+                "front doors, PostgreSQL and pgbench on CPU {db}, the proxy and HAProxy on CPU {front}: pgbench, {} clients, {} s each, scale {}",
+                o.clients, o.secs, o.scale
+            ),
+        }
+        let measured = (|| -> Result<(), String> {
+            if let Some((db, front)) = &pins {
                 pin(postmaster, db)?;
                 pin(proxy_pid, front)?;
                 pin(haproxy_pid, front)?;
+            }
+            println!("| front | select-only tps | latency ms | TPC-B tps | latency ms |");
+            println!("|---|---|---|---|---|");
+            let mut select_tps = BTreeMap::new();
+            let on = pins.as_ref().map(|(db, _)| db.as_str());
+            for (name, port) in [("direct", direct), ("spilo proxy", prw), ("HAProxy", hrw)] {
+                let s = pgbench(
+                    port,
+                    &["-n", "-S", "-c", &clients, "-j", "2", "-T", &secs],
+                    on,
+                )?;
+                let t = pgbench(port, &["-n", "-c", &clients, "-j", "2", "-T", &secs], on)?;
+                select_tps.insert(name, s.0);
                 println!(
-                    "front doors, PostgreSQL and pgbench on CPU {db}, the proxy and HAProxy on CPU {front}: pgbench, {} clients, {} s each, scale {}",
-                    o.clients, o.secs, o.scale
+                    "| {name} | {:.0} | {:.2} | {:.0} | {:.2} |",
+                    s.0, s.1, t.0, t.1
                 );
             }
-        }
-        println!("| front | select-only tps | latency ms | TPC-B tps | latency ms |");
-        println!("|---|---|---|---|---|");
-        let mut select_tps = BTreeMap::new();
-        let on = pins.map(|(db, _)| db);
-        for (name, port) in [("direct", direct), ("spilo proxy", prw), ("HAProxy", hrw)] {
-            let s = pgbench(
-                port,
-                &["-n", "-S", "-c", &clients, "-j", "2", "-T", &secs],
-                on,
-            )?;
-            let t = pgbench(port, &["-n", "-c", &clients, "-j", "2", "-T", &secs], on)?;
-            select_tps.insert(name, s.0);
-            println!(
-                "| {name} | {:.0} | {:.2} | {:.0} | {:.2} |",
-                s.0, s.1, t.0, t.1
-            );
-        }
-        for front in ["spilo proxy", "HAProxy"] {
-            println!(
-                "{front} ({layout}): select-only throughput {:.1} % of direct",
-                100.0 * select_tps[front] / select_tps["direct"]
-            );
-        }
+            for front in ["spilo proxy", "HAProxy"] {
+                println!(
+                    "{front} ({layout}): select-only throughput {:.1} % of direct",
+                    100.0 * select_tps[front] / select_tps["direct"]
+                );
+            }
+            Ok(())
+        })();
+        // Whatever happened, every process may use every allowed CPU again.
         if pins.is_some() {
             for pid in [postmaster, proxy_pid, haproxy_pid] {
-                pin(pid, &all_cpus)?;
+                if let Err(e) = pin(pid, &allowed) {
+                    note(format!("could not unpin {pid}: {e}"));
+                }
             }
         }
+        measured?;
     }
 
     // Switchovers.
@@ -481,4 +513,19 @@ fn run_inner(o: &Opts) -> Result<(), String> {
     println!("{line}");
     note("lb bench: done".to_string());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_list;
+
+    #[test]
+    fn cpu_lists_read_as_the_kernel_writes_them() {
+        assert_eq!(cpu_list("0-1"), [0, 1]);
+        assert_eq!(cpu_list("0-2,5,7-8"), [0, 1, 2, 5, 7, 8]);
+        assert_eq!(cpu_list("3"), [3]);
+        assert!(cpu_list("").is_empty());
+        assert!(cpu_list("2-1").is_empty());
+        assert!(cpu_list("x").is_empty());
+    }
 }

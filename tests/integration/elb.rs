@@ -284,12 +284,19 @@ fn without_the_api_the_health_check_takes_a_primary_without_its_lease_out_of_ser
         replica_said_primary.is_empty(),
         "{r} answered 200 on /primary during the outage at {replica_said_primary:?}"
     );
-    assert_eq!(
-        checks.in_service(PRIMARY_ELB, &rid),
-        None,
-        "the replica was never registered with the primary ELB"
-    );
+    // It stepped down (its REST API answers, and says it is not the primary), rather than
+    // stopped answering.
+    let (status, body) = spilo_tests::http::get(c.node(&p).api_port, "/primary")
+        .unwrap_or_else(|e| panic!("{p}'s REST API does not answer: {e}"));
+    assert_eq!(status, 503, "{p} on /primary: {body}");
+    // In service once, out once: no flapping.
     let changes = checks.history();
+    let primary_elb: Vec<bool> = changes
+        .iter()
+        .filter(|(elb, id, _, _)| elb == PRIMARY_ELB && *id == pid)
+        .map(|(_, _, on, _)| *on)
+        .collect();
+    assert_eq!(primary_elb, [true, false], "{changes:?}");
     note(format!("health-check changes: {changes:?}"));
 }
 

@@ -58,11 +58,31 @@ async fn next_firing(
     pick: fn(&Schedules) -> Option<&Schedule>,
     what: &str,
 ) -> bool {
+    wait_or_change(schedules, pick, what, |s| async move {
+        sleep_until_next(&s).await
+    })
+    .await
+}
+
+/// [`next_firing`] with the wait for a schedule's next time given (`sleep`: false when it never
+/// comes).
+async fn wait_or_change<F, Fut>(
+    schedules: &mut watch::Receiver<Schedules>,
+    pick: fn(&Schedules) -> Option<&Schedule>,
+    what: &str,
+    sleep: F,
+) -> bool
+where
+    F: FnOnce(Schedule) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    // The value is read (and its borrow released) before anything else runs.
     let current = pick(&schedules.borrow_and_update()).cloned();
+    let sleeping = current.map(sleep);
     let fire = async {
-        match current {
-            Some(s) => {
-                if sleep_until_next(&s).await {
+        match sleeping {
+            Some(wait) => {
+                if wait.await {
                     return;
                 }
                 tracing::warn!("{what} never fires; waiting for a reload to change it");
@@ -72,7 +92,9 @@ async fn next_firing(
         }
     };
     tokio::pin!(fire);
+    // The firing first: a reload in the same instant must not cost a firing that is due.
     tokio::select! {
+        biased;
         _ = &mut fire => true,
         changed = schedules.changed() => match changed {
             Ok(()) => false,
@@ -273,7 +295,6 @@ mod tests {
              verify_schedule: ''\n  from_replica: true\n",
         ))
         .unwrap();
-        assert_eq!(s, Schedules::from_config(&with).unwrap());
         assert_eq!(s.backup, Some(Schedule::parse("5 4 * * *").unwrap()));
         assert_eq!(s.verify, None);
         assert!(s.from_replica);
@@ -304,6 +325,46 @@ mod tests {
             .expect("task");
         assert!(!fired, "a change is not a firing");
         assert_eq!(now, Some(every_minute));
+    }
+
+    fn every_minute() -> Schedules {
+        Schedules {
+            backup: Some(Schedule::parse("* * * * *").unwrap()),
+            ..Schedules::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_sender_keeps_the_schedule_firing() {
+        let (tx, mut rx) = watch::channel(every_minute());
+        drop(tx);
+        let soon = |_| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            true
+        };
+        let fired = tokio::time::timeout(
+            Duration::from_secs(10),
+            wait_or_change(&mut rx, |s| s.backup.as_ref(), "backup.schedule", soon),
+        )
+        .await
+        .expect("the schedule's time comes");
+        assert!(fired, "with the sender gone the schedule still fires");
+    }
+
+    #[tokio::test]
+    async fn a_firing_that_is_due_wins_over_a_reload_in_the_same_instant() {
+        let (tx, mut rx) = watch::channel(every_minute());
+        // Both ready at once: a change sent after the schedule was read (the channel stays
+        // open), and its time come.
+        let tx = Arc::new(tx);
+        let sender = tx.clone();
+        let now = move |_| {
+            sender.send_modify(|s| s.from_replica = true);
+            async { true }
+        };
+        let fired = wait_or_change(&mut rx, |s| s.backup.as_ref(), "backup.schedule", now).await;
+        assert!(fired, "the due firing was dropped for the reload");
+        drop(tx);
     }
 
     #[tokio::test]

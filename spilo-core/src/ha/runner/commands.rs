@@ -293,19 +293,22 @@ impl Node {
             );
         }
         new.storage = old.storage.clone();
-        let fixed_part = |b: &Option<crate::config::backup::BackupConfig>| {
-            b.clone().map(|mut b| {
-                b.schedule.clear();
-                b.verify_schedule.clear();
-                b.from_replica = false;
-                b
-            })
-        };
-        if fixed_part(&new.backup) != fixed_part(&old.backup) {
+        // Of backup:, the schedules and from_replica follow the reload; the rest (compression,
+        // encryption, archiving) keeps its running value, as the archiver does.
+        let settings = |c: &crate::config::Config| c.backup.clone().unwrap_or_default();
+        let (old_b, new_b) = (settings(old), settings(&new));
+        let mut kept = old_b.clone();
+        kept.schedule = new_b.schedule.clone();
+        kept.verify_schedule = new_b.verify_schedule.clone();
+        kept.from_replica = new_b.from_replica;
+        if old.storage.is_some() && kept != new_b {
             tracing::warn!(
                 "reload: of backup:, only schedule, verify_schedule and from_replica change while \
                  running; restart the daemon to apply the rest"
             );
+        }
+        if new.backup.is_some() || old.backup.is_some() {
+            new.backup = Some(kept);
         }
         if let Some(tx) = &self.backup_schedules {
             match crate::backup::scheduler::Schedules::from_config(&new) {
