@@ -31,6 +31,29 @@ fn elb_yaml(moto: &Moto, instance: &str) -> String {
     )
 }
 
+/// moto with the two ELBs and `n` instances, and a cluster of `n` daemons (`node1`…), each
+/// one of the instances, started.
+fn elb_cluster(n: usize, label: &str) -> (Moto, Vec<String>, TestCluster) {
+    let (moto, ids) = Moto::with_elbs(n);
+    // Next to the copied binaries, where the daemon looks for it.
+    plugin_lib("libspilo_lb_elb_plugin.so");
+    let mut c = TestCluster::start(0, ClusterOpts::named(label));
+    for (i, id) in ids.iter().enumerate() {
+        let name = format!("node{}", i + 1);
+        let mut o = c.opts.node.clone();
+        o.extra_yaml = elb_yaml(&moto, id);
+        let idx = c.add_node(&name, &name, o);
+        c.nodes[idx].start();
+    }
+    (moto, ids, c)
+}
+
+/// The instance id of `nodeN`.
+fn id_of(ids: &[String], name: &str) -> String {
+    let i: usize = name.trim_start_matches("node").parse().expect("nodeN");
+    ids[i - 1].clone()
+}
+
 /// Waits until the primary ELB holds exactly `primary` and the replica ELB exactly
 /// `replicas` (instance ids).
 fn wait_elbs(moto: &Moto, primary: &str, replicas: &[&str], what: &str) -> Duration {
@@ -56,21 +79,8 @@ fn wait_elbs(moto: &Moto, primary: &str, replicas: &[&str], what: &str) -> Durat
 
 #[test]
 fn elbs_follow_the_primary_through_switchover_handover_and_a_failover_without_the_api() {
-    let (mut moto, ids) = Moto::with_elbs(3);
-    // Next to the copied binaries, where the daemon looks for it.
-    plugin_lib("libspilo_lb_elb_plugin.so");
-    let mut c = TestCluster::start(0, ClusterOpts::named("elb"));
-    for (i, id) in ids.iter().enumerate() {
-        let name = format!("node{}", i + 1);
-        let mut o = c.opts.node.clone();
-        o.extra_yaml = elb_yaml(&moto, id);
-        let idx = c.add_node(&name, &name, o);
-        c.nodes[idx].start();
-    }
-    let id_of = |name: &str| -> String {
-        let i: usize = name.trim_start_matches("node").parse().expect("nodeN");
-        ids[i - 1].clone()
-    };
+    let (mut moto, ids, mut c) = elb_cluster(3, "elb");
+    let id_of = |name: &str| id_of(&ids, name);
     let p = c.wait_for_primary(BOOTSTRAP);
     c.wait_for_replicas_streaming(REPLICATION);
     let others = c.others(&p);
@@ -210,20 +220,8 @@ fn elbs_follow_the_primary_through_switchover_handover_and_a_failover_without_th
 /// `/primary` meanwhile.
 #[test]
 fn without_the_api_the_health_check_takes_a_primary_without_its_lease_out_of_service() {
-    let (mut moto, ids) = Moto::with_elbs(2);
-    plugin_lib("libspilo_lb_elb_plugin.so");
-    let mut c = TestCluster::start(0, ClusterOpts::named("elbhc"));
-    for (i, id) in ids.iter().enumerate() {
-        let name = format!("node{}", i + 1);
-        let mut o = c.opts.node.clone();
-        o.extra_yaml = elb_yaml(&moto, id);
-        let idx = c.add_node(&name, &name, o);
-        c.nodes[idx].start();
-    }
-    let id_of = |name: &str| -> String {
-        let i: usize = name.trim_start_matches("node").parse().expect("nodeN");
-        ids[i - 1].clone()
-    };
+    let (mut moto, ids, mut c) = elb_cluster(2, "elbhc");
+    let id_of = |name: &str| id_of(&ids, name);
     let p = c.wait_for_primary(BOOTSTRAP);
     c.wait_for_replicas_streaming(REPLICATION);
     let r = c.others(&p)[0].clone();
