@@ -264,7 +264,8 @@ impl Node {
                 }
             };
         let old = &self.cfg;
-        let fixed: [(&str, bool); 6] = [
+        // Where WAL and backups go is opened once, at start, like the addresses.
+        let fixed: [(&str, bool); 7] = [
             ("name", new.name != old.name),
             ("scope", new.scope != old.scope),
             ("namespace", new.namespace != old.namespace),
@@ -277,6 +278,7 @@ impl Node {
                 new.postgresql.listen != old.postgresql.listen,
             ),
             ("restapi.listen", new.restapi.listen != old.restapi.listen),
+            ("storage", new.storage != old.storage),
         ];
         for (key, changed) in fixed {
             if changed {
@@ -285,19 +287,12 @@ impl Node {
                 );
             }
         }
-        // Where WAL and backups go is opened once, at start; how often backups and drills
-        // run follows the reload.
-        if new.storage != old.storage {
-            tracing::warn!(
-                "reload: storage cannot change while running; restart the daemon to apply it"
-            );
-        }
         new.storage = old.storage.clone();
         // Of backup:, the schedules and from_replica follow the reload; the rest (compression,
         // encryption, archiving) keeps its running value, as the archiver does.
         let settings = |c: &crate::config::Config| c.backup.clone().unwrap_or_default();
-        let (old_b, new_b) = (settings(old), settings(&new));
-        let mut kept = old_b.clone();
+        let new_b = settings(&new);
+        let mut kept = settings(old);
         kept.schedule = new_b.schedule.clone();
         kept.verify_schedule = new_b.verify_schedule.clone();
         kept.from_replica = new_b.from_replica;
@@ -319,8 +314,8 @@ impl Node {
                         changed
                     }) {
                         tracing::info!(
-                            schedule = ?new.backup_settings().map(|b| b.schedule),
-                            verify_schedule = ?new.backup_settings().map(|b| b.verify_schedule),
+                            schedule = %new_b.schedule,
+                            verify_schedule = %new_b.verify_schedule,
                             from_replica = s.from_replica,
                             "reload: the backup schedules changed"
                         );
