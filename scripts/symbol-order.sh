@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Writes spilo-core/symbol-order.txt: the functions the `spilo` daemon runs, the busiest first,
+# which the release link places together (spilo-core/build.rs) so the daemon's resident text
+# is about the size of the code it runs instead of nearly the whole binary.
+#
+#   scripts/symbol-order.sh            build, profile, write the file, relink with it
+#
+# How: a release build; etcd and two daemons on local ports, each under valgrind's callgrind
+# (which lists every function that ran), through what a daemon does in its life: bootstrap
+# (initdb) and a replica's copy, every REST endpoint, a switchover each way, SIGTERM
+# hand-overs, restarts that rejoin as a replica, a failover after SIGKILL of the primary's
+# daemon and postmaster, and the old primary's return through pg_rewind. Then the profiles are
+# read (scripts/lib/callgrind_symbols.py) and the daemon is linked again with the new file.
+# Re-run it when the release build's symbols have drifted from the file (scripts/bench.sh
+# prints how many of its names the binary still has); a stale file costs memory, never
+# behaviour. Needs root (the daemons run as the postgres user), PostgreSQL 15, etcd, valgrind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "symbol-order.sh: run it as root (the daemons run as the postgres user)" >&2
+  exit 2
+fi
+if ! command -v valgrind >/dev/null 2>&1; then
+  apt-get install -y -qq --no-install-recommends valgrind
+fi
+valgrind --version >/dev/null
+for tool in etcd etcdctl curl /usr/lib/postgresql/15/bin/initdb; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "symbol-order.sh: $tool is missing (scripts/install-deps.sh)" >&2; exit 2; }
+done
+
+cargo build --release
+
+WORK=$(mktemp -d /tmp/spilo-symbol-order.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 2
+  pkill -f "postgres -D $WORK" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cp target/release/spilo "$WORK/spilo"
+chmod 755 "$WORK/spilo"
+BASE=$((20000 + RANDOM % 20000))
+ETCD=$BASE API1=$((BASE + 8)) API2=$((BASE + 9)) PG1=$((BASE + 32)) PG2=$((BASE + 33))
+
+etcd --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$ETCD" \
+  --advertise-client-urls "http://127.0.0.1:$ETCD" \
+  --listen-peer-urls "http://127.0.0.1:$((BASE + 1))" >"$WORK/etcd.log" 2>&1 &
+PIDS+=($!)
+
+node_yml() { # NAME API PG
+  cat <<EOF
+scope: symbols
+namespace: /service
+name: $1
+restapi:
+  listen: 127.0.0.1:$2
+  connect_address: 127.0.0.1:$2
+etcd3:
+  hosts: 127.0.0.1:$ETCD
+bootstrap:
+  dcs:
+    ttl: 10
+    loop_wait: 2
+    retry_timeout: 3
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters: {wal_level: replica, hot_standby: "on", wal_log_hints: "on"}
+  initdb: [{encoding: UTF8}]
+  pg_hba:
+  - local all all trust
+  - host all all 127.0.0.1/32 trust
+  - host replication replicator 127.0.0.1/32 trust
+postgresql:
+  listen: 127.0.0.1:$3
+  connect_address: 127.0.0.1:$3
+  data_dir: $WORK/$1
+  bin_dir: /usr/lib/postgresql/15/bin
+  pgpass: $WORK/pgpass.$1
+  authentication:
+    superuser: {username: postgres, password: pw}
+    replication: {username: replicator, password: pw}
+  parameters: {shared_buffers: 32MB}
+EOF
+}
+node_yml n1 "$API1" "$PG1" >"$WORK/n1.yml"
+node_yml n2 "$API2" "$PG2" >"$WORK/n2.yml"
+chown -R postgres "$WORK"
+
+start() { # NAME TAG
+  setpriv --reuid=postgres --regid=postgres --init-groups \
+    valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg.$2" \
+    "$WORK/spilo" "$WORK/$1.yml" >"$WORK/$2.log" 2>&1 &
+  PIDS+=($!)
+  eval "PID_$1=$!"
+}
+wait_for() { # URL SECONDS
+  for _ in $(seq 1 "$2"); do curl -sf -o /dev/null "$1" && return 0; sleep 1; done
+  echo "symbol-order.sh: $1 did not answer 200 within $2 s (logs in $WORK)" >&2
+  trap - EXIT
+  exit 1
+}
+rest() { # PORT...
+  for p in "$@"; do
+    for e in / /patroni /primary /replica /health /cluster /history /config /metrics \
+      /liveness /readiness /leader /read-only /sync /async; do
+      curl -s -o /dev/null "127.0.0.1:$p$e" || true
+    done
+  done
+}
+stop() { # NAME
+  local pid
+  pid=$(eval "echo \$PID_$1")
+  kill -TERM "$pid"
+  wait "$pid" || true
+}
+
+sleep 2
+start n1 n1
+wait_for "http://127.0.0.1:$API1/primary" 180
+start n2 n2
+wait_for "http://127.0.0.1:$API2/replica" 240
+rest "$API1" "$API2"
+sleep 6
+curl -sf -XPOST -d '{"leader":"n1","candidate":"n2"}' "127.0.0.1:$API1/switchover"; echo
+wait_for "http://127.0.0.1:$API1/replica" 120
+curl -sf -XPOST -d '{"leader":"n2","candidate":"n1"}' "127.0.0.1:$API2/switchover"; echo
+wait_for "http://127.0.0.1:$API2/replica" 120
+rest "$API1" "$API2"
+stop n1                                       # hand-over to n2
+wait_for "http://127.0.0.1:$API2/primary" 120
+start n1 n1b                                  # rejoins as a replica
+wait_for "http://127.0.0.1:$API1/replica" 240
+rest "$API1" "$API2"
+sleep 6
+stop n2                                       # hand-over to n1
+wait_for "http://127.0.0.1:$API1/primary" 120
+start n2 n2b
+wait_for "http://127.0.0.1:$API2/replica" 240
+stop n1                                       # hand-over to n2
+wait_for "http://127.0.0.1:$API2/primary" 120
+# An unprofiled n1 to be killed: SIGKILL of a daemon and its postmaster loses its profile.
+setpriv --reuid=postgres --regid=postgres --init-groups "$WORK/spilo" "$WORK/n1.yml" \
+  >"$WORK/n1-plain.log" 2>&1 &
+PIDS+=($!)
+PID_n1=$!
+wait_for "http://127.0.0.1:$API1/replica" 240
+stop n2                                       # hand-over to the plain n1
+wait_for "http://127.0.0.1:$API1/primary" 120
+start n2 n2c
+wait_for "http://127.0.0.1:$API2/replica" 240
+kill -KILL "$PID_n1"                          # failover: n2 takes the lock once it expires
+pkill -KILL -f "postgres -D $WORK/n1" || true
+wait_for "http://127.0.0.1:$API2/primary" 180
+start n1 n1c                                  # the old primary rejoins through pg_rewind
+wait_for "http://127.0.0.1:$API1/replica" 240
+rest "$API1" "$API2"
+stop n1
+stop n2
+
+# Then the HA benchmark's own scenario (3 nodes, the node template's password authentication,
+# SIGKILL failovers, hand-overs, switchovers, wrk on /primary) with every daemon under
+# callgrind; the profiles are dumped as they go, so a daemon the benchmark SIGKILLs still
+# counts. Its figures mean nothing under valgrind; only the profiles are kept.
+mkdir -p "$WORK/bin"
+{
+  echo '#!/bin/sh'
+  echo "exec valgrind --tool=callgrind --demangle=no --dump-every-bb=20000000 \\"
+  echo "  --callgrind-out-file=$WORK/cg.bench.%p $WORK/spilo \"\$@\""
+} >"$WORK/bin/spilo"
+cp target/release/spiloctl "$WORK/bin/spiloctl"
+chmod 755 "$WORK/bin" "$WORK/bin/spilo" "$WORK/bin/spiloctl"
+chown postgres "$WORK"
+SPILO_BIN_DIR="$WORK/bin" ./target/release/spilo-bench --only ha --no-patroni --rounds 2 \
+  --ttl 10 --idle-secs 5 --wrk-secs 3 --switchover-rounds 2 >"$WORK/bench.log" 2>&1 ||
+  echo "symbol-order.sh: the benchmark under valgrind ended with an error (profiles kept)"
+
+python3 scripts/lib/callgrind_symbols.py /spilo "$WORK"/cg.* >spilo-core/symbol-order.txt
+echo "symbol-order.sh: $(wc -l <spilo-core/symbol-order.txt) functions in spilo-core/symbol-order.txt"
+cargo build --release
