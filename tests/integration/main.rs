@@ -49,6 +49,7 @@ mod spiloctl_ops;
 mod standby;
 mod switchover;
 mod switchover_under_load;
+mod symbol_order;
 mod sync_mode;
 mod terms;
 mod zk_quorum_loss;
