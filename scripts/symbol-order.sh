@@ -7,15 +7,18 @@
 #
 # How: a release build; etcd and two daemons on local ports, each under valgrind's callgrind
 # (which lists every function that ran), through what a daemon does in its life: bootstrap
-# (initdb) and a replica's copy, every REST endpoint, a switchover each way, SIGTERM
-# hand-overs, restarts that rejoin as a replica, a failover after SIGKILL of the primary's
-# daemon and postmaster, and the old primary's return through pg_rewind. Then the profiles are
+# (initdb) and a replica's copy, the REST GET endpoints, a reload, a config PATCH and a
+# replica's restart, a switchover each way, SIGTERM hand-overs, restarts that rejoin as a
+# replica, a failover after SIGKILL of the primary's daemon and postmaster, and the old
+# primary's return through pg_rewind; then the HA benchmark's scenario. Then the profiles are
 # read (scripts/lib/callgrind_symbols.py) and the daemon is linked again with the new file.
 # Re-run it when the release build's symbols have drifted from the file (scripts/bench.sh
 # prints how many of its names the binary still has); a stale file costs memory, never
-# behaviour. Needs root (the daemons run as the postgres user), PostgreSQL 15, etcd, valgrind.
+# behaviour. Needs root (the daemons run as the postgres user), PostgreSQL 15, etcd, valgrind;
+# a failed run stops what it started and keeps its logs and profiles, naming the directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -d "$HOME/.cargo/bin" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "symbol-order.sh: run it as root (the daemons run as the postgres user)" >&2
@@ -33,14 +36,23 @@ cargo build --release
 
 WORK=$(mktemp -d /tmp/spilo-symbol-order.XXXXXX)
 chmod 755 "$WORK"
-PIDS=()
-cleanup() {
+PIDS=() # the processes started and not yet stopped
+finish() {
+  local rc=$?
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   sleep 2
   pkill -f "postgres -D $WORK" 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ "$rc" -eq 0 ]; then
+    rm -rf "$WORK"
+  else
+    echo "symbol-order.sh: failed; logs and profiles kept in $WORK" >&2
+  fi
 }
-trap cleanup EXIT
+trap finish EXIT
+die() {
+  echo "symbol-order.sh: $*" >&2
+  exit 1
+}
 
 cp target/release/spilo "$WORK/spilo"
 chmod 755 "$WORK/spilo"
@@ -101,9 +113,7 @@ start() { # NAME TAG
 }
 wait_for() { # URL SECONDS
   for _ in $(seq 1 "$2"); do curl -sf -o /dev/null "$1" && return 0; sleep 1; done
-  echo "symbol-order.sh: $1 did not answer 200 within $2 s (logs in $WORK)" >&2
-  trap - EXIT
-  exit 1
+  die "$1 did not answer 200 within $2 s"
 }
 rest() { # PORT...
   for p in "$@"; do
@@ -113,11 +123,36 @@ rest() { # PORT...
     done
   done
 }
-stop() { # NAME
+forget() { # PID: no longer ours to signal
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+stop() { # NAME: SIGTERM (a hand-over when it leads), at most 2 minutes to exit
   local pid
   pid=$(eval "echo \$PID_$1")
-  kill -TERM "$pid"
+  kill -TERM "$pid" 2>/dev/null || die "$1 (pid $pid) was not running"
+  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid"
+    die "$1 (pid $pid) did not exit within 2 minutes of SIGTERM"
+  fi
   wait "$pid" || true
+  forget "$pid"
+}
+switchover() { # PORT LEADER CANDIDATE: retried while the cluster settles
+  for _ in $(seq 1 30); do
+    curl -sf -XPOST -d "{\"leader\":\"$2\",\"candidate\":\"$3\"}" "127.0.0.1:$1/switchover" &&
+      { echo; return 0; }
+    sleep 2
+  done
+  die "POST /switchover from $2 to $3 was refused for a minute"
+}
+writes() { # PORT...: the REST calls that change something, harmlessly
+  for p in "$@"; do
+    curl -s -o /dev/null -XPOST "127.0.0.1:$p/reload" || true
+    curl -s -o /dev/null -XPATCH -d '{"loop_wait":2}' "127.0.0.1:$p/config" || true
+  done
 }
 
 sleep 2
@@ -127,9 +162,12 @@ start n2 n2
 wait_for "http://127.0.0.1:$API2/replica" 240
 rest "$API1" "$API2"
 sleep 6
-curl -sf -XPOST -d '{"leader":"n1","candidate":"n2"}' "127.0.0.1:$API1/switchover"; echo
+writes "$API1" "$API2"
+curl -s -o /dev/null -XPOST -d '{}' "127.0.0.1:$API2/restart" || true # the replica's PostgreSQL
+wait_for "http://127.0.0.1:$API2/replica" 240
+switchover "$API1" n1 n2
 wait_for "http://127.0.0.1:$API1/replica" 120
-curl -sf -XPOST -d '{"leader":"n2","candidate":"n1"}' "127.0.0.1:$API2/switchover"; echo
+switchover "$API2" n2 n1
 wait_for "http://127.0.0.1:$API2/replica" 120
 rest "$API1" "$API2"
 stop n1                                       # hand-over to n2
@@ -155,6 +193,7 @@ wait_for "http://127.0.0.1:$API1/primary" 120
 start n2 n2c
 wait_for "http://127.0.0.1:$API2/replica" 240
 kill -KILL "$PID_n1"                          # failover: n2 takes the lock once it expires
+forget "$PID_n1"
 pkill -KILL -f "postgres -D $WORK/n1" || true
 wait_for "http://127.0.0.1:$API2/primary" 180
 start n1 n1c                                  # the old primary rejoins through pg_rewind
@@ -165,8 +204,8 @@ stop n2
 
 # Then the HA benchmark's own scenario (3 nodes, the node template's password authentication,
 # SIGKILL failovers, hand-overs, switchovers, wrk on /primary) with every daemon under
-# callgrind; the profiles are dumped as they go, so a daemon the benchmark SIGKILLs still
-# counts. Its figures mean nothing under valgrind; only the profiles are kept.
+# callgrind; the profiles are dumped as they go (every 20M basic blocks), so a daemon the
+# benchmark SIGKILLs still counts up to its last dump. Its figures mean nothing under valgrind; only the profiles are kept.
 mkdir -p "$WORK/bin"
 {
   echo '#!/bin/sh'
@@ -180,6 +219,10 @@ SPILO_BIN_DIR="$WORK/bin" ./target/release/spilo-bench --only ha --no-patroni --
   --ttl 10 --idle-secs 5 --wrk-secs 3 --switchover-rounds 2 >"$WORK/bench.log" 2>&1 ||
   echo "symbol-order.sh: the benchmark under valgrind ended with an error (profiles kept)"
 
-python3 scripts/lib/callgrind_symbols.py /spilo "$WORK"/cg.* >spilo-core/symbol-order.txt
-echo "symbol-order.sh: $(wc -l <spilo-core/symbol-order.txt) functions in spilo-core/symbol-order.txt"
+python3 scripts/lib/callgrind_symbols.py /spilo "$WORK"/cg.* >"$WORK/order.txt"
+# A run whose profiles came out empty must not replace a good list with a short one.
+count=$(wc -l <"$WORK/order.txt")
+[ "$count" -ge 1000 ] || die "only $count functions in the profiles: spilo-core/symbol-order.txt left as it was"
+mv "$WORK/order.txt" spilo-core/symbol-order.txt
+echo "symbol-order.sh: $count functions in spilo-core/symbol-order.txt"
 cargo build --release

@@ -25,6 +25,7 @@ use crate::postgres::{LocalPostgres, PgError};
 
 mod balance;
 mod commands;
+mod copy;
 mod cycle;
 mod execute;
 mod hooks;
