@@ -23,6 +23,8 @@ done
 
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
+# shellcheck source=scripts/lib/template.sh
+. scripts/lib/template.sh
 if [ -d "$HOME/.cargo/bin" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
 [ "$(id -u)" -eq 0 ] || { echo "demo.sh must run as root (it starts the daemons as postgres)" >&2; exit 1; }
 
@@ -152,7 +154,8 @@ ETCD_PID=$(cat "$WORK/etcd.pid")
 wait_until 30 "etcd to be healthy" curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
 
 # The node configuration: examples/node.template.yml (the template the tests and the chaos
-# suite render too), its ${NAME} placeholders filled from the environment by perl.
+# suite render too), its ${NAME} placeholders filled from the environment
+# (scripts/lib/template.sh).
 write_config() {
   local n=$1
   mkdir -p "${DIR[$n]}"
@@ -165,9 +168,7 @@ write_config() {
   PG_HBA=$'  - local all all trust\n  - host replication replicator 127.0.0.1/32 scram-sha-256\n  - host all all 127.0.0.1/32 scram-sha-256\n' \
   DATA_DIR="${DIR[$n]}/data" PG_BIN=$PG_BIN PGPASS="${DIR[$n]}/pgpass" \
   SUPERUSER_PASSWORD=$SU_PASS REPLICATION_PASSWORD=rep-secret TAGS=$'  nofailover: false\n' \
-    perl -ne 'if (!$body) { next if /^#/; $body = 1 } s/\$\{(\w+)\}/exists $ENV{$1} ? $ENV{$1} : ""/ge; print' \
-      examples/node.template.yml > "${DIR[$n]}/spilo.yml"
-  if grep -q '\${' "${DIR[$n]}/spilo.yml"; then die "unfilled placeholder in ${DIR[$n]}/spilo.yml"; fi
+    render_node_template "${DIR[$n]}/spilo.yml" || die "the node configuration of $n"
   chown -R postgres:postgres "${DIR[$n]}"
   chmod 755 "${DIR[$n]}"
   chmod 644 "${DIR[$n]}/spilo.yml"

@@ -20,10 +20,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d "$HOME/.cargo/bin" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "symbol-order.sh: run it as root (the daemons run as the postgres user)" >&2
-  exit 2
-fi
+# shellcheck source=scripts/lib/setup.sh
+. scripts/lib/setup.sh
+# shellcheck source=scripts/lib/template.sh
+. scripts/lib/template.sh
+need_root symbol-order.sh "the daemons run as the postgres user"
 if ! command -v valgrind >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends valgrind
 fi
@@ -64,44 +65,18 @@ etcd --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$ETCD" \
   --listen-peer-urls "http://127.0.0.1:$((BASE + 1))" >"$WORK/etcd.log" 2>&1 &
 PIDS+=($!)
 
-node_yml() { # NAME API PG
-  cat <<EOF
-scope: symbols
-namespace: /service
-name: $1
-restapi:
-  listen: 127.0.0.1:$2
-  connect_address: 127.0.0.1:$2
-etcd3:
-  hosts: 127.0.0.1:$ETCD
-bootstrap:
-  dcs:
-    ttl: 10
-    loop_wait: 2
-    retry_timeout: 3
-    postgresql:
-      use_pg_rewind: true
-      use_slots: true
-      parameters: {wal_level: replica, hot_standby: "on", wal_log_hints: "on"}
-  initdb: [{encoding: UTF8}]
-  pg_hba:
-  - local all all trust
-  - host all all 127.0.0.1/32 trust
-  - host replication replicator 127.0.0.1/32 trust
-postgresql:
-  listen: 127.0.0.1:$3
-  connect_address: 127.0.0.1:$3
-  data_dir: $WORK/$1
-  bin_dir: /usr/lib/postgresql/15/bin
-  pgpass: $WORK/pgpass.$1
-  authentication:
-    superuser: {username: postgres, password: pw}
-    replication: {username: replicator, password: pw}
-  parameters: {shared_buffers: 32MB}
-EOF
+node_yml() { # NAME API PG: the node template the demo and the tests render
+  REST_AUTH= DYNAMIC_EXTRA= BOOTSTRAP_EXTRA= PG_PARAMETERS= POSTGRESQL_EXTRA= EXTRA= \
+  SCOPE=symbols NAME=$1 API_ADDR="127.0.0.1:$2" PG_ADDR="127.0.0.1:$3" \
+  DCS=$'etcd3:\n  hosts: '"127.0.0.1:$ETCD"$'\n' \
+  TTL=10 LOOP_WAIT=2 RETRY_TIMEOUT=3 INITDB=$'  - encoding: UTF8\n' \
+  PG_HBA=$'  - local all all trust\n  - host replication replicator 127.0.0.1/32 scram-sha-256\n  - host all all 127.0.0.1/32 scram-sha-256\n' \
+  DATA_DIR="$WORK/$1" PG_BIN=/usr/lib/postgresql/15/bin PGPASS="$WORK/pgpass.$1" \
+  SUPERUSER_PASSWORD=pw REPLICATION_PASSWORD=pw TAGS=$'  nofailover: false\n' \
+    render_node_template "$WORK/$1.yml" || die "the node configuration of $1"
 }
-node_yml n1 "$API1" "$PG1" >"$WORK/n1.yml"
-node_yml n2 "$API2" "$PG2" >"$WORK/n2.yml"
+node_yml n1 "$API1" "$PG1"
+node_yml n2 "$API2" "$PG2"
 chown -R postgres "$WORK"
 
 start() { # NAME TAG
