@@ -347,6 +347,51 @@ fn wal_is_archived_whole_refused_when_different_and_caught_up_after_an_outage() 
     std::fs::remove_file(&key).expect("remove the planted object");
     wait_archived(p, &next, Duration::from_secs(60));
 
+    // 3b. The same segment stored by an older spilo (trailer version 1: SHA-256, not BLAKE3)
+    //     and archived again (its status set back to `.ready`, as after a crash before
+    //     PostgreSQL renamed it): the archiver compares by the stored object's digest, counts
+    //     it as already archived and leaves the object as it was.
+    let stored = std::fs::read(&key).expect("archived object");
+    let original = object::decode(&next, &stored).expect("decode");
+    let v1 =
+        object::Trailer::of_reader(&original[..], object::Algo::Sha256, 1 << 16).expect("sha256");
+    let mut older = stored[..stored.len() - object::TRAILER_LEN].to_vec();
+    older.extend_from_slice(&v1.encode());
+    assert_eq!(
+        object::decode(&next, &older).expect("a v1 object"),
+        original
+    );
+    std::fs::write(&key, &older).expect("write the v1 object");
+    let status = p.data_dir.join("pg_wal/archive_status");
+    assert!(
+        p.data_dir.join("pg_wal").join(&next).is_file(),
+        "{next} left pg_wal before the check"
+    );
+    let duplicates_before = gauge(&metrics(p), "spilo_wal_archive_duplicates_total");
+    std::fs::rename(
+        status.join(format!("{next}.done")),
+        status.join(format!("{next}.ready")),
+    )
+    .expect("mark the segment ready again");
+    fill_and_switch(p, 1_000);
+    wait_for(
+        "the segment archived again over its version-1 object",
+        Duration::from_secs(60),
+        || {
+            let d = gauge(&metrics(p), "spilo_wal_archive_duplicates_total");
+            if status.join(format!("{next}.done")).exists() && d > duplicates_before {
+                Ok(())
+            } else {
+                Err(format!("duplicates {d} (before {duplicates_before})"))
+            }
+        },
+    );
+    assert_eq!(
+        std::fs::read(&key).expect("v1 object"),
+        older,
+        "the version-1 object was replaced"
+    );
+
     // 4. The replica archives nothing (archive_mode = on archives on the primary only); after
     //    a switchover the new primary archives its history file.
     assert!(

@@ -58,7 +58,7 @@ pub enum ArchiveError {
         source: StorageError,
     },
     /// Another object is already stored for this file: two primaries wrote it differently.
-    #[error("{name} (timeline {timeline}): a different object is already archived at {key} (stored sha256 {stored}, this file's {ours}); refusing to overwrite it")]
+    #[error("{name} (timeline {timeline}): a different object is already archived at {key} (stored {stored}, this file's {ours}); refusing to overwrite it")]
     Conflict {
         /// The file.
         name: String,
@@ -442,25 +442,8 @@ impl Archiver {
             name: name.to_string(),
             source,
         };
-        let trailer = tokio::task::spawn_blocking(move || -> std::io::Result<Trailer> {
-            use sha2::Digest;
-            use std::io::Read;
-            let mut f = std::fs::File::open(path)?;
-            let mut h = sha2::Sha256::new();
-            let mut buf = vec![0u8; CHUNK];
-            let mut size = 0u64;
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                size += n as u64;
-            }
-            Ok(Trailer {
-                sha256: h.finalize().into(),
-                size,
-            })
+        let trailer = tokio::task::spawn_blocking(move || {
+            Trailer::of_reader(std::fs::File::open(path)?, object::Algo::WRITE, CHUNK)
         })
         .await
         .map_err(|e| read(std::io::Error::other(e)))?
@@ -787,7 +770,28 @@ impl Archiver {
         } else {
             &stored[..]
         };
-        match Trailer::find(stored) {
+        let found = Trailer::find(stored);
+        // An object written before the digest changed: this file's digest of its kind.
+        let rehashed;
+        let ours = match found {
+            Some(t) if t.algo != ours.algo => {
+                let path = self.sh.s.pg_wal.join(name);
+                let algo = t.algo;
+                rehashed = tokio::task::spawn_blocking(move || {
+                    Trailer::of_reader(std::fs::File::open(path)?, algo, CHUNK)
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(|source| ArchiveError::Read {
+                    name: name.to_string(),
+                    source,
+                })?;
+                &rehashed
+            }
+            _ => ours,
+        };
+        match found {
             Some(t) if t == *ours => {
                 self.sh.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(file = name, "already archived with the same content");
@@ -799,9 +803,9 @@ impl Archiver {
                 key: key.to_string(),
                 stored: found.map_or_else(
                     || "unknown: the object has no spilo trailer".into(),
-                    |t| t.sha256_hex(),
+                    |t| t.describe(),
                 ),
-                ours: ours.sha256_hex(),
+                ours: ours.describe(),
             }),
         }
     }

@@ -1,4 +1,4 @@
-//! Taking a base backup: `pg_basebackup`'s tar → zstd (with the SHA-256 trailer of
+//! Taking a base backup: `pg_basebackup`'s tar → zstd (with the digest trailer of
 //! [`super::object`]) → the store, streamed in chunks (never staged on local disk), then the
 //! manifest. A backup is complete only when its manifest (`…_backup_stop_sentinel.json`, as
 //! WAL-G names it) exists, and the manifest is written last: a backup cut short (daemon killed,
@@ -48,14 +48,31 @@ pub struct Manifest {
     pub member: String,
     /// Taken from a replica.
     pub from_replica: bool,
-    /// SHA-256 of the tar.
+    /// SHA-256 of the tar (backups taken before 2026-12; newer ones record `blake3`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
+    /// BLAKE3 of the tar.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub blake3: String,
     /// The objects holding the data, relative to the cluster's base prefix.
     pub objects: Vec<String>,
     /// `tar.zst`, or `tar.zst.sealed` when encrypted.
     pub format: String,
     /// The spilo that wrote it.
     pub spilo_version: String,
+}
+
+impl Manifest {
+    /// The tar's recorded digest and its kind (BLAKE3 when both are there), if any.
+    pub fn digest(&self) -> Option<(object::Algo, &str)> {
+        if !self.blake3.is_empty() {
+            Some((object::Algo::Blake3, &self.blake3))
+        } else if !self.sha256.is_empty() {
+            Some((object::Algo::Sha256, &self.sha256))
+        } else {
+            None
+        }
+    }
 }
 
 impl Manifest {
@@ -423,7 +440,14 @@ pub async fn take(
             .as_secs_f64(),
         member: req.member.clone(),
         from_replica: req.from_replica,
-        sha256: trailer.sha256_hex(),
+        sha256: match trailer.algo {
+            object::Algo::Sha256 => trailer.digest_hex(),
+            object::Algo::Blake3 => String::new(),
+        },
+        blake3: match trailer.algo {
+            object::Algo::Blake3 => trailer.digest_hex(),
+            object::Algo::Sha256 => String::new(),
+        },
         objects,
         format: if req.key.is_some() {
             "tar.zst.sealed".into()

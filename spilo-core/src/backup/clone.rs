@@ -242,6 +242,7 @@ mod tests {
             member: "n".into(),
             from_replica: false,
             sha256: String::new(),
+            blake3: String::new(),
             objects: vec![],
             format: "tar.zst".into(),
             spilo_version: "t".into(),

@@ -1,6 +1,6 @@
 //! Restoring a base backup into an empty data directory, streamed: the objects are read from
 //! the store chunk by chunk, opened (when sealed), decompressed and unpacked as they arrive —
-//! never staged whole on local disk or in memory — and the tar's SHA-256 and length are checked
+//! never staged whole on local disk or in memory — and the tar's digest and length are checked
 //! against the manifest before the directory counts as restored. What makes it a running
 //! PostgreSQL (`standby.signal` or `recovery.signal`, `restore_command`) is the caller's.
 
@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use spilo_sdk::storage::{get_all, Storage, StorageError};
 
 use super::base::Manifest;
 use super::crypt::{CryptError, Opener, SecretKey};
+use super::object::{Algo, Hasher};
 use crate::ha::replica::ArchiveError;
 
 /// Chunks in flight between the download and the unpacking.
@@ -72,7 +72,7 @@ pub enum RestoreError {
         source: std::io::Error,
     },
     /// The unpacked tar is not the one the backup recorded.
-    #[error("backup {name}: the restored tar has SHA-256 {got} and {got_size} bytes; the manifest records {want} and {want_size} bytes")]
+    #[error("backup {name}: the restored tar has {got} and {got_size} bytes; the manifest records {want} and {want_size} bytes")]
     Checksum {
         /// The backup.
         name: String,
@@ -162,7 +162,7 @@ impl<R: Read> Read for OpenReader<R> {
 /// Hashes and counts what is read through it.
 struct Hashing<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Hasher,
     size: u64,
 }
 
@@ -247,6 +247,8 @@ pub async fn restore_base_counted(
     let crypt_slot = crypt_failed.clone();
     let target = dir.to_path_buf();
     let name = m.name.clone();
+    // A manifest without a digest is checked by length only and reported as a mismatch.
+    let (algo, want) = m.digest().unwrap_or((Algo::WRITE, "(none recorded)"));
     let unpack = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
         let input = ChannelReader {
             rx,
@@ -266,7 +268,7 @@ pub async fn restore_base_counted(
         // zstd passes over the skippable frame holding spilo's trailer.
         let tar_stream = Hashing {
             inner: zstd::stream::read::Decoder::new(opened)?,
-            hasher: Sha256::new(),
+            hasher: Hasher::new(algo),
             size: 0,
         };
         let mut archive = tar::Archive::new(tar_stream);
@@ -276,13 +278,7 @@ pub async fn restore_base_counted(
         // The tar's end-of-archive blocks and padding count in its digest.
         let mut rest = archive.into_inner();
         std::io::copy(&mut rest, &mut std::io::sink())?;
-        let digest: String = rest
-            .hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok((digest, rest.size))
+        Ok((rest.hasher.finalize_hex(), rest.size))
     });
     let (stored, failed) = if m.objects.len() == 1 {
         stream_one(&*storage, base, m, &tx, progress).await
@@ -303,12 +299,12 @@ pub async fn restore_base_counted(
         (Err(_), Some(c)) => return Err(RestoreError::Crypt(c)),
         (Err(e), None) => return Err(unpack_err(e)),
     };
-    if got != m.sha256 || got_size != m.size {
+    if got != want || got_size != m.size {
         return Err(RestoreError::Checksum {
             name: m.name.clone(),
-            want: m.sha256.clone(),
+            want: format!("{} {want}", algo.name()),
             want_size: m.size,
-            got,
+            got: format!("{} {got}", algo.name()),
             got_size,
         });
     }
@@ -662,10 +658,8 @@ mod tests {
             duration_secs: 1.0,
             member: "n1".into(),
             from_replica: false,
-            sha256: Sha256::digest(&tar_bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            sha256: String::new(),
+            blake3: blake3::hash(&tar_bytes).to_hex().to_string(),
             objects: vec!["basebackups_005/base_1/base.tar.zst".into()],
             format: if key.is_some() {
                 "tar.zst.sealed".into()
@@ -721,7 +715,7 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("key id"), "{e}");
         let mut wrong = m.clone();
-        wrong.sha256 = "00".repeat(32);
+        wrong.blake3 = "00".repeat(32);
         let e = restore_base(
             storage.clone(),
             "c",
@@ -732,6 +726,7 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(e, RestoreError::Checksum { .. }), "{e}");
+        assert!(e.to_string().contains("records blake3 0000"), "{e}");
         let mut missing = m.clone();
         missing.objects = vec!["basebackups_005/base_9/base.tar.zst".into()];
         let e = restore_base(
@@ -750,6 +745,43 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, RestoreError::Manifest { .. }), "{e}");
+    }
+
+    /// A manifest written before BLAKE3 records the tar's SHA-256, and is checked by it.
+    #[tokio::test]
+    async fn restores_a_backup_whose_manifest_records_sha256() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().expect("dir");
+        let (storage, mut m) = stored_backup(dir.path(), None).await;
+        let tar_digest = std::mem::take(&mut m.blake3);
+        assert_eq!(tar_digest.len(), 64);
+        let mut wrong = m.clone();
+        wrong.sha256 = "00".repeat(32);
+        let e = restore_base(storage.clone(), "c", &wrong, None, &dir.path().join("d1"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("has sha256 "), "{e}");
+        let mut none = m.clone();
+        none.sha256 = String::new();
+        let e = restore_base(storage.clone(), "c", &none, None, &dir.path().join("d2"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("(none recorded)"), "{e}");
+        // The tar itself, hashed again with SHA-256, is what an older manifest holds.
+        let tar = {
+            let obj = get_all(&*storage, "c/basebackups_005/base_1/base.tar.zst", 1 << 16)
+                .await
+                .expect("object");
+            super::super::object::decode("k", &obj).expect("decode")
+        };
+        m.sha256 = sha2::Sha256::digest(&tar)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        restore_base(storage, "c", &m, None, &dir.path().join("d3"))
+            .await
+            .expect("restore by sha256");
+        assert!(dir.path().join("d3/PG_VERSION").is_file());
     }
 
     #[tokio::test]
