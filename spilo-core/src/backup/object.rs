@@ -14,7 +14,7 @@
 //! already there (a retried upload, or another primary's WAL): the originals are compared, not
 //! the compressed bytes (which differ between compression levels).
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use sha2::{Digest as _, Sha256};
 
@@ -222,37 +222,38 @@ pub enum ObjectError {
 }
 
 /// Compresses a file read from `input` in chunks of `chunk` bytes, calling `emit` with each
-/// piece of the object as it is produced (the trailer last). Memory: one chunk plus the
-/// encoder's window.
+/// piece of the object as it is produced (the trailer last). Each chunk is a zstd frame of its
+/// own, compressed in one call: zstd's streaming mode keeps its window in a ring buffer and
+/// searches it as an external dictionary, which cost a third more CPU per byte on WAL (zstd 3,
+/// 1 MiB frames: 0.5 % larger objects). Every zstd reader takes concatenated frames. Memory:
+/// one chunk, one bound of its compressed size and the encoder's tables.
 pub fn encode_stream(
     mut input: impl Read,
     level: i32,
     chunk: usize,
     mut emit: impl FnMut(Vec<u8>) -> std::io::Result<()>,
 ) -> std::io::Result<Trailer> {
-    let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(chunk), level)?;
-    enc.include_checksum(true)?;
+    let mut enc = zstd::bulk::Compressor::new(level)?;
+    enc.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))?;
     let mut hasher = Hasher::new(Algo::WRITE);
     let mut size = 0u64;
+    let chunk = chunk.max(1);
     let mut buf = vec![0u8; chunk];
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk));
     loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let n = fill(&mut input, &mut buf)?;
+        // An empty file is one empty frame, so the object is a zstd stream like any other.
+        if n == 0 && size > 0 {
+            break;
+        }
         hasher.update(&buf[..n]);
         size += n as u64;
-        enc.write_all(&buf[..n])?;
-        let out = enc.get_mut();
-        if out.len() >= chunk / 2 {
-            emit(std::mem::take(out))?;
+        out.clear();
+        enc.compress_to_buffer(&buf[..n], &mut out)?;
+        emit(out.clone())?;
+        if n < chunk {
+            break;
         }
-    }
-    let rest = enc.finish()?;
-    if !rest.is_empty() {
-        emit(rest)?;
     }
     let trailer = Trailer {
         algo: Algo::WRITE,
@@ -261,6 +262,20 @@ pub fn encode_stream(
     };
     emit(trailer.encode().to_vec())?;
     Ok(trailer)
+}
+
+/// Reads from `input` until `buf` is full or the input ends; returns the bytes read.
+fn fill(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Reads a stored object: opens it first when it is sealed (with `key`; a sealed object and no
@@ -443,6 +458,42 @@ mod tests {
         let at = v3.len() - TRAILER_LEN + 12;
         v3[at] = 3;
         assert_eq!(Trailer::find(&v3), None);
+    }
+
+    /// Frames are cut by the chunk size, not by how the input hands its bytes over (a pipe
+    /// from pg_basebackup gives short reads): the same object either way, every frame but
+    /// the last holding a whole chunk, and a plain zstd reader takes the frames in turn.
+    #[test]
+    fn frames_follow_the_chunk_size_whatever_the_reads() {
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(7);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let data = wal_like(4096 * 5 + 100);
+        let (whole, t) = encode(&data, 3);
+        let mut trickled = Vec::new();
+        let t2 = encode_stream(Trickle(&data), 3, 4096, |c| {
+            trickled.extend_from_slice(&c);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((trickled.as_slice(), t2), (whole.as_slice(), t));
+        // Six frames: five of 4096 bytes and one of 100, each with its content size.
+        let mut at = 0;
+        let mut sizes = Vec::new();
+        while at < whole.len() - TRAILER_LEN {
+            let frame = &whole[at..whole.len() - TRAILER_LEN];
+            let n = zstd::zstd_safe::find_frame_compressed_size(frame).unwrap();
+            sizes.push(zstd::bulk::decompress(&frame[..n], 1 << 20).unwrap().len());
+            at += n;
+        }
+        assert_eq!(sizes, vec![4096, 4096, 4096, 4096, 4096, 100]);
+        assert_eq!(zstd::stream::decode_all(&whole[..]).unwrap(), data);
     }
 
     #[test]
