@@ -363,16 +363,17 @@ fn wal_is_archived_whole_refused_when_different_and_caught_up_after_an_outage() 
     );
     std::fs::write(&key, &older).expect("write the v1 object");
     let status = p.data_dir.join("pg_wal/archive_status");
-    assert!(
-        p.data_dir.join("pg_wal").join(&next).is_file(),
-        "{next} left pg_wal before the check"
-    );
     let duplicates_before = gauge(&metrics(p), "spilo_wal_archive_duplicates_total");
     std::fs::rename(
         status.join(format!("{next}.done")),
         status.join(format!("{next}.ready")),
     )
     .expect("mark the segment ready again");
+    // Marked ready, a segment is kept by the checkpointer until archived again.
+    assert!(
+        p.data_dir.join("pg_wal").join(&next).is_file(),
+        "{next} left pg_wal before the check"
+    );
     fill_and_switch(p, 1_000);
     wait_for(
         "the segment archived again over its version-1 object",

@@ -123,6 +123,13 @@ fn backups_are_listed_when_whole_scheduled_and_kept_by_count() {
         assert!(!b0[field].is_null(), "{field} missing: {b0}");
     }
     assert_eq!(b0["pg_version"], json!(15));
+    // The tar's digest is BLAKE3; `sha256` is written empty (older spilo requires the field).
+    let digest = b0["blake3"].as_str().unwrap_or_default();
+    assert!(
+        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "blake3 digest: {b0}"
+    );
+    assert_eq!(b0["sha256"], json!(""), "{b0}");
     assert!(
         v["pitr_window"]["from_backup"].is_string(),
         "no window: {v}"

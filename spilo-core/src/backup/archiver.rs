@@ -12,7 +12,7 @@
 //!   nothing is ever skipped or dropped: a failure is an error to PostgreSQL, which keeps the
 //!   segment and asks again;
 //! - put-if-absent: an object already at the key with the same original bytes (its trailer's
-//!   SHA-256) is success; different bytes are refused, naming the file and its timeline;
+//!   digest) is success; different bytes are refused, naming the file and its timeline;
 //! - every upload is bounded by `backup.archive.timeout` (with retries inside it);
 //! - only the node holding the leader lease as a running primary archives: a node that lost it
 //!   refuses at once and forgets what it uploaded ahead.
@@ -774,7 +774,7 @@ impl Archiver {
         // An object written before the digest changed: this file's digest of its kind.
         let rehashed;
         let ours = match found {
-            Some(t) if t.algo != ours.algo => {
+            Some(t) if t.algo != ours.algo && t.size == ours.size => {
                 let path = self.sh.s.pg_wal.join(name);
                 let algo = t.algo;
                 rehashed = tokio::task::spawn_blocking(move || {
@@ -801,10 +801,13 @@ impl Archiver {
                 name: name.to_string(),
                 timeline: layout::timeline(name).unwrap_or(0),
                 key: key.to_string(),
-                stored: found.map_or_else(
-                    || "unknown: the object has no spilo trailer".into(),
-                    |t| t.describe(),
-                ),
+                stored: match (found, Trailer::version_of(stored)) {
+                    (Some(t), _) => t.describe(),
+                    (None, Some(v)) => {
+                        format!("unknown: a spilo trailer of version {v}, newer than this spilo")
+                    }
+                    (None, None) => "unknown: the object has no spilo trailer".into(),
+                },
                 ours: ours.describe(),
             }),
         }

@@ -48,8 +48,9 @@ pub struct Manifest {
     pub member: String,
     /// Taken from a replica.
     pub from_replica: bool,
-    /// SHA-256 of the tar (backups taken before 2026-12; newer ones record `blake3`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// SHA-256 of the tar (backups taken before 2026-12; newer ones record `blake3` and leave
+    /// this empty, but write it: older spilo requires the field).
+    #[serde(default)]
     pub sha256: String,
     /// BLAKE3 of the tar.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -1,6 +1,6 @@
 //! WAL fetching for PostgreSQL's `restore_command` (`spilo wal-fetch %f %p`, a thin client of
 //! the daemon's archive socket): the daemon reads the object, opens it (decryption, zstd, the
-//! trailer's length and SHA-256 checked) and writes the file where PostgreSQL asked. After each
+//! trailer's length and digest checked) and writes the file where PostgreSQL asked. After each
 //! segment it has restored it **prefetches** the next ones of the same timeline in parallel into
 //! a bounded cache (`pg_wal/.spilo-prefetch/`, on the same filesystem, so handing a cached
 //! segment over is a rename), so that replay is not one round trip per segment. A file the
@@ -408,7 +408,7 @@ pub async fn read_archived(
     };
     let key = key.cloned();
     let name = name.to_string();
-    // zstd and SHA-256 of a 16 MiB segment: off the runtime's threads.
+    // zstd and the digest of a 16 MiB segment: off the runtime's threads.
     let plain = tokio::task::spawn_blocking(move || object::read(key.as_ref(), &name, &obj))
         .await
         .map_err(|e| FetchError::Io {

@@ -142,6 +142,16 @@ impl Trailer {
         out
     }
 
+    /// The version byte of a spilo trailer at the end of `object`, known to this spilo or
+    /// not (a newer spilo's objects are told apart from objects with no trailer).
+    pub fn version_of(object: &[u8]) -> Option<u8> {
+        let t = object.get(object.len().checked_sub(TRAILER_LEN)?..)?;
+        (t[..4] == SKIPPABLE_MAGIC.to_le_bytes()
+            && t[4..8] == (PAYLOAD as u32).to_le_bytes()
+            && &t[8..12] == TAG)
+            .then_some(t[12])
+    }
+
     /// The trailer at the end of `object`, if it has one.
     pub fn find(object: &[u8]) -> Option<Trailer> {
         let t = object.get(object.len().checked_sub(TRAILER_LEN)?..)?;
@@ -195,6 +205,14 @@ pub enum ObjectError {
     NoTrailer {
         /// The object.
         key: String,
+    },
+    /// The trailer is of a version this spilo does not know (written by a newer one).
+    #[error("{key}: spilo trailer version {version}, which this spilo does not know (written by a newer spilo?)")]
+    UnknownVersion {
+        /// The object.
+        key: String,
+        /// The trailer's version.
+        version: u8,
     },
     /// The zstd stream does not decode.
     #[error("{key}: corrupt compressed data")]
@@ -334,8 +352,14 @@ pub fn encode_sealed(
 
 /// Decodes a whole object and checks it against its trailer.
 pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, ObjectError> {
-    let trailer = Trailer::find(object).ok_or_else(|| ObjectError::NoTrailer {
-        key: key.to_string(),
+    let trailer = Trailer::find(object).ok_or_else(|| match Trailer::version_of(object) {
+        Some(version) => ObjectError::UnknownVersion {
+            key: key.to_string(),
+            version,
+        },
+        None => ObjectError::NoTrailer {
+            key: key.to_string(),
+        },
     })?;
     let mut out = Vec::with_capacity(usize::try_from(trailer.size).unwrap_or(0).min(1 << 26));
     zstd::stream::read::Decoder::new(object)
@@ -453,11 +477,18 @@ mod tests {
         wrong.extend_from_slice(&bad.encode());
         let e = decode("k", &wrong).unwrap_err();
         assert!(e.to_string().contains("stored sha256 "), "{e}");
-        // Version 3 is not known: no trailer.
+        // Version 3 is not known: no trailer this spilo reads, said as such.
         let mut v3 = old.clone();
         let at = v3.len() - TRAILER_LEN + 12;
         v3[at] = 3;
         assert_eq!(Trailer::find(&v3), None);
+        assert_eq!(Trailer::version_of(&v3), Some(3));
+        let e = decode("k", &v3).unwrap_err();
+        assert!(
+            matches!(e, ObjectError::UnknownVersion { version: 3, .. }),
+            "{e}"
+        );
+        assert_eq!(Trailer::version_of(&data), None);
     }
 
     /// Frames are cut by the chunk size, not by how the input hands its bytes over (a pipe
@@ -494,6 +525,19 @@ mod tests {
         }
         assert_eq!(sizes, vec![4096, 4096, 4096, 4096, 4096, 100]);
         assert_eq!(zstd::stream::decode_all(&whole[..]).unwrap(), data);
+        // A file of whole chunks (a 16 MiB segment in 1 MiB chunks): no empty frame after them.
+        let even = wal_like(4096 * 3);
+        let (obj, t) = encode(&even, 3);
+        assert_eq!(t.size, 4096 * 3);
+        let mut frames = 0;
+        let mut at = 0;
+        while at < obj.len() - TRAILER_LEN {
+            at += zstd::zstd_safe::find_frame_compressed_size(&obj[at..obj.len() - TRAILER_LEN])
+                .unwrap();
+            frames += 1;
+        }
+        assert_eq!(frames, 3);
+        assert_eq!(decode("k", &obj).unwrap(), even);
     }
 
     #[test]

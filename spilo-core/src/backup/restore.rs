@@ -13,7 +13,7 @@ use spilo_sdk::storage::{get_all, Storage, StorageError};
 
 use super::base::Manifest;
 use super::crypt::{CryptError, Opener, SecretKey};
-use super::object::{Algo, Hasher};
+use super::object::Hasher;
 use crate::ha::replica::ArchiveError;
 
 /// Chunks in flight between the download and the unpacking.
@@ -218,6 +218,11 @@ pub async fn restore_base_counted(
     if m.objects.is_empty() {
         return Err(bad("the manifest names no objects"));
     }
+    let Some((algo, want)) = m.digest() else {
+        return Err(bad(
+            "the manifest records no digest of the tar (blake3 or sha256)",
+        ));
+    };
     if m.objects
         .iter()
         .any(|o| o.split('/').any(|p| p == ".." || p.is_empty()))
@@ -247,8 +252,6 @@ pub async fn restore_base_counted(
     let crypt_slot = crypt_failed.clone();
     let target = dir.to_path_buf();
     let name = m.name.clone();
-    // A manifest without a digest is checked by length only and reported as a mismatch.
-    let (algo, want) = m.digest().unwrap_or((Algo::WRITE, "(none recorded)"));
     let unpack = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
         let input = ChannelReader {
             rx,
@@ -766,7 +769,12 @@ mod tests {
         let e = restore_base(storage.clone(), "c", &none, None, &dir.path().join("d2"))
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("(none recorded)"), "{e}");
+        assert!(matches!(e, RestoreError::Manifest { .. }), "{e}");
+        assert!(e.to_string().contains("records no digest"), "{e}");
+        assert!(
+            !dir.path().join("d2").exists(),
+            "unpacked without a digest to check"
+        );
         // The tar itself, hashed again with SHA-256, is what an older manifest holds.
         let tar = {
             let obj = get_all(&*storage, "c/basebackups_005/base_1/base.tar.zst", 1 << 16)
