@@ -9,6 +9,7 @@
 //! `S3_UPLOAD_PART_MIN_SIZE` lowered), so the suite's 1 MB object is a multipart upload there;
 //! s3s-fs enforces S3's 5 MiB minimum, so its parts are 5 MiB.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -227,11 +228,20 @@ async fn open_multipart_uploads(server: &S3Server) -> Vec<String> {
         let root = server.dir().join("data");
         let entries =
             std::fs::read_dir(&root).unwrap_or_else(|e| panic!("read {}: {e}", root.display()));
-        return entries
+        // s3s-fs keeps an upload as `.upload-<id>.json` and a file per part,
+        // `.upload_id-<id>.part-<n>`: one upload, however many of its parts have landed.
+        let ids: BTreeSet<String> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".upload_id-"))
+            .filter_map(|n| {
+                let id = n
+                    .strip_prefix(".upload_id-")
+                    .and_then(|r| r.split_once(".part-").map(|(id, _)| id))
+                    .or_else(|| n.strip_prefix(".upload-")?.strip_suffix(".json"))?;
+                Some(id.to_string())
+            })
             .collect();
+        return ids.into_iter().collect();
     }
     let out = raw_client(server)
         .list_multipart_uploads()
