@@ -435,19 +435,24 @@ impl Archiver {
         self.sh.s.standby_leader && self.sh.node.borrow().pg.role == crate::ha::state::Role::Replica
     }
 
-    /// Whether the archive holds `name` with the bytes of the local file.
-    async fn held_by_archive(&self, name: &str) -> Result<(), ArchiveError> {
+    /// The trailer, with `algo`'s digest, of `pg_wal/<name>` (what an object of its bytes holds).
+    async fn local_trailer(&self, name: &str, algo: object::Algo) -> Result<Trailer, ArchiveError> {
         let path = self.sh.s.pg_wal.join(name);
-        let read = |source| ArchiveError::Read {
-            name: name.to_string(),
-            source,
-        };
-        let trailer = tokio::task::spawn_blocking(move || {
-            Trailer::of_reader(std::fs::File::open(path)?, object::Algo::WRITE, CHUNK)
+        tokio::task::spawn_blocking(move || {
+            Trailer::of_reader(std::fs::File::open(path)?, algo, CHUNK)
         })
         .await
-        .map_err(|e| read(std::io::Error::other(e)))?
-        .map_err(read)?;
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| ArchiveError::Read {
+            name: name.to_string(),
+            source,
+        })
+    }
+
+    /// Whether the archive holds `name` with the bytes of the local file.
+    async fn held_by_archive(&self, name: &str) -> Result<(), ArchiveError> {
+        let trailer = self.local_trailer(name, object::Algo::WRITE).await?;
         let key = layout::wal_key(&self.sh.s.base, name);
         self.compare(name, &key, &trailer).await
     }
@@ -775,18 +780,7 @@ impl Archiver {
         let rehashed;
         let ours = match found {
             Some(t) if t.algo != ours.algo && t.size == ours.size => {
-                let path = self.sh.s.pg_wal.join(name);
-                let algo = t.algo;
-                rehashed = tokio::task::spawn_blocking(move || {
-                    Trailer::of_reader(std::fs::File::open(path)?, algo, CHUNK)
-                })
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r)
-                .map_err(|source| ArchiveError::Read {
-                    name: name.to_string(),
-                    source,
-                })?;
+                rehashed = self.local_trailer(name, t.algo).await?;
                 &rehashed
             }
             _ => ours,

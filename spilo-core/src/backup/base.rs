@@ -74,9 +74,7 @@ impl Manifest {
             None
         }
     }
-}
 
-impl Manifest {
     /// The start position as a number.
     pub fn start(&self) -> u64 {
         crate::dcs::codec::parse_lsn(&self.start_lsn).unwrap_or(0)
@@ -425,6 +423,10 @@ pub async fn take(
         remove_parts(&*storage, &req.base, &objects).await;
         return Err(BackupError::Storage(e));
     }
+    let (sha256, blake3) = match trailer.algo {
+        object::Algo::Sha256 => (trailer.digest_hex(), String::new()),
+        object::Algo::Blake3 => (String::new(), trailer.digest_hex()),
+    };
     let manifest = Manifest {
         name: name.clone(),
         start_time: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -441,14 +443,8 @@ pub async fn take(
             .as_secs_f64(),
         member: req.member.clone(),
         from_replica: req.from_replica,
-        sha256: match trailer.algo {
-            object::Algo::Sha256 => trailer.digest_hex(),
-            object::Algo::Blake3 => String::new(),
-        },
-        blake3: match trailer.algo {
-            object::Algo::Blake3 => trailer.digest_hex(),
-            object::Algo::Sha256 => String::new(),
-        },
+        sha256,
+        blake3,
         objects,
         format: if req.key.is_some() {
             "tar.zst.sealed".into()
