@@ -7,6 +7,18 @@ cd "$(dirname "$0")/.."
 if [ -d "$HOME/.cargo/bin" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# A fresh checkout gains nothing from incremental compilation, which keeps gigabytes of
+# session data in target/: CI builds without it (a developer's own runs keep it).
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
+
+# Free space on the disks the run writes to (target/ and /tmp), printed at the start and after
+# every step: a disk that fills mid-run fails every test after it, each for a reason of its
+# own, and this line says why at once.
+disk_free() {
+  df -P -k . /tmp 2>/dev/null | awk 'NR > 1 && !seen[$1]++ { printf "%s%s %.1f GB free", sep, $6, $4 / 1048576; sep = ", " } END { print "" }'
+}
+echo "test.sh: disk: $(disk_free)"
+
 LOGDIR=$(mktemp -d /tmp/spilo-test-logs-XXXXXX)
 trap 'rm -rf "$LOGDIR"' EXIT
 
@@ -27,7 +39,7 @@ run() {
     RESULT[$name]="FAIL"
     failed=1
   fi
-  echo "===== [$name] ${RESULT[$name]} in $((SECONDS - start)) s ====="
+  echo "===== [$name] ${RESULT[$name]} in $((SECONDS - start)) s (disk: $(disk_free)) ====="
 }
 
 # start_bg NAME CMD...: starts a step in the background; its output goes to $LOGDIR/NAME.log
@@ -49,7 +61,7 @@ wait_bg() {
   echo
   echo "===== [$name] its output ====="
   cat "$LOGDIR/$name.log"
-  echo "===== [$name] ${RESULT[$name]} in $((SECONDS - BG_START[$name])) s ====="
+  echo "===== [$name] ${RESULT[$name]} in $((SECONDS - BG_START[$name])) s (disk: $(disk_free)) ====="
 }
 
 skip() {
