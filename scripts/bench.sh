@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d "$HOME/.cargo/bin" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
 ./scripts/install-deps.sh
+# The spilo extension: the daemon archives through its archive module when PostgreSQL has it.
+./scripts/install-pgext.sh
 # The whole workspace, as scripts/demo.sh and scripts/symbol-order.sh build it: the daemon's
 # symbols (and so its layout, spilo-core/build.rs) depend on the features the build unifies.
 cargo build --release

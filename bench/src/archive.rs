@@ -53,6 +53,8 @@ pub struct Opts {
     pub parallel: usize,
     /// spilo's read-ahead (segments uploaded before PostgreSQL asks).
     pub readahead: usize,
+    /// spilo's `backup.archive.method`.
+    pub method: &'static str,
 }
 
 /// What one tool's run gave: its archive figure, its base backup figures and the daemon's
@@ -189,8 +191,31 @@ fn cpu_secs(pid: i32) -> Option<f64> {
     Some(ticks / hz.max(1.0))
 }
 
+/// CPU seconds the whole machine has spent busy so far (every CPU's user, nice, system, irq
+/// and softirq time in /proc/stat): the drain's cost to everything on the machine (the tool,
+/// PostgreSQL's archiver, the S3 server, a TLS front), which on two shared cores bounds the
+/// drain's time.
+fn machine_busy_secs() -> Option<f64> {
+    let s = fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse::<f64>().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait.
+    let busy = [0usize, 1, 2, 5, 6]
+        .iter()
+        .filter_map(|&i| f.get(i))
+        .sum::<f64>();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(busy / hz.max(1.0))
+}
+
 /// Waits until `data` has no `.ready` file left, sampling `pid`'s RSS.
 fn drain(data: &Path, t0: Instant, pid: Option<i32>) -> Result<Drained, String> {
+    let busy0 = machine_busy_secs();
     let mut peak = None;
     let mut peak_anon = 0;
     let start = ready(data).len();
@@ -210,6 +235,10 @@ fn drain(data: &Path, t0: Instant, pid: Option<i32>) -> Result<Drained, String> 
                 first: first.unwrap_or(0.0),
                 peak,
                 peak_anon,
+                machine_cpu: match (machine_busy_secs(), busy0) {
+                    (Some(b), Some(a)) => format!(", machine CPU {:.1} s", b - a),
+                    _ => String::new(),
+                },
             });
         }
         if t0.elapsed() > DRAIN_LIMIT {
@@ -228,13 +257,15 @@ struct Drained {
     peak: Option<u64>,
     /// Of which anonymous memory (heap, stacks), the rest being mapped files (the binary).
     peak_anon: u64,
+    /// ", machine CPU N s" (busy CPU seconds of the whole machine during the drain), or empty.
+    machine_cpu: String,
 }
 
 /// The spilo config lines of a store.
 fn storage_yaml(store: &str, o: &Opts) -> String {
     format!(
-        "{store}backup:\n  schedule: ''\n  compression_level: {}\n  upload_concurrency: {}\n  archive:\n    timeout: 60\n    readahead: {}\n",
-        o.level, o.parallel, o.readahead
+        "{store}backup:\n  schedule: ''\n  compression_level: {}\n  upload_concurrency: {}\n  archive:\n    timeout: 60\n    readahead: {}\n    method: {}\n",
+        o.level, o.parallel, o.readahead, o.method
     )
 }
 
@@ -393,6 +424,9 @@ fn run_spilo(
             cpu.push_str(&format!(", {dup} uploads found their object stored"));
         }
     }
+    if let Ok(d) = &drained {
+        cpu.push_str(&d.machine_cpu);
+    }
     if let Ok(Drained {
         first,
         peak: Some(kb),
@@ -420,8 +454,16 @@ fn run_spilo(
         segments,
         stored: Some(du(stored_at)),
         note: format!(
-            "zstd {}, {} in flight, read-ahead {}{cpu}",
-            o.level, o.parallel, o.readahead
+            "zstd {}, {} in flight, read-ahead {}, {}{cpu}",
+            o.level,
+            o.parallel,
+            o.readahead,
+            // What PostgreSQL archived with (backup.archive.method).
+            match c.nodes[idx].sql_value("SHOW archive_library") {
+                Ok(Some(l)) if l == "spilo" => "archive module",
+                Ok(_) => "wal-push",
+                Err(_) => "archive method unknown",
+            }
         ),
     };
     let mut base = Vec::new();
@@ -637,9 +679,10 @@ fn run_pgbackrest(
             segments,
             stored: Some(du(stored_at)),
             note: format!(
-                "archive-async, process-max {}, {compress}, first segment after {:.2} s",
+                "archive-async, process-max {}, {compress}, first segment after {:.2} s{}",
                 o.parallel.max(4),
-                d.first
+                d.first,
+                d.machine_cpu
             ),
         };
         let mut base = Vec::new();
@@ -694,7 +737,7 @@ fn run_barman(s3: &S3Server, template: &Path, work: &Path) -> Result<Run, String
             bytes: segments as u64 * SEGMENT,
             segments,
             stored: Some(du(&stored_at)),
-            note: "one process per segment, no compression".into(),
+            note: format!("one process per segment, no compression{}", d.machine_cpu),
         };
         Ok((fig, Vec::new(), None))
     })();

@@ -16,7 +16,8 @@
 //! The archive part (`archive.rs`): `--archive-segments N` (default 128 WAL segments),
 //! `--archive-scale N` (pgbench scale, default 50), `--archive-level N` (zstd, default 3),
 //! `--archive-parallel N` (default 4, spilo's own default), `--archive-readahead N` (default 8,
-//! spilo's own default). The restore part (`archive/restore.rs`) uses `--archive-scale`,
+//! spilo's own default), `--archive-method auto|module|command` (how PostgreSQL hands WAL to
+//! spilo: `backup.archive.method`, default auto). The restore part (`archive/restore.rs`) uses `--archive-scale`,
 //! `--archive-level` and `--archive-parallel` too.
 
 use std::process::Command;
@@ -65,6 +66,7 @@ fn parse_args() -> Result<Opts, String> {
             level: 3,
             parallel: 4,
             readahead: 8,
+            method: "auto",
         },
         lb: lb::Opts {
             secs: 15,
@@ -106,6 +108,20 @@ fn parse_args() -> Result<Opts, String> {
                     other => {
                         return Err(format!(
                             "--only: '{other}' is not all, ha, dcs-load, archive, restore or lb"
+                        ))
+                    }
+                };
+                i += 2;
+                continue;
+            }
+            "--archive-method" => {
+                o.archive.method = match val.as_str() {
+                    "auto" => "auto",
+                    "module" => "module",
+                    "command" => "command",
+                    other => {
+                        return Err(format!(
+                            "--archive-method: '{other}' is not auto, module or command"
                         ))
                     }
                 };

@@ -19,14 +19,17 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::Value;
 
+pub mod archive;
 pub mod fence;
 pub mod state;
 
 ::pgrx::pg_module_magic!(name, version);
 
-/// Registers the fence's settings, and with `shared_preload_libraries`, its hooks and worker.
+/// Registers the fence's and the archive module's settings, and with
+/// `shared_preload_libraries`, the fence's hooks and worker.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    archive::init();
     fence::init();
 }
 

@@ -198,8 +198,20 @@ fn wal_is_archived_whole_refused_when_different_and_caught_up_after_an_outage() 
     let replica = c.others(&primary)[0].clone();
     let scope = c.scope.clone();
 
-    // 1. Under load: every archived file is stored and byte-identical.
+    // 1. Under load: every archived file is stored and byte-identical. PostgreSQL hands the
+    //    files over through the spilo extension's archive module (backup.archive.method: auto,
+    //    and scripts/test.sh installs the extension); wal_is_archived_to_moto… runs the command.
     let p = c.node(&primary);
+    assert_eq!(
+        p.sql_value("SHOW archive_library").expect("SHOW"),
+        Some("spilo".to_string()),
+        "archive_library"
+    );
+    assert_eq!(
+        p.sql_value("SHOW archive_command").expect("SHOW"),
+        Some(String::new()),
+        "archive_command next to the module"
+    );
     let mut last = String::new();
     for _ in 0..6 {
         last = fill_and_switch(p, 40_000);
@@ -731,7 +743,7 @@ fn wal_is_archived_to_moto_under_spilos_layout() {
         });
     let mut opts = ClusterOpts::named("archive-moto");
     opts.node.extra_yaml = format!(
-        "storage:\n  type: s3\n  bucket: spilo-moto\n  endpoint: {}\n  region: us-east-1\n  access_key_id: {}\n  secret_access_key: {}\nbackup:\n  schedule: ''\n  archive:\n    timeout: 30\n",
+        "storage:\n  type: s3\n  bucket: spilo-moto\n  endpoint: {}\n  region: us-east-1\n  access_key_id: {}\n  secret_access_key: {}\nbackup:\n  schedule: ''\n  archive:\n    timeout: 30\n    method: command\n",
         s3.endpoint(),
         s3.access_key,
         s3.secret_key
@@ -739,6 +751,20 @@ fn wal_is_archived_to_moto_under_spilos_layout() {
     let c = TestCluster::start(1, opts);
     let primary = c.wait_for_primary(BOOTSTRAP);
     let p = c.node(&primary);
+    // backup.archive.method: command: a `spilo wal-push` process per file, no module.
+    let cmd = p
+        .sql_value("SHOW archive_command")
+        .expect("SHOW")
+        .unwrap_or_default();
+    assert!(
+        cmd.contains(" wal-push --socket "),
+        "archive_command: {cmd}"
+    );
+    assert_eq!(
+        p.sql_value("SHOW archive_library").expect("SHOW"),
+        Some(String::new()),
+        "archive_library"
+    );
     let mut written = Vec::new();
     for _ in 0..3 {
         written.push(fill_and_switch(p, 20_000));

@@ -74,8 +74,32 @@ fn validate_rejects_broken_configs_with_exit_2_naming_the_key() {
         .find(|l| l.trim_start().starts_with("data_dir:"))
         .expect("data_dir line")
         .to_string();
+    // A PostgreSQL without archive modules: a `postgres` that says it is 14.
+    let pg14 = root.path().join("pg14bin");
+    fs::create_dir_all(&pg14).expect("mkdir");
+    chmod(&pg14, 0o755);
+    fs::write(
+        pg14.join("postgres"),
+        "#!/bin/sh\necho 'postgres (PostgreSQL) 14.10'\n",
+    )
+    .expect("write postgres");
+    chmod(&pg14.join("postgres"), 0o755);
+    let archive_module_on_14 = format!(
+        "{}storage:\n  type: fs\n  path: {}\nbackup:\n  schedule: ''\n  archive:\n    method: module\n",
+        replace_once(
+            &valid,
+            "bin_dir: /usr/lib/postgresql/15/bin",
+            &format!("bin_dir: {}", pg14.display())
+        ),
+        root.path().join("store").display()
+    );
     // (what, config text, any of these must appear in stderr; empty: only non-empty stderr)
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "archive module asked of a PostgreSQL without archive modules",
+            archive_module_on_14,
+            vec!["backup.archive.method: module, but PostgreSQL 14 has no archive modules"],
+        ),
         (
             "missing postgresql.data_dir",
             valid.replace(&format!("{data_dir_line}\n"), ""),

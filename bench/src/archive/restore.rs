@@ -292,6 +292,7 @@ pub fn run(o: &Opts) {
         level: o.level,
         parallel: o.parallel,
         readahead: o.readahead,
+        method: o.method,
     };
     if let Err(e) = make_template(&short, &template) {
         println!("restore benchmark: the database could not be made: {e}");

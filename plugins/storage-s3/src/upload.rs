@@ -17,7 +17,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
-use sha2::{Digest, Sha256};
 use spilo_sdk::storage::{PutMode, StorageError, Upload};
 use tokio::task::JoinSet;
 
@@ -41,7 +40,9 @@ pub struct S3Upload {
     object: String,
     mode: PutMode,
     buf: Vec<u8>,
-    sha: Sha256,
+    /// BLAKE3 of the bytes sent, to tell an object already at the key with the same bytes
+    /// (a retried upload) from another one.
+    digest: Box<blake3::Hasher>,
     size: u64,
     multipart: Option<Multipart>,
     /// Why the upload can no longer finish (a failed or interrupted write).
@@ -57,7 +58,7 @@ impl S3Upload {
             object,
             mode,
             buf: Vec::new(),
-            sha: Sha256::new(),
+            digest: Box::new(blake3::Hasher::new()),
             size: 0,
             multipart: None,
             broken: None,
@@ -79,7 +80,7 @@ impl S3Upload {
     }
 
     async fn write_inner(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
-        self.sha.update(chunk);
+        self.digest.update(chunk);
         self.size += chunk.len() as u64;
         let mut rest = chunk;
         while !rest.is_empty() {
@@ -301,7 +302,7 @@ impl S3Upload {
             }
         }
         let mut body = out.body;
-        let mut sha = Sha256::new();
+        let mut digest = blake3::Hasher::new();
         let mut read = 0u64;
         loop {
             let next = tokio::time::timeout(self.inner.cfg.timeout, body.next())
@@ -314,7 +315,7 @@ impl S3Upload {
                 None => break,
                 Some(Ok(b)) => {
                     read += b.len() as u64;
-                    sha.update(&b);
+                    digest.update(&b);
                 }
                 Some(Err(e)) => {
                     return Err(StorageError::Unreachable {
@@ -327,7 +328,7 @@ impl S3Upload {
                 }
             }
         }
-        if read == self.size && sha.finalize() == self.sha.clone().finalize() {
+        if read == self.size && digest.finalize() == self.digest.finalize() {
             Ok(())
         } else {
             Err(exists())

@@ -250,7 +250,7 @@ async fn run(d: &Drill, m: &Manifest, report: &mut Report) -> Result<(), DrillEr
         replication: ("replicator".into(), None),
         rewind: None,
         ctl_timeout: d.timeout,
-        archive_command: None,
+        archive: None,
         restore_command: None,
     });
     let mut params = std::collections::BTreeMap::new();

@@ -151,6 +151,10 @@ fn main() -> ExitCode {
             eprintln!("spilo: invalid configuration: {e}");
             return ExitCode::from(2);
         }
+        if let Err(e) = spilo_core::ha::daemon::archiving(&loaded.config) {
+            eprintln!("spilo: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
         println!("{}: configuration is valid", args.config.display());
         if args.offline {
             return ExitCode::SUCCESS;

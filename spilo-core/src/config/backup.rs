@@ -320,6 +320,12 @@ pub struct ArchiveConfig {
     /// Warn (log and `/metrics`) when `pg_wal` grows past this many megabytes; 0: off.
     #[serde(default)]
     pub pg_wal_warning_mb: u64,
+    /// How PostgreSQL hands each WAL file to the daemon: `module` (`archive_library =
+    /// 'spilo'`, the spilo extension's archive module, in PostgreSQL's archiver process),
+    /// `command` (`archive_command = 'spilo wal-push …'`, a process per file), or `auto` (the
+    /// module when PostgreSQL 15 or later has the spilo extension's library, else the command).
+    #[serde(default)]
+    pub method: ArchiveMethod,
     /// In a standby cluster, its standby leader archives too (`archive_mode = always`), into
     /// this cluster's own prefix: after a promotion its archive reaches back past the
     /// promotion, and backups taken meanwhile can be restored. Its replicas then answer
@@ -335,9 +341,23 @@ impl Default for ArchiveConfig {
             readahead: default_readahead(),
             socket: None,
             pg_wal_warning_mb: 0,
+            method: ArchiveMethod::default(),
             standby_leader: false,
         }
     }
+}
+
+/// `backup.archive.method`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveMethod {
+    /// The module when PostgreSQL can load it, else the command.
+    #[default]
+    Auto,
+    /// The spilo extension's archive module (refused at start when PostgreSQL lacks it).
+    Module,
+    /// `spilo wal-push` as `archive_command`.
+    Command,
 }
 
 fn default_schedule() -> String {

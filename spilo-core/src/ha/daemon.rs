@@ -1,15 +1,18 @@
 //! Start-up of the daemon: connect to the DCS (with logged back-off), refuse a duplicate name,
 //! serve the REST API, run the loop, hand over on SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::backup::ArchiveMethod;
 use crate::config::{self, Config};
 use crate::dcs::{self, registry, Dcs};
 use crate::ha::runner::{Exit, Node};
 use crate::ha::state::NodeState;
-use crate::postgres::conf::{local_socket_dir, local_tcp_host, split_host_port, LocalAddress};
+use crate::postgres::conf::{
+    local_socket_dir, local_tcp_host, split_host_port, Archiving, LocalAddress,
+};
 use crate::postgres::{PgSettings, Postgres};
 
 /// A start-up failure.
@@ -103,7 +106,7 @@ pub fn postgres_from(cfg: &Config) -> Result<Postgres, StartError> {
             .as_ref()
             .map(|r| (r.username.clone(), r.password.clone())),
         ctl_timeout: Duration::from_secs(cfg.postgresql.pg_ctl_timeout.unwrap_or(60)),
-        archive_command: archive_command(cfg),
+        archive: archiving(cfg).map_err(StartError::Config)?,
         restore_command: restore_command(cfg),
     }))
 }
@@ -119,10 +122,110 @@ pub fn archive_socket(cfg: &Config) -> Option<PathBuf> {
     )
 }
 
-/// `archive_command` when spilo archives: this binary's `wal-push` through the daemon's socket,
-/// waiting a little longer than one upload may take.
-fn archive_command(cfg: &Config) -> Option<String> {
-    socket_client_command(cfg, "wal-push", "%p")
+/// How PostgreSQL hands WAL to this daemon when spilo archives (`backup.archive.method`): the
+/// spilo extension's archive module, or `archive_command` = this binary's `wal-push` through
+/// the daemon's socket; either waits a little longer than one upload may take. An error names
+/// the setting when `module` is asked for and PostgreSQL cannot load it.
+pub fn archiving(cfg: &Config) -> Result<Option<Archiving>, String> {
+    let (Some(b), Some(socket)) = (cfg.backup_settings(), archive_socket(cfg)) else {
+        return Ok(None);
+    };
+    let module = || Archiving::Module {
+        socket: socket.display().to_string(),
+        timeout: b.archive.timeout.saturating_add(5),
+    };
+    let command = || socket_client_command(cfg, "wal-push", "%p").map(Archiving::Command);
+    Ok(match b.archive.method {
+        ArchiveMethod::Command => command(),
+        ArchiveMethod::Module => match archive_module_missing(&bin_dir(cfg)) {
+            None => Some(module()),
+            Some(why) => return Err(format!("backup.archive.method: module, but {why}")),
+        },
+        ArchiveMethod::Auto => match archive_module_missing(&bin_dir(cfg)) {
+            None => {
+                tracing::info!("archiving through the spilo extension's archive module");
+                Some(module())
+            }
+            Some(why) => {
+                tracing::info!("archiving through `spilo wal-push` (archive_command): {why}");
+                command()
+            }
+        },
+    })
+}
+
+/// Why PostgreSQL in `bin_dir` cannot archive through the spilo extension's archive module, or
+/// `None` when it can: archive modules came with PostgreSQL 15, and the library must be in
+/// its library directory (`pg_config --pkglibdir`, else `bin_dir/../lib`) and define the
+/// module's entry point (a library from before the module has the extension's SQL functions
+/// only).
+fn archive_module_missing(bin_dir: &Path) -> Option<String> {
+    match crate::postgres::ctl::server_major(bin_dir) {
+        Ok(v) if v >= 15 => {}
+        Ok(v) => {
+            return Some(format!(
+                "PostgreSQL {v} has no archive modules (15 and later)"
+            ))
+        }
+        Err(e) => return Some(format!("the PostgreSQL version is unknown: {e}")),
+    }
+    let libdir = pkglibdir(bin_dir);
+    let lib = libdir.join("spilo.so");
+    match file_contains(&lib, b"_PG_archive_module_init\0") {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "{} has no archive module (a spilo extension older than this daemon: install the \
+             current one, scripts/install-pgext.sh)",
+            lib.display()
+        )),
+        Err(e) => Some(format!(
+            "PostgreSQL has no spilo extension library ({}: {e}; scripts/install-pgext.sh \
+             installs it)",
+            lib.display()
+        )),
+    }
+}
+
+/// Whether `needle` occurs in the file at `path` (read 64 KiB at a time).
+fn file_contains(path: &Path, needle: &[u8]) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let keep = needle.len().saturating_sub(1);
+    let mut buf = vec![0u8; 64 * 1024 + keep];
+    let mut have = 0;
+    loop {
+        let n = f.read(&mut buf[have..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        have += n;
+        if buf[..have].windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+        // Keep the tail that could start a match across the boundary.
+        let from = have.saturating_sub(keep);
+        buf.copy_within(from..have, 0);
+        have -= from;
+    }
+}
+
+/// PostgreSQL's library directory: what `pg_config --pkglibdir` next to the server says, else
+/// `bin_dir/../lib` (Debian's and PGDG's layout).
+fn pkglibdir(bin_dir: &Path) -> PathBuf {
+    let pg_config = bin_dir.join("pg_config");
+    #[allow(clippy::disallowed_methods)] // PostgreSQL's own tool, once at start-up
+    let out = std::process::Command::new(&pg_config)
+        .arg("--pkglibdir")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    if let Ok(o) = out {
+        let dir = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if o.status.success() && !dir.is_empty() {
+            return PathBuf::from(dir);
+        }
+    }
+    bin_dir.join("../lib")
 }
 
 /// `<this binary> SUBCOMMAND --socket <archive socket> --timeout <archive timeout + 5> ARGS`.

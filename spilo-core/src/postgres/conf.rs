@@ -98,6 +98,21 @@ pub fn conninfo(
     s
 }
 
+/// How PostgreSQL hands WAL files to the spilo daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Archiving {
+    /// `archive_command`: this command (`spilo wal-push … %p`), a process per file.
+    Command(String),
+    /// `archive_library = 'spilo'`: the spilo extension's archive module, in the archiver's
+    /// own process, talking to the daemon's socket.
+    Module {
+        /// The daemon's archive socket (`spilo.archive_socket`).
+        socket: String,
+        /// Seconds the module waits for an answer (`spilo.archive_timeout`).
+        timeout: u64,
+    },
+}
+
 /// Everything needed to render `postgresql.conf`.
 pub struct ConfInput<'a> {
     /// `listen_addresses`.
@@ -116,9 +131,9 @@ pub struct ConfInput<'a> {
     pub member: &'a str,
     /// Unix socket directory.
     pub socket_dir: &'a str,
-    /// spilo's `archive_command` when it archives (a `storage:` section): it replaces
+    /// How spilo archives (a `storage:` section): it replaces
     /// `archive_mode`/`archive_command`/`archive_library` from the parameters.
-    pub archive_command: Option<&'a str>,
+    pub archive: Option<&'a Archiving>,
     /// spilo's `restore_command` (the same socket), unless the parameters set one.
     pub restore_command: Option<&'a str>,
 }
@@ -177,7 +192,7 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
         }
     }
     params.insert("recovery_target_timeline".into(), quote_conf("latest"));
-    if let Some(cmd) = i.archive_command {
+    if let Some(how) = i.archive {
         // `always` (a standby cluster whose leader archives) stays; anything else is `on`.
         let always = i
             .parameters
@@ -187,8 +202,19 @@ pub fn render_postgresql_conf(i: &ConfInput<'_>) -> String {
             "archive_mode".into(),
             if always { "always" } else { "on" }.into(),
         );
-        params.insert("archive_command".into(), quote_conf(cmd));
-        params.remove("archive_library");
+        match how {
+            Archiving::Command(cmd) => {
+                params.insert("archive_command".into(), quote_conf(cmd));
+                params.remove("archive_library");
+            }
+            Archiving::Module { socket, timeout } => {
+                // PostgreSQL 16 refuses both at once; 15 would ignore the command.
+                params.remove("archive_command");
+                params.insert("archive_library".into(), quote_conf("spilo"));
+                params.insert("spilo.archive_socket".into(), quote_conf(socket));
+                params.insert("spilo.archive_timeout".into(), timeout.to_string());
+            }
+        }
     }
     if let Some(cmd) = i.restore_command {
         params
@@ -397,7 +423,7 @@ mod tests {
             passfile: Path::new("/tmp/pgpass"),
             member: "node2",
             socket_dir: "/tmp",
-            archive_command: None,
+            archive: None,
             restore_command: None,
         });
         assert!(conf.contains("port = 5432\n"), "{conf}");
@@ -429,7 +455,7 @@ mod tests {
             passfile: Path::new("/tmp/p"),
             member: "n",
             socket_dir: "/tmp",
-            archive_command: None,
+            archive: None,
             restore_command: None,
         });
         assert!(!conf.contains("archive_command"), "{conf}");
@@ -454,7 +480,9 @@ mod tests {
             passfile: Path::new("/tmp/p"),
             member: "n",
             socket_dir: "/tmp",
-            archive_command: Some("/opt/spilo wal-push --socket '/tmp/a b.sock' %p"),
+            archive: Some(&Archiving::Command(
+                "/opt/spilo wal-push --socket '/tmp/a b.sock' %p".into(),
+            )),
             restore_command: Some("/opt/spilo wal-fetch --socket '/tmp/a b.sock' %f %p"),
         });
         assert!(
@@ -483,10 +511,46 @@ mod tests {
             passfile: Path::new("/tmp/p"),
             member: "n",
             socket_dir: "/tmp",
-            archive_command: Some("/opt/spilo wal-push %p"),
+            archive: Some(&Archiving::Command("/opt/spilo wal-push %p".into())),
             restore_command: None,
         });
         assert!(conf.contains("archive_mode = always\n"), "{conf}");
+    }
+
+    #[test]
+    fn the_archive_module_replaces_any_archive_command() {
+        let mut p = BTreeMap::new();
+        p.insert("archive_command".into(), Value::from("cp %p /elsewhere/%f"));
+        p.insert("archive_library".into(), Value::from("basic_archive"));
+        p.insert(
+            "spilo.archive_socket".into(),
+            Value::from("/elsewhere.sock"),
+        );
+        let how = Archiving::Module {
+            socket: "/tmp/it's.sock".into(),
+            timeout: 65,
+        };
+        let conf = render_postgresql_conf(&ConfInput {
+            listen_addresses: "*",
+            port: 5432,
+            cluster_name: "c",
+            parameters: &p,
+            upstream: None,
+            passfile: Path::new("/tmp/p"),
+            member: "n",
+            socket_dir: "/tmp",
+            archive: Some(&how),
+            restore_command: None,
+        });
+        assert!(conf.contains("archive_mode = on\n"), "{conf}");
+        assert!(conf.contains("archive_library = 'spilo'\n"), "{conf}");
+        assert!(
+            conf.contains("spilo.archive_socket = '/tmp/it''s.sock'\n"),
+            "{conf}"
+        );
+        assert!(conf.contains("spilo.archive_timeout = 65\n"), "{conf}");
+        assert!(!conf.contains("archive_command"), "{conf}");
+        assert!(!conf.contains("elsewhere"), "{conf}");
     }
 
     #[test]

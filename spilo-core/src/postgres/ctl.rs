@@ -111,8 +111,8 @@ pub struct PgSettings {
     pub rewind: Option<(String, Option<String>)>,
     /// Deadline for pg_ctl start/stop/promote.
     pub ctl_timeout: Duration,
-    /// The `archive_command` spilo sets when it archives WAL itself.
-    pub archive_command: Option<String>,
+    /// How PostgreSQL hands WAL to spilo when spilo archives it itself.
+    pub archive: Option<conf::Archiving>,
     /// The `restore_command` spilo sets when it archives (unless the parameters set one).
     pub restore_command: Option<String>,
 }
@@ -326,7 +326,7 @@ impl Postgres {
             passfile: &self.s.pgpass,
             member: &self.s.name,
             socket_dir: &self.s.socket_dir,
-            archive_command: self.s.archive_command.as_deref(),
+            archive: self.s.archive.as_ref(),
             restore_command: self.s.restore_command.as_deref(),
         });
         write_atomic(&main, text.as_bytes())?;
