@@ -529,7 +529,9 @@ impl PlainPg {
         }
         fs::write(
             data.join("postgresql.auto.conf"),
-            "archive_mode = 'on'\narchive_command = ''\n",
+            // The template is a spilo node's: its postgresql.conf names spilo's archive module,
+            // which PostgreSQL would use in place of any archive_command.
+            "archive_mode = 'on'\narchive_command = ''\narchive_library = ''\n",
         )
         .map_err(|e| e.to_string())?;
         chown_postgres(&data.join("postgresql.auto.conf"));

@@ -700,3 +700,30 @@ async fn shutdown_signal() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_found_anywhere_in_a_file_across_read_boundaries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let needle = b"_PG_archive_module_init\0";
+        // Every offset around the 64 KiB boundary, and at the very end.
+        for at in [0usize, 65_530, 65_536 - 10, 65_536, 200_000 - needle.len()] {
+            let mut bytes = vec![0x5au8; 200_000];
+            bytes[at..at + needle.len()].copy_from_slice(needle);
+            let p = dir.path().join(format!("lib{at}.so"));
+            std::fs::write(&p, &bytes).expect("write");
+            assert!(file_contains(&p, needle).expect("read"), "at {at}");
+        }
+        // Without its NUL (a longer name) it is not the entry point.
+        let mut bytes = vec![0u8; 100_000];
+        bytes[70_000..70_000 + 23].copy_from_slice(&needle[..23]);
+        bytes[70_023] = b'x';
+        let p = dir.path().join("other.so");
+        std::fs::write(&p, &bytes).expect("write");
+        assert!(!file_contains(&p, needle).expect("read"));
+        assert!(file_contains(&dir.path().join("missing.so"), needle).is_err());
+    }
+}
