@@ -437,6 +437,26 @@ mod tests {
         assert!(!conf.contains("password"));
     }
 
+    /// `postgresql.conf` of a primary (no upstream) with these parameters.
+    fn render_primary(
+        p: &BTreeMap<String, Value>,
+        archive: Option<&Archiving>,
+        restore_command: Option<&str>,
+    ) -> String {
+        render_postgresql_conf(&ConfInput {
+            listen_addresses: "*",
+            port: 5432,
+            cluster_name: "c",
+            parameters: p,
+            upstream: None,
+            passfile: Path::new("/tmp/p"),
+            member: "n",
+            socket_dir: "/tmp",
+            archive,
+            restore_command,
+        })
+    }
+
     #[test]
     fn parameter_names_and_values_cannot_inject_lines() {
         let mut p = BTreeMap::new();
@@ -446,18 +466,7 @@ mod tests {
         );
         p.insert("work_mem".into(), Value::from("4MB\narchive_command = 'x'"));
         p.insert("auto_explain.log_min_duration".into(), Value::from(5));
-        let conf = render_postgresql_conf(&ConfInput {
-            listen_addresses: "*",
-            port: 5432,
-            cluster_name: "c",
-            parameters: &p,
-            upstream: None,
-            passfile: Path::new("/tmp/p"),
-            member: "n",
-            socket_dir: "/tmp",
-            archive: None,
-            restore_command: None,
-        });
+        let conf = render_primary(&p, None, None);
         assert!(!conf.contains("archive_command"), "{conf}");
         assert!(!conf.contains("work_mem"), "{conf}");
         assert!(conf.contains("auto_explain.log_min_duration = 5"));
@@ -471,20 +480,13 @@ mod tests {
         p.insert("archive_command".into(), Value::from("cp %p /elsewhere/%f"));
         p.insert("archive_library".into(), Value::from("basic_archive"));
         p.insert("archive_timeout".into(), Value::from(60));
-        let conf = render_postgresql_conf(&ConfInput {
-            listen_addresses: "*",
-            port: 5432,
-            cluster_name: "c",
-            parameters: &p,
-            upstream: None,
-            passfile: Path::new("/tmp/p"),
-            member: "n",
-            socket_dir: "/tmp",
-            archive: Some(&Archiving::Command(
+        let conf = render_primary(
+            &p,
+            Some(&Archiving::Command(
                 "/opt/spilo wal-push --socket '/tmp/a b.sock' %p".into(),
             )),
-            restore_command: Some("/opt/spilo wal-fetch --socket '/tmp/a b.sock' %f %p"),
-        });
+            Some("/opt/spilo wal-fetch --socket '/tmp/a b.sock' %f %p"),
+        );
         assert!(
             conf.contains(
                 "restore_command = '/opt/spilo wal-fetch --socket ''/tmp/a b.sock'' %f %p'\n"
@@ -502,18 +504,11 @@ mod tests {
         assert!(conf.contains("archive_timeout = 60\n"), "{conf}");
         // `always` (a standby cluster whose leader archives) is kept.
         p.insert("archive_mode".into(), Value::from("always"));
-        let conf = render_postgresql_conf(&ConfInput {
-            listen_addresses: "*",
-            port: 5432,
-            cluster_name: "c",
-            parameters: &p,
-            upstream: None,
-            passfile: Path::new("/tmp/p"),
-            member: "n",
-            socket_dir: "/tmp",
-            archive: Some(&Archiving::Command("/opt/spilo wal-push %p".into())),
-            restore_command: None,
-        });
+        let conf = render_primary(
+            &p,
+            Some(&Archiving::Command("/opt/spilo wal-push %p".into())),
+            None,
+        );
         assert!(conf.contains("archive_mode = always\n"), "{conf}");
     }
 
@@ -530,18 +525,7 @@ mod tests {
             socket: "/tmp/it's.sock".into(),
             timeout: 65,
         };
-        let conf = render_postgresql_conf(&ConfInput {
-            listen_addresses: "*",
-            port: 5432,
-            cluster_name: "c",
-            parameters: &p,
-            upstream: None,
-            passfile: Path::new("/tmp/p"),
-            member: "n",
-            socket_dir: "/tmp",
-            archive: Some(&how),
-            restore_command: None,
-        });
+        let conf = render_primary(&p, Some(&how), None);
         assert!(conf.contains("archive_mode = on\n"), "{conf}");
         assert!(conf.contains("archive_library = 'spilo'\n"), "{conf}");
         assert!(
