@@ -6,7 +6,11 @@
 //!
 //! A failure is logged as a WARNING carrying the daemon's message and answered "not archived",
 //! which PostgreSQL retries. Nothing here raises an ERROR: in PostgreSQL 15 an ERROR in an
-//! archive module ends the archiver process.
+//! archive module ends the archiver process (the callbacks are guarded all the same, so that
+//! anything unforeseen is an ERROR that restarts the archiver, never an unwind into C).
+//!
+//! Built for PostgreSQL 15's archive module interface (16 changed it); the daemon uses the
+//! module only on a PostgreSQL 15 (spilo-core/src/postgres/archive_module.rs).
 //!
 //! Tested through real clusters archiving with it (tests/integration/archive.rs).
 
@@ -71,10 +75,12 @@ fn socket() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+#[pg_guard]
 unsafe extern "C-unwind" fn check_configured() -> bool {
     socket().is_some()
 }
 
+#[pg_guard]
 unsafe extern "C-unwind" fn archive_file(
     file: *const std::ffi::c_char,
     _path: *const std::ffi::c_char,

@@ -98,7 +98,7 @@ fn validate_rejects_broken_configs_with_exit_2_naming_the_key() {
         (
             "archive module asked of a PostgreSQL without archive modules",
             archive_module_on_14,
-            vec!["backup.archive.method: module, but PostgreSQL 14 has no archive modules"],
+            vec!["backup.archive.method: module, but PostgreSQL 14: the spilo extension's archive module is built for PostgreSQL 15"],
         ),
         (
             "missing postgresql.data_dir",

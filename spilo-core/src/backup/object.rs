@@ -262,8 +262,10 @@ impl FrameEncoder {
         let enc = FrameEncoder(ctx);
         enc.set(P::ZSTD_c_compressionLevel, level)?;
         enc.set(P::ZSTD_c_checksumFlag, 0)?;
-        // ZSTD_c_blockSplitterLevel (experimental in zstd.h): 1 = no pre-splitting.
-        enc.set(P::ZSTD_c_experimentalParam20, 1)?;
+        // ZSTD_c_blockSplitterLevel (experimental in zstd.h): 1 = no pre-splitting. Only a
+        // matter of speed, and unknown to a libzstd before 1.5.7 (a build against the
+        // system's): a refusal is ignored.
+        let _ = enc.set(P::ZSTD_c_experimentalParam20, 1);
         Ok(enc)
     }
 

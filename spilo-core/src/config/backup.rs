@@ -323,7 +323,7 @@ pub struct ArchiveConfig {
     /// How PostgreSQL hands each WAL file to the daemon: `module` (`archive_library =
     /// 'spilo'`, the spilo extension's archive module, in PostgreSQL's archiver process),
     /// `command` (`archive_command = 'spilo wal-push …'`, a process per file), or `auto` (the
-    /// module when PostgreSQL 15 or later has the spilo extension's library, else the command).
+    /// module when PostgreSQL 15 has the spilo extension's library, else the command).
     #[serde(default)]
     pub method: ArchiveMethod,
     /// In a standby cluster, its standby leader archives too (`archive_mode = always`), into

@@ -1,7 +1,7 @@
 //! Start-up of the daemon: connect to the DCS (with logged back-off), refuse a duplicate name,
 //! serve the REST API, run the loop, hand over on SIGTERM.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use crate::config::{self, Config};
 use crate::dcs::{self, registry, Dcs};
 use crate::ha::runner::{Exit, Node};
 use crate::ha::state::NodeState;
+use crate::postgres::archive_module::ModuleCheck;
 use crate::postgres::conf::{
     local_socket_dir, local_tcp_host, split_host_port, Archiving, LocalAddress,
 };
@@ -135,97 +136,31 @@ pub fn archiving(cfg: &Config) -> Result<Option<Archiving>, String> {
         timeout: b.archive.timeout.saturating_add(5),
     };
     let command = || socket_client_command(cfg, "wal-push", "%p").map(Archiving::Command);
-    Ok(match b.archive.method {
-        ArchiveMethod::Command => command(),
-        ArchiveMethod::Module => match archive_module_missing(&bin_dir(cfg)) {
-            None => Some(module()),
-            Some(why) => return Err(format!("backup.archive.method: module, but {why}")),
-        },
-        ArchiveMethod::Auto => match archive_module_missing(&bin_dir(cfg)) {
-            None => {
-                tracing::info!("archiving through the spilo extension's archive module");
-                Some(module())
-            }
-            Some(why) => {
-                tracing::info!("archiving through `spilo wal-push` (archive_command): {why}");
-                command()
-            }
-        },
+    let method = b.archive.method;
+    if method == ArchiveMethod::Command {
+        return Ok(command());
+    }
+    let check = crate::postgres::archive_module::check(&bin_dir(cfg), &cfg.postgresql.data_dir);
+    Ok(match check {
+        ModuleCheck::Ready => {
+            tracing::info!("archiving through the spilo extension's archive module");
+            Some(module())
+        }
+        ModuleCheck::Unavailable(why) if method == ArchiveMethod::Module => {
+            return Err(format!("backup.archive.method: module, but {why}"))
+        }
+        ModuleCheck::Unavailable(why) => {
+            tracing::info!("archiving through `spilo wal-push` (archive_command): {why}");
+            command()
+        }
+        ModuleCheck::NotYet(why) => {
+            tracing::warn!(
+                "archiving through `spilo wal-push` (archive_command) until PostgreSQL \
+                 restarts: {why}"
+            );
+            command()
+        }
     })
-}
-
-/// Why PostgreSQL in `bin_dir` cannot archive through the spilo extension's archive module, or
-/// `None` when it can: archive modules came with PostgreSQL 15, and the library must be in
-/// its library directory (`pg_config --pkglibdir`, else `bin_dir/../lib`) and define the
-/// module's entry point (a library from before the module has the extension's SQL functions
-/// only).
-fn archive_module_missing(bin_dir: &Path) -> Option<String> {
-    match crate::postgres::ctl::server_major(bin_dir) {
-        Ok(v) if v >= 15 => {}
-        Ok(v) => {
-            return Some(format!(
-                "PostgreSQL {v} has no archive modules (15 and later)"
-            ))
-        }
-        Err(e) => return Some(format!("the PostgreSQL version is unknown: {e}")),
-    }
-    let libdir = pkglibdir(bin_dir);
-    let lib = libdir.join("spilo.so");
-    match file_contains(&lib, b"_PG_archive_module_init\0") {
-        Ok(true) => None,
-        Ok(false) => Some(format!(
-            "{} has no archive module (a spilo extension older than this daemon: install the \
-             current one, scripts/install-pgext.sh)",
-            lib.display()
-        )),
-        Err(e) => Some(format!(
-            "PostgreSQL has no spilo extension library ({}: {e}; scripts/install-pgext.sh \
-             installs it)",
-            lib.display()
-        )),
-    }
-}
-
-/// Whether `needle` occurs in the file at `path` (read 64 KiB at a time).
-fn file_contains(path: &Path, needle: &[u8]) -> std::io::Result<bool> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let keep = needle.len().saturating_sub(1);
-    let mut buf = vec![0u8; 64 * 1024 + keep];
-    let mut have = 0;
-    loop {
-        let n = f.read(&mut buf[have..])?;
-        if n == 0 {
-            return Ok(false);
-        }
-        have += n;
-        if buf[..have].windows(needle.len()).any(|w| w == needle) {
-            return Ok(true);
-        }
-        // Keep the tail that could start a match across the boundary.
-        let from = have.saturating_sub(keep);
-        buf.copy_within(from..have, 0);
-        have -= from;
-    }
-}
-
-/// PostgreSQL's library directory: what `pg_config --pkglibdir` next to the server says, else
-/// `bin_dir/../lib` (Debian's and PGDG's layout).
-fn pkglibdir(bin_dir: &Path) -> PathBuf {
-    let pg_config = bin_dir.join("pg_config");
-    #[allow(clippy::disallowed_methods)] // PostgreSQL's own tool, once at start-up
-    let out = std::process::Command::new(&pg_config)
-        .arg("--pkglibdir")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output();
-    if let Ok(o) = out {
-        let dir = String::from_utf8_lossy(&o.stdout).trim().to_string();
-        if o.status.success() && !dir.is_empty() {
-            return PathBuf::from(dir);
-        }
-    }
-    bin_dir.join("../lib")
 }
 
 /// `<this binary> SUBCOMMAND --socket <archive socket> --timeout <archive timeout + 5> ARGS`.
@@ -698,32 +633,5 @@ async fn shutdown_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_name_is_found_anywhere_in_a_file_across_read_boundaries() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let needle = b"_PG_archive_module_init\0";
-        // Every offset around the 64 KiB boundary, and at the very end.
-        for at in [0usize, 65_530, 65_536 - 10, 65_536, 200_000 - needle.len()] {
-            let mut bytes = vec![0x5au8; 200_000];
-            bytes[at..at + needle.len()].copy_from_slice(needle);
-            let p = dir.path().join(format!("lib{at}.so"));
-            std::fs::write(&p, &bytes).expect("write");
-            assert!(file_contains(&p, needle).expect("read"), "at {at}");
-        }
-        // Without its NUL (a longer name) it is not the entry point.
-        let mut bytes = vec![0u8; 100_000];
-        bytes[70_000..70_000 + 23].copy_from_slice(&needle[..23]);
-        bytes[70_023] = b'x';
-        let p = dir.path().join("other.so");
-        std::fs::write(&p, &bytes).expect("write");
-        assert!(!file_contains(&p, needle).expect("read"));
-        assert!(file_contains(&dir.path().join("missing.so"), needle).is_err());
     }
 }

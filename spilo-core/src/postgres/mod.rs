@@ -3,6 +3,7 @@
 //! This is the only module that spawns processes. Every call has a deadline; none panics on
 //! what PostgreSQL or the filesystem return.
 
+pub mod archive_module;
 pub mod basebackup;
 pub mod conf;
 pub mod ctl;
