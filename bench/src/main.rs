@@ -17,7 +17,8 @@
 //! `--archive-scale N` (pgbench scale, default 50), `--archive-level N` (zstd, default 3),
 //! `--archive-parallel N` (default 4, spilo's own default), `--archive-readahead N` (default 8,
 //! spilo's own default), `--archive-method auto|module|command` (how PostgreSQL hands WAL to
-//! spilo: `backup.archive.method`, default auto). The restore part (`archive/restore.rs`) uses `--archive-scale`,
+//! spilo: `backup.archive.method`, default auto), `--archive-quick` (only the rows the targets
+//! compare: no pgBackRest with gzip, no barman-cloud). The restore part (`archive/restore.rs`) uses `--archive-scale`,
 //! `--archive-level` and `--archive-parallel` too.
 
 use std::process::Command;
@@ -67,6 +68,7 @@ fn parse_args() -> Result<Opts, String> {
             parallel: 4,
             readahead: 8,
             method: "auto",
+            quick: false,
         },
         lb: lb::Opts {
             secs: 15,
@@ -88,6 +90,11 @@ fn parse_args() -> Result<Opts, String> {
             }
             "--no-patroni" => {
                 o.patroni = false;
+                i += 1;
+                continue;
+            }
+            "--archive-quick" => {
+                o.archive.quick = true;
                 i += 1;
                 continue;
             }

@@ -326,7 +326,7 @@ fn wal_is_archived_whole_refused_when_different_and_caught_up_after_an_outage() 
     );
     let mut bogus = Vec::new();
     object::encode_stream(&b"not this cluster's WAL"[..], 3, 4096, |c| {
-        bogus.extend_from_slice(&c);
+        bogus.extend_from_slice(c);
         Ok(())
     })
     .expect("encode");

@@ -293,6 +293,7 @@ pub fn run(o: &Opts) {
         parallel: o.parallel,
         readahead: o.readahead,
         method: o.method,
+        quick: o.quick,
     };
     if let Err(e) = make_template(&short, &template) {
         println!("restore benchmark: the database could not be made: {e}");

@@ -130,6 +130,11 @@ pub trait Storage: Send + Sync + 'static {
 pub trait Upload: Send {
     /// Appends a chunk.
     async fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError>;
+    /// Appends a chunk the caller gives away: an upload that must keep its bytes past the
+    /// call (a plugin's, run on another thread) takes them without a copy.
+    async fn write_owned(&mut self, chunk: Vec<u8>) -> Result<(), StorageError> {
+        self.write(&chunk).await
+    }
     /// Makes the object durable and visible, atomically.
     async fn finish(self: Box<Self>) -> Result<(), StorageError>;
     /// Drops the upload; nothing becomes visible.

@@ -380,6 +380,9 @@ struct Shared {
     node: watch::Receiver<Arc<NodeState>>,
     stats: Arc<ArchiveStats>,
     table: Mutex<Table>,
+    /// Compression workspaces between uploads (at most one per upload slot), with when each
+    /// was last put back; [`Archiver::tick`] frees those idle for [`WORKSPACE_IDLE`].
+    workspaces: Mutex<Vec<(std::time::Instant, object::Workspace)>>,
 }
 
 /// The archiver (cheap to clone).
@@ -389,6 +392,10 @@ pub struct Archiver {
 }
 
 const CHUNK: usize = 1 << 20;
+/// Bytes of an object handed to the store at once (more when one piece is larger).
+const BATCH: usize = 1 << 20;
+/// How long an unused compression workspace (some 4.5 MB) is kept for the next upload.
+const WORKSPACE_IDLE: Duration = Duration::from_secs(10);
 /// How long a request waits for this node to become the archiving primary before it is
 /// refused (`not_primary`).
 const PROMOTION_GRACE: Duration = Duration::from_secs(3);
@@ -411,6 +418,7 @@ impl Archiver {
                 node,
                 stats,
                 table: Mutex::new(Table::default()),
+                workspaces: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -701,19 +709,43 @@ impl Archiver {
             .put_open(&key, PutMode::IfAbsent)
             .await
             .map_err(storage_err)?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
         let level = self.sh.s.level;
         let seal_key = self.sh.s.key.clone();
+        let me = self.clone();
         let encoder = tokio::task::spawn_blocking(move || {
-            object::encode_sealed(file, level, CHUNK, seal_key.as_ref(), |c| {
-                tx.blocking_send(c)
+            let send = |batch: Vec<u8>| {
+                tx.blocking_send(batch)
                     .map_err(|_| std::io::Error::other("the upload stopped"))
-            })
+            };
+            let mut ws = me.take_workspace(level)?;
+            // The pieces go to the store in batches of about BATCH bytes: a segment of
+            // ordinary WAL is one write (each write is a hand-off between threads, and for a
+            // plugin's store a call on the blocking pool too).
+            let mut batch = Vec::new();
+            let r = object::encode_sealed_in(&mut ws, file, seal_key.as_ref(), |c| {
+                if batch.capacity() == 0 {
+                    // Below BATCH plus the largest piece (a chunk's compression bound and
+                    // sealing's tags are within 1/32 of it): no reallocation.
+                    batch.reserve_exact(BATCH + c.len().max(CHUNK + CHUNK / 32));
+                }
+                batch.extend_from_slice(c);
+                if batch.len() >= BATCH {
+                    send(std::mem::take(&mut batch))?;
+                }
+                Ok(())
+            });
+            me.put_workspace(ws);
+            let trailer = r?;
+            if !batch.is_empty() {
+                send(batch)?;
+            }
+            Ok(trailer)
         });
         let mut out = 0u64;
         while let Some(c) = rx.recv().await {
             out += c.len() as u64;
-            if let Err(e) = up.write(&c).await {
+            if let Err(e) = up.write_owned(c).await {
                 up.abort().await;
                 return Err(storage_err(e));
             }
@@ -746,6 +778,26 @@ impl Archiver {
             }
             Err(StorageError::Exists { .. }) => self.compare(name, &key, &trailer).await,
             Err(e) => Err(storage_err(e)),
+        }
+    }
+
+    /// A compression workspace from the pool, or a new one.
+    fn take_workspace(&self, level: i32) -> std::io::Result<object::Workspace> {
+        let kept = {
+            let mut pool = self.sh.workspaces.lock().unwrap_or_else(|p| p.into_inner());
+            pool.pop()
+        };
+        match kept {
+            Some((_, ws)) if ws.fits(level, CHUNK) => Ok(ws),
+            _ => object::Workspace::new(level, CHUNK),
+        }
+    }
+
+    /// Puts a workspace back for the next upload.
+    fn put_workspace(&self, ws: object::Workspace) {
+        let mut pool = self.sh.workspaces.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < self.sh.s.concurrency.max(1) {
+            pool.push((crate::clock::now(), ws));
         }
     }
 
@@ -813,6 +865,11 @@ impl Archiver {
         if !self.allowed() {
             self.forget();
         }
+        self.sh
+            .workspaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(at, _)| crate::clock::now().saturating_duration_since(*at) < WORKSPACE_IDLE);
         let dir = self.sh.s.pg_wal.clone();
         let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || dir_bytes(&dir)).await else {
             return;

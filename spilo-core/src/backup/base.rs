@@ -343,7 +343,7 @@ pub async fn take(
     let encoder = tokio::task::spawn_blocking(move || {
         let input = std::io::Read::chain(std::io::Cursor::new(prefix), scanning);
         object::encode_sealed(input, level, CHUNK, key.as_ref(), |c| {
-            tx.blocking_send(c)
+            tx.blocking_send(c.to_vec())
                 .map_err(|_| std::io::Error::other("the upload stopped"))
         })
     });

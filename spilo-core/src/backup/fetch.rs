@@ -470,7 +470,7 @@ mod tests {
             let body = vec![i as u8 + 1; 1 << 20];
             let mut obj = Vec::new();
             object::encode_sealed(&body[..], 1, 1 << 16, key.as_ref(), |c| {
-                obj.extend_from_slice(&c);
+                obj.extend_from_slice(c);
                 Ok(())
             })
             .expect("encode");

@@ -635,7 +635,7 @@ mod tests {
             Arc::new(spilo_storage_fs::FsStorage::open(dir.join("store")).expect("store"));
         let mut obj = Vec::new();
         super::super::object::encode_sealed(&tar_bytes[..], 1, 1 << 16, key, |c| {
-            obj.extend_from_slice(&c);
+            obj.extend_from_slice(c);
             Ok(())
         })
         .expect("encode");

@@ -262,6 +262,10 @@ impl Drop for PluginUpload {
 #[async_trait]
 impl Upload for PluginUpload {
     async fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        self.write_owned(chunk.to_vec()).await
+    }
+
+    async fn write_owned(&mut self, chunk: Vec<u8>) -> Result<(), StorageError> {
         let Some(up) = self.handle else {
             return Err(StorageError::Refused {
                 op: "put_write",
@@ -269,7 +273,6 @@ impl Upload for PluginUpload {
             });
         };
         let vt = self.vt;
-        let chunk = chunk.to_vec();
         self.inner
             .run(move |i, ms| {
                 let f = vt.put_write.ok_or_else(|| null_entry(i, "put_write"))?;
