@@ -373,14 +373,19 @@ fn run_spilo(
     let t0 = Instant::now();
     let pid = c.nodes[idx].daemon_pid();
     let cpu0 = pid.and_then(cpu_secs);
-    // SPILO_BENCH_PERF=DIR: `perf record -g` of the daemon during the drain, into DIR.
+    // SPILO_BENCH_PERF=DIR: `perf record -g` of the daemon during the drain, into DIR (of
+    // every process on the machine with SPILO_BENCH_PERF_ALL=1).
     let perf = std::env::var_os("SPILO_BENCH_PERF").and_then(|dir| {
         let out = Path::new(&dir).join(format!("{}.perf.data", what.replace([',', ' '], "")));
+        let target = if std::env::var_os("SPILO_BENCH_PERF_ALL").is_some_and(|v| v == "1") {
+            vec!["-a".to_string()]
+        } else {
+            vec!["-p".to_string(), pid?.to_string()]
+        };
         Command::new("perf")
             .args(["record", "-g", "-q", "-o"])
             .arg(out)
-            .arg("-p")
-            .arg(pid?.to_string())
+            .args(target)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
