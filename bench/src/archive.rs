@@ -58,6 +58,8 @@ pub struct Opts {
     /// Only the rows the targets compare (spilo and pgBackRest at the same level, the raw
     /// PUT): no pgBackRest with gzip, no barman-cloud (two of the run's four minutes).
     pub quick: bool,
+    /// Times the four compared drains run, alternately (the first with the base backups).
+    pub rounds: usize,
 }
 
 /// What one tool's run gave: its archive figure, its base backup figures and the daemon's
@@ -90,6 +92,64 @@ impl Results {
             .iter()
             .find(|f| f.what == what)
             .and_then(Figure::mbps)
+    }
+}
+
+/// spilo's rate over pgBackRest's in the rows named `num` and `den`.
+fn ratio(r: &Results, num: &str, den: &str) -> Option<f64> {
+    Some(r.mbps(num)? / r.mbps(den)?)
+}
+
+/// A further round's ratio, printed as it comes (a failed drain is printed and left out).
+fn round_ratio(
+    round: usize,
+    store: &str,
+    spilo: Result<Run, String>,
+    pgbr: Result<Run, String>,
+) -> Option<f64> {
+    match (spilo, pgbr) {
+        (Ok((a, ..)), Ok((b, ..))) => {
+            let x = a.mbps()? / b.mbps()?;
+            println!(
+                "round {round}, {store}: spilo {:.2} s, pgBackRest {:.2} s: {x:.2}× ({}; {})",
+                a.secs?, b.secs?, a.note, b.note
+            );
+            Some(x)
+        }
+        (a, b) => {
+            for e in [a.err(), b.err()].into_iter().flatten() {
+                println!("round {round}, {store}: failed: {e}");
+            }
+            None
+        }
+    }
+}
+
+/// `min–max, median M (n rounds)` of ratios.
+fn spread(ratios: &[f64]) -> String {
+    let mut v = ratios.to_vec();
+    v.sort_by(f64::total_cmp);
+    match (v.first(), v.last()) {
+        (Some(lo), Some(hi)) => format!(
+            "{lo:.2}–{hi:.2}×, median {:.2}× ({} rounds)",
+            v[v.len() / 2],
+            v.len()
+        ),
+        _ => "no round completed".into(),
+    }
+}
+
+/// Removes what a directory holds, keeping it (an S3 server's bucket).
+fn empty_dir(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
     }
 }
 
@@ -989,6 +1049,27 @@ pub fn run(o: &Opts) {
         r.record(BARMAN, run_barman(&s3, &template, &w));
         let _ = fs::remove_dir_all(&w);
     }
+    // Further rounds of the two compared S3 drains, into emptied buckets.
+    let mut s3_ratios = Vec::new();
+    s3_ratios.extend(ratio(&r, SPILO_S3, PGBR_S3));
+    for round in 2..=o.rounds {
+        let spilo_at = s3.dir().join("data/bench-spilo");
+        let pgbr_at = s3.dir().join("data/bench-pgbackrest");
+        empty_dir(&spilo_at);
+        empty_dir(&pgbr_at);
+        let spilo_s3 = s3_store(&s3, "bench-spilo", &s3.endpoint());
+        let a = run_spilo(o, SPILO_S3, spilo_s3, &spilo_at, &template, work, false);
+        let w = mkdir_pg(&work.join("pgbr-s3"));
+        let b = run_pgbackrest(
+            o,
+            PGBR_S3,
+            (&template, &w, &pgbr_at),
+            &pgbr_s3,
+            (false, true),
+        );
+        let _ = fs::remove_dir_all(&w);
+        s3_ratios.extend(round_ratio(round, "S3", a, b));
+    }
     drop(_haproxy);
     s3.stop();
 
@@ -1008,6 +1089,20 @@ pub fn run(o: &Opts) {
         run_pgbackrest(o, PGBR_POSIX, (&template, &w, &repo), &posix, (false, true)),
     );
     let _ = fs::remove_dir_all(&w);
+    let mut fs_ratios = Vec::new();
+    fs_ratios.extend(ratio(&r, SPILO_FS, PGBR_POSIX));
+    for round in 2..=o.rounds {
+        let fs_store = mkdir_pg(&work.join("spilo-fs-store"));
+        let fs_yaml = format!("storage:\n  type: fs\n  path: {}\n", fs_store.display());
+        let a = run_spilo(o, SPILO_FS, fs_yaml, &fs_store, &template, work, false);
+        let _ = fs::remove_dir_all(&fs_store);
+        let w = mkdir_pg(&work.join("pgbr-posix"));
+        let repo = mkdir_pg(&w.join("repo"));
+        let posix = format!("repo1-type=posix\nrepo1-path={}\n", repo.display());
+        let b = run_pgbackrest(o, PGBR_POSIX, (&template, &w, &repo), &posix, (false, true));
+        let _ = fs::remove_dir_all(&w);
+        fs_ratios.extend(round_ratio(round, "directory", a, b));
+    }
 
     print_table(
         &format!(
@@ -1050,6 +1145,17 @@ pub fn run(o: &Opts) {
                 format!("{:.2}×", a / b)
             };
             verdicts.push((label, v));
+        }
+    }
+    if o.rounds > 1 {
+        for (label, ratios) in [
+            ("spilo vs pgBackRest, S3, over the rounds", &s3_ratios),
+            (
+                "spilo vs pgBackRest, same disk, over the rounds",
+                &fs_ratios,
+            ),
+        ] {
+            verdicts.push((label, spread(ratios)));
         }
     }
     if let Some(kb) = r.peak_rss {

@@ -18,7 +18,9 @@
 //! `--archive-parallel N` (default 4, spilo's own default), `--archive-readahead N` (default 8,
 //! spilo's own default), `--archive-method auto|module|command` (how PostgreSQL hands WAL to
 //! spilo: `backup.archive.method`, default auto), `--archive-quick` (only the rows the targets
-//! compare: no pgBackRest with gzip, no barman-cloud). The restore part (`archive/restore.rs`) uses `--archive-scale`,
+//! compare: no pgBackRest with gzip, no barman-cloud), `--archive-rounds N` (default 1: the
+//! spilo and pgBackRest drains, S3 and directory, N times alternately, for the spread of their
+//! ratios on a machine whose speed varies). The restore part (`archive/restore.rs`) uses `--archive-scale`,
 //! `--archive-level` and `--archive-parallel` too.
 
 use std::process::Command;
@@ -69,6 +71,7 @@ fn parse_args() -> Result<Opts, String> {
             readahead: 8,
             method: "auto",
             quick: false,
+            rounds: 1,
         },
         lb: lb::Opts {
             secs: 15,
@@ -167,6 +170,7 @@ fn parse_args() -> Result<Opts, String> {
             "--archive-level" if (1..=19).contains(&num) => o.archive.level = num as i32,
             "--archive-parallel" if (1..=64).contains(&num) => o.archive.parallel = num as usize,
             "--archive-readahead" if num <= 256 => o.archive.readahead = num as usize,
+            "--archive-rounds" if (1..=20).contains(&num) => o.archive.rounds = num as usize,
             "--lb-secs" if (1..=3600).contains(&num) => o.lb.secs = num,
             "--lb-clients" if (1..=500).contains(&num) => o.lb.clients = num as u32,
             "--lb-scale" if (1..=10_000).contains(&num) => o.lb.scale = num as u32,
@@ -178,7 +182,8 @@ fn parse_args() -> Result<Opts, String> {
             | "--archive-scale"
             | "--archive-level"
             | "--archive-parallel"
-            | "--archive-readahead") => return Err(format!("{a}: {num} is out of range")),
+            | "--archive-readahead"
+            | "--archive-rounds") => return Err(format!("{a}: {num} is out of range")),
             other => return Err(format!("unknown option {other}")),
         }
         i += 2;

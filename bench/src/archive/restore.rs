@@ -294,6 +294,7 @@ pub fn run(o: &Opts) {
         readahead: o.readahead,
         method: o.method,
         quick: o.quick,
+        rounds: 1,
     };
     if let Err(e) = make_template(&short, &template) {
         println!("restore benchmark: the database could not be made: {e}");
