@@ -1015,20 +1015,30 @@ pub fn run(o: &Opts) {
     r.record(RAW, raw_put(o, &s3, &template, &names));
     let _ = fs::remove_dir_all(s3.dir().join("data/bench-raw/raw"));
 
-    let spilo_s3 = s3_store(&s3, "bench-spilo", &s3.endpoint());
-    let at = s3.dir().join("data/bench-spilo");
-    r.record(
-        SPILO_S3,
-        run_spilo(o, SPILO_S3, spilo_s3, &at, &template, work, true),
-    );
     let pgbr_s3 = pgbr_s3_repo(&s3, tls_port);
-    let w = mkdir_pg(&work.join("pgbr-s3"));
-    let at = s3.dir().join("data/bench-pgbackrest");
-    r.record(
-        PGBR_S3,
-        run_pgbackrest(o, PGBR_S3, (&template, &w, &at), &pgbr_s3, (true, true)),
-    );
-    let _ = fs::remove_dir_all(&w);
+    // One round of the two compared S3 drains, into emptied buckets (the first round also
+    // takes the base backups).
+    let s3_pair = |backups: bool| {
+        let spilo_at = s3.dir().join("data/bench-spilo");
+        let pgbr_at = s3.dir().join("data/bench-pgbackrest");
+        empty_dir(&spilo_at);
+        empty_dir(&pgbr_at);
+        let spilo_s3 = s3_store(&s3, "bench-spilo", &s3.endpoint());
+        let a = run_spilo(o, SPILO_S3, spilo_s3, &spilo_at, &template, work, backups);
+        let w = mkdir_pg(&work.join("pgbr-s3"));
+        let b = run_pgbackrest(
+            o,
+            PGBR_S3,
+            (&template, &w, &pgbr_at),
+            &pgbr_s3,
+            (backups, true),
+        );
+        let _ = fs::remove_dir_all(&w);
+        (a, b)
+    };
+    let (a, b) = s3_pair(true);
+    r.record(SPILO_S3, a);
+    r.record(PGBR_S3, b);
     if !o.quick {
         // pgBackRest as it comes (gz), in a repository of its own in the same bucket.
         let w = mkdir_pg(&work.join("pgbr-s3-gz"));
@@ -1049,49 +1059,16 @@ pub fn run(o: &Opts) {
         r.record(BARMAN, run_barman(&s3, &template, &w));
         let _ = fs::remove_dir_all(&w);
     }
-    // Further rounds of the two compared S3 drains, into emptied buckets.
-    let mut s3_ratios = Vec::new();
-    s3_ratios.extend(ratio(&r, SPILO_S3, PGBR_S3));
+    let mut s3_ratios: Vec<f64> = ratio(&r, SPILO_S3, PGBR_S3).into_iter().collect();
     for round in 2..=o.rounds {
-        let spilo_at = s3.dir().join("data/bench-spilo");
-        let pgbr_at = s3.dir().join("data/bench-pgbackrest");
-        empty_dir(&spilo_at);
-        empty_dir(&pgbr_at);
-        let spilo_s3 = s3_store(&s3, "bench-spilo", &s3.endpoint());
-        let a = run_spilo(o, SPILO_S3, spilo_s3, &spilo_at, &template, work, false);
-        let w = mkdir_pg(&work.join("pgbr-s3"));
-        let b = run_pgbackrest(
-            o,
-            PGBR_S3,
-            (&template, &w, &pgbr_at),
-            &pgbr_s3,
-            (false, true),
-        );
-        let _ = fs::remove_dir_all(&w);
+        let (a, b) = s3_pair(false);
         s3_ratios.extend(round_ratio(round, "S3", a, b));
     }
     drop(_haproxy);
     s3.stop();
 
     // The same disk: spilo's directory store against pgBackRest's posix repository.
-    let fs_store = mkdir_pg(&work.join("spilo-fs-store"));
-    let fs_yaml = format!("storage:\n  type: fs\n  path: {}\n", fs_store.display());
-    r.record(
-        SPILO_FS,
-        run_spilo(o, SPILO_FS, fs_yaml, &fs_store, &template, work, false),
-    );
-    let _ = fs::remove_dir_all(&fs_store);
-    let w = mkdir_pg(&work.join("pgbr-posix"));
-    let repo = mkdir_pg(&w.join("repo"));
-    let posix = format!("repo1-type=posix\nrepo1-path={}\n", repo.display());
-    r.record(
-        PGBR_POSIX,
-        run_pgbackrest(o, PGBR_POSIX, (&template, &w, &repo), &posix, (false, true)),
-    );
-    let _ = fs::remove_dir_all(&w);
-    let mut fs_ratios = Vec::new();
-    fs_ratios.extend(ratio(&r, SPILO_FS, PGBR_POSIX));
-    for round in 2..=o.rounds {
+    let posix_pair = || {
         let fs_store = mkdir_pg(&work.join("spilo-fs-store"));
         let fs_yaml = format!("storage:\n  type: fs\n  path: {}\n", fs_store.display());
         let a = run_spilo(o, SPILO_FS, fs_yaml, &fs_store, &template, work, false);
@@ -1101,6 +1078,14 @@ pub fn run(o: &Opts) {
         let posix = format!("repo1-type=posix\nrepo1-path={}\n", repo.display());
         let b = run_pgbackrest(o, PGBR_POSIX, (&template, &w, &repo), &posix, (false, true));
         let _ = fs::remove_dir_all(&w);
+        (a, b)
+    };
+    let (a, b) = posix_pair();
+    r.record(SPILO_FS, a);
+    r.record(PGBR_POSIX, b);
+    let mut fs_ratios: Vec<f64> = ratio(&r, SPILO_FS, PGBR_POSIX).into_iter().collect();
+    for round in 2..=o.rounds {
+        let (a, b) = posix_pair();
         fs_ratios.extend(round_ratio(round, "directory", a, b));
     }
 
