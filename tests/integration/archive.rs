@@ -359,7 +359,7 @@ fn wal_is_archived_whole_refused_when_different_and_caught_up_after_an_outage() 
     std::fs::remove_file(&key).expect("remove the planted object");
     wait_archived(p, &next, Duration::from_secs(60));
 
-    // 3b. The same segment stored by an older spilo (trailer version 1: SHA-256, not BLAKE3)
+    // 3b. The same segment stored by an older spilo (trailer version 1: SHA-256, not XXH3)
     //     and archived again (its status set back to `.ready`, as after a crash before
     //     PostgreSQL renamed it): the archiver compares by the stored object's digest, counts
     //     it as already archived and leaves the object as it was.

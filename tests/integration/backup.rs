@@ -123,13 +123,15 @@ fn backups_are_listed_when_whole_scheduled_and_kept_by_count() {
         assert!(!b0[field].is_null(), "{field} missing: {b0}");
     }
     assert_eq!(b0["pg_version"], json!(15));
-    // The tar's digest is BLAKE3; `sha256` is written empty (older spilo requires the field).
-    let digest = b0["blake3"].as_str().unwrap_or_default();
+    // The tar's digest is XXH3-128; `sha256` is written empty (older spilo requires the
+    // field) and `blake3` not at all.
+    let digest = b0["xxh3_128"].as_str().unwrap_or_default();
     assert!(
-        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
-        "blake3 digest: {b0}"
+        digest.len() == 32 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "xxh3_128 digest: {b0}"
     );
     assert_eq!(b0["sha256"], json!(""), "{b0}");
+    assert!(b0.get("blake3").is_none(), "{b0}");
     assert!(
         v["pitr_window"]["from_backup"].is_string(),
         "no window: {v}"

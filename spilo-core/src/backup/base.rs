@@ -48,13 +48,16 @@ pub struct Manifest {
     pub member: String,
     /// Taken from a replica.
     pub from_replica: bool,
-    /// SHA-256 of the tar (backups taken before 2026-12; newer ones record `blake3` and leave
-    /// this empty, but write it: older spilo requires the field).
+    /// SHA-256 of the tar (backups taken before 2026-12; newer ones record `xxh3_128` or
+    /// `blake3` and leave this empty, but write it: older spilo requires the field).
     #[serde(default)]
     pub sha256: String,
-    /// BLAKE3 of the tar.
+    /// BLAKE3 of the tar (backups taken from 2026-12 to 2026-12-06).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub blake3: String,
+    /// XXH3-128 of the tar (32 hex digits, as `xxhsum -H2` prints it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub xxh3_128: String,
     /// The objects holding the data, relative to the cluster's base prefix.
     pub objects: Vec<String>,
     /// `tar.zst`, or `tar.zst.sealed` when encrypted.
@@ -64,9 +67,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The tar's recorded digest and its kind (BLAKE3 when both are there), if any.
+    /// The tar's recorded digest and its kind (the newest kind when several are there), if
+    /// any.
     pub fn digest(&self) -> Option<(object::Algo, &str)> {
-        if !self.blake3.is_empty() {
+        if !self.xxh3_128.is_empty() {
+            Some((object::Algo::Xxh3, &self.xxh3_128))
+        } else if !self.blake3.is_empty() {
             Some((object::Algo::Blake3, &self.blake3))
         } else if !self.sha256.is_empty() {
             Some((object::Algo::Sha256, &self.sha256))
@@ -423,10 +429,12 @@ pub async fn take(
         remove_parts(&*storage, &req.base, &objects).await;
         return Err(BackupError::Storage(e));
     }
-    let (sha256, blake3) = match trailer.algo {
-        object::Algo::Sha256 => (trailer.digest_hex(), String::new()),
-        object::Algo::Blake3 => (String::new(), trailer.digest_hex()),
-    };
+    let (mut sha256, mut blake3, mut xxh3_128) = (String::new(), String::new(), String::new());
+    *match trailer.algo {
+        object::Algo::Sha256 => &mut sha256,
+        object::Algo::Blake3 => &mut blake3,
+        object::Algo::Xxh3 => &mut xxh3_128,
+    } = trailer.digest_hex();
     let manifest = Manifest {
         name: name.clone(),
         start_time: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -445,6 +453,7 @@ pub async fn take(
         from_replica: req.from_replica,
         sha256,
         blake3,
+        xxh3_128,
         objects,
         format: if req.key.is_some() {
             "tar.zst.sealed".into()

@@ -314,6 +314,7 @@ mod tests {
             from_replica: false,
             sha256: String::new(),
             blake3: String::new(),
+            xxh3_128: String::new(),
             objects: vec![format!("{BACKUP_DIR}/{name}/tar_partitions/part_1.tar.zst")],
             format: "tar.zst".into(),
             spilo_version: "0".into(),

@@ -243,6 +243,7 @@ mod tests {
             from_replica: false,
             sha256: String::new(),
             blake3: String::new(),
+            xxh3_128: String::new(),
             objects: vec![],
             format: "tar.zst".into(),
             spilo_version: "t".into(),

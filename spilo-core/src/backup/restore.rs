@@ -220,7 +220,7 @@ pub async fn restore_base_counted(
     }
     let Some((algo, want)) = m.digest() else {
         return Err(bad(
-            "the manifest records no digest of the tar (blake3 or sha256)",
+            "the manifest records no digest of the tar (xxh3_128, blake3 or sha256)",
         ));
     };
     if m.objects
@@ -662,7 +662,8 @@ mod tests {
             member: "n1".into(),
             from_replica: false,
             sha256: String::new(),
-            blake3: blake3::hash(&tar_bytes).to_hex().to_string(),
+            blake3: String::new(),
+            xxh3_128: format!("{:032x}", twox_hash::XxHash3_128::oneshot(&tar_bytes)),
             objects: vec!["basebackups_005/base_1/base.tar.zst".into()],
             format: if key.is_some() {
                 "tar.zst.sealed".into()
@@ -718,7 +719,7 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("key id"), "{e}");
         let mut wrong = m.clone();
-        wrong.blake3 = "00".repeat(32);
+        wrong.xxh3_128 = "00".repeat(16);
         let e = restore_base(
             storage.clone(),
             "c",
@@ -729,7 +730,7 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(e, RestoreError::Checksum { .. }), "{e}");
-        assert!(e.to_string().contains("records blake3 0000"), "{e}");
+        assert!(e.to_string().contains("records xxh3-128 0000"), "{e}");
         let mut missing = m.clone();
         missing.objects = vec!["basebackups_005/base_9/base.tar.zst".into()];
         let e = restore_base(
@@ -750,14 +751,45 @@ mod tests {
         assert!(matches!(e, RestoreError::Manifest { .. }), "{e}");
     }
 
-    /// A manifest written before BLAKE3 records the tar's SHA-256, and is checked by it.
+    /// Manifests written before XXH3 record the tar's BLAKE3 (and before that its SHA-256),
+    /// and are checked by it.
     #[tokio::test]
-    async fn restores_a_backup_whose_manifest_records_sha256() {
+    async fn restores_a_backup_whose_manifest_records_an_older_digest() {
         use sha2::Digest;
         let dir = tempfile::tempdir().expect("dir");
         let (storage, mut m) = stored_backup(dir.path(), None).await;
-        let tar_digest = std::mem::take(&mut m.blake3);
-        assert_eq!(tar_digest.len(), 64);
+        let tar_digest = std::mem::take(&mut m.xxh3_128);
+        assert_eq!(tar_digest.len(), 32);
+        // The tar itself, hashed again, is what older manifests hold.
+        let tar = {
+            let obj = get_all(&*storage, "c/basebackups_005/base_1/base.tar.zst", 1 << 16)
+                .await
+                .expect("object");
+            super::super::object::decode("k", &obj).expect("decode")
+        };
+        let mut by_blake3 = m.clone();
+        by_blake3.blake3 = "00".repeat(32);
+        let e = restore_base(
+            storage.clone(),
+            "c",
+            &by_blake3,
+            None,
+            &dir.path().join("b1"),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("has blake3 "), "{e}");
+        by_blake3.blake3 = blake3::hash(&tar).to_hex().to_string();
+        restore_base(
+            storage.clone(),
+            "c",
+            &by_blake3,
+            None,
+            &dir.path().join("b2"),
+        )
+        .await
+        .expect("restore by blake3");
+        assert!(dir.path().join("b2/PG_VERSION").is_file());
         let mut wrong = m.clone();
         wrong.sha256 = "00".repeat(32);
         let e = restore_base(storage.clone(), "c", &wrong, None, &dir.path().join("d1"))
@@ -775,13 +807,6 @@ mod tests {
             !dir.path().join("d2").exists(),
             "unpacked without a digest to check"
         );
-        // The tar itself, hashed again with SHA-256, is what an older manifest holds.
-        let tar = {
-            let obj = get_all(&*storage, "c/basebackups_005/base_1/base.tar.zst", 1 << 16)
-                .await
-                .expect("object");
-            super::super::object::decode("k", &obj).expect("decode")
-        };
         m.sha256 = sha2::Sha256::digest(&tar)
             .iter()
             .map(|b| format!("{b:02x}"))
