@@ -125,16 +125,24 @@ fn round_ratio(
     }
 }
 
-/// `min–max, median M (n rounds)` of ratios.
+/// The median of `v` (sorted): the middle value, or the mean of the two middle ones.
+fn median(v: &[f64]) -> Option<f64> {
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// `median M× (min–max, n rounds)` of ratios.
 fn spread(ratios: &[f64]) -> String {
     let mut v = ratios.to_vec();
     v.sort_by(f64::total_cmp);
-    match (v.first(), v.last()) {
-        (Some(lo), Some(hi)) => format!(
-            "{lo:.2}–{hi:.2}×, median {:.2}× ({} rounds)",
-            v[v.len() / 2],
-            v.len()
-        ),
+    match (v.first(), v.last(), median(&v)) {
+        (Some(lo), Some(hi), Some(m)) => {
+            format!("median {m:.2}× ({lo:.2}–{hi:.2}×, {} rounds)", v.len())
+        }
         _ => "no round completed".into(),
     }
 }
@@ -1097,6 +1105,17 @@ pub fn run(o: &Opts) {
         Some(RAW),
     );
     let mut verdicts = Vec::new();
+    // With several rounds the 2× targets are judged on the median of the rounds' ratios (a
+    // single drain moves with the machine's speed at that moment), the first round's ratio
+    // being one of them.
+    if o.rounds > 1 {
+        for (label, ratios) in [
+            ("spilo vs pgBackRest, S3 (target ≥ 2×)", &s3_ratios),
+            ("spilo vs pgBackRest, same disk (target ≥ 2×)", &fs_ratios),
+        ] {
+            verdicts.push((label, spread(ratios)));
+        }
+    }
     for (label, num, den, percent) in [
         (
             "spilo vs pgBackRest, S3 (target ≥ 2×)",
@@ -1123,6 +1142,9 @@ pub fn run(o: &Opts) {
             true,
         ),
     ] {
+        if o.rounds > 1 && label.contains("target ≥ 2×") {
+            continue;
+        }
         if let (Some(a), Some(b)) = (r.mbps(num), r.mbps(den)) {
             let v = if percent {
                 format!("{:.0} %", 100.0 * a / b)
@@ -1130,17 +1152,6 @@ pub fn run(o: &Opts) {
                 format!("{:.2}×", a / b)
             };
             verdicts.push((label, v));
-        }
-    }
-    if o.rounds > 1 {
-        for (label, ratios) in [
-            ("spilo vs pgBackRest, S3, over the rounds", &s3_ratios),
-            (
-                "spilo vs pgBackRest, same disk, over the rounds",
-                &fs_ratios,
-            ),
-        ] {
-            verdicts.push((label, spread(ratios)));
         }
     }
     if let Some(kb) = r.peak_rss {
@@ -1160,5 +1171,23 @@ pub fn run(o: &Opts) {
     println!();
     for (k, v) in verdicts {
         println!("  {k}: {v}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[1.5]), Some(1.5));
+        assert_eq!(median(&[1.0, 2.0, 4.0]), Some(2.0));
+        assert_eq!(median(&[1.0, 2.0, 3.0, 10.0]), Some(2.5));
+        assert_eq!(
+            spread(&[2.5, 1.84, 2.15, 2.25, 1.85]),
+            "median 2.15× (1.84–2.50×, 5 rounds)"
+        );
+        assert_eq!(spread(&[]), "no round completed");
     }
 }

@@ -18,9 +18,10 @@
 //! `--archive-parallel N` (default 4, spilo's own default), `--archive-readahead N` (default 8,
 //! spilo's own default), `--archive-method auto|module|command` (how PostgreSQL hands WAL to
 //! spilo: `backup.archive.method`, default auto), `--archive-quick` (only the rows the targets
-//! compare: no pgBackRest with gzip, no barman-cloud), `--archive-rounds N` (default 1: the
-//! spilo and pgBackRest drains, S3 and directory, N times alternately, for the spread of their
-//! ratios on a machine whose speed varies). The restore part (`archive/restore.rs`) uses `--archive-scale`,
+//! compare: no pgBackRest with gzip, no barman-cloud), `--archive-rounds N` (default 5: the
+//! spilo and pgBackRest drains, S3 and directory, N times alternately; with more than one the
+//! 2× targets are judged on the median of the rounds' ratios, a single drain moving with the
+//! machine's speed at that moment). The restore part (`archive/restore.rs`) uses `--archive-scale`,
 //! `--archive-level` and `--archive-parallel` too.
 
 use std::process::Command;
@@ -71,7 +72,7 @@ fn parse_args() -> Result<Opts, String> {
             readahead: 8,
             method: "auto",
             quick: false,
-            rounds: 1,
+            rounds: 5,
         },
         lb: lb::Opts {
             secs: 15,

@@ -716,6 +716,21 @@ mod tests {
         assert_eq!(Trailer::version_of(&data), None);
     }
 
+    /// The digest's hex is what `xxhsum -H2` prints for the same bytes (xxHash 0.8.1).
+    #[test]
+    fn xxh3_digests_read_as_xxhsum_prints_them() {
+        for (input, want) in [
+            (&b""[..], "99aa06d3014798d86001c324468d497f"),
+            (&b"spilo"[..], "820c76bda62f560f353d78c7d5dada64"),
+        ] {
+            let mut h = Hasher::new(Algo::Xxh3);
+            h.update(input);
+            assert_eq!(h.finalize_hex(), want);
+            let t = Trailer::of_reader(input, Algo::Xxh3, 3).unwrap();
+            assert_eq!(t.digest_hex(), want);
+        }
+    }
+
     /// Frames are cut by the chunk size, not by how the input hands its bytes over (a pipe
     /// from pg_basebackup gives short reads): the same object either way, every frame but
     /// the last holding a whole chunk, and a plain zstd reader takes the frames in turn.
