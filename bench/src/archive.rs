@@ -1108,41 +1108,39 @@ pub fn run(o: &Opts) {
     // With several rounds the 2× targets are judged on the median of the rounds' ratios (a
     // single drain moves with the machine's speed at that moment), the first round's ratio
     // being one of them.
-    if o.rounds > 1 {
-        for (label, ratios) in [
-            ("spilo vs pgBackRest, S3 (target ≥ 2×)", &s3_ratios),
-            ("spilo vs pgBackRest, same disk (target ≥ 2×)", &fs_ratios),
-        ] {
-            verdicts.push((label, spread(ratios)));
-        }
-    }
-    for (label, num, den, percent) in [
+    let rounds = |ratios| (o.rounds > 1).then_some(ratios);
+    for (label, num, den, percent, over_rounds) in [
         (
             "spilo vs pgBackRest, S3 (target ≥ 2×)",
             SPILO_S3,
             PGBR_S3,
             false,
+            rounds(&s3_ratios),
         ),
         (
             "spilo vs pgBackRest with its default compression, S3",
             SPILO_S3,
             PGBR_S3_GZ,
             false,
+            None,
         ),
         (
             "spilo vs pgBackRest, same disk (target ≥ 2×)",
             SPILO_FS,
             PGBR_POSIX,
             false,
+            rounds(&fs_ratios),
         ),
         (
             "spilo vs the raw PUT limit (target ≥ 70 %)",
             SPILO_S3,
             RAW,
             true,
+            None,
         ),
     ] {
-        if o.rounds > 1 && label.contains("target ≥ 2×") {
+        if let Some(ratios) = over_rounds {
+            verdicts.push((label, spread(ratios)));
             continue;
         }
         if let (Some(a), Some(b)) = (r.mbps(num), r.mbps(den)) {

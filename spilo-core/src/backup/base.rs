@@ -429,12 +429,14 @@ pub async fn take(
         remove_parts(&*storage, &req.base, &objects).await;
         return Err(BackupError::Storage(e));
     }
-    let (mut sha256, mut blake3, mut xxh3_128) = (String::new(), String::new(), String::new());
-    *match trailer.algo {
-        object::Algo::Sha256 => &mut sha256,
-        object::Algo::Blake3 => &mut blake3,
-        object::Algo::Xxh3 => &mut xxh3_128,
-    } = trailer.digest_hex();
+    // The field of the trailer's digest kind holds it; the others are empty.
+    let digest_of = |algo| {
+        if trailer.algo == algo {
+            trailer.digest_hex()
+        } else {
+            String::new()
+        }
+    };
     let manifest = Manifest {
         name: name.clone(),
         start_time: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -451,9 +453,9 @@ pub async fn take(
             .as_secs_f64(),
         member: req.member.clone(),
         from_replica: req.from_replica,
-        sha256,
-        blake3,
-        xxh3_128,
+        sha256: digest_of(object::Algo::Sha256),
+        blake3: digest_of(object::Algo::Blake3),
+        xxh3_128: digest_of(object::Algo::Xxh3),
         objects,
         format: if req.key.is_some() {
             "tar.zst.sealed".into()

@@ -77,6 +77,11 @@ impl Algo {
             Algo::Xxh3 => 16,
         }
     }
+
+    /// Its digest held in a trailer's 32-byte field, as lowercase hex of its own length.
+    fn hex(self, digest: &[u8; 32]) -> String {
+        hex(&digest[..self.digest_len()])
+    }
 }
 
 /// A running digest of either kind.
@@ -135,8 +140,8 @@ impl Hasher {
 
     /// The digest as lowercase hex (its own length: 32 hex digits for XXH3-128).
     pub fn finalize_hex(self) -> String {
-        let len = self.algo().digest_len();
-        hex(&self.finalize()[..len])
+        let algo = self.algo();
+        algo.hex(&self.finalize())
     }
 }
 
@@ -158,7 +163,7 @@ pub struct Trailer {
 impl Trailer {
     /// The digest as lowercase hex.
     pub fn digest_hex(&self) -> String {
-        hex(&self.digest[..self.algo.digest_len()])
+        self.algo.hex(&self.digest)
     }
 
     /// `<algo> <hex>`, for messages.
@@ -565,11 +570,7 @@ pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, ObjectError> {
             key: key.to_string(),
             expected: trailer.describe(),
             size: trailer.size,
-            actual: format!(
-                "{} {}",
-                trailer.algo.name(),
-                hex(&actual[..trailer.algo.digest_len()])
-            ),
+            actual: format!("{} {}", trailer.algo.name(), trailer.algo.hex(&actual)),
             actual_size: out.len() as u64,
         });
     }

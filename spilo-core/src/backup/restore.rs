@@ -767,28 +767,18 @@ mod tests {
                 .expect("object");
             super::super::object::decode("k", &obj).expect("decode")
         };
+        let restore_to = |m: Manifest, to: &str| {
+            let (storage, target) = (storage.clone(), dir.path().join(to));
+            async move { restore_base(storage, "c", &m, None, &target).await }
+        };
         let mut by_blake3 = m.clone();
         by_blake3.blake3 = "00".repeat(32);
-        let e = restore_base(
-            storage.clone(),
-            "c",
-            &by_blake3,
-            None,
-            &dir.path().join("b1"),
-        )
-        .await
-        .unwrap_err();
+        let e = restore_to(by_blake3.clone(), "b1").await.unwrap_err();
         assert!(e.to_string().contains("has blake3 "), "{e}");
         by_blake3.blake3 = blake3::hash(&tar).to_hex().to_string();
-        restore_base(
-            storage.clone(),
-            "c",
-            &by_blake3,
-            None,
-            &dir.path().join("b2"),
-        )
-        .await
-        .expect("restore by blake3");
+        restore_to(by_blake3, "b2")
+            .await
+            .expect("restore by blake3");
         assert!(dir.path().join("b2/PG_VERSION").is_file());
         let mut wrong = m.clone();
         wrong.sha256 = "00".repeat(32);
